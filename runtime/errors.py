@@ -1,0 +1,34 @@
+"""Domain errors of the runtime; the HTTP layer maps these to status codes in one place."""
+
+from __future__ import annotations
+
+
+class EdgemoeError(Exception):
+    """Base of every error edgemoe raises on purpose; its message is meant for the user."""
+
+
+class BundleError(EdgemoeError):
+    """A bundle that is missing, corrupt, or does not match its manifest."""
+
+
+class BudgetError(EdgemoeError):
+    """A memory budget that cannot be parsed or is below what the model needs."""
+
+
+class PromptTooLongError(EdgemoeError, ValueError):
+    """The prompt (plus max_tokens where asked) does not fit the context window."""
+
+    def __init__(self, n_prompt: int, n_ctx: int, max_tokens: int = 0) -> None:
+        self.n_prompt, self.n_ctx, self.max_tokens = n_prompt, n_ctx, max_tokens
+        if max_tokens:
+            msg = (
+                f"prompt of {n_prompt} tokens plus max_tokens={max_tokens} exceeds the context "
+                f"window of {n_ctx} tokens"
+            )
+        else:
+            msg = f"prompt of {n_prompt} tokens exceeds the context window of {n_ctx} tokens"
+        super().__init__(msg)
+
+
+class SamplingError(EdgemoeError, ValueError):
+    """A sampling parameter out of its valid range."""
