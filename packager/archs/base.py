@@ -1,0 +1,208 @@
+"""The adapter contract every architecture family implements, and the shared tensor planning.
+
+An adapter has three hooks, as in llama.cpp's converter: hyper-parameters (`write_hparams`),
+tensor renaming/stacking (`expand`, `transform`) and per-tensor precision (`keep_f32`). Nothing
+outside `packager/archs/` branches on the architecture.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+import gguf
+import numpy as np
+
+from packager.errors import UnsupportedArchitectureError
+
+Reader = Callable[[str], np.ndarray]
+
+# Per-expert checkpoints: model.layers.3.mlp.experts.7.gate_proj.weight (or Mixtral's w1/w2/w3).
+_EXPERT = re.compile(r"^(model\.layers\.(\d+)\.[\w.]*?experts)\.(\d+)\.(\w+)\.weight$")
+# Fused checkpoints (transformers v5 style): model.layers.3.mlp.experts.gate_up_proj
+_FUSED = re.compile(r"^(model\.layers\.(\d+)\.[\w.]*?experts)\.(gate_up_proj|down_proj)(\.weight)?$")
+_SKIP = re.compile(r"rotary_emb\.inv_freq$")
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    """One output tensor: its GGUF name, its numpy-order shape, and how to build it lazily."""
+
+    name: str
+    shape: tuple[int, ...]
+    build: Callable[[], np.ndarray]
+    is_expert: bool = False
+
+
+@dataclass(frozen=True)
+class MoEInfo:
+    n_experts: int
+    top_k: int
+    n_shared_experts: int
+    moe_layers: tuple[int, ...]
+
+
+class ArchAdapter:
+    """Base adapter: generic renaming through gguf's TensorNameMap plus expert stacking."""
+
+    hf_architectures: ClassVar[tuple[str, ...]] = ()
+    gguf_arch: ClassVar[gguf.MODEL_ARCH]
+    # Expert projection names in the checkpoint -> canonical gate/up/down.
+    expert_proj: ClassVar[dict[str, str]] = {
+        "gate_proj": "gate_proj",
+        "up_proj": "up_proj",
+        "down_proj": "down_proj",
+    }
+
+    def __init__(self, config: dict[str, Any]) -> None:
+        self.config = config
+        self.n_layers = int(self._get("num_hidden_layers"))
+        self.validate()
+        self._names = gguf.get_tensor_name_map(self.gguf_arch, self.n_layers)
+
+    # ----- hook 1: hyper-parameters -------------------------------------------------------
+    def validate(self) -> None:
+        """Refuse configurations llama.cpp's graph for this family cannot reproduce."""
+
+    def moe(self) -> MoEInfo:
+        raise NotImplementedError
+
+    def write_hparams(self, w: gguf.GGUFWriter) -> None:
+        c, moe = self.config, self.moe()
+        w.add_context_length(int(c.get("max_position_embeddings", 4096)))
+        w.add_embedding_length(int(c["hidden_size"]))
+        w.add_block_count(self.n_layers)
+        w.add_feed_forward_length(int(c["intermediate_size"]))
+        w.add_head_count(int(c["num_attention_heads"]))
+        w.add_head_count_kv(self.n_head_kv())
+        w.add_rope_freq_base(float(self.rope_theta()))
+        w.add_layer_norm_rms_eps(float(c.get("rms_norm_eps", 1e-6)))
+        w.add_expert_count(moe.n_experts)
+        w.add_expert_used_count(moe.top_k)
+        self.write_rope_scaling(w)
+
+    def n_head_kv(self) -> int:
+        c = self.config
+        return int(c.get("num_key_value_heads") or c["num_attention_heads"])
+
+    def rope_theta(self) -> float:
+        params = self.config.get("rope_parameters") or {}
+        return float(params.get("rope_theta", self.config.get("rope_theta", 10000.0)))
+
+    def write_rope_scaling(self, w: gguf.GGUFWriter) -> None:
+        params = self.config.get("rope_parameters") or self.config.get("rope_scaling") or {}
+        kind = params.get("rope_type", params.get("type", "default"))
+        if kind in (None, "default"):
+            return
+        if kind == "linear":
+            w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
+            w.add_rope_scaling_factor(float(params["factor"]))
+            return
+        if kind == "yarn":
+            w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
+            w.add_rope_scaling_factor(float(params["factor"]))
+            w.add_rope_scaling_orig_ctx_len(int(params["original_max_position_embeddings"]))
+            return
+        raise UnsupportedArchitectureError(
+            f"{self.architecture}: rope scaling type '{kind}' is not supported "
+            "(supported: default, linear, yarn)"
+        )
+
+    # ----- hook 2: tensor renaming / stacking ---------------------------------------------
+    def expand(self, hf_name: str, shape: tuple[int, ...], read: Reader) -> list[PlannedTensor]:
+        """Map one non-expert checkpoint tensor to its GGUF tensor(s)."""
+        new = self.gguf_name(hf_name)
+        return [PlannedTensor(new, shape, lambda: self.transform(new, read(hf_name)))]
+
+    def transform(self, gguf_name: str, data: np.ndarray) -> np.ndarray:
+        """Rearrange data where llama.cpp's layout differs from the checkpoint's."""
+        return data
+
+    # ----- hook 3: per-tensor precision ---------------------------------------------------
+    def keep_f32(self, gguf_name: str) -> bool:
+        """Tensors llama.cpp needs in F32 whatever the build type (routers, norms)."""
+        return gguf_name.endswith(("ffn_gate_inp.weight", "ffn_gate_inp_shexp.weight", "_norm.weight"))
+
+    # ----- shared machinery ---------------------------------------------------------------
+    @property
+    def architecture(self) -> str:
+        return (self.config.get("architectures") or ["?"])[0]
+
+    def _get(self, key: str) -> Any:
+        if key not in self.config:
+            raise UnsupportedArchitectureError(f"config.json: missing '{key}' for {self.architecture}")
+        return self.config[key]
+
+    def find(self, *keys: str) -> Any:
+        """First present key: transformers versions rename fields (num_experts/num_local_experts)."""
+        for key in keys:
+            if self.config.get(key) is not None:
+                return self.config[key]
+        raise UnsupportedArchitectureError(
+            f"config.json: none of {', '.join(keys)} is set for {self.architecture}"
+        )
+
+    def gguf_name(self, hf_name: str) -> str:
+        new = self._names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
+        if new is None:
+            raise UnsupportedArchitectureError(
+                f"{self.architecture}: checkpoint tensor '{hf_name}' has no llama.cpp counterpart"
+            )
+        return new
+
+    def plan(self, shapes: dict[str, tuple[int, ...]], read: Reader) -> list[PlannedTensor]:
+        """Every output tensor in a stable order; experts stacked per layer and projection."""
+        out: list[PlannedTensor] = []
+        experts: dict[tuple[str, int, str], dict[int, str]] = defaultdict(dict)
+        for name in sorted(shapes, key=_natural_key):
+            if _SKIP.search(name):
+                continue
+            if m := _EXPERT.match(name):
+                prefix, layer, idx, proj = m.group(1), int(m.group(2)), int(m.group(3)), m.group(4)
+                if proj not in self.expert_proj:
+                    raise UnsupportedArchitectureError(f"{name}: unknown expert projection '{proj}'")
+                experts[(prefix, layer, self.expert_proj[proj])][idx] = name
+            elif m := _FUSED.match(name):
+                out.extend(self._fused(m.group(1), m.group(3), name, shapes[name], read))
+            else:
+                out.extend(self.expand(name, shapes[name], read))
+        out.extend(self._stacked(experts, shapes, read))
+        return sorted(out, key=lambda t: _natural_key(t.name))
+
+    def _stacked(self, groups, shapes, read) -> list[PlannedTensor]:
+        n = self.moe().n_experts
+        planned = []
+        for (prefix, layer, proj), members in groups.items():
+            if sorted(members) != list(range(n)):
+                raise UnsupportedArchitectureError(
+                    f"layer {layer} {proj}: found experts {sorted(members)[:8]}..., expected 0..{n - 1}"
+                )
+            names = [members[i] for i in range(n)]
+            shape = (n, *shapes[names[0]])
+            new = self.gguf_name(f"{prefix}.{proj}.weight")
+            planned.append(PlannedTensor(new, shape, _stack(names, read), is_expert=True))
+        return planned
+
+    def _fused(self, prefix, kind, name, shape, read) -> list[PlannedTensor]:
+        if kind == "down_proj":
+            new = self.gguf_name(f"{prefix}.down_proj.weight")
+            return [PlannedTensor(new, tuple(shape), lambda: read(name), is_expert=True)]
+        e, two_ff, d = shape
+        ff = two_ff // 2
+        gate = self.gguf_name(f"{prefix}.gate_proj.weight")
+        up = self.gguf_name(f"{prefix}.up_proj.weight")
+        return [
+            PlannedTensor(gate, (e, ff, d), lambda: read(name)[:, :ff, :], is_expert=True),
+            PlannedTensor(up, (e, ff, d), lambda: read(name)[:, ff:, :], is_expert=True),
+        ]
+
+
+def _stack(names: list[str], read: Reader) -> Callable[[], np.ndarray]:
+    return lambda: np.stack([read(n) for n in names], axis=0)
+
+
+def _natural_key(name: str) -> list[Any]:
+    return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]

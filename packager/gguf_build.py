@@ -1,0 +1,92 @@
+"""Write a full-precision GGUF (F32/F16/BF16) from a checkpoint, streaming one tensor at a time.
+
+The writer follows gguf's explicit state machine: all tensor infos first (shapes are planned
+without reading data), then header, KV and tensor-info blocks, then each tensor's bytes. Peak
+memory is one stacked tensor, not the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import gguf
+import numpy as np
+
+from packager.archs import ArchAdapter, PlannedTensor, adapter_for
+from packager.source import Checkpoint
+from packager.tokenizer_vocab import write_vocab
+
+Progress = Callable[[str, int, int], None]
+
+BASE_TYPES: dict[str, tuple[gguf.GGMLQuantizationType, gguf.LlamaFileType]] = {
+    "F32": (gguf.GGMLQuantizationType.F32, gguf.LlamaFileType.ALL_F32),
+    "F16": (gguf.GGMLQuantizationType.F16, gguf.LlamaFileType.MOSTLY_F16),
+    "BF16": (gguf.GGMLQuantizationType.BF16, gguf.LlamaFileType.MOSTLY_BF16),
+}
+
+
+@dataclass(frozen=True)
+class GGUFBuild:
+    path: Path
+    arch: str
+    n_tensors: int
+    bytes: int
+
+
+def _target_type(adapter: ArchAdapter, t: PlannedTensor, base: gguf.GGMLQuantizationType):
+    # 1-D tensors (norms, biases) and routers stay F32: llama.cpp expects them so.
+    if len(t.shape) <= 1 or adapter.keep_f32(t.name):
+        return gguf.GGMLQuantizationType.F32
+    return base
+
+
+def _encode(data: np.ndarray, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
+    data = np.ascontiguousarray(data, dtype=np.float32)
+    if qtype == gguf.GGMLQuantizationType.F32:
+        return data
+    if qtype == gguf.GGMLQuantizationType.F16:
+        return data.astype(np.float16)
+    return gguf.quants.quantize(data, qtype)
+
+
+def _nbytes(shape: tuple[int, ...], qtype: gguf.GGMLQuantizationType) -> int:
+    n = int(np.prod(shape))
+    block, size = gguf.GGML_QUANT_SIZES[qtype]
+    return n // block * size
+
+
+def write_gguf(
+    ckpt: Checkpoint, out_path: Path, base: str = "F32", progress: Progress | None = None
+) -> GGUFBuild:
+    """Convert `ckpt` to a GGUF of precision `base` at `out_path`."""
+    qbase, ftype = BASE_TYPES[base]
+    adapter = adapter_for(ckpt.config)
+    shapes = {n: t.shape for n, t in ckpt.tensors.items()}
+    plan = adapter.plan(shapes, ckpt.read)
+    arch_name = gguf.MODEL_ARCH_NAMES[adapter.gguf_arch]
+    w = gguf.GGUFWriter(out_path, arch_name)
+    w.add_name(ckpt.path.name)
+    w.add_file_type(ftype)
+    w.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    adapter.write_hparams(w)
+    write_vocab(w, ckpt.path, int(ckpt.config["vocab_size"]))
+    types = [_target_type(adapter, t, qbase) for t in plan]
+    for t, qt in zip(plan, types):
+        np_dtype = np.float32 if qt == gguf.GGMLQuantizationType.F32 else (
+            np.float16 if qt == gguf.GGMLQuantizationType.F16 else np.uint16
+        )
+        w.add_tensor_info(t.name, t.shape, np.dtype(np_dtype), _nbytes(t.shape, qt), raw_dtype=qt)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_ti_data_to_file()
+    for i, (t, qt) in enumerate(zip(plan, types)):
+        data = t.build()
+        if tuple(data.shape) != tuple(t.shape):
+            raise ValueError(f"{t.name}: planned shape {t.shape}, built {data.shape}")
+        w.write_tensor_data(_encode(data, qt))
+        if progress:
+            progress(t.name, i + 1, len(plan))
+    w.close()
+    return GGUFBuild(out_path, arch_name, len(plan), out_path.stat().st_size)
