@@ -1,0 +1,146 @@
+"""The `edgemoe` command: parse arguments, call the typed Python API, print. No logic lives here."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import wraps
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, help="Pack and run MoE models on devices.")
+fixtures_app = typer.Typer(no_args_is_help=True, help="Build small local test checkpoints.")
+app.add_typer(fixtures_app, name="fixtures")
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    from packager.errors import PackError
+    from packager.manifest import ManifestError
+    from runtime.errors import EdgemoeError
+
+    errors: list[type[BaseException]] = [PackError, ManifestError, EdgemoeError]
+    try:
+        from device_profiles import ProfileError
+
+        errors.append(ProfileError)
+    except ImportError:
+        pass
+    return tuple(errors)
+
+
+def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn deliberate errors into one line on stderr and exit code 1 — never a traceback."""
+
+    @wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except _user_errors() as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(1) from None
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130) from None
+
+    return wrapper
+
+
+def _progress(quiet: bool):
+    from packager.progress import NullProgress, RichProgress
+
+    return NullProgress() if quiet else RichProgress()
+
+
+@app.command()
+@friendly
+def pack(
+    src: Annotated[str, typer.Argument(help="Checkpoint folder or Hub repo id (org/name).")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="Bundle directory to create.")],
+    profile: Annotated[str, typer.Option(help="Device profile name or .toml path.")] = "laptop-16gb",
+    format: Annotated[str, typer.Option("--format", help="Bundle format.")] = "gguf",
+    quant: Annotated[str | None, typer.Option(help="llama.cpp type; default: profile's.")] = None,
+    force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
+    revision: Annotated[str | None, typer.Option(help="Hub revision.")] = None,
+    no_reference: Annotated[bool, typer.Option(help="Skip the transformers divergence report.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Pack a Hugging Face MoE checkpoint into a device bundle."""
+    from packager.api import PackOptions
+    from packager.api import pack as do_pack
+
+    opts = PackOptions(
+        src=src, out_dir=out, profile=profile, format=format, quant=quant, force=force,
+        revision=revision, reference=False if no_reference else None,
+    )
+    result = do_pack(opts, _progress(quiet))
+    if not quiet:
+        typer.echo(f"bundle: {result.bundle}  ({result.manifest.quant}, {result.manifest.profile['name']})")
+        if result.report:
+            d = result.report["divergence"]
+            typer.echo(f"vs transformers: top-1 {d['top1_agreement']:.4f}, mean KL {d['mean_kl']:.2e}")
+
+
+@app.command()
+@friendly
+def inspect(
+    bundle: Path,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the manifest as JSON.")] = False,
+) -> None:
+    """Show a bundle's manifest."""
+    from packager.api import inspect as do_inspect
+
+    m = do_inspect(bundle)
+    if as_json:
+        typer.echo(m.to_json())
+        return
+    s = m.shape
+    typer.echo(f"{bundle}: {s.hf_architecture} -> {m.format} ({s.gguf_arch}), quant {m.quant}")
+    typer.echo(f"  profile      {m.profile.get('name')}")
+    typer.echo(f"  source       {m.source.kind}:{m.source.ref}" + (f"@{m.source.revision}" if m.source.revision else ""))
+    typer.echo(f"  MoE          {len(s.moe_layers)}/{s.n_layers} layers, {s.n_experts} experts, top-{s.top_k}, {s.n_shared_experts} shared")
+    typer.echo(f"  dense bytes  {m.dense_bytes:,}")
+    typer.echo(f"  expert bytes {m.expert_bytes_total:,} ({m.expert_layers[0].expert_bytes:,} per expert)")
+    hot = sum(len(v) for v in m.hot_experts.values())
+    typer.echo(f"  hot experts  {hot}")
+    for name, entry in sorted(m.files.items()):
+        typer.echo(f"  file         {name:<24} {entry.bytes:>14,}  {entry.sha256[:16]}")
+
+
+@app.command()
+@friendly
+def verify(bundle: Path) -> None:
+    """Re-check every checksum in a bundle."""
+    from packager.api import verify as do_verify
+
+    report = do_verify(bundle)
+    for name in report.checked:
+        typer.echo(f"ok       {name}")
+    for problem in report.problems:
+        typer.echo(f"FAILED   {problem}", err=True)
+    if not report.ok:
+        raise typer.Exit(1)
+    typer.echo(f"{bundle}: all {len(report.checked)} files verified")
+
+
+@fixtures_app.command("build")
+@friendly
+def fixtures_build(
+    out: Annotated[Path, typer.Argument(help="Folder to write checkpoints into.")],
+    name: Annotated[list[str] | None, typer.Option("--name", help="Fixture name (repeatable).")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
+) -> None:
+    """Build small real MoE checkpoints locally and deterministically."""
+    from packager.fixtures import build_fixtures
+
+    for path in build_fixtures(name or None, out, quiet):
+        typer.echo(str(path))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()
+
