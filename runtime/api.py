@@ -1,0 +1,276 @@
+"""The runtime's Python API: `load(bundle) -> Model`. HTTP, CLI and apps are thin shells over it."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from runtime.backends.llama_cpp import EngineConfig, LlamaEngine
+from runtime.budget import BudgetPlan, parse_budget, plan_budget
+from runtime.bundle import OpenBundle, attention_shape, open_bundle
+from runtime.errors import EdgemoeError, PromptTooLongError
+from runtime.expert_cache import ExpertCache
+from runtime.expert_pager import ExpertPager
+from runtime.generation import (
+    GenerationResult,
+    SamplingParams,
+    StreamEvent,
+    TextAssembler,
+    Usage,
+)
+from runtime.residency import MadviseResidency, mapping_rss, process_rss
+
+DEFAULT_POLICY = "lru"
+DEFAULT_CTX = 2048
+
+__all__ = ["GenerationResult", "Model", "StreamEvent", "Usage", "load"]
+
+
+class ChatTemplateError(EdgemoeError, ValueError):
+    """Messages that the bundle's chat template cannot render."""
+
+
+def _profile_value(bundle: OpenBundle, key: str, default: Any) -> Any:
+    value = bundle.manifest.profile.get(key)
+    return default if value in (None, 0) else value
+
+
+def load(
+    bundle: str | Path,
+    budget: str | int | None = None,
+    *,
+    n_ctx: int | None = None,
+    threads: int | None = None,
+    policy: str = DEFAULT_POLICY,
+    cold: bool = False,
+    verify: bool = False,
+    record_routing: bool = False,
+) -> Model:
+    """Open a bundle and start llama.cpp on it, keeping experts resident within `budget`.
+
+    budget: "40%" of expert bytes, a size ("1.5GB") or bytes for weights + KV cache; None uses
+    the bundle's device profile. cold: also drop released experts from the OS page cache, so a
+    miss reads storage (what a device without spare RAM sees).
+    """
+    opened = open_bundle(bundle, verify=verify)
+    m = opened.manifest
+    n_ctx = int(n_ctx or min(_profile_value(opened, "context_length", DEFAULT_CTX),
+                             m.shape.context_length))
+    threads = int(threads or min(_profile_value(opened, "threads", 4), os.cpu_count() or 1))
+    spec = parse_budget(budget)
+    if spec is None and m.profile.get("model_memory_bytes"):
+        spec = parse_budget(int(m.profile["model_memory_bytes"]))
+    kv = attention_shape(opened.model_path).kv_bytes(n_ctx)
+    expert_bytes = {x.layer: x.expert_bytes for x in m.expert_layers}
+    plan = plan_budget(
+        spec,
+        dense_bytes=m.dense_bytes,
+        kv_bytes=kv,
+        expert_bytes_total=m.expert_bytes_total,
+        one_token_expert_bytes=m.shape.top_k * sum(expert_bytes.values()),
+    )
+    return Model(opened, plan, n_ctx, threads, policy, cold, record_routing)
+
+
+class Model:
+    """A loaded bundle. Not thread-safe for concurrent generations: calls are serialised."""
+
+    def __init__(
+        self, opened: OpenBundle, plan: BudgetPlan, n_ctx: int, threads: int, policy: str,
+        cold: bool, record_routing: bool,
+    ) -> None:
+        self.bundle = opened
+        self.manifest = opened.manifest
+        self.budget = plan
+        self.name = opened.name
+        self.n_ctx = n_ctx
+        self._lock = threading.Lock()
+        self._timings: dict[str, float] = {}
+        self._expert_bytes = {x.layer: x.expert_bytes for x in self.manifest.expert_layers}
+        self.pager = ExpertPager(None, None, self._expert_bytes, self.manifest.shape.top_k,
+                                 record=record_routing)
+        self.engine = LlamaEngine(
+            EngineConfig(opened.model_path, n_ctx, threads,
+                         observe_routing=plan.offloading or record_routing),
+            observer=self.pager.on_routing,
+        )
+        self.cache: ExpertCache | None = None
+        self.residency: MadviseResidency | None = None
+        if plan.offloading:
+            self._start_paging(policy, cold)
+
+    def _start_paging(self, policy: str, cold: bool) -> None:
+        layers = {x.layer: x for x in self.manifest.expert_layers}
+        self.residency = MadviseResidency.for_file(
+            self.bundle.model_path, lambda layer, e: layers[layer].ranges(e), cold=cold
+        )
+        self.cache = ExpertCache(
+            expert_bytes=self._expert_bytes,
+            n_experts=self.manifest.shape.n_experts,
+            capacity_bytes=self.budget.expert_capacity_bytes,
+            pinned=self._pinned(),
+            policy=policy,
+            residency=self.residency,
+        )
+        self.cache.release_all_unpinned()
+        self.pager.cache, self.pager.residency = self.cache, self.residency
+
+    def _pinned(self) -> dict[int, tuple[int, ...]]:
+        """The manifest's hot set, trimmed so pinned + one token's experts fit the capacity."""
+        room = self.budget.expert_capacity_bytes - self.manifest.shape.top_k * sum(
+            self._expert_bytes.values())
+        pinned: dict[int, list[int]] = {}
+        for layer, experts in sorted(self.manifest.hot_experts.items()):
+            for e in experts:
+                if layer in self._expert_bytes and room >= self._expert_bytes[layer]:
+                    pinned.setdefault(layer, []).append(e)
+                    room -= self._expert_bytes[layer]
+        return {k: tuple(v) for k, v in pinned.items()}
+
+    # --- text ----------------------------------------------------------------------------
+    def tokenize(self, text: str) -> list[int]:
+        return self.engine.tokenize(text)
+
+    def apply_chat_template(self, messages: list[dict[str, Any]]) -> str:
+        from runtime.chat_template import render_chat
+
+        return render_chat(self.manifest.chat_template, messages)
+
+    # --- generation ----------------------------------------------------------------------
+    def generate(self, prompt: str, **kwargs: Any) -> GenerationResult:
+        text, tokens, last = [], [], None
+        for ev in self.stream_events(prompt, _tokens=tokens, **kwargs):
+            text.append(ev.text)
+            last = ev
+        assert last is not None and last.usage is not None
+        return GenerationResult("".join(text), tokens, last.finish_reason or "stop", last.usage,
+                                last.timings or {})
+
+    def stream(self, prompt: str, **kwargs: Any) -> Iterator[str]:
+        for ev in self.stream_events(prompt, **kwargs):
+            if ev.text:
+                yield ev.text
+
+    def chat(self, messages: list[dict[str, Any]], **kwargs: Any) -> GenerationResult:
+        return self.generate(self.apply_chat_template(messages), **kwargs)
+
+    def stream_events(
+        self,
+        prompt: str,
+        *,
+        max_tokens: int = 128,
+        temperature: float = 0.0,
+        top_p: float = 1.0,
+        top_k: int = 0,
+        seed: int | None = None,
+        stop: list[str] | tuple[str, ...] | str | None = None,
+        cancel: threading.Event | None = None,
+        _tokens: list[int] | None = None,
+    ) -> Iterator[StreamEvent]:
+        stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
+        params = SamplingParams(max_tokens, temperature, top_p, top_k, seed, stops).validate()
+        prompt_ids = self.tokenize(prompt) or [self.engine.model.token_eos()]
+        if len(prompt_ids) + params.max_tokens > self.n_ctx:
+            raise PromptTooLongError(len(prompt_ids), self.n_ctx, params.max_tokens)
+        out = _tokens if _tokens is not None else []
+        with self._lock:
+            yield from self._run(prompt_ids, params, cancel, out)
+
+    def _decode(self, tokens: list[int]):
+        self.pager.begin_batch()
+        logits = self.engine.decode(tokens)
+        self.pager.reconcile()
+        return logits
+
+    def _run(self, prompt_ids, params: SamplingParams, cancel, out: list[int]):
+        engine = self.engine
+        engine.reset()
+        t0 = time.perf_counter()
+        self._decode(prompt_ids)
+        t_prefill = time.perf_counter() - t0
+        sampler = engine.sampler(params.temperature, params.top_p, params.top_k, params.seed)
+        text = TextAssembler(params.stop)
+        finish, ttft, t1 = "length", None, time.perf_counter()
+        try:
+            for i in range(params.max_tokens):
+                if cancel is not None and cancel.is_set():
+                    finish = "cancelled"
+                    break
+                tok = engine.sample(sampler)
+                if engine.is_eog(tok):
+                    finish = "stop"
+                    break
+                out.append(tok)
+                piece = text.feed(engine.token_bytes(tok))
+                ttft = ttft if ttft is not None else time.perf_counter() - t0
+                if piece:
+                    yield StreamEvent(piece, tok)
+                if text.stopped:
+                    finish = "stop"
+                    break
+                if i + 1 < params.max_tokens:
+                    self._decode([tok])
+        finally:
+            sampler.close()
+        t_decode = time.perf_counter() - t1
+        timings = {
+            "prefill_s": t_prefill,
+            "decode_s": t_decode,
+            "ttft_s": ttft if ttft is not None else t_prefill,
+            "prefill_tok_s": len(prompt_ids) / t_prefill if t_prefill > 0 else 0.0,
+            "decode_tok_s": len(out) / t_decode if t_decode > 0 and out else 0.0,
+        }
+        self._timings = timings
+        usage = Usage(len(prompt_ids), len(out))
+        yield StreamEvent(text.flush(), None, finish, usage, timings)
+
+    # --- introspection -------------------------------------------------------------------
+    def stats(self) -> dict[str, Any]:
+        b = self.budget
+        s: dict[str, Any] = {
+            "budget_bytes": b.budget_bytes,
+            "dense_bytes": b.dense_bytes,
+            "kv_bytes": b.kv_bytes,
+            "expert_bytes_total": b.expert_bytes_total,
+            "expert_capacity_bytes": b.expert_capacity_bytes,
+            "budget_fraction": b.fraction,
+            "offloading": b.offloading,
+            "n_ctx": self.n_ctx,
+            **{k: v for k, v in self._timings.items()},
+            "transient_loads": self.pager.stats.transient_loads,
+            "process_rss_bytes": process_rss(),
+            "mapping_rss_bytes": mapping_rss(self.bundle.model_path),
+        }
+        if self.cache is None:
+            s.update(resident_expert_bytes=b.expert_bytes_total, pinned_bytes=0, hits=0,
+                     misses=0, bytes_loaded=0, evictions=0, hot_experts={})
+            return s
+        cs = self.cache.stats()
+        s.update(
+            resident_expert_bytes=cs.resident_bytes,
+            pinned_bytes=cs.pinned_bytes,
+            hits=cs.hits,
+            misses=cs.misses + self.pager.stats.transient_loads,
+            bytes_loaded=cs.bytes_loaded + self.pager.stats.transient_bytes,
+            evictions=cs.evictions,
+            hot_experts={str(k): list(v) for k, v in self._pinned().items()},
+        )
+        return s
+
+    def close(self) -> None:
+        with self._lock:
+            if self.engine is not None:
+                self.engine.close()
+                self.engine = None  # type: ignore[assignment]
+            if self.residency is not None:
+                self.residency.close()
+
+    def __enter__(self) -> Model:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

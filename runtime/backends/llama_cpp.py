@@ -1,0 +1,176 @@
+"""llama.cpp engine: stock llama.cpp computes; we only watch routing and own residency.
+
+The model is loaded file-backed (mmap) with extra buffer types off, so no weight is repacked
+into private memory: every expert byte the manifest records is a page of the GGUF mapping that
+madvise can give back. Routing is observed through llama.cpp's eval callback on the
+`ffn_moe_topk-<layer>` tensors, which the graph computes just before the expert matmuls.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import os
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from runtime.errors import BundleError, EdgemoeError
+
+RoutingObserver = Callable[[int, np.ndarray], None]  # (layer, ids[n_tokens, top_k])
+
+_TOPK = b"ffn_moe_topk-"
+_TOPK_RE = re.compile(rb"^ffn_moe_topk-(\d+)$")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    model_path: Path
+    n_ctx: int
+    n_threads: int
+    n_batch: int = 512
+    n_ubatch: int = 512
+    observe_routing: bool = True
+    verbose: bool = False
+
+
+class _Ggml:
+    """The few ggml C functions the eval callback needs, from llama-cpp-python's own libraries."""
+
+    def __init__(self) -> None:
+        import llama_cpp
+
+        libdir = Path(llama_cpp.__file__).parent / "lib"
+        candidates = sorted(libdir.glob("libggml-base.*")) or sorted(libdir.glob("ggml-base.*"))
+        if not candidates:
+            raise EdgemoeError(f"{libdir}: libggml-base not found next to llama-cpp-python")
+        lib = ctypes.CDLL(str(candidates[0]))
+        lib.ggml_get_name.restype = ctypes.c_char_p
+        lib.ggml_get_name.argtypes = [ctypes.c_void_p]
+        lib.ggml_nelements.restype = ctypes.c_int64
+        lib.ggml_nelements.argtypes = [ctypes.c_void_p]
+        lib.ggml_backend_tensor_get.restype = None
+        lib.ggml_backend_tensor_get.argtypes = [
+            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t,
+        ]
+        self.lib = lib
+
+
+class LlamaEngine:
+    """One llama.cpp model + context, decoding a single sequence."""
+
+    def __init__(self, cfg: EngineConfig, observer: RoutingObserver | None = None) -> None:
+        import llama_cpp
+        from llama_cpp import _internals as li
+
+        from llama_cpp._logger import set_verbose
+
+        set_verbose(cfg.verbose)
+        self._llama_cpp = llama_cpp
+        self.cfg = cfg
+        self._observer = observer
+        llama_cpp.llama_backend_init()
+        mparams = llama_cpp.llama_model_default_params()
+        mparams.n_gpu_layers = 0
+        mparams.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP
+        # No repacking into anonymous buffers: experts must stay pages of the file mapping.
+        mparams.use_extra_bufts = False
+        try:
+            self.model = li.LlamaModel(path_model=str(cfg.model_path), params=mparams, verbose=False)
+        except ValueError as e:
+            raise BundleError(f"{cfg.model_path}: llama.cpp could not load it ({e})") from None
+        cparams = llama_cpp.llama_context_default_params()
+        cparams.n_ctx = cfg.n_ctx
+        cparams.n_batch = cfg.n_batch
+        cparams.n_ubatch = min(cfg.n_ubatch, cfg.n_batch)
+        cparams.n_threads = cfg.n_threads
+        cparams.n_threads_batch = cfg.n_threads
+        cparams.no_perf = True
+        self._cb = None
+        if cfg.observe_routing and observer is not None:
+            self._ggml = _Ggml()
+            self._cb = llama_cpp.ggml_backend_sched_eval_callback(self._eval_callback)
+            cparams.cb_eval = self._cb
+            cparams.cb_eval_user_data = None
+        self.ctx = li.LlamaContext(model=self.model, params=cparams, verbose=False)
+        self.batch = li.LlamaBatch(n_tokens=cfg.n_batch, embd=0, n_seq_max=1, verbose=False)
+        self.vocab = llama_cpp.llama_model_get_vocab(self.model.model)
+        self.n_vocab = self.model.n_vocab()
+        self.n_past = 0
+        self._buf = np.zeros(0, dtype=np.int32)
+
+    # --- routing observation -------------------------------------------------------------
+    def _eval_callback(self, tensor: int, ask: bool, _user: int) -> bool:
+        name = self._ggml.lib.ggml_get_name(tensor)
+        if ask:
+            return name.startswith(_TOPK)
+        m = _TOPK_RE.match(name)
+        if m and self._observer is not None:
+            n = int(self._ggml.lib.ggml_nelements(tensor))
+            if self._buf.size < n:
+                self._buf = np.zeros(n, dtype=np.int32)
+            self._ggml.lib.ggml_backend_tensor_get(tensor, self._buf.ctypes.data, 0, n * 4)
+            ids = self._buf[:n].copy()
+            try:
+                self._observer(int(m.group(1)), ids)
+            except Exception:  # never let Python errors unwind through C
+                import traceback
+
+                traceback.print_exc()
+        return True
+
+    # --- tokens ----------------------------------------------------------------------------
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        return self.model.tokenize(text.encode("utf-8"), add_bos=self.model.add_bos_token(),
+                                   special=special)
+
+    def token_bytes(self, token: int) -> bytes:
+        return self.model.token_to_piece(token, special=False)
+
+    def is_eog(self, token: int) -> bool:
+        return bool(self._llama_cpp.llama_vocab_is_eog(self.vocab, token))
+
+    # --- decoding --------------------------------------------------------------------------
+    def reset(self) -> None:
+        self.ctx.kv_cache_clear()
+        self.n_past = 0
+
+    def decode(self, tokens: list[int]) -> np.ndarray:
+        """Feed tokens after the current position; returns the logits of the last one."""
+        if self.n_past + len(tokens) > self.cfg.n_ctx:
+            raise EdgemoeError(f"context full ({self.cfg.n_ctx} tokens)")
+        for start in range(0, len(tokens), self.cfg.n_batch):
+            chunk = tokens[start : start + self.cfg.n_batch]
+            self.batch.set_batch(chunk, n_past=self.n_past, logits_all=False)
+            self.ctx.decode(self.batch)
+            self.n_past += len(chunk)
+        ptr = self.ctx.get_logits_ith(-1)
+        return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
+
+    def sampler(self, temperature: float, top_p: float, top_k: int, seed: int | None):
+        from llama_cpp import _internals as li
+
+        s = li.LlamaSampler()
+        if temperature <= 0:
+            s.add_greedy()
+            return s
+        if top_k > 0:
+            s.add_top_k(top_k)
+        if top_p < 1.0:
+            s.add_top_p(top_p, 1)
+        s.add_temp(temperature)
+        s.add_dist(seed if seed is not None else int.from_bytes(os.urandom(4), "little"))
+        return s
+
+    def sample(self, sampler, logits_idx: int = -1) -> int:
+        token = self._llama_cpp.llama_sampler_sample(sampler.sampler, self.ctx.ctx, logits_idx)
+        return int(token)
+
+    def close(self) -> None:
+        for obj in ("batch", "ctx", "model"):
+            o = getattr(self, obj, None)
+            if o is not None:
+                o.close()
+                setattr(self, obj, None)

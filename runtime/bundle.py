@@ -1,0 +1,86 @@
+"""Opening a bundle on the device: manifest, file presence and sizes, optional full checksums."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from packager.manifest import Manifest, ManifestError, read_manifest
+from runtime.errors import BundleError
+
+
+@dataclass(frozen=True)
+class OpenBundle:
+    path: Path
+    manifest: Manifest
+
+    @property
+    def model_path(self) -> Path:
+        return self.path / self.manifest.model_file
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+@dataclass(frozen=True)
+class AttentionShape:
+    """What the KV cache costs per token, read from the GGUF header."""
+
+    n_layers: int
+    n_head_kv: int
+    key_length: int
+    value_length: int
+
+    def kv_bytes(self, n_ctx: int, bytes_per_value: int = 2) -> int:
+        per_token = self.n_layers * self.n_head_kv * (self.key_length + self.value_length)
+        return n_ctx * per_token * bytes_per_value
+
+
+def open_bundle(path: str | Path, verify: bool = False) -> OpenBundle:
+    """Check a bundle is complete before llama.cpp touches it; `verify` also re-hashes files."""
+    path = Path(path)
+    if not path.is_dir():
+        raise BundleError(f"{path}: not a bundle directory")
+    try:
+        manifest = read_manifest(path)
+    except ManifestError as e:
+        raise BundleError(str(e)) from None
+    for name, entry in manifest.files.items():
+        f = path / name
+        if not f.is_file():
+            raise BundleError(f"{path}: file '{name}' listed in the manifest is missing")
+        if f.stat().st_size != entry.bytes:
+            raise BundleError(
+                f"{f}: {f.stat().st_size} bytes but the manifest says {entry.bytes} (truncated?)"
+            )
+    if verify:
+        from packager.bundle import verify_bundle
+
+        report = verify_bundle(path)
+        if not report.ok:
+            raise BundleError(f"{path}: " + "; ".join(report.problems))
+    return OpenBundle(path, manifest)
+
+
+def attention_shape(model_path: Path) -> AttentionShape:
+    import gguf
+
+    reader = gguf.GGUFReader(model_path)
+
+    def get(key: str, default=None):
+        field = reader.fields.get(key)
+        return field.contents() if field is not None else default
+
+    arch = get("general.architecture")
+    n_head = int(get(f"{arch}.attention.head_count"))
+    n_embd = int(get(f"{arch}.embedding_length"))
+    head = n_embd // n_head
+    n_head_kv = get(f"{arch}.attention.head_count_kv", n_head)
+    n_head_kv = int(n_head_kv[0] if isinstance(n_head_kv, list) else n_head_kv)
+    return AttentionShape(
+        n_layers=int(get(f"{arch}.block_count")),
+        n_head_kv=n_head_kv,
+        key_length=int(get(f"{arch}.attention.key_length", head)),
+        value_length=int(get(f"{arch}.attention.value_length", head)),
+    )
