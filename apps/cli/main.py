@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from functools import wraps
+import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -121,6 +122,70 @@ def verify(bundle: Path) -> None:
     if not report.ok:
         raise typer.Exit(1)
     typer.echo(f"{bundle}: all {len(report.checked)} files verified")
+
+
+@app.command()
+@friendly
+def run(
+    bundle: Path,
+    prompt: Annotated[str, typer.Option(help="Prompt text.")],
+    max_tokens: Annotated[int, typer.Option(help="Tokens to generate at most.")] = 64,
+    temperature: Annotated[float, typer.Option(help="0 = greedy.")] = 0.0,
+    top_p: Annotated[float, typer.Option()] = 1.0,
+    seed: Annotated[int | None, typer.Option()] = None,
+    stop: Annotated[list[str] | None, typer.Option(help="Stop string (repeatable).")] = None,
+    budget: Annotated[str | None, typer.Option(help="'40%', '1.5GB' or bytes; default: profile's.")] = None,
+    cold: Annotated[bool, typer.Option(help="Drop released experts from the page cache too.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print text, tokens, finish_reason, stats.")] = False,
+) -> None:
+    """Generate from a bundle (streams text unless --json)."""
+    import runtime
+
+    with runtime.load(bundle, budget=budget, cold=cold) as model:
+        kwargs = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                      stop=stop or None)
+        if as_json:
+            r = model.generate(prompt, **kwargs)
+            typer.echo(json.dumps({
+                "text": r.text, "tokens": r.tokens, "finish_reason": r.finish_reason,
+                "usage": {"prompt_tokens": r.usage.prompt_tokens,
+                          "completion_tokens": r.usage.completion_tokens},
+                "stats": model.stats(),
+            }, indent=2))
+            return
+        for piece in model.stream(prompt, **kwargs):
+            typer.echo(piece, nl=False)
+        typer.echo()
+
+
+@app.command()
+@friendly
+def chat(
+    bundle: Path,
+    budget: Annotated[str | None, typer.Option(help="'40%', '1.5GB' or bytes.")] = None,
+    max_tokens: Annotated[int, typer.Option()] = 256,
+    temperature: Annotated[float, typer.Option()] = 0.7,
+    system: Annotated[str | None, typer.Option(help="System message.")] = None,
+) -> None:
+    """Interactive chat in the terminal using the bundle's chat template (/exit to quit)."""
+    from apps.cli.chat import chat_loop
+
+    chat_loop(bundle, budget=budget, max_tokens=max_tokens, temperature=temperature, system=system)
+
+
+@app.command()
+@friendly
+def demo(
+    out: Annotated[Path, typer.Option(help="Where to put the fixture and bundle.")] = Path("demo"),
+    fixture: Annotated[str, typer.Option(help="Fixture to build.")] = "qwen3moe-trained",
+    profile: Annotated[str, typer.Option(help="Device profile to pack for.")] = "phone-8gb",
+    prompt: Annotated[str, typer.Option()] = "def parse_args(argv):\n    ",
+    budget: Annotated[str, typer.Option(help="Runtime budget for the demo generation.")] = "50%",
+) -> None:
+    """The main job end to end: build a fixture, pack it for a profile, generate."""
+    from apps.cli.demo import run_demo
+
+    run_demo(out, fixture, profile, prompt, budget, echo=typer.echo)
 
 
 @fixtures_app.command("build")

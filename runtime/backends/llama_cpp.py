@@ -19,10 +19,14 @@ import numpy as np
 
 from runtime.errors import BundleError, EdgemoeError
 
-RoutingObserver = Callable[[int, np.ndarray], None]  # (layer, ids[n_tokens, top_k])
+# (layer, ids) for the default tap; (layer, tensor name, data) for extra taps.
+RoutingObserver = Callable[[int, np.ndarray], None]
+TensorObserver = Callable[[int, str, np.ndarray], None]
 
-_TOPK = b"ffn_moe_topk-"
-_TOPK_RE = re.compile(rb"^ffn_moe_topk-(\d+)$")
+TOPK = "ffn_moe_topk"  # int32 [n_tokens, top_k]: chosen experts
+PROBS = "ffn_moe_probs"  # f32 [n_tokens, n_expert]: router probabilities (before top-k)
+WEIGHTS = "ffn_moe_weights"  # f32 [n_tokens, top_k]: mixing weights (after any norm/scale)
+_NAMED = re.compile(rb"^(ffn_moe_[a-z_]+)-(\d+)$")
 
 
 @dataclass(frozen=True)
@@ -34,6 +38,7 @@ class EngineConfig:
     n_ubatch: int = 512
     observe_routing: bool = True
     verbose: bool = False
+    extra_taps: tuple[str, ...] = ()  # e.g. (PROBS, WEIGHTS) for calibration
 
 
 class _Ggml:
@@ -61,7 +66,12 @@ class _Ggml:
 class LlamaEngine:
     """One llama.cpp model + context, decoding a single sequence."""
 
-    def __init__(self, cfg: EngineConfig, observer: RoutingObserver | None = None) -> None:
+    def __init__(
+        self,
+        cfg: EngineConfig,
+        observer: RoutingObserver | None = None,
+        tensor_observer: TensorObserver | None = None,
+    ) -> None:
         import llama_cpp
         from llama_cpp import _internals as li
 
@@ -71,6 +81,9 @@ class LlamaEngine:
         self._llama_cpp = llama_cpp
         self.cfg = cfg
         self._observer = observer
+        self._tensor_observer = tensor_observer
+        self._taps = tuple(t.encode() for t in ((TOPK,) + cfg.extra_taps))
+        self._tap_prefixes = tuple(t + b"-" for t in self._taps)
         llama_cpp.llama_backend_init()
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = 0
@@ -89,7 +102,7 @@ class LlamaEngine:
         cparams.n_threads_batch = cfg.n_threads
         cparams.no_perf = True
         self._cb = None
-        if cfg.observe_routing and observer is not None:
+        if cfg.observe_routing and (observer is not None or tensor_observer is not None):
             self._ggml = _Ggml()
             self._cb = llama_cpp.ggml_backend_sched_eval_callback(self._eval_callback)
             cparams.cb_eval = self._cb
@@ -99,27 +112,31 @@ class LlamaEngine:
         self.vocab = llama_cpp.llama_model_get_vocab(self.model.model)
         self.n_vocab = self.model.n_vocab()
         self.n_past = 0
-        self._buf = np.zeros(0, dtype=np.int32)
 
     # --- routing observation -------------------------------------------------------------
     def _eval_callback(self, tensor: int, ask: bool, _user: int) -> bool:
         name = self._ggml.lib.ggml_get_name(tensor)
         if ask:
-            return name.startswith(_TOPK)
-        m = _TOPK_RE.match(name)
-        if m and self._observer is not None:
-            n = int(self._ggml.lib.ggml_nelements(tensor))
-            if self._buf.size < n:
-                self._buf = np.zeros(n, dtype=np.int32)
-            self._ggml.lib.ggml_backend_tensor_get(tensor, self._buf.ctypes.data, 0, n * 4)
-            ids = self._buf[:n].copy()
+            return name.startswith(self._tap_prefixes)
+        m = _NAMED.match(name)
+        if m and m.group(1) in self._taps:
             try:
-                self._observer(int(m.group(1)), ids)
-            except Exception:  # never let Python errors unwind through C
+                self._deliver(tensor, m.group(1).decode(), int(m.group(2)))
+            except Exception:  # never let a Python error unwind through C
                 import traceback
 
                 traceback.print_exc()
         return True
+
+    def _deliver(self, tensor: int, kind: str, layer: int) -> None:
+        n = int(self._ggml.lib.ggml_nelements(tensor))
+        dtype = np.int32 if kind == TOPK else np.float32
+        buf = np.empty(n, dtype=dtype)
+        self._ggml.lib.ggml_backend_tensor_get(tensor, buf.ctypes.data, 0, n * 4)
+        if kind == TOPK and self._observer is not None:
+            self._observer(layer, buf)
+        if self._tensor_observer is not None:
+            self._tensor_observer(layer, kind, buf)
 
     # --- tokens ----------------------------------------------------------------------------
     def tokenize(self, text: str, special: bool = True) -> list[int]:

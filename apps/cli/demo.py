@@ -1,0 +1,34 @@
+"""`edgemoe demo`: the product's main job on an embedded default, end to end."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+
+def run_demo(out: Path, fixture: str, profile: str, prompt: str, budget: str,
+             echo: Callable[[str], None] = print) -> str:
+    import runtime
+    from packager.api import PackOptions, pack
+    from packager.fixtures import build_fixture
+    from packager.progress import RichProgress
+
+    out.mkdir(parents=True, exist_ok=True)
+    ckpt = out / fixture
+    if not (ckpt / "config.json").is_file():
+        echo(f"building fixture {fixture} (deterministic, local) ...")
+        build_fixture(fixture, ckpt)
+    bundle = out / f"{fixture}-{profile}"
+    result = pack(PackOptions(src=str(ckpt), out_dir=bundle, profile=profile, force=True),
+                  RichProgress())
+    echo(f"packed {bundle} ({result.manifest.quant} for {profile})")
+    if result.report:
+        d = result.report["divergence"]
+        echo(f"divergence vs transformers: top-1 {d['top1_agreement']:.3f}, KL {d['mean_kl']:.2e}")
+    with runtime.load(bundle, budget=budget) as model:
+        r = model.generate(prompt, max_tokens=48)
+        s = model.stats()
+    echo(f"--- generation at budget {budget} ---\n{prompt}{r.text}")
+    echo(f"--- resident experts {s['resident_expert_bytes']:,} of {s['expert_bytes_total']:,} bytes,"
+         f" hits {s['hits']}, misses {s['misses']}, decode {s.get('decode_tok_s', 0):.0f} tok/s")
+    return r.text
