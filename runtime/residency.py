@@ -170,6 +170,23 @@ def mapping_rss(path: str | Path) -> int | None:
     return total
 
 
+def drop_file_cache(path: str | Path) -> bool:
+    """Ask the OS to drop `path` from its page cache (pages mapped anywhere stay).
+
+    For cold starts and measurements: a freshly written file may sit in the page cache in large
+    folios (seen on ext4, Linux 6.x) that a per-expert fadvise does not drop; after this, pages
+    come back by faults and readahead. False where posix_fadvise does not exist.
+    """
+    if not hasattr(os, "posix_fadvise"):
+        return False
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    finally:
+        os.close(fd)
+    return True
+
+
 # --- libc --------------------------------------------------------------------------------------
 _SIGNATURES = {  # name -> argument types after (address, length)
     "madvise": [ctypes.c_int],
