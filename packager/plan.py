@@ -163,7 +163,7 @@ class ExpertUsage:
 class Suggestion:
     """One change that would make a plan fit (or stream less); `text` is what users read."""
 
-    kind: str  # "quant", "context", "prune" or a '+'-joined combination
+    kind: str  # "quant", "context" or "prune"
     text: str
     quant: str | None = None
     context_length: int | None = None
@@ -178,6 +178,9 @@ class Suggestion:
 
 @dataclass(frozen=True)
 class Plan:
+    """A packing plan. The packager quantizes with file type `quant_experts` plus the
+    `tensor_types` overrides and records `hot_experts`; the runtime pins those experts."""
+
     profile: str
     quant_dense: str
     quant_experts: str  # the llama.cpp file type to quantize with
@@ -221,6 +224,12 @@ class Plan:
         missing = [n for n in names if n not in d]
         if missing:
             raise PlanError(f"{where}: missing field(s) {', '.join(missing)}")
+        for f in fields(cls):
+            want = _SCALARS.get(str(f.type))
+            value = d[f.name]
+            if want and (not isinstance(value, want) or (want is not bool
+                                                          and isinstance(value, bool))):
+                raise PlanError(f"{where}: field '{f.name}' must be {f.type}, got {value!r}")
         try:
             v = {n: d[n] for n in names}
             for key in ("hot_experts", "pruned_experts"):
@@ -232,6 +241,10 @@ class Plan:
         except (TypeError, ValueError, AttributeError) as e:
             raise PlanError(f"{where}: malformed field value: {e}") from None
         return cls(**v)
+
+
+_SCALARS: dict[str, type | tuple[type, ...]] = {
+    "str": str, "int": int, "bool": bool, "float": (int, float)}
 
 
 @dataclass(frozen=True)
@@ -395,10 +408,9 @@ class _Ctx:
     kept: int
     shares: dict[int, dict[int, float]]
 
-    def sizes(self, q: QuantType, dense: QuantType | None = None, kept: int | None = None,
-              kv: int | None = None) -> _Sizes:
-        return _sizes(self.shape, dense or q, q, self.kept if kept is None else kept,
-                      self.kv if kv is None else kv)
+    def sizes(self, q: QuantType, dense: QuantType | None = None,
+              kept: int | None = None) -> _Sizes:
+        return _sizes(self.shape, dense or q, q, self.kept if kept is None else kept, self.kv)
 
     def hot(self, s: _Sizes) -> _HotSet:
         return _hot_set(s, self.budget, self.shares, self.usage is not None)
@@ -598,7 +610,8 @@ def _explain(c: _Ctx, s: _Sizes, hot: _HotSet, fits: bool, resident: bool,
              n_prune: int) -> list[str]:
     why = []
     rows = {"ffn_down_exps": (c.shape.expert_row_len, s.q_experts),
-            "gate/up experts and dense weights": (c.shape.hidden_size, s.q_experts)}
+            "ffn_gate/up_exps": (c.shape.hidden_size, s.q_experts),
+            "dense weights": (c.shape.hidden_size, s.q_dense)}
     for what, (row, q) in rows.items():
         stored = stored_type(q, row)
         if stored != q.ggml:

@@ -267,6 +267,13 @@ def test_plan_round_trips_through_json(profile):
     assert again == plan
 
 
+def test_plan_from_dict_checks_scalar_types():
+    d = make_plan(tiny(), load_profile("laptop-16gb")).to_dict()
+    d["fits"] = "yes"
+    with pytest.raises(PlanError, match=r"plan: field 'fits' must be bool, got 'yes'"):
+        Plan.from_dict(d)
+
+
 def test_plan_from_dict_names_missing_fields():
     d = make_plan(tiny(), load_profile("laptop-16gb")).to_dict()
     del d["hot_experts"]
@@ -300,3 +307,84 @@ def test_render_plan_is_a_readable_table():
     for label in ("budget", "dense weights", "KV cache", "hot experts", "decode (est.)", "why:"):
         assert label in text
     assert "suggestions:" in text
+
+
+def _write_tiny_moe_gguf(path, hidden: int, inter: int, experts: int, layers: int, vocab: int):
+    """A float32 llama-architecture MoE GGUF, just enough for llama.cpp's quantizer."""
+    import numpy as np
+
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_block_count(layers)
+    w.add_context_length(256)
+    w.add_embedding_length(hidden)
+    w.add_feed_forward_length(inter)
+    w.add_head_count(4)
+    w.add_head_count_kv(2)
+    w.add_layer_norm_rms_eps(1e-6)
+    w.add_expert_count(experts)
+    w.add_expert_used_count(2)
+    w.add_file_type(gguf.LlamaFileType.ALL_F32)
+    rng = np.random.default_rng(0)
+    shapes = {"token_embd.weight": (vocab, hidden), "output_norm.weight": (hidden,),
+              "output.weight": (vocab, hidden)}
+    for b in range(layers):
+        shapes |= {
+            f"blk.{b}.attn_norm.weight": (hidden,), f"blk.{b}.ffn_norm.weight": (hidden,),
+            f"blk.{b}.attn_q.weight": (hidden, hidden),
+            f"blk.{b}.attn_k.weight": (hidden // 2, hidden),
+            f"blk.{b}.attn_v.weight": (hidden // 2, hidden),
+            f"blk.{b}.attn_output.weight": (hidden, hidden),
+            f"blk.{b}.ffn_gate_inp.weight": (experts, hidden),
+            f"blk.{b}.ffn_gate_exps.weight": (experts, inter, hidden),
+            f"blk.{b}.ffn_up_exps.weight": (experts, inter, hidden),
+            f"blk.{b}.ffn_down_exps.weight": (experts, hidden, inter),
+        }
+    for name, shape in shapes.items():
+        w.add_tensor(name, rng.standard_normal(shape).astype(np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return [(n, s, "_exps" in n) for n, s in shapes.items()]
+
+
+@pytest.mark.engine
+def test_mixed_precision_plan_quantizes_as_planned_in_llama_cpp(tmp_path):
+    """The plan's file type + tensor_types, run through llama.cpp's own quantizer, give dense
+    tensors the planned type, leave experts to the file type's mix, and sizes near estimates."""
+    pytest.importorskip("llama_cpp")
+    from packager.gguf_layout import read_layout
+    from packager.quantize import QuantizeOptions, quantize
+
+    hidden, inter, experts, layers = 256, 512, 4, 2
+    src = tmp_path / "f32.gguf"
+    tensors = _write_tiny_moe_gguf(src, hidden, inter, experts, layers, vocab=512)
+    shape = shape_from_tensors(tensors, n_layers=layers, moe_layers=(0, 1), n_experts=experts,
+                               top_k=2, hidden_size=hidden, vocab_size=512, n_kv_heads=2,
+                               head_dim_k=64, head_dim_v=64)
+    roomy = with_budget("laptop-16gb", 2**30)
+    q8 = make_plan(shape, roomy, quant="Q8_0")
+    q4 = make_plan(shape, roomy, quant="Q4_K_M")
+    # Room for Q4_K_M experts with Q8_0 dense, not for Q8_0 experts; storage too slow to stream.
+    profile = with_budget("laptop-16gb", q4.total_bytes + q8.dense_bytes - q4.dense_bytes,
+                          quant_preferences=("Q8_0", "Q4_K_M"), default_quant="Q4_K_M",
+                          storage_read_mb_s=0.001)
+    plan = make_plan(shape, profile)
+    assert (plan.quant_experts, plan.quant_dense) == ("Q4_K_M", "Q8_0")
+    assert plan.tensor_types == {DENSE_TENSORS: "q8_0"}
+
+    out = quantize(src, tmp_path / "q.gguf", QuantizeOptions(
+        plan.quant_experts, threads=2, tensor_types=plan.tensor_types))
+    types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(out).tensors}
+    for name, _, is_expert in tensors:
+        if name.endswith("norm.weight") or "gate_inp" in name:
+            assert types[name] == "F32", name
+        elif is_expert:
+            assert types[name] in ("Q4_K", "Q6_K"), name
+        else:
+            assert types[name] == "Q8_0", name
+    layout = read_layout(out)
+    assert layout.dense_bytes == pytest.approx(plan.dense_bytes, rel=0.1)
+    for layer in layout.expert_layers:
+        assert layer.expert_bytes == pytest.approx(plan.expert_bytes_per_layer[layer.layer],
+                                                   rel=0.15)
