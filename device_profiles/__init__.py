@@ -10,6 +10,7 @@ import tomllib
 from importlib import resources
 from pathlib import Path
 
+from device_profiles.render import format_bytes, render_profile, render_profile_table
 from device_profiles.schema import (
     DEVICE_CLASSES,
     KNOWN_FIELDS,
@@ -29,10 +30,13 @@ __all__ = [
     "ProfileError",
     "builtin_names",
     "default_gflops",
+    "format_bytes",
     "list_profiles",
     "load_profile",
     "load_profile_file",
     "parse_size",
+    "render_profile",
+    "render_profile_table",
 ]
 
 _SUFFIX = ".toml"
