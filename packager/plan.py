@@ -115,7 +115,8 @@ def shape_from_tensors(
 @dataclass(frozen=True)
 class ExpertUsage:
     """Measured routing: per_layer[l][e] is the fraction of tokens that selected expert e in
-    layer l, so each layer sums to top_k (every token picks top_k experts)."""
+    layer l, so each layer sums to top_k (every token picks top_k experts). Only the shares
+    within a layer matter, so raw counts or per-token-normalised values work too."""
 
     per_layer: dict[int, tuple[float, ...]]
     n_tokens: int = 0  # how many tokens were measured; 0 when unknown

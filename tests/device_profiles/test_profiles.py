@@ -79,6 +79,17 @@ def test_builtin_is_valid_and_documented(name):
     assert p.model_memory_bytes < ram
 
 
+def test_readme_documents_every_builtin_and_field():
+    readme = (BUILTIN_DIR / "README.md").read_text(encoding="utf-8")
+    for p in list_profiles():
+        row = next(line for line in readme.splitlines() if line.startswith(f"| `{p.name}`"))
+        assert p.default_quant in row and str(p.context_length) in row and str(p.threads) in row
+    from device_profiles import KNOWN_FIELDS
+
+    for field in KNOWN_FIELDS:
+        assert f"`{field}`" in readme or f"`[{field}]`" in readme, field
+
+
 def test_camera_is_tight_and_laptop_generous():
     camera, laptop = load_profile("camera-arm-2gb"), load_profile("laptop-16gb")
     assert camera.model_memory_bytes <= 1.5 * 2**30
