@@ -22,7 +22,7 @@ from packager.plan import (
     suggest,
 )
 
-pytestmark = pytest.mark.unit
+# Unmarked tests are unit tests (the default); the one engine test runs llama.cpp's quantizer.
 
 GiB = 2**30
 
