@@ -188,6 +188,29 @@ def demo(
     run_demo(out, fixture, profile, prompt, budget, echo=typer.echo)
 
 
+@app.command()
+@friendly
+def trace(
+    bundle: Path,
+    text: Annotated[list[Path], typer.Option("--text", help="Text file (repeatable).")],
+    budget: Annotated[list[str] | None, typer.Option(help="Expert budget to replay (repeatable).")] = None,
+    policy: Annotated[list[str] | None, typer.Option(help="Policy to compare (repeatable).")] = None,
+    max_tokens: Annotated[int, typer.Option(help="Tokens of text to trace at most.")] = 4096,
+    save: Annotated[Path | None, typer.Option(help="Write the trace as JSON.")] = None,
+) -> None:
+    """Record a text's routing trace and replay cache policies against Belady's optimum."""
+    from runtime.tracing import record_trace, replay_budgets
+
+    joined = "\n".join(p.read_text(encoding="utf-8", errors="replace") for p in text)
+    tr = record_trace(bundle, joined, max_tokens=max_tokens)
+    if save:
+        tr.save(save)
+    report = replay_budgets(bundle, tr, budget or ["10%", "25%", "50%"],
+                            policy or ["lru", "lfu", "lrfu"])
+    typer.echo(f"{len(tr)} token steps traced")
+    typer.echo(report.render())
+
+
 @fixtures_app.command("build")
 @friendly
 def fixtures_build(

@@ -1,0 +1,84 @@
+"""Record a text's routing trace through llama.cpp and replay cache policies on it.
+
+Routing of a token does not depend on how the text is batched (teacher forcing), so the text is
+fed in context-sized chunks and every token position becomes one trace step.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from runtime.backends.llama_cpp import EngineConfig, LlamaEngine
+from runtime.budget import parse_budget
+from runtime.bundle import open_bundle
+from runtime.errors import BudgetError
+from runtime.policy import DEFAULT_POLICY, Row, render_replay, replay
+from runtime.routing_trace import RoutingTrace
+
+
+@dataclass(frozen=True)
+class TraceReport:
+    trace: RoutingTrace
+    rows: list[Row]
+    capacities: dict[str, int]  # budget text -> expert capacity in bytes
+
+    def render(self) -> str:
+        return render_replay(self.rows)
+
+
+def record_trace(
+    bundle: str | Path, text: str, *, chunk: int = 256, max_tokens: int = 4096,
+    threads: int | None = None,
+) -> RoutingTrace:
+    opened = open_bundle(bundle)
+    m = opened.manifest
+    rows: list[dict[int, tuple[int, ...]]] = []
+    base = [0]
+
+    def observe(layer: int, ids: np.ndarray) -> None:
+        for i, row in enumerate(ids.reshape(-1, m.shape.top_k)):
+            while len(rows) <= base[0] + i:
+                rows.append({})
+            rows[base[0] + i][layer] = tuple(int(e) for e in row)
+
+    engine = LlamaEngine(
+        EngineConfig(opened.model_path, n_ctx=chunk, n_threads=threads or os.cpu_count() or 1,
+                     n_batch=chunk, n_ubatch=chunk),
+        observer=observe,
+    )
+    try:
+        ids = engine.tokenize(text)[:max_tokens]
+        for start in range(0, len(ids), chunk):
+            engine.reset()
+            base[0] = len(rows)
+            engine.decode(ids[start : start + chunk])
+    finally:
+        engine.close()
+    meta = {"bundle": str(opened.path), "tokens": len(rows), "chunk": chunk}
+    return RoutingTrace.from_steps(rows, m.shape.n_experts, m.shape.moe_layers, meta)
+
+
+def replay_budgets(
+    bundle: str | Path, trace: RoutingTrace, budgets: Sequence[str],
+    policies: Sequence[str] = ("lru", "lfu", "lrfu"), pin_hot: bool = True,
+) -> TraceReport:
+    """Hit rate of each policy (and Belady's optimum) at each budget, as the runtime sizes them."""
+    m = open_bundle(bundle).manifest
+    expert_bytes = {x.layer: x.expert_bytes for x in m.expert_layers}
+    capacities: dict[str, int] = {}
+    for b in budgets:
+        spec = parse_budget(b)
+        if spec is None or spec.fraction is None:
+            raise BudgetError(f"trace budgets are fractions of expert bytes ('25%'), got '{b}'")
+        capacities[b] = int(spec.fraction * m.expert_bytes_total)
+    pinned = {k: set(v) for k, v in m.hot_experts.items()} if pin_hot else None
+    rows = replay(trace, list(policies), list(capacities.values()), expert_bytes, pinned)
+    return TraceReport(trace, rows, capacities)
+
+
+__all__ = ["DEFAULT_POLICY", "TraceReport", "record_trace", "replay_budgets"]
