@@ -50,6 +50,8 @@ class PackOptions:
     reference: bool | None = None  # None: measure divergence when torch+transformers import
     eval_text: str | None = None  # held-out text for the divergence report
     eval_tokens: int = 512
+    follow_plan: bool = True  # quant, dense upgrades and hot set from packager.plan
+    usage: Any = None  # packager.plan.ExpertUsage from calibration, for the hot set
     hot_experts: dict[int, tuple[int, ...]] = field(default_factory=dict)
     plan: dict[str, Any] | None = None
     imatrix: dict[str, Any] | None = None
@@ -139,6 +141,9 @@ def pack(opts: PackOptions, progress: Progress | None = None) -> PackResult:
     t0 = time.perf_counter()
     ckpt = open_checkpoint(opts.src, opts.revision, opts.cache_dir)
     adapter_for(ckpt.config)  # unsupported/dense models fail before any work
+    if opts.follow_plan:
+        opts = _apply_plan(opts, ckpt)
+        quant = str(opts.quant).upper()
     check_free_space(out_dir, int(_estimate_bytes(ckpt) * 2.2))
     seconds["open"] = time.perf_counter() - t0
     with staging_dir(out_dir, opts.force) as stage:
@@ -180,6 +185,23 @@ def pack(opts: PackOptions, progress: Progress | None = None) -> PackResult:
         write_manifest(stage, manifest)
     progress.done()
     return PackResult(out_dir.resolve(), manifest, report, seconds)
+
+
+def _apply_plan(opts: PackOptions, ckpt: Checkpoint) -> PackOptions:
+    """Let the planner choose quant, dense upgrades and the hot set (an explicit --quant wins)."""
+    from packager.planning import plan_for
+
+    plan = plan_for(ckpt, opts.profile, opts.usage, quant=opts.quant)
+    if not plan.fits:
+        raise PackError(
+            f"{ckpt.path.name} does not fit profile {plan.profile} at {plan.quant_experts}: "
+            + "; ".join(plan.suggestions or ("no smaller configuration found",))
+        )
+    tensor_types = {} if plan.quant_experts in BASE_TYPES else dict(plan.tensor_types)
+    return replace(
+        opts, quant=plan.quant_experts, tensor_types={**tensor_types, **opts.tensor_types},
+        hot_experts=opts.hot_experts or dict(plan.hot_experts), plan=plan.to_dict(),
+    )
 
 
 def _manifest(ckpt, layout, profile, quant, opts, has_report, stage) -> Manifest:

@@ -100,11 +100,13 @@ class Model:
         )
         self.cache: ExpertCache | None = None
         self.residency: MadviseResidency | None = None
+        self._pins: dict[int, tuple[int, ...]] = {}
         if plan.offloading:
             self._start_paging(policy, cold)
 
     def _start_paging(self, policy: str, cold: bool) -> None:
         layers = {x.layer: x for x in self.manifest.expert_layers}
+        self._pins = self._pinned()
         self.residency = MadviseResidency.for_file(
             self.bundle.model_path, lambda layer, e: layers[layer].ranges(e), cold=cold
         )
@@ -112,7 +114,7 @@ class Model:
             expert_bytes=self._expert_bytes,
             n_experts=self.manifest.shape.n_experts,
             capacity_bytes=self.budget.expert_capacity_bytes,
-            pinned=self._pinned(),
+            pinned=self._pins,
             policy=policy,
             residency=self.residency,
         )
@@ -120,15 +122,21 @@ class Model:
         self.pager.cache, self.pager.residency = self.cache, self.residency
 
     def _pinned(self) -> dict[int, tuple[int, ...]]:
-        """The manifest's hot set, trimmed so pinned + one token's experts fit the capacity."""
-        room = self.budget.expert_capacity_bytes - self.manifest.shape.top_k * sum(
-            self._expert_bytes.values())
+        """The manifest's hot set, trimmed to half the expert capacity (the rest is the LRU/LFU
+        working set), taken round-robin across layers so no layer starves."""
+        room = min(self.budget.expert_capacity_bytes // 2,
+                   self.budget.expert_capacity_bytes
+                   - self.manifest.shape.top_k * sum(self._expert_bytes.values()))
+        queues = {k: list(v) for k, v in sorted(self.manifest.hot_experts.items())
+                  if k in self._expert_bytes}
         pinned: dict[int, list[int]] = {}
-        for layer, experts in sorted(self.manifest.hot_experts.items()):
-            for e in experts:
-                if layer in self._expert_bytes and room >= self._expert_bytes[layer]:
-                    pinned.setdefault(layer, []).append(e)
+        while room > 0 and any(queues.values()):
+            for layer, q in queues.items():
+                if q and room >= self._expert_bytes[layer]:
+                    pinned.setdefault(layer, []).append(q.pop(0))
                     room -= self._expert_bytes[layer]
+                elif q:
+                    q.clear()
         return {k: tuple(v) for k, v in pinned.items()}
 
     # --- text ----------------------------------------------------------------------------
@@ -257,7 +265,7 @@ class Model:
             misses=cs.misses + self.pager.stats.transient_loads,
             bytes_loaded=cs.bytes_loaded + self.pager.stats.transient_bytes,
             evictions=cs.evictions,
-            hot_experts={str(k): list(v) for k, v in self._pinned().items()},
+            hot_experts={str(k): list(v) for k, v in self._pins.items()},
         )
         return s
 

@@ -13,6 +13,8 @@ import typer
 app = typer.Typer(add_completion=False, no_args_is_help=True, help="Pack and run MoE models on devices.")
 fixtures_app = typer.Typer(no_args_is_help=True, help="Build small local test checkpoints.")
 app.add_typer(fixtures_app, name="fixtures")
+profiles_app = typer.Typer(help="Device profiles.", invoke_without_command=True)
+app.add_typer(profiles_app, name="profiles")
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -209,6 +211,45 @@ def trace(
                             policy or ["lru", "lfu", "lrfu"])
     typer.echo(f"{len(tr)} token steps traced")
     typer.echo(report.render())
+
+
+@profiles_app.callback()
+@friendly
+def profiles_list(ctx: typer.Context) -> None:
+    """List the built-in device profiles."""
+    if ctx.invoked_subcommand is None:
+        from device_profiles import list_profiles, render_profile_table
+
+        typer.echo(render_profile_table(list_profiles()))
+
+
+@profiles_app.command("show")
+@friendly
+def profiles_show(name: Annotated[str, typer.Argument(help="Profile name or .toml path.")]) -> None:
+    """Show one profile with the source of every number."""
+    from device_profiles import load_profile, render_profile
+
+    typer.echo(render_profile(load_profile(name)))
+
+
+@app.command()
+@friendly
+def plan(
+    src: Annotated[str, typer.Argument(help="Checkpoint folder or Hub repo id.")],
+    profile: Annotated[str, typer.Option(help="Device profile name or .toml path.")] = "laptop-16gb",
+    usage: Annotated[Path | None, typer.Option(help="usage.json from `edgemoe calibrate`.")] = None,
+    quant: Annotated[str | None, typer.Option(help="Force a quant type.")] = None,
+    prune: Annotated[float, typer.Option(help="Fraction of experts to prune per layer.")] = 0.0,
+    context: Annotated[int | None, typer.Option(help="Context length (default: profile's).")] = None,
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Plan a device build: quant per tensor group, hot experts, expected hit rate and speed."""
+    from packager.plan import render_plan
+    from packager.planning import load_usage, plan_for
+
+    p = plan_for(src, profile, load_usage(usage) if usage else None, quant=quant,
+                 prune_fraction=prune, context_length=context)
+    typer.echo(json.dumps(p.to_dict(), indent=2) if as_json else render_plan(p))
 
 
 @fixtures_app.command("build")

@@ -88,6 +88,12 @@ class ArchAdapter:
         c = self.config
         return int(c.get("num_key_value_heads") or c["num_attention_heads"])
 
+    def kv_dims(self) -> tuple[int, int, int]:
+        """(KV heads, key length, value length) per token and layer, as llama.cpp caches them."""
+        c = self.config
+        head = int(c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"])
+        return self.n_head_kv(), head, head
+
     def rope_theta(self) -> float:
         params = self.config.get("rope_parameters") or {}
         return float(params.get("rope_theta", self.config.get("rope_theta", 10000.0)))

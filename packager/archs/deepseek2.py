@@ -45,6 +45,12 @@ class DeepseekV2Adapter(ArchAdapter):
     def n_head_kv(self) -> int:
         return 1
 
+    def kv_dims(self) -> tuple[int, int, int]:
+        # MLA caches the compressed latent plus the rope part of the key, once per token.
+        c = self.config
+        kv_lora = int(c["kv_lora_rank"])
+        return 1, kv_lora + int(c["qk_rope_head_dim"]), kv_lora
+
     def write_hparams(self, w: gguf.GGUFWriter) -> None:
         c = self.config
         # MLA is stored as multi-query attention over the compressed KV (one KV head).

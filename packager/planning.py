@@ -1,0 +1,55 @@
+"""Checkpoint + device profile (+ measured usage) -> a packing plan, via the pure planner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from packager.archs import adapter_for
+from packager.errors import PackError
+from packager.plan import ExpertUsage, ModelShape, Plan, make_plan, shape_from_tensors
+from packager.source import Checkpoint, open_checkpoint
+
+
+def model_shape(ckpt: Checkpoint) -> ModelShape:
+    """The planner's view of a checkpoint, from tensor shapes alone (no weights read)."""
+    adapter = adapter_for(ckpt.config)
+    moe = adapter.moe()
+    planned = adapter.plan({n: t.shape for n, t in ckpt.tensors.items()}, ckpt.read)
+    n_kv, head_k, head_v = adapter.kv_dims()
+    return shape_from_tensors(
+        ((t.name, t.shape, t.is_expert) for t in planned),
+        n_layers=adapter.n_layers, moe_layers=moe.moe_layers, n_experts=moe.n_experts,
+        top_k=moe.top_k, hidden_size=int(ckpt.config["hidden_size"]),
+        vocab_size=int(ckpt.config["vocab_size"]), n_kv_heads=n_kv, head_dim_k=head_k,
+        head_dim_v=head_v,
+    )
+
+
+def load_usage(path: str | Path) -> ExpertUsage:
+    """A usage.json from `edgemoe calibrate` (or any {'per_layer': ...} document)."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise PackError(f"{path}: usage file not found") from None
+    except json.JSONDecodeError as e:
+        raise PackError(f"{path}: malformed JSON at line {e.lineno}: {e.msg}") from None
+    if isinstance(data, dict) and "per_layer" not in data and "counts" in data:
+        from packager.usage import UsageProfile
+
+        return UsageProfile.from_dict(data).to_planner_usage()
+    return ExpertUsage.from_dict(data)
+
+
+def plan_for(
+    src: str | Checkpoint, profile: str, usage: ExpertUsage | None = None, *,
+    quant: str | None = None, prune_fraction: float = 0.0, context_length: int | None = None,
+) -> Plan:
+    from device_profiles import load_profile
+
+    ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src)
+    shape = model_shape(ckpt)
+    if usage is not None:
+        usage.validate(shape)
+    return make_plan(shape, load_profile(profile), usage, quant=quant,
+                     prune_fraction=prune_fraction, context_length=context_length)
