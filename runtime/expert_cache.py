@@ -272,6 +272,11 @@ class ExpertCache:
     def phase(self) -> CachePhase:
         return self._phase
 
+    @property
+    def resident_bytes(self) -> int:
+        """The running total (pinned included), without building a stats snapshot."""
+        return self._used
+
     # --- reading -------------------------------------------------------------------------------
     def state(self, layer: int, expert: int) -> ExpertState:
         key = self._key(layer, expert)
