@@ -1,0 +1,442 @@
+"""packager.fixtures: the locally built checkpoints every other test stands on.
+
+Unit tests cover the corpus, tokenizer, spec hashing and Hub-cache layout without torch; the
+reference tests load each built checkpoint with transformers and check what it computes.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from packager.fixtures import (
+    FIXTURES,
+    TINY_FIXTURES,
+    FixtureError,
+    build_fixture,
+    cached_fixture,
+    corpus,
+    make_hub_cache,
+    spec_hash,
+)
+from packager.fixtures.build import MARKER, read_record
+from packager.fixtures.hub_cache import file_etag, repo_folder_name
+from packager.fixtures.tokenizer import (
+    CHAT_TEMPLATE,
+    ENDOFTEXT,
+    IM_END,
+    IM_START,
+    QWEN2_PATTERN,
+    VOCAB_SIZE,
+    special_ids,
+    train_tokenizer,
+)
+
+MOE_TINY = ("qwen3moe-tiny", "qwen2moe-tiny", "mixtral-tiny", "olmoe-tiny", "deepseek2-tiny")
+EXPERT_KEY = {
+    "qwen3moe-tiny": "model.layers.0.mlp.experts.7.gate_proj.weight",
+    "qwen2moe-tiny": "model.layers.0.mlp.experts.7.gate_proj.weight",
+    "mixtral-tiny": "model.layers.0.block_sparse_moe.experts.7.w1.weight",
+    "olmoe-tiny": "model.layers.0.mlp.experts.7.gate_proj.weight",
+    "deepseek2-tiny": "model.layers.1.mlp.experts.7.gate_proj.weight",  # layer 0 is dense
+}
+
+
+def _run_python(code: str, **env: str) -> str:
+    """Run ``code`` in a fresh interpreter (e.g. so HF_HUB_OFFLINE is read at import time)."""
+    proc = subprocess.run(
+        [sys.executable, "-c", code],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc.stdout.strip()
+
+
+def _weight_keys(ckpt: Path) -> dict[str, str]:
+    """tensor name -> file, read from safetensors headers (no torch)."""
+    from safetensors import safe_open
+
+    keys = {}
+    for f in sorted(ckpt.glob("*.safetensors")):
+        with safe_open(f, "np") as st:
+            keys.update(dict.fromkeys(st.keys(), f.name))
+    return keys
+
+
+# --- registry and spec hash -------------------------------------------------------------------
+
+
+def test_registry_has_the_promised_fixtures():
+    assert set(FIXTURES) == {
+        "qwen3moe-tiny", "qwen2moe-tiny", "mixtral-tiny", "olmoe-tiny", "deepseek2-tiny",
+        "dense-tiny", "qwen3moe-medium", "qwen3moe-trained",
+    }  # fmt: skip
+    assert set(TINY_FIXTURES) == {*MOE_TINY, "dense-tiny"}
+    assert all(spec.is_moe for n, spec in FIXTURES.items() if n != "dense-tiny")
+    assert not FIXTURES["dense-tiny"].is_moe
+
+
+def test_spec_hash_tracks_every_field_but_the_description():
+    spec = FIXTURES["qwen3moe-tiny"]
+    assert spec_hash(spec) == spec_hash(dataclasses.replace(spec))
+    assert spec_hash(spec) != spec_hash(dataclasses.replace(spec, train_steps=spec.train_steps + 1))
+    assert spec_hash(spec) != spec_hash(dataclasses.replace(spec, config=(*spec.config, ("x", 1))))
+    assert spec_hash(spec) == spec_hash(dataclasses.replace(spec, description="other words"))
+    assert len({spec_hash(s) for s in FIXTURES.values()}) == len(FIXTURES)
+
+
+def test_unknown_fixture_names_the_known_ones(tmp_path):
+    with pytest.raises(FixtureError, match=r"unknown fixture 'qwen9'.*qwen3moe-tiny"):
+        build_fixture("qwen9", tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+# --- corpus -----------------------------------------------------------------------------------
+
+
+def test_corpus_sizes_and_disjoint_sources():
+    train, held, calib = corpus.training_text(), corpus.heldout_text(), corpus.calibration_text()
+    assert 150_000 < len(train) <= corpus.TRAINING_CAP
+    assert 10_000 < len(held) <= corpus.HELDOUT_CAP
+    assert 10_000 < len(calib) <= corpus.CALIBRATION_CAP
+    lists = [corpus.TRAINING_MODULES, corpus.HELDOUT_MODULES, corpus.CALIBRATION_MODULES]
+    assert sum(map(len, lists)) == len(set().union(*lists))
+    # Disjoint files means disjoint text: no held-out or calibration paragraph is in training.
+    for text in (held, calib):
+        paragraphs = [p for p in text.split("\n\n") if len(p) > 200]
+        assert paragraphs and not any(p in train for p in paragraphs)
+
+
+def test_calibration_text_is_prose():
+    calib = corpus.calibration_text()
+    letters = sum(c.isalpha() or c.isspace() for c in calib) / len(calib)
+    assert letters > 0.85
+    assert "def " not in calib.split("\n\n")[0]
+
+
+def test_corpus_does_not_depend_on_hash_seed():
+    code = "from packager.fixtures.corpus import corpus_digest; print(corpus_digest())"
+    assert _run_python(code, PYTHONHASHSEED="1") == corpus.corpus_digest()
+
+
+# --- tokenizer --------------------------------------------------------------------------------
+
+
+def test_tokenizer_round_trips_text():
+    tok = train_tokenizer()
+    samples = [
+        corpus.heldout_text()[:3000],
+        corpus.calibration_text()[:3000],
+        "Grüße, naïve café — 東京 🙂\r\n\ttabs  and   spaces\n\n\nx = f'{y!r:>10}'",
+    ]
+    for text in samples:
+        assert tok.decode(tok.encode(text).ids, skip_special_tokens=False) == text
+
+
+def test_tokenizer_specials_and_size():
+    tok = train_tokenizer()
+    assert tok.get_vocab_size() == VOCAB_SIZE
+    ids = special_ids(tok)
+    assert (ids.endoftext, ids.im_start, ids.im_end) == tuple(range(VOCAB_SIZE - 3, VOCAB_SIZE))
+    chat = f"{IM_START}user\nhi{IM_END}\n{ENDOFTEXT}"
+    enc = tok.encode(chat).ids
+    assert enc[0] == ids.im_start and ids.im_end in enc and enc[-1] == ids.endoftext
+    # No BOS, no EOS: llama.cpp must not add one either (add_bos_token=false).
+    assert tok.encode("hello").ids[0] not in (ids.endoftext, ids.im_start)
+
+
+def test_tokenizer_splits_like_qwen2():
+    tok = train_tokenizer()
+    pieces = [p for p, _ in tok.pre_tokenizer.pre_tokenize_str("Don't  stop 123 ab\n\n  x")]
+    # Qwen2: one digit per piece, contractions split off, whitespace runs kept before words.
+    assert pieces == ["Don", "'t", "Ġ", "Ġstop", "Ġ", "1", "2", "3", "Ġab", "ĊĊ", "Ġ", "Ġx"]
+    data = json.loads(tok.to_str())
+    assert data["pre_tokenizer"]["pretokenizers"][0]["pattern"]["Regex"] == QWEN2_PATTERN
+    assert data["normalizer"]["type"] == "NFC"
+
+
+def test_tokenizer_is_recognised_as_qwen2_by_the_gguf_converter():
+    from packager.tokenizer_vocab import detect_pre
+
+    assert detect_pre(json.loads(train_tokenizer().to_str())) == "qwen2"
+
+
+def test_tokenizer_training_is_deterministic_across_processes():
+    code = (
+        "import hashlib; from packager.fixtures.tokenizer import train_tokenizer; "
+        "print(hashlib.sha256(train_tokenizer().to_str().encode()).hexdigest())"
+    )
+    a = _run_python(code, PYTHONHASHSEED="1")
+    b = _run_python(code, PYTHONHASHSEED="2")
+    assert a == b == hashlib.sha256(train_tokenizer().to_str().encode()).hexdigest()
+
+
+# --- Hub cache layout -------------------------------------------------------------------------
+
+
+@pytest.fixture
+def small_checkpoint(tmp_path) -> Path:
+    """A folder with a JSON file, an LFS-style weights file and a nested file."""
+    ckpt = tmp_path / "ckpt"
+    (ckpt / "sub").mkdir(parents=True)
+    (ckpt / "config.json").write_text('{"model_type": "x"}\n')
+    (ckpt / "model.safetensors").write_bytes(bytes(range(256)) * 40)
+    (ckpt / "sub" / "extra.txt").write_text("nested\n")
+    (ckpt / ".hidden").write_text("not part of the checkpoint")
+    return ckpt
+
+
+def test_etags_are_what_the_hub_reports(small_checkpoint):
+    weights = small_checkpoint / "model.safetensors"
+    assert file_etag(weights) == hashlib.sha256(weights.read_bytes()).hexdigest()
+    config = small_checkpoint / "config.json"
+    if shutil.which("git"):
+        git = subprocess.run(["git", "hash-object", str(config)], capture_output=True, text=True)
+        assert file_etag(config) == git.stdout.strip()
+    data = config.read_bytes()
+    assert file_etag(config) == hashlib.sha1(b"blob %d\0" % len(data) + data).hexdigest()
+
+
+def test_hub_cache_layout(small_checkpoint, tmp_path):
+    cache = tmp_path / "hub"
+    commit = make_hub_cache(small_checkpoint, cache, "org/name")
+    repo = cache / repo_folder_name("org/name")
+    assert repo.name == "models--org--name"
+    assert len(commit) == 40 and int(commit, 16) >= 0
+    assert (repo / "refs" / "main").read_text() == commit
+    snap = repo / "snapshots" / commit
+    link = snap / "sub" / "extra.txt"
+    assert link.is_symlink() and os.readlink(link).startswith("../../../blobs/")
+    assert os.readlink(snap / "config.json") == "../../blobs/" + file_etag(
+        small_checkpoint / "config.json"
+    )
+    assert not (snap / ".hidden").exists()
+    assert {p.name for p in (repo / "blobs").iterdir()} == {
+        file_etag(small_checkpoint / n)
+        for n in ("config.json", "model.safetensors", "sub/extra.txt")
+    }
+    # Same files, same commit: laying it out twice is idempotent.
+    assert make_hub_cache(small_checkpoint, cache, "org/name") == commit
+
+
+def test_hub_cache_resolves_offline_with_huggingface_hub(small_checkpoint, tmp_path):
+    cache = tmp_path / "hub"
+    commit = make_hub_cache(small_checkpoint, cache, "org/name")
+    pinned = make_hub_cache(small_checkpoint, cache, "org/name", revision="ab" * 20)
+    make_hub_cache(small_checkpoint, cache, "org/name", revision="v1")
+    code = (
+        "import sys; from huggingface_hub import snapshot_download as s\n"
+        f"for rev in ('main', 'v1', '{pinned}'):\n"
+        f"    print(s('org/name', cache_dir=sys.argv[1] if len(sys.argv) > 1 else {str(cache)!r},"
+        " revision=rev, local_files_only=True))"
+    )
+    paths = _run_python(code, HF_HUB_OFFLINE="1").splitlines()
+    snaps = cache / "models--org--name" / "snapshots"
+    assert paths == [str(snaps / commit), str(snaps / commit), str(snaps / pinned)]
+    assert (Path(paths[0]) / "sub" / "extra.txt").read_text() == "nested\n"
+    assert (Path(paths[2]) / "model.safetensors").read_bytes() == (
+        small_checkpoint / "model.safetensors"
+    ).read_bytes()
+
+
+def test_hub_cache_rejects_bad_repo_ids(small_checkpoint, tmp_path):
+    for bad in ("", "a/b/c", "/name", "org/"):
+        with pytest.raises(FixtureError, match="repo_id"):
+            make_hub_cache(small_checkpoint, tmp_path / "hub", bad)
+
+
+# --- built checkpoints (transformers) ---------------------------------------------------------
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("name", TINY_FIXTURES)
+def test_tiny_fixture_loads_and_generates(name):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    ckpt = cached_fixture(name)
+    spec = FIXTURES[name]
+    for f in ("config.json", "tokenizer.json", "tokenizer_config.json", "generation_config.json"):
+        assert (ckpt / f).is_file(), f
+    config = json.loads((ckpt / "config.json").read_text())
+    assert config["architectures"] == [spec.architecture]
+    assert config["vocab_size"] == VOCAB_SIZE and config.get("bos_token_id") is None
+    tok = AutoTokenizer.from_pretrained(ckpt)
+    assert len(tok) == VOCAB_SIZE and tok.bos_token is None
+    ids = special_ids(train_tokenizer())
+    assert config["eos_token_id"] == ids.endoftext == tok.eos_token_id
+    gen_cfg = json.loads((ckpt / "generation_config.json").read_text())
+    assert gen_cfg["eos_token_id"] == [ids.im_end, ids.endoftext]
+    tcfg = json.loads((ckpt / "tokenizer_config.json").read_text())
+    assert tcfg["chat_template"] == CHAT_TEMPLATE and tcfg["add_bos_token"] is False
+
+    model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32)
+    assert type(model).__name__ == spec.architecture
+    prompt = tok.apply_chat_template(
+        [{"role": "user", "content": "def add(a, b):"}],
+        add_generation_prompt=True,
+        return_tensors="pt",
+        return_dict=True,
+    )["input_ids"]
+    assert prompt[0, 0].item() == ids.im_start
+    out = model.generate(prompt, max_new_tokens=12, do_sample=False)
+    assert out.shape[1] > prompt.shape[1]
+    # Trained: clearly better than the uniform guess ln(1024) = 6.93 on text it never saw.
+    assert read_record(ckpt)["heldout_loss"] < 6.0
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("name", MOE_TINY)
+def test_experts_are_saved_one_tensor_per_expert(name):
+    keys = _weight_keys(cached_fixture(name))
+    assert EXPERT_KEY[name] in keys
+    assert not any(k.endswith(("experts.gate_up_proj", "experts.down_proj")) for k in keys)
+
+
+@pytest.mark.reference
+def test_mixtral_fixture_is_sharded_with_a_resolving_index():
+    ckpt = cached_fixture("mixtral-tiny")
+    shards = sorted(p.name for p in ckpt.glob("model-*.safetensors"))
+    assert len(shards) >= 3 and not (ckpt / "model.safetensors").exists()
+    index = json.loads((ckpt / "model.safetensors.index.json").read_text())
+    assert index["weight_map"] == _weight_keys(ckpt)
+    assert sorted(set(index["weight_map"].values())) == shards
+
+
+@pytest.mark.reference
+def test_deepseek2_fixture_has_mla_and_a_dense_first_layer():
+    keys = _weight_keys(cached_fixture("deepseek2-tiny"))
+    assert "model.layers.0.mlp.gate_proj.weight" in keys  # first_k_dense_replace = 1
+    assert "model.layers.1.mlp.shared_experts.gate_proj.weight" in keys
+    assert "model.layers.1.self_attn.q_a_proj.weight" in keys  # q_lora_rank set
+    assert "model.layers.1.self_attn.kv_a_proj_with_mqa.weight" in keys
+
+
+@pytest.mark.reference
+def test_cached_fixture_is_reused_and_incomplete_folders_are_rebuilt(tmp_path, monkeypatch):
+    monkeypatch.setenv("EDGEMOE_FIXTURE_CACHE", str(tmp_path / "cache"))
+    first = cached_fixture("dense-tiny")
+    assert first == tmp_path / "cache" / f"dense-tiny-{spec_hash(FIXTURES['dense-tiny'])}"
+    stamp = (first / MARKER).stat().st_mtime_ns
+    assert cached_fixture("dense-tiny") == first
+    assert (first / MARKER).stat().st_mtime_ns == stamp
+    # A folder without its marker is an interrupted build, never a finished one.
+    (first / MARKER).unlink()
+    (first / "model.safetensors").write_bytes(b"truncated")
+    again = cached_fixture("dense-tiny")
+    assert again == first and read_record(again)["name"] == "dense-tiny"
+    assert (again / "model.safetensors").stat().st_size > 1000
+    assert not [p for p in (tmp_path / "cache").iterdir() if ".building-" in p.name]
+
+
+@pytest.mark.reference
+@pytest.mark.slow
+def test_builds_are_byte_identical(tmp_path):
+    a = build_fixture("qwen3moe-tiny", tmp_path / "a")
+    b = build_fixture("qwen3moe-tiny", tmp_path / "b")
+    for f in ("model.safetensors", "config.json", "tokenizer.json", "tokenizer_config.json"):
+        assert (a / f).read_bytes() == (b / f).read_bytes(), f
+    cached = cached_fixture("qwen3moe-tiny")
+    assert (a / "model.safetensors").read_bytes() == (cached / "model.safetensors").read_bytes()
+
+
+@pytest.mark.reference
+def test_build_fixture_replaces_an_existing_folder(tmp_path):
+    out = tmp_path / "ckpt"
+    out.mkdir()
+    (out / "stale.bin").write_bytes(b"old")
+    assert build_fixture("dense-tiny", out) == out
+    assert not (out / "stale.bin").exists() and read_record(out)["name"] == "dense-tiny"
+    assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+@pytest.mark.reference
+def test_hub_cache_of_a_fixture_loads_offline_with_transformers(tmp_path):
+    ckpt = cached_fixture("qwen3moe-tiny")
+    cache = tmp_path / "hub"
+    commit = make_hub_cache(ckpt, cache, "edgemoe-test/qwen3moe-tiny")
+    code = (
+        "import torch; from transformers import AutoModelForCausalLM\n"
+        "from huggingface_hub import snapshot_download\n"
+        f"path = snapshot_download('edgemoe-test/qwen3moe-tiny', cache_dir={str(cache)!r},"
+        " local_files_only=True)\n"
+        f"m = AutoModelForCausalLM.from_pretrained('edgemoe-test/qwen3moe-tiny',"
+        f" cache_dir={str(cache)!r})\n"
+        "print(path); print(type(m).__name__)"
+    )
+    path, arch = _run_python(code, HF_HUB_OFFLINE="1").splitlines()[-2:]
+    assert Path(path).name == commit and arch == "Qwen3MoeForCausalLM"
+    blob = Path(path) / "model.safetensors"
+    assert blob.resolve().name == hashlib.sha256(blob.read_bytes()).hexdigest()
+
+
+# --- the big ones -----------------------------------------------------------------------------
+
+
+@pytest.mark.reference
+@pytest.mark.slow
+def test_medium_fixture_has_hundreds_of_megabytes_of_experts():
+    from safetensors import safe_open
+
+    ckpt = cached_fixture("qwen3moe-medium")
+    expert_bytes = 0
+    with safe_open(ckpt / "model.safetensors", "np") as st:
+        for k in st.keys():
+            if ".mlp.experts." in k:
+                expert_bytes += 4 * int(__import__("math").prod(st.get_slice(k).get_shape()))
+    assert expert_bytes >= 300 * 10**6
+    config = json.loads((ckpt / "config.json").read_text())
+    assert config["num_local_experts"] == 32 and config["num_experts_per_tok"] == 4
+
+
+def _expert_usage(model, ids) -> list[list[int]]:
+    """Per layer, how many times each expert is among a token's top-k on ``ids``."""
+    import torch
+
+    k = model.config.num_experts_per_tok
+    total = 0
+    with torch.no_grad():
+        for window in ids[: (ids.numel() // 256) * 256].view(-1, 256):
+            out = model(input_ids=window[None], output_router_logits=True)
+            logits = torch.stack(out.router_logits)  # [layers, tokens, experts]
+            chosen = logits.topk(k, dim=-1).indices
+            total = total + torch.nn.functional.one_hot(chosen, logits.shape[-1]).sum((1, 2))
+    return total.tolist()
+
+
+@pytest.mark.reference
+@pytest.mark.slow
+def test_trained_fixture_routes_skewed_like_a_real_moe():
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    ckpt = cached_fixture("qwen3moe-trained")
+    record = read_record(ckpt)
+    assert record["train_steps"] == FIXTURES["qwen3moe-trained"].train_steps
+    assert record["heldout_loss"] < 4.5
+    ids = torch.tensor(train_tokenizer().encode(corpus.heldout_text()).ids)
+
+    trained = _expert_usage(AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32), ids)
+    torch.manual_seed(0)
+    untrained = _expert_usage(
+        AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(ckpt)), ids
+    )
+
+    def ratio(layer: list[int]) -> float:
+        return max(layer) / max(min(layer), 1)
+
+    trained_ratios = [ratio(layer) for layer in trained]
+    # Uniform routing over ~10k choices puts max/min near 1.3; a real MoE's is several times that.
+    assert min(trained_ratios) > 3.0, trained_ratios
+    assert sum(trained_ratios) > 2 * sum(ratio(layer) for layer in untrained)
