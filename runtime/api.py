@@ -27,7 +27,7 @@ from runtime.residency import MadviseResidency, mapping_rss, process_rss
 DEFAULT_POLICY = "lru"
 DEFAULT_CTX = 2048
 
-__all__ = ["GenerationResult", "Model", "StreamEvent", "Usage", "load"]
+__all__ = ["GenerationResult", "Model", "StreamEvent", "Usage", "load", "minimum_budget"]
 
 
 class ChatTemplateError(EdgemoeError, ValueError):
@@ -58,22 +58,37 @@ def load(
     """
     opened = open_bundle(bundle, verify=verify)
     m = opened.manifest
-    n_ctx = int(n_ctx or min(_profile_value(opened, "context_length", DEFAULT_CTX),
-                             m.shape.context_length))
+    n_ctx = _context(opened, n_ctx)
     threads = int(threads or min(_profile_value(opened, "threads", 4), os.cpu_count() or 1))
     spec = parse_budget(budget)
     if spec is None and m.profile.get("model_memory_bytes"):
         spec = parse_budget(int(m.profile["model_memory_bytes"]))
-    kv = attention_shape(opened.model_path).kv_bytes(n_ctx)
-    expert_bytes = {x.layer: x.expert_bytes for x in m.expert_layers}
-    plan = plan_budget(
-        spec,
-        dense_bytes=m.dense_bytes,
-        kv_bytes=kv,
-        expert_bytes_total=m.expert_bytes_total,
-        one_token_expert_bytes=m.shape.top_k * sum(expert_bytes.values()),
-    )
+    plan = plan_budget(spec, **_budget_inputs(opened, n_ctx))
     return Model(opened, plan, n_ctx, threads, policy, cold, record_routing)
+
+
+def _context(opened: OpenBundle, n_ctx: int | None) -> int:
+    m = opened.manifest
+    return int(n_ctx or min(_profile_value(opened, "context_length", DEFAULT_CTX),
+                            m.shape.context_length))
+
+
+def _budget_inputs(opened: OpenBundle, n_ctx: int) -> dict[str, int]:
+    m = opened.manifest
+    per_layer = sum(x.expert_bytes for x in m.expert_layers)
+    return {
+        "dense_bytes": m.dense_bytes,
+        "kv_bytes": attention_shape(opened.model_path).kv_bytes(n_ctx),
+        "expert_bytes_total": m.expert_bytes_total,
+        "one_token_expert_bytes": m.shape.top_k * per_layer,
+    }
+
+
+def minimum_budget(bundle: str | Path, n_ctx: int | None = None) -> int:
+    """The smallest budget `load` accepts: dense weights + KV cache + one token's experts."""
+    opened = open_bundle(bundle)
+    b = _budget_inputs(opened, _context(opened, n_ctx))
+    return b["dense_bytes"] + b["kv_bytes"] + b["one_token_expert_bytes"]
 
 
 class Model:
