@@ -213,6 +213,29 @@ def trace(
     typer.echo(report.render())
 
 
+@app.command()
+@friendly
+def serve(
+    bundle: Path,
+    host: Annotated[str, typer.Option(help="Bind address (loopback by default).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option()] = 8080,
+    budget: Annotated[str | None, typer.Option(help="'40%', '1.5GB' or bytes.")] = None,
+    api_key: Annotated[str | None, typer.Option(help="Require 'Authorization: Bearer KEY'.")] = None,
+    model_alias: Annotated[str | None, typer.Option(help="Model id to publish.")] = None,
+    max_queue: Annotated[int, typer.Option(help="Requests waiting before 429.")] = 8,
+    n_ctx: Annotated[int | None, typer.Option(help="Context window.")] = None,
+    cors_origin: Annotated[list[str] | None, typer.Option(help="Allow this CORS origin.")] = None,
+) -> None:
+    """Serve a bundle over a local OpenAI-compatible HTTP API."""
+    from runtime.server.serve import serve as do_serve
+    from runtime.server.settings import ServerSettings
+
+    do_serve(bundle, ServerSettings(
+        host=host, port=port, api_key=api_key, model_alias=model_alias, max_queue=max_queue,
+        budget=budget, n_ctx=n_ctx, cors_origins=tuple(cor_origin for cor_origin in cors_origin or ()),
+    ))
+
+
 @profiles_app.callback()
 @friendly
 def profiles_list(ctx: typer.Context) -> None:
