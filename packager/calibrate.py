@@ -1,0 +1,346 @@
+"""Calibration: run text through a model and record which experts its routers choose.
+
+Two engines observe the same routing decisions. llama.cpp (no torch needed) reads a bundle's
+GGUF, or an F32 GGUF converted from a checkpoint into a temporary folder, and taps the router
+tensors through the eval callback. transformers hooks each MoE block's router, which applies
+its family's own selection rule (softmax top-k; DeepSeek's greedy or group-limited top-k), so
+nothing here re-implements routing. Token ids are produced once and fed to whichever engine
+runs, so the two engines can be compared id for id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from packager.errors import PackError
+from packager.usage import UsageAccumulator, UsageError, UsageProfile
+
+Engine = Literal["llama.cpp", "transformers", "auto"]
+ENGINES = ("llama.cpp", "transformers", "auto")
+DEFAULT_CHUNK = 512
+_LAYER = re.compile(r"\blayers\.(\d+)\.")
+
+
+@dataclass(frozen=True)
+class CalibrationSource:
+    """What calibration reads: a bundle's GGUF, or a checkpoint folder (and its config)."""
+
+    kind: Literal["bundle", "checkpoint"]
+    path: Path
+    n_experts: int
+    top_k: int
+
+    @property
+    def tokenizer_json(self) -> Path | None:
+        p = self.path / "tokenizer.json"
+        return p if p.is_file() else None
+
+
+def resolve(src: str | Path) -> CalibrationSource:
+    """A bundle folder (has manifest.json), or anything `open_checkpoint` accepts."""
+    path = Path(src).expanduser()
+    if (path / "manifest.json").is_file():
+        from packager.manifest import read_manifest
+
+        m = read_manifest(path)
+        return CalibrationSource("bundle", path.resolve(), m.shape.n_experts, m.shape.top_k)
+    from packager.archs import adapter_for
+    from packager.source import open_checkpoint
+
+    ckpt = open_checkpoint(src)
+    moe = adapter_for(ckpt.config).moe()
+    return CalibrationSource("checkpoint", ckpt.path, moe.n_experts, moe.top_k)
+
+
+def pick_engine(source: CalibrationSource, engine: Engine) -> str:
+    """'auto': transformers for a checkpoint when torch is importable, else llama.cpp."""
+    if engine not in ENGINES:
+        raise PackError(f"unknown calibration engine '{engine}' (choose from {', '.join(ENGINES)})")
+    if engine == "transformers" and source.kind == "bundle":
+        raise PackError(f"{source.path}: a bundle holds only a GGUF; calibrate it with llama.cpp "
+                        "or point at the original checkpoint for transformers")
+    if engine != "auto":
+        return engine
+    if source.kind == "checkpoint":
+        from packager.fidelity import reference_available
+
+        if reference_available():
+            return "transformers"
+    return "llama.cpp"
+
+
+# --- tokens --------------------------------------------------------------------------------
+def split_chunks(ids: Sequence[int], chunk: int) -> list[list[int]]:
+    """Consecutive windows of at most `chunk` tokens; a trailing window under 2 is dropped."""
+    if chunk < 2:
+        raise PackError(f"calibration chunk must be at least 2 tokens, got {chunk}")
+    out = [list(ids[i : i + chunk]) for i in range(0, len(ids), chunk)]
+    return [c for c in out if len(c) >= 2]
+
+
+def tokenize(source: CalibrationSource, texts: Sequence[str], chunk: int = DEFAULT_CHUNK,
+             max_tokens: int | None = None) -> list[list[int]]:
+    """Token id chunks, each text on its own (windows never span two texts)."""
+    encode = _encoder(source)
+    chunks: list[list[int]] = []
+    total = 0
+    for text in texts:
+        for c in split_chunks(encode(text), chunk):
+            if max_tokens is not None and total + len(c) > max_tokens:
+                c = c[: max_tokens - total]
+                if len(c) < 2:
+                    return chunks
+            chunks.append(c)
+            total += len(c)
+    if not chunks:
+        raise UsageError("calibration text is empty (need at least 2 tokens)")
+    return chunks
+
+
+def _encoder(source: CalibrationSource) -> Callable[[str], list[int]]:
+    if source.kind == "checkpoint" and source.tokenizer_json is not None:
+        from tokenizers import Tokenizer
+
+        tok = Tokenizer.from_file(str(source.tokenizer_json))
+        return lambda text: tok.encode(text).ids
+    if source.kind == "checkpoint":
+        raise PackError(f"{source.path}: no tokenizer.json to tokenize calibration text with")
+    from packager.manifest import read_manifest
+
+    model = source.path / read_manifest(source.path).model_file
+    ids_of = _llama_tokenizer(model)
+    return ids_of
+
+
+def _llama_tokenizer(gguf_path: Path) -> Callable[[str], list[int]]:
+    """llama.cpp's own tokenizer from a GGUF (vocabulary only, no weights loaded)."""
+    import llama_cpp
+
+    llm = llama_cpp.Llama(str(gguf_path), vocab_only=True, verbose=False)
+    return lambda text: llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
+
+
+def text_digest(texts: Sequence[str]) -> str:
+    h = hashlib.sha256()
+    for t in texts:
+        h.update(t.encode("utf-8"))
+        h.update(b"\x00")
+    return h.hexdigest()
+
+
+def ids_digest(chunks: Sequence[Sequence[int]]) -> str:
+    h = hashlib.sha256()
+    for c in chunks:
+        h.update(np.asarray(c, dtype="<i8").tobytes())
+        h.update(b"\xff" * 8)
+    return h.hexdigest()
+
+
+# --- engines ---------------------------------------------------------------------------------
+def route(source: CalibrationSource, chunks: Sequence[Sequence[int]], engine: str,
+          threads: int = 0) -> UsageAccumulator:
+    """Run every chunk through `engine` and accumulate its routing decisions."""
+    acc = UsageAccumulator(source.n_experts, source.top_k)
+    if engine == "transformers":
+        _route_transformers(source.path, chunks, acc)
+    elif engine == "llama.cpp":
+        with _gguf_for(source) as gguf_path:
+            _route_llama(gguf_path, chunks, acc, threads)
+    else:
+        raise PackError(f"unknown calibration engine '{engine}'")
+    return acc
+
+
+@contextmanager
+def _gguf_for(source: CalibrationSource) -> Iterator[Path]:
+    if source.kind == "bundle":
+        from packager.manifest import read_manifest
+
+        yield source.path / read_manifest(source.path).model_file
+        return
+    from packager.gguf_build import write_gguf
+    from packager.source import open_checkpoint
+
+    with tempfile.TemporaryDirectory(prefix="edgemoe-calib-") as tmp:
+        out = Path(tmp) / "model-f32.gguf"
+        write_gguf(open_checkpoint(source.path), out, "F32")
+        yield out
+
+
+def _route_llama(gguf_path: Path, chunks: Sequence[Sequence[int]], acc: UsageAccumulator,
+                 threads: int) -> None:
+    import os
+
+    from runtime.backends.llama_cpp import PROBS, TOPK, WEIGHTS, EngineConfig, LlamaEngine
+
+    n_ctx = max(len(c) for c in chunks)
+    pending: dict[int, dict[str, np.ndarray]] = {}
+
+    def observe(layer: int, kind: str, data: np.ndarray) -> None:
+        # The graph computes probs, then top-k ids, then weights, once per layer and ubatch;
+        # the ids tap is not used (see _topk_ids).
+        if kind == TOPK:
+            return
+        got = pending.setdefault(layer, {})
+        got[kind] = data.copy()
+        if len(got) == 2:
+            del pending[layer]
+            n = got[PROBS].size // acc.n_experts
+            probs = got[PROBS].reshape(n, acc.n_experts)
+            weights = got[WEIGHTS].reshape(n, acc.top_k)
+            acc.add(layer, _topk_ids(probs, weights, acc.top_k), probs, weights)
+
+    cfg = EngineConfig(gguf_path, n_ctx=n_ctx, n_threads=threads or os.cpu_count() or 1,
+                       n_batch=n_ctx, n_ubatch=n_ctx, extra_taps=(PROBS, WEIGHTS))
+    engine = LlamaEngine(cfg, tensor_observer=observe)
+    try:
+        for c in chunks:
+            engine.reset()
+            _decode_all_outputs(engine, list(c))
+    finally:
+        engine.close()
+    if pending:
+        raise UsageError(f"llama.cpp delivered incomplete routing for layers {sorted(pending)}")
+
+
+def _decode_all_outputs(engine, tokens: list[int]) -> None:
+    """Decode asking for every token's logits.
+
+    llama.cpp skips the last layer's FFN for tokens whose logits nobody asked for, so a plain
+    prompt decode routes only the final token there. `LlamaEngine.decode` asks for the last
+    token only, hence this loop over the engine's own batch and context.
+    """
+    n_batch = engine.cfg.n_batch
+    for start in range(0, len(tokens), n_batch):
+        part = tokens[start : start + n_batch]
+        engine.batch.set_batch(part, n_past=engine.n_past, logits_all=True)
+        engine.ctx.decode(engine.batch)
+        engine.n_past += len(part)
+
+
+def _topk_ids(probs: np.ndarray, weights: np.ndarray, top_k: int) -> np.ndarray:
+    """The chosen experts, [n, top_k], recovered from the router probabilities.
+
+    llama.cpp's `ffn_moe_topk` tensor is a strided view of a full descending argsort, and the
+    eval callback copies it flat, so only its first row is right once a batch holds several
+    tokens. The selection is the top-k of the probabilities (the families we pack have no
+    selection bias or group limit), and `ffn_moe_weights` (the probabilities gathered at the
+    chosen ids, contiguous) confirms it for every row.
+    """
+    ids = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
+    chosen = np.take_along_axis(probs, ids, axis=1)
+    if not np.allclose(np.sort(chosen, axis=1), np.sort(weights, axis=1), rtol=1e-5, atol=1e-7):
+        raise UsageError("llama.cpp's expert selection is not the top-k of its router "
+                         "probabilities (selection bias or grouped routing is not supported)")
+    return ids
+
+
+def _route_transformers(ckpt_dir: Path, chunks: Sequence[Sequence[int]],
+                        acc: UsageAccumulator) -> None:
+    import torch
+
+    model = load_reference_model(ckpt_dir)
+    handles = []
+    for name, module in model.named_modules():
+        if hasattr(module, "gate") and hasattr(module, "experts") and (m := _LAYER.search(name)):
+            handles.append(module.gate.register_forward_hook(_router_hook(int(m.group(1)), acc)))
+    if not handles:
+        raise UsageError(f"{ckpt_dir}: no MoE router modules found in the transformers model")
+    try:
+        with torch.no_grad():
+            for c in chunks:
+                model(torch.tensor([list(c)]))
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def load_reference_model(ckpt_dir: Path):
+    """The checkpoint in transformers, float32, eval mode (what the fidelity reference runs)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(ckpt_dir, dtype=torch.float32)
+    return model.eval()
+
+
+def _router_hook(layer: int, acc: UsageAccumulator):
+    import torch
+
+    def hook(_module, _args, out) -> None:
+        # Every family's router returns (logits, mixing weights, chosen ids).
+        logits, _weights, ids = out
+        probs = torch.softmax(logits.float().reshape(-1, acc.n_experts), dim=-1)
+        acc.add(layer, ids.reshape(-1, acc.top_k).numpy(), probs.numpy())
+
+    return hook
+
+
+# --- entry points --------------------------------------------------------------------------
+def calibrate(
+    src: str | Path,
+    texts: Sequence[str],
+    *,
+    engine: Engine = "auto",
+    chunk_tokens: int = DEFAULT_CHUNK,
+    max_tokens: int | None = None,
+    threads: int = 0,
+) -> UsageProfile:
+    """Expert usage of `src` (checkpoint folder, Hub id or bundle) over `texts`."""
+    source = resolve(src)
+    chosen = pick_engine(source, engine)
+    chunks = tokenize(source, texts, chunk_tokens, max_tokens)
+    return route(source, chunks, chosen, threads).profile(chosen, text_digest(texts))
+
+
+def calibrate_ids(src: str | Path, chunks: Sequence[Sequence[int]], *, engine: Engine = "auto",
+                  threads: int = 0) -> UsageProfile:
+    """Like `calibrate`, from token ids already made (to compare engines id for id)."""
+    source = resolve(src)
+    chosen = pick_engine(source, engine)
+    return route(source, chunks, chosen, threads).profile(chosen, ids_digest(chunks))
+
+
+def read_texts(paths: Sequence[Path]) -> list[str]:
+    texts = []
+    for p in map(Path, paths):
+        try:
+            texts.append(p.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise PackError(f"{p}: calibration text file not found") from None
+        except UnicodeDecodeError as e:
+            raise PackError(f"{p}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    if not texts:
+        raise PackError("no calibration text given (use --text FILE)")
+    return texts
+
+
+def calibrate_to_file(
+    src: str | Path,
+    text_files: Sequence[Path],
+    out_json: Path,
+    engine: Engine = "auto",
+    plot_png: Path | None = None,
+    *,
+    chunk_tokens: int = DEFAULT_CHUNK,
+    max_tokens: int | None = None,
+    threads: int = 0,
+) -> UsageProfile:
+    """`edgemoe calibrate`: profile written atomically to `out_json`, optional heat map PNG."""
+    profile = calibrate(src, read_texts(text_files), engine=engine, chunk_tokens=chunk_tokens,
+                        max_tokens=max_tokens, threads=threads)
+    profile.save(Path(out_json))
+    if plot_png is not None:
+        from packager.heatmap import write_heatmap
+
+        write_heatmap(profile, Path(plot_png), title=f"expert usage: {Path(str(src)).name}")
+    return profile
