@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI
 from starlette.concurrency import run_in_threadpool
@@ -55,6 +56,7 @@ def create_app(
         redoc_url=None,
     )
     app.state.edgemoe = state
+    _document_errors_as_400(app)
     install_error_handlers(app)
     app.include_router(router)
     # add_middleware wraps: the last added runs first.
@@ -68,3 +70,20 @@ def create_app(
             allow_methods=["GET", "POST"], allow_headers=["Authorization", "Content-Type"],
         )
     return app
+
+
+def _document_errors_as_400(app: FastAPI) -> None:
+    """FastAPI documents a 422 for every body; this server answers bad input with 400."""
+    generate = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        schema = generate()
+        for operations in schema.get("paths", {}).values():
+            for operation in operations.values():
+                operation.get("responses", {}).pop("422", None)
+        components = schema.get("components", {}).get("schemas", {})
+        for name in ("HTTPValidationError", "ValidationError"):
+            components.pop(name, None)
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

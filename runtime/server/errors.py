@@ -17,6 +17,7 @@ from starlette.responses import JSONResponse
 
 from runtime.errors import EdgemoeError, PromptTooLongError, SamplingError
 from runtime.server.engine import EngineStoppedError, QueueFullError, RequestTimeoutError
+from runtime.server.schemas import REQUEST_FIELDS
 
 log = logging.getLogger("edgemoe.server")
 
@@ -115,12 +116,24 @@ def _prompt_param(request: Request) -> str:
     return "messages" if request.url.path.endswith("/chat/completions") else "prompt"
 
 
+def _param_path(loc: tuple[Any, ...] | list[Any]) -> list[str]:
+    """The request field a validation error is about: pydantic's location without "body" and
+    without the union-member tags it adds ("str", "list[...]")."""
+    out: list[str] = []
+    for part in loc[1:] if loc and loc[0] == "body" else loc:
+        if isinstance(part, int) or part in REQUEST_FIELDS:
+            out.append(str(part))
+        else:
+            break
+    return out
+
+
 def _validation_error(exc: RequestValidationError) -> APIError:
     errors = exc.errors()
     if not errors:
         return APIError(400, "Invalid request.")
     err = errors[0]
-    loc = [str(p) for p in err.get("loc", ()) if p != "body"]
+    loc = _param_path(err.get("loc", ()))
     param = ".".join(loc) or None
     kind = err.get("type", "")
     if kind == "json_invalid":
@@ -137,7 +150,8 @@ def _validation_error(exc: RequestValidationError) -> APIError:
         return APIError(400, f"Missing required parameter: '{param}'.", param=param,
                         code="missing_required_parameter")
     msg = str(err.get("msg", "invalid value")).removeprefix("Value error, ")
-    more = f" (and {len(errors) - 1} more problems)" if len(errors) > 1 else ""
+    others = {".".join(_param_path(e.get("loc", ()))) for e in errors[1:]} - {param}
+    more = f" (and problems with {', '.join(sorted(others))})" if others else ""
     return APIError(400, f"Invalid value for '{param}': {msg}{more}", param=param,
                     code="invalid_value")
 

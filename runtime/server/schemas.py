@@ -240,3 +240,11 @@ class Health(BaseModel):
     status: Literal["ok", "loading", "error", "stopping"]
     model: str | None = None
     message: str | None = None
+
+
+# Every field name a request can carry, to tell field names from pydantic's union tags.
+REQUEST_FIELDS: frozenset[str] = frozenset(
+    name
+    for model in (ChatCompletionRequest, CompletionRequest, ChatMessage, StreamOptions)
+    for name in model.model_fields
+)
