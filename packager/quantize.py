@@ -81,7 +81,9 @@ def _overrides_array(tensor_types: Mapping[str, str], keep: list):
 def quantize(src: Path, dst: Path, opts: QuantizeOptions) -> Path:
     """Run llama.cpp's quantizer from `src` (F32/F16 GGUF) to `dst`."""
     import llama_cpp
+    from llama_cpp._logger import set_verbose
 
+    set_verbose(False)  # llama.cpp logs every tensor otherwise
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = llama_ftype(opts.ftype)
     params.nthread = opts.threads or (os.cpu_count() or 1)
