@@ -165,7 +165,7 @@ class LRFUPolicy(_ScoredPolicy):
 
     name = "lrfu"
 
-    def __init__(self, half_life: float = 128.0) -> None:
+    def __init__(self, half_life: float = 32.0) -> None:
         if not half_life > 0:
             raise ValueError(f"lrfu half_life must be positive, got {half_life}")
         super().__init__()
@@ -186,76 +186,6 @@ class LRFUPolicy(_ScoredPolicy):
 
     def on_step(self) -> None:
         self._clock += 1
-
-
-class ARCPolicy:
-    """Adaptive replacement (Megiddo & Modha): splits the cache between keys seen once (T1)
-    and keys seen again (T2), steering the split by hits in the ghosts of recent evictions.
-
-    Routing mixes a stable popular set (frequency wins) with bursts of short-term reuse
-    (recency wins), and which matters more depends on model and text; ARC needs no tuning.
-    Capacity is counted in keys (the resident count when an eviction is asked), and the split
-    moves when a ghost is re-inserted, i.e. after the victim was chosen: a lag of one key.
-    """
-
-    name = "arc"
-
-    def __init__(self) -> None:
-        self._t1: OrderedDict[Key, None] = OrderedDict()
-        self._t2: OrderedDict[Key, None] = OrderedDict()
-        self._b1: OrderedDict[Key, None] = OrderedDict()
-        self._b2: OrderedDict[Key, None] = OrderedDict()
-        self._p = 0.0  # target size of T1
-
-    def on_insert(self, key: Key) -> None:
-        if key in self._b1:
-            self._p = min(self._p + max(len(self._b2) / len(self._b1), 1.0), self._size())
-            del self._b1[key]
-            self._t2[key] = None
-        elif key in self._b2:
-            self._p = max(self._p - max(len(self._b1) / len(self._b2), 1.0), 0.0)
-            del self._b2[key]
-            self._t2[key] = None
-        else:
-            self._t1[key] = None
-        self._trim_ghosts()
-
-    def on_access(self, key: Key) -> None:
-        if key in self._t1:
-            del self._t1[key]
-        else:
-            del self._t2[key]
-        self._t2[key] = None
-
-    def on_remove(self, key: Key) -> None:
-        if key in self._t1:
-            del self._t1[key]
-            self._b1[key] = None
-        else:
-            del self._t2[key]
-            self._b2[key] = None
-        self._trim_ghosts()
-
-    def on_step(self) -> None:
-        pass
-
-    def _size(self) -> int:
-        return max(len(self._t1) + len(self._t2), 1)
-
-    def _trim_ghosts(self) -> None:
-        c = self._size()
-        while self._b1 and len(self._t1) + len(self._b1) > c:
-            self._b1.popitem(last=False)
-        while self._b2 and len(self._t1) + len(self._t2) + len(self._b1) + len(self._b2) > 2 * c:
-            self._b2.popitem(last=False)
-
-    def victim(self, exclude: AbstractSet[Key]) -> Key:
-        first, second = (self._t1, self._t2) if len(self._t1) > self._p else (self._t2, self._t1)
-        for side in (first, second):
-            for key in side:
-                if key not in exclude:
-                    return key
-        raise LookupError("no evictable key: every resident key is in use")
 
 
 class BeladyPolicy(_ScoredPolicy):
@@ -289,12 +219,14 @@ class BeladyPolicy(_ScoredPolicy):
 
 
 POLICIES: dict[str, Callable[..., Policy]] = {
-    "arc": ARCPolicy,
     "lru": LRUPolicy,
     "lfu": LFUPolicy,
     "lrfu": LRFUPolicy,
 }
-DEFAULT_POLICY = "lfu"
+# On synthetic Zipf traces with and without token-to-token reuse and popularity drift,
+# lrfu (half-life 32 tokens) had the best worst case and mean hit rate relative to Belady;
+# LFU collapses under drift, LRU without reuse. Replay a real trace to choose per model.
+DEFAULT_POLICY = "lrfu"
 
 
 def _option(text: str) -> float | int | bool:

@@ -11,7 +11,6 @@ import pytest
 from runtime.errors import BudgetError
 from runtime.policy import (
     POLICIES,
-    ARCPolicy,
     BeladyPolicy,
     Hold,
     LFUPolicy,
@@ -79,24 +78,6 @@ def test_lrfu_follows_a_shift_that_lfu_does_not() -> None:
         for _ in range(20):
             policy.on_step()
         assert policy.victim(set()) == expected, type(policy).__name__
-
-
-def test_arc_moves_reused_keys_to_the_frequent_side_and_adapts() -> None:
-    arc = ARCPolicy()
-    for e in (1, 2, 3):
-        arc.on_insert((0, e))
-    arc.on_access((0, 1))  # seen twice: T2; T1 holds 2, 3
-    assert arc.victim(set()) == (0, 2)  # p = 0: T1 is over target, its LRU goes
-    arc.on_remove((0, 2))  # ghost in B1
-    arc.on_insert((0, 2))  # a hit in B1 says "T1 was too small": p grows, 2 goes to T2
-    assert arc._p == 1.0 and list(arc._t2) == [(0, 1), (0, 2)]
-    assert arc.victim(set()) == (0, 1)  # T1 = {3} is within target: T2's LRU goes
-    assert arc.victim({(0, 1), (0, 2)}) == (0, 3)
-
-
-def test_arc_on_the_hand_made_sequence() -> None:
-    r = simulate(STEPS, "arc", 2, SIZES)
-    assert r.hits + r.misses == 8 and r.hits <= simulate_belady(STEPS, 2, SIZES).hits
 
 
 def test_victim_skips_excluded_and_raises_when_nothing_is_evictable() -> None:
@@ -185,7 +166,7 @@ def test_belady_bounds_every_policy(seed: int) -> None:
     pinned = {1: {0, 1}} if seed % 2 else None
     cap = rng.randint(top_k + 2, 3 * n_experts - 1)
     best = simulate_belady(trace, cap, sizes, pinned)
-    for name in ["lru", "lfu", "lfu:history=false", "lrfu:half_life=4", "lrfu:half_life=64", "arc"]:
+    for name in ["lru", "lfu", "lfu:history=false", "lrfu:half_life=4", "lrfu:half_life=64"]:
         assert best.hits >= simulate(trace, name, cap, sizes, pinned).hits, name
 
 
@@ -200,7 +181,7 @@ def test_make_policy_options_and_errors() -> None:
     p = make_policy("lrfu:half_life=16")
     assert isinstance(p, LRFUPolicy) and p.half_life == 16
     assert make_policy("lfu: history=false").history is False  # type: ignore[attr-defined]
-    known = r"\(known: arc, lfu, lrfu, lru\)"
+    known = r"\(known: lfu, lrfu, lru\)"
     with pytest.raises(ValueError, match=r"unknown cache policy 'fifo' " + known):
         make_policy("fifo")
     with pytest.raises(ValueError, match="bad option 'half_life'"):
