@@ -22,9 +22,9 @@ from runtime.generation import (
     TextAssembler,
     Usage,
 )
+from runtime.policy import DEFAULT_POLICY
 from runtime.residency import MadviseResidency, mapping_rss, process_rss
 
-DEFAULT_POLICY = "lru"
 DEFAULT_CTX = 2048
 
 __all__ = ["GenerationResult", "Model", "StreamEvent", "Usage", "load", "minimum_budget"]
