@@ -1,1 +1,1 @@
-"""kiosk."""
+"""Offline information kiosk: a bounded question/answer loop over the runtime's Python API."""

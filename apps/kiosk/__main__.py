@@ -1,0 +1,82 @@
+"""`python -m apps.kiosk BUNDLE`: answer visitors' questions offline, forgetting them after idle.
+
+A kiosk has no operator: inputs are capped, answers are bounded, the conversation resets after a
+quiet period, and a failed answer never takes the kiosk down.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import TextIO
+
+DEFAULT_SYSTEM = "You are the information kiosk. Answer briefly and politely."
+
+
+@dataclass
+class KioskSession:
+    system: str = DEFAULT_SYSTEM
+    max_input_chars: int = 500
+    max_turns: int = 6
+    idle_reset_s: float = 120.0
+    history: list[dict[str, str]] = field(default_factory=list)
+    last_seen: float = field(default_factory=time.monotonic)
+
+    def messages_for(self, question: str, now: float | None = None) -> list[dict[str, str]]:
+        """The conversation to send for `question`: trimmed, and reset when idle too long."""
+        now = time.monotonic() if now is None else now
+        if now - self.last_seen > self.idle_reset_s:
+            self.history.clear()
+        self.last_seen = now
+        self.history.append({"role": "user", "content": question[: self.max_input_chars]})
+        self.history = self.history[-2 * self.max_turns + 1 :]
+        return [{"role": "system", "content": self.system}, *self.history]
+
+    def remember(self, answer: str) -> None:
+        self.history.append({"role": "assistant", "content": answer})
+
+
+def _printable(text: str) -> str:
+    """One display line: a kiosk screen shows no control characters or raw line breaks."""
+    return " ".join("".join(c if c.isprintable() else " " for c in text).split())
+
+
+def run_kiosk(model, session: KioskSession, stdin: TextIO, stdout: TextIO,
+              max_tokens: int = 96) -> int:
+    """Serve questions from `stdin` until EOF; returns how many were answered."""
+    answered = 0
+    stdout.write("Ask me anything (Ctrl-D to leave).\n")
+    for line in stdin:
+        question = line.strip()
+        if not question:
+            continue
+        try:
+            r = model.chat(session.messages_for(question), max_tokens=max_tokens, temperature=0.3)
+            answer = _printable(r.text) or "(no answer)"
+        except Exception as e:  # a kiosk keeps running; the error goes to its log
+            print(f"kiosk: answer failed: {e}", file=sys.stderr)
+            answer = "Sorry, I cannot answer that right now."
+        session.remember(answer)
+        stdout.write(answer + "\n")
+        stdout.flush()
+        answered += 1
+    return answered
+
+
+def main(argv: list[str] | None = None) -> None:
+    import runtime
+
+    ap = argparse.ArgumentParser(prog="python -m apps.kiosk")
+    ap.add_argument("bundle")
+    ap.add_argument("--budget", default=None, help="'40%%', '1.5GB' or bytes")
+    ap.add_argument("--system", default=DEFAULT_SYSTEM)
+    ap.add_argument("--max-tokens", type=int, default=96)
+    args = ap.parse_args(argv)
+    with runtime.load(args.bundle, budget=args.budget) as model:
+        run_kiosk(model, KioskSession(system=args.system), sys.stdin, sys.stdout, args.max_tokens)
+
+
+if __name__ == "__main__":
+    main()
