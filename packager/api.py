@@ -25,6 +25,7 @@ from packager.errors import PackError
 from packager.gguf_build import BASE_TYPES, write_gguf
 from packager.gguf_layout import GGUFLayout, read_layout
 from packager.manifest import Manifest, MoEShape, read_manifest
+from packager.prepare import prepare
 from packager.progress import NullProgress, Progress
 from packager.quantize import QuantizeOptions, llama_ftype, quantize
 from packager.source import Checkpoint, open_checkpoint
@@ -50,6 +51,9 @@ class PackOptions:
     reference: bool | None = None  # None: measure divergence when torch+transformers import
     eval_text: str | None = None  # held-out text for the divergence report
     eval_tokens: int = 512
+    calibration: tuple[str, ...] = ()  # texts: usage profile -> the plan's hot set
+    prune: float = 0.0  # fraction of experts to remove per layer (usage-guided)
+    use_imatrix: bool = False  # importance matrix from calibration text for the quantizer
     follow_plan: bool = True  # quant, dense upgrades and hot set from packager.plan
     usage: Any = None  # packager.plan.ExpertUsage from calibration, for the hot set
     hot_experts: dict[int, tuple[int, ...]] = field(default_factory=dict)
@@ -141,12 +145,23 @@ def pack(opts: PackOptions, progress: Progress | None = None) -> PackResult:
     t0 = time.perf_counter()
     ckpt = open_checkpoint(opts.src, opts.revision, opts.cache_dir)
     adapter_for(ckpt.config)  # unsupported/dense models fail before any work
-    if opts.follow_plan:
-        opts = _apply_plan(opts, ckpt)
-        quant = str(opts.quant).upper()
-    check_free_space(out_dir, int(_estimate_bytes(ckpt) * 2.2))
-    seconds["open"] = time.perf_counter() - t0
     with staging_dir(out_dir, opts.force) as stage:
+        t0 = time.perf_counter()
+        prep = prepare(ckpt, stage, calibration=opts.calibration, prune=opts.prune,
+                       imatrix=opts.use_imatrix, measure=_use_reference(opts),
+                       eval_text=opts.eval_text)
+        ckpt = prep.checkpoint
+        if prep.imatrix is not None:
+            opts = replace(opts, imatrix=prep.imatrix)
+        if prep.usage is not None and opts.usage is None:
+            opts = replace(opts, usage=prep.usage.to_planner_usage())
+        if opts.calibration or opts.prune or opts.use_imatrix:
+            seconds["prepare"] = time.perf_counter() - t0
+        if opts.follow_plan:
+            opts = _apply_plan(opts, ckpt)
+            quant = str(opts.quant).upper()
+        check_free_space(out_dir, int(_estimate_bytes(ckpt) * 2.2))
+        seconds["open"] = time.perf_counter() - t0
         model = stage / MODEL_FILE
         base = quant if quant in BASE_TYPES else "F32"
         base_path = model if base == quant else stage / ".base-f32.gguf"
@@ -162,29 +177,36 @@ def pack(opts: PackOptions, progress: Progress | None = None) -> PackResult:
             base_path.unlink()
             progress.advance()
             seconds["quantize"] = time.perf_counter() - t0
+        for name, text in prep.files.items():
+            (stage / name).write_text(text, encoding="utf-8")
         layout = read_layout(model)
         for name in COPIED_FILES:
             if (ckpt.path / name).is_file():
                 shutil.copyfile(ckpt.path / name, stage / name)
-        report = None
-        use_ref = opts.reference
-        if use_ref is None:
-            from packager.fidelity import reference_available
-
-            use_ref = reference_available()
-        if use_ref:
+        report = dict(prep.report) or None
+        if _use_reference(opts):
             t0 = time.perf_counter()
             progress.stage("measure divergence", 1)
-            report = _divergence_report(ckpt, model, opts, quant)
-            (stage / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
-            progress.advance()
+            report = {**_divergence_report(ckpt, model, opts, quant), **(report or {})}
             seconds["reference"] = time.perf_counter() - t0
+        if report:
+            (stage / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+        for pruned in stage.glob("pruned-checkpoint"):  # the pruned HF copy is not shipped
+            shutil.rmtree(pruned)
         manifest = _manifest(ckpt, layout, profile, quant, opts, report is not None, stage)
         (stage / "README.md").write_text(_readme(manifest), encoding="utf-8")
         manifest = replace(manifest, files=file_entries(stage))  # hashed once, README included
         write_manifest(stage, manifest)
     progress.done()
     return PackResult(out_dir.resolve(), manifest, report, seconds)
+
+
+def _use_reference(opts: PackOptions) -> bool:
+    if opts.reference is not None:
+        return opts.reference
+    from packager.fidelity import reference_available
+
+    return reference_available()
 
 
 def _apply_plan(opts: PackOptions, ckpt: Checkpoint) -> PackOptions:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from functools import wraps
-import json
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -66,15 +66,24 @@ def pack(
     force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
     revision: Annotated[str | None, typer.Option(help="Hub revision.")] = None,
     no_reference: Annotated[bool, typer.Option(help="Skip the transformers divergence report.")] = False,
+    calibrate: Annotated[list[Path] | None, typer.Option(
+        help="Calibration text file (repeatable): expert usage picks the hot set.")] = None,
+    usage: Annotated[Path | None, typer.Option(help="usage.json from `edgemoe calibrate`.")] = None,
+    prune: Annotated[float, typer.Option(help="Remove this fraction of experts per layer.")] = 0.0,
+    imatrix: Annotated[bool, typer.Option(help="Importance matrix from calibration text.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Pack a Hugging Face MoE checkpoint into a device bundle."""
     from packager.api import PackOptions
     from packager.api import pack as do_pack
+    from packager.calibrate import read_texts
+    from packager.planning import load_usage
 
     opts = PackOptions(
         src=src, out_dir=out, profile=profile, format=format, quant=quant, force=force,
         revision=revision, reference=False if no_reference else None,
+        calibration=tuple(read_texts(calibrate)) if calibrate else (),
+        usage=load_usage(usage) if usage else None, prune=prune, use_imatrix=imatrix,
     )
     result = do_pack(opts, _progress(quiet))
     if not quiet:
@@ -255,6 +264,24 @@ def profiles_show(name: Annotated[str, typer.Argument(help="Profile name or .tom
     typer.echo(render_profile(load_profile(name)))
 
 
+@app.command("calibrate")
+@friendly
+def calibrate_cmd(
+    src: Annotated[str, typer.Argument(help="Checkpoint folder, Hub repo id or bundle.")],
+    text: Annotated[list[Path], typer.Option("--text", help="Calibration text file (repeatable).")],
+    out: Annotated[Path, typer.Option("-o", "--out", help="usage.json to write.")],
+    engine: Annotated[str, typer.Option(help="auto, llama.cpp or transformers.")] = "auto",
+    plot: Annotated[Path | None, typer.Option(help="Also write a PNG heat map.")] = None,
+    max_tokens: Annotated[int | None, typer.Option(help="Tokens of text to use at most.")] = None,
+) -> None:
+    """Record how often each expert is chosen, per layer, on your text."""
+    from packager.calibrate import calibrate_to_file
+
+    prof = calibrate_to_file(src, text, out, engine, plot, max_tokens=max_tokens)
+    typer.echo(f"{out}: {prof.n_tokens} tokens via {prof.source}; "
+               + ", ".join(f"layer {k}: entropy {v:.2f}" for k, v in sorted(prof.entropy.items())[:4]))
+
+
 @app.command()
 @friendly
 def plan(
@@ -290,6 +317,9 @@ def fixtures_build(
 
 
 def main() -> None:
+    # The reference path (transformers) is chatty; a CLI user wants our progress bars only.
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     app()
 
 
