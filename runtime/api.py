@@ -133,7 +133,7 @@ class Model:
             policy=policy,
             residency=self.residency,
         )
-        self.cache.release_all_unpinned()
+        self.cache.warm()  # release what llama.cpp populated at load, pin the hot set
         self.pager.cache, self.pager.residency = self.cache, self.residency
 
     def _pinned(self) -> dict[int, tuple[int, ...]]:

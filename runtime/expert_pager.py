@@ -76,8 +76,7 @@ class ExpertPager:
     def _split(self, layer: int, needed: list[int]) -> tuple[list[int], list[int]]:
         """Most-used experts first, as many as the unpinned capacity holds; pinned always fit."""
         assert self.cache is not None
-        s = self.cache.stats()
-        slots = (s.capacity_bytes - s.pinned_bytes) // self.expert_bytes[layer]
+        slots = (self.cache.capacity_bytes - self.cache.pinned_bytes) // self.expert_bytes[layer]
         admit, surplus = [], []
         for e in needed:
             if self.cache.state(layer, e) == ExpertState.PINNED:
