@@ -90,43 +90,47 @@ def split_chunks(ids: Sequence[int], chunk: int) -> list[list[int]]:
 def tokenize(source: CalibrationSource, texts: Sequence[str], chunk: int = DEFAULT_CHUNK,
              max_tokens: int | None = None) -> list[list[int]]:
     """Token id chunks, each text on its own (windows never span two texts)."""
-    encode = _encoder(source)
     chunks: list[list[int]] = []
     total = 0
-    for text in texts:
-        for c in split_chunks(encode(text), chunk):
-            if max_tokens is not None and total + len(c) > max_tokens:
-                c = c[: max_tokens - total]
-                if len(c) < 2:
-                    return chunks
-            chunks.append(c)
-            total += len(c)
+    with _encoder(source) as encode:
+        for text in texts:
+            for c in split_chunks(encode(text), chunk):
+                if max_tokens is not None and total + len(c) > max_tokens:
+                    c = c[: max_tokens - total]
+                    if len(c) < 2:
+                        return chunks
+                chunks.append(c)
+                total += len(c)
     if not chunks:
         raise UsageError("calibration text is empty (need at least 2 tokens)")
     return chunks
 
 
-def _encoder(source: CalibrationSource) -> Callable[[str], list[int]]:
-    if source.kind == "checkpoint" and source.tokenizer_json is not None:
+@contextmanager
+def _encoder(source: CalibrationSource) -> Iterator[Callable[[str], list[int]]]:
+    """The source's own tokenizer: tokenizer.json for a checkpoint, the GGUF's for a bundle."""
+    if source.kind == "checkpoint":
+        if source.tokenizer_json is None:
+            raise PackError(f"{source.path}: no tokenizer.json to tokenize calibration text with")
         from tokenizers import Tokenizer
 
         tok = Tokenizer.from_file(str(source.tokenizer_json))
-        return lambda text: tok.encode(text).ids
-    if source.kind == "checkpoint":
-        raise PackError(f"{source.path}: no tokenizer.json to tokenize calibration text with")
+        yield lambda text: tok.encode(text).ids
+        return
+    import llama_cpp
+    from llama_cpp import _internals as li
+
     from packager.manifest import read_manifest
 
-    model = source.path / read_manifest(source.path).model_file
-    ids_of = _llama_tokenizer(model)
-    return ids_of
-
-
-def _llama_tokenizer(gguf_path: Path) -> Callable[[str], list[int]]:
-    """llama.cpp's own tokenizer from a GGUF (vocabulary only, no weights loaded)."""
-    import llama_cpp
-
-    llm = llama_cpp.Llama(str(gguf_path), vocab_only=True, verbose=False)
-    return lambda text: llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
+    params = llama_cpp.llama_model_default_params()
+    params.vocab_only = True  # the tokenizer only: no weights, no context
+    path = source.path / read_manifest(source.path).model_file
+    model = li.LlamaModel(path_model=str(path), params=params, verbose=False)
+    try:
+        bos = model.add_bos_token()
+        yield lambda text: model.tokenize(text.encode("utf-8"), add_bos=bos, special=False)
+    finally:
+        model.close()
 
 
 def text_digest(texts: Sequence[str]) -> str:
