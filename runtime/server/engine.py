@@ -15,7 +15,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from runtime.api import Model, StreamEvent
@@ -66,8 +66,10 @@ class Job:
     Iterate it with `await job.next()` on the event loop that submitted it.
     """
 
-    def __init__(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop,
+                 stream: bool) -> None:
         self.request = request
+        self.stream = stream  # False: one event with the whole text (one wake-up of the loop)
         self.cancel = threading.Event()
         self.started = threading.Event()
         self.done = False
@@ -138,9 +140,11 @@ class Engine:
         return self
 
     # admission --------------------------------------------------------------------------------
-    def submit(self, request: GenerationRequest, timeout_s: float) -> Job:
-        """Queue a generation for the running event loop; raises QueueFullError when full."""
-        job = Job(request, asyncio.get_running_loop())
+    def submit(self, request: GenerationRequest, timeout_s: float, stream: bool = True) -> Job:
+        """Queue a generation for the running event loop; raises QueueFullError when full.
+
+        stream=False delivers a single final event holding the whole text."""
+        job = Job(request, asyncio.get_running_loop(), stream)
         with self._cond:
             if self._stopping:
                 raise EngineStoppedError("the server is shutting down")
@@ -206,6 +210,7 @@ class Engine:
         job.started.set()
         t0 = time.perf_counter()
         last: StreamEvent | None = None
+        pieces: list[str] = []
         try:
             max_tokens = req.max_tokens
             if max_tokens is None:  # up to the context window
@@ -215,8 +220,13 @@ class Engine:
                 req.prompt, max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
                 top_k=req.top_k, seed=req.seed, stop=list(req.stop), cancel=job.cancel,
             ):
-                job.push(ev)
                 last = ev
+                if job.stream:
+                    job.push(ev)
+                else:
+                    pieces.append(ev.text)
+            if not job.stream and last is not None:
+                job.push(replace(last, text="".join(pieces)))
         except Exception as e:  # handed to the request, which maps it to an HTTP error
             job.push(e)
         elapsed = time.perf_counter() - t0

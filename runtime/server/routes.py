@@ -269,7 +269,7 @@ async def _answer(
     request: Request, st: ServerState, engine: Engine, gen: GenerationRequest, stream: bool,
     shape: _Shape,
 ) -> Response:
-    job = engine.submit(gen, st.settings.request_timeout_s)
+    job = engine.submit(gen, st.settings.request_timeout_s, stream=stream)
     watcher = asyncio.create_task(_cancel_on_disconnect(request.receive, job, engine))
     try:
         # Wait for the first event before answering, so a prompt that is too long still gets
