@@ -144,8 +144,10 @@ def _validation_error(exc: RequestValidationError) -> APIError:
     if not loc and kind == "missing":
         return APIError(400, "The request needs a JSON body.", code="invalid_json")
     if not loc:
-        return APIError(400, f"The request body must be a JSON object ({err.get('msg')}).",
-                        code="invalid_json")
+        # Also the answer to a body without Content-Type: application/json, which is not
+        # parsed on purpose: a web page could otherwise post to this local server unasked.
+        return APIError(400, "The request body must be a JSON object sent with "
+                             "Content-Type: application/json.", code="invalid_json")
     if kind == "missing":
         return APIError(400, f"Missing required parameter: '{param}'.", param=param,
                         code="missing_required_parameter")

@@ -119,16 +119,15 @@ class _Shape:
     """How one endpoint's answers look: full response and stream chunks."""
 
     prompt_param = "prompt"
+    id_prefix = "cmpl"
+    object = "text_completion"
+    chunk_object = "text_completion"
 
     def __init__(self, model_id: str, include_usage: bool) -> None:
         self.id = f"{self.id_prefix}-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.model = model_id
         self.include_usage = include_usage
-
-    id_prefix = "cmpl"
-    object = "text_completion"
-    chunk_object = "text_completion"
 
     def _envelope(self, obj: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
         return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
@@ -147,6 +146,7 @@ class _Shape:
 
     # per endpoint
     def head(self) -> str | None:
+        """The chunk sent before the first token, if any."""
         return None
 
     def text_chunk(self, text: str) -> str:

@@ -65,6 +65,19 @@ def test_malformed_json(http: httpx.Client) -> None:
     assert_error(r, 400)
 
 
+
+def test_json_needs_its_content_type(server: RunningServer, http: httpx.Client) -> None:
+    """A JSON body sent as text/plain (what a web page can post without a CORS preflight) or
+    with no Content-Type is not parsed."""
+    body = b'{"model": "%s", "prompt": "hi", "max_tokens": 1}' % server.model_id.encode()
+    for headers in ({"Content-Type": "text/plain"}, {}):
+        assert_error(http.post(COMPLETIONS, content=body, headers=headers), 400,
+                     code="invalid_json")
+    r = http.post(COMPLETIONS, content=body,
+                  headers={"Content-Type": "application/json; charset=utf-8"})
+    assert r.status_code == 200, r.text
+
+
 @pytest.mark.parametrize("path,drop,param", [
     (CHAT, "model", "model"), (CHAT, "messages", "messages"),
     (COMPLETIONS, "model", "model"), (COMPLETIONS, "prompt", "prompt"),
