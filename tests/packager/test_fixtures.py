@@ -23,6 +23,7 @@ from packager.fixtures import (
     TINY_FIXTURES,
     FixtureError,
     build_fixture,
+    build_fixtures,
     cached_fixture,
     corpus,
     make_hub_cache,
@@ -360,6 +361,15 @@ def test_build_fixture_replaces_an_existing_folder(tmp_path):
     assert build_fixture("dense-tiny", out) == out
     assert not (out / "stale.bin").exists() and read_record(out)["name"] == "dense-tiny"
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt"]
+
+
+@pytest.mark.reference
+def test_build_fixtures_puts_each_under_its_name_and_checks_names_first(tmp_path):
+    with pytest.raises(FixtureError, match="unknown fixture 'typo'"):
+        build_fixtures(["dense-tiny", "typo"], tmp_path, quiet=True)
+    assert list(tmp_path.iterdir()) == []  # nothing was built before the typo was caught
+    assert build_fixtures(["dense-tiny"], tmp_path, quiet=True) == [tmp_path / "dense-tiny"]
+    assert read_record(tmp_path / "dense-tiny")["name"] == "dense-tiny"
 
 
 @pytest.mark.reference
