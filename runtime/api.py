@@ -107,7 +107,9 @@ class Model:
         self._timings: dict[str, float] = {}
         self._expert_bytes = {x.layer: x.expert_bytes for x in self.manifest.expert_layers}
         self.pager = ExpertPager(None, None, self._expert_bytes, self.manifest.shape.top_k,
-                                 record=record_routing)
+                                 record=record_routing,
+                                 layers={x.layer: x for x in self.manifest.expert_layers},
+                                 n_experts=self.manifest.shape.n_experts)
         self.engine = LlamaEngine(
             EngineConfig(opened.model_path, n_ctx, threads,
                          observe_routing=plan.offloading or record_routing),
@@ -286,11 +288,12 @@ class Model:
 
     def close(self) -> None:
         with self._lock:
+            if self.residency is not None:  # unlock pins while llama.cpp's mapping still exists
+                self.residency.close()
+                self.residency = None
             if self.engine is not None:
                 self.engine.close()
                 self.engine = None  # type: ignore[assignment]
-            if self.residency is not None:
-                self.residency.close()
 
     def __enter__(self) -> Model:
         return self

@@ -14,7 +14,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from packager.manifest import LayerExperts
 from runtime.expert_cache import ExpertCache, ExpertState, Residency
+
+# A fault maps the whole page-cache folio around the faulting page (large folios: up to a PMD),
+# so experts next to a loaded one can become resident without being routed to. After each
+# layer, released experts within this distance of a fresh load are swept back out.
+FOLIO_WINDOW = 2 * 2**20
 
 
 @dataclass
@@ -32,7 +38,12 @@ class ExpertPager:
         expert_bytes: dict[int, int],
         top_k: int,
         record: bool = False,
+        layers: dict[int, LayerExperts] | None = None,
+        n_experts: int = 0,
     ) -> None:
+        self.layers = layers or {}
+        self.n_experts = n_experts
+        self._fresh: list[tuple[int, int]] = []
         self.cache = cache
         self.residency = residency
         self.expert_bytes = expert_bytes
@@ -66,6 +77,8 @@ class ExpertPager:
         counts = Counter(int(e) for e in ids.ravel())
         needed = [e for e, _ in counts.most_common()]
         admit, surplus = self._split(layer, needed)
+        self._fresh.extend((layer, e) for e in admit
+                           if self.cache.state(layer, e) == ExpertState.RELEASED)
         self.cache.access(layer, admit)
         for e in surplus:
             if self.cache.state(layer, e) == ExpertState.RELEASED:
@@ -89,11 +102,46 @@ class ExpertPager:
         return admit, surplus
 
     def reconcile(self) -> None:
-        """Give back pages of transient experts that the cache did not keep."""
-        if not self._transient or self.cache is None or self.residency is None:
+        """Give back pages the books say are released: transient experts, and neighbours that
+        the previous layer's loads mapped in along with the experts they were for."""
+        if self.cache is None or self.residency is None:
             self._transient.clear()
+            self._fresh.clear()
             return
         for layer, e in self._transient:
             if self.cache.state(layer, e) == ExpertState.RELEASED:
                 self.residency.release(layer, e)
         self._transient.clear()
+        if self._fresh and self.layers and hasattr(self.residency, "release_spans"):
+            self.residency.release_spans(self._neighbour_spans(self._fresh))
+        self._fresh.clear()
+
+    def _neighbour_spans(self, loaded: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        assert self.cache is not None
+        spans: list[tuple[int, int]] = []
+        released = ExpertState.RELEASED
+        for layer, e in loaded:
+            for t in self.layers[layer].tensors:
+                k = -(-FOLIO_WINDOW // t.stride)
+                run = None
+                for n in range(max(0, e - k), min(self.n_experts, e + k + 1)):
+                    if self.cache.state(layer, n) == released:
+                        run = n if run is None else run
+                        continue
+                    if run is not None:
+                        spans.append((t.offset + run * t.stride, t.offset + n * t.stride))
+                        run = None
+                if run is not None:
+                    last = min(self.n_experts, e + k + 1)
+                    spans.append((t.offset + run * t.stride, t.offset + last * t.stride))
+        return _coalesce(spans)
+
+
+def _coalesce(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(spans):
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out

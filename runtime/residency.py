@@ -248,6 +248,7 @@ class ResidencyStats:
     bytes_released: int = 0  # whole pages handed back (summed over calls)
     bytes_kept_partial: int = 0  # edge bytes that share a page with a neighbour (summed)
     pin_fallbacks: int = 0  # pins that became WILLNEED because mlock was refused
+    bytes_swept: int = 0  # neighbours' pages a fault mapped along with a loaded expert
     errors: int = 0
 
 
@@ -289,6 +290,24 @@ class MadviseResidency:
                 self._fd = os.open(self.path, os.O_RDONLY)
             else:
                 self._warn("fadvise", "posix_fadvise is unavailable: cold mode keeps page cache")
+        self._small_pages()
+
+    def _small_pages(self) -> None:
+        """Ask for page-sized mappings of the model file.
+
+        With transparent huge pages on, one fault can map a whole 2 MiB folio of the file, i.e.
+        several neighbouring experts the router never chose; they would sit in RSS outside the
+        cache's books. MADV_NOHUGEPAGE stops PMD-sized mappings; large page-cache folios can
+        still be mapped whole, which the pager sweeps up (runtime/expert_pager.py).
+        """
+        advice = getattr(mmap, "MADV_NOHUGEPAGE", None)
+        regions = [r for r in file_regions(self.path) if r.base == self.base]
+        ok = bool(regions) and all(
+            self._madvise(r.start - self.base, r.end - self.base, advice, "nohugepage")
+            for r in regions
+        )
+        if not ok:
+            self._warn("nohugepage", "could not disable huge pages: faults may map neighbours")
 
     @classmethod
     def for_file(cls, path: str | Path, ranges_of: RangesOf, **kwargs: bool) -> MadviseResidency:
@@ -337,6 +356,22 @@ class MadviseResidency:
                 # After DONTNEED: the kernel keeps page-cache pages that are still mapped.
                 try:
                     os.posix_fadvise(self._fd, pages[0], whole, os.POSIX_FADV_DONTNEED)
+                except OSError as e:
+                    self._failed("posix_fadvise(DONTNEED)", e.errno or errno.EIO)
+
+    def release_spans(self, spans: list[tuple[int, int]]) -> None:
+        """Give back file byte ranges that no cached expert owns (pages a fault mapped beyond
+        the expert it was for: the kernel maps whole page-cache folios)."""
+        for start, end in spans:
+            pages = inward(start, end)
+            if pages is None:
+                continue
+            if self._madvise(*pages, MADV_DONTNEED, "madvise(DONTNEED)"):
+                self.stats.bytes_swept += pages[1] - pages[0]
+            if self._fd is not None:
+                try:
+                    os.posix_fadvise(self._fd, pages[0], pages[1] - pages[0],
+                                     os.POSIX_FADV_DONTNEED)
                 except OSError as e:
                     self._failed("posix_fadvise(DONTNEED)", e.errno or errno.EIO)
 
