@@ -12,7 +12,7 @@ from typing import Any
 from runtime.backends.llama_cpp import EngineConfig, LlamaEngine
 from runtime.budget import BudgetPlan, parse_budget, plan_budget
 from runtime.bundle import OpenBundle, attention_shape, open_bundle
-from runtime.errors import EdgemoeError, PromptTooLongError
+from runtime.errors import ChatTemplateError, PromptTooLongError
 from runtime.expert_cache import ExpertCache
 from runtime.expert_pager import ExpertPager
 from runtime.generation import (
@@ -27,11 +27,7 @@ from runtime.residency import MadviseResidency, mapping_rss, process_rss
 
 DEFAULT_CTX = 2048
 
-__all__ = ["GenerationResult", "Model", "StreamEvent", "Usage", "load", "minimum_budget"]
-
-
-class ChatTemplateError(EdgemoeError, ValueError):
-    """Messages that the bundle's chat template cannot render."""
+__all__ = ["ChatTemplateError", "GenerationResult", "Model", "StreamEvent", "Usage", "load", "minimum_budget"]
 
 
 def _profile_value(bundle: OpenBundle, key: str, default: Any) -> Any:

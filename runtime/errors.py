@@ -32,3 +32,7 @@ class PromptTooLongError(EdgemoeError, ValueError):
 
 class SamplingError(EdgemoeError, ValueError):
     """A sampling parameter out of its valid range."""
+
+
+class ChatTemplateError(EdgemoeError, ValueError):
+    """Messages that the bundle's chat template cannot render."""

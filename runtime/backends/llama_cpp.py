@@ -112,6 +112,7 @@ class LlamaEngine:
         self.vocab = llama_cpp.llama_model_get_vocab(self.model.model)
         self.n_vocab = self.model.n_vocab()
         self.n_past = 0
+        self._piece = ctypes.create_string_buffer(64)
 
     # --- routing observation -------------------------------------------------------------
     def _eval_callback(self, tensor: int, ask: bool, _user: int) -> bool:
@@ -144,7 +145,13 @@ class LlamaEngine:
                                    special=special)
 
     def token_bytes(self, token: int) -> bytes:
-        return self.model.token_to_piece(token, special=False)
+        """The token's bytes, exactly as many as llama.cpp writes (it adds no terminator)."""
+        buf = self._piece
+        n = self._llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        if n < 0:  # buffer too small: -n is the size needed
+            self._piece = buf = ctypes.create_string_buffer(-n)
+            n = self._llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
+        return buf.raw[:n]
 
     def is_eog(self, token: int) -> bool:
         return bool(self._llama_cpp.llama_vocab_is_eog(self.vocab, token))
@@ -178,7 +185,8 @@ class LlamaEngine:
         if top_p < 1.0:
             s.add_top_p(top_p, 1)
         s.add_temp(temperature)
-        s.add_dist(seed if seed is not None else int.from_bytes(os.urandom(4), "little"))
+        # llama.cpp takes a 32-bit seed and reads 0xFFFFFFFF as "random": fold, never collide.
+        s.add_dist(seed % 0xFFFFFFFF if seed is not None else int.from_bytes(os.urandom(3), "little"))
         return s
 
     def sample(self, sampler, logits_idx: int = -1) -> int:
