@@ -230,7 +230,8 @@ def serve(
     host: Annotated[str, typer.Option(help="Bind address (loopback by default).")] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8080,
     budget: Annotated[str | None, typer.Option(help="'40%', '1.5GB' or bytes.")] = None,
-    api_key: Annotated[str | None, typer.Option(help="Require 'Authorization: Bearer KEY'.")] = None,
+    api_key: Annotated[str | None, typer.Option(
+        envvar="EDGEMOE_API_KEY", help="Require 'Authorization: Bearer KEY'.")] = None,
     model_alias: Annotated[str | None, typer.Option(help="Model id to publish.")] = None,
     max_queue: Annotated[int, typer.Option(help="Requests waiting before 429.")] = 8,
     n_ctx: Annotated[int | None, typer.Option(help="Context window.")] = None,
@@ -240,10 +241,14 @@ def serve(
     from runtime.server.serve import serve as do_serve
     from runtime.server.settings import ServerSettings
 
-    do_serve(bundle, ServerSettings(
-        host=host, port=port, api_key=api_key, model_alias=model_alias, max_queue=max_queue,
-        budget=budget, n_ctx=n_ctx, cors_origins=tuple(cor_origin for cor_origin in cors_origin or ()),
-    ))
+    try:
+        settings = ServerSettings(
+            host=host, port=port, api_key=api_key, model_alias=model_alias, max_queue=max_queue,
+            budget=budget, n_ctx=n_ctx, cors_origins=tuple(cors_origin or ()),
+        )
+    except ValueError as e:
+        raise typer.BadParameter(str(e)) from None
+    do_serve(bundle, settings)
 
 
 @profiles_app.callback()
