@@ -56,7 +56,7 @@ def record_trace(
         for start in range(0, len(ids), chunk):
             engine.reset()
             base[0] = len(rows)
-            engine.decode(ids[start : start + chunk])
+            engine.decode(ids[start : start + chunk], all_outputs=True)
     finally:
         engine.close()
     meta = {"bundle": str(opened.path), "tokens": len(rows), "chunk": chunk}

@@ -41,6 +41,17 @@ class EngineConfig:
     extra_taps: tuple[str, ...] = ()  # e.g. (PROBS, WEIGHTS) for calibration
 
 
+class _TensorHead(ctypes.Structure):
+    """The leading fields of ggml.h's `struct ggml_tensor` (stable across ggml versions)."""
+
+    _fields_ = [
+        ("type", ctypes.c_int),
+        ("buffer", ctypes.c_void_p),
+        ("ne", ctypes.c_int64 * 4),
+        ("nb", ctypes.c_size_t * 4),
+    ]
+
+
 class _Ggml:
     """The few ggml C functions the eval callback needs, from llama-cpp-python's own libraries."""
 
@@ -56,6 +67,8 @@ class _Ggml:
         lib.ggml_get_name.argtypes = [ctypes.c_void_p]
         lib.ggml_nelements.restype = ctypes.c_int64
         lib.ggml_nelements.argtypes = [ctypes.c_void_p]
+        lib.ggml_nbytes.restype = ctypes.c_size_t
+        lib.ggml_nbytes.argtypes = [ctypes.c_void_p]
         lib.ggml_backend_tensor_get.restype = None
         lib.ggml_backend_tensor_get.argtypes = [
             ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t,
@@ -130,14 +143,28 @@ class LlamaEngine:
         return True
 
     def _deliver(self, tensor: int, kind: str, layer: int) -> None:
-        n = int(self._ggml.lib.ggml_nelements(tensor))
-        dtype = np.int32 if kind == TOPK else np.float32
-        buf = np.empty(n, dtype=dtype)
-        self._ggml.lib.ggml_backend_tensor_get(tensor, buf.ctypes.data, 0, n * 4)
+        data = self._read_rows(tensor, np.int32 if kind == TOPK else np.float32)
         if kind == TOPK and self._observer is not None:
-            self._observer(layer, buf)
+            self._observer(layer, data)
         if self._tensor_observer is not None:
-            self._tensor_observer(layer, kind, buf)
+            self._tensor_observer(layer, kind, data)
+
+    def _read_rows(self, tensor: int, dtype: type) -> np.ndarray:
+        """Rows of a 2-D tensor, honouring its row stride: `ffn_moe_topk` is a view of the
+        first top_k columns of each token's argsort, not a contiguous block."""
+        head = _TensorHead.from_address(tensor)
+        ne0, nb1 = int(head.ne[0]), int(head.nb[1])
+        rows = int(head.ne[1] * head.ne[2] * head.ne[3])
+        nbytes = int(self._ggml.lib.ggml_nbytes(tensor))
+        raw = np.empty(nbytes, dtype=np.uint8)
+        self._ggml.lib.ggml_backend_tensor_get(tensor, raw.ctypes.data, 0, nbytes)
+        width = np.dtype(dtype).itemsize
+        if nb1 == ne0 * width or rows == 1:
+            return raw[: rows * ne0 * width].view(dtype).copy()
+        out = np.lib.stride_tricks.as_strided(
+            raw.view(dtype) if nbytes % width == 0 else raw[: nbytes - nbytes % width].view(dtype),
+            shape=(rows, ne0), strides=(nb1, width))
+        return np.ascontiguousarray(out).ravel()
 
     # --- tokens ----------------------------------------------------------------------------
     def tokenize(self, text: str, special: bool = True) -> list[int]:
@@ -161,13 +188,17 @@ class LlamaEngine:
         self.ctx.kv_cache_clear()
         self.n_past = 0
 
-    def decode(self, tokens: list[int]) -> np.ndarray:
-        """Feed tokens after the current position; returns the logits of the last one."""
+    def decode(self, tokens: list[int], all_outputs: bool = False) -> np.ndarray:
+        """Feed tokens after the current position; returns the logits of the last one.
+
+        all_outputs: compute every position's output. llama.cpp otherwise skips the last
+        layer for tokens whose logits nobody reads, so their last-layer routing never happens
+        (what tracing and calibration must see)."""
         if self.n_past + len(tokens) > self.cfg.n_ctx:
             raise EdgemoeError(f"context full ({self.cfg.n_ctx} tokens)")
         for start in range(0, len(tokens), self.cfg.n_batch):
             chunk = tokens[start : start + self.cfg.n_batch]
-            self.batch.set_batch(chunk, n_past=self.n_past, logits_all=False)
+            self.batch.set_batch(chunk, n_past=self.n_past, logits_all=all_outputs)
             self.ctx.decode(self.batch)
             self.n_past += len(chunk)
         ptr = self.ctx.get_logits_ith(-1)
