@@ -126,13 +126,21 @@ class LlamaEngine:
         self.n_vocab = self.model.n_vocab()
         self.n_past = 0
         self._piece = ctypes.create_string_buffer(64)
+        self._asked: dict[int, bool] = {}
+        self._batch_shape = -1
 
     # --- routing observation -------------------------------------------------------------
     def _eval_callback(self, tensor: int, ask: bool, _user: int) -> bool:
-        name = self._ggml.lib.ggml_get_name(tensor)
         if ask:
-            return name.startswith(self._tap_prefixes)
-        m = _NAMED.match(name)
+            # llama.cpp asks about every graph node on every token. Graphs of one batch shape
+            # are laid out identically, so the answer is cached per node address (reset when
+            # the batch shape changes); the name is re-checked below before any data is read.
+            known = self._asked.get(tensor)
+            if known is None:
+                known = self._ggml.lib.ggml_get_name(tensor).startswith(self._tap_prefixes)
+                self._asked[tensor] = known
+            return known
+        m = _NAMED.match(self._ggml.lib.ggml_get_name(tensor))
         if m and m.group(1) in self._taps:
             try:
                 self._deliver(tensor, m.group(1).decode(), int(m.group(2)))
@@ -198,6 +206,9 @@ class LlamaEngine:
             raise EdgemoeError(f"context full ({self.cfg.n_ctx} tokens)")
         for start in range(0, len(tokens), self.cfg.n_batch):
             chunk = tokens[start : start + self.cfg.n_batch]
+            if (len(chunk), all_outputs) != self._batch_shape:
+                self._batch_shape = (len(chunk), all_outputs)
+                self._asked.clear()
             self.batch.set_batch(chunk, n_past=self.n_past, logits_all=all_outputs)
             self.ctx.decode(self.batch)
             self.n_past += len(chunk)
