@@ -41,12 +41,29 @@ def llama_cpp_source() -> Path:
     if (root / "convert_hf_to_gguf.py").is_file():
         return root
     CACHE.mkdir(parents=True, exist_ok=True)
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-                    f"llama-cpp-python=={VERSION}", "-d", str(CACHE), "-q"], check=True)
+    subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "download",
+            "--no-deps",
+            "--no-binary",
+            ":all:",
+            f"llama-cpp-python=={VERSION}",
+            "-d",
+            str(CACHE),
+            "-q",
+        ],
+        check=True,
+    )
     with tarfile.open(CACHE / f"llama_cpp_python-{VERSION}.tar.gz") as tar:
-        members = [m for m in tar.getmembers()
-                   if "/vendor/llama.cpp/" in m.name
-                   and any(p in m.name for p in ("convert_hf_to_gguf.py", "/conversion/", "/gguf-py/"))]
+        members = [
+            m
+            for m in tar.getmembers()
+            if "/vendor/llama.cpp/" in m.name
+            and any(p in m.name for p in ("convert_hf_to_gguf.py", "/conversion/", "/gguf-py/"))
+        ]
         tar.extractall(CACHE, members=members, filter="data")
     return root
 
@@ -79,8 +96,15 @@ def main() -> None:
     src = cached_fixture(args.fixture)
     work = Path(tempfile.mkdtemp(prefix="edgemoe-bench-pack-"))
     t0 = time.perf_counter()
-    pack(PackOptions(src=str(src), out_dir=work / "ours", quant=args.quant, reference=False,
-                     follow_plan=False))
+    pack(
+        PackOptions(
+            src=str(src),
+            out_dir=work / "ours",
+            quant=args.quant,
+            reference=False,
+            follow_plan=False,
+        )
+    )
     ours_s = time.perf_counter() - t0
     theirs, theirs_s = llama_cpp_pipeline(src, work, args.quant)
 
@@ -90,12 +114,18 @@ def main() -> None:
     d_theirs = measure(ref, gguf_logits(theirs, chunks), chunks)
     print(f"{args.fixture} -> {args.quant}, {d_ours.n_tokens} held-out tokens vs transformers F32")
     print(f"{'path':<34} {'wall s':>8} {'top-1':>7} {'mean KL':>10}")
-    print(f"{'edgemoe pack (bundle + checksums)':<34} {ours_s:8.1f} {d_ours.top1_agreement:7.4f} "
-          f"{d_ours.mean_kl:10.2e}")
-    print(f"{'llama.cpp convert + quantize':<34} {theirs_s:8.1f} {d_theirs.top1_agreement:7.4f} "
-          f"{d_theirs.mean_kl:10.2e}")
-    print(f"time ratio (ours / llama.cpp): {ours_s / theirs_s:.2f}; "
-          f"KL ratio: {d_ours.mean_kl / max(d_theirs.mean_kl, 1e-30):.3f}")
+    print(
+        f"{'edgemoe pack (bundle + checksums)':<34} {ours_s:8.1f} {d_ours.top1_agreement:7.4f} "
+        f"{d_ours.mean_kl:10.2e}"
+    )
+    print(
+        f"{'llama.cpp convert + quantize':<34} {theirs_s:8.1f} {d_theirs.top1_agreement:7.4f} "
+        f"{d_theirs.mean_kl:10.2e}"
+    )
+    print(
+        f"time ratio (ours / llama.cpp): {ours_s / theirs_s:.2f}; "
+        f"KL ratio: {d_ours.mean_kl / max(d_theirs.mean_kl, 1e-30):.3f}"
+    )
 
 
 if __name__ == "__main__":

@@ -22,11 +22,20 @@ import numpy as np
 PROMPT_FILE_CHARS = 1500
 
 
-def stock_llama(gguf: Path, prompt_ids: list[int], n_decode: int, threads: int) -> tuple[float, float, list[int]]:
+def stock_llama(
+    gguf: Path, prompt_ids: list[int], n_decode: int, threads: int
+) -> tuple[float, float, list[int]]:
     import llama_cpp
 
-    llm = llama_cpp.Llama(str(gguf), n_ctx=1024, n_batch=512, n_threads=threads,
-                          n_threads_batch=threads, use_mmap=False, verbose=False)
+    llm = llama_cpp.Llama(
+        str(gguf),
+        n_ctx=1024,
+        n_batch=512,
+        n_threads=threads,
+        n_threads_batch=threads,
+        use_mmap=False,
+        verbose=False,
+    )
     try:
         t0 = time.perf_counter()
         llm.eval(prompt_ids)
@@ -44,8 +53,9 @@ def stock_llama(gguf: Path, prompt_ids: list[int], n_decode: int, threads: int) 
         llm.close()
 
 
-def edgemoe_run(bundle: Path, prompt: str, n_decode: int, budget: str, cold: bool,
-                threads: int) -> tuple[float, float, list[int], dict]:
+def edgemoe_run(
+    bundle: Path, prompt: str, n_decode: int, budget: str, cold: bool, threads: int
+) -> tuple[float, float, list[int], dict]:
     import runtime
 
     with runtime.load(bundle, budget=budget, cold=cold, n_ctx=1024, threads=threads) as model:
@@ -71,8 +81,15 @@ def main() -> None:
 
     work = Path(tempfile.mkdtemp(prefix="edgemoe-bench-"))
     bundle = work / "bundle"
-    pack(PackOptions(src=str(cached_fixture(args.fixture)), out_dir=bundle, quant=args.quant,
-                     profile="laptop-16gb", reference=False))
+    pack(
+        PackOptions(
+            src=str(cached_fixture(args.fixture)),
+            out_dir=bundle,
+            quant=args.quant,
+            profile="laptop-16gb",
+            reference=False,
+        )
+    )
     gguf = bundle / "model.gguf"
     text = heldout_text()
     prompt = text[:PROMPT_FILE_CHARS]
@@ -80,8 +97,10 @@ def main() -> None:
 
     with runtime.load(bundle, budget="100%") as m:
         prompt_ids = m.tokenize(prompt)
-    print(f"bundle {args.fixture} {args.quant}: prompt {len(prompt_ids)} tokens, "
-          f"decode {args.decode} tokens, {args.threads} threads, median of {args.repeats}")
+    print(
+        f"bundle {args.fixture} {args.quant}: prompt {len(prompt_ids)} tokens, "
+        f"decode {args.decode} tokens, {args.threads} threads, median of {args.repeats}"
+    )
 
     base_p, base_d = [], []
     results: dict[tuple[str, bool], tuple[list[float], list[float], dict]] = {}
@@ -97,8 +116,9 @@ def main() -> None:
             for cold in (False, True):
                 if budget == "100%" and cold:
                     continue
-                p, d, toks, stats = edgemoe_run(bundle, prompt, args.decode, budget, cold,
-                                                args.threads)
+                p, d, toks, stats = edgemoe_run(
+                    bundle, prompt, args.decode, budget, cold, args.threads
+                )
                 ours = ours_ref = ours_ref if budget != "100%" else toks  # noqa: F841
                 assert toks == ours_ref, f"edgemoe tokens changed with budget {budget} cold={cold}"
                 same_as_stock = toks == ref_tokens[: len(toks)]
@@ -106,21 +126,28 @@ def main() -> None:
                 entry[0].append(p)
                 entry[1].append(d)
     bp, bd = statistics.median(base_p), statistics.median(base_d)
-    print(f"greedy tokens identical at every budget; identical to stock llama.cpp: {same_as_stock}"
-          " (stock repacks weights for other kernels, so near-ties may round differently)")
+    print(
+        f"greedy tokens identical at every budget; identical to stock llama.cpp: {same_as_stock}"
+        " (stock repacks weights for other kernels, so near-ties may round differently)"
+    )
     print(f"\nstock llama.cpp (all in RAM): prefill {bp:8.1f} tok/s   decode {bd:8.1f} tok/s")
-    print(f"{'budget':>8} {'mode':>5} {'prefill':>9} {'ratio':>6} {'decode':>9} {'ratio':>6} "
-          f"{'hit rate':>8} {'MiB loaded':>10}")
+    print(
+        f"{'budget':>8} {'mode':>5} {'prefill':>9} {'ratio':>6} {'decode':>9} {'ratio':>6} "
+        f"{'hit rate':>8} {'MiB loaded':>10}"
+    )
     for (budget, cold), (ps, ds, stats) in results.items():
         p, d = statistics.median(ps), statistics.median(ds)
         total = stats["hits"] + stats["misses"]
         hit = stats["hits"] / total if total else 1.0
-        print(f"{budget:>8} {'cold' if cold else 'warm':>5} {p:9.1f} {p / bp:6.2f} {d:9.1f} "
-              f"{d / bd:6.2f} {hit:8.3f} {stats['bytes_loaded'] / 2**20:10.1f}")
+        print(
+            f"{budget:>8} {'cold' if cold else 'warm':>5} {p:9.1f} {p / bp:6.2f} {d:9.1f} "
+            f"{d / bd:6.2f} {hit:8.3f} {stats['bytes_loaded'] / 2**20:10.1f}"
+        )
 
     trace = record_trace(bundle, text, max_tokens=4096)
-    report = replay_budgets(bundle, trace, ["10%", "25%", "50%"], ["lru", "lfu", "lrfu"],
-                            pin_hot=False)
+    report = replay_budgets(
+        bundle, trace, ["10%", "25%", "50%"], ["lru", "lfu", "lrfu"], pin_hot=False
+    )
     print(f"\ncache policies on a {len(trace)}-token routing trace (hit rate, ratio to Belady):")
     print(report.render())
 

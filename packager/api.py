@@ -32,8 +32,12 @@ from packager.source import Checkpoint, open_checkpoint
 
 MODEL_FILE = "model.gguf"
 REPORT_FILE = "report.json"
-COPIED_FILES = ("tokenizer.json", "tokenizer_config.json", "generation_config.json",
-                "chat_template.jinja")
+COPIED_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "generation_config.json",
+    "chat_template.jinja",
+)
 FORMATS = ("gguf",)
 
 
@@ -137,7 +141,9 @@ def pack(opts: PackOptions, progress: Progress | None = None) -> PackResult:
     seconds: dict[str, float] = {}
     profile = _profile(opts.profile)
     if opts.format not in FORMATS:
-        raise PackError(f"format '{opts.format}' is not supported (supported: {', '.join(FORMATS)})")
+        raise PackError(
+            f"format '{opts.format}' is not supported (supported: {', '.join(FORMATS)})"
+        )
     quant = (opts.quant or profile.default_quant).upper()
     llama_ftype(quant)  # unknown types fail before any work
     out_dir = Path(opts.out_dir)
@@ -147,9 +153,15 @@ def pack(opts: PackOptions, progress: Progress | None = None) -> PackResult:
     adapter_for(ckpt.config)  # unsupported/dense models fail before any work
     with staging_dir(out_dir, opts.force) as stage:
         t0 = time.perf_counter()
-        prep = prepare(ckpt, stage, calibration=opts.calibration, prune=opts.prune,
-                       imatrix=opts.use_imatrix, measure=_use_reference(opts),
-                       eval_text=opts.eval_text)
+        prep = prepare(
+            ckpt,
+            stage,
+            calibration=opts.calibration,
+            prune=opts.prune,
+            imatrix=opts.use_imatrix,
+            measure=_use_reference(opts),
+            eval_text=opts.eval_text,
+        )
         ckpt = prep.checkpoint
         if prep.imatrix is not None:
             opts = replace(opts, imatrix=prep.imatrix)
@@ -172,8 +184,11 @@ def pack(opts: PackOptions, progress: Progress | None = None) -> PackResult:
         if base_path != model:
             t0 = time.perf_counter()
             progress.stage(f"quantize ({quant})", 1)
-            quantize(base_path, model, QuantizeOptions(
-                quant, opts.threads, opts.imatrix, opts.tensor_types))
+            quantize(
+                base_path,
+                model,
+                QuantizeOptions(quant, opts.threads, opts.imatrix, opts.tensor_types),
+            )
             base_path.unlink()
             progress.advance()
             seconds["quantize"] = time.perf_counter() - t0
@@ -221,8 +236,11 @@ def _apply_plan(opts: PackOptions, ckpt: Checkpoint) -> PackOptions:
         )
     tensor_types = {} if plan.quant_experts in BASE_TYPES else dict(plan.tensor_types)
     return replace(
-        opts, quant=plan.quant_experts, tensor_types={**tensor_types, **opts.tensor_types},
-        hot_experts=opts.hot_experts or dict(plan.hot_experts), plan=plan.to_dict(),
+        opts,
+        quant=plan.quant_experts,
+        tensor_types={**tensor_types, **opts.tensor_types},
+        hot_experts=opts.hot_experts or dict(plan.hot_experts),
+        plan=plan.to_dict(),
     )
 
 

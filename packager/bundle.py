@@ -50,7 +50,7 @@ def check_free_space(out_dir: Path, needed: int) -> None:
 
 @contextmanager
 def staging_dir(out_dir: Path, force: bool) -> Iterator[Path]:
-    """Yield a private folder; on success it replaces `out_dir` atomically, on failure it is removed."""
+    """A private folder: on success it replaces `out_dir` atomically, on failure it is removed."""
     out_dir = out_dir.resolve()
     check_destination(out_dir, force)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -107,7 +107,9 @@ def verify_bundle(bundle: Path) -> VerifyReport:
             continue
         size = path.stat().st_size
         if size != entry.bytes:
-            report.problems.append(f"{name}: {size} bytes, manifest says {entry.bytes} (truncated?)")
+            report.problems.append(
+                f"{name}: {size} bytes, manifest says {entry.bytes} (truncated?)"
+            )
             continue
         if sha256_file(path) != entry.sha256:
             report.problems.append(f"{name}: sha256 mismatch (file changed or corrupt)")

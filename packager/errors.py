@@ -1,4 +1,4 @@
-"""Packager errors: each one is a user-facing, one-line message (the CLI prints it, no traceback)."""
+"""Packager errors: each is a user-facing one-line message (the CLI prints it, no traceback)."""
 
 from __future__ import annotations
 

@@ -75,8 +75,13 @@ def gguf_logits(gguf_path: Path, chunks: list[list[int]], threads: int = 2) -> l
 
     n_ctx = max(len(c) for c in chunks)
     llm = llama_cpp.Llama(
-        str(gguf_path), n_ctx=n_ctx, n_batch=n_ctx, n_ubatch=n_ctx, logits_all=True,
-        n_threads=threads, verbose=False,
+        str(gguf_path),
+        n_ctx=n_ctx,
+        n_batch=n_ctx,
+        n_ubatch=n_ctx,
+        logits_all=True,
+        n_threads=threads,
+        verbose=False,
     )
     try:
         out = []

@@ -73,15 +73,17 @@ def write_gguf(
     adapter.write_hparams(w)
     write_vocab(w, ckpt.path, int(ckpt.config["vocab_size"]))
     types = [_target_type(adapter, t, qbase) for t in plan]
-    for t, qt in zip(plan, types):
-        np_dtype = np.float32 if qt == gguf.GGMLQuantizationType.F32 else (
-            np.float16 if qt == gguf.GGMLQuantizationType.F16 else np.uint16
+    for t, qt in zip(plan, types, strict=True):
+        np_dtype = (
+            np.float32
+            if qt == gguf.GGMLQuantizationType.F32
+            else (np.float16 if qt == gguf.GGMLQuantizationType.F16 else np.uint16)
         )
         w.add_tensor_info(t.name, t.shape, np.dtype(np_dtype), _nbytes(t.shape, qt), raw_dtype=qt)
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_ti_data_to_file()
-    for i, (t, qt) in enumerate(zip(plan, types)):
+    for i, (t, qt) in enumerate(zip(plan, types, strict=True)):
         data = t.build()
         if tuple(data.shape) != tuple(t.shape):
             raise ValueError(f"{t.name}: planned shape {t.shape}, built {data.shape}")

@@ -56,8 +56,16 @@ def read_layout(path: Path) -> GGUFLayout:
         LayerExperts(layer, tuple(sorted(ts, key=lambda x: x.name)))
         for layer, ts in sorted(layers.items())
     )
-    keys = ("tokenizer.ggml.model", "tokenizer.ggml.pre", "tokenizer.ggml.bos_token_id",
-            "tokenizer.ggml.eos_token_id", "tokenizer.chat_template", "general.file_type",
-            f"{arch}.context_length", f"{arch}.expert_used_count", f"{arch}.block_count")
+    keys = (
+        "tokenizer.ggml.model",
+        "tokenizer.ggml.pre",
+        "tokenizer.ggml.bos_token_id",
+        "tokenizer.ggml.eos_token_id",
+        "tokenizer.chat_template",
+        "general.file_type",
+        f"{arch}.context_length",
+        f"{arch}.expert_used_count",
+        f"{arch}.block_count",
+    )
     meta = {k: _field(reader, k) for k in keys}
     return GGUFLayout(arch, n_experts, expert_layers, dense, types, meta)

@@ -64,7 +64,9 @@ class LayerExperts:
 
     def ranges(self, expert: int) -> list[tuple[int, int]]:
         """Byte ranges [start, end) of one expert's weights inside the model file."""
-        return [(t.offset + expert * t.stride, t.offset + (expert + 1) * t.stride) for t in self.tensors]
+        return [
+            (t.offset + expert * t.stride, t.offset + (expert + 1) * t.stride) for t in self.tensors
+        ]
 
 
 @dataclass(frozen=True)
@@ -140,7 +142,8 @@ def manifest_from_dict(d: Any, where: str = MANIFEST_NAME) -> Manifest:
     version = _req(d, "schema_version", int, where)
     if version != SCHEMA_VERSION:
         raise ManifestError(
-            f"{where}: schema_version {version} is not supported (this edgemoe reads {SCHEMA_VERSION})"
+            f"{where}: schema_version {version} is not supported "
+            f"(this edgemoe reads {SCHEMA_VERSION})"
         )
     src = _req(d, "source", dict, where)
     source = SourceInfo(
@@ -164,7 +167,9 @@ def manifest_from_dict(d: Any, where: str = MANIFEST_NAME) -> Manifest:
         context_length=_req(sh, "context_length", int, w),
     )
     if not 0 < shape.top_k <= shape.n_experts:
-        raise ManifestError(f"{w}: top_k must be in 1..n_experts ({shape.n_experts}), got {shape.top_k}")
+        raise ManifestError(
+            f"{w}: top_k must be in 1..n_experts ({shape.n_experts}), got {shape.top_k}"
+        )
     layers = []
     for i, raw in enumerate(_req(d, "expert_layers", list, where)):
         wl = f"{where}: expert_layers[{i}]"
@@ -229,5 +234,7 @@ def read_manifest(bundle_dir: Path) -> Manifest:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as e:
-        raise ManifestError(f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}")
+        raise ManifestError(
+            f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}"
+        ) from None
     return manifest_from_dict(data, where=str(path))

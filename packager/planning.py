@@ -19,9 +19,14 @@ def model_shape(ckpt: Checkpoint) -> ModelShape:
     n_kv, head_k, head_v = adapter.kv_dims()
     return shape_from_tensors(
         ((t.name, t.shape, t.is_expert) for t in planned),
-        n_layers=adapter.n_layers, moe_layers=moe.moe_layers, n_experts=moe.n_experts,
-        top_k=moe.top_k, hidden_size=int(ckpt.config["hidden_size"]),
-        vocab_size=int(ckpt.config["vocab_size"]), n_kv_heads=n_kv, head_dim_k=head_k,
+        n_layers=adapter.n_layers,
+        moe_layers=moe.moe_layers,
+        n_experts=moe.n_experts,
+        top_k=moe.top_k,
+        hidden_size=int(ckpt.config["hidden_size"]),
+        vocab_size=int(ckpt.config["vocab_size"]),
+        n_kv_heads=n_kv,
+        head_dim_k=head_k,
         head_dim_v=head_v,
     )
 
@@ -42,8 +47,13 @@ def load_usage(path: str | Path) -> ExpertUsage:
 
 
 def plan_for(
-    src: str | Checkpoint, profile: str, usage: ExpertUsage | None = None, *,
-    quant: str | None = None, prune_fraction: float = 0.0, context_length: int | None = None,
+    src: str | Checkpoint,
+    profile: str,
+    usage: ExpertUsage | None = None,
+    *,
+    quant: str | None = None,
+    prune_fraction: float = 0.0,
+    context_length: int | None = None,
 ) -> Plan:
     from device_profiles import load_profile
 
@@ -51,5 +61,11 @@ def plan_for(
     shape = model_shape(ckpt)
     if usage is not None:
         usage.validate(shape)
-    return make_plan(shape, load_profile(profile), usage, quant=quant,
-                     prune_fraction=prune_fraction, context_length=context_length)
+    return make_plan(
+        shape,
+        load_profile(profile),
+        usage,
+        quant=quant,
+        prune_fraction=prune_fraction,
+        context_length=context_length,
+    )

@@ -33,8 +33,14 @@ def _texts(calibration: tuple[str, ...]) -> list[str]:
 
 
 def prepare(
-    ckpt: Checkpoint, work: Path, *, calibration: tuple[str, ...] = (), prune: float = 0.0,
-    imatrix: bool = False, measure: bool = True, eval_text: str | None = None,
+    ckpt: Checkpoint,
+    work: Path,
+    *,
+    calibration: tuple[str, ...] = (),
+    prune: float = 0.0,
+    imatrix: bool = False,
+    measure: bool = True,
+    eval_text: str | None = None,
 ) -> Prepared:
     """Calibrate when asked (or when pruning needs usage), prune, then compute an imatrix."""
     if not (calibration or prune or imatrix):
@@ -54,10 +60,16 @@ def prepare(
         if measure:
             from packager.fixtures.corpus import heldout_text
 
-            report["pruning"] = {"fraction": prune, "strategy": "usage",
-                                 **prune_report(ckpt.path, pruned_dir, eval_text or heldout_text())}
-        result = json.loads((pruned_dir / "edgemoe_prune.json").read_text()) \
-            if (pruned_dir / "edgemoe_prune.json").is_file() else None
+            report["pruning"] = {
+                "fraction": prune,
+                "strategy": "usage",
+                **prune_report(ckpt.path, pruned_dir, eval_text or heldout_text()),
+            }
+        result = (
+            json.loads((pruned_dir / "edgemoe_prune.json").read_text())
+            if (pruned_dir / "edgemoe_prune.json").is_file()
+            else None
+        )
         if result:
             report.setdefault("pruning", {})["experts"] = result
         ckpt = replace(open_checkpoint(pruned_dir), source=ckpt.source)

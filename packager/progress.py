@@ -33,8 +33,12 @@ class RichProgress:
         from rich.progress import Progress as _Bars
 
         self._bars = _Bars(
-            TextColumn("{task.description:<22}"), BarColumn(), MofNCompleteColumn(),
-            TimeElapsedColumn(), console=Console(stderr=True), transient=False,
+            TextColumn("{task.description:<22}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            console=Console(stderr=True),
+            transient=False,
         )
         self._task = None
         self._bars.start()

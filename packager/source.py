@@ -1,4 +1,4 @@
-"""A Hugging Face checkpoint on disk: resolving it (folder or Hub id), validating it, reading tensors.
+"""A Hugging Face checkpoint on disk: resolving (folder or Hub id), validating, reading tensors.
 
 Tensors are read lazily, one at a time, so packing a model needs memory for the largest stacked
 tensor rather than for the whole checkpoint.
@@ -121,7 +121,9 @@ def resolve_source(
         try:
             folder = snapshot_download(**kwargs)
         except (HfHubHTTPError, LocalEntryNotFoundError, OSError) as e:
-            raise CheckpointError(f"{src}: not in the local Hub cache and not downloadable: {e}")
+            raise CheckpointError(
+                f"{src}: not in the local Hub cache and not downloadable: {e}"
+            ) from None
     folder_path = Path(folder)
     return folder_path, "hub", folder_path.name
 
@@ -164,7 +166,9 @@ def _scan_tensors(files: tuple[Path, ...]) -> dict[str, TensorInfo]:
                     sl = f.get_slice(name)
                     tensors[name] = TensorInfo(name, file, tuple(sl.get_shape()), sl.get_dtype())
         except SafetensorError as e:
-            raise CheckpointError(f"{file.name}: corrupt or truncated safetensors file ({e})") from e
+            raise CheckpointError(
+                f"{file.name}: corrupt or truncated safetensors file ({e})"
+            ) from e
     return tensors
 
 

@@ -12,8 +12,8 @@ from packager.errors import CheckpointError, UnsupportedArchitectureError
 
 # Pre-tokenizer regexes llama.cpp knows, keyed by the name it expects in tokenizer.ggml.pre.
 _KNOWN_PRE = {
-    "qwen2": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+",
+    "qwen2": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+    r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
     "llama-bpe": r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}"
     r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+",
 }
@@ -53,7 +53,9 @@ def read_vocab(tokenizer_json: Path, vocab_size: int) -> Vocab:
     try:
         tok = json.loads(tokenizer_json.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise CheckpointError(f"{tokenizer_json}: not found (a tokenizer.json is required)") from None
+        raise CheckpointError(
+            f"{tokenizer_json}: not found (a tokenizer.json is required)"
+        ) from None
     except json.JSONDecodeError as e:
         raise CheckpointError(f"{tokenizer_json.name}: malformed JSON at line {e.lineno}") from None
     model = tok.get("model") or {}

@@ -1,7 +1,7 @@
 """edgemoe runtime: load a bundle, keep hot experts resident, page the rest from disk.
 
-    import runtime
-    model = runtime.load("bundles/qwen3moe-phone", budget="40%")
+import runtime
+model = runtime.load("bundles/qwen3moe-phone", budget="40%")
 """
 
 from __future__ import annotations

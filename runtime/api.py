@@ -27,7 +27,15 @@ from runtime.residency import MadviseResidency, mapping_rss, process_rss
 
 DEFAULT_CTX = 2048
 
-__all__ = ["ChatTemplateError", "GenerationResult", "Model", "StreamEvent", "Usage", "load", "minimum_budget"]
+__all__ = [
+    "ChatTemplateError",
+    "GenerationResult",
+    "Model",
+    "StreamEvent",
+    "Usage",
+    "load",
+    "minimum_budget",
+]
 
 
 def _profile_value(bundle: OpenBundle, key: str, default: Any) -> Any:
@@ -65,8 +73,9 @@ def load(
 
 def _context(opened: OpenBundle, n_ctx: int | None) -> int:
     m = opened.manifest
-    return int(n_ctx or min(_profile_value(opened, "context_length", DEFAULT_CTX),
-                            m.shape.context_length))
+    return int(
+        n_ctx or min(_profile_value(opened, "context_length", DEFAULT_CTX), m.shape.context_length)
+    )
 
 
 def _budget_inputs(opened: OpenBundle, n_ctx: int) -> dict[str, int]:
@@ -91,8 +100,14 @@ class Model:
     """A loaded bundle. Not thread-safe for concurrent generations: calls are serialised."""
 
     def __init__(
-        self, opened: OpenBundle, plan: BudgetPlan, n_ctx: int, threads: int, policy: str,
-        cold: bool, record_routing: bool,
+        self,
+        opened: OpenBundle,
+        plan: BudgetPlan,
+        n_ctx: int,
+        threads: int,
+        policy: str,
+        cold: bool,
+        record_routing: bool,
     ) -> None:
         self.bundle = opened
         self.manifest = opened.manifest
@@ -102,13 +117,19 @@ class Model:
         self._lock = threading.Lock()
         self._timings: dict[str, float] = {}
         self._expert_bytes = {x.layer: x.expert_bytes for x in self.manifest.expert_layers}
-        self.pager = ExpertPager(None, None, self._expert_bytes, self.manifest.shape.top_k,
-                                 record=record_routing,
-                                 layers={x.layer: x for x in self.manifest.expert_layers},
-                                 n_experts=self.manifest.shape.n_experts)
+        self.pager = ExpertPager(
+            None,
+            None,
+            self._expert_bytes,
+            self.manifest.shape.top_k,
+            record=record_routing,
+            layers={x.layer: x for x in self.manifest.expert_layers},
+            n_experts=self.manifest.shape.n_experts,
+        )
         self.engine = LlamaEngine(
-            EngineConfig(opened.model_path, n_ctx, threads,
-                         observe_routing=plan.offloading or record_routing),
+            EngineConfig(
+                opened.model_path, n_ctx, threads, observe_routing=plan.offloading or record_routing
+            ),
             observer=self.pager.on_routing,
         )
         self.cache: ExpertCache | None = None
@@ -137,11 +158,16 @@ class Model:
     def _pinned(self) -> dict[int, tuple[int, ...]]:
         """The manifest's hot set, trimmed to half the expert capacity (the rest is the LRU/LFU
         working set), taken round-robin across layers so no layer starves."""
-        room = min(self.budget.expert_capacity_bytes // 2,
-                   self.budget.expert_capacity_bytes
-                   - self.manifest.shape.top_k * sum(self._expert_bytes.values()))
-        queues = {k: list(v) for k, v in sorted(self.manifest.hot_experts.items())
-                  if k in self._expert_bytes}
+        room = min(
+            self.budget.expert_capacity_bytes // 2,
+            self.budget.expert_capacity_bytes
+            - self.manifest.shape.top_k * sum(self._expert_bytes.values()),
+        )
+        queues = {
+            k: list(v)
+            for k, v in sorted(self.manifest.hot_experts.items())
+            if k in self._expert_bytes
+        }
         pinned: dict[int, list[int]] = {}
         while room > 0 and any(queues.values()):
             for layer, q in queues.items():
@@ -168,8 +194,9 @@ class Model:
             text.append(ev.text)
             last = ev
         assert last is not None and last.usage is not None
-        return GenerationResult("".join(text), tokens, last.finish_reason or "stop", last.usage,
-                                last.timings or {})
+        return GenerationResult(
+            "".join(text), tokens, last.finish_reason or "stop", last.usage, last.timings or {}
+        )
 
     def stream(self, prompt: str, **kwargs: Any) -> Iterator[str]:
         for ev in self.stream_events(prompt, **kwargs):
@@ -267,8 +294,15 @@ class Model:
             "mapping_rss_bytes": mapping_rss(self.bundle.model_path),
         }
         if self.cache is None:
-            s.update(resident_expert_bytes=b.expert_bytes_total, pinned_bytes=0, hits=0,
-                     misses=0, bytes_loaded=0, evictions=0, hot_experts={})
+            s.update(
+                resident_expert_bytes=b.expert_bytes_total,
+                pinned_bytes=0,
+                hits=0,
+                misses=0,
+                bytes_loaded=0,
+                evictions=0,
+                hot_experts={},
+            )
             return s
         cs = self.cache.stats()
         s.update(

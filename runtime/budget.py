@@ -13,11 +13,24 @@ from runtime.errors import BudgetError
 
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
 _UNITS = {
-    "": 1, "b": 1,
-    "k": 10**3, "kb": 10**3, "kib": 2**10, "ki": 2**10,
-    "m": 10**6, "mb": 10**6, "mib": 2**20, "mi": 2**20,
-    "g": 10**9, "gb": 10**9, "gib": 2**30, "gi": 2**30,
-    "t": 10**12, "tb": 10**12, "tib": 2**40, "ti": 2**40,
+    "": 1,
+    "b": 1,
+    "k": 10**3,
+    "kb": 10**3,
+    "kib": 2**10,
+    "ki": 2**10,
+    "m": 10**6,
+    "mb": 10**6,
+    "mib": 2**20,
+    "mi": 2**20,
+    "g": 10**9,
+    "gb": 10**9,
+    "gib": 2**30,
+    "gi": 2**30,
+    "t": 10**12,
+    "tb": 10**12,
+    "tib": 2**40,
+    "ti": 2**40,
 }
 
 
@@ -45,7 +58,9 @@ class BudgetPlan:
 
     @property
     def fraction(self) -> float:
-        return self.expert_capacity_bytes / self.expert_bytes_total if self.expert_bytes_total else 1.0
+        return (
+            self.expert_capacity_bytes / self.expert_bytes_total if self.expert_bytes_total else 1.0
+        )
 
     @property
     def offloading(self) -> bool:

@@ -1,4 +1,4 @@
-"""Routing events -> expert cache: the bridge between what llama.cpp computes and what stays resident.
+"""Routing events -> expert cache: between what llama.cpp computes and what stays resident.
 
 The engine calls `on_routing(layer, ids)` from its eval callback, after the router chose and
 before the expert matmuls run. Experts the current batch needs are admitted (evicting others by
@@ -77,8 +77,9 @@ class ExpertPager:
         counts = Counter(int(e) for e in ids.ravel())
         needed = [e for e, _ in counts.most_common()]
         admit, surplus = self._split(layer, needed)
-        self._fresh.extend((layer, e) for e in admit
-                           if self.cache.state(layer, e) == ExpertState.RELEASED)
+        self._fresh.extend(
+            (layer, e) for e in admit if self.cache.state(layer, e) == ExpertState.RELEASED
+        )
         self.cache.access(layer, admit)
         for e in surplus:
             if self.cache.state(layer, e) == ExpertState.RELEASED:

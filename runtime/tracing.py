@@ -32,7 +32,11 @@ class TraceReport:
 
 
 def record_trace(
-    bundle: str | Path, text: str, *, chunk: int = 256, max_tokens: int = 4096,
+    bundle: str | Path,
+    text: str,
+    *,
+    chunk: int = 256,
+    max_tokens: int = 4096,
     threads: int | None = None,
 ) -> RoutingTrace:
     opened = open_bundle(bundle)
@@ -47,8 +51,13 @@ def record_trace(
             rows[base[0] + i][layer] = tuple(int(e) for e in row)
 
     engine = LlamaEngine(
-        EngineConfig(opened.model_path, n_ctx=chunk, n_threads=threads or os.cpu_count() or 1,
-                     n_batch=chunk, n_ubatch=chunk),
+        EngineConfig(
+            opened.model_path,
+            n_ctx=chunk,
+            n_threads=threads or os.cpu_count() or 1,
+            n_batch=chunk,
+            n_ubatch=chunk,
+        ),
         observer=observe,
     )
     try:
@@ -64,8 +73,11 @@ def record_trace(
 
 
 def replay_budgets(
-    bundle: str | Path, trace: RoutingTrace, budgets: Sequence[str],
-    policies: Sequence[str] = ("lru", "lfu", "lrfu"), pin_hot: bool = True,
+    bundle: str | Path,
+    trace: RoutingTrace,
+    budgets: Sequence[str],
+    policies: Sequence[str] = ("lru", "lfu", "lrfu"),
+    pin_hot: bool = True,
 ) -> TraceReport:
     """Hit rate of each policy (and Belady's optimum) at each budget, as the runtime sizes them."""
     m = open_bundle(bundle).manifest

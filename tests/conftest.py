@@ -30,13 +30,26 @@ def bundle_factory(tmp_path_factory, fixture_checkpoint) -> Callable[..., Path]:
     root = tmp_path_factory.mktemp("bundles")
     made: dict[tuple, Path] = {}
 
-    def make(name: str, quant: str = "F16", profile: str = "laptop-16gb", reference: bool = False,
-             **extra) -> Path:
+    def make(
+        name: str,
+        quant: str = "F16",
+        profile: str = "laptop-16gb",
+        reference: bool = False,
+        **extra,
+    ) -> Path:
         key = (name, quant, profile, reference, tuple(sorted(extra.items())))
         if key not in made:
             out = root / f"{name}-{quant}-{profile}-{len(made)}"
-            pack(PackOptions(src=str(fixture_checkpoint(name)), out_dir=out, profile=profile,
-                             quant=quant, reference=reference, **extra))
+            pack(
+                PackOptions(
+                    src=str(fixture_checkpoint(name)),
+                    out_dir=out,
+                    profile=profile,
+                    quant=quant,
+                    reference=reference,
+                    **extra,
+                )
+            )
             made[key] = out
         return made[key]
 

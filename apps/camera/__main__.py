@@ -64,10 +64,16 @@ def served_model(url: str, api_key: str | None, timeout: float) -> str:
     return _call(url.rstrip("/") + "/models", api_key, timeout)["data"][0]["id"]
 
 
-def complete(url: str, model: str, prompt: str, max_tokens: int, api_key: str | None,
-             timeout: float) -> str:
-    body = {"model": model, "prompt": prompt, "max_tokens": max_tokens, "temperature": 0,
-            "stop": ["\n"]}
+def complete(
+    url: str, model: str, prompt: str, max_tokens: int, api_key: str | None, timeout: float
+) -> str:
+    body = {
+        "model": model,
+        "prompt": prompt,
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "stop": ["\n"],
+    }
     out = _call(url.rstrip("/") + "/completions", api_key, timeout, body)
     return out["choices"][0]["text"].strip()
 
@@ -84,12 +90,17 @@ def main(argv: list[str] | None = None) -> None:
     errors: list[str] = []
     model = args.model or served_model(args.url, args.api_key, args.timeout)
     for batch in windows(parse_events(sys.stdin, errors), args.window):
-        summary = complete(args.url, model, prompt_for(batch), args.max_tokens, args.api_key,
-                           args.timeout)
-        print(json.dumps({"from": batch[0].time, "to": batch[-1].time, "summary": summary}),
-              flush=True)
+        summary = complete(
+            args.url, model, prompt_for(batch), args.max_tokens, args.api_key, args.timeout
+        )
+        print(
+            json.dumps({"from": batch[0].time, "to": batch[-1].time, "summary": summary}),
+            flush=True,
+        )
     if errors:
-        print(f"camera: skipped {len(errors)} malformed event line(s): {errors[0]}", file=sys.stderr)
+        print(
+            f"camera: skipped {len(errors)} malformed event line(s): {errors[0]}", file=sys.stderr
+        )
 
 
 if __name__ == "__main__":

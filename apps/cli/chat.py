@@ -6,8 +6,16 @@ import sys
 from pathlib import Path
 
 
-def chat_loop(bundle: Path, *, budget: str | None, max_tokens: int, temperature: float,
-              system: str | None, stdin=sys.stdin, stdout=sys.stdout) -> None:
+def chat_loop(
+    bundle: Path,
+    *,
+    budget: str | None,
+    max_tokens: int,
+    temperature: float,
+    system: str | None,
+    stdin=sys.stdin,
+    stdout=sys.stdout,
+) -> None:
     import runtime
 
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []

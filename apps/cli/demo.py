@@ -6,8 +6,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 
-def run_demo(out: Path, fixture: str, profile: str, prompt: str, budget: str,
-             echo: Callable[[str], None] = print) -> str:
+def run_demo(
+    out: Path,
+    fixture: str,
+    profile: str,
+    prompt: str,
+    budget: str,
+    echo: Callable[[str], None] = print,
+) -> str:
     import runtime
     from packager.api import PackOptions, pack
     from packager.fixtures import build_fixture
@@ -19,8 +25,9 @@ def run_demo(out: Path, fixture: str, profile: str, prompt: str, budget: str,
         echo(f"building fixture {fixture} (deterministic, local) ...")
         build_fixture(fixture, ckpt)
     bundle = out / f"{fixture}-{profile}"
-    result = pack(PackOptions(src=str(ckpt), out_dir=bundle, profile=profile, force=True),
-                  RichProgress())
+    result = pack(
+        PackOptions(src=str(ckpt), out_dir=bundle, profile=profile, force=True), RichProgress()
+    )
     echo(f"packed {bundle} ({result.manifest.quant} for {profile})")
     if result.report:
         d = result.report["divergence"]
@@ -29,6 +36,8 @@ def run_demo(out: Path, fixture: str, profile: str, prompt: str, budget: str,
         r = model.generate(prompt, max_tokens=48)
         s = model.stats()
     echo(f"--- generation at budget {budget} ---\n{prompt}{r.text}")
-    echo(f"--- resident experts {s['resident_expert_bytes']:,} of {s['expert_bytes_total']:,} bytes,"
-         f" hits {s['hits']}, misses {s['misses']}, decode {s.get('decode_tok_s', 0):.0f} tok/s")
+    echo(
+        f"--- resident experts {s['resident_expert_bytes']:,} of {s['expert_bytes_total']:,} bytes,"
+        f" hits {s['hits']}, misses {s['misses']}, decode {s.get('decode_tok_s', 0):.0f} tok/s"
+    )
     return r.text

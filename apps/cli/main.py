@@ -11,7 +11,9 @@ from typing import Annotated, Any
 
 import typer
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help="Pack and run MoE models on devices.")
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Pack and run MoE models on devices."
+)
 fixtures_app = typer.Typer(no_args_is_help=True, help="Build small local test checkpoints.")
 app.add_typer(fixtures_app, name="fixtures")
 profiles_app = typer.Typer(help="Device profiles.", invoke_without_command=True)
@@ -61,14 +63,20 @@ def _progress(quiet: bool):
 def pack(
     src: Annotated[str, typer.Argument(help="Checkpoint folder or Hub repo id (org/name).")],
     out: Annotated[Path, typer.Option("-o", "--out", help="Bundle directory to create.")],
-    profile: Annotated[str, typer.Option(help="Device profile name or .toml path.")] = "laptop-16gb",
+    profile: Annotated[
+        str, typer.Option(help="Device profile name or .toml path.")
+    ] = "laptop-16gb",
     format: Annotated[str, typer.Option("--format", help="Bundle format.")] = "gguf",
     quant: Annotated[str | None, typer.Option(help="llama.cpp type; default: profile's.")] = None,
     force: Annotated[bool, typer.Option(help="Replace OUT if it exists.")] = False,
     revision: Annotated[str | None, typer.Option(help="Hub revision.")] = None,
-    no_reference: Annotated[bool, typer.Option(help="Skip the transformers divergence report.")] = False,
-    calibrate: Annotated[list[Path] | None, typer.Option(
-        help="Calibration text file (repeatable): expert usage picks the hot set.")] = None,
+    no_reference: Annotated[
+        bool, typer.Option(help="Skip the transformers divergence report.")
+    ] = False,
+    calibrate: Annotated[
+        list[Path] | None,
+        typer.Option(help="Calibration text file (repeatable): expert usage picks the hot set."),
+    ] = None,
     usage: Annotated[Path | None, typer.Option(help="usage.json from `edgemoe calibrate`.")] = None,
     prune: Annotated[float, typer.Option(help="Remove this fraction of experts per layer.")] = 0.0,
     imatrix: Annotated[bool, typer.Option(help="Importance matrix from calibration text.")] = False,
@@ -81,17 +89,29 @@ def pack(
     from packager.planning import load_usage
 
     opts = PackOptions(
-        src=src, out_dir=out, profile=profile, format=format, quant=quant, force=force,
-        revision=revision, reference=False if no_reference else None,
+        src=src,
+        out_dir=out,
+        profile=profile,
+        format=format,
+        quant=quant,
+        force=force,
+        revision=revision,
+        reference=False if no_reference else None,
         calibration=tuple(read_texts(calibrate)) if calibrate else (),
-        usage=load_usage(usage) if usage else None, prune=prune, use_imatrix=imatrix,
+        usage=load_usage(usage) if usage else None,
+        prune=prune,
+        use_imatrix=imatrix,
     )
     result = do_pack(opts, _progress(quiet))
     if not quiet:
-        typer.echo(f"bundle: {result.bundle}  ({result.manifest.quant}, {result.manifest.profile['name']})")
+        typer.echo(
+            f"bundle: {result.bundle}  ({result.manifest.quant}, {result.manifest.profile['name']})"
+        )
         if result.report:
             d = result.report["divergence"]
-            typer.echo(f"vs transformers: top-1 {d['top1_agreement']:.4f}, mean KL {d['mean_kl']:.2e}")
+            typer.echo(
+                f"vs transformers: top-1 {d['top1_agreement']:.4f}, mean KL {d['mean_kl']:.2e}"
+            )
 
 
 @app.command()
@@ -110,10 +130,18 @@ def inspect(
     s = m.shape
     typer.echo(f"{bundle}: {s.hf_architecture} -> {m.format} ({s.gguf_arch}), quant {m.quant}")
     typer.echo(f"  profile      {m.profile.get('name')}")
-    typer.echo(f"  source       {m.source.kind}:{m.source.ref}" + (f"@{m.source.revision}" if m.source.revision else ""))
-    typer.echo(f"  MoE          {len(s.moe_layers)}/{s.n_layers} layers, {s.n_experts} experts, top-{s.top_k}, {s.n_shared_experts} shared")
+    typer.echo(
+        f"  source       {m.source.kind}:{m.source.ref}"
+        + (f"@{m.source.revision}" if m.source.revision else "")
+    )
+    typer.echo(
+        f"  MoE          {len(s.moe_layers)}/{s.n_layers} layers, {s.n_experts} experts, "
+        f"top-{s.top_k}, {s.n_shared_experts} shared"
+    )
     typer.echo(f"  dense bytes  {m.dense_bytes:,}")
-    typer.echo(f"  expert bytes {m.expert_bytes_total:,} ({m.expert_layers[0].expert_bytes:,} per expert)")
+    typer.echo(
+        f"  expert bytes {m.expert_bytes_total:,} ({m.expert_layers[0].expert_bytes:,} per expert)"
+    )
     hot = sum(len(v) for v in m.hot_experts.values())
     typer.echo(f"  hot experts  {hot}")
     for name, entry in sorted(m.files.items()):
@@ -146,24 +174,44 @@ def run(
     top_p: Annotated[float, typer.Option()] = 1.0,
     seed: Annotated[int | None, typer.Option()] = None,
     stop: Annotated[list[str] | None, typer.Option(help="Stop string (repeatable).")] = None,
-    budget: Annotated[str | None, typer.Option(help="'40%', '1.5GB' or bytes; default: profile's.")] = None,
-    cold: Annotated[bool, typer.Option(help="Drop released experts from the page cache too.")] = False,
-    as_json: Annotated[bool, typer.Option("--json", help="Print text, tokens, finish_reason, stats.")] = False,
+    budget: Annotated[
+        str | None, typer.Option(help="'40%', '1.5GB' or bytes; default: profile's.")
+    ] = None,
+    cold: Annotated[
+        bool, typer.Option(help="Drop released experts from the page cache too.")
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print text, tokens, finish_reason, stats.")
+    ] = False,
 ) -> None:
     """Generate from a bundle (streams text unless --json)."""
     import runtime
 
     with runtime.load(bundle, budget=budget, cold=cold) as model:
-        kwargs = dict(max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed,
-                      stop=stop or None)
+        kwargs = dict(
+            max_tokens=max_tokens,
+            temperature=temperature,
+            top_p=top_p,
+            seed=seed,
+            stop=stop or None,
+        )
         if as_json:
             r = model.generate(prompt, **kwargs)
-            typer.echo(json.dumps({
-                "text": r.text, "tokens": r.tokens, "finish_reason": r.finish_reason,
-                "usage": {"prompt_tokens": r.usage.prompt_tokens,
-                          "completion_tokens": r.usage.completion_tokens},
-                "stats": model.stats(),
-            }, indent=2))
+            typer.echo(
+                json.dumps(
+                    {
+                        "text": r.text,
+                        "tokens": r.tokens,
+                        "finish_reason": r.finish_reason,
+                        "usage": {
+                            "prompt_tokens": r.usage.prompt_tokens,
+                            "completion_tokens": r.usage.completion_tokens,
+                        },
+                        "stats": model.stats(),
+                    },
+                    indent=2,
+                )
+            )
             return
         for piece in model.stream(prompt, **kwargs):
             typer.echo(piece, nl=False)
@@ -205,8 +253,12 @@ def demo(
 def trace(
     bundle: Path,
     text: Annotated[list[Path], typer.Option("--text", help="Text file (repeatable).")],
-    budget: Annotated[list[str] | None, typer.Option(help="Expert budget to replay (repeatable).")] = None,
-    policy: Annotated[list[str] | None, typer.Option(help="Policy to compare (repeatable).")] = None,
+    budget: Annotated[
+        list[str] | None, typer.Option(help="Expert budget to replay (repeatable).")
+    ] = None,
+    policy: Annotated[
+        list[str] | None, typer.Option(help="Policy to compare (repeatable).")
+    ] = None,
     max_tokens: Annotated[int, typer.Option(help="Tokens of text to trace at most.")] = 4096,
     save: Annotated[Path | None, typer.Option(help="Write the trace as JSON.")] = None,
 ) -> None:
@@ -217,8 +269,9 @@ def trace(
     tr = record_trace(bundle, joined, max_tokens=max_tokens)
     if save:
         tr.save(save)
-    report = replay_budgets(bundle, tr, budget or ["10%", "25%", "50%"],
-                            policy or ["lru", "lfu", "lrfu"])
+    report = replay_budgets(
+        bundle, tr, budget or ["10%", "25%", "50%"], policy or ["lru", "lfu", "lrfu"]
+    )
     typer.echo(f"{len(tr)} token steps traced")
     typer.echo(report.render())
 
@@ -230,8 +283,10 @@ def serve(
     host: Annotated[str, typer.Option(help="Bind address (loopback by default).")] = "127.0.0.1",
     port: Annotated[int, typer.Option()] = 8080,
     budget: Annotated[str | None, typer.Option(help="'40%', '1.5GB' or bytes.")] = None,
-    api_key: Annotated[str | None, typer.Option(
-        envvar="EDGEMOE_API_KEY", help="Require 'Authorization: Bearer KEY'.")] = None,
+    api_key: Annotated[
+        str | None,
+        typer.Option(envvar="EDGEMOE_API_KEY", help="Require 'Authorization: Bearer KEY'."),
+    ] = None,
     model_alias: Annotated[str | None, typer.Option(help="Model id to publish.")] = None,
     max_queue: Annotated[int, typer.Option(help="Requests waiting before 429.")] = 8,
     n_ctx: Annotated[int | None, typer.Option(help="Context window.")] = None,
@@ -243,8 +298,14 @@ def serve(
 
     try:
         settings = ServerSettings(
-            host=host, port=port, api_key=api_key, model_alias=model_alias, max_queue=max_queue,
-            budget=budget, n_ctx=n_ctx, cors_origins=tuple(cors_origin or ()),
+            host=host,
+            port=port,
+            api_key=api_key,
+            model_alias=model_alias,
+            max_queue=max_queue,
+            budget=budget,
+            n_ctx=n_ctx,
+            cors_origins=tuple(cors_origin or ()),
         )
     except ValueError as e:
         raise typer.BadParameter(str(e)) from None
@@ -284,27 +345,39 @@ def calibrate_cmd(
     from packager.calibrate import calibrate_to_file
 
     prof = calibrate_to_file(src, text, out, engine, plot, max_tokens=max_tokens)
-    typer.echo(f"{out}: {prof.n_tokens} tokens via {prof.source}; "
-               + ", ".join(f"layer {k}: entropy {v:.2f}" for k, v in sorted(prof.entropy.items())[:4]))
+    typer.echo(
+        f"{out}: {prof.n_tokens} tokens via {prof.source}; "
+        + ", ".join(f"layer {k}: entropy {v:.2f}" for k, v in sorted(prof.entropy.items())[:4])
+    )
 
 
 @app.command()
 @friendly
 def plan(
     src: Annotated[str, typer.Argument(help="Checkpoint folder or Hub repo id.")],
-    profile: Annotated[str, typer.Option(help="Device profile name or .toml path.")] = "laptop-16gb",
+    profile: Annotated[
+        str, typer.Option(help="Device profile name or .toml path.")
+    ] = "laptop-16gb",
     usage: Annotated[Path | None, typer.Option(help="usage.json from `edgemoe calibrate`.")] = None,
     quant: Annotated[str | None, typer.Option(help="Force a quant type.")] = None,
     prune: Annotated[float, typer.Option(help="Fraction of experts to prune per layer.")] = 0.0,
-    context: Annotated[int | None, typer.Option(help="Context length (default: profile's).")] = None,
+    context: Annotated[
+        int | None, typer.Option(help="Context length (default: profile's).")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Plan a device build: quant per tensor group, hot experts, expected hit rate and speed."""
     from packager.plan import render_plan
     from packager.planning import load_usage, plan_for
 
-    p = plan_for(src, profile, load_usage(usage) if usage else None, quant=quant,
-                 prune_fraction=prune, context_length=context)
+    p = plan_for(
+        src,
+        profile,
+        load_usage(usage) if usage else None,
+        quant=quant,
+        prune_fraction=prune,
+        context_length=context,
+    )
     typer.echo(json.dumps(p.to_dict(), indent=2) if as_json else render_plan(p))
 
 
@@ -312,7 +385,9 @@ def plan(
 @friendly
 def fixtures_build(
     out: Annotated[Path, typer.Argument(help="Folder to write checkpoints into.")],
-    name: Annotated[list[str] | None, typer.Option("--name", help="Fixture name (repeatable).")] = None,
+    name: Annotated[
+        list[str] | None, typer.Option("--name", help="Fixture name (repeatable).")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Build small real MoE checkpoints locally and deterministically."""
@@ -331,4 +406,3 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
-

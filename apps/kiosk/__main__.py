@@ -43,8 +43,9 @@ def _printable(text: str) -> str:
     return " ".join("".join(c if c.isprintable() else " " for c in text).split())
 
 
-def run_kiosk(model, session: KioskSession, stdin: TextIO, stdout: TextIO,
-              max_tokens: int = 96) -> int:
+def run_kiosk(
+    model, session: KioskSession, stdin: TextIO, stdout: TextIO, max_tokens: int = 96
+) -> int:
     """Serve questions from `stdin` until EOF; returns how many were answered."""
     answered = 0
     stdout.write("Ask me anything (Ctrl-D to leave).\n")

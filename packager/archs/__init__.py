@@ -43,7 +43,7 @@ def adapter_for(config: dict[str, Any]) -> ArchAdapter:
 
 
 # Import the adapters so their @register decorators run.
-from packager.archs import deepseek2, mixtral, olmoe, qwen_moe  # noqa: F401
+from packager.archs import deepseek2, mixtral, olmoe, qwen_moe  # noqa: E402,F401
 
 __all__ = [
     "ArchAdapter",

@@ -23,7 +23,9 @@ Reader = Callable[[str], np.ndarray]
 # Per-expert checkpoints: model.layers.3.mlp.experts.7.gate_proj.weight (or Mixtral's w1/w2/w3).
 _EXPERT = re.compile(r"^(model\.layers\.(\d+)\.[\w.]*?experts)\.(\d+)\.(\w+)\.weight$")
 # Fused checkpoints (transformers v5 style): model.layers.3.mlp.experts.gate_up_proj
-_FUSED = re.compile(r"^(model\.layers\.(\d+)\.[\w.]*?experts)\.(gate_up_proj|down_proj)(\.weight)?$")
+_FUSED = re.compile(
+    r"^(model\.layers\.(\d+)\.[\w.]*?experts)\.(gate_up_proj|down_proj)(\.weight)?$"
+)
 _SKIP = re.compile(r"rotary_emb\.inv_freq$")
 
 
@@ -130,7 +132,9 @@ class ArchAdapter:
     # ----- hook 3: per-tensor precision ---------------------------------------------------
     def keep_f32(self, gguf_name: str) -> bool:
         """Tensors llama.cpp needs in F32 whatever the build type (routers, norms)."""
-        return gguf_name.endswith(("ffn_gate_inp.weight", "ffn_gate_inp_shexp.weight", "_norm.weight"))
+        return gguf_name.endswith(
+            ("ffn_gate_inp.weight", "ffn_gate_inp_shexp.weight", "_norm.weight")
+        )
 
     # ----- shared machinery ---------------------------------------------------------------
     @property
@@ -139,11 +143,13 @@ class ArchAdapter:
 
     def _get(self, key: str) -> Any:
         if key not in self.config:
-            raise UnsupportedArchitectureError(f"config.json: missing '{key}' for {self.architecture}")
+            raise UnsupportedArchitectureError(
+                f"config.json: missing '{key}' for {self.architecture}"
+            )
         return self.config[key]
 
     def find(self, *keys: str) -> Any:
-        """First present key: transformers versions rename fields (num_experts/num_local_experts)."""
+        """First present key: transformers renames fields (num_experts/num_local_experts)."""
         for key in keys:
             if self.config.get(key) is not None:
                 return self.config[key]
@@ -169,7 +175,9 @@ class ArchAdapter:
             if m := _EXPERT.match(name):
                 prefix, layer, idx, proj = m.group(1), int(m.group(2)), int(m.group(3)), m.group(4)
                 if proj not in self.expert_proj:
-                    raise UnsupportedArchitectureError(f"{name}: unknown expert projection '{proj}'")
+                    raise UnsupportedArchitectureError(
+                        f"{name}: unknown expert projection '{proj}'"
+                    )
                 experts[(prefix, layer, self.expert_proj[proj])][idx] = name
             elif m := _FUSED.match(name):
                 out.extend(self._fused(m.group(1), m.group(3), name, shapes[name], read))
@@ -184,7 +192,8 @@ class ArchAdapter:
         for (prefix, layer, proj), members in groups.items():
             if sorted(members) != list(range(n)):
                 raise UnsupportedArchitectureError(
-                    f"layer {layer} {proj}: found experts {sorted(members)[:8]}..., expected 0..{n - 1}"
+                    f"layer {layer} {proj}: found experts {sorted(members)[:8]}..., "
+                    f"expected 0..{n - 1}"
                 )
             names = [members[i] for i in range(n)]
             shape = (n, *shapes[names[0]])

@@ -9,7 +9,10 @@ from packager.archs import register
 from packager.archs.base import ArchAdapter, MoEInfo, PlannedTensor, Reader
 from packager.errors import UnsupportedArchitectureError
 
-_GATING = {"softmax": gguf.ExpertGatingFuncType.SOFTMAX, "sigmoid": gguf.ExpertGatingFuncType.SIGMOID}
+_GATING = {
+    "softmax": gguf.ExpertGatingFuncType.SOFTMAX,
+    "sigmoid": gguf.ExpertGatingFuncType.SIGMOID,
+}
 
 
 @register
@@ -84,7 +87,11 @@ class DeepseekV2Adapter(ArchAdapter):
             return super().expand(hf_name, shape, read)
         # llama.cpp's MLA "absorption" wants kv_b split into k_b (transposed) and v_b.
         c = self.config
-        n_head, nope, v = int(c["num_attention_heads"]), int(c["qk_nope_head_dim"]), int(c["v_head_dim"])
+        n_head, nope, v = (
+            int(c["num_attention_heads"]),
+            int(c["qk_nope_head_dim"]),
+            int(c["v_head_dim"]),
+        )
         kv_lora = shape[1]
         k_name = self.gguf_name(hf_name.replace("kv_b_proj", "k_b_proj"))
         v_name = self.gguf_name(hf_name.replace("kv_b_proj", "v_b_proj"))

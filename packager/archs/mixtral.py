@@ -42,7 +42,9 @@ class MixtralAdapter(ArchAdapter):
         if gguf_name.endswith("attn_q.weight"):
             return _interleave_heads(data, int(c["num_attention_heads"]))
         if gguf_name.endswith("attn_k.weight"):
-            return _interleave_heads(data, int(c.get("num_key_value_heads", c["num_attention_heads"])))
+            return _interleave_heads(
+                data, int(c.get("num_key_value_heads", c["num_attention_heads"]))
+            )
         return data
 
 

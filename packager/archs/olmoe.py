@@ -21,7 +21,9 @@ class OlmoeAdapter(ArchAdapter):
             )
 
         c = self.config
-        if int(c.get("num_key_value_heads") or c["num_attention_heads"]) != int(c["num_attention_heads"]):
+        if int(c.get("num_key_value_heads") or c["num_attention_heads"]) != int(
+            c["num_attention_heads"]
+        ):
             # llama.cpp's olmoe sizes the k-norm by the full width, i.e. assumes no GQA.
             raise UnsupportedArchitectureError(
                 "OlmoeForCausalLM: grouped-query attention (num_key_value_heads != "

@@ -71,7 +71,10 @@ class _Ggml:
         lib.ggml_nbytes.argtypes = [ctypes.c_void_p]
         lib.ggml_backend_tensor_get.restype = None
         lib.ggml_backend_tensor_get.argtypes = [
-            ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t, ctypes.c_size_t,
+            ctypes.c_void_p,
+            ctypes.c_void_p,
+            ctypes.c_size_t,
+            ctypes.c_size_t,
         ]
         self.lib = lib
 
@@ -87,7 +90,6 @@ class LlamaEngine:
     ) -> None:
         import llama_cpp
         from llama_cpp import _internals as li
-
         from llama_cpp._logger import set_verbose
 
         set_verbose(cfg.verbose)
@@ -104,7 +106,9 @@ class LlamaEngine:
         # No repacking into anonymous buffers: experts must stay pages of the file mapping.
         mparams.use_extra_bufts = False
         try:
-            self.model = li.LlamaModel(path_model=str(cfg.model_path), params=mparams, verbose=False)
+            self.model = li.LlamaModel(
+                path_model=str(cfg.model_path), params=mparams, verbose=False
+            )
         except ValueError as e:
             raise BundleError(f"{cfg.model_path}: llama.cpp could not load it ({e})") from None
         cparams = llama_cpp.llama_context_default_params()
@@ -171,13 +175,16 @@ class LlamaEngine:
             return raw[: rows * ne0 * width].view(dtype).copy()
         out = np.lib.stride_tricks.as_strided(
             raw.view(dtype) if nbytes % width == 0 else raw[: nbytes - nbytes % width].view(dtype),
-            shape=(rows, ne0), strides=(nb1, width))
+            shape=(rows, ne0),
+            strides=(nb1, width),
+        )
         return np.ascontiguousarray(out).ravel()
 
     # --- tokens ----------------------------------------------------------------------------
     def tokenize(self, text: str, special: bool = True) -> list[int]:
-        return self.model.tokenize(text.encode("utf-8"), add_bos=self.model.add_bos_token(),
-                                   special=special)
+        return self.model.tokenize(
+            text.encode("utf-8"), add_bos=self.model.add_bos_token(), special=special
+        )
 
     def token_bytes(self, token: int) -> bytes:
         """The token's bytes, exactly as many as llama.cpp writes (it adds no terminator)."""
@@ -228,7 +235,9 @@ class LlamaEngine:
             s.add_top_p(top_p, 1)
         s.add_temp(temperature)
         # llama.cpp takes a 32-bit seed and reads 0xFFFFFFFF as "random": fold, never collide.
-        s.add_dist(seed % 0xFFFFFFFF if seed is not None else int.from_bytes(os.urandom(3), "little"))
+        s.add_dist(
+            seed % 0xFFFFFFFF if seed is not None else int.from_bytes(os.urandom(3), "little")
+        )
         return s
 
     def sample(self, sampler, logits_idx: int = -1) -> int:

@@ -29,8 +29,12 @@ def test_kiosk_session_trims_and_forgets():
 
 def test_camera_skips_malformed_lines_and_windows_events():
     errors: list[str] = []
-    lines = ['{"time": "t1", "zone": "gate", "labels": ["person"]}', "not json",
-             '{"zone": "x"}', '{"time": "t2", "labels": ["car", "person"]}']
+    lines = [
+        '{"time": "t1", "zone": "gate", "labels": ["person"]}',
+        "not json",
+        '{"zone": "x"}',
+        '{"time": "t2", "labels": ["car", "person"]}',
+    ]
     events = list(parse_events(lines, errors))
     assert [e.time for e in events] == ["t1", "t2"] and len(errors) == 2
     assert [len(w) for w in windows(events * 3, 4)] == [4, 2]
@@ -41,8 +45,13 @@ def test_camera_skips_malformed_lines_and_windows_events():
 def test_kiosk_answers_every_question(tiny_bundle):
     out = io.StringIO()
     with runtime.load(tiny_bundle) as model:
-        n = run_kiosk(model, KioskSession(), io.StringIO("hello\n\nwhere is the exit?\nthanks\n"),
-                      out, max_tokens=8)
+        n = run_kiosk(
+            model,
+            KioskSession(),
+            io.StringIO("hello\n\nwhere is the exit?\nthanks\n"),
+            out,
+            max_tokens=8,
+        )
     assert n == 3
     assert len(out.getvalue().strip().splitlines()) == 4  # greeting + 3 answers
 
@@ -52,12 +61,29 @@ def test_kiosk_answers_every_question(tiny_bundle):
 def test_camera_summarises_through_a_real_server(tiny_bundle, tmp_path):
     server = start_server(tiny_bundle, tmp_path)
     try:
-        events = "\n".join(json.dumps({"time": f"t{i}", "zone": "gate", "labels": ["person"]})
-                           for i in range(4)) + "\nbroken line\n"
+        events = (
+            "\n".join(
+                json.dumps({"time": f"t{i}", "zone": "gate", "labels": ["person"]})
+                for i in range(4)
+            )
+            + "\nbroken line\n"
+        )
         proc = subprocess.run(
-            [sys.executable, "-m", "apps.camera", "--url", f"{server.base_url}/v1",
-             "--window", "2", "--max-tokens", "8"],
-            input=events, capture_output=True, text=True, timeout=120,
+            [
+                sys.executable,
+                "-m",
+                "apps.camera",
+                "--url",
+                f"{server.base_url}/v1",
+                "--window",
+                "2",
+                "--max-tokens",
+                "8",
+            ],
+            input=events,
+            capture_output=True,
+            text=True,
+            timeout=120,
         )
     finally:
         server.stop()

@@ -9,30 +9,46 @@ from packager.archs import adapter_for, supported_architectures
 from packager.errors import UnsupportedArchitectureError
 
 QWEN3 = {
-    "architectures": ["Qwen3MoeForCausalLM"], "num_hidden_layers": 2, "hidden_size": 64,
-    "intermediate_size": 128, "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
-    "num_experts": 4, "num_experts_per_tok": 2, "moe_intermediate_size": 32,
-    "norm_topk_prob": True, "vocab_size": 100,
+    "architectures": ["Qwen3MoeForCausalLM"],
+    "num_hidden_layers": 2,
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "head_dim": 16,
+    "num_experts": 4,
+    "num_experts_per_tok": 2,
+    "moe_intermediate_size": 32,
+    "norm_topk_prob": True,
+    "vocab_size": 100,
 }
 
 
 def _shapes(n_layers=2, n_experts=4, proj=("gate_proj", "up_proj", "down_proj")):
-    shapes = {"model.embed_tokens.weight": (100, 64), "lm_head.weight": (100, 64),
-              "model.norm.weight": (64,)}
+    shapes = {
+        "model.embed_tokens.weight": (100, 64),
+        "lm_head.weight": (100, 64),
+        "model.norm.weight": (64,),
+    }
     for layer in range(n_layers):
         p = f"model.layers.{layer}"
         shapes[f"{p}.mlp.gate.weight"] = (n_experts, 64)
         shapes[f"{p}.input_layernorm.weight"] = (64,)
         for e in range(n_experts):
             for name in proj:
-                shapes[f"{p}.mlp.experts.{e}.{name}.weight"] = (64, 32) if name == "down_proj" else (32, 64)
+                shapes[f"{p}.mlp.experts.{e}.{name}.weight"] = (
+                    (64, 32) if name == "down_proj" else (32, 64)
+                )
     return shapes
 
 
 def test_registry_lists_the_five_families():
     assert set(supported_architectures()) >= {
-        "Qwen3MoeForCausalLM", "Qwen2MoeForCausalLM", "MixtralForCausalLM",
-        "OlmoeForCausalLM", "DeepseekV2ForCausalLM",
+        "Qwen3MoeForCausalLM",
+        "Qwen2MoeForCausalLM",
+        "MixtralForCausalLM",
+        "OlmoeForCausalLM",
+        "DeepseekV2ForCausalLM",
     }
 
 

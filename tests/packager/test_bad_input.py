@@ -23,7 +23,9 @@ EDGEMOE = [sys.executable, "-m", "apps.cli.main"]
 def run_pack(src: str | Path, out: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [*EDGEMOE, "pack", str(src), "-o", str(out), "--quiet", "--no-reference", *extra],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 
@@ -59,8 +61,12 @@ def test_missing_safetensors(ckpt_copy, tmp_path):
 def test_corrupt_safetensors(ckpt_copy, tmp_path):
     src = ckpt_copy("qwen3moe-tiny")
     (src / "model.safetensors").write_bytes(b"\xff" * 64)
-    assert_clean_failure(run_pack(src, tmp_path / "out"), tmp_path / "out",
-                         "model.safetensors", "corrupt or truncated")
+    assert_clean_failure(
+        run_pack(src, tmp_path / "out"),
+        tmp_path / "out",
+        "model.safetensors",
+        "corrupt or truncated",
+    )
 
 
 def test_truncated_shard(ckpt_copy, tmp_path):
@@ -69,8 +75,9 @@ def test_truncated_shard(ckpt_copy, tmp_path):
     shard = src / sorted(set(index["weight_map"].values()))[-1]
     data = shard.read_bytes()
     shard.write_bytes(data[: len(data) // 2])
-    assert_clean_failure(run_pack(src, tmp_path / "out"), tmp_path / "out", shard.name,
-                         "corrupt or truncated")
+    assert_clean_failure(
+        run_pack(src, tmp_path / "out"), tmp_path / "out", shard.name, "corrupt or truncated"
+    )
 
 
 def test_index_names_missing_shard(ckpt_copy, tmp_path):
@@ -78,8 +85,7 @@ def test_index_names_missing_shard(ckpt_copy, tmp_path):
     index = json.loads((src / "model.safetensors.index.json").read_text())
     shard = sorted(set(index["weight_map"].values()))[0]
     (src / shard).unlink()
-    assert_clean_failure(run_pack(src, tmp_path / "out"), tmp_path / "out", shard,
-                         "does not exist")
+    assert_clean_failure(run_pack(src, tmp_path / "out"), tmp_path / "out", shard, "does not exist")
 
 
 def test_unsupported_architecture_lists_supported(ckpt_copy, tmp_path):
@@ -87,8 +93,12 @@ def test_unsupported_architecture_lists_supported(ckpt_copy, tmp_path):
     cfg = json.loads((src / "config.json").read_text())
     cfg["architectures"] = ["JambaForCausalLM"]
     (src / "config.json").write_text(json.dumps(cfg))
-    assert_clean_failure(run_pack(src, tmp_path / "out"), tmp_path / "out",
-                         "JambaForCausalLM is not supported", "Qwen3MoeForCausalLM")
+    assert_clean_failure(
+        run_pack(src, tmp_path / "out"),
+        tmp_path / "out",
+        "JambaForCausalLM is not supported",
+        "Qwen3MoeForCausalLM",
+    )
 
 
 def test_dense_checkpoint(fixture_checkpoint, tmp_path):
@@ -99,8 +109,9 @@ def test_dense_checkpoint(fixture_checkpoint, tmp_path):
 def test_malformed_config(ckpt_copy, tmp_path):
     src = ckpt_copy("qwen3moe-tiny")
     (src / "config.json").write_text("{ not json")
-    assert_clean_failure(run_pack(src, tmp_path / "out"), tmp_path / "out",
-                         "config.json", "malformed JSON")
+    assert_clean_failure(
+        run_pack(src, tmp_path / "out"), tmp_path / "out", "config.json", "malformed JSON"
+    )
 
 
 def test_unknown_profile(fixture_checkpoint, tmp_path):
@@ -125,8 +136,12 @@ def test_no_disk_space(fixture_checkpoint, tmp_path):
     """A real ENOSPC: a 1 MiB tmpfs is far too small for any bundle."""
     mnt = tmp_path / "small"
     mnt.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)],
-                      capture_output=True).returncode != 0:
+    if (
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mnt)], capture_output=True
+        ).returncode
+        != 0
+    ):
         pytest.skip("cannot mount a tmpfs here (needs CAP_SYS_ADMIN)")
     try:
         proc = run_pack(fixture_checkpoint("qwen3moe-tiny"), mnt / "out")
@@ -137,9 +152,21 @@ def test_no_disk_space(fixture_checkpoint, tmp_path):
 
 def test_killed_pack_leaves_nothing_that_verifies(fixture_checkpoint, tmp_path):
     out = tmp_path / "out"
-    proc = subprocess.Popen([*EDGEMOE, "pack", str(fixture_checkpoint("qwen3moe-medium")),
-                             "-o", str(out), "--quiet", "--no-reference", "--quant", "Q4_K_M"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [
+            *EDGEMOE,
+            "pack",
+            str(fixture_checkpoint("qwen3moe-medium")),
+            "-o",
+            str(out),
+            "--quiet",
+            "--no-reference",
+            "--quant",
+            "Q4_K_M",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.time() + 120
     while time.time() < deadline and not any(".partial-" in p.name for p in tmp_path.iterdir()):
         time.sleep(0.05)

@@ -15,7 +15,9 @@ pytestmark = pytest.mark.engine
 @pytest.fixture
 def hub_cache(tmp_path, fixture_checkpoint, monkeypatch):
     cache = tmp_path / "hub"
-    commit = make_hub_cache(fixture_checkpoint("qwen3moe-tiny"), cache, "edgemoe-test/qwen3moe-tiny")
+    commit = make_hub_cache(
+        fixture_checkpoint("qwen3moe-tiny"), cache, "edgemoe-test/qwen3moe-tiny"
+    )
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     return cache, commit
 
@@ -32,8 +34,15 @@ def test_repo_id_resolves_from_local_cache(hub_cache):
 def test_pack_from_repo_id_offline(hub_cache, tmp_path):
     cache, commit = hub_cache
     out = tmp_path / "bundle"
-    result = pack(PackOptions(src="edgemoe-test/qwen3moe-tiny", out_dir=out, cache_dir=cache,
-                              quant="Q8_0", reference=False))
+    result = pack(
+        PackOptions(
+            src="edgemoe-test/qwen3moe-tiny",
+            out_dir=out,
+            cache_dir=cache,
+            quant="Q8_0",
+            reference=False,
+        )
+    )
     assert result.manifest.source.revision == commit
     assert verify(out).ok
 

@@ -50,10 +50,16 @@ def test_greedy_continuation_matches_transformers(name, bundle_factory, fixture_
     prompt = "def read_config(path):\n    "
     ids = tok(prompt)["input_ids"]
     with torch.no_grad():
-        ref = model.generate(torch.tensor([ids]), max_new_tokens=24, do_sample=False,
-                             eos_token_id=None, pad_token_id=0)[0, len(ids):].tolist()
-    llm = llama_cpp.Llama(str(bundle_factory(name, "F16") / "model.gguf"), n_ctx=256,
-                          verbose=False, n_threads=2)
+        ref = model.generate(
+            torch.tensor([ids]),
+            max_new_tokens=24,
+            do_sample=False,
+            eos_token_id=None,
+            pad_token_id=0,
+        )[0, len(ids) :].tolist()
+    llm = llama_cpp.Llama(
+        str(bundle_factory(name, "F16") / "model.gguf"), n_ctx=256, verbose=False, n_threads=2
+    )
     llm.eval(ids)
     out = []
     for _ in range(24):
@@ -71,8 +77,9 @@ def test_llama_cpp_tokenizes_like_transformers(name, bundle_factory, fixture_che
 
     text = heldout_text()[:4000]
     hf = Tokenizer.from_file(str(fixture_checkpoint(name) / "tokenizer.json")).encode(text).ids
-    llm = llama_cpp.Llama(str(bundle_factory(name, "F16") / "model.gguf"), vocab_only=True,
-                          verbose=False)
+    llm = llama_cpp.Llama(
+        str(bundle_factory(name, "F16") / "model.gguf"), vocab_only=True, verbose=False
+    )
     assert llm.tokenize(text.encode(), add_bos=False, special=False) == hf
 
 
@@ -89,10 +96,14 @@ def test_quantized_bundles_record_divergence(name, bundle_factory, fixture_check
     ckpt = fixture_checkpoint(name)
     chunks = token_chunks(ckpt, heldout_text(), n_tokens=512, chunk=128)
     ref = np.concatenate(reference_logits(ckpt, chunks))
-    cand = np.concatenate(gguf_logits(bundle_factory(name, "Q4_0", reference=True) / "model.gguf",
-                                      chunks))
+    cand = np.concatenate(
+        gguf_logits(bundle_factory(name, "Q4_0", reference=True) / "model.gguf", chunks)
+    )
     kl, top1 = _kl_top1(ref, cand)
     assert reports["Q4_0"]["mean_kl"] == pytest.approx(kl, rel=1e-3)
     assert reports["Q4_0"]["top1_agreement"] == pytest.approx(top1)
     assert reports["Q8_0"]["mean_kl"] < reports["Q4_0"]["mean_kl"]
-    print(name, {q: (round(d["top1_agreement"], 4), f"{d['mean_kl']:.2e}") for q, d in reports.items()})
+    print(
+        name,
+        {q: (round(d["top1_agreement"], 4), f"{d['mean_kl']:.2e}") for q, d in reports.items()},
+    )

@@ -47,9 +47,19 @@ def test_stats_report_budget_and_experts(tiny_bundle):
     with runtime.load(tiny_bundle, budget="50%") as model:
         model.generate(PROMPT, max_tokens=8)
         s = model.stats()
-    for key in ("budget_bytes", "dense_bytes", "resident_expert_bytes", "hits", "misses",
-                "bytes_loaded", "evictions", "prefill_tok_s", "decode_tok_s", "ttft_s",
-                "hot_experts"):
+    for key in (
+        "budget_bytes",
+        "dense_bytes",
+        "resident_expert_bytes",
+        "hits",
+        "misses",
+        "bytes_loaded",
+        "evictions",
+        "prefill_tok_s",
+        "decode_tok_s",
+        "ttft_s",
+        "hot_experts",
+    ):
         assert key in s
     assert s["budget_bytes"] == s["dense_bytes"] + s["kv_bytes"] + s["expert_capacity_bytes"]
     assert s["expert_capacity_bytes"] == s["expert_bytes_total"] // 2
@@ -101,8 +111,9 @@ def test_prompt_longer_than_context(tiny_bundle):
             model.generate("hello", max_tokens=100)
 
 
-@pytest.mark.parametrize("kw", [{"temperature": -1}, {"top_p": 0}, {"max_tokens": 0},
-                                {"temperature": float("nan")}])
+@pytest.mark.parametrize(
+    "kw", [{"temperature": -1}, {"top_p": 0}, {"max_tokens": 0}, {"temperature": float("nan")}]
+)
 def test_out_of_range_sampling(tiny_bundle, kw):
     with runtime.load(tiny_bundle) as model, pytest.raises(SamplingError):
         model.generate("hi", **kw)

@@ -37,9 +37,12 @@ def _mapping_rss(pid: int, path: Path) -> int:
 def measure(bundle: Path, budget: str, n_tokens: int = 48, cold: bool = False) -> dict:
     """Run the child; reset its peak after load (llama.cpp populates the whole mapping while
     loading, clean file pages the kernel may reclaim), then read VmHWM after generation."""
-    cmd = [sys.executable, str(CHILD), str(bundle), budget, str(n_tokens)] + (["--cold"] if cold else [])
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
-                            cwd=Path(__file__).parents[2])
+    cmd = [sys.executable, str(CHILD), str(bundle), budget, str(n_tokens)] + (
+        ["--cold"] if cold else []
+    )
+    proc = subprocess.Popen(
+        cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2]
+    )
     try:
         ready = proc.stdout.readline()
         assert ready.startswith("READY"), ready
@@ -67,9 +70,11 @@ def test_peak_rss_falls_with_budget(bundle_factory):
     quarter = measure(bundle, "25%")
     cold = measure(bundle, "25%", cold=True)
     experts = full["stats"]["expert_bytes_total"]
-    print(f"expert bytes {experts / 2**20:.0f} MiB; peak RSS 100% {full['peak_rss'] / 2**20:.0f} "
-          f"MiB, 25% {quarter['peak_rss'] / 2**20:.0f} MiB, 25% cold {cold['peak_rss'] / 2**20:.0f}"
-          f" MiB")
+    print(
+        f"expert bytes {experts / 2**20:.0f} MiB; peak RSS 100% {full['peak_rss'] / 2**20:.0f} "
+        f"MiB, 25% {quarter['peak_rss'] / 2**20:.0f} MiB, 25% cold {cold['peak_rss'] / 2**20:.0f}"
+        f" MiB"
+    )
     assert quarter["tokens"] == full["tokens"] == cold["tokens"]
     # 25% releases 75% of the expert bytes; demand at least half of all expert bytes saved,
     # leaving room for pages shared across expert boundaries and prefill's transient surplus.
@@ -85,5 +90,8 @@ def test_stats_agree_with_the_kernel(bundle_factory):
     # The kernel's resident bytes of the GGUF mapping vs. dense + the cache's resident experts:
     # they may differ only by the partial pages at expert boundaries (<= 2 pages per tensor
     # slice) and the header, i.e. a few percent of expert bytes.
-    assert abs(r["mapping_rss"] - books) <= 0.05 * s["expert_bytes_total"], (r["mapping_rss"], books)
+    assert abs(r["mapping_rss"] - books) <= 0.05 * s["expert_bytes_total"], (
+        r["mapping_rss"],
+        books,
+    )
     assert abs(s["mapping_rss_bytes"] - r["mapping_rss"]) <= 0.05 * s["expert_bytes_total"]
