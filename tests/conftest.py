@@ -32,7 +32,7 @@ def bundle_factory(tmp_path_factory, fixture_checkpoint) -> Callable[..., Path]:
 
     def make(
         name: str,
-        quant: str = "F16",
+        quant: str | None = "F16",
         profile: str = "laptop-16gb",
         reference: bool = False,
         **extra,
