@@ -190,18 +190,14 @@ def _route_llama(gguf_path: Path, chunks: Sequence[Sequence[int]], acc: UsageAcc
     pending: dict[int, dict[str, np.ndarray]] = {}
 
     def observe(layer: int, kind: str, data: np.ndarray) -> None:
-        # The graph computes probs, then top-k ids, then weights, once per layer and ubatch;
-        # the ids tap is not used (see _topk_ids).
-        if kind == TOPK:
-            return
+        # Per layer and batch the graph computes probs, then the chosen ids, then weights.
         got = pending.setdefault(layer, {})
-        got[kind] = data.copy()
-        if len(got) == 2:
+        got[kind] = data
+        if len(got) == 3:
             del pending[layer]
             n = got[PROBS].size // acc.n_experts
-            probs = got[PROBS].reshape(n, acc.n_experts)
-            weights = got[WEIGHTS].reshape(n, acc.top_k)
-            acc.add(layer, _topk_ids(probs, weights, acc.top_k), probs, weights)
+            acc.add(layer, got[TOPK].reshape(n, acc.top_k),
+                    got[PROBS].reshape(n, acc.n_experts), got[WEIGHTS].reshape(n, acc.top_k))
 
     cfg = EngineConfig(gguf_path, n_ctx=n_ctx, n_threads=threads or os.cpu_count() or 1,
                        n_batch=n_ctx, n_ubatch=n_ctx, extra_taps=(PROBS, WEIGHTS))
@@ -209,43 +205,13 @@ def _route_llama(gguf_path: Path, chunks: Sequence[Sequence[int]], acc: UsageAcc
     try:
         for c in chunks:
             engine.reset()
-            _decode_all_outputs(engine, list(c))
+            # Every position's output: otherwise llama.cpp runs the last layer's FFN (and so
+            # its router) only for the final token.
+            engine.decode(list(c), all_outputs=True)
     finally:
         engine.close()
     if pending:
         raise UsageError(f"llama.cpp delivered incomplete routing for layers {sorted(pending)}")
-
-
-def _decode_all_outputs(engine, tokens: list[int]) -> None:
-    """Decode asking for every token's logits.
-
-    llama.cpp skips the last layer's FFN for tokens whose logits nobody asked for, so a plain
-    prompt decode routes only the final token there. `LlamaEngine.decode` asks for the last
-    token only, hence this loop over the engine's own batch and context.
-    """
-    n_batch = engine.cfg.n_batch
-    for start in range(0, len(tokens), n_batch):
-        part = tokens[start : start + n_batch]
-        engine.batch.set_batch(part, n_past=engine.n_past, logits_all=True)
-        engine.ctx.decode(engine.batch)
-        engine.n_past += len(part)
-
-
-def _topk_ids(probs: np.ndarray, weights: np.ndarray, top_k: int) -> np.ndarray:
-    """The chosen experts, [n, top_k], recovered from the router probabilities.
-
-    llama.cpp's `ffn_moe_topk` tensor is a strided view of a full descending argsort, and the
-    eval callback copies it flat, so only its first row is right once a batch holds several
-    tokens. The selection is the top-k of the probabilities (the families we pack have no
-    selection bias or group limit), and `ffn_moe_weights` (the probabilities gathered at the
-    chosen ids, contiguous) confirms it for every row.
-    """
-    ids = np.argsort(-probs, axis=1, kind="stable")[:, :top_k]
-    chosen = np.take_along_axis(probs, ids, axis=1)
-    if not np.allclose(np.sort(chosen, axis=1), np.sort(weights, axis=1), rtol=1e-5, atol=1e-7):
-        raise UsageError("llama.cpp's expert selection is not the top-k of its router "
-                         "probabilities (selection bias or grouped routing is not supported)")
-    return ids
 
 
 def _route_transformers(ckpt_dir: Path, chunks: Sequence[Sequence[int]],
