@@ -12,7 +12,7 @@ from typing import Any
 from runtime.backends.llama_cpp import EngineConfig, LlamaEngine
 from runtime.budget import BudgetPlan, parse_budget, plan_budget
 from runtime.bundle import OpenBundle, attention_shape, open_bundle
-from runtime.errors import ChatTemplateError, PromptTooLongError
+from runtime.errors import BundleError, ChatTemplateError, PromptTooLongError
 from runtime.expert_cache import ExpertCache
 from runtime.expert_pager import ExpertPager
 from runtime.generation import (
@@ -23,7 +23,7 @@ from runtime.generation import (
     Usage,
 )
 from runtime.policy import DEFAULT_POLICY
-from runtime.residency import MadviseResidency, mapping_rss, process_rss
+from runtime.residency import MadviseResidency, file_regions, mapping_rss, process_rss
 
 DEFAULT_CTX = 2048
 
@@ -96,6 +96,18 @@ def minimum_budget(bundle: str | Path, n_ctx: int | None = None) -> int:
     return b["dense_bytes"] + b["kv_bytes"] + b["one_token_expert_bytes"]
 
 
+def _mapping_bases(path: Path) -> set[int]:
+    return {r.base for r in file_regions(path)}
+
+
+def _new_mapping(path: Path, before: set[int]) -> int:
+    """The mapping llama.cpp just made (another Model of the same file may also be mapped)."""
+    new = _mapping_bases(path) - before
+    if len(new) != 1:
+        raise BundleError(f"{path}: cannot find llama.cpp's mapping of the model file ({new})")
+    return new.pop()
+
+
 class Model:
     """A loaded bundle. Not thread-safe for concurrent generations: calls are serialised."""
 
@@ -126,6 +138,7 @@ class Model:
             layers={x.layer: x for x in self.manifest.expert_layers},
             n_experts=self.manifest.shape.n_experts,
         )
+        before = _mapping_bases(opened.model_path)
         self.engine = LlamaEngine(
             EngineConfig(
                 opened.model_path, n_ctx, threads, observe_routing=plan.offloading or record_routing
@@ -136,13 +149,13 @@ class Model:
         self.residency: MadviseResidency | None = None
         self._pins: dict[int, tuple[int, ...]] = {}
         if plan.offloading:
-            self._start_paging(policy, cold)
+            self._start_paging(policy, cold, _new_mapping(opened.model_path, before))
 
-    def _start_paging(self, policy: str, cold: bool) -> None:
+    def _start_paging(self, policy: str, cold: bool, base: int) -> None:
         layers = {x.layer: x for x in self.manifest.expert_layers}
         self._pins = self._pinned()
-        self.residency = MadviseResidency.for_file(
-            self.bundle.model_path, lambda layer, e: layers[layer].ranges(e), cold=cold
+        self.residency = MadviseResidency(
+            self.bundle.model_path, base, lambda layer, e: layers[layer].ranges(e), cold=cold
         )
         self.cache = ExpertCache(
             expert_bytes=self._expert_bytes,
