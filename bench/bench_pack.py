@@ -41,22 +41,23 @@ def llama_cpp_source() -> Path:
     if (root / "convert_hf_to_gguf.py").is_file():
         return root
     CACHE.mkdir(parents=True, exist_ok=True)
-    subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pip",
-            "download",
-            "--no-deps",
-            "--no-binary",
-            ":all:",
-            f"llama-cpp-python=={VERSION}",
-            "-d",
-            str(CACHE),
-            "-q",
-        ],
-        check=True,
-    )
+    if not (CACHE / f"llama_cpp_python-{VERSION}.tar.gz").is_file():
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                f"llama-cpp-python=={VERSION}",
+                "-d",
+                str(CACHE),
+                "-q",
+            ],
+            check=True,
+        )
     with tarfile.open(CACHE / f"llama_cpp_python-{VERSION}.tar.gz") as tar:
         members = [
             m
