@@ -16,7 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
-QUANTS = ("Q4_K_M", "Q3_K_S", "IQ4_XS")
+QUANTS = ("Q4_K_M", "Q3_K_S", "IQ4_XS", "Q2_K", "IQ3_S")
 FRACTIONS = (0.25, 0.5)
 
 
@@ -40,7 +40,7 @@ def bench_imatrix(ckpt: Path, work: Path, calib: str, heldout: str, n_tokens: in
         imat = quantize(base, work / f"{quant}-imat.gguf", QuantizeOptions(quant, imatrix=imatrix))
         a = measure(ref, gguf_logits(plain, chunks), chunks)
         b = measure(ref, gguf_logits(imat, chunks), chunks)
-        print(f"{quant:8} {a.mean_kl:10.4f} {b.mean_kl:11.4f} {b.mean_kl / a.mean_kl:6.2f} "
+        print(f"{quant:8} {a.mean_kl:10.5f} {b.mean_kl:11.5f} {b.mean_kl / a.mean_kl:6.2f} "
               f"{a.top1_agreement:11.3f} {b.top1_agreement:13.3f}")
 
 
@@ -61,7 +61,7 @@ def bench_prune(ckpt: Path, work: Path, calib: str, heldout: str, n_tokens: int,
             rep = evaluator.report(out)
             rows.append((strategy, rep, result.mean_removed_selections))
             label = strategy if strategy == "usage" else f"random:{seed}"
-            print(f"{fraction:7.0%} {label:10} {rep['mean_kl']:8.4f} {rep['top1_agreement']:6.3f} "
+            print(f"{fraction:7.0%} {label:10} {rep['mean_kl']:8.5f} {rep['top1_agreement']:6.3f} "
                   f"{rep['ppl_pruned']:7.2f} {result.mean_removed_selections:9.1%}")
         guided = rows[0][1]["mean_kl"]
         random_kl = statistics.mean(r[1]["mean_kl"] for r in rows[1:])

@@ -11,6 +11,7 @@ from packager.calibrate import calibrate, calibrate_ids, calibrate_to_file, reso
 from packager.errors import PackError
 from packager.fixtures.corpus import calibration_text
 from packager.usage import UsageProfile
+from tests.conftest import ARCH_FIXTURES
 
 FIXTURE = "qwen3moe-trained"
 N_TOKENS = 1024
@@ -97,3 +98,18 @@ def test_unknown_engine_and_missing_text(ckpt, tmp_path):
         calibrate(ckpt, ["hello world"], engine="onnx")  # type: ignore[arg-type]
     with pytest.raises(PackError, match="absent.txt: calibration text file not found"):
         calibrate_to_file(ckpt, [tmp_path / "absent.txt"], tmp_path / "u.json")
+
+
+@pytest.mark.engine
+@pytest.mark.reference
+@pytest.mark.parametrize("name", ARCH_FIXTURES)
+def test_engines_agree_for_every_family(name, fixture_checkpoint):
+    """Each family's own selection rule (transformers router) matches llama.cpp's graph."""
+    ck = fixture_checkpoint(name)
+    ids = tokenize(resolve(ck), [calibration_text()], chunk=256, max_tokens=512)
+    tf = calibrate_ids(ck, ids, engine="transformers")
+    ll = calibrate_ids(ck, ids, engine="llama.cpp")
+    assert tf.layers == ll.layers and tf.n_tokens == ll.n_tokens == 512
+    for layer in tf.layers:
+        a, b = np.array(tf.counts[layer]), np.array(ll.counts[layer])
+        assert np.abs(a - b).sum() / 2 / a.sum() <= 0.02, (layer, a, b)

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from packager.fixtures.corpus import calibration_text, heldout_text
+from tests.conftest import ARCH_FIXTURES
 
 FIXTURE = "qwen3moe-trained"
 pytestmark = [pytest.mark.reference]
@@ -168,3 +169,28 @@ def test_very_low_bit_iq_types_need_an_imatrix(stats, f32_gguf):
     types = {t.name: t.tensor_type.name for t in gguf.GGUFReader(made).tensors}
     assert types["blk.0.ffn_down_exps.weight"] == "IQ3_XXS"
     assert types["blk.1.ffn_down_exps.weight"] == "Q8_0"
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("name", ARCH_FIXTURES)
+def test_every_family_quantizes_with_its_imatrix(name, fixture_checkpoint, tmp_path):
+    """llama.cpp refuses an imatrix whose size does not match a tensor, so this checks layout."""
+    import gguf
+
+    from packager.gguf_build import write_gguf
+    from packager.imatrix import collect_imatrix
+    from packager.quantize import QuantizeOptions, quantize
+    from packager.source import open_checkpoint
+
+    ck = fixture_checkpoint(name)
+    stats = collect_imatrix(ck, [calibration_text()], chunk_tokens=256, max_tokens=512)
+    base = write_gguf(open_checkpoint(ck), tmp_path / "f32.gguf", "F32").path
+    out = quantize(base, tmp_path / "q.gguf", QuantizeOptions("Q4_K_M", imatrix=stats.importance()))
+    matrices = {t.name for t in gguf.GGUFReader(out).tensors
+                if t.name.startswith("blk.") and len(t.shape) >= 2}
+    # Routers stay F32 (never quantized); DeepSeek's k_b/v_b are split from kv_b and skipped.
+    uncovered = {n for n in matrices - set(stats.sums)
+                 if "ffn_gate_inp." not in n and not n.endswith(("attn_k_b.weight",
+                                                                  "attn_v_b.weight"))}
+    assert not uncovered
+    assert all("kv_b_proj" in s for s in stats.skipped)

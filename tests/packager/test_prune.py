@@ -19,6 +19,7 @@ from packager.prune import (
     pruned_config,
 )
 from packager.usage import from_routing
+from tests.conftest import ARCH_FIXTURES
 
 FIXTURE = "qwen3moe-trained"
 
@@ -228,3 +229,25 @@ def test_usage_guided_beats_random_pruning(fraction, ckpt, usage, evaluator, tmp
     random = [kl("random", seed) for seed in (0, 1, 2)]
     print(f"prune {fraction:.0%}: guided KL {guided:.4f}, random {np.round(random, 4).tolist()}")
     assert guided < float(np.mean(random))
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("name", ARCH_FIXTURES)
+def test_every_family_prunes_to_a_loadable_gguf(name, fixture_checkpoint, tmp_path):
+    import gguf
+    import llama_cpp
+
+    from packager.gguf_build import write_gguf
+    from packager.source import open_checkpoint
+
+    result = prune_checkpoint(fixture_checkpoint(name), None, 0.25, tmp_path / "p", "random")
+    assert result.n_experts_after == 6
+    path = write_gguf(open_checkpoint(result.out_dir), tmp_path / "p.gguf", "F16").path
+    reader = gguf.GGUFReader(path)
+    arch = reader.fields["general.architecture"].contents()
+    assert reader.fields[f"{arch}.expert_count"].contents() == 6
+    llm = llama_cpp.Llama(str(path), n_ctx=64, n_threads=2, verbose=False)
+    try:
+        assert llm.create_completion("x = ", max_tokens=4, temperature=0.0)["choices"]
+    finally:
+        llm.close()
