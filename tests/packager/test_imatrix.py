@@ -194,3 +194,16 @@ def test_every_family_quantizes_with_its_imatrix(name, fixture_checkpoint, tmp_p
                                                                   "attn_v_b.weight"))}
     assert not uncovered
     assert all("kv_b_proj" in s for s in stats.skipped)
+
+
+def test_load_refuses_files_that_are_not_imatrices(f32_gguf, tmp_path):
+    from packager.imatrix import ImatrixError, load_imatrix
+
+    junk = tmp_path / "junk.gguf"
+    junk.write_bytes(b"not a gguf at all")
+    with pytest.raises(ImatrixError, match="junk.gguf: not a GGUF imatrix file"):
+        load_imatrix(junk)
+    with pytest.raises(ImatrixError, match="matching '.in_sum2' and '.counts'"):
+        load_imatrix(f32_gguf)  # a model, not an importance matrix
+    with pytest.raises(ImatrixError, match="not found"):
+        load_imatrix(tmp_path / "absent.gguf")
