@@ -146,7 +146,7 @@ def main() -> None:
 
     trace = record_trace(bundle, text, max_tokens=4096)
     report = replay_budgets(
-        bundle, trace, ["10%", "25%", "50%"], ["lru", "lfu", "lrfu"], pin_hot=False
+        bundle, trace, ["25%", "37.5%", "50%", "75%"], ["lru", "lfu", "lrfu"], pin_hot=False
     )
     print(f"\ncache policies on a {len(trace)}-token routing trace (hit rate, ratio to Belady):")
     print(report.render())

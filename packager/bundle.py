@@ -15,6 +15,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from packager.atomic import atomic_write_text
 from packager.errors import DiskSpaceError, OutputExistsError
 from packager.manifest import MANIFEST_NAME, FileEntry, Manifest, ManifestError, read_manifest
 from packager.source import sha256_file
@@ -85,11 +86,7 @@ def file_entries(folder: Path) -> dict[str, FileEntry]:
 
 def write_manifest(folder: Path, manifest: Manifest) -> Path:
     """Write manifest.json via a temp file + rename, so it is either whole or absent."""
-    path = folder / MANIFEST_NAME
-    tmp = folder / f".{MANIFEST_NAME}.tmp"
-    tmp.write_text(manifest.to_json(), encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(folder / MANIFEST_NAME, manifest.to_json())
 
 
 def verify_bundle(bundle: Path) -> VerifyReport:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
-import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from packager.atomic import atomic_write_text  # noqa: F401  (re-exported)
 from packager.errors import PackError
 
 SCHEMA_VERSION = 1
@@ -208,20 +207,6 @@ def from_routing(
     return acc.profile(source, text_sha256)
 
 
-def atomic_write_text(path: Path, text: str) -> Path:
-    """Write to a temp file beside `path` and rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _entropy(probs: np.ndarray) -> np.ndarray:

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import bisect
 import json
-import os
 import random
-import tempfile
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from packager.atomic import atomic_write_text
 from runtime.errors import EdgemoeError
 
 TRACE_FORMAT = "edgemoe-routing-trace"
@@ -194,17 +193,7 @@ class RoutingTrace:
         """Write JSON atomically: a crash leaves the old file or the new one, never half."""
         path = Path(path)
         text = json.dumps(self.to_dict(), separators=(",", ":")) + "\n"
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent or Path("."))
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(text)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        return atomic_write_text(path, text)
 
     @classmethod
     def load(cls, path: str | Path) -> RoutingTrace:
