@@ -216,7 +216,6 @@ def _route_llama(gguf_path: Path, chunks: Sequence[Sequence[int]], acc: UsageAcc
 
 def _route_transformers(ckpt_dir: Path, chunks: Sequence[Sequence[int]],
                         acc: UsageAccumulator) -> None:
-    import torch
 
     model = load_reference_model(ckpt_dir)
     handles = []
@@ -225,13 +224,7 @@ def _route_transformers(ckpt_dir: Path, chunks: Sequence[Sequence[int]],
             handles.append(module.gate.register_forward_hook(_router_hook(int(m.group(1)), acc)))
     if not handles:
         raise UsageError(f"{ckpt_dir}: no MoE router modules found in the transformers model")
-    try:
-        with torch.no_grad():
-            for c in chunks:
-                model(torch.tensor([list(c)]))
-    finally:
-        for h in handles:
-            h.remove()
+    run_with_hooks(model, chunks, handles)
 
 
 def load_reference_model(ckpt_dir: Path):
@@ -241,6 +234,19 @@ def load_reference_model(ckpt_dir: Path):
 
     model = AutoModelForCausalLM.from_pretrained(ckpt_dir, dtype=torch.float32)
     return model.eval()
+
+
+def run_with_hooks(model, chunks: Sequence[Sequence[int]], handles: list) -> None:
+    """Forward every chunk (hooks collect what they need), then remove the hooks."""
+    import torch
+
+    try:
+        with torch.no_grad():
+            for c in chunks:
+                model(torch.tensor([list(c)]))
+    finally:
+        for h in handles:
+            h.remove()
 
 
 def _router_hook(layer: int, acc: UsageAccumulator):

@@ -208,10 +208,8 @@ def collect_imatrix_ids(
     """As `collect_imatrix`, from token-id chunks."""
     import json
 
-    import torch
-
     from packager.archs import adapter_for
-    from packager.calibrate import load_reference_model
+    from packager.calibrate import load_reference_model, run_with_hooks
 
     config = json.loads((Path(checkpoint_dir) / "config.json").read_text(encoding="utf-8"))
     adapter = adapter_for(config)
@@ -220,13 +218,7 @@ def collect_imatrix_ids(
     handles, skipped = _attach(model, adapter, col, output)
     if not handles:
         raise ImatrixError(f"{checkpoint_dir}: found no weight matrices to collect")
-    try:
-        with torch.no_grad():
-            for c in chunks:
-                model(torch.tensor([list(c)]))
-    finally:
-        for h in handles:
-            h.remove()
+    run_with_hooks(model, chunks, handles)
     return ImatrixStats(
         sums=col.sums,
         counts=col.counts,
