@@ -128,12 +128,11 @@ def test_queue_full_gives_429_with_retry_after(server_factory) -> None:
 
 
 def test_request_timeout(server_factory) -> None:
-    s: RunningServer = server_factory("--timeout", "1", *BUSY)
+    # 2000 tokens in 50 ms would take 40k tokens/s: far beyond this model on any CPU.
+    s: RunningServer = server_factory("--timeout", "0.05", *BUSY)
     with s.http() as c:
         r = c.post("/v1/completions", json={"model": s.model_id, "prompt": "slow",
                                             "max_tokens": BUSY_TOKENS, "temperature": 0})
-        if r.status_code == 200:  # this machine generated LONG tokens in under a second
-            pytest.skip(f"generation too fast to time out: {r.text[-300:]}")
         assert r.status_code == 504, r.text
         assert r.json()["error"]["code"] == "timeout"
     assert s.alive()
