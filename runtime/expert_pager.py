@@ -73,9 +73,12 @@ class ExpertPager:
             self._record(layer, ids)
         if self.cache is None:
             return
-        self.reconcile()
-        counts = Counter(int(e) for e in ids.ravel())
-        needed = [e for e, _ in counts.most_common()]
+        if self._transient or self._fresh:
+            self.reconcile()
+        if flat_ids.size == self.top_k:  # one token (decode): its experts, nothing to rank
+            needed = flat_ids.tolist()
+        else:
+            needed = [e for e, _ in Counter(flat_ids.tolist()).most_common()]
         admit, surplus = self._split(layer, needed)
         self._fresh.extend(
             (layer, e) for e in admit if self.cache.state(layer, e) == ExpertState.RELEASED
