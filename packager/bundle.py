@@ -15,8 +15,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from packager.atomic import atomic_write_text
 from packager.errors import DiskSpaceError, OutputExistsError
+from packager.files import atomic_write_text
 from packager.manifest import MANIFEST_NAME, FileEntry, Manifest, ManifestError, read_manifest
 from packager.source import sha256_file
 

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from packager.archs import adapter_for
 from packager.errors import PackError
+from packager.files import read_json
 from packager.plan import ExpertUsage, ModelShape, Plan, make_plan, shape_from_tensors
 from packager.source import Checkpoint, open_checkpoint
 
@@ -33,12 +33,7 @@ def model_shape(ckpt: Checkpoint) -> ModelShape:
 
 def load_usage(path: str | Path) -> ExpertUsage:
     """A usage.json from `edgemoe calibrate` (or any {'per_layer': ...} document)."""
-    try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise PackError(f"{path}: usage file not found") from None
-    except json.JSONDecodeError as e:
-        raise PackError(f"{path}: malformed JSON at line {e.lineno}: {e.msg}") from None
+    data = read_json(Path(path), PackError, "usage file")
     if isinstance(data, dict) and "per_layer" not in data and "counts" in data:
         from packager.usage import UsageProfile
 

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from packager.atomic import atomic_write_text  # noqa: F401  (re-exported)
 from packager.errors import PackError
+from packager.files import atomic_write_text, read_json
 
 SCHEMA_VERSION = 1
 SOURCES = ("llama.cpp", "transformers")
@@ -114,13 +114,7 @@ class UsageProfile:
     @classmethod
     def load(cls, path: Path) -> UsageProfile:
         path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise UsageError(f"{path}: usage profile not found") from None
-        except json.JSONDecodeError as e:
-            raise UsageError(f"{path}: malformed JSON at line {e.lineno}: {e.msg}") from None
-        return _parse(data, str(path))
+        return _parse(read_json(path, UsageError, "usage profile"), str(path))
 
 
 @dataclass

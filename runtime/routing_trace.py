@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from packager.atomic import atomic_write_text
+from packager.files import atomic_write_text, read_json
 from runtime.errors import EdgemoeError
 
 TRACE_FORMAT = "edgemoe-routing-trace"
@@ -198,13 +198,7 @@ class RoutingTrace:
     @classmethod
     def load(cls, path: str | Path) -> RoutingTrace:
         path = Path(path)
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise TraceError(f"{path}: not found") from None
-        except json.JSONDecodeError as e:
-            raise TraceError(f"{path}: malformed JSON at line {e.lineno}: {e.msg}") from None
-        return cls.from_dict(data, where=str(path))
+        return cls.from_dict(read_json(path, TraceError), where=str(path))
 
 
 def synthetic_trace(

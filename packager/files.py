@@ -1,10 +1,12 @@
-"""Atomic file writes: a temp file beside the target, fsync, rename. Readers never see half."""
+"""File helpers shared by packager and runtime: atomic writes, JSON reads with clear errors."""
 
 from __future__ import annotations
 
+import json
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
 
 
 def atomic_write_text(path: Path, text: str) -> Path:
@@ -21,3 +23,13 @@ def atomic_write_text(path: Path, text: str) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def read_json(path: Path, error: type[Exception], what: str = "") -> Any:
+    """Parse a JSON file; a missing or malformed file raises `error` naming path and line."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise error(f"{path}: {what + ' ' if what else ''}not found") from None
+    except json.JSONDecodeError as e:
+        raise error(f"{path}: malformed JSON at line {e.lineno}: {e.msg}") from None
