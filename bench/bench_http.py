@@ -36,8 +36,8 @@ N_CTX = 512
 def resolve_bundle(args: argparse.Namespace, tmp: Path) -> Path:
     if args.bundle:
         return Path(args.bundle)
+    from edgemoe_fixtures import cached_fixture
     from packager.api import PackOptions, pack
-    from packager.fixtures import cached_fixture
 
     out = tmp / f"{args.fixture}-F16"
     pack(PackOptions(src=str(cached_fixture(args.fixture)), out_dir=out, profile="laptop-16gb",

@@ -78,8 +78,8 @@ def main() -> None:
     ap.add_argument("--skip-prune", action="store_true")
     args = ap.parse_args()
 
-    from packager.fixtures import cached_fixture
-    from packager.fixtures.corpus import calibration_text, heldout_text
+    from edgemoe_fixtures import cached_fixture
+    from edgemoe_fixtures.corpus import calibration_text, heldout_text
 
     ckpt = cached_fixture(args.fixture)
     calib, heldout = calibration_text(), heldout_text()

@@ -89,10 +89,10 @@ def main() -> None:
     ap.add_argument("--eval-tokens", type=int, default=512)
     args = ap.parse_args()
 
+    from edgemoe_fixtures import cached_fixture
+    from edgemoe_fixtures.corpus import heldout_text
     from packager.api import PackOptions, pack
     from packager.fidelity import gguf_logits, measure, reference_logits, token_chunks
-    from packager.fixtures import cached_fixture
-    from packager.fixtures.corpus import heldout_text
 
     src = cached_fixture(args.fixture)
     work = Path(tempfile.mkdtemp(prefix="edgemoe-bench-pack-"))

@@ -74,9 +74,9 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     args = ap.parse_args()
 
+    from edgemoe_fixtures import cached_fixture
+    from edgemoe_fixtures.corpus import heldout_text
     from packager.api import PackOptions, pack
-    from packager.fixtures import cached_fixture
-    from packager.fixtures.corpus import heldout_text
     from runtime.tracing import record_trace, replay_budgets
 
     work = Path(tempfile.mkdtemp(prefix="edgemoe-bench-"))

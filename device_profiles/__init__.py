@@ -10,8 +10,7 @@ import tomllib
 from importlib import resources
 from pathlib import Path
 
-from device_profiles.render import format_bytes, render_profile, render_profile_table
-from device_profiles.schema import (
+from contract.device_profile import (
     DEVICE_CLASSES,
     KNOWN_FIELDS,
     NUMERIC_FIELDS,
@@ -21,6 +20,7 @@ from device_profiles.schema import (
     parse_size,
     profile_from_table,
 )
+from device_profiles.render import format_bytes, render_profile, render_profile_table
 
 __all__ = [
     "DEVICE_CLASSES",

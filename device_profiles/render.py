@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from device_profiles.schema import DeviceProfile
+from contract.device_profile import DeviceProfile
 
 
 def format_bytes(n: int) -> str:

@@ -10,21 +10,20 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from contract.manifest import Manifest, MoEShape, read_manifest
+from contract.verify import VerifyReport, verify_bundle
 from packager import __version__
 from packager.archs import adapter_for
 from packager.bundle import (
-    VerifyReport,
     check_destination,
     check_free_space,
     file_entries,
     staging_dir,
-    verify_bundle,
     write_manifest,
 )
 from packager.errors import PackError
 from packager.gguf_build import BASE_TYPES, write_gguf
 from packager.gguf_layout import GGUFLayout, read_layout
-from packager.manifest import Manifest, MoEShape, read_manifest
 from packager.prepare import prepare
 from packager.progress import NullProgress, Progress
 from packager.quantize import QuantizeOptions, llama_ftype, quantize
@@ -103,10 +102,16 @@ def _estimate_bytes(ckpt: Checkpoint) -> int:
     return n * 4
 
 
-def _default_eval_text() -> str:
-    from packager.fixtures.corpus import heldout_text
+def _default_text_name() -> str:
+    from packager.default_texts import DEFAULT_TEXT_NAME
 
-    return heldout_text()
+    return DEFAULT_TEXT_NAME
+
+
+def _default_eval_text() -> str:
+    from packager.default_texts import default_heldout_text
+
+    return default_heldout_text()
 
 
 def _divergence_report(ckpt: Checkpoint, model: Path, opts: PackOptions, quant: str) -> dict:
@@ -117,6 +122,7 @@ def _divergence_report(ckpt: Checkpoint, model: Path, opts: PackOptions, quant: 
     return {
         "quant": quant,
         "reference": "transformers float32",
+        "eval_text": "user" if opts.eval_text else _default_text_name(),
         "eval_tokens": div.n_tokens,
         "divergence": div.to_dict(),
     }

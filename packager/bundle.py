@@ -1,4 +1,4 @@
-"""The bundle directory on disk: atomic creation and checksum verification.
+"""Writing a bundle directory: atomic creation, file entries and the manifest.
 
 A bundle is built in a hidden staging folder beside its destination and renamed into place only
 when every file, the manifest last, is written; a killed pack leaves a `.NAME.partial-*` folder
@@ -12,24 +12,11 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
 
+from contract.files import atomic_write_text, sha256_file
+from contract.manifest import MANIFEST_NAME, FileEntry, Manifest
 from packager.errors import DiskSpaceError, OutputExistsError
-from packager.files import atomic_write_text
-from packager.manifest import MANIFEST_NAME, FileEntry, Manifest, ManifestError, read_manifest
-from packager.source import sha256_file
-
-
-@dataclass
-class VerifyReport:
-    bundle: Path
-    checked: list[str] = field(default_factory=list)
-    problems: list[str] = field(default_factory=list)
-
-    @property
-    def ok(self) -> bool:
-        return not self.problems
 
 
 def check_destination(out_dir: Path, force: bool) -> None:
@@ -87,29 +74,3 @@ def file_entries(folder: Path) -> dict[str, FileEntry]:
 def write_manifest(folder: Path, manifest: Manifest) -> Path:
     """Write manifest.json via a temp file + rename, so it is either whole or absent."""
     return atomic_write_text(folder / MANIFEST_NAME, manifest.to_json())
-
-
-def verify_bundle(bundle: Path) -> VerifyReport:
-    """Re-hash every file the manifest lists; any mismatch or missing file is a problem."""
-    report = VerifyReport(Path(bundle))
-    try:
-        manifest = read_manifest(bundle)
-    except ManifestError as e:
-        report.problems.append(str(e))
-        return report
-    for name, entry in sorted(manifest.files.items()):
-        path = Path(bundle) / name
-        if not path.is_file():
-            report.problems.append(f"{name}: missing")
-            continue
-        size = path.stat().st_size
-        if size != entry.bytes:
-            report.problems.append(
-                f"{name}: {size} bytes, manifest says {entry.bytes} (truncated?)"
-            )
-            continue
-        if sha256_file(path) != entry.sha256:
-            report.problems.append(f"{name}: sha256 mismatch (file changed or corrupt)")
-            continue
-        report.checked.append(name)
-    return report

@@ -49,7 +49,7 @@ def resolve(src: str | Path) -> CalibrationSource:
     """A bundle folder (has manifest.json), or anything `open_checkpoint` accepts."""
     path = Path(src).expanduser()
     if (path / "manifest.json").is_file():
-        from packager.manifest import read_manifest
+        from contract.manifest import read_manifest
 
         m = read_manifest(path)
         return CalibrationSource("bundle", path.resolve(), m.shape.n_experts, m.shape.top_k)
@@ -117,20 +117,14 @@ def _encoder(source: CalibrationSource) -> Iterator[Callable[[str], list[int]]]:
         tok = Tokenizer.from_file(str(source.tokenizer_json))
         yield lambda text: tok.encode(text).ids
         return
-    import llama_cpp
-    from llama_cpp import _internals as li
+    from contract.manifest import read_manifest
+    from runtime.backends.base import open_tokenizer
 
-    from packager.manifest import read_manifest
-
-    params = llama_cpp.llama_model_default_params()
-    params.vocab_only = True  # the tokenizer only: no weights, no context
-    path = source.path / read_manifest(source.path).model_file
-    model = li.LlamaModel(path_model=str(path), params=params, verbose=False)
+    tok = open_tokenizer(source.path / read_manifest(source.path).model_file)
     try:
-        bos = model.add_bos_token()
-        yield lambda text: model.tokenize(text.encode("utf-8"), add_bos=bos, special=False)
+        yield lambda text: tok.tokenize(text, special=False)
     finally:
-        model.close()
+        tok.close()
 
 
 def text_digest(texts: Sequence[str]) -> str:
@@ -167,7 +161,7 @@ def route(source: CalibrationSource, chunks: Sequence[Sequence[int]], engine: st
 @contextmanager
 def _gguf_for(source: CalibrationSource) -> Iterator[Path]:
     if source.kind == "bundle":
-        from packager.manifest import read_manifest
+        from contract.manifest import read_manifest
 
         yield source.path / read_manifest(source.path).model_file
         return
@@ -184,24 +178,16 @@ def _route_llama(gguf_path: Path, chunks: Sequence[Sequence[int]], acc: UsageAcc
                  threads: int) -> None:
     import os
 
-    from runtime.backends.llama_cpp import PROBS, TOPK, WEIGHTS, EngineConfig, LlamaEngine
+    from runtime.backends.base import EngineConfig, RoutingEvent, open_backend
 
     n_ctx = max(len(c) for c in chunks)
-    pending: dict[int, dict[str, np.ndarray]] = {}
 
-    def observe(layer: int, kind: str, data: np.ndarray) -> None:
-        # Per layer and batch the graph computes probs, then the chosen ids, then weights.
-        got = pending.setdefault(layer, {})
-        got[kind] = data
-        if len(got) == 3:
-            del pending[layer]
-            n = got[PROBS].size // acc.n_experts
-            acc.add(layer, got[TOPK].reshape(n, acc.top_k),
-                    got[PROBS].reshape(n, acc.n_experts), got[WEIGHTS].reshape(n, acc.top_k))
+    def observe(ev: RoutingEvent) -> None:
+        acc.add(ev.layer, ev.ids, ev.probs, ev.weights)
 
     cfg = EngineConfig(gguf_path, n_ctx=n_ctx, n_threads=threads or os.cpu_count() or 1,
-                       n_batch=n_ctx, n_ubatch=n_ctx, extra_taps=(PROBS, WEIGHTS))
-    engine = LlamaEngine(cfg, tensor_observer=observe)
+                       n_batch=n_ctx, n_ubatch=n_ctx, routing_detail=True)
+    engine = open_backend(cfg, observe)
     try:
         for c in chunks:
             engine.reset()
@@ -210,8 +196,6 @@ def _route_llama(gguf_path: Path, chunks: Sequence[Sequence[int]], acc: UsageAcc
             engine.decode(list(c), all_outputs=True)
     finally:
         engine.close()
-    if pending:
-        raise UsageError(f"llama.cpp delivered incomplete routing for layers {sorted(pending)}")
 
 
 def _route_transformers(ckpt_dir: Path, chunks: Sequence[Sequence[int]],

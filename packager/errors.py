@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from contract.errors import EdgemoeError
 
-class PackError(Exception):
+
+class PackError(EdgemoeError):
     """Base of every deliberate packager failure."""
 
 

@@ -13,7 +13,7 @@ from typing import Any
 
 import gguf
 
-from packager.manifest import ExpertTensor, LayerExperts
+from contract.manifest import ExpertTensor, LayerExperts
 
 _EXPERT_TENSOR = re.compile(r"^blk\.(\d+)\.ffn_(gate|up|down|gate_up)_exps\.weight$")
 

@@ -1,7 +1,7 @@
 """The packing planner: which quant, which experts stay hot, and whether a model fits a device.
 
 Pure arithmetic over plain data (a ModelShape, a DeviceProfile, optional routing statistics);
-no engine, no weights. Sizes come from `packager.quant_types` estimates, so a plan is a forecast:
+no engine, no weights. Sizes come from `contract.quant_types` estimates, so a plan is a forecast:
 the bundle's real layout is measured on the quantized file.
 """
 
@@ -13,9 +13,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, fields
 from typing import Any
 
-from device_profiles import DeviceProfile
-from packager.errors import PackError
-from packager.quant_types import (
+from contract.quant_types import (
     QUANT_TYPES,
     QuantType,
     QuantTypeError,
@@ -25,6 +23,8 @@ from packager.quant_types import (
     kv_bytes_per_element,
     stored_type,
 )
+from device_profiles import DeviceProfile
+from packager.errors import PackError
 
 # GGUF names of the dense weight matrices (attention, dense and shared-expert FFNs, embeddings),
 # written so a routed-expert tensor (`ffn_*_exps`) never matches. llama.cpp applies the first

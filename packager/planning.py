@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from contract.files import read_json
 from packager.archs import adapter_for
 from packager.errors import PackError
-from packager.files import read_json
 from packager.plan import ExpertUsage, ModelShape, Plan, make_plan, shape_from_tensors
 from packager.source import Checkpoint, open_checkpoint
 

@@ -11,6 +11,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from packager.default_texts import (
+    DEFAULT_TEXT_NAME,
+    default_calibration_text,
+    default_heldout_text,
+)
 from packager.errors import PackError
 from packager.source import Checkpoint, open_checkpoint
 
@@ -27,9 +32,7 @@ class Prepared:
 def _texts(calibration: tuple[str, ...]) -> list[str]:
     if calibration:
         return list(calibration)
-    from packager.fixtures.corpus import calibration_text
-
-    return [calibration_text()]
+    return [default_calibration_text()]
 
 
 def prepare(
@@ -51,19 +54,19 @@ def prepare(
         raise PackError(f"--prune must be in [0, 1), got {prune}")
     texts = _texts(calibration)
     usage = calibrate(ckpt.path, texts) if (calibration or prune) else None
-    report: dict[str, Any] = {}
+    report: dict[str, Any] = {
+        "calibration_text": "user" if calibration else DEFAULT_TEXT_NAME,
+    }
     files: dict[str, str] = {}
     if prune:
         from packager.prune import prune_for_pack, prune_report
 
         pruned_dir = prune_for_pack(ckpt.path, prune, usage, work)
         if measure:
-            from packager.fixtures.corpus import heldout_text
-
             report["pruning"] = {
                 "fraction": prune,
                 "strategy": "usage",
-                **prune_report(ckpt.path, pruned_dir, eval_text or heldout_text()),
+                **prune_report(ckpt.path, pruned_dir, eval_text or default_heldout_text()),
             }
         result = (
             json.loads((pruned_dir / "edgemoe_prune.json").read_text())

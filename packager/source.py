@@ -6,7 +6,6 @@ tensor rather than for the whole checkpoint.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -17,8 +16,9 @@ from typing import Any
 import numpy as np
 from safetensors import SafetensorError, safe_open
 
+from contract.files import sha256_file
+from contract.manifest import SourceInfo
 from packager.errors import CheckpointError
-from packager.manifest import SourceInfo
 
 INDEX_NAME = "model.safetensors.index.json"
 SINGLE_NAME = "model.safetensors"
@@ -75,14 +75,6 @@ def _bf16_tensor(info: TensorInfo, _meta: Any) -> np.ndarray:
         fh.seek(8 + header_len + start)
         raw = np.frombuffer(fh.read(end - start), dtype="<u2")
     return (raw.astype(np.uint32) << 16).view(np.float32).reshape(info.shape)
-
-
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
 
 
 def looks_like_repo_id(src: str) -> bool:

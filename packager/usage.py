@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from contract.files import atomic_write_text, read_json
 from packager.errors import PackError
-from packager.files import atomic_write_text, read_json
 
 SCHEMA_VERSION = 1
 SOURCES = ("llama.cpp", "transformers")

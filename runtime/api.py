@@ -9,7 +9,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from runtime.backends.llama_cpp import EngineConfig, LlamaEngine
+from contract.quant_types import kv_bytes_per_element
+from runtime.backends.base import Backend, EngineConfig, open_backend
 from runtime.budget import BudgetPlan, parse_budget, plan_budget
 from runtime.bundle import OpenBundle, attention_shape, open_bundle
 from runtime.errors import BundleError, ChatTemplateError, PromptTooLongError
@@ -22,8 +23,9 @@ from runtime.generation import (
     TextAssembler,
     Usage,
 )
+from runtime.pinning import pinned_set
 from runtime.policy import DEFAULT_POLICY
-from runtime.residency import MadviseResidency, file_regions, mapping_rss, process_rss
+from runtime.residency import MadviseResidency, mapping_rss, process_rss
 
 DEFAULT_CTX = 2048
 
@@ -78,12 +80,17 @@ def _context(opened: OpenBundle, n_ctx: int | None) -> int:
     )
 
 
+def _kv_cache_type(opened: OpenBundle) -> str:
+    return str(_profile_value(opened, "kv_cache_type", "f16"))
+
+
 def _budget_inputs(opened: OpenBundle, n_ctx: int) -> dict[str, int]:
     m = opened.manifest
     per_layer = sum(x.expert_bytes for x in m.expert_layers)
+    per_value = kv_bytes_per_element(_kv_cache_type(opened))
     return {
         "dense_bytes": m.dense_bytes,
-        "kv_bytes": attention_shape(opened.model_path).kv_bytes(n_ctx),
+        "kv_bytes": attention_shape(opened.model_path).kv_bytes(n_ctx, per_value),
         "expert_bytes_total": m.expert_bytes_total,
         "one_token_expert_bytes": m.shape.top_k * per_layer,
     }
@@ -94,18 +101,6 @@ def minimum_budget(bundle: str | Path, n_ctx: int | None = None) -> int:
     opened = open_bundle(bundle)
     b = _budget_inputs(opened, _context(opened, n_ctx))
     return b["dense_bytes"] + b["kv_bytes"] + b["one_token_expert_bytes"]
-
-
-def _mapping_bases(path: Path) -> set[int]:
-    return {r.base for r in file_regions(path)}
-
-
-def _new_mapping(path: Path, before: set[int]) -> int:
-    """The mapping llama.cpp just made (another Model of the same file may also be mapped)."""
-    new = _mapping_bases(path) - before
-    if len(new) != 1:
-        raise BundleError(f"{path}: cannot find llama.cpp's mapping of the model file ({new})")
-    return new.pop()
 
 
 class Model:
@@ -138,22 +133,35 @@ class Model:
             layers={x.layer: x for x in self.manifest.expert_layers},
             n_experts=self.manifest.shape.n_experts,
         )
-        before = _mapping_bases(opened.model_path)
-        self.engine = LlamaEngine(
+        self.engine: Backend = open_backend(
             EngineConfig(
-                opened.model_path, n_ctx, threads, observe_routing=plan.offloading or record_routing
+                opened.model_path,
+                n_ctx,
+                threads,
+                observe_routing=plan.offloading or record_routing,
+                kv_cache_type=_kv_cache_type(opened),
             ),
-            observer=self.pager.on_routing,
+            self.pager.on_routing,
         )
         self.cache: ExpertCache | None = None
         self.residency: MadviseResidency | None = None
         self._pins: dict[int, tuple[int, ...]] = {}
         if plan.offloading:
-            self._start_paging(policy, cold, _new_mapping(opened.model_path, before))
+            if self.engine.mapping_base is None:
+                self.engine.close()
+                raise BundleError(
+                    f"{opened.model_path}: cannot find the engine's mapping of the model file"
+                )
+            self._start_paging(policy, cold, self.engine.mapping_base)
 
     def _start_paging(self, policy: str, cold: bool, base: int) -> None:
         layers = {x.layer: x for x in self.manifest.expert_layers}
-        self._pins = self._pinned()
+        self._pins = pinned_set(
+            self.manifest.hot_experts,
+            self._expert_bytes,
+            self.budget.expert_capacity_bytes,
+            self.manifest.shape.top_k,
+        )
         self.residency = MadviseResidency(
             self.bundle.model_path, base, lambda layer, e: layers[layer].ranges(e), cold=cold
         )
@@ -167,29 +175,6 @@ class Model:
         )
         self.cache.warm()  # release what llama.cpp populated at load, pin the hot set
         self.pager.cache, self.pager.residency = self.cache, self.residency
-
-    def _pinned(self) -> dict[int, tuple[int, ...]]:
-        """The manifest's hot set, trimmed to half the expert capacity (the rest is the LRU/LFU
-        working set), taken round-robin across layers so no layer starves."""
-        room = min(
-            self.budget.expert_capacity_bytes // 2,
-            self.budget.expert_capacity_bytes
-            - self.manifest.shape.top_k * sum(self._expert_bytes.values()),
-        )
-        queues = {
-            k: list(v)
-            for k, v in sorted(self.manifest.hot_experts.items())
-            if k in self._expert_bytes
-        }
-        pinned: dict[int, list[int]] = {}
-        while room > 0 and any(queues.values()):
-            for layer, q in queues.items():
-                if q and room >= self._expert_bytes[layer]:
-                    pinned.setdefault(layer, []).append(q.pop(0))
-                    room -= self._expert_bytes[layer]
-                elif q:
-                    q.clear()
-        return {k: tuple(v) for k, v in pinned.items()}
 
     # --- text ----------------------------------------------------------------------------
     def tokenize(self, text: str) -> list[int]:
@@ -234,7 +219,7 @@ class Model:
     ) -> Iterator[StreamEvent]:
         stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
         params = SamplingParams(max_tokens, temperature, top_p, top_k, seed, stops).validate()
-        prompt_ids = self.tokenize(prompt) or [self.engine.model.token_eos()]
+        prompt_ids = self.tokenize(prompt) or [self.engine.eos_token()]
         if len(prompt_ids) + params.max_tokens > self.n_ctx:
             raise PromptTooLongError(len(prompt_ids), self.n_ctx, params.max_tokens)
         out = _tokens if _tokens is not None else []
@@ -253,7 +238,7 @@ class Model:
         t0 = time.perf_counter()
         self._decode(prompt_ids)
         t_prefill = time.perf_counter() - t0
-        sampler = engine.sampler(params.temperature, params.top_p, params.top_k, params.seed)
+        sampler = engine.sampler(params)
         text = TextAssembler(params.stop)
         finish, ttft, t1 = "length", None, time.perf_counter()
         try:

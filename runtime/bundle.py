@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from packager.manifest import Manifest, ManifestError, read_manifest
-from runtime.errors import BundleError
+from contract.errors import BundleError, ManifestError
+from contract.manifest import Manifest, read_manifest
 
 
 @dataclass(frozen=True)
@@ -32,9 +32,10 @@ class AttentionShape:
     key_length: int
     value_length: int
 
-    def kv_bytes(self, n_ctx: int, bytes_per_value: int = 2) -> int:
+    def kv_bytes(self, n_ctx: int, bytes_per_value: float = 2.0) -> int:
+        """K and V caches for n_ctx tokens; bytes_per_value follows the cache type (f16: 2)."""
         per_token = self.n_layers * self.n_head_kv * (self.key_length + self.value_length)
-        return n_ctx * per_token * bytes_per_value
+        return int(n_ctx * per_token * bytes_per_value)
 
 
 def open_bundle(path: str | Path, verify: bool = False) -> OpenBundle:
@@ -55,7 +56,7 @@ def open_bundle(path: str | Path, verify: bool = False) -> OpenBundle:
                 f"{f}: {f.stat().st_size} bytes but the manifest says {entry.bytes} (truncated?)"
             )
     if verify:
-        from packager.bundle import verify_bundle
+        from contract.verify import verify_bundle
 
         report = verify_bundle(path)
         if not report.ok:

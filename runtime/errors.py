@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from contract.errors import BundleError, EdgemoeError
 
-class EdgemoeError(Exception):
-    """Base of every error edgemoe raises on purpose; its message is meant for the user."""
-
-
-class BundleError(EdgemoeError):
-    """A bundle that is missing, corrupt, or does not match its manifest."""
+__all__ = [
+    "BudgetError",
+    "BundleError",
+    "ChatTemplateError",
+    "EdgemoeError",
+    "PromptTooLongError",
+    "SamplingError",
+]
 
 
 class BudgetError(EdgemoeError):

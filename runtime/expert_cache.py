@@ -17,7 +17,7 @@ from runtime.errors import BudgetError
 from runtime.policy import DEFAULT_POLICY, Hold, Key, Policy, make_policy
 
 if TYPE_CHECKING:
-    from packager.manifest import Manifest
+    from contract.manifest import Manifest
 
 
 class ExpertState(Enum):

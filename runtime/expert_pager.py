@@ -1,7 +1,7 @@
 """Routing events -> expert cache: between what llama.cpp computes and what stays resident.
 
-The engine calls `on_routing(layer, ids)` from its eval callback, after the router chose and
-before the expert matmuls run. Experts the current batch needs are admitted (evicting others by
+The engine calls `on_routing(event)` (a `RoutingEvent`) after a layer's router chose and
+before its expert matmuls run. Experts the current batch needs are admitted (evicting others by
 policy); if a prompt batch needs more experts of one layer than the whole capacity, the surplus
 is "transient": its pages fault in for the matmul and are released again at the next routing
 event, so the budget is exceeded by at most one layer's experts, and only during prefill.
@@ -12,10 +12,10 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 
-import numpy as np
-
-from packager.manifest import LayerExperts
+from contract.manifest import LayerExperts
+from runtime.backends.base import RoutingEvent
 from runtime.expert_cache import ExpertCache, ExpertState, Residency
+from runtime.routing_probe import RoutingProbe
 
 # A fault maps the whole page-cache folio around the faulting page (large folios: up to a PMD),
 # so experts next to a loaded one can become resident without being routed to. After each
@@ -50,29 +50,20 @@ class ExpertPager:
         self.top_k = top_k
         self.stats = PagerStats()
         self._transient: list[tuple[int, int]] = []
-        self.recording = record
-        self.steps: list[dict[int, tuple[int, ...]]] = []  # one row per token position
-        self._row_base = 0
+        self.probe = RoutingProbe() if record else None  # per-token rows, when asked
 
-    # --- trace ---------------------------------------------------------------------------
     def begin_batch(self) -> None:
-        self._row_base = len(self.steps)
-
-    def _record(self, layer: int, ids: np.ndarray) -> None:
-        for i, row in enumerate(ids):
-            idx = self._row_base + i
-            while len(self.steps) <= idx:
-                self.steps.append({})
-            self.steps[idx][layer] = tuple(int(e) for e in row)
+        if self.probe is not None:
+            self.probe.begin_batch()
 
     # --- residency -----------------------------------------------------------------------
-    def on_routing(self, layer: int, flat_ids: np.ndarray) -> None:
-        ids = flat_ids.reshape(-1, self.top_k)
+    def on_routing(self, event: RoutingEvent) -> None:
         self.stats.routing_events += 1
-        if self.recording:
-            self._record(layer, ids)
+        if self.probe is not None:
+            self.probe.on_event(event)
         if self.cache is None:
             return
+        layer, flat_ids = event.layer, event.ids.ravel()
         if self._transient or self._fresh:
             self.reconcile()
         if flat_ids.size == self.top_k:  # one token (decode): its experts, nothing to rank

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from packager.files import atomic_write_text, read_json
+from contract.files import atomic_write_text, read_json
 from runtime.errors import EdgemoeError
 
 TRACE_FORMAT = "edgemoe-routing-trace"

@@ -11,13 +11,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
-
-from runtime.backends.llama_cpp import EngineConfig, LlamaEngine
+from runtime.backends.base import EngineConfig, open_backend
 from runtime.budget import parse_budget
 from runtime.bundle import open_bundle
 from runtime.errors import BudgetError
+from runtime.pinning import pinned_set
 from runtime.policy import DEFAULT_POLICY, Row, render_replay, replay
+from runtime.routing_probe import RoutingProbe
 from runtime.routing_trace import RoutingTrace
 
 
@@ -41,16 +41,8 @@ def record_trace(
 ) -> RoutingTrace:
     opened = open_bundle(bundle)
     m = opened.manifest
-    rows: list[dict[int, tuple[int, ...]]] = []
-    base = [0]
-
-    def observe(layer: int, ids: np.ndarray) -> None:
-        for i, row in enumerate(ids.reshape(-1, m.shape.top_k)):
-            while len(rows) <= base[0] + i:
-                rows.append({})
-            rows[base[0] + i][layer] = tuple(int(e) for e in row)
-
-    engine = LlamaEngine(
+    probe = RoutingProbe()
+    engine = open_backend(
         EngineConfig(
             opened.model_path,
             n_ctx=chunk,
@@ -58,18 +50,18 @@ def record_trace(
             n_batch=chunk,
             n_ubatch=chunk,
         ),
-        observer=observe,
+        probe.on_event,
     )
     try:
         ids = engine.tokenize(text)[:max_tokens]
         for start in range(0, len(ids), chunk):
             engine.reset()
-            base[0] = len(rows)
+            probe.begin_batch()
             engine.decode(ids[start : start + chunk], all_outputs=True)
     finally:
         engine.close()
-    meta = {"bundle": str(opened.path), "tokens": len(rows), "chunk": chunk}
-    return RoutingTrace.from_steps(rows, m.shape.n_experts, m.shape.moe_layers, meta)
+    meta = {"bundle": str(opened.path), "tokens": len(probe.rows), "chunk": chunk}
+    return RoutingTrace.from_steps(probe.rows, m.shape.n_experts, m.shape.moe_layers, meta)
 
 
 def replay_budgets(
@@ -79,7 +71,8 @@ def replay_budgets(
     policies: Sequence[str] = ("lru", "lfu", "lrfu"),
     pin_hot: bool = True,
 ) -> TraceReport:
-    """Hit rate of each policy (and Belady's optimum) at each budget, as the runtime sizes them."""
+    """Hit rate of each policy (and Belady's optimum) at each budget, sized and pinned exactly
+    as the runtime would (`runtime.pinning.pinned_set`)."""
     m = open_bundle(bundle).manifest
     expert_bytes = {x.layer: x.expert_bytes for x in m.expert_layers}
     capacities: dict[str, int] = {}
@@ -88,8 +81,10 @@ def replay_budgets(
         if spec is None or spec.fraction is None:
             raise BudgetError(f"trace budgets are fractions of expert bytes ('25%'), got '{b}'")
         capacities[b] = int(spec.fraction * m.expert_bytes_total)
-    pinned = {k: set(v) for k, v in m.hot_experts.items()} if pin_hot else None
-    rows = replay(trace, list(policies), list(capacities.values()), expert_bytes, pinned)
+    rows: list[Row] = []
+    for cap in capacities.values():
+        pinned = pinned_set(m.hot_experts, expert_bytes, cap, m.shape.top_k) if pin_hot else None
+        rows += replay(trace, list(policies), [cap], expert_bytes, pinned)
     return TraceReport(trace, rows, capacities)
 
 

@@ -1,6 +1,6 @@
 """Shared test fixtures: real checkpoints (built once per machine) and real packed bundles.
 
-Checkpoints come from `packager.fixtures` and are cached across runs; bundles depend on the code
+Checkpoints come from `edgemoe_fixtures` and are cached across runs; bundles depend on the code
 under test, so they are packed once per test session into a temporary folder.
 """
 
@@ -17,7 +17,7 @@ ARCH_FIXTURES = ("qwen3moe-tiny", "qwen2moe-tiny", "mixtral-tiny", "olmoe-tiny",
 @pytest.fixture(scope="session")
 def fixture_checkpoint() -> Callable[[str], Path]:
     """name -> checkpoint folder (built once per machine, then reused)."""
-    from packager.fixtures import cached_fixture
+    from edgemoe_fixtures import cached_fixture
 
     return cached_fixture
 

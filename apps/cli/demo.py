@@ -6,6 +6,20 @@ from collections.abc import Callable
 from pathlib import Path
 
 
+def dev_fixtures():
+    """The development fixtures (`dev/`, not in the edgemoe wheel), or a clear error."""
+    try:
+        import edgemoe_fixtures
+    except ImportError:
+        from contract.errors import EdgemoeError
+
+        raise EdgemoeError(
+            "this command builds checkpoints with the development fixtures, which the edgemoe "
+            "wheel does not ship: from a source checkout, `pip install -e ./dev`"
+        ) from None
+    return edgemoe_fixtures
+
+
 def run_demo(
     out: Path,
     fixture: str,
@@ -16,14 +30,13 @@ def run_demo(
 ) -> str:
     import runtime
     from packager.api import PackOptions, pack
-    from packager.fixtures import build_fixture
     from packager.progress import RichProgress
 
     out.mkdir(parents=True, exist_ok=True)
     ckpt = out / fixture
     if not (ckpt / "config.json").is_file():
         echo(f"building fixture {fixture} (deterministic, local) ...")
-        build_fixture(fixture, ckpt)
+        dev_fixtures().build_fixture(fixture, ckpt)
     bundle = out / f"{fixture}-{profile}"
     result = pack(
         PackOptions(src=str(ckpt), out_dir=bundle, profile=profile, force=True), RichProgress()

@@ -21,18 +21,9 @@ app.add_typer(profiles_app, name="profiles")
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from packager.errors import PackError
-    from packager.manifest import ManifestError
-    from runtime.errors import EdgemoeError
+    from contract.errors import EdgemoeError
 
-    errors: list[type[BaseException]] = [PackError, ManifestError, EdgemoeError]
-    try:
-        from device_profiles import ProfileError
-
-        errors.append(ProfileError)
-    except ImportError:
-        pass
-    return tuple(errors)
+    return (EdgemoeError,)
 
 
 def friendly(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -391,9 +382,9 @@ def fixtures_build(
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:
     """Build small real MoE checkpoints locally and deterministically."""
-    from packager.fixtures import build_fixtures
+    from apps.cli.demo import dev_fixtures
 
-    for path in build_fixtures(name or None, out, quiet):
+    for path in dev_fixtures().build_fixtures(name or None, out, quiet):
         typer.echo(str(path))
 
 

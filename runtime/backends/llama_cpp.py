@@ -1,4 +1,4 @@
-"""llama.cpp engine: stock llama.cpp computes; we only watch routing and own residency.
+"""llama.cpp backend: stock llama.cpp computes; we only watch routing and own residency.
 
 The model is loaded file-backed (mmap) with extra buffer types off, so no weight is repacked
 into private memory: every expert byte the manifest records is a page of the GGUF mapping that
@@ -12,33 +12,22 @@ import ctypes
 import os
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from runtime.backends.base import EngineConfig, RoutingEvent, RoutingObserver
 from runtime.errors import BundleError, EdgemoeError
+from runtime.generation import SamplingParams
+from runtime.residency import file_regions
 
-# (layer, ids) for the default tap; (layer, tensor name, data) for extra taps.
-RoutingObserver = Callable[[int, np.ndarray], None]
+# (layer, tensor name, rows) for extra named tensors beyond routing.
 TensorObserver = Callable[[int, str, np.ndarray], None]
 
 TOPK = "ffn_moe_topk"  # int32 [n_tokens, top_k]: chosen experts
 PROBS = "ffn_moe_probs"  # f32 [n_tokens, n_expert]: router probabilities (before top-k)
 WEIGHTS = "ffn_moe_weights"  # f32 [n_tokens, top_k]: mixing weights (after any norm/scale)
 _NAMED = re.compile(rb"^(ffn_moe_[a-z_]+)-(\d+)$")
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    model_path: Path
-    n_ctx: int
-    n_threads: int
-    n_batch: int = 512
-    n_ubatch: int = 512
-    observe_routing: bool = True
-    verbose: bool = False
-    extra_taps: tuple[str, ...] = ()  # e.g. (PROBS, WEIGHTS) for calibration
 
 
 class _TensorHead(ctypes.Structure):
@@ -79,15 +68,55 @@ class _Ggml:
         self.lib = lib
 
 
-class LlamaEngine:
-    """One llama.cpp model + context, decoding a single sequence."""
+def _ggml_type(name: str) -> int:
+    """llama.cpp's ggml_type number for a KV-cache type name (f16, q8_0, ...)."""
+    import gguf
+
+    try:
+        return int(gguf.GGMLQuantizationType[name.upper()])
+    except KeyError:
+        raise EdgemoeError(f"unknown KV cache type '{name}'") from None
+
+
+class LlamaTokenizer:
+    """The GGUF's vocabulary only: no weights mapped, no context."""
+
+    def __init__(self, model_path: Path) -> None:
+        import llama_cpp
+        from llama_cpp import _internals as li
+
+        params = llama_cpp.llama_model_default_params()
+        params.vocab_only = True
+        try:
+            self.model = li.LlamaModel(path_model=str(model_path), params=params, verbose=False)
+        except ValueError as e:
+            raise BundleError(
+                f"{model_path}: llama.cpp could not read its vocabulary ({e})"
+            ) from None
+        self._bos = self.model.add_bos_token()
+
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        return self.model.tokenize(text.encode("utf-8"), add_bos=self._bos, special=special)
+
+    def close(self) -> None:
+        self.model.close()
+
+
+class LlamaBackend:
+    """One llama.cpp model + context, decoding a single sequence (the `Backend` protocol)."""
+
+    name = "llama.cpp"
 
     def __init__(
         self,
         cfg: EngineConfig,
         observer: RoutingObserver | None = None,
+        *,
+        extra_taps: tuple[str, ...] = (),
         tensor_observer: TensorObserver | None = None,
     ) -> None:
+        """extra_taps + tensor_observer: any other named graph tensors, as (layer, name, rows)
+        (llama.cpp-specific; tests compare our statistics with llama.cpp's own activations)."""
         import llama_cpp
         from llama_cpp import _internals as li
         from llama_cpp._logger import set_verbose
@@ -97,20 +126,29 @@ class LlamaEngine:
         self.cfg = cfg
         self._observer = observer
         self._tensor_observer = tensor_observer
-        self._taps = tuple(t.encode() for t in ((TOPK,) + cfg.extra_taps))
+        self._routing_kinds = (PROBS, TOPK, WEIGHTS) if cfg.routing_detail else (TOPK,)
+        if observer is None:
+            self._routing_kinds = ()
+        self._extra = tuple(extra_taps) if tensor_observer is not None else ()
+        self._taps = tuple(t.encode() for t in self._routing_kinds + self._extra)
         self._tap_prefixes = tuple(t + b"-" for t in self._taps)
+        self._pending: dict[int, dict[str, np.ndarray]] = {}
         llama_cpp.llama_backend_init()
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = 0
         mparams.load_mode = llama_cpp.LLAMA_LOAD_MODE_MMAP
         # No repacking into anonymous buffers: experts must stay pages of the file mapping.
         mparams.use_extra_bufts = False
+        before = {r.base for r in file_regions(cfg.model_path)}
         try:
             self.model = li.LlamaModel(
                 path_model=str(cfg.model_path), params=mparams, verbose=False
             )
         except ValueError as e:
             raise BundleError(f"{cfg.model_path}: llama.cpp could not load it ({e})") from None
+        new = {r.base for r in file_regions(cfg.model_path)} - before
+        # The mapping llama.cpp just made (another model of the same file may also be mapped).
+        self.mapping_base: int | None = new.pop() if len(new) == 1 else None
         cparams = llama_cpp.llama_context_default_params()
         cparams.n_ctx = cfg.n_ctx
         cparams.n_batch = cfg.n_batch
@@ -118,20 +156,32 @@ class LlamaEngine:
         cparams.n_threads = cfg.n_threads
         cparams.n_threads_batch = cfg.n_threads
         cparams.no_perf = True
+        kv = _ggml_type(cfg.kv_cache_type)
+        cparams.type_k = cparams.type_v = kv
+        if cfg.kv_cache_type.lower() not in ("f16", "f32", "bf16"):
+            # llama.cpp quantizes the V cache only with flash attention.
+            cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
         self._cb = None
-        if cfg.observe_routing and (observer is not None or tensor_observer is not None):
+        if cfg.observe_routing and self._taps:
             self._ggml = _Ggml()
             self._cb = llama_cpp.ggml_backend_sched_eval_callback(self._eval_callback)
             cparams.cb_eval = self._cb
             cparams.cb_eval_user_data = None
-        self.ctx = li.LlamaContext(model=self.model, params=cparams, verbose=False)
+        try:
+            self.ctx = li.LlamaContext(model=self.model, params=cparams, verbose=False)
+        except ValueError as e:
+            self.model.close()
+            raise BundleError(
+                f"{cfg.model_path}: llama.cpp could not create a context "
+                f"(n_ctx={cfg.n_ctx}, kv cache {cfg.kv_cache_type}): {e}"
+            ) from None
         self.batch = li.LlamaBatch(n_tokens=cfg.n_batch, embd=0, n_seq_max=1, verbose=False)
         self.vocab = llama_cpp.llama_model_get_vocab(self.model.model)
         self.n_vocab = self.model.n_vocab()
         self.n_past = 0
         self._piece = ctypes.create_string_buffer(64)
         self._asked: dict[int, bool] = {}
-        self._batch_shape = -1
+        self._batch_shape: tuple[int, bool] | None = None
 
     # --- routing observation -------------------------------------------------------------
     def _eval_callback(self, tensor: int, ask: bool, _user: int) -> bool:
@@ -155,15 +205,26 @@ class LlamaEngine:
         return True
 
     def _deliver(self, tensor: int, kind: str, layer: int) -> None:
+        """Assemble one layer's RoutingEvent. Per layer and batch the graph computes the
+        probabilities, then the chosen ids, then the mixing weights, so without detail the
+        event is complete at the ids, and with detail at the weights."""
         data = self._read_rows(tensor, np.int32 if kind == TOPK else np.float32)
-        if kind == TOPK and self._observer is not None:
-            self._observer(layer, data)
-        if self._tensor_observer is not None:
+        if kind in self._extra and self._tensor_observer is not None:
             self._tensor_observer(layer, kind, data)
+        if kind not in self._routing_kinds or self._observer is None:
+            return
+        if len(self._routing_kinds) == 1:
+            self._observer(RoutingEvent(layer, data))
+            return
+        got = self._pending.setdefault(layer, {})
+        got[kind] = data
+        if len(got) == len(self._routing_kinds):
+            del self._pending[layer]
+            self._observer(RoutingEvent(layer, got[TOPK], got[PROBS], got[WEIGHTS]))
 
     def _read_rows(self, tensor: int, dtype: type) -> np.ndarray:
-        """Rows of a 2-D tensor, honouring its row stride: `ffn_moe_topk` is a view of the
-        first top_k columns of each token's argsort, not a contiguous block."""
+        """A 2-D tensor as [rows, ne0], honouring its row stride: `ffn_moe_topk` is a view of
+        the first top_k columns of each token's argsort, not a contiguous block."""
         head = _TensorHead.from_address(tensor)
         ne0, nb1 = int(head.ne[0]), int(head.nb[1])
         rows = int(head.ne[1] * head.ne[2] * head.ne[3])
@@ -172,13 +233,13 @@ class LlamaEngine:
         self._ggml.lib.ggml_backend_tensor_get(tensor, raw.ctypes.data, 0, nbytes)
         width = np.dtype(dtype).itemsize
         if nb1 == ne0 * width or rows == 1:
-            return raw[: rows * ne0 * width].view(dtype).copy()
+            return raw[: rows * ne0 * width].view(dtype).reshape(rows, ne0).copy()
         out = np.lib.stride_tricks.as_strided(
             raw.view(dtype) if nbytes % width == 0 else raw[: nbytes - nbytes % width].view(dtype),
             shape=(rows, ne0),
             strides=(nb1, width),
         )
-        return np.ascontiguousarray(out).ravel()
+        return np.ascontiguousarray(out)
 
     # --- tokens ----------------------------------------------------------------------------
     def tokenize(self, text: str, special: bool = True) -> list[int]:
@@ -195,6 +256,9 @@ class LlamaEngine:
             n = self._llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
         return buf.raw[:n]
 
+    def eos_token(self) -> int:
+        return int(self.model.token_eos())
+
     def is_eog(self, token: int) -> bool:
         return bool(self._llama_cpp.llama_vocab_is_eog(self.vocab, token))
 
@@ -202,6 +266,7 @@ class LlamaEngine:
     def reset(self) -> None:
         self.ctx.kv_cache_clear()
         self.n_past = 0
+        self._pending.clear()
 
     def decode(self, tokens: list[int], all_outputs: bool = False) -> np.ndarray:
         """Feed tokens after the current position; returns the logits of the last one.
@@ -222,19 +287,20 @@ class LlamaEngine:
         ptr = self.ctx.get_logits_ith(-1)
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
 
-    def sampler(self, temperature: float, top_p: float, top_k: int, seed: int | None):
+    def sampler(self, params: SamplingParams):
         from llama_cpp import _internals as li
 
         s = li.LlamaSampler()
-        if temperature <= 0:
+        if params.temperature <= 0:
             s.add_greedy()
             return s
-        if top_k > 0:
-            s.add_top_k(top_k)
-        if top_p < 1.0:
-            s.add_top_p(top_p, 1)
-        s.add_temp(temperature)
+        if params.top_k > 0:
+            s.add_top_k(params.top_k)
+        if params.top_p < 1.0:
+            s.add_top_p(params.top_p, 1)
+        s.add_temp(params.temperature)
         # llama.cpp takes a 32-bit seed and reads 0xFFFFFFFF as "random": fold, never collide.
+        seed = params.seed
         s.add_dist(
             seed % 0xFFFFFFFF if seed is not None else int.from_bytes(os.urandom(3), "little")
         )

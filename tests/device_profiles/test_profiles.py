@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from contract.quant_types import QUANT_TYPES
 from device_profiles import (
     NUMERIC_FIELDS,
     DeviceProfile,
@@ -17,7 +18,6 @@ from device_profiles import (
     load_profile,
     parse_size,
 )
-from packager.quant_types import QUANT_TYPES
 
 pytestmark = pytest.mark.unit
 

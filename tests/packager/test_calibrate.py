@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
+from edgemoe_fixtures.corpus import calibration_text
 from packager.calibrate import calibrate, calibrate_ids, calibrate_to_file, resolve, tokenize
 from packager.errors import PackError
-from packager.fixtures.corpus import calibration_text
 from packager.usage import UsageProfile
 from tests.conftest import ARCH_FIXTURES
 

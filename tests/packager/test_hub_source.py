@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from edgemoe_fixtures import make_hub_cache
 from packager.api import PackOptions, pack, verify
 from packager.errors import CheckpointError
-from packager.fixtures import make_hub_cache
 from packager.source import open_checkpoint
 
 pytestmark = pytest.mark.engine

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from packager.fixtures.corpus import calibration_text, heldout_text
+from edgemoe_fixtures.corpus import calibration_text, heldout_text
 from tests.conftest import ARCH_FIXTURES
 
 FIXTURE = "qwen3moe-trained"
@@ -61,7 +61,8 @@ def test_covers_every_quantized_block_matrix(stats, f32_gguf):
 @pytest.mark.engine
 def test_expert_statistics_match_llama_cpp_activations(ckpt, chunks, stats, f32_gguf):
     """Recompute ffn_down_exps' statistics from llama.cpp's own tensors (routing + swiglu)."""
-    from runtime.backends.llama_cpp import PROBS, EngineConfig, LlamaEngine
+    from runtime.backends.base import EngineConfig
+    from runtime.backends.llama_cpp import PROBS, LlamaBackend
 
     n_exp, top_k = 16, 2
     sums = {}
@@ -81,9 +82,8 @@ def test_expert_statistics_match_llama_cpp_activations(ckpt, chunks, stats, f32_
                 np.add.at(s, ids[:, slot], act[:, slot] ** 2)
                 np.add.at(c, ids[:, slot], 1)
 
-    cfg = EngineConfig(f32_gguf, n_ctx=512, n_threads=2, n_batch=512, n_ubatch=512,
-                       extra_taps=(PROBS, "ffn_moe_swiglu"))
-    engine = LlamaEngine(cfg, tensor_observer=observe)
+    cfg = EngineConfig(f32_gguf, n_ctx=512, n_threads=2, n_batch=512, n_ubatch=512)
+    engine = LlamaBackend(cfg, extra_taps=(PROBS, "ffn_moe_swiglu"), tensor_observer=observe)
     try:
         for c in chunks:
             engine.reset()

@@ -8,8 +8,9 @@ import llama_cpp
 import numpy as np
 import pytest
 
+from edgemoe_fixtures.corpus import heldout_text
+from packager.default_texts import DEFAULT_TEXT_NAME, default_heldout_text
 from packager.fidelity import gguf_logits, reference_logits, token_chunks
-from packager.fixtures.corpus import heldout_text
 from tests.conftest import ARCH_FIXTURES
 
 pytestmark = [pytest.mark.engine, pytest.mark.reference]
@@ -94,7 +95,9 @@ def test_quantized_bundles_record_divergence(name, bundle_factory, fixture_check
         assert report["quant"] == quant and report["reference"] == "transformers float32"
         reports[quant] = report["divergence"]
     ckpt = fixture_checkpoint(name)
-    chunks = token_chunks(ckpt, heldout_text(), n_tokens=512, chunk=128)
+    # Without --eval-text the report measures the shipped general-purpose held-out text.
+    assert report["eval_text"] == DEFAULT_TEXT_NAME
+    chunks = token_chunks(ckpt, default_heldout_text(), n_tokens=512, chunk=128)
     ref = np.concatenate(reference_logits(ckpt, chunks))
     cand = np.concatenate(
         gguf_logits(bundle_factory(name, "Q4_0", reference=True) / "model.gguf", chunks)

@@ -81,7 +81,7 @@ def test_camera_and_laptop_plans_differ():
 
 
 def bits_per_weight(name: str) -> float:
-    from packager.quant_types import get_quant
+    from contract.quant_types import get_quant
 
     return get_quant(name).bits_per_weight
 

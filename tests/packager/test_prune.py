@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from safetensors import safe_open
 
-from packager.fixtures.corpus import calibration_text, heldout_text
+from edgemoe_fixtures.corpus import calibration_text, heldout_text
 from packager.prune import (
     PruneError,
     choose_survivors,

@@ -1,4 +1,4 @@
-"""packager.fixtures: the locally built checkpoints every other test stands on.
+"""edgemoe_fixtures: the locally built checkpoints every other test stands on.
 
 Unit tests cover the corpus, tokenizer, spec hashing and Hub-cache layout without torch; the
 reference tests load each built checkpoint with transformers and check what it computes.
@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from packager.fixtures import (
+from edgemoe_fixtures import (
     FIXTURES,
     TINY_FIXTURES,
     FixtureError,
@@ -29,9 +29,9 @@ from packager.fixtures import (
     make_hub_cache,
     spec_hash,
 )
-from packager.fixtures.build import MARKER, read_record
-from packager.fixtures.hub_cache import file_etag, repo_folder_name
-from packager.fixtures.tokenizer import (
+from edgemoe_fixtures.build import MARKER, read_record
+from edgemoe_fixtures.hub_cache import file_etag, repo_folder_name
+from edgemoe_fixtures.tokenizer import (
     CHAT_TEMPLATE,
     ENDOFTEXT,
     IM_END,
@@ -128,7 +128,7 @@ def test_calibration_text_is_prose():
 
 
 def test_corpus_does_not_depend_on_hash_seed():
-    code = "from packager.fixtures.corpus import corpus_digest; print(corpus_digest())"
+    code = "from edgemoe_fixtures.corpus import corpus_digest; print(corpus_digest())"
     assert _run_python(code, PYTHONHASHSEED="1") == corpus.corpus_digest()
 
 
@@ -176,7 +176,7 @@ def test_tokenizer_is_recognised_as_qwen2_by_the_gguf_converter():
 
 def test_tokenizer_training_is_deterministic_across_processes():
     code = (
-        "import hashlib; from packager.fixtures.tokenizer import train_tokenizer; "
+        "import hashlib; from edgemoe_fixtures.tokenizer import train_tokenizer; "
         "print(hashlib.sha256(train_tokenizer().to_str().encode()).hexdigest())"
     )
     a = _run_python(code, PYTHONHASHSEED="1")

@@ -1,7 +1,8 @@
-"""File helpers shared by packager and runtime: atomic writes, JSON reads with clear errors."""
+"""File helpers both sides share: atomic writes, hashing, JSON reads with clear errors."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -33,3 +34,12 @@ def read_json(path: Path, error: type[Exception], what: str = "") -> Any:
         raise error(f"{path}: {what + ' ' if what else ''}not found") from None
     except json.JSONDecodeError as e:
         raise error(f"{path}: malformed JSON at line {e.lineno}: {e.msg}") from None
+
+
+def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
+    """Hex sha256 of a file, read in 4 MiB blocks (models are larger than memory on devices)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()

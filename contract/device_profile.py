@@ -12,12 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from packager.quant_types import KV_CACHE_TYPES, QuantTypeError, get_quant
-
-
-class ProfileError(ValueError):
-    """An unusable profile; the message names the file, the field and what was expected."""
-
+from contract.errors import ProfileError, QuantTypeError
+from contract.quant_types import KV_CACHE_TYPES, get_quant
 
 DEVICE_CLASSES = ("laptop", "desktop", "phone", "tablet", "sbc", "kiosk", "camera", "other")
 FORMATS = ("gguf", "onnx")

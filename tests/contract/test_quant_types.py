@@ -8,7 +8,7 @@ import gguf
 import pytest
 from gguf.quants import quant_shape_to_byte_shape
 
-from packager.quant_types import (
+from contract.quant_types import (
     QUANT_TYPES,
     QuantTypeError,
     bytes_for,

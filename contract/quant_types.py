@@ -13,11 +13,7 @@ from dataclasses import dataclass
 
 import gguf
 
-from packager.errors import PackError
-
-
-class QuantTypeError(PackError, ValueError):
-    """An unknown quant name; the message lists the valid ones."""
+from contract.errors import QuantTypeError
 
 
 @dataclass(frozen=True)

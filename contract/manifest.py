@@ -1,7 +1,7 @@
 """The bundle contract: manifest.json's schema, validation, and (de)serialisation.
 
-The runtime imports this module, so it must stay free of heavy dependencies (no torch, no
-transformers, no llama.cpp): plain data in, frozen dataclasses out.
+Both the packager and the runtime import this module, so it stays free of heavy dependencies
+(no torch, no transformers, no llama.cpp): plain data in, frozen dataclasses out.
 """
 
 from __future__ import annotations
@@ -11,12 +11,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from contract.errors import ManifestError
+
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
-
-
-class ManifestError(ValueError):
-    """A manifest that does not match the schema; the message names the file and the field."""
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from packager.manifest import (
+from contract.manifest import (
     ExpertTensor,
     FileEntry,
     LayerExperts,

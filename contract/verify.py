@@ -1,0 +1,47 @@
+"""Verifying a bundle against its manifest: every listed file present, the right size and hash."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from contract.errors import ManifestError
+from contract.files import sha256_file
+from contract.manifest import read_manifest
+
+
+@dataclass
+class VerifyReport:
+    bundle: Path
+    checked: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    @property
+    def ok(self) -> bool:
+        return not self.problems
+
+
+def verify_bundle(bundle: Path) -> VerifyReport:
+    """Re-hash every file the manifest lists; any mismatch or missing file is a problem."""
+    report = VerifyReport(Path(bundle))
+    try:
+        manifest = read_manifest(bundle)
+    except ManifestError as e:
+        report.problems.append(str(e))
+        return report
+    for name, entry in sorted(manifest.files.items()):
+        path = Path(bundle) / name
+        if not path.is_file():
+            report.problems.append(f"{name}: missing")
+            continue
+        size = path.stat().st_size
+        if size != entry.bytes:
+            report.problems.append(
+                f"{name}: {size} bytes, manifest says {entry.bytes} (truncated?)"
+            )
+            continue
+        if sha256_file(path) != entry.sha256:
+            report.problems.append(f"{name}: sha256 mismatch (file changed or corrupt)")
+            continue
+        report.checked.append(name)
+    return report

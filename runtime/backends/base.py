@@ -1,0 +1,128 @@
+"""The engine seam: what the runtime, calibration and tracing need from an inference engine.
+
+An engine (llama.cpp today, onnxruntime next) loads one model file, decodes one sequence, and
+reports each MoE layer's routing *before* that layer's expert matmuls run, which is when the
+expert cache must admit what the layer needs. Everything above this seam (budget, cache,
+residency, sampling parameters, the request path) is engine-independent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol, runtime_checkable
+
+import numpy as np
+
+from runtime.generation import SamplingParams
+
+
+@dataclass(frozen=True)
+class RoutingEvent:
+    """One MoE layer's routing decision for one batch, in token order.
+
+    ids: int32 [n_tokens, top_k], the chosen experts. probs (f32 [n_tokens, n_experts], the
+    router's probabilities before top-k) and weights (f32 [n_tokens, top_k], the mixing weights
+    after any normalisation) are filled only when the engine was asked for routing detail.
+    """
+
+    layer: int
+    ids: np.ndarray
+    probs: np.ndarray | None = None
+    weights: np.ndarray | None = None
+
+    @property
+    def n_tokens(self) -> int:
+        return int(self.ids.shape[0])
+
+
+RoutingObserver = Callable[[RoutingEvent], None]
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """How to start an engine on one model file; the same for every backend."""
+
+    model_path: Path
+    n_ctx: int
+    n_threads: int
+    n_batch: int = 512
+    n_ubatch: int = 512
+    observe_routing: bool = True
+    routing_detail: bool = False  # also router probabilities and mixing weights (calibration)
+    kv_cache_type: str = "f16"  # llama.cpp's --cache-type-k/v names (f16, q8_0, ...)
+    verbose: bool = False
+
+
+class Sampler(Protocol):
+    """An engine's token sampler, built from SamplingParams; closed after a generation."""
+
+    def close(self) -> None: ...
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """One loaded model + context decoding a single sequence.
+
+    Residency hook: `mapping_base` is the address at which the engine mapped the model file
+    (file offset 0), so the expert cache can give an expert's pages back with madvise; None
+    when the engine keeps no file-backed mapping (then nothing can be paged).
+    """
+
+    name: str
+    cfg: EngineConfig
+    n_vocab: int
+    n_past: int
+    mapping_base: int | None
+
+    def tokenize(self, text: str, special: bool = True) -> list[int]: ...
+
+    def token_bytes(self, token: int) -> bytes: ...
+
+    def is_eog(self, token: int) -> bool: ...
+
+    def eos_token(self) -> int: ...
+
+    def reset(self) -> None: ...
+
+    def decode(self, tokens: list[int], all_outputs: bool = False) -> np.ndarray:
+        """Feed tokens after the current position; returns the last position's logits."""
+        ...
+
+    def sampler(self, params: SamplingParams) -> Sampler: ...
+
+    def sample(self, sampler: Sampler) -> int: ...
+
+    def close(self) -> None: ...
+
+
+class Tokenizer(Protocol):
+    """A model file's own tokenizer, without weights or a context (cheap to open)."""
+
+    def tokenize(self, text: str, special: bool = True) -> list[int]: ...
+
+    def close(self) -> None: ...
+
+
+def open_tokenizer(model_path: Path, kind: str = "llama.cpp") -> Tokenizer:
+    if kind == "llama.cpp":
+        from runtime.backends.llama_cpp import LlamaTokenizer
+
+        return LlamaTokenizer(model_path)
+    from runtime.errors import EdgemoeError
+
+    raise EdgemoeError(f"unknown backend '{kind}' (available: llama.cpp)")
+
+
+def open_backend(
+    cfg: EngineConfig, observer: RoutingObserver | None = None, kind: str = "llama.cpp"
+) -> Backend:
+    """The one place that picks an engine implementation by name."""
+    if kind == "llama.cpp":
+        from runtime.backends.llama_cpp import LlamaBackend
+
+        return LlamaBackend(cfg, observer)
+    from runtime.errors import EdgemoeError
+
+    raise EdgemoeError(f"unknown backend '{kind}' (available: llama.cpp)")
