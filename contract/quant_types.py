@@ -3,7 +3,7 @@
 A *file type* (llama.cpp's `LLAMA_FTYPE_MOSTLY_*`, what `llama-quantize Q4_K_M` takes) is a recipe:
 one main ggml tensor type for most weight matrices, with some tensors promoted by llama.cpp's
 mixing rules (the `_S`/`_M`/`_L` suffixes). Sizes here are estimates for planning; the real
-layout is always read back from the quantized GGUF (`packager.gguf_layout`).
+layout is always read back from the quantized GGUF (`contract.gguf_layout`).
 """
 
 from __future__ import annotations

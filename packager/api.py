@@ -23,7 +23,7 @@ from packager.bundle import (
 )
 from packager.errors import PackError
 from packager.gguf_build import BASE_TYPES, write_gguf
-from packager.gguf_layout import GGUFLayout, read_layout
+from contract.gguf_layout import GGUFLayout, read_layout
 from packager.prepare import prepare
 from packager.progress import NullProgress, Progress
 from packager.quantize import QuantizeOptions, llama_ftype, quantize

@@ -1,11 +1,14 @@
-"""Opening a bundle on the device: manifest, file presence and sizes, optional full checksums."""
+"""Opening a bundle on the device: manifest, file presence and sizes, the manifest checked
+against the model file's own tensor table, optional full checksums."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
 
+from contract.consistency import check_against_layout
 from contract.errors import BundleError, ManifestError
+from contract.gguf_layout import open_reader, read_layout
 from contract.manifest import Manifest, read_manifest
 
 
@@ -55,6 +58,9 @@ def open_bundle(path: str | Path, verify: bool = False) -> OpenBundle:
             raise BundleError(
                 f"{f}: {f.stat().st_size} bytes but the manifest says {entry.bytes} (truncated?)"
             )
+    if manifest.format == "gguf":
+        model = path / manifest.model_file
+        check_against_layout(manifest, read_layout(model), model)
     if verify:
         from contract.verify import verify_bundle
 
@@ -65,23 +71,27 @@ def open_bundle(path: str | Path, verify: bool = False) -> OpenBundle:
 
 
 def attention_shape(model_path: Path) -> AttentionShape:
-    import gguf
-
-    reader = gguf.GGUFReader(model_path)
+    reader = open_reader(model_path)
 
     def get(key: str, default=None):
         field = reader.fields.get(key)
         return field.contents() if field is not None else default
 
-    arch = get("general.architecture")
-    n_head = int(get(f"{arch}.attention.head_count"))
-    n_embd = int(get(f"{arch}.embedding_length"))
-    head = n_embd // n_head
-    n_head_kv = get(f"{arch}.attention.head_count_kv", n_head)
-    n_head_kv = int(n_head_kv[0] if isinstance(n_head_kv, list) else n_head_kv)
-    return AttentionShape(
-        n_layers=int(get(f"{arch}.block_count")),
-        n_head_kv=n_head_kv,
-        key_length=int(get(f"{arch}.attention.key_length", head)),
-        value_length=int(get(f"{arch}.attention.value_length", head)),
-    )
+    try:
+        arch = get("general.architecture")
+        n_head = int(get(f"{arch}.attention.head_count"))
+        n_embd = int(get(f"{arch}.embedding_length"))
+        head = n_embd // n_head
+        n_head_kv = get(f"{arch}.attention.head_count_kv", n_head)
+        n_head_kv = int(n_head_kv[0] if isinstance(n_head_kv, list) else n_head_kv)
+        shape = AttentionShape(
+            n_layers=int(get(f"{arch}.block_count")),
+            n_head_kv=n_head_kv,
+            key_length=int(get(f"{arch}.attention.key_length", head)),
+            value_length=int(get(f"{arch}.attention.value_length", head)),
+        )
+    except (TypeError, ValueError, ZeroDivisionError, IndexError, UnicodeDecodeError) as e:
+        raise BundleError(f"{model_path}: attention metadata unreadable ({e})") from None
+    if min(shape.n_layers, shape.n_head_kv, shape.key_length, shape.value_length) <= 0:
+        raise BundleError(f"{model_path}: attention metadata out of range ({shape})")
+    return shape

@@ -353,7 +353,7 @@ def test_mixed_precision_plan_quantizes_as_planned_in_llama_cpp(tmp_path):
     """The plan's file type + tensor_types, run through llama.cpp's own quantizer, give dense
     tensors the planned type, leave experts to the file type's mix, and sizes near estimates."""
     pytest.importorskip("llama_cpp")
-    from packager.gguf_layout import read_layout
+    from contract.gguf_layout import read_layout
     from packager.quantize import QuantizeOptions, quantize
 
     hidden, inter, experts, layers = 256, 512, 4, 2

@@ -1,7 +1,9 @@
 """Where each expert's bytes live inside a finished GGUF (read back from the file, not predicted).
 
 llama.cpp's quantizer decides the final layout, so byte ranges are always measured on the file
-that ships; the runtime pages experts by exactly these ranges.
+that ships; the runtime pages experts by exactly these ranges, after checking that the manifest
+says the same (`contract.consistency`). A file that is not a readable GGUF is a BundleError
+naming the file, never a traceback from the reader.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 
 import gguf
 
+from contract.errors import BundleError
 from contract.manifest import ExpertTensor, LayerExperts
 
 _EXPERT_TENSOR = re.compile(r"^blk\.(\d+)\.ffn_(gate|up|down|gate_up)_exps\.weight$")
@@ -26,6 +29,8 @@ class GGUFLayout:
     dense_bytes: int
     tensor_types: dict[str, int]  # ggml type name -> number of tensors
     metadata: dict[str, Any]
+    file_bytes: int = 0
+    data_offset: int = 0  # where the tensor data region starts
 
 
 def _field(reader: gguf.GGUFReader, key: str) -> Any:
@@ -35,8 +40,31 @@ def _field(reader: gguf.GGUFReader, key: str) -> Any:
     return f.contents()
 
 
+def open_reader(path: Path) -> gguf.GGUFReader:
+    """gguf's reader, with anything it raises on a damaged file turned into one BundleError."""
+    try:
+        return gguf.GGUFReader(path)
+    except FileNotFoundError:
+        raise BundleError(f"{path}: not found") from None
+    except (ValueError, IndexError, KeyError, TypeError, OverflowError, UnicodeDecodeError,
+            MemoryError, OSError) as e:
+        raise BundleError(f"{path}: not a readable GGUF file ({_reason(e)})") from None
+
+
+def _reason(e: BaseException) -> str:
+    text = str(e).splitlines()[0] if str(e) else type(e).__name__
+    return text[:200]
+
+
 def read_layout(path: Path) -> GGUFLayout:
-    reader = gguf.GGUFReader(path)
+    reader = open_reader(path)
+    try:
+        return _layout(reader, path)
+    except (ValueError, IndexError, KeyError, TypeError, OverflowError, UnicodeDecodeError) as e:
+        raise BundleError(f"{path}: unreadable GGUF metadata ({_reason(e)})") from None
+
+
+def _layout(reader: gguf.GGUFReader, path: Path) -> GGUFLayout:
     arch = str(_field(reader, "general.architecture"))
     n_experts = int(_field(reader, f"{arch}.expert_count") or 0)
     layers: dict[int, list[ExpertTensor]] = {}
@@ -68,4 +96,7 @@ def read_layout(path: Path) -> GGUFLayout:
         f"{arch}.block_count",
     )
     meta = {k: _field(reader, k) for k in keys}
-    return GGUFLayout(arch, n_experts, expert_layers, dense, types, meta)
+    return GGUFLayout(
+        arch, n_experts, expert_layers, dense, types, meta,
+        file_bytes=int(reader.data.size), data_offset=int(reader.data_offset),
+    )
