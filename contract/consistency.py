@@ -13,12 +13,20 @@ from pathlib import Path
 
 from contract.errors import BundleError
 from contract.gguf_layout import GGUFLayout
-from contract.manifest import Manifest
+from contract.manifest import Build, Manifest
+
+# The longest trained context accepted (16 Mi tokens, above any released model); llama.cpp
+# sizes some buffers by it, so a damaged value would be an allocation of gigabytes.
+MAX_CONTEXT = 1 << 24
 
 
-def check_against_layout(manifest: Manifest, layout: GGUFLayout, path: Path) -> None:
-    """Raise BundleError at the first disagreement between `manifest` and the GGUF's own table."""
+def check_against_layout(
+    manifest: Manifest, layout: GGUFLayout, path: Path, build: Build | None = None
+) -> None:
+    """Raise BundleError at the first disagreement between `manifest` (its GGUF build) and the
+    GGUF's own table."""
     where = f"{path.parent / 'manifest.json'}"
+    build = build or manifest.build("gguf")
 
     def bad(field: str, manifest_says: object, file_says: object) -> BundleError:
         return BundleError(
@@ -27,17 +35,29 @@ def check_against_layout(manifest: Manifest, layout: GGUFLayout, path: Path) -> 
         )
 
     shape = manifest.shape
+    if shape.gguf_arch != layout.arch:
+        raise bad("shape.gguf_arch", shape.gguf_arch, layout.arch)
     if shape.n_experts != layout.n_experts:
         raise bad("shape.n_experts", shape.n_experts, layout.n_experts)
-    used = layout.metadata.get(f"{layout.arch}.expert_used_count")
-    if used is not None and shape.top_k != int(used):
-        raise bad("shape.top_k", shape.top_k, int(used))
-    if manifest.dense_bytes != layout.dense_bytes:
-        raise bad("dense_bytes", manifest.dense_bytes, layout.dense_bytes)
-    dupes = [n for n, c in Counter(x.layer for x in manifest.expert_layers).items() if c > 1]
+    # Numbers llama.cpp sizes buffers from: they must be the ones the manifest was checked for.
+    for field, key, ours in (
+        ("shape.top_k", "expert_used_count", shape.top_k),
+        ("shape.n_layers", "block_count", shape.n_layers),
+        ("shape.context_length", "context_length", shape.context_length),
+    ):
+        theirs = _metadata_int(layout, f"{layout.arch}.{key}", path)
+        if theirs is not None and theirs != ours:
+            raise bad(field, ours, theirs)
+    if not 0 < shape.context_length <= MAX_CONTEXT:
+        # llama.cpp allocates per-token buffers of the trained context (e.g. when tokenizing).
+        raise BundleError(f"{where}: field 'shape.context_length' must be in 1..{MAX_CONTEXT}, "
+                          f"got {shape.context_length}")
+    if build.dense_bytes != layout.dense_bytes:
+        raise bad("dense_bytes", build.dense_bytes, layout.dense_bytes)
+    dupes = [n for n, c in Counter(x.layer for x in build.expert_layers).items() if c > 1]
     if dupes:
         raise BundleError(f"{where}: field 'expert_layers' lists layer {dupes[0]} more than once")
-    ours = {x.layer: x for x in manifest.expert_layers}
+    ours = {x.layer: x for x in build.expert_layers}
     theirs = {x.layer: x for x in layout.expert_layers}
     if sorted(ours) != sorted(theirs):
         raise bad("expert_layers[].layer", sorted(ours), sorted(theirs))
@@ -57,6 +77,16 @@ def check_against_layout(manifest: Manifest, layout: GGUFLayout, path: Path) -> 
                 if getattr(t, name) != getattr(f, name):
                     raise bad(f"{t.name}.{name}", getattr(t, name), getattr(f, name))
             check_range(t.name, t.offset, t.stride, shape.n_experts, layout, where)
+
+
+def _metadata_int(layout: GGUFLayout, key: str, path: Path) -> int | None:
+    """An integer GGUF header value, None when absent; any other type is a damaged file."""
+    value = layout.metadata.get(key)
+    if value is None:
+        return None
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise BundleError(f"{path}: header key '{key}' must be an integer, got {value!r:.60}")
+    return value
 
 
 def check_range(

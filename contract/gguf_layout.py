@@ -19,6 +19,9 @@ from contract.errors import BundleError
 from contract.manifest import ExpertTensor, LayerExperts
 
 _EXPERT_TENSOR = re.compile(r"^blk\.(\d+)\.ffn_(gate|up|down|gate_up)_exps\.weight$")
+# llama.cpp maps the file and uses tensor data in place; ggml aborts the process (GGML_ASSERT)
+# when a tensor's bytes do not start on this boundary, so such a file is refused here.
+TENSOR_ALIGNMENT = 32
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,11 @@ def _layout(reader: gguf.GGUFReader, path: Path) -> GGUFLayout:
     dense = 0
     types: dict[str, int] = {}
     for t in reader.tensors:
+        if int(t.data_offset) % TENSOR_ALIGNMENT:
+            raise BundleError(
+                f"{path}: tensor '{t.name}' data at byte {int(t.data_offset)} is not "
+                f"{TENSOR_ALIGNMENT}-byte aligned (llama.cpp cannot map it)"
+            )
         types[t.tensor_type.name] = types.get(t.tensor_type.name, 0) + 1
         m = _EXPERT_TENSOR.match(t.name)
         if not m or not n_experts:

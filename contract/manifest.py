@@ -1,60 +1,103 @@
-"""The bundle contract: manifest.json's schema, validation, and (de)serialisation.
+"""The bundle contract: manifest.json's schema (pydantic models), validation, (de)serialisation.
 
 Both the packager and the runtime import this module, so it stays free of heavy dependencies
-(no torch, no transformers, no llama.cpp): plain data in, frozen dataclasses out.
+(no torch, no transformers, no llama.cpp): plain data in, frozen models out. The models are
+pydantic dataclasses, so they still build positionally, `dataclasses.replace` still works and
+every nested snapshot (device profile, plan) arrives typed. `contract/manifest.schema.json` is
+generated from them (`contract.schema`).
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
+from pydantic.dataclasses import dataclass
+
+from contract.device_profile import DeviceProfile
 from contract.errors import ManifestError
+from contract.validation import problem, rule, validate
 
 SCHEMA_VERSION = 1
 MANIFEST_NAME = "manifest.json"
 
+Int = Annotated[int, Field(strict=True)]
+Str = Annotated[str, Field(strict=True)]
+Number = Annotated[float, Field(strict=True)]  # an int is a number too; a bool or "1.5" is not
+Bool = Annotated[bool, Field(strict=True)]
+# JSON object keys are strings; layer indices are written as "3" and read back as ints.
+LayerIndex = Annotated[int, Field(strict=False)]
 
-@dataclass(frozen=True)
+
+def _optional_on_read(*names: str) -> Any:
+    """Schema hook: fields the writer always writes but the reader fills in when absent, so
+    the published schema lists them as optional too."""
+
+    def hook(schema: dict[str, Any]) -> None:
+        schema["required"] = [k for k in schema.get("required", []) if k not in names]
+
+    return hook
+
+
+def _fill(data: Any, defaults: dict[str, Any]) -> Any:
+    """Absent (or null) optional keys take their defaults, as the hand-written reader did."""
+    if isinstance(data, dict):
+        return {**defaults, **{k: v for k, v in data.items() if v is not None or k not in defaults}}
+    return data
+
+
+@dataclass(frozen=True, config=ConfigDict(json_schema_extra=_optional_on_read("revision")))
 class SourceInfo:
     """Where the checkpoint came from, so a bundle can be traced back and rebuilt."""
 
-    kind: str  # "local" or "hub"
-    ref: str  # folder path or repo id
-    revision: str | None
-    files: dict[str, str]  # input file name -> sha256
+    kind: Annotated[str, Field(strict=True, description='"local" or "hub"')]
+    ref: Annotated[str, Field(strict=True, description="folder path or Hub repo id")]
+    revision: Str | None
+    files: Annotated[dict[str, Str], Field(description="input file name -> sha256")]
+
+    @model_validator(mode="before")
+    @classmethod
+    def _defaults(cls, data: Any) -> Any:
+        return _fill(data, {"revision": None})
 
 
 @dataclass(frozen=True)
 class MoEShape:
-    hf_architecture: str
-    gguf_arch: str
-    n_layers: int
-    moe_layers: tuple[int, ...]
-    n_experts: int
-    top_k: int
-    n_shared_experts: int
-    hidden_size: int
-    vocab_size: int
-    context_length: int
+    hf_architecture: Str
+    gguf_arch: Str
+    n_layers: Int
+    moe_layers: tuple[Int, ...]
+    n_experts: Int
+    top_k: Int
+    n_shared_experts: Int
+    hidden_size: Int
+    vocab_size: Int
+    context_length: Int
+
+    @model_validator(mode="after")
+    def _top_k_fits(self) -> MoEShape:
+        if not 0 < self.top_k <= self.n_experts:
+            raise rule(f"in 1..n_experts ({self.n_experts})", got=self.top_k, field=("top_k",))
+        return self
 
 
 @dataclass(frozen=True)
 class ExpertTensor:
     """One stacked expert tensor in the GGUF: expert e lives at [offset + e*stride, +stride)."""
 
-    name: str
-    ggml_type: str
-    offset: int  # absolute byte offset of expert 0 in the model file
-    stride: int  # bytes per expert
+    name: Str
+    ggml_type: Str
+    offset: Annotated[int, Field(strict=True, description="absolute byte offset of expert 0")]
+    stride: Annotated[int, Field(strict=True, description="bytes per expert")]
 
 
 @dataclass(frozen=True)
 class LayerExperts:
-    layer: int
-    tensors: tuple[ExpertTensor, ...]
+    layer: Int
+    tensors: Annotated[tuple[ExpertTensor, ...], Field(min_length=1)]
 
     @property
     def expert_bytes(self) -> int:
@@ -69,29 +112,153 @@ class LayerExperts:
 
 @dataclass(frozen=True)
 class FileEntry:
-    sha256: str
-    bytes: int
+    sha256: Str
+    bytes: Int
+
+
+FORMATS = ("gguf", "onnx")
 
 
 @dataclass(frozen=True)
+class Build:
+    """One engine's build of the checkpoint inside a bundle: its files and where experts live.
+
+    GGUF: the expert offsets address `model_file` (llama.cpp maps it whole). ONNX: `model_file`
+    is the graph and the offsets address `data_file`, its external data, which onnxruntime maps
+    per initializer. Either way expert e of a tensor lives at [offset + e*stride, +stride) of
+    `expert_file`, and the runtime pages exactly those bytes.
+    """
+
+    format: Literal["gguf", "onnx"]
+    model_file: Str
+    quant: Str
+    dense_bytes: Int
+    expert_layers: tuple[LayerExperts, ...]
+    data_file: Str | None = None
+    block_size: Int | None = None  # block-wise quantization (ONNX int8/int4)
+    opset: Int | None = None
+
+    @property
+    def expert_file(self) -> str:
+        return self.data_file or self.model_file
+
+
+class PlanSnapshot(BaseModel):
+    """The planner's decision as the packager recorded it (`packager.plan.Plan.to_dict()`).
+
+    The fields readers use are typed; the planner may add more, which are kept as they are
+    (`model_extra`) so an older reader neither rejects nor drops them.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+    profile: Str
+    quant_dense: Str
+    quant_experts: Str  # the llama.cpp file type quantized with
+    context_length: Int
+    fits: Bool
+    resident: Bool = False  # every kept expert stays in memory; nothing streams
+    tensor_types: dict[str, Str] = Field(default_factory=dict)  # regex -> ggml type overrides
+    dense_bytes: Int = 0
+    kv_bytes: Int = 0
+    stream_bytes: Int = 0
+    budget_bytes: Int = 0
+    hot_bytes: Int = 0
+    expert_bytes_total: Int = 0
+    expert_bytes_per_layer: dict[LayerIndex, Int] = Field(default_factory=dict)
+    hot_experts: dict[LayerIndex, tuple[Int, ...]] = Field(default_factory=dict)
+    pruned_experts: dict[LayerIndex, tuple[Int, ...]] = Field(default_factory=dict)
+    prune_fraction: Number = 0.0
+    expected_hit_rate: Number | None = None
+    est_decode_tok_s: Number | None = None
+    est_prefill_tok_s: Number | None = None
+    suggestions: tuple[Str, ...] = ()
+    rationale: tuple[Str, ...] = ()
+
+
+_OPTIONAL_ON_READ = {
+    "chat_template": None, "plan": None, "report_file": None, "extra": {}, "data_file": None,
+    "builds": [],
+}
+
+
+@dataclass(frozen=True, config=ConfigDict(
+    json_schema_extra=_optional_on_read(*_OPTIONAL_ON_READ, "created_by")))
 class Manifest:
-    schema_version: int
-    format: str
-    model_file: str
-    quant: str
+    schema_version: Literal[1]
+    format: Str
+    model_file: Str
+    quant: Str
     source: SourceInfo
     shape: MoEShape
-    profile: dict[str, Any]
-    dense_bytes: int
+    profile: DeviceProfile
+    dense_bytes: Int
     expert_layers: tuple[LayerExperts, ...]
-    hot_experts: dict[int, tuple[int, ...]]
+    hot_experts: Annotated[
+        dict[LayerIndex, tuple[Int, ...]],
+        Field(description="layer -> expert ids the runtime pins (kept resident)"),
+    ]
     tokenizer: dict[str, Any]
-    chat_template: str | None
+    chat_template: Str | None
     files: dict[str, FileEntry]
-    plan: dict[str, Any] | None = None
-    report_file: str | None = None
-    created_by: str = "edgemoe"
+    plan: PlanSnapshot | None = None
+    report_file: Str | None = None
+    created_by: Str = "edgemoe"
     extra: dict[str, Any] = field(default_factory=dict)
+    data_file: Str | None = None  # the primary build's external data (ONNX)
+    builds: tuple[Build, ...] = ()  # further builds of the same checkpoint (e.g. ONNX + GGUF)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _version_first(cls, data: Any) -> Any:
+        """Another schema version is one clear error, not a list of every field that moved."""
+        if isinstance(data, dict):
+            version = data.get("schema_version")
+            if isinstance(version, int) and not isinstance(version, bool) and version != 1:
+                raise problem(f"schema_version {version} is not supported "
+                              f"(this edgemoe reads {SCHEMA_VERSION})")
+        return _fill(data, _OPTIONAL_ON_READ)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Manifest:
+        n = self.shape.n_experts
+        for layer, experts in self.hot_experts.items():
+            bad = [e for e in experts if not 0 <= e < n]
+            if bad:
+                raise rule(f"expert ids in 0..{n - 1}", got=bad, field=("hot_experts", layer))
+        if self.model_file not in self.files:
+            raise problem(f"'{self.model_file}' is not listed in 'files'", field=("model_file",))
+        if self.format not in FORMATS:
+            raise rule(f"one of {', '.join(FORMATS)}", got=self.format, field=("format",))
+        for i, b in enumerate(self.all_builds()):
+            for name, value in (("model_file", b.model_file), ("data_file", b.data_file)):
+                if value is not None and value not in self.files:
+                    raise problem(f"'{value}' is not listed in 'files'", field=("builds", i, name))
+        formats = [b.format for b in self.all_builds()]
+        if len(set(formats)) != len(formats):
+            raise rule("one build per format", got=formats, field=("builds",))
+        return self
+
+    def all_builds(self) -> tuple[Build, ...]:
+        """The primary build (the top-level fields) first, then the others."""
+        primary = Build(
+            self.format, self.model_file, self.quant, self.dense_bytes,  # type: ignore[arg-type]
+            self.expert_layers, self.data_file,
+        )
+        return (primary, *self.builds)
+
+    @property
+    def formats(self) -> tuple[str, ...]:
+        return tuple(b.format for b in self.all_builds())
+
+    def build(self, fmt: str | None = None) -> Build:
+        """The build for an engine format (None: the primary one)."""
+        for b in self.all_builds():
+            if fmt is None or b.format == fmt:
+                return b
+        raise ManifestError(
+            f"this bundle has no {fmt} build (it has: {', '.join(self.formats)})"
+        )
 
     @property
     def expert_bytes_total(self) -> int:
@@ -104,8 +271,8 @@ class Manifest:
         raise KeyError(f"layer {index} has no routed experts")
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["hot_experts"] = {str(k): list(v) for k, v in self.hot_experts.items()}
+        """The JSON form (layer keys as strings), plus derived `sizes` for human readers."""
+        d = _ADAPTER.dump_python(self, mode="json")
         d["sizes"] = {
             "dense_bytes": self.dense_bytes,
             "expert_bytes_total": self.expert_bytes_total,
@@ -117,111 +284,13 @@ class Manifest:
         return json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n"
 
 
-def _req(d: dict[str, Any], key: str, typ: type | tuple[type, ...], where: str) -> Any:
-    if key not in d:
-        raise ManifestError(f"{where}: missing field '{key}'")
-    value = d[key]
-    if not isinstance(value, typ) or (typ is int and isinstance(value, bool)):
-        names = typ.__name__ if isinstance(typ, type) else " or ".join(t.__name__ for t in typ)
-        raise ManifestError(f"{where}: field '{key}' must be {names}, got {type(value).__name__}")
-    return value
-
-
-def _opt(d: dict[str, Any], key: str, typ: type | tuple[type, ...], where: str) -> Any:
-    if d.get(key) is None:
-        return None
-    return _req(d, key, typ, where)
+_ADAPTER: TypeAdapter[Manifest] = TypeAdapter(Manifest)
 
 
 def manifest_from_dict(d: Any, where: str = MANIFEST_NAME) -> Manifest:
-    """Validate a parsed manifest.json; every error names the field and what was expected."""
-    if not isinstance(d, dict):
-        raise ManifestError(f"{where}: top level must be an object")
-    version = _req(d, "schema_version", int, where)
-    if version != SCHEMA_VERSION:
-        raise ManifestError(
-            f"{where}: schema_version {version} is not supported "
-            f"(this edgemoe reads {SCHEMA_VERSION})"
-        )
-    src = _req(d, "source", dict, where)
-    source = SourceInfo(
-        kind=_req(src, "kind", str, f"{where}: source"),
-        ref=_req(src, "ref", str, f"{where}: source"),
-        revision=_opt(src, "revision", str, f"{where}: source"),
-        files=dict(_req(src, "files", dict, f"{where}: source")),
-    )
-    sh = _req(d, "shape", dict, where)
-    w = f"{where}: shape"
-    shape = MoEShape(
-        hf_architecture=_req(sh, "hf_architecture", str, w),
-        gguf_arch=_req(sh, "gguf_arch", str, w),
-        n_layers=_req(sh, "n_layers", int, w),
-        moe_layers=tuple(_req(sh, "moe_layers", list, w)),
-        n_experts=_req(sh, "n_experts", int, w),
-        top_k=_req(sh, "top_k", int, w),
-        n_shared_experts=_req(sh, "n_shared_experts", int, w),
-        hidden_size=_req(sh, "hidden_size", int, w),
-        vocab_size=_req(sh, "vocab_size", int, w),
-        context_length=_req(sh, "context_length", int, w),
-    )
-    if not 0 < shape.top_k <= shape.n_experts:
-        raise ManifestError(
-            f"{w}: top_k must be in 1..n_experts ({shape.n_experts}), got {shape.top_k}"
-        )
-    layers = []
-    for i, raw in enumerate(_req(d, "expert_layers", list, where)):
-        wl = f"{where}: expert_layers[{i}]"
-        tensors = tuple(
-            ExpertTensor(
-                name=_req(t, "name", str, wl),
-                ggml_type=_req(t, "ggml_type", str, wl),
-                offset=_req(t, "offset", int, wl),
-                stride=_req(t, "stride", int, wl),
-            )
-            for t in _req(raw, "tensors", list, wl)
-        )
-        if not tensors:
-            raise ManifestError(f"{wl}: 'tensors' is empty")
-        layers.append(LayerExperts(layer=_req(raw, "layer", int, wl), tensors=tensors))
-    hot: dict[int, tuple[int, ...]] = {}
-    for key, experts in _req(d, "hot_experts", dict, where).items():
-        try:
-            layer = int(key)
-        except ValueError as e:
-            raise ManifestError(f"{where}: hot_experts key '{key}' is not a layer index") from e
-        bad = [e for e in experts if not isinstance(e, int) or not 0 <= e < shape.n_experts]
-        if bad:
-            raise ManifestError(f"{where}: hot_experts[{key}] has invalid expert ids {bad}")
-        hot[layer] = tuple(experts)
-    files = {
-        name: FileEntry(
-            sha256=_req(e, "sha256", str, f"{where}: files[{name}]"),
-            bytes=_req(e, "bytes", int, f"{where}: files[{name}]"),
-        )
-        for name, e in _req(d, "files", dict, where).items()
-    }
-    model_file = _req(d, "model_file", str, where)
-    if model_file not in files:
-        raise ManifestError(f"{where}: model_file '{model_file}' is not listed in 'files'")
-    return Manifest(
-        schema_version=version,
-        format=_req(d, "format", str, where),
-        model_file=model_file,
-        quant=_req(d, "quant", str, where),
-        source=source,
-        shape=shape,
-        profile=dict(_req(d, "profile", dict, where)),
-        dense_bytes=_req(d, "dense_bytes", int, where),
-        expert_layers=tuple(layers),
-        hot_experts=hot,
-        tokenizer=dict(_req(d, "tokenizer", dict, where)),
-        chat_template=_opt(d, "chat_template", str, where),
-        files=files,
-        plan=_opt(d, "plan", dict, where),
-        report_file=_opt(d, "report_file", str, where),
-        created_by=d.get("created_by", "edgemoe"),
-        extra=dict(d.get("extra") or {}),
-    )
+    """Validate a parsed manifest.json; every problem is one line naming the field and what
+    was expected (see contract.validation)."""
+    return validate(_ADAPTER, d, where, ManifestError)
 
 
 def read_manifest(bundle_dir: Path) -> Manifest:
@@ -231,8 +300,14 @@ def read_manifest(bundle_dir: Path) -> Manifest:
         raise ManifestError(f"{path}: not found (is '{bundle_dir}' an edgemoe bundle?)")
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"{path}: not UTF-8 text (byte {e.start}): {e.reason}") from None
     except json.JSONDecodeError as e:
         raise ManifestError(
             f"{path}: malformed JSON at line {e.lineno} column {e.colno}: {e.msg}"
         ) from None
+    except RecursionError:
+        raise ManifestError(f"{path}: JSON nested too deeply to be a manifest") from None
+    except ValueError as e:  # e.g. an integer longer than Python's 4,300-digit limit
+        raise ManifestError(f"{path}: unreadable JSON ({e})") from None
     return manifest_from_dict(data, where=str(path))

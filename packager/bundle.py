@@ -53,6 +53,24 @@ def staging_dir(out_dir: Path, force: bool) -> Iterator[Path]:
         raise
 
 
+@contextmanager
+def work_dir(out_dir: Path) -> Iterator[Path]:
+    """Scratch space for what a pack makes but never ships (a pruned checkpoint, an F32 GGUF).
+
+    It sits beside the bundle, on the same file system as the staging folder (so the free-space
+    check covers it and nothing large lands in a small /tmp), apart from the bundle's files (so
+    nothing has to be picked out of the bundle before it is hashed), and is removed however the
+    pack ends.
+    """
+    out_dir = out_dir.resolve()
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.work-", dir=out_dir.parent))
+    try:
+        yield work
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
 def _publish(stage: Path, out_dir: Path) -> None:
     if not out_dir.exists():
         os.replace(stage, out_dir)

@@ -1,11 +1,11 @@
 """Calibration: run text through a model and record which experts its routers choose.
 
 Two engines observe the same routing decisions. llama.cpp (no torch needed) reads a bundle's
-GGUF, or an F32 GGUF converted from a checkpoint into a temporary folder, and taps the router
-tensors through the eval callback. transformers hooks each MoE block's router, which applies
-its family's own selection rule (softmax top-k; DeepSeek's greedy or group-limited top-k), so
-nothing here re-implements routing. Token ids are produced once and fed to whichever engine
-runs, so the two engines can be compared id for id.
+GGUF, or an F32 GGUF of a checkpoint (the one `pack` hands in, else a temporary conversion),
+and taps the router tensors through the eval callback. transformers hooks each MoE block's
+router, which applies its family's own selection rule (softmax top-k; DeepSeek's greedy or
+group-limited top-k), so nothing here re-implements routing. Token ids are produced once and
+fed to whichever engine runs, so the two engines can be compared id for id.
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from typing import Literal
 import numpy as np
 
 from packager.errors import PackError
+from packager.source import Checkpoint
 from packager.usage import UsageAccumulator, UsageError, UsageProfile
 
 Engine = Literal["llama.cpp", "transformers", "auto"]
@@ -32,12 +33,17 @@ _LAYER = re.compile(r"\blayers\.(\d+)\.")
 
 @dataclass(frozen=True)
 class CalibrationSource:
-    """What calibration reads: a bundle's GGUF, or a checkpoint folder (and its config)."""
+    """What calibration reads: a bundle's GGUF, or a checkpoint folder (and its config).
+
+    `gguf` is an F32 GGUF of the checkpoint that already exists (`pack` writes one and hands it
+    to every stage that needs it), so llama.cpp does not convert the checkpoint again.
+    """
 
     kind: Literal["bundle", "checkpoint"]
     path: Path
     n_experts: int
     top_k: int
+    gguf: Path | None = None
 
     @property
     def tokenizer_json(self) -> Path | None:
@@ -45,20 +51,32 @@ class CalibrationSource:
         return p if p.is_file() else None
 
 
-def resolve(src: str | Path) -> CalibrationSource:
-    """A bundle folder (has manifest.json), or anything `open_checkpoint` accepts."""
+def checkpoint_source(ckpt: Checkpoint, gguf: Path | None = None) -> CalibrationSource:
+    """An already open checkpoint (and optionally its F32 GGUF): nothing is opened again."""
+    from packager.archs import adapter_for
+
+    moe = adapter_for(ckpt.config).moe()
+    return CalibrationSource("checkpoint", ckpt.path, moe.n_experts, moe.top_k, gguf)
+
+
+Source = str | Path | Checkpoint | CalibrationSource
+
+
+def resolve(src: Source) -> CalibrationSource:
+    """A bundle folder (has manifest.json), an open checkpoint, or what `open_checkpoint` takes."""
+    if isinstance(src, CalibrationSource):
+        return src
+    if isinstance(src, Checkpoint):
+        return checkpoint_source(src)
     path = Path(src).expanduser()
     if (path / "manifest.json").is_file():
         from contract.manifest import read_manifest
 
         m = read_manifest(path)
         return CalibrationSource("bundle", path.resolve(), m.shape.n_experts, m.shape.top_k)
-    from packager.archs import adapter_for
     from packager.source import open_checkpoint
 
-    ckpt = open_checkpoint(src)
-    moe = adapter_for(ckpt.config).moe()
-    return CalibrationSource("checkpoint", ckpt.path, moe.n_experts, moe.top_k)
+    return checkpoint_source(open_checkpoint(src))
 
 
 def pick_engine(source: CalibrationSource, engine: Engine) -> str:
@@ -160,6 +178,10 @@ def route(source: CalibrationSource, chunks: Sequence[Sequence[int]], engine: st
 
 @contextmanager
 def _gguf_for(source: CalibrationSource) -> Iterator[Path]:
+    """The GGUF llama.cpp reads: the bundle's, the one handed in, or a temporary F32 conversion."""
+    if source.gguf is not None:
+        yield source.gguf
+        return
     if source.kind == "bundle":
         from contract.manifest import read_manifest
 
@@ -247,7 +269,7 @@ def _router_hook(layer: int, acc: UsageAccumulator):
 
 # --- entry points --------------------------------------------------------------------------
 def calibrate(
-    src: str | Path,
+    src: Source,
     texts: Sequence[str],
     *,
     engine: Engine = "auto",
@@ -255,14 +277,14 @@ def calibrate(
     max_tokens: int | None = None,
     threads: int = 0,
 ) -> UsageProfile:
-    """Expert usage of `src` (checkpoint folder, Hub id or bundle) over `texts`."""
+    """Expert usage of `src` (checkpoint folder, Hub id, open checkpoint or bundle) over `texts`."""
     source = resolve(src)
     chosen = pick_engine(source, engine)
     chunks = tokenize(source, texts, chunk_tokens, max_tokens)
     return route(source, chunks, chosen, threads).profile(chosen, text_digest(texts))
 
 
-def calibrate_ids(src: str | Path, chunks: Sequence[Sequence[int]], *, engine: Engine = "auto",
+def calibrate_ids(src: Source, chunks: Sequence[Sequence[int]], *, engine: Engine = "auto",
                   threads: int = 0) -> UsageProfile:
     """Like `calibrate`, from token ids already made (to compare engines id for id)."""
     source = resolve(src)

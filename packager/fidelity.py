@@ -94,6 +94,26 @@ def gguf_logits(gguf_path: Path, chunks: list[list[int]], threads: int = 2) -> l
         llm.close()
 
 
+def onnx_logits(model_path: Path, chunks: list[list[int]], threads: int = 2) -> list[np.ndarray]:
+    """Every position's logits from stock onnxruntime, through the runtime's ONNX backend."""
+    from runtime.backends.base import EngineConfig, open_backend
+
+    n_ctx = max(len(c) for c in chunks)
+    engine = open_backend(
+        EngineConfig(model_path, n_ctx, threads, n_batch=n_ctx, observe_routing=False),
+        kind="onnx",
+    )
+    try:
+        out = []
+        for ids in chunks:
+            engine.reset()
+            engine.decode(ids[:-1], all_outputs=True)
+            out.append(np.array(engine.last_logits, dtype=np.float32))  # type: ignore[attr-defined]
+        return out
+    finally:
+        engine.close()
+
+
 def measure(
     reference: list[np.ndarray], candidate: list[np.ndarray], chunks: list[list[int]]
 ) -> Divergence:
@@ -115,3 +135,11 @@ def reference_available() -> bool:
     except ImportError:
         return False
     return True
+
+
+def measure_onnx(
+    checkpoint_dir: Path, model_path: Path, text: str, n_tokens: int = 512, chunk: int = 128
+) -> Divergence:
+    chunks = token_chunks(checkpoint_dir, text, n_tokens, chunk)
+    reference = reference_logits(checkpoint_dir, chunks)
+    return measure(reference, onnx_logits(model_path, chunks), chunks)

@@ -20,10 +20,12 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from packager.errors import PackError
+from packager.source import Checkpoint
 
 _LAYER_MODULE = re.compile(r"^model\.layers\.\d+\.")
 # Checkpoint tensors whose GGUF form changes what the input columns are.
@@ -179,7 +181,7 @@ def _gguf_name(adapter, hf_name: str) -> str | None:
 
 
 def collect_imatrix(
-    checkpoint: str | Path,
+    checkpoint: str | Path | Checkpoint,
     texts: Sequence[str],
     *,
     chunk_tokens: int = 512,
@@ -189,7 +191,8 @@ def collect_imatrix(
 ) -> ImatrixStats:
     """Run `texts` through the float32 transformers model and gather llama.cpp's statistics.
 
-    `output=True` also covers the output projection (llama-imatrix's --process-output).
+    `output=True` also covers the output projection (llama-imatrix's --process-output). An open
+    `Checkpoint` (what `pack` passes) is used as is, not opened again.
     """
     from packager.calibrate import resolve, tokenize
 
@@ -198,20 +201,23 @@ def collect_imatrix(
         raise ImatrixError(f"{source.path}: an importance matrix needs the checkpoint, "
                            "not a bundle")
     chunks = tokenize(source, texts, chunk_tokens, max_tokens)
-    return collect_imatrix_ids(source.path, chunks, datasets=datasets, output=output)
+    config = checkpoint.config if isinstance(checkpoint, Checkpoint) else None
+    return collect_imatrix_ids(source.path, chunks, datasets=datasets, output=output,
+                               config=config)
 
 
 def collect_imatrix_ids(
     checkpoint_dir: Path, chunks: Sequence[Sequence[int]], *, datasets: Sequence[str] = (),
-    output: bool = False,
+    output: bool = False, config: dict[str, Any] | None = None,
 ) -> ImatrixStats:
-    """As `collect_imatrix`, from token-id chunks."""
+    """As `collect_imatrix`, from token-id chunks (`config`: the checkpoint's, if already read)."""
     import json
 
     from packager.archs import adapter_for
     from packager.calibrate import load_reference_model, run_with_hooks
 
-    config = json.loads((Path(checkpoint_dir) / "config.json").read_text(encoding="utf-8"))
+    if config is None:
+        config = json.loads((Path(checkpoint_dir) / "config.json").read_text(encoding="utf-8"))
     adapter = adapter_for(config)
     model = load_reference_model(Path(checkpoint_dir))
     col = _Collector()
@@ -229,8 +235,9 @@ def collect_imatrix_ids(
     )
 
 
-def compute_imatrix(checkpoint: str | Path, texts: Sequence[str], **kw) -> dict[str, np.ndarray]:
-    """Ready for `QuantizeOptions.imatrix` / `PackOptions(imatrix=...)`."""
+def compute_imatrix(checkpoint: str | Path | Checkpoint, texts: Sequence[str],
+                    **kw: Any) -> dict[str, np.ndarray]:
+    """Per-tensor importance, ready for `QuantizeOptions.imatrix` (what `pack --imatrix` uses)."""
     return collect_imatrix(checkpoint, texts, **kw).importance()
 
 

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from contract.device_profile import DeviceProfile
 from contract.files import read_json
 from packager.archs import adapter_for
 from packager.errors import PackError
-from packager.plan import ExpertUsage, ModelShape, Plan, make_plan, shape_from_tensors
+from packager.plan.expert_usage import ExpertUsage
+from packager.plan.result import Plan
+from packager.plan.search import make_plan
+from packager.plan.shape import ModelShape, shape_from_tensors
 from packager.source import Checkpoint, open_checkpoint
 
 
@@ -43,13 +47,14 @@ def load_usage(path: str | Path) -> ExpertUsage:
 
 def plan_for(
     src: str | Checkpoint,
-    profile: str,
+    profile: str | DeviceProfile,
     usage: ExpertUsage | None = None,
     *,
     quant: str | None = None,
     prune_fraction: float = 0.0,
     context_length: int | None = None,
 ) -> Plan:
+    """Plan `src` for `profile`; an open checkpoint and a loaded profile are used as they are."""
     from device_profiles import load_profile
 
     ckpt = src if isinstance(src, Checkpoint) else open_checkpoint(src)
@@ -58,7 +63,7 @@ def plan_for(
         usage.validate(shape)
     return make_plan(
         shape,
-        load_profile(profile),
+        profile if isinstance(profile, DeviceProfile) else load_profile(profile),
         usage,
         quant=quant,
         prune_fraction=prune_fraction,

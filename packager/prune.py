@@ -20,6 +20,7 @@ from typing import Any, Literal
 import numpy as np
 
 from packager.errors import PackError
+from packager.source import Checkpoint
 from packager.usage import UsageProfile
 
 Strategy = Literal["usage", "random"]
@@ -240,7 +241,7 @@ def _write_shard(src: Path, dst: Path, plans: dict[str, tuple[str, tuple[int, ..
 
 # --- entry points -----------------------------------------------------------------------------
 def prune_checkpoint(
-    src_dir: str | Path,
+    src_dir: str | Path | Checkpoint,
     usage: UsageProfile | None,
     fraction: float,
     out_dir: Path,
@@ -248,12 +249,17 @@ def prune_checkpoint(
     seed: int = 0,
     force: bool = False,
 ) -> PruneResult:
-    """Write a checkpoint without the `fraction` least-used experts of each MoE layer."""
+    """Write a checkpoint without the `fraction` least-used experts of each MoE layer.
+
+    `src_dir` may be an open `Checkpoint` (what `pack` passes), which is used as is. The result
+    is also written beside the weights as `edgemoe_prune.json`, for whoever reads the folder
+    later; `pack` takes it from the returned record instead.
+    """
     from packager.archs import adapter_for
     from packager.bundle import staging_dir
     from packager.source import INDEX_NAME, open_checkpoint
 
-    ckpt = open_checkpoint(src_dir)
+    ckpt = src_dir if isinstance(src_dir, Checkpoint) else open_checkpoint(src_dir)
     adapter = adapter_for(ckpt.config)
     moe = adapter.moe()
     n_keep = moe.n_experts - n_to_remove(moe.n_experts, fraction)
@@ -309,13 +315,17 @@ def _with_dir(result: PruneResult, out_dir: Path) -> PruneResult:
     return replace(result, out_dir=out_dir)
 
 
-def prune_for_pack(src: str | Path, fraction: float, usage: UsageProfile | Path | None,
-                   tmp_dir: Path, strategy: str = "usage", seed: int = 0) -> Path:
-    """`pack --prune FRACTION`: a pruned copy of `src` under `tmp_dir`, ready to pack."""
+PACK_FOLDER = "pruned-checkpoint"  # also the GGUF's general.name: keep it stable
+
+
+def prune_for_pack(src: str | Path | Checkpoint, fraction: float,
+                   usage: UsageProfile | Path | None, work_dir: Path, strategy: str = "usage",
+                   seed: int = 0) -> PruneResult:
+    """`pack --prune FRACTION`: a pruned copy of `src` in `work_dir`; its `out_dir` is packed."""
     if isinstance(usage, (str, Path)):
         usage = UsageProfile.load(Path(usage))
-    out = Path(tmp_dir) / "pruned-checkpoint"
-    return prune_checkpoint(src, usage, fraction, out, strategy, seed, force=True).out_dir
+    out = Path(work_dir) / PACK_FOLDER
+    return prune_checkpoint(src, usage, fraction, out, strategy, seed, force=True)
 
 
 class PruneEvaluator:

@@ -164,11 +164,8 @@ def _scan_tensors(files: tuple[Path, ...]) -> dict[str, TensorInfo]:
     return tensors
 
 
-def open_checkpoint(
-    src: str | Path, revision: str | None = None, cache_dir: Path | None = None
-) -> Checkpoint:
-    """Resolve, validate and index a checkpoint; every failure is a one-line CheckpointError."""
-    folder, kind, rev = resolve_source(src, revision, cache_dir)
+def _index(folder: Path) -> tuple[dict[str, Any], tuple[Path, ...], dict[str, TensorInfo]]:
+    """config.json, weight files and tensor index of a folder (headers only, no weights read)."""
     config_path = folder / "config.json"
     if not config_path.is_file():
         raise CheckpointError(f"{folder}: no config.json (is this a Hugging Face checkpoint?)")
@@ -176,7 +173,16 @@ def open_checkpoint(
     if not isinstance(config, dict):
         raise CheckpointError(f"{config_path.name}: top level must be an object")
     files = _weight_files(folder)
-    tensors = _scan_tensors(files)
+    return config, files, _scan_tensors(files)
+
+
+def open_checkpoint(
+    src: str | Path, revision: str | None = None, cache_dir: Path | None = None
+) -> Checkpoint:
+    """Resolve, validate and index a checkpoint; every failure is a one-line CheckpointError."""
+    folder, kind, rev = resolve_source(src, revision, cache_dir)
+    config, files, tensors = _index(folder)
+    config_path = folder / "config.json"
     hashed = [config_path, *files]
     hashed += [folder / n for n in TOKENIZER_FILES + OPTIONAL_FILES if (folder / n).is_file()]
     if (folder / INDEX_NAME).is_file():
@@ -187,4 +193,16 @@ def open_checkpoint(
         revision=rev,
         files={p.name: sha256_file(p) for p in hashed},
     )
+    return Checkpoint(folder, config, tensors, files, source)
+
+
+def open_derived(folder: Path, source: SourceInfo) -> Checkpoint:
+    """A checkpoint edgemoe wrote from another one (a pruned copy), opened for the next stage.
+
+    It is indexed like any checkpoint but keeps `source`, the provenance of the checkpoint it
+    came from: the bundle names the user's model, not a scratch folder, and nothing is hashed
+    a second time.
+    """
+    folder = Path(folder).resolve()
+    config, files, tensors = _index(folder)
     return Checkpoint(folder, config, tensors, files, source)

@@ -79,7 +79,7 @@ class UsageProfile:
 
     def to_planner_usage(self) -> Any:
         """The planner's `ExpertUsage` (selection frequency per expert), imported lazily."""
-        from packager.plan import ExpertUsage  # keeps this module free of the planner
+        from packager.plan.expert_usage import ExpertUsage  # keeps this module planner-free
 
         return ExpertUsage.from_counts(self.counts, self.n_tokens)
 
@@ -114,7 +114,14 @@ class UsageProfile:
     @classmethod
     def load(cls, path: Path) -> UsageProfile:
         path = Path(path)
-        return _parse(read_json(path, UsageError, "usage profile"), str(path))
+        try:
+            data = read_json(path, UsageError, "usage profile")
+        except (ValueError, RecursionError) as e:
+            # read_json leaves these: not UTF-8 (UnicodeDecodeError is a ValueError), numbers
+            # past Python's 4,300-digit limit, nesting deeper than the parser's recursion.
+            reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+            raise UsageError(f"{path}: not a readable JSON usage profile ({reason})") from None
+        return _parse(data, str(path))
 
 
 @dataclass
@@ -220,10 +227,14 @@ def _require(cond: bool, where: str, msg: str) -> None:
         raise UsageError(f"{where}: {msg}")
 
 
+def _is_int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 def _int(data: dict, key: str, where: str, minimum: int) -> int:
     v = data.get(key)
-    _require(isinstance(v, int) and not isinstance(v, bool) and v >= minimum, where,
-             f"'{key}' must be an integer >= {minimum}, got {v!r}")
+    _require(_is_int(v) and v >= minimum, where,
+             f"'{key}' must be an integer >= {minimum}, got {str(v)[:40]!r}")
     return int(v)
 
 
@@ -237,9 +248,13 @@ def _per_layer(data: dict, key: str, layers: tuple[int, ...], where: str) -> dic
 
 
 def _vector(v: Any, n: int, kind: type, where: str) -> tuple:
+    """n integers (kind int: counts, never 2.5 or NaN) or n finite numbers (kind float)."""
     ok = isinstance(v, list) and len(v) == n
-    ok = ok and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v)
-    _require(ok, where, f"expected a list of {n} numbers")
+    if kind is int:
+        ok = ok and all(_is_int(x) for x in v)
+    else:
+        ok = ok and all(_is_int(x) or (isinstance(x, float) and math.isfinite(x)) for x in v)
+    _require(ok, where, f"expected a list of {n} {'integers' if kind is int else 'finite numbers'}")
     return tuple(kind(x) for x in v)
 
 
@@ -253,7 +268,7 @@ def _parse(data: Any, where: str) -> UsageProfile:
     n_exp = _int(data, "n_experts", where, 1)
     layers_raw = data["layers"]
     _require(isinstance(layers_raw, list) and layers_raw
-             and all(isinstance(x, int) and x >= 0 for x in layers_raw), where,
+             and all(_is_int(x) and x >= 0 for x in layers_raw), where,
              "'layers' must be a non-empty list of layer indices")
     layers = tuple(int(x) for x in layers_raw)
     counts = _per_layer(data, "counts", layers, where)

@@ -5,19 +5,32 @@ from __future__ import annotations
 import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from contract.quant_types import kv_bytes_per_element
-from runtime.backends.base import Backend, EngineConfig, open_backend
+from runtime.backends.base import (
+    Backend,
+    EngineConfig,
+    backend_for,
+    format_for,
+    open_backend,
+)
+from runtime.backends.lazy_load import advise_random_except, complement
 from runtime.budget import BudgetPlan, parse_budget, plan_budget
 from runtime.bundle import OpenBundle, attention_shape, open_bundle
-from runtime.errors import BundleError, ChatTemplateError, PromptTooLongError
+from runtime.errors import BundleError, ChatTemplateError, EdgemoeError, PromptTooLongError
 from runtime.expert_cache import ExpertCache
 from runtime.expert_pager import ExpertPager
 from runtime.generation import (
+    DEFAULT_MAX_TOKENS,
+    GenerationRequest,
     GenerationResult,
+    PreparedRequest,
     SamplingParams,
     StreamEvent,
     TextAssembler,
@@ -25,14 +38,18 @@ from runtime.generation import (
 )
 from runtime.pinning import pinned_set
 from runtime.policy import DEFAULT_POLICY
-from runtime.residency import MadviseResidency, mapping_rss, process_rss
+from runtime.procfs import mapping_rss, process_rss
+from runtime.residency import FileMapping, MadviseResidency
 
 DEFAULT_CTX = 2048
 
 __all__ = [
     "ChatTemplateError",
+    "GenerationRequest",
     "GenerationResult",
     "Model",
+    "PreparedRequest",
+    "SamplingParams",
     "StreamEvent",
     "Usage",
     "load",
@@ -41,7 +58,7 @@ __all__ = [
 
 
 def _profile_value(bundle: OpenBundle, key: str, default: Any) -> Any:
-    value = bundle.manifest.profile.get(key)
+    value = getattr(bundle.manifest.profile, key)
     return default if value in (None, 0) else value
 
 
@@ -55,20 +72,22 @@ def load(
     cold: bool = False,
     verify: bool = False,
     record_routing: bool = False,
+    backend: str | None = None,
 ) -> Model:
-    """Open a bundle and start llama.cpp on it, keeping experts resident within `budget`.
+    """Open a bundle and start an engine on it, keeping experts resident within `budget`.
 
     budget: "40%" of expert bytes, a size ("1.5GB") or bytes for weights + KV cache; None uses
     the bundle's device profile. cold: also drop released experts from the OS page cache, so a
-    miss reads storage (what a device without spare RAM sees).
+    miss reads storage (what a device without spare RAM sees). backend: "llama.cpp" (the GGUF
+    build) or "onnx" (the ONNX build); None runs the bundle's primary build.
     """
-    opened = open_bundle(bundle, verify=verify)
+    opened = open_bundle(bundle, verify=verify, fmt=format_for(backend))
     m = opened.manifest
     n_ctx = _context(opened, n_ctx)
     threads = int(threads or min(_profile_value(opened, "threads", 4), os.cpu_count() or 1))
     spec = parse_budget(budget)
-    if spec is None and m.profile.get("model_memory_bytes"):
-        spec = parse_budget(int(m.profile["model_memory_bytes"]))
+    if spec is None and m.profile.model_memory_bytes:
+        spec = parse_budget(m.profile.model_memory_bytes)
     plan = plan_budget(spec, **_budget_inputs(opened, n_ctx))
     return Model(opened, plan, n_ctx, threads, policy, cold, record_routing)
 
@@ -85,20 +104,24 @@ def _kv_cache_type(opened: OpenBundle) -> str:
 
 
 def _budget_inputs(opened: OpenBundle, n_ctx: int) -> dict[str, int]:
-    m = opened.manifest
-    per_layer = sum(x.expert_bytes for x in m.expert_layers)
-    per_value = kv_bytes_per_element(_kv_cache_type(opened))
+    m, build = opened.manifest, opened.build
+    per_layer = sum(x.expert_bytes for x in build.expert_layers)
+    # llama.cpp stores the KV cache in the profile's type; the ONNX graph in its float type.
+    kv_type = _kv_cache_type(opened) if build.format == "gguf" else "f32"
+    per_value = kv_bytes_per_element(kv_type)
     return {
-        "dense_bytes": m.dense_bytes,
+        "dense_bytes": build.dense_bytes,
         "kv_bytes": attention_shape(opened.model_path).kv_bytes(n_ctx, per_value),
-        "expert_bytes_total": m.expert_bytes_total,
+        "expert_bytes_total": opened.expert_bytes_total,
         "one_token_expert_bytes": m.shape.top_k * per_layer,
     }
 
 
-def minimum_budget(bundle: str | Path, n_ctx: int | None = None) -> int:
+def minimum_budget(
+    bundle: str | Path, n_ctx: int | None = None, backend: str | None = None
+) -> int:
     """The smallest budget `load` accepts: dense weights + KV cache + one token's experts."""
-    opened = open_bundle(bundle)
+    opened = open_bundle(bundle, fmt=format_for(backend))
     b = _budget_inputs(opened, _context(opened, n_ctx))
     return b["dense_bytes"] + b["kv_bytes"] + b["one_token_expert_bytes"]
 
@@ -123,14 +146,15 @@ class Model:
         self.n_ctx = n_ctx
         self._lock = threading.Lock()
         self._timings: dict[str, float] = {}
-        self._expert_bytes = {x.layer: x.expert_bytes for x in self.manifest.expert_layers}
+        self.build = opened.build
+        self._expert_bytes = {x.layer: x.expert_bytes for x in self.build.expert_layers}
         self.pager = ExpertPager(
             None,
             None,
             self._expert_bytes,
             self.manifest.shape.top_k,
             record=record_routing,
-            layers={x.layer: x for x in self.manifest.expert_layers},
+            layers={x.layer: x for x in self.build.expert_layers},
             n_experts=self.manifest.shape.n_experts,
         )
         self.engine: Backend = open_backend(
@@ -140,22 +164,42 @@ class Model:
                 threads,
                 observe_routing=plan.offloading or record_routing,
                 kv_cache_type=_kv_cache_type(opened),
+                lazy_load=plan.offloading,
             ),
             self.pager.on_routing,
+            kind=backend_for(self.build.format),
         )
+        self.lazy_load = getattr(self.engine, "lazy_load", None)
+        if self.lazy_load is not None and self.lazy_load.active:
+            self._read_dense_only()
         self.cache: ExpertCache | None = None
         self.residency: MadviseResidency | None = None
         self._pins: dict[int, tuple[int, ...]] = {}
         if plan.offloading:
-            if self.engine.mapping_base is None:
+            mapping = self.engine.file_mapping()
+            if mapping is None:
                 self.engine.close()
                 raise BundleError(
-                    f"{opened.model_path}: cannot find the engine's mapping of the model file"
+                    f"{opened.expert_path}: cannot find the engine's mapping of the expert file"
                 )
-            self._start_paging(policy, cold, self.engine.mapping_base)
+            self._start_paging(policy, cold, mapping)
 
-    def _start_paging(self, policy: str, cold: bool, base: int) -> None:
-        layers = {x.layer: x for x in self.manifest.expert_layers}
+    def _read_dense_only(self) -> None:
+        """A lazy load mapped the file without reading it: no readahead on the mapping, and
+        the dense weights read now; experts come in as the cache admits them."""
+        base = self.engine.mapping_base
+        if base is None:
+            return
+        size = self.bundle.model_path.stat().st_size
+        experts = [
+            (t.offset, t.offset + t.stride * self.manifest.shape.n_experts)
+            for x in self.build.expert_layers
+            for t in x.tensors
+        ]
+        advise_random_except(base, size, complement(experts, size))
+
+    def _start_paging(self, policy: str, cold: bool, mapping: FileMapping) -> None:
+        layers = {x.layer: x for x in self.build.expert_layers}
         self._pins = pinned_set(
             self.manifest.hot_experts,
             self._expert_bytes,
@@ -163,7 +207,7 @@ class Model:
             self.manifest.shape.top_k,
         )
         self.residency = MadviseResidency(
-            self.bundle.model_path, base, lambda layer, e: layers[layer].ranges(e), cold=cold
+            self.bundle.expert_path, mapping, lambda layer, e: layers[layer].ranges(e), cold=cold
         )
         self.cache = ExpertCache(
             expert_bytes=self._expert_bytes,
@@ -180,69 +224,115 @@ class Model:
     def tokenize(self, text: str) -> list[int]:
         return self.engine.tokenize(text)
 
-    def apply_chat_template(self, messages: list[dict[str, Any]]) -> str:
+    def apply_chat_template(self, messages: Sequence[Mapping[str, Any]]) -> str:
         from runtime.chat_template import render_chat
 
         return render_chat(self.manifest.chat_template, messages)
 
+    def prepare(self, request: GenerationRequest) -> PreparedRequest:
+        """Render the chat template, tokenize and check the context window, once.
+
+        Every generation goes through here before it runs (or waits in a server's queue), so a
+        prompt that cannot run fails early with ChatTemplateError or PromptTooLongError, and
+        the engine never tokenizes again. Safe to call while another thread generates:
+        rendering is pure and tokenizing only reads the vocabulary.
+        """
+        if self.engine is None:
+            raise EdgemoeError(f"{self.name}: the model is closed")
+        if request.messages is not None:
+            prompt = self.apply_chat_template(request.messages)
+        else:
+            assert request.prompt is not None  # GenerationRequest holds exactly one
+            prompt = request.prompt
+        ids = self.tokenize(prompt) or [self.engine.eos_token()]
+        params, room = request.params, self.n_ctx - len(ids)
+        if params.max_tokens is None:  # the default: as much as fits, up to DEFAULT_MAX_TOKENS
+            if room < 1:
+                raise PromptTooLongError(len(ids), self.n_ctx)
+            params = replace(params, max_tokens=min(DEFAULT_MAX_TOKENS, room))
+        elif params.max_tokens > room:
+            raise PromptTooLongError(len(ids), self.n_ctx, params.max_tokens)
+        return PreparedRequest(prompt, tuple(ids), params)
+
     # --- generation ----------------------------------------------------------------------
-    def generate(self, prompt: str, **kwargs: Any) -> GenerationResult:
-        text, tokens, last = [], [], None
-        for ev in self.stream_events(prompt, _tokens=tokens, **kwargs):
+    # generate/stream/chat/stream_events take SamplingParams' fields as keywords (max_tokens,
+    # temperature, top_p, top_k, seed, stop) and prepare eagerly: bad input raises at the call.
+    def generate(
+        self, prompt: str, *, cancel: threading.Event | None = None, **sampling: Any
+    ) -> GenerationResult:
+        request = GenerationRequest(prompt=prompt, params=SamplingParams(**sampling))
+        return self.generate_prepared(self.prepare(request), cancel=cancel)
+
+    def stream(
+        self, prompt: str, *, cancel: threading.Event | None = None, **sampling: Any
+    ) -> Iterator[str]:
+        events = self.stream_events(prompt, cancel=cancel, **sampling)
+        return (ev.text for ev in events if ev.text)
+
+    def chat(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        *,
+        cancel: threading.Event | None = None,
+        **sampling: Any,
+    ) -> GenerationResult:
+        request = GenerationRequest(messages=messages, params=SamplingParams(**sampling))
+        return self.generate_prepared(self.prepare(request), cancel=cancel)
+
+    def stream_events(
+        self, prompt: str, *, cancel: threading.Event | None = None, **sampling: Any
+    ) -> Iterator[StreamEvent]:
+        request = GenerationRequest(prompt=prompt, params=SamplingParams(**sampling))
+        return self.stream_prepared(self.prepare(request), cancel=cancel)
+
+    def generate_prepared(
+        self, prepared: PreparedRequest, *, cancel: threading.Event | None = None
+    ) -> GenerationResult:
+        text: list[str] = []
+        last: StreamEvent | None = None
+        for ev in self.stream_prepared(prepared, cancel=cancel):
             text.append(ev.text)
             last = ev
         assert last is not None and last.usage is not None
         return GenerationResult(
-            "".join(text), tokens, last.finish_reason or "stop", last.usage, last.timings or {}
+            "".join(text),
+            list(last.tokens or ()),
+            last.finish_reason or "stop",
+            last.usage,
+            last.timings or {},
         )
 
-    def stream(self, prompt: str, **kwargs: Any) -> Iterator[str]:
-        for ev in self.stream_events(prompt, **kwargs):
-            if ev.text:
-                yield ev.text
-
-    def chat(self, messages: list[dict[str, Any]], **kwargs: Any) -> GenerationResult:
-        return self.generate(self.apply_chat_template(messages), **kwargs)
-
-    def stream_events(
-        self,
-        prompt: str,
-        *,
-        max_tokens: int = 128,
-        temperature: float = 0.0,
-        top_p: float = 1.0,
-        top_k: int = 0,
-        seed: int | None = None,
-        stop: list[str] | tuple[str, ...] | str | None = None,
-        cancel: threading.Event | None = None,
-        _tokens: list[int] | None = None,
+    def stream_prepared(
+        self, prepared: PreparedRequest, *, cancel: threading.Event | None = None
     ) -> Iterator[StreamEvent]:
-        stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
-        params = SamplingParams(max_tokens, temperature, top_p, top_k, seed, stops).validate()
-        prompt_ids = self.tokenize(prompt) or [self.engine.eos_token()]
-        if len(prompt_ids) + params.max_tokens > self.n_ctx:
-            raise PromptTooLongError(len(prompt_ids), self.n_ctx, params.max_tokens)
-        out = _tokens if _tokens is not None else []
-        with self._lock:
-            yield from self._run(prompt_ids, params, cancel, out)
+        """Run a prepared request; the last event carries finish_reason, usage and timings.
 
-    def _decode(self, tokens: list[int]):
+        Generations are serialised on this Model; `cancel` is checked between tokens.
+        """
+        with self._lock:
+            yield from self._run(prepared, cancel)
+
+    def _decode(self, tokens: list[int]) -> np.ndarray:
         self.pager.begin_batch()
         logits = self.engine.decode(tokens)
         self.pager.reconcile()
         return logits
 
-    def _run(self, prompt_ids, params: SamplingParams, cancel, out: list[int]):
-        engine = self.engine
+    def _run(
+        self, prepared: PreparedRequest, cancel: threading.Event | None
+    ) -> Iterator[StreamEvent]:
+        engine, params, max_tokens = self.engine, prepared.params, prepared.max_tokens
+        prompt_ids = list(prepared.prompt_ids)
+        out: list[int] = []
         engine.reset()
         t0 = time.perf_counter()
         self._decode(prompt_ids)
         t_prefill = time.perf_counter() - t0
         sampler = engine.sampler(params)
-        text = TextAssembler(params.stop)
+        text = TextAssembler(prepared.stop)
         finish, ttft, t1 = "length", None, time.perf_counter()
         try:
-            for i in range(params.max_tokens):
+            for i in range(max_tokens):
                 if cancel is not None and cancel.is_set():
                     finish = "cancelled"
                     break
@@ -258,7 +348,7 @@ class Model:
                 if text.stopped:
                     finish = "stop"
                     break
-                if i + 1 < params.max_tokens:
+                if i + 1 < max_tokens:
                     self._decode([tok])
         finally:
             sampler.close()
@@ -272,7 +362,7 @@ class Model:
         }
         self._timings = timings
         usage = Usage(len(prompt_ids), len(out))
-        yield StreamEvent(text.flush(), None, finish, usage, timings)
+        yield StreamEvent(text.flush(), None, finish, usage, timings, tuple(out))
 
     # --- introspection -------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -289,7 +379,8 @@ class Model:
             **{k: v for k, v in self._timings.items()},
             "transient_loads": self.pager.stats.transient_loads,
             "process_rss_bytes": process_rss(),
-            "mapping_rss_bytes": mapping_rss(self.bundle.model_path),
+            "mapping_rss_bytes": mapping_rss(self.bundle.expert_path),
+            "backend": self.engine.name if self.engine is not None else None,
         }
         if self.cache is None:
             s.update(

@@ -6,32 +6,10 @@ the model's weights and its KV cache; llama.cpp's compute scratch buffers are re
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
+from contract.sizes import parse_size
 from runtime.errors import BudgetError
-
-_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?i?b?)?\s*$", re.IGNORECASE)
-_UNITS = {
-    "": 1,
-    "b": 1,
-    "k": 10**3,
-    "kb": 10**3,
-    "kib": 2**10,
-    "ki": 2**10,
-    "m": 10**6,
-    "mb": 10**6,
-    "mib": 2**20,
-    "mi": 2**20,
-    "g": 10**9,
-    "gb": 10**9,
-    "gib": 2**30,
-    "gi": 2**30,
-    "t": 10**12,
-    "tb": 10**12,
-    "tib": 2**40,
-    "ti": 2**40,
-}
 
 
 @dataclass(frozen=True)
@@ -86,12 +64,12 @@ def parse_budget(value: str | int | float | None) -> BudgetSpec | None:
         if not 0 < pct <= 100:
             raise BudgetError(f"budget '{value}': percentage must be in (0, 100]")
         return BudgetSpec(fraction=pct / 100)
-    m = _SIZE.match(text)
-    if not m or (m.group(2) or "").lower() not in _UNITS:
+    try:
+        return BudgetSpec(total_bytes=parse_size(text))  # the same grammar as device profiles
+    except ValueError:
         raise BudgetError(
             f"budget '{value}': expected a percentage ('40%'), a size ('1.5GB', '800MiB') or bytes"
-        )
-    return BudgetSpec(total_bytes=int(float(m.group(1)) * _UNITS[(m.group(2) or "").lower()]))
+        ) from None
 
 
 def plan_budget(

@@ -9,17 +9,30 @@ from pathlib import Path
 from contract.consistency import check_against_layout
 from contract.errors import BundleError, ManifestError
 from contract.gguf_layout import open_reader, read_layout
-from contract.manifest import Manifest, read_manifest
+from contract.manifest import Build, Manifest, read_manifest
 
 
 @dataclass(frozen=True)
 class OpenBundle:
+    """A checked bundle and the build (GGUF or ONNX) the runtime will run."""
+
     path: Path
     manifest: Manifest
+    build: Build
 
     @property
     def model_path(self) -> Path:
-        return self.path / self.manifest.model_file
+        return self.path / self.build.model_file
+
+    @property
+    def expert_path(self) -> Path:
+        """The file whose bytes the expert offsets address (GGUF: the model; ONNX: its data)."""
+        return self.path / self.build.expert_file
+
+    @property
+    def expert_bytes_total(self) -> int:
+        n = self.manifest.shape.n_experts
+        return sum(x.expert_bytes * n for x in self.build.expert_layers)
 
     @property
     def name(self) -> str:
@@ -41,8 +54,10 @@ class AttentionShape:
         return int(n_ctx * per_token * bytes_per_value)
 
 
-def open_bundle(path: str | Path, verify: bool = False) -> OpenBundle:
-    """Check a bundle is complete before llama.cpp touches it; `verify` also re-hashes files."""
+def open_bundle(path: str | Path, verify: bool = False, fmt: str | None = None) -> OpenBundle:
+    """Check a bundle is complete and its manifest agrees with the model file before an engine
+    touches it; `fmt` picks the build ("gguf" or "onnx"; None: the bundle's primary one);
+    `verify` also re-hashes every file."""
     path = Path(path)
     if not path.is_dir():
         raise BundleError(f"{path}: not a bundle directory")
@@ -58,19 +73,32 @@ def open_bundle(path: str | Path, verify: bool = False) -> OpenBundle:
             raise BundleError(
                 f"{f}: {f.stat().st_size} bytes but the manifest says {entry.bytes} (truncated?)"
             )
-    if manifest.format == "gguf":
-        model = path / manifest.model_file
-        check_against_layout(manifest, read_layout(model), model)
+    try:
+        build = manifest.build(fmt)
+    except ManifestError as e:
+        raise BundleError(f"{path}: {e}") from None
+    model = path / build.model_file
+    if build.format == "gguf":
+        check_against_layout(manifest, read_layout(model), model, build)
+    else:
+        from contract.onnx_layout import check_onnx_build
+
+        check_onnx_build(manifest, build, path)
     if verify:
         from contract.verify import verify_bundle
 
         report = verify_bundle(path)
         if not report.ok:
             raise BundleError(f"{path}: " + "; ".join(report.problems))
-    return OpenBundle(path, manifest)
+    return OpenBundle(path, manifest, build)
 
 
 def attention_shape(model_path: Path) -> AttentionShape:
+    if model_path.suffix == ".onnx":
+        from contract.onnx_layout import onnx_attention
+
+        n_layers, n_head_kv, head_dim = onnx_attention(model_path)
+        return AttentionShape(n_layers, n_head_kv, head_dim, head_dim)
     reader = open_reader(model_path)
 
     def get(key: str, default=None):

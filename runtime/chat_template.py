@@ -11,7 +11,8 @@ ROLES = ("system", "user", "assistant")
 
 
 def validate_messages(messages: Any) -> list[dict[str, str]]:
-    if not isinstance(messages, list) or not messages:
+    """Role and content of each message, checked; errors name the message by index."""
+    if not isinstance(messages, list | tuple) or not messages:
         raise ChatTemplateError("messages must be a non-empty list")
     for i, msg in enumerate(messages):
         if not isinstance(msg, dict):

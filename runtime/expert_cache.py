@@ -14,19 +14,30 @@ from enum import Enum
 from typing import TYPE_CHECKING, Protocol
 
 from runtime.errors import BudgetError
-from runtime.policy import DEFAULT_POLICY, Hold, Key, Policy, make_policy
+from runtime.policy import DEFAULT_POLICY, Key, Policy, make_policy
 
 if TYPE_CHECKING:
     from contract.manifest import Manifest
 
 
 class ExpertState(Enum):
+    """Where one expert stands in the books (its pages follow through the Residency)."""
+
     RELEASED = "released"  # not counted against the budget; its pages may be gone
     RESIDENT = "resident"  # counted; evictable by policy
     PINNED = "pinned"  # counted; never evicted
 
 
+class Hold(Enum):
+    """Which keys may not be evicted while an access is admitted."""
+
+    ACCESS = "access"  # only the current access's experts: the runtime's case (one layer)
+    STEP = "step"  # every expert the current token used so far, until the token ends
+
+
 class CachePhase(Enum):
+    """Open for routing, or closed: a closed cache refuses routing but stays readable."""
+
     OPEN = "open"
     CLOSED = "closed"
 
@@ -47,10 +58,13 @@ class Residency(Protocol):
 
 @dataclass(frozen=True)
 class CacheStats:
+    """A consistent snapshot of the books, taken under the cache lock."""
+
     capacity_bytes: int
     resident_bytes: int  # resident + pinned
     pinned_bytes: int
     hits: int  # pinned hits included
+    pinned_hits: int
     misses: int
     bytes_loaded: int  # by misses
     bytes_prefetched: int  # by warm()
@@ -113,6 +127,7 @@ class ExpertCache:
         self._held: set[Key] = set()
         self._last_layer: int | None = None
         self._hits = self._misses = self._loaded = self._prefetched = self._evictions = 0
+        self._pinned_hits = 0
         self._steps = 0
 
     @classmethod
@@ -195,6 +210,7 @@ class ExpertCache:
                     if self._residency is not None:
                         self._residency.load(*k)
             self._hits += len(group) - len(new)
+            self._pinned_hits += len(group) - len(keys)
             self._misses += len(new)
             self._loaded += need
             if self._hold is Hold.STEP:
@@ -282,9 +298,6 @@ class ExpertCache:
         key = self._key(layer, expert)
         return self._states.get(key, ExpertState.RELEASED)
 
-    def is_pinned(self, layer: int, expert: int) -> bool:
-        return self._key(layer, expert) in self._pinned
-
     def stats(self) -> CacheStats:
         with self._lock:
             return CacheStats(
@@ -292,6 +305,7 @@ class ExpertCache:
                 resident_bytes=self._used,
                 pinned_bytes=self.pinned_bytes,
                 hits=self._hits,
+                pinned_hits=self._pinned_hits,
                 misses=self._misses,
                 bytes_loaded=self._loaded,
                 bytes_prefetched=self._prefetched,

@@ -25,12 +25,19 @@ FOLIO_WINDOW = 2 * 2**20
 
 @dataclass
 class PagerStats:
+    """Loads outside the cache's books: experts a prompt batch needed beyond the capacity.
+
+    Model.stats() adds them to the cache's misses and bytes loaded, so the totals say what
+    really came from storage."""
+
     transient_loads: int = 0
     transient_bytes: int = 0
-    routing_events: int = 0
 
 
 class ExpertPager:
+    """The engine's routing callback: admits each layer's experts to the cache before its matmuls
+    and sweeps back pages that faults mapped beyond the books (see the module docstring)."""
+
     def __init__(
         self,
         cache: ExpertCache | None,
@@ -58,7 +65,6 @@ class ExpertPager:
 
     # --- residency -----------------------------------------------------------------------
     def on_routing(self, event: RoutingEvent) -> None:
-        self.stats.routing_events += 1
         if self.probe is not None:
             self.probe.on_event(event)
         if self.cache is None:

@@ -1,14 +1,25 @@
-"""Plain data of a generation (results, stream events, sampling settings) and text assembly.
+"""Plain data of a generation: what is asked (SamplingParams, GenerationRequest), what the engine
+runs (PreparedRequest), what comes back (StreamEvent, GenerationResult), and text assembly.
 
-Kept apart from the engine so the HTTP layer and tests can use the types without a model.
+Kept apart from the engine so the HTTP layer, the CLI and tests share the types without a model.
+SamplingParams is the one place sampling defaults and ranges are declared: the HTTP schema, the
+CLI and `Model.generate(**kwargs)` all build it, and the backend's sampler reads it.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
-from runtime.errors import SamplingError
+from runtime.errors import ChatTemplateError, SamplingError
+
+# Valid ranges, shared with the HTTP schema so both refuse the same values.
+MIN_MAX_TOKENS = 1
+MAX_TEMPERATURE = 2.0  # OpenAI's upper bound
+# What max_tokens=None allows: this many tokens, or fewer where the context window ends first.
+DEFAULT_MAX_TOKENS = 128
 
 
 @dataclass(frozen=True)
@@ -32,39 +43,126 @@ class GenerationResult:
 
 @dataclass(frozen=True)
 class StreamEvent:
+    """A piece of text (and the token that completed it); the last event of a generation also
+    carries why it finished, usage, timings and every generated token (some tokens complete no
+    text of their own: part of a UTF-8 character, or held back as a possible stop string)."""
+
     text: str
     token: int | None
     finish_reason: str | None = None
     usage: Usage | None = None
     timings: dict[str, float] | None = None
+    tokens: tuple[int, ...] | None = None
 
 
 @dataclass(frozen=True)
 class SamplingParams:
-    max_tokens: int = 128
+    """How to sample one generation; validated when built, so every instance is usable.
+
+    max_tokens None (the default) means DEFAULT_MAX_TOKENS, or fewer when the context window
+    ends first: a default never makes a prompt too long, while an explicit max_tokens that does
+    not fit is refused. temperature 0 is greedy (the default: a device answer should be
+    reproducible unless asked otherwise). top_k 0 is off. seed None draws a fresh one. `stop`
+    also accepts one string or a list and is stored as a tuple; the generated text ends before
+    the first stop string.
+    """
+
+    max_tokens: int | None = None
     temperature: float = 0.0
     top_p: float = 1.0
     top_k: int = 0
     seed: int | None = None
     stop: tuple[str, ...] = ()
 
-    def validate(self) -> SamplingParams:
+    def __post_init__(self) -> None:
         def bad(name: str, rule: str, value: object) -> SamplingError:
             return SamplingError(f"{name} must be {rule}, got {value!r}")
 
-        if not isinstance(self.max_tokens, int) or self.max_tokens < 1:
-            raise bad("max_tokens", "an integer >= 1", self.max_tokens)
-        if not math.isfinite(self.temperature) or not 0 <= self.temperature <= 2:
-            raise bad("temperature", "in [0, 2]", self.temperature)
-        if not math.isfinite(self.top_p) or not 0 < self.top_p <= 1:
+        stop: Any = self.stop
+        if stop is None:
+            stop = ()
+        elif isinstance(stop, str):
+            stop = (stop,)
+        try:
+            object.__setattr__(self, "stop", tuple(stop))
+        except TypeError:
+            raise bad("stop", "a string or a list of strings", stop) from None
+
+        if self.max_tokens is not None and (
+            not _is_int(self.max_tokens) or self.max_tokens < MIN_MAX_TOKENS
+        ):
+            raise bad("max_tokens", f"an integer >= {MIN_MAX_TOKENS} or None", self.max_tokens)
+        if not _is_real(self.temperature) or not 0 <= self.temperature <= MAX_TEMPERATURE:
+            raise bad("temperature", f"in [0, {MAX_TEMPERATURE:g}]", self.temperature)
+        if not _is_real(self.top_p) or not 0 < self.top_p <= 1:
             raise bad("top_p", "in (0, 1]", self.top_p)
-        if not isinstance(self.top_k, int) or self.top_k < 0:
+        if not _is_int(self.top_k) or self.top_k < 0:
             raise bad("top_k", "an integer >= 0", self.top_k)
-        if self.seed is not None and not isinstance(self.seed, int):
+        if self.seed is not None and not _is_int(self.seed):
             raise bad("seed", "an integer", self.seed)
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise bad("stop", "non-empty strings", self.stop)
-        return self
+
+
+def _is_int(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_real(value: object) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+DEFAULT_SAMPLING = SamplingParams()
+
+Message = Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What a caller asks for: a plain prompt or chat messages (exactly one), and how to sample.
+
+    `Model.prepare` turns it into a PreparedRequest; messages are checked when the bundle's chat
+    template renders them, so a bad role is a ChatTemplateError naming the message.
+    """
+
+    prompt: str | None = None
+    messages: Sequence[Message] | None = None  # stored as a tuple
+    params: SamplingParams = field(default_factory=SamplingParams)
+
+    def __post_init__(self) -> None:
+        if (self.prompt is None) == (self.messages is None):
+            raise TypeError("a GenerationRequest needs exactly one of prompt or messages")
+        if self.messages is not None:
+            if isinstance(self.messages, str | bytes | Mapping):
+                raise ChatTemplateError("messages must be a list of {role, content} objects")
+            object.__setattr__(self, "messages", tuple(self.messages))
+
+
+@dataclass(frozen=True)
+class PreparedRequest:
+    """A request ready for the engine: rendered, tokenized and fitted to the context window.
+
+    Built once by `Model.prepare` (before any queueing), consumed by `Model.stream_prepared`
+    without tokenizing again. `prompt` is the rendered text (chat template applied); `params`
+    has max_tokens resolved to a number that fits the window.
+    """
+
+    prompt: str
+    prompt_ids: tuple[int, ...]
+    params: SamplingParams
+
+    def __post_init__(self) -> None:
+        if self.params.max_tokens is None:
+            raise TypeError("a PreparedRequest needs max_tokens resolved (see Model.prepare)")
+
+    @property
+    def max_tokens(self) -> int:
+        assert self.params.max_tokens is not None  # resolved when built
+        return self.params.max_tokens
+
+    @property
+    def stop(self) -> tuple[str, ...]:
+        return self.params.stop
 
 
 class TextAssembler:

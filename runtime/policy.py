@@ -1,7 +1,8 @@
-"""Expert eviction policies (LRU, LFU, LRFU, Belady's optimum) and a byte-budget replay: pure.
+"""Expert eviction policies (LRU, LFU, LRFU, Belady's optimum) and their registry: pure.
 
 Keys are `(layer, expert)`. A policy only orders the keys it was told are resident; the cache
-(runtime/expert_cache.py) or the simulator here owns bytes, pinning and capacity.
+(runtime/expert_cache.py) owns bytes, pinning and capacity, and runtime/replay.py drives that
+same cache over a recorded trace to compare policies.
 """
 
 from __future__ import annotations
@@ -9,17 +10,11 @@ from __future__ import annotations
 import heapq
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from collections.abc import Set as AbstractSet
-from dataclasses import dataclass
-from enum import Enum
 from typing import Protocol
 
-from runtime.errors import BudgetError
-from runtime.routing_trace import RoutingTrace
-
 Key = tuple[int, int]  # (layer, expert)
-Steps = Sequence[Mapping[int, Sequence[int]]]
 
 
 class Policy(Protocol):
@@ -39,13 +34,6 @@ class Policy(Protocol):
 
     def victim(self, exclude: AbstractSet[Key]) -> Key:
         """The resident key to evict next, never one in `exclude`; LookupError if none."""
-
-
-class Hold(Enum):
-    """Which keys may not be evicted while an access is admitted."""
-
-    ACCESS = "access"  # only the current access's experts: the runtime's case (one layer)
-    STEP = "step"  # every expert the current token used so far, until the token ends
 
 
 class LRUPolicy:
@@ -258,175 +246,3 @@ def make_policy(spec: str) -> Policy:
         return factory(**kwargs)
     except TypeError as e:
         raise ValueError(f"cache policy '{spec}': {e}") from None
-
-
-# --- replay ----------------------------------------------------------------------------------
-@dataclass(frozen=True)
-class SimResult:
-    policy: str
-    capacity_bytes: int
-    hits: int  # pinned hits included
-    misses: int
-    bytes_loaded: int
-    evictions: int
-    pinned_hits: int
-    hit_rate: float
-
-
-def _steps_of(trace: RoutingTrace | Steps) -> Steps:
-    return trace.steps if isinstance(trace, RoutingTrace) else trace
-
-
-def _groups(step: Mapping[int, Sequence[int]]) -> Iterator[list[Key]]:
-    """One access per layer, in layer order (the order the forward pass routes them)."""
-    for layer in sorted(step):
-        yield [(layer, e) for e in dict.fromkeys(step[layer])]
-
-
-def _pinned_keys(pinned: Mapping[int, AbstractSet[int] | Sequence[int]] | None) -> set[Key]:
-    return {(layer, e) for layer, experts in (pinned or {}).items() for e in experts}
-
-
-def _size(expert_bytes: Mapping[int, int], key: Key) -> int:
-    try:
-        return expert_bytes[key[0]]
-    except KeyError:
-        raise ValueError(f"layer {key[0]} has no entry in expert_bytes") from None
-
-
-def simulate(
-    trace: RoutingTrace | Steps,
-    policy: str | Policy,
-    capacity_bytes: int,
-    expert_bytes: Mapping[int, int],
-    pinned: Mapping[int, AbstractSet[int] | Sequence[int]] | None = None,
-    hold: Hold = Hold.ACCESS,
-) -> SimResult:
-    """Replay a trace through a byte-budget cache that starts with only the pinned experts."""
-    pol = make_policy(policy) if isinstance(policy, str) else policy
-    name = policy if isinstance(policy, str) else getattr(policy, "name", type(policy).__name__)
-    pins = _pinned_keys(pinned)
-    used = sum(_size(expert_bytes, k) for k in pins)
-    if used > capacity_bytes:
-        raise BudgetError(
-            f"pinned experts need {used:,} bytes but the capacity is {capacity_bytes:,} bytes"
-        )
-    resident: set[Key] = set()
-    held: set[Key] = set()
-    hits = misses = loaded = evictions = pinned_hits = 0
-    for index, step in enumerate(_steps_of(trace)):
-        for group in _groups(step):
-            keys = [k for k in group if k not in pins]
-            pinned_hits += len(group) - len(keys)
-            new = [k for k in keys if k not in resident]
-            need = sum(_size(expert_bytes, k) for k in new)
-            protect = held | set(keys) if hold is Hold.STEP else set(keys)
-            while used + need > capacity_bytes:
-                try:
-                    victim = pol.victim(protect)
-                except LookupError:
-                    raise BudgetError(
-                        f"step {index}, layer {group[0][0]}: capacity {capacity_bytes:,} bytes "
-                        f"cannot hold the experts in use at once ({used + need:,} bytes with "
-                        f"pinned)"
-                    ) from None
-                pol.on_remove(victim)
-                resident.remove(victim)
-                used -= _size(expert_bytes, victim)
-                evictions += 1
-            for k in keys:
-                if k in resident:
-                    pol.on_access(k)
-                else:
-                    pol.on_insert(k)
-                    resident.add(k)
-                    used += _size(expert_bytes, k)
-            hits += len(keys) - len(new)
-            misses += len(new)
-            loaded += need
-            held.update(keys)
-        pol.on_step()
-        held.clear()
-    hits += pinned_hits
-    total = hits + misses
-    return SimResult(name, capacity_bytes, hits, misses, loaded, evictions, pinned_hits,
-                     hits / total if total else 0.0)
-
-
-def belady_uses(
-    trace: RoutingTrace | Steps, pinned: Mapping[int, AbstractSet[int] | Sequence[int]] | None
-) -> list[Key]:
-    """The order in which a cache reports uses of unpinned keys: what Belady must foresee."""
-    pins = _pinned_keys(pinned)
-    return [k for s in _steps_of(trace) for g in _groups(s) for k in g if k not in pins]
-
-
-def simulate_belady(
-    trace: RoutingTrace | Steps,
-    capacity_bytes: int,
-    expert_bytes: Mapping[int, int],
-    pinned: Mapping[int, AbstractSet[int] | Sequence[int]] | None = None,
-    hold: Hold = Hold.ACCESS,
-) -> SimResult:
-    """Belady's offline optimum on the same cache model as `simulate` (an upper bound on hits)."""
-    return simulate(trace, BeladyPolicy(belady_uses(trace, pinned)), capacity_bytes,
-                    expert_bytes, pinned, hold)
-
-
-@dataclass(frozen=True)
-class Row:
-    capacity_bytes: int
-    policy: str
-    result: SimResult
-    ratio_to_belady: float  # hit rate / Belady's hit rate at the same capacity
-
-
-def replay(
-    trace: RoutingTrace | Steps,
-    policies: Sequence[str],
-    capacities: Sequence[int],
-    expert_bytes: Mapping[int, int],
-    pinned: Mapping[int, AbstractSet[int] | Sequence[int]] | None = None,
-    hold: Hold = Hold.ACCESS,
-) -> list[Row]:
-    """Every policy at every capacity, Belady first in each capacity's rows."""
-    rows: list[Row] = []
-    for cap in capacities:
-        best = simulate_belady(trace, cap, expert_bytes, pinned, hold)
-        rows.append(Row(cap, "belady", best, 1.0))
-        for name in policies:
-            r = simulate(trace, name, cap, expert_bytes, pinned, hold)
-            ratio = r.hit_rate / best.hit_rate if best.hit_rate else 1.0
-            rows.append(Row(cap, name, r, ratio))
-    return rows
-
-
-def _fmt_bytes(n: int) -> str:
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} B"
-
-
-def render_replay(rows: Sequence[Row]) -> str:
-    """A table: one line per capacity, hit rate per policy and (ratio to Belady)."""
-    names = list(dict.fromkeys(r.policy for r in rows))
-    caps = list(dict.fromkeys(r.capacity_bytes for r in rows))
-    cell = {(r.capacity_bytes, r.policy): r for r in rows}
-    header = ["capacity"] + names
-    lines = []
-    for cap in caps:
-        line = [_fmt_bytes(cap)]
-        for name in names:
-            r = cell.get((cap, name))
-            if r is None:
-                line.append("-")
-            elif name == "belady":
-                line.append(f"{100 * r.result.hit_rate:.1f}%")
-            else:
-                line.append(f"{100 * r.result.hit_rate:.1f}% ({r.ratio_to_belady:.3f})")
-        lines.append(line)
-    widths = [max(len(x[i]) for x in [header, *lines]) for i in range(len(header))]
-    out = ["  ".join(h.rjust(w) for h, w in zip(header, widths, strict=True))]
-    out += ["  ".join(c.rjust(w) for c, w in zip(line, widths, strict=True)) for line in lines]
-    return "\n".join(out) + "\n"

@@ -1,9 +1,10 @@
-"""Real residency of expert bytes in the model file's mapping: madvise, fadvise, mlock, RSS probes.
+"""Acting on the expert bytes in the model file's mapping: madvise, fadvise, mlock, mincore.
 
 llama.cpp maps the GGUF once, read-only and shared, so every expert byte is a file-backed page:
 MADV_DONTNEED drops our mapping of it (a later touch faults it back from the page cache, or from
 storage once POSIX_FADV_DONTNEED dropped it there too). Results never change, only speed and
 memory. Linux first; elsewhere the calls that are missing become no-ops with one warning.
+What /proc reports (maps, smaps, RSS, pagemap) lives in runtime/procfs.py.
 """
 
 from __future__ import annotations
@@ -14,23 +15,22 @@ import errno
 import logging
 import mmap
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from runtime.errors import EdgemoeError
+from runtime.procfs import PAGE_SIZE, file_regions
 
 log = logging.getLogger(__name__)
 
-PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else mmap.PAGESIZE
 MADV_WILLNEED = getattr(mmap, "MADV_WILLNEED", None)
 MADV_DONTNEED = getattr(mmap, "MADV_DONTNEED", None)
 RangesOf = Callable[[int, int], list[tuple[int, int]]]  # (layer, expert) -> [(start, end)]
 
 
 class ResidencyError(EdgemoeError, OSError):
-    """The model file's mapping cannot be found or acted on."""
+    """The model file's mapping cannot be acted on (strict mode, or mincore missing)."""
 
 
 # --- pure page arithmetic ------------------------------------------------------------------------
@@ -46,130 +46,7 @@ def outward(start: int, end: int, page: int = PAGE_SIZE) -> tuple[int, int]:
     return start // page * page, -(-end // page) * page
 
 
-# --- /proc/self/maps -----------------------------------------------------------------------------
-@dataclass(frozen=True)
-class MappedRegion:
-    start: int
-    end: int
-    perms: str
-    offset: int  # file offset mapped at `start`
-    dev: tuple[int, int]
-    inode: int
-    path: str
-
-    @property
-    def base(self) -> int:
-        """Address where file offset 0 is (or was, before llama.cpp unmapped the header)."""
-        return self.start - self.offset
-
-
-def parse_maps_line(line: str) -> MappedRegion | None:
-    parts = line.split(maxsplit=5)
-    if len(parts) < 5:
-        return None
-    lo, _, hi = parts[0].partition("-")
-    major, _, minor = parts[3].partition(":")
-    return MappedRegion(int(lo, 16), int(hi, 16), parts[1], int(parts[2], 16),
-                        (int(major, 16), int(minor, 16)), int(parts[4]),
-                        parts[5].strip() if len(parts) > 5 else "")
-
-
-def _matcher(path: str | Path) -> Callable[[MappedRegion], bool]:
-    st = os.stat(path)
-    real = os.path.realpath(path)
-    dev = (os.major(st.st_dev), os.minor(st.st_dev))
-    # Path as well as inode: on overlay filesystems maps shows the lower layer's device.
-    return lambda r: (r.inode == st.st_ino and r.dev == dev) or r.path == real
-
-
-def file_regions(path: str | Path, maps_text: str | None = None) -> list[MappedRegion]:
-    """This process's mappings of `path` (one file may show as several regions)."""
-    if maps_text is None:
-        try:
-            maps_text = Path("/proc/self/maps").read_text()
-        except OSError as e:
-            raise ResidencyError(f"/proc/self/maps unreadable ({e}); not Linux?") from None
-    match = _matcher(path)
-    regions = (parse_maps_line(line) for line in maps_text.splitlines())
-    return [r for r in regions if r is not None and r.inode and match(r)]
-
-
-def mapping_base(path: str | Path, maps_text: str | None = None) -> int:
-    """The address of file offset 0 in the one mapping of `path`.
-
-    llama.cpp maps the whole file once and may unmap the header pages afterwards, and mlock
-    splits regions, so regions are grouped by start - offset; exactly one group must exist.
-    """
-    bases = sorted({r.base for r in file_regions(path, maps_text)})
-    if not bases:
-        raise ResidencyError(f"{path}: not mapped in this process (is the model loaded with mmap?)")
-    if len(bases) > 1:
-        raise ResidencyError(
-            f"{path}: mapped {len(bases)} times (bases {[hex(b) for b in bases]}); cannot tell "
-            "which mapping llama.cpp uses"
-        )
-    return bases[0]
-
-
-# --- measurements --------------------------------------------------------------------------------
-def _status_kib(field: str) -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def process_rss() -> int:
-    """Resident set of this process in bytes."""
-    rss = _status_kib("VmRSS")
-    if rss is None:
-        import psutil
-
-        rss = int(psutil.Process().memory_info().rss)
-    return rss
-
-
-def peak_rss() -> int:
-    """High-water mark of the resident set since start or the last peak_rss_reset()."""
-    peak = _status_kib("VmHWM")
-    if peak is None:
-        import resource
-
-        maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        peak = maxrss if sys.platform == "darwin" else maxrss * 1024
-    return peak
-
-
-def peak_rss_reset() -> bool:
-    """Reset the high-water mark to the current RSS (Linux); False where it cannot be reset."""
-    try:
-        Path("/proc/self/clear_refs").write_text("5")
-        return True
-    except OSError:
-        return False
-
-
-def mapping_rss(path: str | Path) -> int | None:
-    """Bytes of `path`'s mappings resident in this process (smaps Rss); None where unknown."""
-    try:
-        text = Path("/proc/self/smaps").read_text()
-    except OSError:
-        return None
-    match = _matcher(path)
-    total, inside = 0, False
-    for line in text.splitlines():
-        head = line.split(maxsplit=1)[0] if line else ""
-        if "-" in head and not head.endswith(":"):
-            region = parse_maps_line(line)
-            inside = region is not None and region.inode != 0 and match(region)
-        elif inside and head == "Rss:":
-            total += int(line.split()[1]) * 1024
-    return total
-
-
+# --- page cache ---------------------------------------------------------------------------------
 def drop_file_cache(path: str | Path) -> bool:
     """Ask the OS to drop `path` from its page cache (pages mapped anywhere stay).
 
@@ -225,23 +102,47 @@ def page_cache_residency(addr: int, length: int) -> list[bool]:
     return [bool(v & 1) for v in vec]
 
 
-def mapped_pages(addr: int, length: int) -> list[bool]:
-    """Per page: is it mapped into this process right now (/proc/self/pagemap 'present' bit)?"""
-    lo, hi = outward(addr, addr + length)
-    n = (hi - lo) // PAGE_SIZE
-    try:
-        with open("/proc/self/pagemap", "rb") as f:
-            f.seek(lo // PAGE_SIZE * 8)
-            raw = f.read(8 * n)
-    except OSError as e:
-        raise ResidencyError(f"/proc/self/pagemap unreadable ({e})") from None
-    words = [int.from_bytes(raw[i : i + 8], "little") for i in range(0, len(raw), 8)]
-    return [bool(w >> 63 & 1) for w in words]
+# --- where file bytes are in memory -------------------------------------------------------------
+@dataclass(frozen=True)
+class FileMapping:
+    """Where an engine mapped a file: (file offset lo, file offset hi, address of lo) regions.
+
+    llama.cpp maps the whole GGUF once (one region); onnxruntime maps each external-data
+    initializer on its own (one region per tensor). Every address handed to madvise/mlock is
+    computed here and must fall inside a region: the last check before the kernel is asked to
+    act on memory, so a bad number from anywhere can never reach it.
+    """
+
+    regions: tuple[tuple[int, int, int], ...]
+
+    @classmethod
+    def whole(cls, base: int, size: int) -> FileMapping:
+        """One mapping of the whole file (its last page rounded up, as mmap maps it)."""
+        return cls(((0, -(-size // PAGE_SIZE) * PAGE_SIZE, base),))
+
+    def pieces(self, lo: int, hi: int) -> list[tuple[int, int]] | None:
+        """(address, length) pieces covering file bytes [lo, hi) (a range may run over two
+        adjacent mappings), or None if any byte of it is not mapped."""
+        out: list[tuple[int, int]] = []
+        at = lo
+        for r_lo, r_hi, addr in sorted(self.regions):
+            if r_hi <= at or r_lo >= hi:
+                continue
+            if r_lo > at:
+                return None
+            end = min(hi, r_hi)
+            out.append((addr + (at - r_lo), end - at))
+            at = end
+            if at >= hi:
+                break
+        return out if at >= hi and lo < hi else None
 
 
 # --- the Residency implementation ---------------------------------------------------------------
 @dataclass
 class ResidencyStats:
+    """What the hands did to memory, summed over calls: for tests and diagnosis, not books."""
+
     loads: int = 0
     releases: int = 0
     pins: int = 0
@@ -266,14 +167,19 @@ class MadviseResidency:
     def __init__(
         self,
         path: str | Path,
-        base_addr: int,
+        base_addr: int | FileMapping,
         ranges_of: RangesOf,
         *,
         cold: bool = False,
         strict: bool = False,
     ) -> None:
         self.path = Path(path)
-        self.base = base_addr
+        if isinstance(base_addr, FileMapping):
+            self.mapping = base_addr
+        else:
+            if base_addr % PAGE_SIZE:
+                raise ResidencyError(f"{path}: mapping base {base_addr:#x} is not page aligned")
+            self.mapping = FileMapping.whole(base_addr, self.path.stat().st_size)
         self.ranges_of = ranges_of
         self.cold = cold
         self.strict = strict
@@ -281,8 +187,6 @@ class MadviseResidency:
         self._warned: set[str] = set()
         self._locked: dict[tuple[int, int], list[tuple[int, int]]] = {}
         self._fd: int | None = None
-        if base_addr % PAGE_SIZE:
-            raise ResidencyError(f"{path}: mapping base {base_addr:#x} is not page aligned")
         if _LIBC is None or MADV_DONTNEED is None or not hasattr(_LIBC, "madvise"):
             self._warn("madvise", "madvise is unavailable here: experts will not be released")
         if cold:
@@ -301,18 +205,14 @@ class MadviseResidency:
         still be mapped whole, which the pager sweeps up (runtime/expert_pager.py).
         """
         advice = getattr(mmap, "MADV_NOHUGEPAGE", None)
-        regions = [r for r in file_regions(self.path) if r.base == self.base]
+        ours = {addr - lo for lo, _, addr in self.mapping.regions}
+        regions = [r for r in file_regions(self.path) if r.base in ours]
         ok = bool(regions) and all(
-            self._madvise(r.start - self.base, r.end - self.base, advice, "nohugepage")
+            self._madvise(r.offset, r.offset + (r.end - r.start), advice, "nohugepage")
             for r in regions
         )
         if not ok:
             self._warn("nohugepage", "could not disable huge pages: faults may map neighbours")
-
-    @classmethod
-    def for_file(cls, path: str | Path, ranges_of: RangesOf, **kwargs: bool) -> MadviseResidency:
-        """For the mapping of `path` that this process already has (llama.cpp's)."""
-        return cls(path, mapping_base(path), ranges_of, **kwargs)
 
     # --- plumbing ----------------------------------------------------------------------------
     def _warn(self, kind: str, message: str) -> None:
@@ -327,12 +227,26 @@ class MadviseResidency:
             raise ResidencyError(f"{self.path}: {message}")
         self._warn(f"{what}:{err}", message)
 
+    def _span(self, lo: int, hi: int, what: str) -> list[tuple[int, int]] | None:
+        span = self.mapping.pieces(lo, hi)
+        if span is None:
+            self.stats.errors += 1
+            message = f"{what}: file bytes [{lo}, {hi}) are outside the engine's mapping"
+            if self.strict:
+                raise ResidencyError(f"{self.path}: {message}")
+            self._warn(f"range:{what}", message + " (skipped)")
+        return span
+
     def _madvise(self, lo: int, hi: int, advice: int | None, what: str) -> bool:
         if _LIBC is None or advice is None or not hasattr(_LIBC, "madvise"):
             return False
-        if _LIBC.madvise(self.base + lo, hi - lo, advice) != 0:
-            self._failed(what, ctypes.get_errno())
+        pieces = self._span(lo, hi, what)
+        if pieces is None:
             return False
+        for addr, length in pieces:
+            if _LIBC.madvise(addr, length, advice) != 0:
+                self._failed(what, ctypes.get_errno())
+                return False
         return True
 
     # --- the Residency protocol --------------------------------------------------------------
@@ -383,10 +297,13 @@ class MadviseResidency:
         spans = [outward(s, e) for s, e in self.ranges_of(layer, expert)]
         locked: list[tuple[int, int]] = []
         for lo, hi in spans:
-            if _LIBC is not None and hasattr(_LIBC, "mlock") and _LIBC.mlock(
-                self.base + lo, hi - lo
-            ) == 0:
-                locked.append((lo, hi))
+            pieces = self._span(lo, hi, "mlock") or []
+            if pieces and _LIBC is not None and hasattr(_LIBC, "mlock") and all(
+                _LIBC.mlock(addr, length) == 0 for addr, length in pieces
+            ):
+                locked.extend(pieces)
+                continue
+            if not pieces:
                 continue
             err = ctypes.get_errno() if _LIBC is not None else errno.ENOSYS
             self.stats.pin_fallbacks += 1
@@ -397,13 +314,9 @@ class MadviseResidency:
 
     # --- beyond the protocol -----------------------------------------------------------------
     def _unlock(self, key: tuple[int, int]) -> None:
-        for lo, hi in self._locked.pop(key, []):
-            if _LIBC is not None and _LIBC.munlock(self.base + lo, hi - lo) != 0:
+        for addr, length in self._locked.pop(key, []):
+            if _LIBC is not None and _LIBC.munlock(addr, length) != 0:
                 self._failed("munlock", ctypes.get_errno())
-
-    def unpin(self, layer: int, expert: int) -> None:
-        """Let a pinned expert's pages be reclaimed again (they stay resident until released)."""
-        self._unlock((layer, expert))
 
     def kept_partial_bytes(self, layer: int, expert: int) -> int:
         """Bytes of this expert that release() cannot give back (pages shared at its edges)."""

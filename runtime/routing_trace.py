@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import json
 import random
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +21,11 @@ from runtime.errors import EdgemoeError
 
 TRACE_FORMAT = "edgemoe-routing-trace"
 TRACE_VERSION = 1
+# Statistics allocate a counter per (layer, expert); these bounds (far above any model llama.cpp
+# runs) keep a hostile file from asking for gigabytes.
+MAX_EXPERTS = 4096
+MAX_LAYER = 4095
+_LAYER_KEY = re.compile(r"[0-9]{1,9}", re.ASCII)
 
 Step = dict[int, tuple[int, ...]]
 
@@ -51,10 +57,12 @@ class RoutingTrace:
 
     def __post_init__(self) -> None:
         self.moe_layers = tuple(int(x) for x in self.moe_layers)
-        if self.n_experts <= 0:
-            raise TraceError(f"n_experts must be positive, got {self.n_experts}")
+        if not 0 < self.n_experts <= MAX_EXPERTS:
+            raise TraceError(f"n_experts must be in 1..{MAX_EXPERTS}, got {self.n_experts}")
         if list(self.moe_layers) != sorted(set(self.moe_layers)):
             raise TraceError(f"moe_layers must be increasing and unique, got {self.moe_layers}")
+        if self.moe_layers and not 0 <= self.moe_layers[0] <= self.moe_layers[-1] <= MAX_LAYER:
+            raise TraceError(f"moe_layers must be layer numbers in 0..{MAX_LAYER}")
         self._layers = frozenset(self.moe_layers)
         self.steps = [self._checked(step, i) for i, step in enumerate(self.steps)]
 
@@ -178,14 +186,16 @@ class RoutingTrace:
                 f"(this edgemoe reads {TRACE_VERSION})"
             )
         for key, typ in (("n_experts", int), ("moe_layers", list), ("steps", list)):
-            if not isinstance(d.get(key), typ):
+            if not isinstance(d.get(key), typ) or isinstance(d.get(key), bool):
                 raise TraceError(f"{where}: field '{key}' must be {typ.__name__}")
+        if not all(_is_int(x) for x in d["moe_layers"]):
+            raise TraceError(f"{where}: field 'moe_layers' must be a list of layer numbers")
+        meta = d.get("meta") or {}
+        if not isinstance(meta, dict):
+            raise TraceError(f"{where}: field 'meta' must be an object")
+        steps = [_step_from_json(s, i, where) for i, s in enumerate(d["steps"])]
         try:
-            steps = [{int(k): v for k, v in s.items()} for s in d["steps"]]
-        except (AttributeError, ValueError) as e:
-            raise TraceError(f"{where}: steps must map layer numbers to expert lists ({e})") from e
-        try:
-            return cls(d["n_experts"], tuple(d["moe_layers"]), steps, dict(d.get("meta") or {}))
+            return cls(d["n_experts"], tuple(d["moe_layers"]), steps, dict(meta))
         except TraceError as e:
             raise TraceError(f"{where}: {e}") from None
 
@@ -198,7 +208,35 @@ class RoutingTrace:
     @classmethod
     def load(cls, path: str | Path) -> RoutingTrace:
         path = Path(path)
-        return cls.from_dict(read_json(path, TraceError), where=str(path))
+        try:
+            data = read_json(path, TraceError)
+        except (ValueError, RecursionError) as e:
+            # read_json leaves these: not UTF-8 (UnicodeDecodeError is a ValueError), numbers
+            # past Python's 4,300-digit limit, nesting deeper than the parser's recursion.
+            reason = str(e).splitlines()[0][:120] if str(e) else type(e).__name__
+            raise TraceError(f"{path}: not a readable JSON trace ({reason})") from None
+        return cls.from_dict(data, where=str(path))
+
+
+def _is_int(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
+
+
+def _step_from_json(step: Any, index: int, where: str) -> Step:
+    """One step of a trace file: {"layer": [expert ids]}, checked for shape (ranges come later)."""
+    if not isinstance(step, dict):
+        raise TraceError(f"{where}: step {index} must map layer numbers to expert lists")
+    out: Step = {}
+    for key, experts in step.items():
+        if not _LAYER_KEY.fullmatch(key):
+            raise TraceError(f"{where}: step {index}: {key[:40]!r} is not a layer number")
+        if int(key) in out:
+            raise TraceError(f"{where}: step {index}: layer {int(key)} appears twice")
+        if not isinstance(experts, list) or not all(_is_int(e) for e in experts):
+            raise TraceError(f"{where}: step {index}, layer {key}: expert ids must be a list of "
+                             "integers")
+        out[int(key)] = tuple(experts)
+    return out
 
 
 def synthetic_trace(

@@ -11,12 +11,13 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from runtime.backends.base import EngineConfig, open_backend
+from runtime.backends.base import EngineConfig, backend_for, format_for, open_backend
 from runtime.budget import parse_budget
 from runtime.bundle import open_bundle
 from runtime.errors import BudgetError
 from runtime.pinning import pinned_set
-from runtime.policy import DEFAULT_POLICY, Row, render_replay, replay
+from runtime.policy import DEFAULT_POLICY
+from runtime.replay import Row, render_replay, replay
 from runtime.routing_probe import RoutingProbe
 from runtime.routing_trace import RoutingTrace
 
@@ -38,8 +39,9 @@ def record_trace(
     chunk: int = 256,
     max_tokens: int = 4096,
     threads: int | None = None,
+    backend: str | None = None,
 ) -> RoutingTrace:
-    opened = open_bundle(bundle)
+    opened = open_bundle(bundle, fmt=format_for(backend))
     m = opened.manifest
     probe = RoutingProbe()
     engine = open_backend(
@@ -51,6 +53,7 @@ def record_trace(
             n_ubatch=chunk,
         ),
         probe.on_event,
+        kind=backend_for(opened.build.format),
     )
     try:
         ids = engine.tokenize(text)[:max_tokens]
@@ -70,17 +73,19 @@ def replay_budgets(
     budgets: Sequence[str],
     policies: Sequence[str] = ("lru", "lfu", "lrfu"),
     pin_hot: bool = True,
+    backend: str | None = None,
 ) -> TraceReport:
     """Hit rate of each policy (and Belady's optimum) at each budget, sized and pinned exactly
     as the runtime would (`runtime.pinning.pinned_set`)."""
-    m = open_bundle(bundle).manifest
-    expert_bytes = {x.layer: x.expert_bytes for x in m.expert_layers}
+    opened = open_bundle(bundle, fmt=format_for(backend))
+    m = opened.manifest
+    expert_bytes = {x.layer: x.expert_bytes for x in opened.build.expert_layers}
     capacities: dict[str, int] = {}
     for b in budgets:
         spec = parse_budget(b)
         if spec is None or spec.fraction is None:
             raise BudgetError(f"trace budgets are fractions of expert bytes ('25%'), got '{b}'")
-        capacities[b] = int(spec.fraction * m.expert_bytes_total)
+        capacities[b] = int(spec.fraction * opened.expert_bytes_total)
     rows: list[Row] = []
     for cap in capacities.values():
         pinned = pinned_set(m.hot_experts, expert_bytes, cap, m.shape.top_k) if pin_hot else None

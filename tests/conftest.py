@@ -1,7 +1,10 @@
-"""Shared test fixtures: real checkpoints (built once per machine) and real packed bundles.
+"""Shared test fixtures (real checkpoints and bundles) and the rule that every test is marked.
 
 Checkpoints come from `edgemoe_fixtures` and are cached across runs; bundles depend on the code
 under test, so they are packed once per test session into a temporary folder.
+Markers (pyproject.toml): `unit` for pure logic, `engine`, `reference`, `endpoint` for what a test
+starts, plus `slow`. A test with none of the four fails collection, so `-m unit` cannot silently
+skip a pure test again; a module's `unit` is a default that a test's own heavier marker overrides.
 """
 
 from __future__ import annotations
@@ -12,6 +15,60 @@ from pathlib import Path
 import pytest
 
 ARCH_FIXTURES = ("qwen3moe-tiny", "qwen2moe-tiny", "mixtral-tiny", "olmoe-tiny", "deepseek2-tiny")
+NEEDS = ("unit", "engine", "reference", "endpoint")
+HEAVY = ("engine", "reference", "endpoint")
+# Fixtures that build checkpoints (torch) or pack bundles (llama.cpp): no unit test may use one.
+HEAVY_FIXTURES = ("fixture_checkpoint", "bundle_factory", "tiny_bundle")
+
+
+def _module_unit_is_a_default(items: list[pytest.Item]) -> None:
+    """`pytestmark = pytest.mark.unit` covers a module's unmarked tests, not the ones that say
+    they need an engine, torch or a server: pytest would give those both markers and `-m unit`
+    would start engines. So the module's `unit` moves onto exactly the tests it describes."""
+    by_module: dict[pytest.Module, list[pytest.Item]] = {}
+    for item in items:
+        module = item.getparent(pytest.Module)
+        if module is not None:
+            by_module.setdefault(module, []).append(item)
+    for module, members in by_module.items():
+        default = [m for m in module.own_markers if m.name == "unit"]
+        if not default:
+            continue
+        module.own_markers[:] = [m for m in module.own_markers if m.name != "unit"]
+        for item in members:
+            if not any(item.get_closest_marker(name) for name in HEAVY):
+                item.own_markers.extend(default)
+
+
+def _heavy_fixtures(item: pytest.Item) -> list[str]:
+    return [f for f in HEAVY_FIXTURES if f in getattr(item, "fixturenames", ())]
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects anything, so nothing unmarked can hide
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Fail collection for a test that does not say what it needs, or a unit test that builds
+    a checkpoint or packs a bundle."""
+    _module_unit_is_a_default(items)
+    unmarked = [i.nodeid for i in items if not any(i.get_closest_marker(n) for n in NEEDS)]
+    heavy_units = [
+        f"{i.nodeid} (uses {', '.join(_heavy_fixtures(i))})"
+        for i in items
+        if i.get_closest_marker("unit") and _heavy_fixtures(i)
+    ]
+    problems = []
+    if unmarked:
+        problems.append(
+            f"{len(unmarked)} test(s) carry none of the markers {', '.join(NEEDS)}; add "
+            "`pytestmark = pytest.mark.unit` (pure logic) or the marker of what the test needs:\n  "
+            + "\n  ".join(unmarked)
+        )
+    if heavy_units:
+        problems.append(
+            "unit test(s) using a fixture that builds a checkpoint or packs a bundle; mark them "
+            "`engine` or `reference`:\n  " + "\n  ".join(heavy_units)
+        )
+    if problems:
+        raise pytest.UsageError("\n".join(problems))
 
 
 @pytest.fixture(scope="session")

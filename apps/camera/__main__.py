@@ -15,6 +15,8 @@ import urllib.request
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 
+from runtime.generation import SamplingParams
+
 
 @dataclass(frozen=True)
 class Event:
@@ -64,15 +66,24 @@ def served_model(url: str, api_key: str | None, timeout: float) -> str:
     return _call(url.rstrip("/") + "/models", api_key, timeout)["data"][0]["id"]
 
 
+def summary_sampling(max_tokens: int) -> SamplingParams:
+    """Greedy, one line: the same events always get the same summary."""
+    return SamplingParams(max_tokens=max_tokens, temperature=0.0, stop=("\n",))
+
+
 def complete(
-    url: str, model: str, prompt: str, max_tokens: int, api_key: str | None, timeout: float
+    url: str, model: str, prompt: str, params: SamplingParams, api_key: str | None,
+    timeout: float,
 ) -> str:
     body = {
         "model": model,
         "prompt": prompt,
-        "max_tokens": max_tokens,
-        "temperature": 0,
-        "stop": ["\n"],
+        "max_tokens": params.max_tokens,
+        "temperature": params.temperature,
+        "top_p": params.top_p,
+        "top_k": params.top_k,
+        "seed": params.seed,
+        "stop": list(params.stop),
     }
     out = _call(url.rstrip("/") + "/completions", api_key, timeout, body)
     return out["choices"][0]["text"].strip()
@@ -87,11 +98,12 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--max-tokens", type=int, default=32)
     ap.add_argument("--timeout", type=float, default=60)
     args = ap.parse_args(argv)
+    params = summary_sampling(args.max_tokens)  # a bad --max-tokens fails before any request
     errors: list[str] = []
     model = args.model or served_model(args.url, args.api_key, args.timeout)
     for batch in windows(parse_events(sys.stdin, errors), args.window):
         summary = complete(
-            args.url, model, prompt_for(batch), args.max_tokens, args.api_key, args.timeout
+            args.url, model, prompt_for(batch), params, args.api_key, args.timeout
         )
         print(
             json.dumps({"from": batch[0].time, "to": batch[-1].time, "summary": summary}),

@@ -1,1 +1,1 @@
-"""cli."""
+"""The `edgemoe` command line: one module per command group, assembled in `main.py`."""

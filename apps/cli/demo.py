@@ -4,20 +4,24 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from apps.cli.errors import friendly
+from apps.cli.fixtures import dev_fixtures
 
 
-def dev_fixtures():
-    """The development fixtures (`dev/`, not in the edgemoe wheel), or a clear error."""
-    try:
-        import edgemoe_fixtures
-    except ImportError:
-        from contract.errors import EdgemoeError
-
-        raise EdgemoeError(
-            "this command builds checkpoints with the development fixtures, which the edgemoe "
-            "wheel does not ship: from a source checkout, `pip install -e ./dev`"
-        ) from None
-    return edgemoe_fixtures
+@friendly
+def demo(
+    out: Annotated[Path, typer.Option(help="Where to put the fixture and bundle.")] = Path("demo"),
+    fixture: Annotated[str, typer.Option(help="Fixture to build.")] = "qwen3moe-trained",
+    profile: Annotated[str, typer.Option(help="Device profile to pack for.")] = "phone-8gb",
+    prompt: Annotated[str, typer.Option()] = "def parse_args(argv):\n    ",
+    budget: Annotated[str, typer.Option(help="Runtime budget for the demo generation.")] = "50%",
+) -> None:
+    """The main job end to end: build a fixture, pack it for a profile, generate."""
+    run_demo(out, fixture, profile, prompt, budget, echo=typer.echo)
 
 
 def run_demo(
@@ -28,6 +32,8 @@ def run_demo(
     budget: str,
     echo: Callable[[str], None] = print,
 ) -> str:
+    """Fixture -> bundle -> generation, reporting each step; returns the generated text (kept
+    apart from the command so a test or script can run the same job)."""
     import runtime
     from packager.api import PackOptions, pack
     from packager.progress import RichProgress

@@ -9,10 +9,18 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from dataclasses import dataclass, field
-from typing import TextIO
+from dataclasses import dataclass, field, replace
+from typing import TYPE_CHECKING, TextIO
+
+from runtime.generation import GenerationRequest, SamplingParams
+
+if TYPE_CHECKING:
+    from runtime.api import Model
 
 DEFAULT_SYSTEM = "You are the information kiosk. Answer briefly and politely."
+SORRY = "Sorry, I cannot answer that right now."
+# Short answers with a little variety: a kiosk screen shows a line or two.
+KIOSK_SAMPLING = SamplingParams(max_tokens=96, temperature=0.3)
 
 
 @dataclass
@@ -37,33 +45,56 @@ class KioskSession:
     def remember(self, answer: str) -> None:
         self.history.append({"role": "assistant", "content": answer})
 
+    def forget_question(self) -> None:
+        """Drop the question just asked, after a failed answer: a question that cannot be
+        answered (too long for the context window, say) must not spoil the next ones."""
+        if self.history and self.history[-1]["role"] == "user":
+            self.history.pop()
+
 
 def _printable(text: str) -> str:
     """One display line: a kiosk screen shows no control characters or raw line breaks."""
     return " ".join("".join(c if c.isprintable() else " " for c in text).split())
 
 
+@dataclass(frozen=True)
+class KioskTally:
+    """How a kiosk run went: questions the model answered, and those it failed on (the visitor
+    saw SORRY instead)."""
+
+    answered: int = 0
+    failed: int = 0
+
+
 def run_kiosk(
-    model, session: KioskSession, stdin: TextIO, stdout: TextIO, max_tokens: int = 96
-) -> int:
-    """Serve questions from `stdin` until EOF; returns how many were answered."""
-    answered = 0
+    model: Model,
+    session: KioskSession,
+    stdin: TextIO,
+    stdout: TextIO,
+    sampling: SamplingParams = KIOSK_SAMPLING,
+) -> KioskTally:
+    """Serve questions from `stdin` until EOF; a failed answer is logged and apologised for."""
+    answered = failed = 0
     stdout.write("Ask me anything (Ctrl-D to leave).\n")
     for line in stdin:
         question = line.strip()
         if not question:
             continue
+        request = GenerationRequest(messages=session.messages_for(question), params=sampling)
         try:
-            r = model.chat(session.messages_for(question), max_tokens=max_tokens, temperature=0.3)
-            answer = _printable(r.text) or "(no answer)"
+            r = model.generate_prepared(model.prepare(request))
         except Exception as e:  # a kiosk keeps running; the error goes to its log
             print(f"kiosk: answer failed: {e}", file=sys.stderr)
-            answer = "Sorry, I cannot answer that right now."
-        session.remember(answer)
+            session.forget_question()
+            answer = SORRY
+            failed += 1
+        else:
+            answer = _printable(r.text) or "(no answer)"
+            session.remember(answer)
+            answered += 1
         stdout.write(answer + "\n")
         stdout.flush()
-        answered += 1
-    return answered
+    return KioskTally(answered, failed)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -73,10 +104,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("bundle")
     ap.add_argument("--budget", default=None, help="'40%%', '1.5GB' or bytes")
     ap.add_argument("--system", default=DEFAULT_SYSTEM)
-    ap.add_argument("--max-tokens", type=int, default=96)
+    ap.add_argument("--max-tokens", type=int, default=KIOSK_SAMPLING.max_tokens)
     args = ap.parse_args(argv)
+    sampling = replace(KIOSK_SAMPLING, max_tokens=args.max_tokens)
     with runtime.load(args.bundle, budget=args.budget) as model:
-        run_kiosk(model, KioskSession(system=args.system), sys.stdin, sys.stdout, args.max_tokens)
+        run_kiosk(model, KioskSession(system=args.system), sys.stdin, sys.stdout, sampling)
 
 
 if __name__ == "__main__":

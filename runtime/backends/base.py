@@ -16,6 +16,7 @@ from typing import Protocol, runtime_checkable
 import numpy as np
 
 from runtime.generation import SamplingParams
+from runtime.residency import FileMapping
 
 
 @dataclass(frozen=True)
@@ -52,6 +53,7 @@ class EngineConfig:
     observe_routing: bool = True
     routing_detail: bool = False  # also router probabilities and mixing weights (calibration)
     kv_cache_type: str = "f16"  # llama.cpp's --cache-type-k/v names (f16, q8_0, ...)
+    lazy_load: bool = False  # map without reading the whole file (a partial budget's cold start)
     verbose: bool = False
 
 
@@ -65,16 +67,15 @@ class Sampler(Protocol):
 class Backend(Protocol):
     """One loaded model + context decoding a single sequence.
 
-    Residency hook: `mapping_base` is the address at which the engine mapped the model file
-    (file offset 0), so the expert cache can give an expert's pages back with madvise; None
-    when the engine keeps no file-backed mapping (then nothing can be paged).
+    Residency hook: `file_mapping()` says where the engine mapped the file that holds the
+    experts, so the expert cache can give an expert's pages back with madvise; None when the
+    engine keeps no file-backed mapping (then nothing can be paged).
     """
 
     name: str
     cfg: EngineConfig
     n_vocab: int
     n_past: int
-    mapping_base: int | None
 
     def tokenize(self, text: str, special: bool = True) -> list[int]: ...
 
@@ -96,6 +97,10 @@ class Backend(Protocol):
 
     def close(self) -> None: ...
 
+    def file_mapping(self) -> FileMapping | None:
+        """Where the expert file is mapped (residency hook); None: it is not mapped."""
+        ...
+
 
 class Tokenizer(Protocol):
     """A model file's own tokenizer, without weights or a context (cheap to open)."""
@@ -103,6 +108,25 @@ class Tokenizer(Protocol):
     def tokenize(self, text: str, special: bool = True) -> list[int]: ...
 
     def close(self) -> None: ...
+
+
+BACKENDS = ("llama.cpp", "onnx")
+_FORMAT_OF = {"llama.cpp": "gguf", "onnx": "onnx"}
+
+
+def format_for(backend: str | None) -> str | None:
+    """The bundle build an engine runs: llama.cpp runs the GGUF, onnxruntime the ONNX build."""
+    if backend is None:
+        return None
+    if backend not in _FORMAT_OF:
+        from runtime.errors import EdgemoeError
+
+        raise EdgemoeError(f"unknown backend '{backend}' (available: {', '.join(BACKENDS)})")
+    return _FORMAT_OF[backend]
+
+
+def backend_for(fmt: str) -> str:
+    return {v: k for k, v in _FORMAT_OF.items()}[fmt]
 
 
 def open_tokenizer(model_path: Path, kind: str = "llama.cpp") -> Tokenizer:
@@ -123,6 +147,10 @@ def open_backend(
         from runtime.backends.llama_cpp import LlamaBackend
 
         return LlamaBackend(cfg, observer)
+    if kind == "onnx":
+        from runtime.backends.onnx_runtime import OnnxBackend
+
+        return OnnxBackend(cfg, observer)
     from runtime.errors import EdgemoeError
 
-    raise EdgemoeError(f"unknown backend '{kind}' (available: llama.cpp)")
+    raise EdgemoeError(f"unknown backend '{kind}' (available: {', '.join(BACKENDS)})")

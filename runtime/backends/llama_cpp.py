@@ -12,14 +12,17 @@ import ctypes
 import os
 import re
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 
 import numpy as np
 
 from runtime.backends.base import EngineConfig, RoutingEvent, RoutingObserver
+from runtime.backends.lazy_load import LazyLoad, lazy_mapping
 from runtime.errors import BundleError, EdgemoeError
 from runtime.generation import SamplingParams
-from runtime.residency import file_regions
+from runtime.procfs import file_regions
+from runtime.residency import FileMapping
 
 # (layer, tensor name, rows) for extra named tensors beyond routing.
 TensorObserver = Callable[[int, str, np.ndarray], None]
@@ -140,12 +143,16 @@ class LlamaBackend:
         # No repacking into anonymous buffers: experts must stay pages of the file mapping.
         mparams.use_extra_bufts = False
         before = {r.base for r in file_regions(cfg.model_path)}
-        try:
-            self.model = li.LlamaModel(
-                path_model=str(cfg.model_path), params=mparams, verbose=False
-            )
-        except ValueError as e:
-            raise BundleError(f"{cfg.model_path}: llama.cpp could not load it ({e})") from None
+        with self._mapping_mode(cfg) as lazy:
+            try:
+                self.model = li.LlamaModel(
+                    path_model=str(cfg.model_path), params=mparams, verbose=False
+                )
+            except ValueError as e:
+                raise BundleError(
+                    f"{cfg.model_path}: llama.cpp could not load it ({e})"
+                ) from None
+        self.lazy_load = lazy
         new = {r.base for r in file_regions(cfg.model_path)} - before
         # The mapping llama.cpp just made (another model of the same file may also be mapped).
         self.mapping_base: int | None = new.pop() if len(new) == 1 else None
@@ -182,6 +189,15 @@ class LlamaBackend:
         self._piece = ctypes.create_string_buffer(64)
         self._asked: dict[int, bool] = {}
         self._batch_shape: tuple[int, bool] | None = None
+
+    @staticmethod
+    def _mapping_mode(cfg: EngineConfig) -> AbstractContextManager[LazyLoad]:
+        if not cfg.lazy_load:
+            return nullcontext(LazyLoad(False, "not asked (full budget: stock full read)"))
+        import llama_cpp.llama_cpp as low
+
+        lib_path = Path(low._lib._name)
+        return lazy_mapping(low._lib, lib_path, "llama_backend_init")
 
     # --- routing observation -------------------------------------------------------------
     def _eval_callback(self, tensor: int, ask: bool, _user: int) -> bool:
@@ -255,6 +271,11 @@ class LlamaBackend:
             self._piece = buf = ctypes.create_string_buffer(-n)
             n = self._llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
         return buf.raw[:n]
+
+    def file_mapping(self) -> FileMapping | None:
+        if self.mapping_base is None:
+            return None
+        return FileMapping.whole(self.mapping_base, self.cfg.model_path.stat().st_size)
 
     def eos_token(self) -> int:
         return int(self.model.token_eos())

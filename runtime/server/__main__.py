@@ -1,4 +1,7 @@
-"""`python -m runtime.server BUNDLE [...]`: the server without the edgemoe CLI around it."""
+"""`python -m runtime.server BUNDLE [...]`: the server without the edgemoe CLI around it.
+
+Its options are `runtime.server.settings.OPTIONS`, the table `edgemoe serve` is built from too.
+"""
 
 from __future__ import annotations
 
@@ -6,37 +9,33 @@ import argparse
 import os
 import sys
 
-from runtime.server.settings import ServerSettings
+from runtime.server.settings import OPTIONS, ServerSettings, settings_from_options
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m runtime.server",
+                                description="OpenAI-compatible HTTP server for an edgemoe bundle.")
+    p.add_argument("bundle", help="Bundle directory to serve.")
+    for o in OPTIONS:
+        text = o.help.replace("%", "%%")  # argparse formats help with %
+        if o.env:
+            text += f" (default: ${o.env})"
+        elif o.default not in (None, ()):
+            text += " (default: %(default)s)"
+        if o.repeatable:
+            p.add_argument(o.flag, dest=o.name, type=o.type, action="append", help=text)
+        else:
+            default = os.environ.get(o.env) if o.env else None
+            p.add_argument(o.flag, dest=o.name, type=o.type,
+                           default=o.default if default is None else default, help=text)
+    return p
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[str, ServerSettings]:
-    p = argparse.ArgumentParser(prog="python -m runtime.server",
-                                description="OpenAI-compatible HTTP server for an edgemoe bundle.")
-    d = ServerSettings()
-    p.add_argument("bundle")
-    p.add_argument("--host", default=d.host)
-    p.add_argument("--port", type=int, default=d.port)
-    p.add_argument("--budget", default=None, help='memory budget, e.g. "40%%" or "1.5GB"')
-    p.add_argument("--api-key", default=os.environ.get("EDGEMOE_API_KEY"),
-                   help="require 'Authorization: Bearer KEY' (default: $EDGEMOE_API_KEY)")
-    p.add_argument("--model-alias", default=None)
-    p.add_argument("--max-queue", type=int, default=d.max_queue)
-    p.add_argument("--timeout", type=float, default=d.request_timeout_s, dest="request_timeout_s")
-    p.add_argument("--max-body-bytes", type=int, default=d.max_body_bytes)
-    p.add_argument("--cors-origin", action="append", default=[], dest="cors_origins")
-    p.add_argument("--n-ctx", type=int, default=None)
-    p.add_argument("--threads", type=int, default=None)
-    p.add_argument("--shutdown-grace", type=float, default=d.shutdown_grace_s)
-    p.add_argument("--log-level", default=d.log_level)
+    p = build_parser()
     a = p.parse_args(argv)
     try:
-        settings = ServerSettings(
-            host=a.host, port=a.port, api_key=a.api_key, model_alias=a.model_alias,
-            max_queue=a.max_queue, request_timeout_s=a.request_timeout_s,
-            max_body_bytes=a.max_body_bytes, cors_origins=tuple(a.cors_origins),
-            shutdown_grace_s=a.shutdown_grace, log_level=a.log_level, budget=a.budget,
-            n_ctx=a.n_ctx, threads=a.threads,
-        )
+        settings = settings_from_options(vars(a))
     except ValueError as e:
         p.error(str(e))
     return a.bundle, settings
@@ -45,7 +44,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[str, ServerSettings]:
 def main(argv: list[str] | None = None) -> int:
     bundle, settings = parse_args(argv)
     from runtime.errors import EdgemoeError
-    from runtime.server.serve import serve
+    from runtime.server import serve
 
     try:
         serve(bundle, settings)

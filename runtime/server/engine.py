@@ -1,9 +1,11 @@
 """The server's generation engine: one worker thread owns the Model; a bounded queue admits work.
 
-The Model is not thread-safe, so every generation runs on the worker thread, one at a time. A
-request waits in a bounded queue; when it is full the caller is told to retry (429) rather than
-piling up. Each job has a cancel Event that the runtime checks between tokens: set it when the
-client goes away or the deadline passes and the generation stops at once.
+The Model is not thread-safe, so every generation runs on the worker thread, one at a time. What
+waits in the bounded queue is a PreparedRequest (rendered, tokenized and checked by
+`Model.prepare` in the request handler), so nothing in the queue can still fail on its input.
+When the queue is full the caller is told to retry (429) rather than piling up. Each job has a
+cancel Event that the runtime checks between tokens: set it when the client goes away or the
+deadline passes and the generation stops at once.
 """
 
 from __future__ import annotations
@@ -15,10 +17,11 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from typing import Any
 
-from runtime.api import Model, StreamEvent
+from runtime.api import Model
+from runtime.generation import PreparedRequest, StreamEvent
 
 log = logging.getLogger("edgemoe.server")
 
@@ -43,21 +46,8 @@ class RequestTimeoutError(Exception):
     """The request's deadline passed before its generation finished."""
 
 
-@dataclass(frozen=True)
-class GenerationRequest:
-    """What the runtime is asked to generate; max_tokens None means up to the context window."""
-
-    prompt: str
-    max_tokens: int | None = 16
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    stop: tuple[str, ...] = ()
-
-
-# An observer of finished generations: (request, final event, seconds on the worker).
-FinishedHook = Callable[[GenerationRequest, StreamEvent, float], None]
+# An observer of finished generations: (final event, seconds on the worker).
+FinishedHook = Callable[[StreamEvent, float], None]
 
 
 class Job:
@@ -66,12 +56,11 @@ class Job:
     Iterate it with `await job.next()` on the event loop that submitted it.
     """
 
-    def __init__(self, request: GenerationRequest, loop: asyncio.AbstractEventLoop,
+    def __init__(self, prepared: PreparedRequest, loop: asyncio.AbstractEventLoop,
                  stream: bool) -> None:
-        self.request = request
+        self.prepared = prepared
         self.stream = stream  # False: one event with the whole text (one wake-up of the loop)
         self.cancel = threading.Event()
-        self.started = threading.Event()
         self.done = False
         self._loop = loop
         self._events: asyncio.Queue[StreamEvent | BaseException] = asyncio.Queue()
@@ -140,14 +129,13 @@ class Engine:
         return self
 
     # admission --------------------------------------------------------------------------------
-    def submit(self, request: GenerationRequest, timeout_s: float, stream: bool = True) -> Job:
+    def submit(self, prepared: PreparedRequest, timeout_s: float, stream: bool = True) -> Job:
         """Queue a generation for the running event loop; raises QueueFullError when full.
 
         stream=False delivers a single final event holding the whole text."""
-        job = Job(request, asyncio.get_running_loop(), stream)
+        job = Job(prepared, asyncio.get_running_loop(), stream)
         with self._cond:
-            if self._stopping:
-                raise EngineStoppedError("the server is shutting down")
+            self.check_running()
             if len(self._pending) >= self.max_queue and (
                 self._current is not None or self._pending
             ):
@@ -165,6 +153,11 @@ class Engine:
                 self._pending.remove(job)
             except ValueError:
                 pass
+
+    def check_running(self) -> None:
+        """Raise EngineStoppedError once shutdown has begun (checked before preparing too)."""
+        if self._stopping:
+            raise EngineStoppedError("the server is shutting down")
 
     def retry_after_s(self) -> int:
         waiting = len(self._pending) + (1 if self._current is not None else 0)
@@ -206,20 +199,11 @@ class Engine:
                     self._current = None
 
     def _run(self, job: Job) -> None:
-        req = job.request
-        job.started.set()
         t0 = time.perf_counter()
         last: StreamEvent | None = None
         pieces: list[str] = []
         try:
-            max_tokens = req.max_tokens
-            if max_tokens is None:  # up to the context window
-                n_prompt = max(1, len(self.model.tokenize(req.prompt)))
-                max_tokens = max(1, self.model.n_ctx - n_prompt)
-            for ev in self.model.stream_events(
-                req.prompt, max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p,
-                top_k=req.top_k, seed=req.seed, stop=list(req.stop), cancel=job.cancel,
-            ):
+            for ev in self.model.stream_prepared(job.prepared, cancel=job.cancel):
                 last = ev
                 if job.stream:
                     job.push(ev)
@@ -231,9 +215,12 @@ class Engine:
             job.push(e)
         elapsed = time.perf_counter() - t0
         self._avg_job_s = 0.8 * self._avg_job_s + 0.2 * elapsed
+        if last is not None and last.finish_reason == "cancelled" and last.usage is not None:
+            log.info("generation cancelled after %d of at most %d tokens",
+                     last.usage.completion_tokens, job.prepared.max_tokens)
         if last is not None and self._on_finished is not None:
             try:
-                self._on_finished(req, last, elapsed)
+                self._on_finished(last, elapsed)
             except Exception:
                 log.exception("metrics hook failed")
 

@@ -6,18 +6,17 @@ a 400 (never FastAPI's 422, never a 500), unknown model 404, auth 401, busy 429 
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import JSONResponse
+from starlette.responses import Response
 
 from runtime.errors import EdgemoeError, PromptTooLongError, SamplingError
 from runtime.server.engine import EngineStoppedError, QueueFullError, RequestTimeoutError
-from runtime.server.schemas import REQUEST_FIELDS
+from runtime.server.schemas import REQUEST_FIELDS, ErrorDetail, ErrorResponse, json_body
 
 log = logging.getLogger("edgemoe.server")
 
@@ -43,19 +42,19 @@ class APIError(Exception):
         self.type, self.param, self.code = type, param, code
         self.headers = headers or {}
 
-    def body(self) -> dict[str, Any]:
-        return {
-            "error": {
-                "message": self.message, "type": self.type, "param": self.param, "code": self.code,
-            }
-        }
+    def body(self) -> ErrorResponse:
+        return ErrorResponse(
+            error=ErrorDetail(message=self.message, type=self.type, param=self.param,
+                              code=self.code)
+        )
 
-    def response(self) -> JSONResponse:
-        return JSONResponse(self.body(), status_code=self.status, headers=self.headers)
+    def response(self) -> Response:
+        return Response(json_body(self.body()), status_code=self.status, headers=self.headers,
+                        media_type="application/json")
 
     def sse(self) -> str:
         """The error as one server-sent event, for failures after a stream has started."""
-        return f"data: {json.dumps(self.body())}\n\n"
+        return f"data: {json_body(self.body())}\n\n"
 
 
 # --- the errors the server itself raises -------------------------------------------------------
@@ -161,14 +160,14 @@ def _validation_error(exc: RequestValidationError) -> APIError:
 def install_error_handlers(app: FastAPI) -> None:
     """Route every error FastAPI or the runtime can raise through the OpenAI error shape."""
 
-    async def on_api_error(request: Request, exc: Exception) -> JSONResponse:
+    async def on_api_error(request: Request, exc: Exception) -> Response:
         return from_exception(exc, _prompt_param(request)).response()
 
-    async def on_validation(request: Request, exc: Exception) -> JSONResponse:
+    async def on_validation(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, RequestValidationError)
         return _validation_error(exc).response()
 
-    async def on_http(request: Request, exc: Exception) -> JSONResponse:
+    async def on_http(request: Request, exc: Exception) -> Response:
         assert isinstance(exc, StarletteHTTPException)
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         kind = INVALID_REQUEST if exc.status_code < 500 else SERVER_ERROR

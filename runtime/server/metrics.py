@@ -1,21 +1,26 @@
-"""Server metrics in the Prometheus text format (written by hand: no extra dependency).
+"""Server metrics for Prometheus, through prometheus_client and one registry per app.
 
-Counters are updated from the event loop (requests) and the engine thread (generations), so
-they sit behind one lock; the runtime's expert figures come from `Model.stats()` at scrape time.
+Counters of the HTTP layer and of finished generations are prometheus_client instruments
+(thread-safe: the event loop and the engine thread both update them). Figures that exist only at
+scrape time (queue, engine, the runtime's expert cache from `Model.stats()`, the last run's
+speeds) come from a collector that asks the server state when /metrics is read.
 """
 
 from __future__ import annotations
 
 import numbers
-import threading
-from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import Any
 
-from runtime.api import StreamEvent
-from runtime.server.engine import GenerationRequest
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+
+from runtime.generation import StreamEvent
 
 PREFIX = "edgemoe"
+# The classic text format (what generate_latest writes), understood by every Prometheus.
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 # model.stats() key -> (metric name, type, help). Counters are cumulative in the runtime.
 RUNTIME_FIGURES: tuple[tuple[str, str, str, str], ...] = (
@@ -36,127 +41,119 @@ RUNTIME_FIGURES: tuple[tuple[str, str, str, str], ...] = (
      "Resident bytes of the model file mapping."),
 )
 
-
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
-
-
-def _labels(pairs: Mapping[str, str]) -> str:
-    if not pairs:
-        return ""
-    return "{" + ",".join(f'{k}="{_escape(v)}"' for k, v in pairs.items()) + "}"
+# StreamEvent.timings key (or "completion_tokens") -> (gauge name, help): the last generation.
+LAST_RUN: tuple[tuple[str, str, str], ...] = (
+    ("prefill_tok_s", "last_prefill_tokens_per_second", "Prefill speed, last run."),
+    ("decode_tok_s", "last_decode_tokens_per_second", "Decode speed, last run."),
+    ("ttft_s", "last_ttft_seconds", "Time to first token of the last run."),
+    ("completion_tokens", "last_completion_tokens", "Tokens made by the last run."),
+)
 
 
-def _number(value: float) -> str:
-    f = float(value)
-    return str(int(f)) if f.is_integer() and abs(f) < 2**53 else repr(f)
+@dataclass(frozen=True)
+class ServingFigures:
+    """What the server state reports at scrape time."""
 
-
-class _Writer:
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def family(
-        self, name: str, kind: str, help_text: str,
-        samples: Iterable[tuple[Mapping[str, str], float]],
-    ) -> None:
-        full = f"{PREFIX}_{name}"
-        self.lines.append(f"# HELP {full} {help_text}")
-        self.lines.append(f"# TYPE {full} {kind}")
-        for labels, value in samples:
-            self.lines.append(f"{full}{_labels(labels)} {_number(value)}")
-
-    def text(self) -> str:
-        return "\n".join(self.lines) + "\n"
+    model_id: str | None
+    queue_depth: int
+    queue_capacity: int
+    busy: bool
+    stats: Mapping[str, Any] | None  # Model.stats(), None until the model is loaded
 
 
 class Metrics:
-    """Counters of the HTTP layer and of finished generations."""
+    """One server's metrics in its own CollectorRegistry (several apps may share a process)."""
 
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self.requests: dict[tuple[str, str], int] = defaultdict(int)
-        self.request_seconds: dict[str, float] = defaultdict(float)
-        self.prompt_tokens = 0
-        self.completion_tokens: dict[str, int] = defaultdict(int)
-        self.generations: dict[str, int] = defaultdict(int)
-        self.generation_seconds = 0.0
-        self.decode_seconds = 0.0
-        self.prefill_seconds = 0.0
-        self.last: dict[str, float] = {}
+    def __init__(self, figures: Callable[[], ServingFigures]) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.http_requests = Counter(f"{PREFIX}_http_requests",
+                                     "HTTP requests by endpoint and status.",
+                                     ["endpoint", "status"], registry=r)
+        self.http_seconds = Counter(f"{PREFIX}_http_request_seconds",
+                                    "Seconds spent answering HTTP requests, by endpoint.",
+                                    ["endpoint"], registry=r)
+        self.prompt_tokens = Counter(f"{PREFIX}_prompt_tokens", "Prompt tokens processed.",
+                                     registry=r)
+        self.completion_tokens = Counter(f"{PREFIX}_completion_tokens",
+                                         "Tokens generated, by how the generation finished.",
+                                         ["finish_reason"], registry=r)
+        self.generations = Counter(
+            f"{PREFIX}_generations",
+            "Generations run, by how they finished (cancelled: client left or timeout).",
+            ["finish_reason"], registry=r)
+        self.generation_seconds = Counter(f"{PREFIX}_generation_seconds",
+                                          "Seconds the engine spent generating.", registry=r)
+        self.prefill_seconds = Counter(f"{PREFIX}_prefill_seconds",
+                                       "Seconds spent in prompt prefill.", registry=r)
+        self.decode_seconds = Counter(f"{PREFIX}_decode_seconds", "Seconds spent decoding tokens.",
+                                      registry=r)
+        self._scrape = _ScrapeCollector(figures)
+        r.register(self._scrape)
 
     def observe_request(self, endpoint: str, status: int, seconds: float) -> None:
-        with self._lock:
-            self.requests[(endpoint, str(status))] += 1
-            self.request_seconds[endpoint] += seconds
+        self.http_requests.labels(endpoint, str(status)).inc()
+        self.http_seconds.labels(endpoint).inc(seconds)
 
-    def observe_generation(
-        self, request: GenerationRequest, final: StreamEvent, seconds: float
-    ) -> None:
-        usage, timings = final.usage, final.timings or {}
+    def observe_generation(self, final: StreamEvent, seconds: float) -> None:
+        """The engine's hook for every finished generation (its final event)."""
         reason = final.finish_reason or "stop"
-        with self._lock:
-            self.generations[reason] += 1
-            self.generation_seconds += seconds
-            if usage is not None:
-                self.prompt_tokens += usage.prompt_tokens
-                self.completion_tokens[reason] += usage.completion_tokens
-                self.last["completion_tokens"] = usage.completion_tokens
-            self.decode_seconds += timings.get("decode_s", 0.0)
-            self.prefill_seconds += timings.get("prefill_s", 0.0)
-            for key in ("prefill_tok_s", "decode_tok_s", "ttft_s"):
-                if key in timings:
-                    self.last[key] = float(timings[key])
+        timings = final.timings or {}
+        self.generations.labels(reason).inc()
+        self.generation_seconds.inc(seconds)
+        self.prefill_seconds.inc(timings.get("prefill_s", 0.0))
+        self.decode_seconds.inc(timings.get("decode_s", 0.0))
+        last = {k: float(timings[k]) for k, _, _ in LAST_RUN if k in timings}
+        if final.usage is not None:
+            self.prompt_tokens.inc(final.usage.prompt_tokens)
+            self.completion_tokens.labels(reason).inc(final.usage.completion_tokens)
+            last["completion_tokens"] = final.usage.completion_tokens
+        self._scrape.last = last  # one reference swap: a scrape sees one run's figures
 
-    def render(
-        self, *, model_id: str | None, queue_depth: int, queue_capacity: int, busy: bool,
-        stats: Mapping[str, Any] | None,
-    ) -> str:
-        w = _Writer()
-        with self._lock:
-            w.family("http_requests_total", "counter", "HTTP requests by endpoint and status.",
-                     [({"endpoint": e, "status": s}, n) for (e, s), n in
-                      sorted(self.requests.items())])
-            w.family("http_request_seconds_total", "counter",
-                     "Seconds spent answering HTTP requests, by endpoint.",
-                     [({"endpoint": e}, s) for e, s in sorted(self.request_seconds.items())])
-            w.family("prompt_tokens_total", "counter", "Prompt tokens processed.",
-                     [({}, self.prompt_tokens)])
-            w.family("completion_tokens_total", "counter",
-                     "Tokens generated, by how the generation finished.",
-                     [({"finish_reason": r}, n) for r, n in sorted(self.completion_tokens.items())])
-            w.family("generations_total", "counter",
-                     "Generations run, by how they finished (cancelled: client left or timeout).",
-                     [({"finish_reason": r}, n) for r, n in sorted(self.generations.items())])
-            w.family("generation_seconds_total", "counter", "Seconds the engine spent generating.",
-                     [({}, self.generation_seconds)])
-            w.family("prefill_seconds_total", "counter", "Seconds spent in prompt prefill.",
-                     [({}, self.prefill_seconds)])
-            w.family("decode_seconds_total", "counter", "Seconds spent decoding tokens.",
-                     [({}, self.decode_seconds)])
-            for key, name, help_text in (
-                ("prefill_tok_s", "last_prefill_tokens_per_second", "Prefill speed, last run."),
-                ("decode_tok_s", "last_decode_tokens_per_second", "Decode speed, last run."),
-                ("ttft_s", "last_ttft_seconds", "Time to first token of the last run."),
-                ("completion_tokens", "last_completion_tokens", "Tokens made by the last run."),
-            ):
-                if key in self.last:
-                    w.family(name, "gauge", help_text, [({}, self.last[key])])
-        w.family("queue_depth", "gauge", "Requests waiting for the engine.", [({}, queue_depth)])
-        w.family("queue_capacity", "gauge", "Requests allowed to wait.", [({}, queue_capacity)])
-        w.family("engine_busy", "gauge", "1 while a generation runs.", [({}, int(busy))])
-        if model_id is not None:
-            w.family("model_info", "gauge", "The model being served.", [({"model": model_id}, 1)])
+    def render(self) -> bytes:
+        """The Prometheus text exposition of everything above."""
+        return generate_latest(self.registry)
+
+
+class _ScrapeCollector:
+    """Figures read when /metrics is scraped; families without a value are left out."""
+
+    def __init__(self, figures: Callable[[], ServingFigures]) -> None:
+        self._figures = figures
+        self.last: Mapping[str, float] = {}  # the last generation's LAST_RUN figures
+
+    def collect(self) -> Iterator[Metric]:
+        f = self._figures()
+        for key, name, help_text in LAST_RUN:
+            if key in self.last:
+                yield _gauge(name, help_text, self.last[key])
+        yield _gauge("queue_depth", "Requests waiting for the engine.", f.queue_depth)
+        yield _gauge("queue_capacity", "Requests allowed to wait.", f.queue_capacity)
+        yield _gauge("engine_busy", "1 while a generation runs.", int(f.busy))
+        if f.model_id is not None:
+            info = GaugeMetricFamily(f"{PREFIX}_model_info", "The model being served.",
+                                     labels=["model"])
+            info.add_metric([f.model_id], 1)
+            yield info
+        stats = f.stats or {}
         for key, name, kind, help_text in RUNTIME_FIGURES:
-            value = (stats or {}).get(key)
+            value = stats.get(key)
             if isinstance(value, numbers.Real) and not isinstance(value, bool):
-                w.family(name, kind, help_text, [({}, value)])
-        if stats and isinstance(stats.get("offloading"), bool):
-            w.family("expert_offloading", "gauge", "1 when experts are paged within a budget.",
-                     [({}, int(stats["offloading"]))])
-        hot = (stats or {}).get("hot_experts") or {}
+                if kind == "counter":
+                    yield CounterMetricFamily(f"{PREFIX}_{name}", help_text, value=value)
+                else:
+                    yield _gauge(name, help_text, value)
+        if isinstance(stats.get("offloading"), bool):
+            yield _gauge("expert_offloading", "1 when experts are paged within a budget.",
+                         int(stats["offloading"]))
+        hot = stats.get("hot_experts") or {}
         if isinstance(hot, Mapping) and hot:
-            w.family("pinned_experts", "gauge", "Pinned (hot) experts per layer.",
-                     [({"layer": str(k)}, len(v)) for k, v in sorted(hot.items(),
-                                                                    key=lambda kv: int(kv[0]))])
-        return w.text()
+            pinned = GaugeMetricFamily(f"{PREFIX}_pinned_experts",
+                                       "Pinned (hot) experts per layer.", labels=["layer"])
+            for layer, experts in sorted(hot.items(), key=lambda kv: int(kv[0])):
+                pinned.add_metric([str(layer)], len(experts))
+            yield pinned
+
+
+def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:
+    return GaugeMetricFamily(f"{PREFIX}_{name}", help_text, value=value)

@@ -1,34 +1,45 @@
 """The HTTP routes: OpenAI-compatible /v1 endpoints plus /health and /metrics.
 
-Routes only translate: wire request -> `GenerationRequest` for the engine, runtime events ->
-OpenAI responses or server-sent chunks. Errors are raised and mapped in `errors.py`.
+Routes only translate. A wire request becomes a GenerationRequest (its SamplingParams built by the
+schema), `Model.prepare` renders, tokenizes and checks it once before it may queue (so bad input
+is a 400 at once), the engine runs the PreparedRequest, and runtime events become the response
+models of `schemas.py`. Errors are raised and mapped in `errors.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
-from starlette.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from pydantic import BaseModel
+from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.types import Receive
 
-from runtime.api import StreamEvent, Usage
-from runtime.server.engine import Engine, EngineStoppedError, GenerationRequest, Job
+from runtime.generation import GenerationRequest, StreamEvent, Usage
+from runtime.server.engine import Engine, EngineStoppedError, Job
 from runtime.server.errors import APIError, from_exception
+from runtime.server.metrics import CONTENT_TYPE
 from runtime.server.schemas import (
+    AssistantMessage,
+    ChatChoice,
+    ChatChunkChoice,
     ChatCompletion,
+    ChatCompletionChunk,
     ChatCompletionRequest,
+    ChatDelta,
     Completion,
+    CompletionChoice,
     CompletionRequest,
     ErrorResponse,
     Health,
     ModelCard,
     ModelList,
+    UsageInfo,
+    json_body,
 )
 from runtime.server.state import ServerState
 
@@ -54,74 +65,62 @@ def _state(request: Request) -> ServerState:
     return request.app.state.edgemoe
 
 
-def _json(obj: dict[str, Any]) -> str:
-    return json.dumps(obj, separators=(",", ":"))
+def _respond(body: BaseModel, status_code: int = 200, *, drop_none: bool = False) -> Response:
+    return Response(json_body(body, drop_none=drop_none), status_code=status_code,
+                    media_type="application/json")
 
 
 # --- health, models, metrics ---------------------------------------------------------------------
 @router.get("/health", response_model=Health, responses={503: {"model": Health}})
-async def health(request: Request) -> JSONResponse:
+async def health(request: Request) -> Response:
     st = _state(request)
     if st.stopping:
-        return JSONResponse({"status": "stopping"}, status_code=503)
-    if st.engine is None:
-        if st.load_error is not None:
-            return JSONResponse({"status": "error", "message": str(st.load_error)}, 503)
-        return JSONResponse({"status": "loading"}, status_code=503)
-    return JSONResponse({"status": "ok", "model": st.model_id})
+        answer, status = Health(status="stopping"), 503
+    elif st.engine is None and st.load_error is not None:
+        answer, status = Health(status="error", message=str(st.load_error)), 503
+    elif st.engine is None:
+        answer, status = Health(status="loading"), 503
+    else:
+        answer, status = Health(status="ok", model=st.model_id), 200
+    return _respond(answer, status, drop_none=True)
 
 
-def _card(st: ServerState) -> dict[str, Any]:
-    assert st.model is not None
-    return {"id": st.model_id, "object": "model", "created": st.created, "owned_by": "edgemoe",
-            "context_length": st.model.n_ctx}
+def _card(st: ServerState) -> ModelCard:
+    assert st.model is not None and st.model_id is not None
+    return ModelCard(id=st.model_id, created=st.created, context_length=st.model.n_ctx)
 
 
 @router.get("/v1/models", response_model=ModelList, responses=_ERRORS)
-async def list_models(request: Request) -> JSONResponse:
+async def list_models(request: Request) -> Response:
     st = _state(request)
     st.ready()
-    return JSONResponse({"object": "list", "data": [_card(st)]})
+    return _respond(ModelList(data=[_card(st)]))
 
 
 @router.get("/v1/models/{model_id}", response_model=ModelCard, responses=_ERRORS)
-async def get_model(model_id: str, request: Request) -> JSONResponse:
+async def get_model(model_id: str, request: Request) -> Response:
     st = _state(request)
     st.ready()
     st.check_model(model_id)
-    return JSONResponse(_card(st))
+    return _respond(_card(st))
 
 
 @router.get("/metrics", response_class=PlainTextResponse)
-def metrics(request: Request) -> PlainTextResponse:
+def metrics(request: Request) -> Response:
     # A plain def: FastAPI runs it on a worker thread, as Model.stats() reads /proc.
-    st = _state(request)
-    eng = st.engine
-    text = st.metrics.render(
-        model_id=st.model_id,
-        queue_depth=eng.queue_depth if eng else 0,
-        queue_capacity=st.settings.max_queue,
-        busy=eng.busy if eng else False,
-        stats=eng.stats() if eng else None,
-    )
-    return PlainTextResponse(text, media_type="text/plain; version=0.0.4; charset=utf-8")
+    return Response(_state(request).metrics.render(), media_type=CONTENT_TYPE)
 
 
 # --- response shapes -----------------------------------------------------------------------------
-def _usage(usage: Usage | None) -> dict[str, int]:
-    if usage is None:
-        return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
-    return {"prompt_tokens": usage.prompt_tokens, "completion_tokens": usage.completion_tokens,
-            "total_tokens": usage.prompt_tokens + usage.completion_tokens}
+class _Answer:
+    """One request's answer as response models: the whole response, or its stream chunks.
 
-
-class _Shape:
-    """How one endpoint's answers look: full response and stream chunks."""
+    Chunks carry `usage` (null until the usage chunk) only when the client asked for it, as
+    OpenAI does; every chunk of one answer shares its id and creation time.
+    """
 
     prompt_param = "prompt"
     id_prefix = "cmpl"
-    object = "text_completion"
-    chunk_object = "text_completion"
 
     def __init__(self, model_id: str, include_usage: bool) -> None:
         self.id = f"{self.id_prefix}-{uuid.uuid4().hex}"
@@ -129,22 +128,10 @@ class _Shape:
         self.model = model_id
         self.include_usage = include_usage
 
-    def _envelope(self, obj: str, choices: list[dict[str, Any]]) -> dict[str, Any]:
-        return {"id": self.id, "object": obj, "created": self.created, "model": self.model,
-                "choices": choices}
+    def sse(self, chunk: BaseModel) -> str:
+        exclude = None if self.include_usage else {"usage"}
+        return f"data: {json_body(chunk, exclude=exclude)}\n\n"
 
-    def chunk(self, choice: dict[str, Any]) -> str:
-        out = self._envelope(self.chunk_object, [choice])
-        if self.include_usage:
-            out["usage"] = None
-        return f"data: {_json(out)}\n\n"
-
-    def usage_chunk(self, usage: Usage | None) -> str:
-        out = self._envelope(self.chunk_object, [])
-        out["usage"] = _usage(usage)
-        return f"data: {_json(out)}\n\n"
-
-    # per endpoint
     def head(self) -> str | None:
         """The chunk sent before the first token, if any."""
         return None
@@ -155,56 +142,74 @@ class _Shape:
     def finish_chunk(self, reason: str) -> str:
         raise NotImplementedError
 
-    def full(self, text: str, reason: str, usage: Usage | None) -> dict[str, Any]:
+    def usage_chunk(self, usage: Usage | None) -> str:
+        raise NotImplementedError
+
+    def full(self, text: str, reason: str, usage: Usage | None) -> BaseModel:
         raise NotImplementedError
 
 
-class _ChatShape(_Shape):
+class _ChatAnswer(_Answer):
     prompt_param = "messages"
     id_prefix = "chatcmpl"
-    object = "chat.completion"
-    chunk_object = "chat.completion.chunk"
+
+    def _chunk(self, choices: list[ChatChunkChoice], usage: Usage | None = None) -> str:
+        return self.sse(ChatCompletionChunk(
+            id=self.id, created=self.created, model=self.model, choices=choices,
+            usage=UsageInfo.of(usage) if usage is not None else None,
+        ))
 
     def head(self) -> str | None:
-        return self.chunk({"index": 0, "delta": {"role": "assistant", "content": ""},
-                           "logprobs": None, "finish_reason": None})
+        return self._chunk([ChatChunkChoice(delta=ChatDelta(role="assistant", content=""))])
 
     def text_chunk(self, text: str) -> str:
-        return self.chunk({"index": 0, "delta": {"content": text}, "logprobs": None,
-                           "finish_reason": None})
+        return self._chunk([ChatChunkChoice(delta=ChatDelta(content=text))])
 
     def finish_chunk(self, reason: str) -> str:
-        return self.chunk({"index": 0, "delta": {}, "logprobs": None, "finish_reason": reason})
+        return self._chunk([ChatChunkChoice(delta=ChatDelta(), finish_reason=reason)])
 
-    def full(self, text: str, reason: str, usage: Usage | None) -> dict[str, Any]:
-        out = self._envelope(self.object, [{
-            "index": 0, "message": {"role": "assistant", "content": text}, "logprobs": None,
-            "finish_reason": reason,
-        }])
-        out["usage"] = _usage(usage)
-        return out
+    def usage_chunk(self, usage: Usage | None) -> str:
+        return self.sse(ChatCompletionChunk(id=self.id, created=self.created, model=self.model,
+                                            choices=[], usage=UsageInfo.of(usage)))
+
+    def full(self, text: str, reason: str, usage: Usage | None) -> ChatCompletion:
+        return ChatCompletion(
+            id=self.id, created=self.created, model=self.model,
+            choices=[ChatChoice(message=AssistantMessage(content=text), finish_reason=reason)],
+            usage=UsageInfo.of(usage),
+        )
 
 
-class _CompletionShape(_Shape):
+class _CompletionAnswer(_Answer):
     def __init__(self, model_id: str, include_usage: bool, echo: str) -> None:
         super().__init__(model_id, include_usage)
         self.echo = echo
+
+    def _chunk(self, text: str, reason: str | None = None) -> str:
+        return self.sse(Completion(
+            id=self.id, created=self.created, model=self.model,
+            choices=[CompletionChoice(text=text, finish_reason=reason)],
+        ))
 
     def head(self) -> str | None:
         return self.text_chunk(self.echo) if self.echo else None
 
     def text_chunk(self, text: str) -> str:
-        return self.chunk({"index": 0, "text": text, "logprobs": None, "finish_reason": None})
+        return self._chunk(text)
 
     def finish_chunk(self, reason: str) -> str:
-        return self.chunk({"index": 0, "text": "", "logprobs": None, "finish_reason": reason})
+        return self._chunk("", reason)
 
-    def full(self, text: str, reason: str, usage: Usage | None) -> dict[str, Any]:
-        out = self._envelope(self.object, [{
-            "index": 0, "text": self.echo + text, "logprobs": None, "finish_reason": reason,
-        }])
-        out["usage"] = _usage(usage)
-        return out
+    def usage_chunk(self, usage: Usage | None) -> str:
+        return self.sse(Completion(id=self.id, created=self.created, model=self.model,
+                                   choices=[], usage=UsageInfo.of(usage)))
+
+    def full(self, text: str, reason: str, usage: Usage | None) -> Completion:
+        return Completion(
+            id=self.id, created=self.created, model=self.model,
+            choices=[CompletionChoice(text=self.echo + text, finish_reason=reason)],
+            usage=UsageInfo.of(usage),
+        )
 
 
 # --- generation endpoints ------------------------------------------------------------------------
@@ -216,17 +221,10 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     st = _state(request)
     engine = st.ready()
     st.check_model(body.model)
-    assert st.model is not None and st.model_id is not None
-    try:
-        prompt = st.model.apply_chat_template([m.model_dump(exclude_none=True)
-                                               for m in body.messages])
-    except ValueError as e:  # messages the bundle's template cannot render
-        raise APIError(400, str(e), param="messages") from None
-    gen = GenerationRequest(
-        prompt=prompt, max_tokens=body.token_limit(), **_sampling(body),
-    )
-    shape = _ChatShape(st.model_id, body.include_usage)
-    return await _answer(request, st, engine, gen, bool(body.stream), shape)
+    assert st.model_id is not None
+    generation = GenerationRequest(messages=body.message_dicts(), params=body.sampling_params())
+    answer = _ChatAnswer(st.model_id, body.include_usage)
+    return await _answer(request, st, engine, generation, body.stream, answer)
 
 
 @router.post(
@@ -238,22 +236,9 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     st.check_model(body.model)
     assert st.model_id is not None
     prompt = body.prompt_text()
-    gen = GenerationRequest(
-        prompt=prompt, max_tokens=body.max_tokens if body.max_tokens is not None else 16,
-        **_sampling(body),
-    )
-    shape = _CompletionShape(st.model_id, body.include_usage, prompt if body.echo else "")
-    return await _answer(request, st, engine, gen, bool(body.stream), shape)
-
-
-def _sampling(body: ChatCompletionRequest | CompletionRequest) -> dict[str, Any]:
-    return {
-        "temperature": 1.0 if body.temperature is None else body.temperature,
-        "top_p": 1.0 if body.top_p is None else body.top_p,
-        "top_k": body.top_k or 0,
-        "seed": body.seed,
-        "stop": body.stop_list(),
-    }
+    generation = GenerationRequest(prompt=prompt, params=body.sampling_params())
+    answer = _CompletionAnswer(st.model_id, body.include_usage, prompt if body.echo else "")
+    return await _answer(request, st, engine, generation, body.stream, answer)
 
 
 async def _cancel_on_disconnect(receive: Receive, job: Job, engine: Engine) -> None:
@@ -266,21 +251,23 @@ async def _cancel_on_disconnect(receive: Receive, job: Job, engine: Engine) -> N
 
 
 async def _answer(
-    request: Request, st: ServerState, engine: Engine, gen: GenerationRequest, stream: bool,
-    shape: _Shape,
+    request: Request, st: ServerState, engine: Engine, generation: GenerationRequest,
+    stream: bool, answer: _Answer,
 ) -> Response:
-    job = engine.submit(gen, st.settings.request_timeout_s, stream=stream)
+    # Bad input (template, context window) fails here, before it may take a queue slot.
+    prepared = await st.prepare(engine, generation)
+    job = engine.submit(prepared, st.settings.request_timeout_s, stream=stream)
     watcher = asyncio.create_task(_cancel_on_disconnect(request.receive, job, engine))
     try:
-        # Wait for the first event before answering, so a prompt that is too long still gets
-        # a plain 400 rather than a stream that fails.
+        # Wait for the first event before answering, so a request that times out in the queue
+        # or meets a shutdown still gets a plain error status rather than a stream that fails.
         first = await job.next()
     except BaseException:
         watcher.cancel()
         job.close()
         raise
     if stream:
-        return StreamingResponse(_chunks(job, first, shape, watcher, engine),
+        return StreamingResponse(_chunks(job, first, answer, watcher, engine),
                                  media_type="text/event-stream", headers=_SSE_HEADERS)
     try:
         parts, ev = [first.text], first
@@ -292,7 +279,7 @@ async def _answer(
         job.close()
     if ev.finish_reason == "cancelled":
         raise _cancelled(engine)
-    return JSONResponse(shape.full("".join(parts), ev.finish_reason, ev.usage))
+    return _respond(answer.full("".join(parts), ev.finish_reason, ev.usage))
 
 
 def _cancelled(engine: Engine) -> Exception:
@@ -303,27 +290,27 @@ def _cancelled(engine: Engine) -> Exception:
 
 
 async def _chunks(
-    job: Job, ev: StreamEvent, shape: _Shape, watcher: asyncio.Task[None], engine: Engine,
+    job: Job, ev: StreamEvent, answer: _Answer, watcher: asyncio.Task[None], engine: Engine,
 ) -> AsyncIterator[str]:
     try:
-        head = shape.head()
+        head = answer.head()
         if head:
             yield head
         while True:
             if ev.text:
-                yield shape.text_chunk(ev.text)
+                yield answer.text_chunk(ev.text)
             if ev.finish_reason is not None:
                 break
             ev = await job.next()
         if ev.finish_reason == "cancelled":
-            yield from_exception(_cancelled(engine), shape.prompt_param).sse()
+            yield from_exception(_cancelled(engine), answer.prompt_param).sse()
             return
-        yield shape.finish_chunk(ev.finish_reason)
-        if shape.include_usage:
-            yield shape.usage_chunk(ev.usage)
+        yield answer.finish_chunk(ev.finish_reason)
+        if answer.include_usage:
+            yield answer.usage_chunk(ev.usage)
         yield _DONE
     except Exception as e:  # after the 200 went out, errors travel as an SSE error event
-        yield from_exception(e, shape.prompt_param).sse()
+        yield from_exception(e, answer.prompt_param).sse()
     finally:
         watcher.cancel()
         job.close()

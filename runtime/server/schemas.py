@@ -2,15 +2,34 @@
 
 Requests are strict (no "0.5" for a number, no 1 for a boolean) and reject the OpenAI options this
 server cannot honour instead of ignoring them; unknown extra fields are ignored, as OpenAI does.
+Sampling defaults and ranges are SamplingParams' own, so HTTP and Python answer alike. Every
+response, stream chunk and error is one of the models below, serialised by `json_body`.
 """
 
 from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    field_validator,
+    model_serializer,
+    model_validator,
+)
 
-ROLES = ("system", "user", "assistant")
+from runtime.generation import (
+    DEFAULT_MAX_TOKENS,
+    DEFAULT_SAMPLING,
+    MAX_TEMPERATURE,
+    MIN_MAX_TOKENS,
+    SamplingParams,
+)
+from runtime.generation import Usage as RuntimeUsage
+
 MAX_STOP = 4
 
 
@@ -25,11 +44,15 @@ def _valid_unicode(text: str) -> str:
 
 Text = Annotated[str, AfterValidator(_valid_unicode)]
 StopText = Annotated[str, Field(min_length=1), AfterValidator(_valid_unicode)]
-Temperature = Annotated[float, Field(ge=0.0, le=2.0)]
+Temperature = Annotated[float, Field(ge=0.0, le=MAX_TEMPERATURE)]
 TopP = Annotated[float, Field(gt=0.0, le=1.0)]
-MaxTokens = Annotated[int, Field(ge=1)]
+TopK = Annotated[int, Field(ge=0)]
+MaxTokens = Annotated[int, Field(ge=MIN_MAX_TOKENS)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
 FinishReason = Literal["stop", "length"]
+
+# JSON null for these means "not given" (OpenAI documents them as nullable), so the default applies.
+_NULL_IS_DEFAULT = ("temperature", "top_p", "top_k", "stream")
 
 
 class _Strict(BaseModel):
@@ -50,20 +73,31 @@ class _GenerationRequest(_Strict):
     """Fields shared by /v1/chat/completions and /v1/completions."""
 
     model: str = Field(description="The model id from GET /v1/models (or the bundle name).")
-    max_tokens: MaxTokens | None = None
-    temperature: Temperature | None = Field(None, description="0 is greedy; default 1.")
-    top_p: TopP | None = None
-    top_k: Annotated[int, Field(ge=0)] | None = Field(
-        None, description="Extension: keep the k most likely tokens (0: off)."
+    max_tokens: MaxTokens | None = Field(
+        DEFAULT_SAMPLING.max_tokens,
+        description=f"Tokens to generate at most; default {DEFAULT_MAX_TOKENS}, or fewer where "
+        "the context window ends first.",
+    )
+    temperature: Temperature = Field(DEFAULT_SAMPLING.temperature, description="0 is greedy.")
+    top_p: TopP = DEFAULT_SAMPLING.top_p
+    top_k: TopK = Field(
+        DEFAULT_SAMPLING.top_k, description="Extension: keep the k most likely tokens (0: off)."
     )
     n: int | None = Field(None, description="Only 1 is supported.")
     stop: StopText | Annotated[list[StopText], Field(max_length=MAX_STOP)] | None = None
-    seed: int | None = None
-    stream: bool | None = False
+    seed: int | None = DEFAULT_SAMPLING.seed
+    stream: bool = False
     stream_options: StreamOptions | None = None
     presence_penalty: Penalty | None = Field(None, description="Only 0 is supported.")
     frequency_penalty: Penalty | None = Field(None, description="Only 0 is supported.")
     user: str | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_nulls(cls, data: Any) -> Any:
+        if isinstance(data, dict) and any(data.get(k, 0) is None for k in _NULL_IS_DEFAULT):
+            return {k: v for k, v in data.items() if not (v is None and k in _NULL_IS_DEFAULT)}
+        return data
 
     @field_validator("n")
     @classmethod
@@ -79,14 +113,23 @@ class _GenerationRequest(_Strict):
             raise ValueError("penalties are not supported by this server; send 0 or omit it")
         return v
 
-    def stop_list(self) -> tuple[str, ...]:
-        if self.stop is None:
-            return ()
-        return (self.stop,) if isinstance(self.stop, str) else tuple(self.stop)
-
     @property
     def include_usage(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
+
+    def token_limit(self) -> int | None:
+        return self.max_tokens
+
+    def sampling_params(self) -> SamplingParams:
+        """The request's sampling settings as the runtime's one type."""
+        return SamplingParams(
+            max_tokens=self.token_limit(),
+            temperature=self.temperature,
+            top_p=self.top_p,
+            top_k=self.top_k,
+            seed=self.seed,
+            stop=self.stop,  # type: ignore[arg-type]  # SamplingParams makes it a tuple
+        )
 
 
 class ChatCompletionRequest(_GenerationRequest):
@@ -114,12 +157,14 @@ class ChatCompletionRequest(_GenerationRequest):
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
+    def message_dicts(self) -> list[dict[str, str]]:
+        return [m.model_dump(exclude_none=True) for m in self.messages]
+
 
 class CompletionRequest(_GenerationRequest):
     prompt: Text | Annotated[list[Text], Field(min_length=1, max_length=1)] = Field(
         description="A string, or a list holding exactly one string."
     )
-    max_tokens: MaxTokens | None = Field(16, description="Default 16, as OpenAI.")
     echo: bool | None = False
     logprobs: Annotated[int, Field(ge=0)] | None = None
     best_of: int | None = None
@@ -141,15 +186,22 @@ class CompletionRequest(_GenerationRequest):
     def prompt_text(self) -> str:
         return self.prompt if isinstance(self.prompt, str) else self.prompt[0]
 
-    def token_limit(self) -> int | None:
-        return self.max_tokens
-
 
 # --- responses ---------------------------------------------------------------------------------
 class UsageInfo(BaseModel):
     prompt_tokens: int
     completion_tokens: int
     total_tokens: int
+
+    @classmethod
+    def of(cls, usage: RuntimeUsage | None) -> UsageInfo:
+        if usage is None:
+            return cls(prompt_tokens=0, completion_tokens=0, total_tokens=0)
+        return cls(
+            prompt_tokens=usage.prompt_tokens,
+            completion_tokens=usage.completion_tokens,
+            total_tokens=usage.total_tokens,
+        )
 
 
 class AssistantMessage(BaseModel):
@@ -160,8 +212,8 @@ class AssistantMessage(BaseModel):
 class ChatChoice(BaseModel):
     index: int = 0
     message: AssistantMessage
-    finish_reason: FinishReason
     logprobs: None = None
+    finish_reason: FinishReason
 
 
 class ChatCompletion(BaseModel):
@@ -174,18 +226,27 @@ class ChatCompletion(BaseModel):
 
 
 class ChatDelta(BaseModel):
+    """What a chunk adds; OpenAI leaves out the fields a delta does not carry (the first chunk
+    has the role, the next ones content, the last one nothing)."""
+
     role: Literal["assistant"] | None = None
     content: str | None = None
+
+    @model_serializer(mode="wrap")
+    def _without_nulls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
 
 
 class ChatChunkChoice(BaseModel):
     index: int = 0
     delta: ChatDelta
-    finish_reason: FinishReason | None = None
     logprobs: None = None
+    finish_reason: FinishReason | None = None
 
 
 class ChatCompletionChunk(BaseModel):
+    """One server-sent chunk; `usage` is sent (null until the last) only if the client asked."""
+
     id: str
     object: Literal["chat.completion.chunk"] = "chat.completion.chunk"
     created: int
@@ -197,12 +258,12 @@ class ChatCompletionChunk(BaseModel):
 class CompletionChoice(BaseModel):
     index: int = 0
     text: str
-    finish_reason: FinishReason | None = None
     logprobs: None = None
+    finish_reason: FinishReason | None = None
 
 
 class Completion(BaseModel):
-    """A completion, or (with usage left out until the last) one chunk of a streamed one."""
+    """A completion, or one chunk of a streamed one (usage as for ChatCompletionChunk)."""
 
     id: str
     object: Literal["text_completion"] = "text_completion"
@@ -240,6 +301,11 @@ class Health(BaseModel):
     status: Literal["ok", "loading", "error", "stopping"]
     model: str | None = None
     message: str | None = None
+
+
+def json_body(model: BaseModel, *, exclude: set[str] | None = None, drop_none: bool = False) -> str:
+    """A response model as compact JSON (the one serialiser for bodies and SSE chunks)."""
+    return model.model_dump_json(exclude=exclude, exclude_none=drop_none)
 
 
 # Every field name a request can carry, to tell field names from pydantic's union tags.

@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import copy
 import ipaddress
 import logging
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from runtime.server.app import create_app
 from runtime.server.settings import ServerSettings
+
+if TYPE_CHECKING:
+    from runtime.api import Model
 
 log = logging.getLogger("edgemoe.server")
 
@@ -38,14 +43,21 @@ def serve(bundle: str | Path, settings: ServerSettings | None = None) -> None:
         log.warning("serving on %s without an API key: anyone on the network can use it",
                     settings.host)
 
-    def load_model():
-        return load(bundle, settings.budget, n_ctx=settings.n_ctx, threads=settings.threads)
+    def load_model() -> Model:
+        return load(
+            bundle,
+            settings.budget,
+            n_ctx=settings.n_ctx,
+            threads=settings.threads,
+            backend=settings.backend,
+        )
 
     app = create_app(loader=load_model, settings=settings)
     config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
+        log_config=_log_config(settings.log_level),
         log_level=settings.log_level,
         lifespan="on",
         timeout_graceful_shutdown=max(1, int(round(settings.shutdown_grace_s))),
@@ -60,3 +72,16 @@ def serve(bundle: str | Path, settings: ServerSettings | None = None) -> None:
     server.run()
     if state.load_error is not None:
         raise state.load_error
+
+
+def _log_config(level: str) -> dict[str, Any]:
+    """uvicorn's logging, with the server's own messages (model loaded, generation cancelled,
+    errors) on the same stream at the same level; otherwise Python drops everything below
+    WARNING from a logger nobody configured."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"]["edgemoe"] = {
+        "handlers": ["default"], "level": level.upper(), "propagate": False,
+    }
+    return config

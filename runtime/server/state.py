@@ -10,10 +10,13 @@ import threading
 import time
 from collections.abc import Callable
 
+from starlette.concurrency import run_in_threadpool
+
 from runtime.api import Model
+from runtime.generation import GenerationRequest, PreparedRequest
 from runtime.server.engine import Engine
 from runtime.server.errors import model_not_found, not_ready
-from runtime.server.metrics import Metrics
+from runtime.server.metrics import Metrics, ServingFigures
 from runtime.server.settings import ServerSettings
 
 log = logging.getLogger("edgemoe.server")
@@ -22,7 +25,7 @@ log = logging.getLogger("edgemoe.server")
 class ServerState:
     def __init__(self, settings: ServerSettings, owns_model: bool) -> None:
         self.settings = settings
-        self.metrics = Metrics()
+        self.metrics = Metrics(self.figures)
         self.owns_model = owns_model
         self.model: Model | None = None
         self.engine: Engine | None = None
@@ -74,6 +77,26 @@ class ServerState:
         assert self.model is not None and self.model_id is not None
         if name != self.model_id and name != self.model.name:
             raise model_not_found(name, self.model_id)
+
+    async def prepare(self, engine: Engine, request: GenerationRequest) -> PreparedRequest:
+        """Render, tokenize and check a request before it may queue (errors become 400s).
+
+        On a worker thread: a megabyte prompt takes a while to tokenize, and the event loop
+        keeps streaming other answers meanwhile."""
+        engine.check_running()
+        assert self.model is not None
+        return await run_in_threadpool(self.model.prepare, request)
+
+    def figures(self) -> ServingFigures:
+        """What /metrics reports besides counters; the runtime's figures only once loaded."""
+        eng = self.engine
+        return ServingFigures(
+            model_id=self.model_id,
+            queue_depth=eng.queue_depth if eng else 0,
+            queue_capacity=self.settings.max_queue,
+            busy=eng.busy if eng else False,
+            stats=eng.stats() if eng else None,
+        )
 
     # shutdown ---------------------------------------------------------------------------------
     def shutdown(self) -> None:

@@ -11,8 +11,11 @@ import pytest
 
 import runtime
 from apps.camera.__main__ import parse_events, prompt_for, windows
-from apps.kiosk.__main__ import KioskSession, run_kiosk
+from apps.kiosk.__main__ import SORRY, KioskSession, KioskTally, run_kiosk
+from runtime.generation import SamplingParams
 from tests.runtime.server.conftest import start_server
+
+pytestmark = pytest.mark.unit
 
 
 def test_kiosk_session_trims_and_forgets():
@@ -41,19 +44,38 @@ def test_camera_skips_malformed_lines_and_windows_events():
     assert "t2 ?: car, person" in prompt_for(events)
 
 
+SHORT = SamplingParams(max_tokens=8, temperature=0.3)
+
+
 @pytest.mark.engine
 def test_kiosk_answers_every_question(tiny_bundle):
     out = io.StringIO()
     with runtime.load(tiny_bundle) as model:
-        n = run_kiosk(
+        tally = run_kiosk(
             model,
             KioskSession(),
             io.StringIO("hello\n\nwhere is the exit?\nthanks\n"),
             out,
-            max_tokens=8,
+            SHORT,
         )
-    assert n == 3
-    assert len(out.getvalue().strip().splitlines()) == 4  # greeting + 3 answers
+    assert tally == KioskTally(answered=3, failed=0)
+    lines = out.getvalue().strip().splitlines()
+    assert len(lines) == 4  # greeting + 3 answers
+    assert SORRY not in lines, lines
+
+
+@pytest.mark.engine
+def test_kiosk_apologises_for_a_failed_answer_and_goes_on(tiny_bundle):
+    """A question too long for the context window fails; the visitor sees SORRY, the tally
+    counts a failure (not an answer), and the next question is answered."""
+    out = io.StringIO()
+    questions = "word " * 400 + "\nthanks\n"
+    with runtime.load(tiny_bundle, n_ctx=128) as model:
+        tally = run_kiosk(model, KioskSession(max_input_chars=5000), io.StringIO(questions),
+                          out, SHORT)
+    assert tally == KioskTally(answered=1, failed=1)
+    lines = out.getvalue().strip().splitlines()
+    assert lines[1] == SORRY and lines[2] != SORRY
 
 
 @pytest.mark.engine

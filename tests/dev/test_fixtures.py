@@ -42,6 +42,9 @@ from edgemoe_fixtures.tokenizer import (
     train_tokenizer,
 )
 
+pytestmark = pytest.mark.unit
+
+
 MOE_TINY = ("qwen3moe-tiny", "qwen2moe-tiny", "mixtral-tiny", "olmoe-tiny", "deepseek2-tiny")
 EXPERT_KEY = {
     "qwen3moe-tiny": "model.layers.0.mlp.experts.7.gate_proj.weight",

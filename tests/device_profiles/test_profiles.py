@@ -196,8 +196,9 @@ def test_bad_field_names_file_field_and_expectation(tmp_path, field, value, expe
         load_profile(path)
     msg = str(e.value)
     assert str(path) in msg
-    assert f"'{field}'" in msg
+    assert f"field '{field}" in msg  # the field, or one item of it ('quant_preferences[1]')
     assert expected in msg
+    assert "\n" not in msg  # one problem, one line
 
 
 def test_unknown_field_lists_known_fields(tmp_path):
@@ -211,12 +212,23 @@ def test_unknown_field_lists_known_fields(tmp_path):
 
 def test_missing_field_is_named(tmp_path):
     path = _write(tmp_path, GOOD.replace('kv_cache_type = "f16"\n', ""))
-    with pytest.raises(ProfileError, match=r"missing field\(s\) 'kv_cache_type'"):
+    with pytest.raises(ProfileError, match=r"board.toml: missing field 'kv_cache_type'$"):
         load_profile(path)
 
 
+def test_every_problem_gets_its_own_line(tmp_path):
+    text = GOOD.replace('kv_cache_type = "f16"\n', "").replace("threads = 4", "threads = 0")
+    path = _write(tmp_path, text)
+    with pytest.raises(ProfileError) as e:
+        load_profile(path)
+    assert str(e.value).splitlines() == [
+        f"{path}: missing field 'kv_cache_type'",
+        f"{path}: field 'threads' must be an integer in 1..1024, got 0",
+    ]
+
+
 @pytest.mark.parametrize(("notes", "expected"), [
-    ('bogus = "x"', "notes.bogus names no profile field"),
+    ('bogus = "x"', "field 'notes': key 'bogus' names no profile field"),
     ("threads = 3", "field 'notes.threads' must be a non-empty string"),
 ])
 def test_bad_notes(tmp_path, notes, expected):

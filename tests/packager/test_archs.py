@@ -8,6 +8,9 @@ import pytest
 from packager.archs import adapter_for, supported_architectures
 from packager.errors import UnsupportedArchitectureError
 
+pytestmark = pytest.mark.unit
+
+
 QWEN3 = {
     "architectures": ["Qwen3MoeForCausalLM"],
     "num_hidden_layers": 2,

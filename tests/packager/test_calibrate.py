@@ -13,6 +13,9 @@ from packager.errors import PackError
 from packager.usage import UsageProfile
 from tests.conftest import ARCH_FIXTURES
 
+pytestmark = pytest.mark.reference
+
+
 FIXTURE = "qwen3moe-trained"
 N_TOKENS = 1024
 

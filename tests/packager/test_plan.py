@@ -10,21 +10,16 @@ import gguf
 import pytest
 
 from device_profiles import load_profile
-from packager.plan import (
-    DENSE_TENSORS,
-    ExpertUsage,
-    ModelShape,
-    Plan,
-    PlanError,
-    make_plan,
-    render_plan,
-    shape_from_tensors,
-    suggest,
-)
+from packager.plan.errors import PlanError
+from packager.plan.expert_usage import ExpertUsage
+from packager.plan.render import render_plan
+from packager.plan.result import DENSE_TENSORS, Plan
+from packager.plan.search import make_plan, suggest
+from packager.plan.shape import ModelShape, shape_from_tensors
 
-# Unmarked tests are unit tests (the default); the one engine test runs llama.cpp's quantizer.
-
-GiB = 2**30
+# Pure planner tests; the one `engine` test (its own marker overrides this) runs llama.cpp's
+# quantizer on a plan.
+pytestmark = pytest.mark.unit
 
 
 def olmoe_like() -> ModelShape:

@@ -21,6 +21,9 @@ from packager.prune import (
 from packager.usage import from_routing
 from tests.conftest import ARCH_FIXTURES
 
+pytestmark = pytest.mark.unit
+
+
 FIXTURE = "qwen3moe-trained"
 
 

@@ -10,6 +10,9 @@ import pytest
 
 from packager.usage import UsageAccumulator, UsageError, UsageProfile, from_routing
 
+pytestmark = pytest.mark.unit
+
+
 SHA = "ab" * 32
 
 # Three tokens, four experts, top-2. Rows of PROBS sum to 1; IDS are each row's top two.
@@ -112,7 +115,7 @@ def test_malformed_and_missing_files(tmp_path):
 
 
 def test_planner_usage_carries_frequencies():
-    plan = pytest.importorskip("packager.plan")
+    plan = pytest.importorskip("packager.plan.expert_usage")
     usage = _profile().to_planner_usage()
     assert isinstance(usage, plan.ExpertUsage)
     assert usage.per_layer[3] == pytest.approx(_profile().frequencies()[3])

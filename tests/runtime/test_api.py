@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import threading
+from dataclasses import replace
 
 import pytest
 
 import runtime
 from runtime.api import minimum_budget
-from runtime.errors import BudgetError, PromptTooLongError, SamplingError
+from runtime.errors import BudgetError, ChatTemplateError, PromptTooLongError, SamplingError
+from runtime.generation import DEFAULT_MAX_TOKENS, GenerationRequest, SamplingParams
 from tests.conftest import ARCH_FIXTURES
 
 pytestmark = pytest.mark.engine
@@ -128,3 +130,43 @@ def test_chat_uses_the_bundle_template(tiny_bundle):
         assert r.usage.prompt_tokens == len(model.tokenize(prompt))
         with pytest.raises(ValueError, match="role"):
             model.apply_chat_template([{"role": "robot", "content": "x"}])
+
+
+def test_generation_runs_the_prepared_tokens(tiny_bundle):
+    """prepare tokenizes once; generation uses the prepared ids, not the text, so a request
+    carrying the same ids under another text answers exactly as the original prompt."""
+    with runtime.load(tiny_bundle) as model:
+        request = GenerationRequest(prompt=PROMPT, params=SamplingParams(max_tokens=12))
+        prepared = model.prepare(request)
+        assert prepared.prompt == PROMPT and prepared.prompt_ids == tuple(model.tokenize(PROMPT))
+        assert prepared.params == request.params
+        direct = model.generate(PROMPT, max_tokens=12)
+        relabelled = model.generate_prepared(replace(prepared, prompt="not what runs"))
+    assert relabelled.tokens == direct.tokens and relabelled.text == direct.text
+    assert relabelled.usage.prompt_tokens == len(prepared.prompt_ids)
+
+
+def test_default_max_tokens_fits_the_window(tiny_bundle):
+    """Without max_tokens a generation takes DEFAULT_MAX_TOKENS or what is left of the window;
+    only an explicit max_tokens that does not fit is refused."""
+    with runtime.load(tiny_bundle, n_ctx=64) as model:
+        prompt = "word " * 15
+        prepared = model.prepare(GenerationRequest(prompt=prompt))
+        room = 64 - len(prepared.prompt_ids)
+        assert 0 < room < DEFAULT_MAX_TOKENS and prepared.max_tokens == room
+        r = model.generate(prompt)
+        assert r.usage.completion_tokens <= room
+        with pytest.raises(PromptTooLongError, match=f"max_tokens={room + 1}"):
+            model.generate(prompt, max_tokens=room + 1)
+        short = model.prepare(GenerationRequest(prompt="hi"))
+    assert short.max_tokens == min(DEFAULT_MAX_TOKENS, 64 - len(short.prompt_ids))
+
+
+def test_prepare_refuses_bad_messages_before_generating(tiny_bundle):
+    with runtime.load(tiny_bundle) as model:
+        with pytest.raises(ChatTemplateError, match=r"messages\[1\]\.role"):
+            model.prepare(GenerationRequest(messages=[
+                {"role": "user", "content": "hi"}, {"role": "robot", "content": "x"},
+            ]))
+        with pytest.raises(ChatTemplateError, match="list"):
+            model.chat("hi")

@@ -7,6 +7,8 @@ import pytest
 from runtime.budget import parse_budget, plan_budget
 from runtime.errors import BudgetError
 
+pytestmark = pytest.mark.unit
+
 
 @pytest.mark.parametrize(
     ("text", "fraction", "total"),
@@ -16,7 +18,11 @@ from runtime.errors import BudgetError
         ("1.5GB", None, 1_500_000_000),
         ("800MiB", None, 800 * 2**20),
         ("2g", None, 2 * 10**9),
+        ("800Mi", None, 800 * 2**20),
+        ("512 KiB", None, 512 * 2**10),
+        ("6GiB", None, 6 * 2**30),
         (12345, None, 12345),
+        (1.5e9, None, 1_500_000_000),
     ],
 )
 def test_parse_budget(text, fraction, total):
@@ -24,9 +30,20 @@ def test_parse_budget(text, fraction, total):
     assert spec.fraction == fraction and spec.total_bytes == total
 
 
-@pytest.mark.parametrize("bad", ["0%", "150%", "lots", "-5", "1.5 parsecs", 0, True])
+@pytest.mark.parametrize("bad", ["0%", "150%", "lots", "-5", "1.5 parsecs", "1e9", 0, True])
 def test_parse_budget_rejects(bad):
     with pytest.raises(BudgetError):
+        parse_budget(bad)
+
+
+@pytest.mark.parametrize(("bad", "message"), [
+    ("lots", r"budget 'lots': expected a percentage \('40%'\), a size \('1.5GB', '800MiB'\)"),
+    ("abc%", "budget 'abc%': not a percentage"),
+    ("150%", r"percentage must be in \(0, 100\]"),
+    (-5, "budget must be positive, got -5"),
+])
+def test_parse_budget_messages(bad, message):
+    with pytest.raises(BudgetError, match=message):
         parse_budget(bad)
 
 

@@ -1,4 +1,5 @@
-"""Eviction policies and replay: hand-computed Belady, LRU and LFU runs, budgets, brute force."""
+"""Eviction policies and their replay through the real cache: hand-computed Belady, LRU and LFU
+runs, budgets, brute force."""
 
 from __future__ import annotations
 
@@ -9,19 +10,16 @@ import random
 import pytest
 
 from runtime.errors import BudgetError
+from runtime.expert_cache import Hold
 from runtime.policy import (
     POLICIES,
     BeladyPolicy,
-    Hold,
     LFUPolicy,
     LRFUPolicy,
     LRUPolicy,
     make_policy,
-    render_replay,
-    replay,
-    simulate,
-    simulate_belady,
 )
+from runtime.replay import render_replay, replay, simulate, simulate_belady
 from runtime.routing_trace import RoutingTrace, synthetic_trace
 
 pytestmark = pytest.mark.unit
@@ -99,12 +97,13 @@ def test_pinned_are_hits_and_take_capacity() -> None:
 
 
 def test_pinned_over_capacity_names_both_numbers() -> None:
-    with pytest.raises(BudgetError, match=r"3 bytes but the capacity is 2 bytes"):
+    with pytest.raises(BudgetError, match=r"3 bytes \(3 experts\) but the expert capacity is 2 b"):
         simulate(STEPS, "lru", 2, SIZES, pinned={0: [5, 6, 7]})
 
 
 def test_capacity_below_one_access_raises() -> None:
-    with pytest.raises(BudgetError, match=r"step 0, layer 0: capacity 2 bytes"):
+    with pytest.raises(BudgetError, match=r"step 0, layer 0: 3 experts in use need more than the "
+                       r"expert capacity of 2 bytes"):
         simulate([{0: (1, 2, 3)}], "lfu", 2, SIZES)
 
 

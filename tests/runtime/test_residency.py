@@ -15,22 +15,21 @@ import pytest
 
 from runtime import residency
 from runtime.expert_cache import ExpertCache
-from runtime.residency import (
+from runtime.procfs import (
     PAGE_SIZE,
-    MadviseResidency,
-    ResidencyError,
-    drop_file_cache,
-    file_regions,
-    inward,
     mapped_pages,
     mapping_base,
     mapping_rss,
-    outward,
-    page_cache_residency,
-    parse_maps_line,
     peak_rss,
     peak_rss_reset,
     process_rss,
+)
+from runtime.residency import (
+    MadviseResidency,
+    drop_file_cache,
+    inward,
+    outward,
+    page_cache_residency,
 )
 
 pytestmark = pytest.mark.unit
@@ -54,40 +53,6 @@ def test_inward_and_outward_rounding() -> None:
     assert inward(2 * p, 5 * p, p) == (2 * p, 5 * p)
     assert inward(p + 1, 2 * p - 1, p) is None
     assert outward(2 * p + 100, 5 * p + 100, p) == (2 * p, 6 * p)
-
-
-def test_parse_maps_line() -> None:
-    r = parse_maps_line("7f00a000-7f00c000 r--s 00003000 fd:01 1234   /m/model gguf.gguf")
-    assert r is not None
-    assert (r.start, r.end, r.perms, r.offset, r.dev, r.inode) == (
-        0x7F00A000, 0x7F00C000, "r--s", 0x3000, (0xFD, 1), 1234,
-    )
-    assert r.path == "/m/model gguf.gguf" and r.base == 0x7F007000
-    assert parse_maps_line("") is None
-
-
-def _maps_line(path: Path, start: int, end: int, offset: int) -> str:
-    st = os.stat(path)
-    dev = f"{os.major(st.st_dev):02x}:{os.minor(st.st_dev):02x}"
-    return f"{start:x}-{end:x} r--s {offset:08x} {dev} {st.st_ino} {path}"
-
-
-def test_mapping_base_groups_split_regions(tmp_path: Path) -> None:
-    f = tmp_path / "m.gguf"
-    f.write_bytes(b"\0" * 100)
-    # llama.cpp unmapped the header page, mlock split the rest: one base, two regions.
-    text = "\n".join([
-        _maps_line(f, 0x10001000, 0x10005000, 0x1000),
-        _maps_line(f, 0x10005000, 0x10009000, 0x5000),
-        "7f0000000000-7f0000001000 r-xp 00000000 00:00 0 [vdso]",
-    ])
-    assert len(file_regions(f, text)) == 2
-    assert mapping_base(f, text) == 0x10000000
-    with pytest.raises(ResidencyError, match="not mapped in this process"):
-        mapping_base(f, "")
-    twice = text + "\n" + _maps_line(f, 0x20000000, 0x20001000, 0)
-    with pytest.raises(ResidencyError, match="mapped 2 times"):
-        mapping_base(f, twice)
 
 
 # --- a real mapping ------------------------------------------------------------------------------

@@ -4,6 +4,7 @@ API keys and graceful shutdown, each against a real server process."""
 from __future__ import annotations
 
 import json
+import re
 import signal
 import threading
 import time
@@ -161,31 +162,51 @@ def test_api_key(server_factory) -> None:
     assert out.choices[0].finish_reason in ("stop", "length")
 
 
-def test_graceful_shutdown_finishes_in_flight(server_factory) -> None:
-    s: RunningServer = server_factory("--shutdown-grace", "20", "--log-level", "info")
+def test_graceful_shutdown_finishes_in_flight(server_factory, direct_model) -> None:
+    """SIGTERM while a generation runs: it still completes, whole and correct, then the server
+    exits. The answer must arrive after the signal and equal the in-process generation."""
+    prompt = "finish me"
+    expected = direct_model.generate(prompt, max_tokens=LONG, temperature=0.0)
+    s: RunningServer = server_factory("--shutdown-grace", "60", "--log-level", "info")
     result: dict = {}
 
     def ask() -> None:
-        with s.http(timeout=60) as c:
-            r = c.post("/v1/completions", json={"model": s.model_id, "prompt": "finish me",
-                                                "max_tokens": 24, "temperature": 0})
+        with s.http(timeout=120) as c:
+            r = c.post("/v1/completions", json={"model": s.model_id, "prompt": prompt,
+                                                "max_tokens": LONG, "temperature": 0})
+            result["answered_at"] = time.monotonic()
             result["status"], result["body"] = r.status_code, r.json()
 
     t = threading.Thread(target=ask)
     t.start()
     _wait_for(lambda: s.metrics()["edgemoe_engine_busy"] == 1 or "status" in result, 30,
               "the generation to start")
+    signalled_at = time.monotonic()
     s.proc.send_signal(signal.SIGTERM)
-    t.join(60)
+    t.join(120)
+    assert not t.is_alive(), "no answer within 120 s"
     assert result["status"] == 200, result
-    assert result["body"]["choices"][0]["finish_reason"] in ("stop", "length")
+    assert result["answered_at"] > signalled_at, "the generation ended before the signal"
+    choice, usage = result["body"]["choices"][0], result["body"]["usage"]
+    assert choice["text"] == expected.text
+    assert choice["finish_reason"] == expected.finish_reason
+    assert usage["completion_tokens"] == expected.usage.completion_tokens
     assert s.proc.wait(30) in (0, -signal.SIGTERM)  # uvicorn re-raises the signal it caught
-    assert "Traceback" not in s.log(), s.log()
-    assert "Application shutdown complete" in s.log()
+    log = s.log()
+    assert "Traceback" not in log, log
+    assert "generation cancelled" not in log, log
+    assert "Application shutdown complete" in log
+
+
+_CANCELLED = re.compile(r"generation cancelled after (\d+) of at most (\d+) tokens")
 
 
 def test_shutdown_cancels_a_long_stream(server_factory) -> None:
+    """SIGTERM with a grace shorter than the running stream: the generation is cancelled (the
+    server says so and after how many tokens), the stream ends without finishing, and the
+    process exits promptly."""
     s: RunningServer = server_factory("--shutdown-grace", "1", "--log-level", "info", *BUSY)
+    pieces, errors, done, cut = [], [], False, False
     with s.http() as c, c.stream("POST", "/v1/completions",
                                  json=_long_stream_body(s.model_id, BUSY_TOKENS)) as r:
         assert r.status_code == 200
@@ -193,16 +214,25 @@ def test_shutdown_cancels_a_long_stream(server_factory) -> None:
         next(lines)
         t0 = time.monotonic()
         s.proc.send_signal(signal.SIGTERM)
-        events = []
         try:
             for line in lines:
-                if line.startswith("data: ") and line != "data: [DONE]":
-                    events.append(json.loads(line[6:]))
+                if line == "data: [DONE]":
+                    done = True
+                elif line.startswith("data: "):
+                    event = json.loads(line[6:])
+                    if "error" in event:
+                        errors.append(event["error"])
+                    else:
+                        pieces.append(event["choices"][0])
         except httpx.HTTPError:
-            pass  # the server closed the connection: acceptable at shutdown
+            cut = True  # the server closed the connection mid-stream
     assert s.proc.wait(30) in (0, -signal.SIGTERM)
     assert time.monotonic() - t0 < 25
-    assert "Application shutdown complete" in s.log()
-    finished = [e for e in events if "choices" in e and e["choices"]
-                and e["choices"][0].get("finish_reason")]
-    assert not finished or finished[-1]["choices"][0]["finish_reason"] in ("stop", "length")
+    log = s.log()
+    assert "Application shutdown complete" in log
+    assert not done and not any(p.get("finish_reason") for p in pieces), "the stream finished"
+    assert cut or [e["code"] for e in errors] == ["shutting_down"], (cut, errors)
+    cancelled = _CANCELLED.search(log)
+    assert cancelled, log
+    made, limit = int(cancelled.group(1)), int(cancelled.group(2))
+    assert limit == BUSY_TOKENS and 0 < made < BUSY_TOKENS

@@ -1,0 +1,147 @@
+"""Family-independent graph blocks: the causal mask, rotary embeddings, attention, dense MLP.
+
+Everything is written with standard ONNX ops (no fused contrib attention) so stock onnxruntime
+runs it on any execution provider and the numerics follow transformers' eager path step by
+step: scores = (q @ k^T) * scale + mask, softmax in float32, then @ v.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from onnx import TensorProto
+
+from packager.onnx_export.graph import Graph, Scope
+from packager.onnx_export.weights import Weights
+
+# transformers fills masked scores with the dtype's minimum, not -inf, so a fully masked row
+# (left padding) softmaxes to uniform instead of NaN; we do the same.
+_MASKED = float(np.finfo(np.float32).min)
+
+
+@dataclass(frozen=True)
+class RopeSpec:
+    inv_freq: np.ndarray  # float32 [rotary_dim / 2]
+    attention_scaling: float
+    interleaved: bool  # DeepSeek rotates adjacent pairs; the others rotate the two halves
+
+
+@dataclass(frozen=True)
+class Rope:
+    cos: str  # [1, 1, S, rotary_dim] (halves) or [1, 1, S, rotary_dim / 2] (interleaved)
+    sin: str
+    interleaved: bool
+
+
+@dataclass
+class Context:
+    """What every layer builder needs: the graph, the weights and the shared tensors."""
+
+    graph: Graph
+    weights: Weights
+    mask: str  # additive float [S, T]
+    rope: Rope
+
+
+def causal_mask(s: Scope, input_ids: str, attention_mask: str) -> str:
+    """Additive [S, T] mask: query i (absolute position T-S+i) sees key j <= it, if unpadded."""
+    zero, one = s.const(0), s.const(1)
+    seq = s.op("Gather", [s.op("Shape", [input_ids], "ShapeIds"), one], "SeqLen", axis=0)
+    total = s.op("Gather", [s.op("Shape", [attention_mask], "ShapeMask"), one], "TotalLen", axis=0)
+    past = s.op("Sub", [total, seq], "PastLen")
+    keys = s.unsqueeze(s.op("Range", [zero, total, one], "KeyPos"), [0], "KeyRow")
+    queries = s.unsqueeze(s.op("Range", [past, total, one], "QueryPos"), [1], "QueryCol")
+    causal = s.op("LessOrEqual", [keys, queries], "Causal")
+    padded = s.op("Cast", [attention_mask], "KeepKeys", to=TensorProto.BOOL)
+    allowed = s.op("And", [causal, padded], "Allowed")
+    return s.op("Where", [allowed, s.f32(0.0), s.f32(_MASKED)], "Additive")
+
+
+def rotary(s: Scope, position_ids: str, spec: RopeSpec) -> Rope:
+    """cos/sin of position * inv_freq, computed in-graph (no table, no position limit)."""
+    pos = s.op("Cast", [position_ids], "Positions", to=TensorProto.FLOAT)
+    freqs = s.op("Mul", [s.unsqueeze(pos, [-1], "PosCol"), s.f32(spec.inv_freq)], "Freqs")
+    if not spec.interleaved:
+        freqs = s.op("Concat", [freqs, freqs], "Emb", axis=-1)
+    cos, sin = s.op("Cos", [freqs], "Cos"), s.op("Sin", [freqs], "Sin")
+    if spec.attention_scaling != 1.0:
+        cos = s.op("Mul", [cos, s.f32(spec.attention_scaling)], "ScaleCos")
+        sin = s.op("Mul", [sin, s.f32(spec.attention_scaling)], "ScaleSin")
+    cos = s.unsqueeze(cos, [1], "CosHeads")
+    sin = s.unsqueeze(sin, [1], "SinHeads")
+    return Rope(cos, sin, spec.interleaved)
+
+
+def apply_rope(s: Scope, x: str, rope: Rope, dim: int) -> str:
+    """Rotate x [1, heads, S, dim] the way the family's transformers code does."""
+    if not rope.interleaved:
+        x1, x2 = s.split(x, [dim // 2, dim // 2], -1, "SplitHalves")
+        rotated = s.op("Concat", [s.op("Neg", [x2], "Neg"), x1], "RotateHalf", axis=-1)
+        a = s.op("Mul", [x, rope.cos], "MulCos")
+        b = s.op("Mul", [rotated, rope.sin], "MulSin")
+        return s.op("Add", [a, b], "Rotate")
+    pairs = s.reshape(x, [0, 0, 0, dim // 2, 2], "Pairs")
+    re, im = s.split(pairs, [1, 1], -1, "SplitPairs")
+    cos = s.unsqueeze(rope.cos, [-1], "CosPairs")
+    sin = s.unsqueeze(rope.sin, [-1], "SinPairs")
+    out_re = s.op("Sub", [s.op("Mul", [re, cos], "ReCos"), s.op("Mul", [im, sin], "ImSin")],
+                  "OutRe")  # fmt: skip
+    out_im = s.op("Add", [s.op("Mul", [re, sin], "ReSin"), s.op("Mul", [im, cos], "ImCos")],
+                  "OutIm")  # fmt: skip
+    joined = s.op("Concat", [out_re, out_im], "JoinPairs", axis=-1)
+    return s.reshape(joined, [0, 0, 0, dim], "Unpairs")
+
+
+def heads(s: Scope, x: str, n: int, dim: int, name: str) -> str:
+    """[1, S, n*dim] -> [1, n, S, dim]."""
+    return s.transpose(s.reshape(x, [0, 0, n, dim], f"{name}/Reshape"), [0, 2, 1, 3],
+                       f"{name}/Transpose")  # fmt: skip
+
+
+def with_past(s: Scope, past: str, new: str, name: str) -> str:
+    return s.op("Concat", [past, new], f"{name}/ConcatPast", axis=2)
+
+
+def attend(
+    s: Scope,
+    ctx: Context,
+    q: str,
+    k: str,
+    v: str,
+    n_heads: int,
+    n_kv: int,
+    dims: tuple[int, int],
+    scale: float,
+) -> str:
+    """Scaled dot-product attention with GQA; q [1,H,S,D], k/v [1,Hkv,T,*] -> [1, S, H*Dv].
+
+    GQA groups query heads as [Hkv, rep] and broadcasts each K/V head over its group (the
+    5-D MatMul batch dims), the same head order as transformers' repeat_kv, without copying K.
+    """
+    rep = n_heads // n_kv
+    d_qk, d_v = dims
+    if rep > 1:
+        q = s.reshape(q, [0, n_kv, rep, -1, d_qk], "GroupQueries")
+        k = s.unsqueeze(k, [2], "GroupKeys")
+        v = s.unsqueeze(v, [2], "GroupValues")
+    perm = [0, 1, 2, 4, 3] if rep > 1 else [0, 1, 3, 2]
+    scores = s.op("MatMul", [q, s.transpose(k, perm, "KeysT")], "QK")
+    scores = s.op("Mul", [scores, s.f32(scale)], "Scale")
+    scores = s.op("Add", [scores, ctx.mask], "Mask")
+    probs = s.op("Softmax", [scores], "Softmax", axis=-1)
+    out = s.op("MatMul", [probs, v], "PV")
+    if rep > 1:
+        out = s.reshape(out, [0, n_heads, -1, d_v], "UngroupHeads")
+    out = s.transpose(out, [0, 2, 1, 3], "HeadsLast")
+    return s.reshape(out, [0, 0, n_heads * d_v], "MergeHeads")
+
+
+def dense_mlp(ctx: Context, s: Scope, x: str, prefix: str, names: tuple[str, str, str]) -> str:
+    """down(silu(gate(x)) * up(x)) for checkpoint tensors `{prefix}.{gate|up|down}.weight`."""
+    w = ctx.weights
+    gate, up, down = (f"{prefix}.{n}.weight" for n in names)
+    g = w.linear(s.child(names[0]), x, gate)
+    u = w.linear(s.child(names[1]), x, up)
+    h = s.op("Mul", [s.silu(g), u], "GateUp")
+    return w.linear(s.child(names[2]), h, down)

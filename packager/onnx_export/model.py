@@ -1,0 +1,130 @@
+"""The decoder skeleton every family shares: embedding, layers, final norm, LM head, I/O names.
+
+The interface is the conventional decoder-only one onnxruntime-genai drives (``input_ids``,
+``attention_mask``, ``position_ids``, ``past_key_values.i.key/value`` in; ``logits``,
+``present.i.key/value`` out), plus one ``routing.i`` output per MoE layer: the expert ids the
+router chose, [S, top_k] int64, so the runtime can read routing back without engine hooks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from onnx import ModelProto, TensorProto, helper
+
+from packager.onnx_export.blocks import Context, causal_mask, rotary
+from packager.onnx_export.external_data import DataWriter
+from packager.onnx_export.families import OnnxFamily
+from packager.onnx_export.graph import MS_DOMAIN, Graph, Scope
+from packager.onnx_export.moe import LayerStacks, moe_experts
+from packager.onnx_export.quant import QuantScheme
+from packager.onnx_export.weights import Weights
+from packager.source import Checkpoint
+
+# 21 is the first opset with blocked DequantizeLinear (and int4 types); IR 10 goes with it.
+OPSET = 21
+IR_VERSION = 10
+S, T, P = "sequence_length", "total_sequence_length", "past_sequence_length"
+
+
+@dataclass(frozen=True)
+class BuiltModel:
+    model: ModelProto
+    stacks: dict[int, LayerStacks]
+    dense_bytes: int
+    input_names: tuple[str, ...]
+    output_names: tuple[str, ...]
+
+
+def build_model(
+    ckpt: Checkpoint,
+    fam: OnnxFamily,
+    writer: DataWriter,
+    quant: QuantScheme,
+    expert_mode: str = "unique",
+    dequant: str = "dq",
+) -> BuiltModel:
+    g = Graph()
+    w = Weights(ckpt, g, writer, quant, dequant)
+    kv_heads, k_dim, v_dim = fam.kv_layout()
+    g.add_input("input_ids", TensorProto.INT64, [1, S])
+    g.add_input("attention_mask", TensorProto.INT64, [1, T])
+    g.add_input("position_ids", TensorProto.INT64, [1, S])
+    past = []
+    for i in range(fam.n_layers):
+        k = g.add_input(f"past_key_values.{i}.key", TensorProto.FLOAT, [1, kv_heads, P, k_dim])
+        v = g.add_input(f"past_key_values.{i}.value", TensorProto.FLOAT, [1, kv_heads, P, v_dim])
+        past.append((k, v))
+
+    root = g.scope("/model")
+    h = w.embedding(root.child("embed_tokens"), "input_ids", "model.embed_tokens.weight")
+    mask = causal_mask(root.child("attn_mask"), "input_ids", "attention_mask")
+    ctx = Context(g, w, mask, rotary(root.child("rotary_emb"), "position_ids", fam.rope()))
+    presents: list[tuple[str, str]] = []
+    routing: dict[int, str] = {}
+    stacks: dict[int, LayerStacks] = {}
+    moe_layers = set(fam.moe_layers)
+    for i in range(fam.n_layers):
+        ls, pre = root.child(f"layers.{i}"), f"model.layers.{i}"
+        x = ls.rms_norm(h, w.vector(f"{pre}.input_layernorm.weight"), fam.eps, "input_layernorm")
+        a, pk, pv = fam.attention(ctx, ls.child("attn"), i, x, past[i])
+        presents.append((pk, pv))
+        h = ls.op("Add", [h, a], "residual_attn")
+        x = ls.rms_norm(
+            h, w.vector(f"{pre}.post_attention_layernorm.weight"), fam.eps,
+            "post_attention_layernorm",
+        )  # fmt: skip
+        if i in moe_layers:
+            m, routing[i], stacks[i] = _moe_layer(ctx, fam, ls.child("moe"), i, x, expert_mode)
+        else:
+            m = fam.dense_mlp(ctx, ls.child("mlp"), i, x)
+        h = ls.op("Add", [h, m], "residual_mlp")
+
+    h = root.rms_norm(h, w.vector("model.norm.weight"), fam.eps, "norm")
+    head = "lm_head.weight" if w.has("lm_head.weight") else "model.embed_tokens.weight"
+    # Under int4 the LM head stays 8-bit (llama.cpp's Q4 mixes keep the output tensor wider).
+    logits = w.linear(root.child("lm_head"), h, head, bits=8 if quant.bits == 4 else None)
+
+    g.add_output("logits", logits, TensorProto.FLOAT, [1, S, fam.vocab])
+    for i, (pk, pv) in enumerate(presents):
+        g.add_output(f"present.{i}.key", pk, TensorProto.FLOAT, [1, kv_heads, T, k_dim])
+        g.add_output(f"present.{i}.value", pv, TensorProto.FLOAT, [1, kv_heads, T, v_dim])
+    for i, ids in routing.items():
+        g.add_output(f"routing.{i}", ids, TensorProto.INT64, [S, fam.top_k])
+
+    opsets = [helper.make_opsetid("", OPSET)]
+    if MS_DOMAIN in g.domains:
+        opsets.append(helper.make_opsetid(MS_DOMAIN, 1))
+    model = helper.make_model(
+        g.to_proto(f"edgemoe {fam.architecture}"),
+        opset_imports=opsets,
+        producer_name="edgemoe",
+        ir_version=IR_VERSION,
+    )
+    return BuiltModel(
+        model,
+        stacks,
+        w.dense_bytes,
+        tuple(v.name for v in g.inputs),
+        tuple(v.name for v in g.outputs),
+    )
+
+
+def _moe_layer(
+    ctx: Context, fam: OnnxFamily, s: Scope, i: int, x: str, mode: str
+) -> tuple[str, str, LayerStacks]:
+    w, pre = ctx.weights, fam.moe_prefix(i)
+    x2d = s.reshape(x, [-1, fam.hidden], "Flatten")
+    logits = w.linear(s.child("router"), x2d, f"{pre}.gate.weight", keep_fp32=True)
+    probs = s.op("Softmax", [logits], "router/Softmax", axis=-1)
+    weights, ids = fam.route(s.child("router"), probs)
+    read_gate_up, read_down = fam.expert_readers(i)
+    stacks = LayerStacks(
+        gate_up=w.expert_stack(f"{pre}.experts.gate_up", fam.n_experts, read_gate_up),
+        down=w.expert_stack(f"{pre}.experts.down", fam.n_experts, read_down),
+    )
+    y = moe_experts(ctx, s.child("experts"), x2d, weights, ids, stacks, fam.top_k, mode)
+    shared = fam.shared(ctx, s, i, x2d)
+    if shared is not None:
+        y = s.op("Add", [y, shared], "AddShared")
+    return s.reshape(y, [1, -1, fam.hidden], "Unflatten"), ids, stacks

@@ -1,0 +1,342 @@
+"""ONNX export: stock onnxruntime on CPU agrees with transformers (float32), per architecture.
+
+Every family is exported from its real fixture checkpoint, checked by onnx's full checker (by
+path, so the external data is read too), run in a plain InferenceSession and compared with
+transformers on held-out tokens, through the KV cache, and on the router's choices. The expert
+table is checked against the bytes in the data file.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgemoe_fixtures.corpus import heldout_text
+from packager.errors import PackError, UnsupportedArchitectureError
+from packager.fidelity import token_chunks
+from packager.onnx_export import OPSET, export_onnx
+from packager.onnx_export.quant import matmul_nbits
+from packager.source import open_checkpoint
+from tests.conftest import ARCH_FIXTURES
+
+pytestmark = [pytest.mark.engine]
+PROMPT = "def read_config(path):\n    "
+N_NEW = 16
+# Measured on the tiny fixtures (see the report in packager/onnx_export/README.md); the bounds
+# leave headroom over the worst family.
+QUANT_BOUNDS = {"fp16": (0.99, 1e-6), "int8": (0.97, 1e-4), "int4": (0.93, 5e-3)}
+# Checkpoint names of each fixture's expert projections: (module, gate, up, down).
+EXPERT_NAMES = {
+    "mixtral-tiny": ("block_sparse_moe", "w1", "w3", "w2"),
+}
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, fixture_checkpoint):
+    """(fixture, quant, **options) -> OnnxExport, exported once per module."""
+    root = tmp_path_factory.mktemp("onnx")
+    made = {}
+
+    def make(name: str, quant: str = "fp32", **opts):
+        key = (name, quant, tuple(sorted(opts.items())))
+        if key not in made:
+            out = root / f"{name}-{quant}-{len(made)}"
+            made[key] = export_onnx(fixture_checkpoint(name), out, quant, **opts)
+        return made[key]
+
+    return make
+
+
+class OnnxModel:
+    """A plain onnxruntime session driven through the exported interface."""
+
+    def __init__(self, export) -> None:
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = 2
+        self.x = export
+        self.s = ort.InferenceSession(
+            str(export.model_file), opts, providers=["CPUExecutionProvider"]
+        )
+        self.n_layers = sum(n.endswith(".key") for n in export.input_names)
+
+    def empty_past(self) -> dict[str, np.ndarray]:
+        heads, kd, vd = self.x.kv_layout
+        past = {}
+        for i in range(self.n_layers):
+            past[f"past_key_values.{i}.key"] = np.zeros((1, heads, 0, kd), np.float32)
+            past[f"past_key_values.{i}.value"] = np.zeros((1, heads, 0, vd), np.float32)
+        return past
+
+    def step(self, ids: list[int], past: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n_past = next(iter(past.values())).shape[2]
+        feeds = {
+            "input_ids": np.array([ids], np.int64),
+            "attention_mask": np.ones((1, n_past + len(ids)), np.int64),
+            "position_ids": np.arange(n_past, n_past + len(ids), dtype=np.int64)[None],
+            **past,
+        }
+        out = dict(zip(self.x.output_names, self.s.run(None, feeds), strict=True))
+        return out
+
+    @staticmethod
+    def next_past(out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return {
+            n.replace("present.", "past_key_values."): v
+            for n, v in out.items()
+            if n.startswith("present.")
+        }
+
+
+@pytest.fixture(scope="module")
+def reference(fixture_checkpoint):
+    """name -> transformers float32: (token ids, logits, router top-k ids per layer, greedy)."""
+    cache = {}
+
+    def get(name: str):
+        if name not in cache:
+            cache[name] = _reference(fixture_checkpoint(name))
+        return cache[name]
+
+    return get
+
+
+def _reference(ckpt: Path):
+    import torch
+    from tokenizers import Tokenizer
+    from transformers import AutoModelForCausalLM
+
+    ids = token_chunks(ckpt, heldout_text(), n_tokens=128, chunk=128)[0][:-1]
+    model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32).eval()
+    routes: dict[int, np.ndarray] = {}
+    hooks = []
+    for mod_name, mod in model.named_modules():
+        if "topkrouter" in type(mod).__name__.lower():
+            layer = int(mod_name.split("layers.")[1].split(".")[0])
+
+            def hook(_m, _inp, out, layer=layer):
+                routes[layer] = out[2].detach().numpy()
+
+            hooks.append(mod.register_forward_hook(hook))
+    with torch.no_grad():
+        logits = model(torch.tensor([ids])).logits[0].numpy()
+    for h in hooks:
+        h.remove()
+    prompt = Tokenizer.from_file(str(ckpt / "tokenizer.json")).encode(PROMPT).ids
+    with torch.no_grad():
+        greedy = model.generate(
+            torch.tensor([prompt]), max_new_tokens=N_NEW, do_sample=False,
+            eos_token_id=None, pad_token_id=0,
+        )[0, len(prompt):].tolist()  # fmt: skip
+    return ids, logits, routes, prompt, greedy
+
+
+def _top1_kl(ref: np.ndarray, cand: np.ndarray) -> tuple[float, float]:
+    def log_softmax(x: np.ndarray) -> np.ndarray:
+        x = x.astype(np.float64)
+        x = x - x.max(-1, keepdims=True)
+        return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+    lp, lq = log_softmax(ref), log_softmax(cand)
+    kl = (np.exp(lp) * (lp - lq)).sum(-1)
+    return float((ref.argmax(-1) == cand.argmax(-1)).mean()), float(kl.mean())
+
+
+# ----- fidelity ------------------------------------------------------------------------------
+@pytest.mark.reference
+@pytest.mark.parametrize("name", ARCH_FIXTURES)
+def test_fp32_export_matches_transformers(name, exported, reference):
+    import onnx
+
+    x = exported(name)
+    onnx.checker.check_model(str(x.model_file), full_check=True)
+    model = onnx.load(str(x.model_file), load_external_data=False)
+    assert {o.domain or "": o.version for o in model.opset_import}[""] == OPSET == x.opset
+    ids, ref_logits, ref_routes, _, _ = reference(name)
+    m = OnnxModel(x)
+    out = m.step(ids, m.empty_past())
+    top1, kl = _top1_kl(ref_logits, out["logits"][0])
+    print(f"{name} fp32: tokens={len(ids)} top1={top1:.4f} mean_kl={kl:.2e}")
+    assert len(ids) == 128
+    assert top1 >= 0.995 and kl <= 1e-3
+    # The router's choices come back as routing.i; the sets match (DeepSeek's are unsorted).
+    assert sorted(ref_routes) == [layer.layer for layer in x.expert_layers]
+    for layer, chosen in ref_routes.items():
+        got = out[f"routing.{layer}"]
+        assert got.shape == (len(ids), x.top_k) and got.dtype == np.int64
+        np.testing.assert_array_equal(np.sort(got, -1), np.sort(chosen, -1), err_msg=f"{layer}")
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("name", ARCH_FIXTURES)
+def test_greedy_with_kv_cache_matches_transformers(name, exported, reference):
+    _, _, _, prompt, greedy = reference(name)
+    m = OnnxModel(exported(name))
+    out = m.step(prompt, m.empty_past())
+    tokens = []
+    for _ in range(N_NEW):
+        tokens.append(int(out["logits"][0, -1].argmax()))
+        out = m.step([tokens[-1]], m.next_past(out))
+    assert tokens == greedy
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("quant", ["fp16", "int8", "int4"])
+@pytest.mark.parametrize("name", ARCH_FIXTURES)
+def test_quantized_export_divergence(name, quant, exported, reference):
+    x = exported(name, quant)
+    assert x.quant == quant and x.block_size == 32
+    ids, ref_logits, _, _, _ = reference(name)
+    m = OnnxModel(x)
+    top1, kl = _top1_kl(ref_logits, m.step(ids, m.empty_past())["logits"][0])
+    print(f"{name} {quant}: top1={top1:.4f} mean_kl={kl:.2e} dense={x.dense_bytes}")
+    min_top1, max_kl = QUANT_BOUNDS[quant]
+    assert top1 >= min_top1 and kl <= max_kl
+
+
+@pytest.mark.parametrize("opts", [{"expert_mode": "pairs"}, {"dequant": "dq"}])
+def test_expert_graph_variants_compute_the_same(opts, exported, fixture_checkpoint):
+    ids = token_chunks(fixture_checkpoint("qwen2moe-tiny"), heldout_text(), 64, 64)[0]
+    base = OnnxModel(exported("qwen2moe-tiny", "int4"))
+    other = OnnxModel(exported("qwen2moe-tiny", "int4", **opts))
+    a = base.step(ids, base.empty_past())
+    b = other.step(ids, other.empty_past())
+    np.testing.assert_allclose(a["logits"], b["logits"], atol=1e-4)
+    for layer in range(3):
+        np.testing.assert_array_equal(a[f"routing.{layer}"], b[f"routing.{layer}"])
+
+
+# ----- the expert table -------------------------------------------------------------------
+def _expert_matrices(ckpt, name: str, layer: int, e: int) -> tuple[np.ndarray, np.ndarray]:
+    module, gate, up, down = EXPERT_NAMES.get(name, ("mlp", "gate_proj", "up_proj", "down_proj"))
+    pre = f"model.layers.{layer}.{module}.experts.{e}"
+    g, u, d = (ckpt.read(f"{pre}.{p}.weight") for p in (gate, up, down))
+    return np.concatenate([g, u], axis=0), d  # the checkpoint's [out, in], gate rows first
+
+
+def _stored(mat: np.ndarray, quant: str) -> dict[str, bytes]:
+    if quant == "fp32":
+        return {"": mat.astype(np.float32).tobytes()}
+    nb = matmul_nbits(mat, 4 if quant == "int4" else 8, 32)
+    return {"": nb.packed.tobytes(), ".scales": nb.scales.tobytes()}
+
+
+@pytest.mark.parametrize("quant", ["fp32", "int4"])
+@pytest.mark.parametrize("name", ARCH_FIXTURES)
+def test_expert_table_points_at_each_experts_bytes(name, quant, exported, fixture_checkpoint):
+    x = exported(name, quant)
+    ckpt = open_checkpoint(fixture_checkpoint(name))
+    data = x.data_file.read_bytes()
+    assert x.expert_layers and all(len(layer.tensors) == (2 if quant == "fp32" else 4)
+                                   for layer in x.expert_layers)  # fmt: skip
+    for layer in x.expert_layers:
+        for t in layer.tensors:
+            assert t.offset % 4096 == 0 and t.stride % 4096 == 0 and t.used_bytes <= t.stride
+            assert t.offset + t.n_experts * t.stride <= len(data)
+        for e in range(x.n_experts):
+            expected = {}
+            for role, mat in zip(("gate_up", "down"), _expert_matrices(ckpt, name, layer.layer, e),
+                                 strict=True):  # fmt: skip
+                expected.update({role + k: v for k, v in _stored(mat, quant).items()})
+            for t in layer.tensors:
+                row = data[t.offset + e * t.stride : t.offset + (e + 1) * t.stride]
+                assert row[: t.used_bytes] == expected[t.role], (t.name, e)
+                assert row[t.used_bytes :].count(0) == t.stride - t.used_bytes
+        assert layer.ranges(1)[0] == (
+            layer.tensors[0].offset + layer.tensors[0].stride,
+            layer.tensors[0].offset + 2 * layer.tensors[0].stride,
+        )
+        contract = layer.to_contract()
+        assert contract.expert_bytes == layer.expert_bytes
+
+
+# ----- interface, config and failures ---------------------------------------------------------
+def test_interface_names_and_genai_config(exported):
+    x = exported("deepseek2-tiny")
+    n = 3
+    assert x.input_names[:3] == ("input_ids", "attention_mask", "position_ids")
+    assert x.input_names[3:] == tuple(
+        f"past_key_values.{i}.{kv}" for i in range(n) for kv in ("key", "value")
+    )
+    assert x.output_names == (
+        "logits",
+        *(f"present.{i}.{kv}" for i in range(n) for kv in ("key", "value")),
+        "routing.1",
+        "routing.2",
+    )
+    cfg = json.loads(x.genai_config_file.read_text())
+    dec = cfg["model"]["decoder"]
+    assert dec["filename"] == "model.onnx" and dec["num_hidden_layers"] == n
+    assert dec["inputs"]["past_key_names"] == "past_key_values.%d.key"
+    assert cfg["model"]["vocab_size"] == 1024 and cfg["search"]["do_sample"] is False
+    assert x.kv_layout == (1, 32, 8)  # MLA caches the latent and the rope key
+
+
+def test_dense_model_is_refused_and_nothing_is_left(tmp_path, fixture_checkpoint):
+    out = tmp_path / "out"
+    with pytest.raises(UnsupportedArchitectureError, match="Qwen3ForCausalLM is not supported"):
+        export_onnx(fixture_checkpoint("dense-tiny"), out)
+    assert not out.exists()  # refused before anything is written
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"quant": "q4_k"}, "quant 'q4_k' is not supported"),
+        ({"block_size": 24}, "block_size must be a power of two"),
+        ({"expert_mode": "dense"}, "expert_mode 'dense'"),
+    ],
+)
+def test_bad_options_are_refused(kwargs, message, tmp_path, fixture_checkpoint):
+    with pytest.raises(PackError, match=message):
+        export_onnx(fixture_checkpoint("qwen3moe-tiny"), tmp_path / "out", **kwargs)
+    assert not (tmp_path / "out").exists()
+
+
+def test_missing_folder_is_refused(tmp_path):
+    with pytest.raises(PackError, match="not a checkpoint folder"):
+        export_onnx(tmp_path / "nope", tmp_path / "out")
+
+
+def test_failure_midway_leaves_no_partial_files(tmp_path, fixture_checkpoint):
+    """A checkpoint missing its last layer's expert fails after earlier layers were written."""
+    import shutil
+
+    from safetensors.numpy import load_file, save_file
+
+    src, ckpt = fixture_checkpoint("qwen3moe-tiny"), tmp_path / "ckpt"
+    shutil.copytree(src, ckpt)
+    tensors = load_file(str(ckpt / "model.safetensors"))
+    del tensors["model.layers.2.mlp.experts.7.down_proj.weight"]
+    save_file(tensors, str(ckpt / "model.safetensors"))
+    out = tmp_path / "out"
+    with pytest.raises(UnsupportedArchitectureError, match="experts.7.down_proj.weight"):
+        export_onnx(ckpt, out)
+    assert list(out.iterdir()) == []
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize("name", ["qwen3moe-tiny", "mixtral-tiny"])
+def test_onnxruntime_genai_runs_the_export(name, exported, reference, fixture_checkpoint, tmp_path):
+    """onnxruntime-genai (a dev dependency, as a user would run it) reproduces greedy output."""
+    import onnxruntime_genai as og
+    import shutil
+
+    x = exported(name)
+    folder = tmp_path / name
+    shutil.copytree(x.model_file.parent, folder)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(fixture_checkpoint(name) / f, folder / f)
+    _, _, _, prompt, greedy = reference(name)
+    model = og.Model(str(folder))
+    params = og.GeneratorParams(model)
+    params.set_search_options(max_length=len(prompt) + N_NEW, do_sample=False)
+    gen = og.Generator(model, params)
+    gen.append_tokens(prompt)
+    while not gen.is_done():
+        gen.generate_next_token()
+    assert [int(t) for t in gen.get_sequence(0)][len(prompt) :] == greedy
