@@ -323,8 +323,9 @@ def test_failure_midway_leaves_no_partial_files(tmp_path, fixture_checkpoint):
 @pytest.mark.parametrize("name", ["qwen3moe-tiny", "mixtral-tiny"])
 def test_onnxruntime_genai_runs_the_export(name, exported, reference, fixture_checkpoint, tmp_path):
     """onnxruntime-genai (a dev dependency, as a user would run it) reproduces greedy output."""
-    import onnxruntime_genai as og
     import shutil
+
+    import onnxruntime_genai as og
 
     x = exported(name)
     folder = tmp_path / name
