@@ -17,6 +17,7 @@ import gguf
 import numpy as np
 
 from packager.errors import UnsupportedArchitectureError
+from packager.hf_config import ConfigFields
 
 Reader = Callable[[str], np.ndarray]
 
@@ -47,7 +48,7 @@ class MoEInfo:
     moe_layers: tuple[int, ...]
 
 
-class ArchAdapter:
+class ArchAdapter(ConfigFields):
     """Base adapter: generic renaming through gguf's TensorNameMap plus expert stacking."""
 
     hf_architectures: ClassVar[tuple[str, ...]] = ()
@@ -61,7 +62,7 @@ class ArchAdapter:
 
     def __init__(self, config: dict[str, Any]) -> None:
         self.config = config
-        self.n_layers = int(self._get("num_hidden_layers"))
+        self.n_layers = int(self.req("num_hidden_layers"))
         self.validate()
         self._names = gguf.get_tensor_name_map(self.gguf_arch, self.n_layers)
 
@@ -137,26 +138,6 @@ class ArchAdapter:
         )
 
     # ----- shared machinery ---------------------------------------------------------------
-    @property
-    def architecture(self) -> str:
-        return (self.config.get("architectures") or ["?"])[0]
-
-    def _get(self, key: str) -> Any:
-        if key not in self.config:
-            raise UnsupportedArchitectureError(
-                f"config.json: missing '{key}' for {self.architecture}"
-            )
-        return self.config[key]
-
-    def find(self, *keys: str) -> Any:
-        """First present key: transformers renames fields (num_experts/num_local_experts)."""
-        for key in keys:
-            if self.config.get(key) is not None:
-                return self.config[key]
-        raise UnsupportedArchitectureError(
-            f"config.json: none of {', '.join(keys)} is set for {self.architecture}"
-        )
-
     def gguf_name(self, hf_name: str) -> str:
         new = self._names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
         if new is None:

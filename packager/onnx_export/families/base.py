@@ -15,6 +15,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from packager.errors import UnsupportedArchitectureError
+from packager.hf_config import ConfigFields
 from packager.onnx_export.blocks import (
     Context,
     RopeSpec,
@@ -52,7 +53,7 @@ def family_for(ckpt: Checkpoint) -> OnnxFamily:
     return _REGISTRY[arch](ckpt)
 
 
-class OnnxFamily:
+class OnnxFamily(ConfigFields):
     """Defaults are the Qwen/Mixtral/OLMoE shape: GQA attention with rotate-half RoPE."""
 
     hf_architectures: ClassVar[tuple[str, ...]] = ()
@@ -78,25 +79,6 @@ class OnnxFamily:
         self.validate()
 
     # ----- config access ----------------------------------------------------------------
-    @property
-    def architecture(self) -> str:
-        return (self.config.get("architectures") or ["?"])[0]
-
-    def req(self, key: str) -> Any:
-        if self.config.get(key) is None:
-            raise UnsupportedArchitectureError(
-                f"config.json: missing '{key}' for {self.architecture}"
-            )
-        return self.config[key]
-
-    def find(self, *keys: str) -> Any:
-        for key in keys:
-            if self.config.get(key) is not None:
-                return self.config[key]
-        raise UnsupportedArchitectureError(
-            f"config.json: none of {', '.join(keys)} is set for {self.architecture}"
-        )
-
     def refuse(self, why: str) -> None:
         raise UnsupportedArchitectureError(f"{self.architecture} (ONNX export): {why}")
 
