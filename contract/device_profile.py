@@ -32,6 +32,7 @@ __all__ = [
     "ISA_FEATURES",
     "KNOWN_FIELDS",
     "NUMERIC_FIELDS",
+    "OPTIONAL_FIELDS",
     "REQUIRED_FIELDS",
     "DeviceProfile",
     "ProfileError",
@@ -66,10 +67,11 @@ _ESTIMATED = "not stated; estimated from isa and threads"
 KNOWN_FIELDS = (
     "name", "description", "class", "model_memory", "context_length", "kv_cache_type", "threads",
     "isa", "storage_read_mb_s", "memory_bandwidth_gb_s", "formats", "default_quant",
-    "quant_preferences", "compute_gflops", "notes",
+    "quant_preferences", "compute_gflops", "cores", "ttft_ms_target", "itl_ms_target", "notes",
 )
-# Fields every file must set; compute_gflops and notes may be left out.
-REQUIRED_FIELDS = tuple(k for k in KNOWN_FIELDS if k not in ("compute_gflops", "notes"))
+# Fields a file may leave out (the rest are required).
+OPTIONAL_FIELDS = ("compute_gflops", "cores", "ttft_ms_target", "itl_ms_target", "notes")
+REQUIRED_FIELDS = tuple(k for k in KNOWN_FIELDS if k not in OPTIONAL_FIELDS)
 # The numeric fields whose note (source or rationale) built-in profiles must give.
 NUMERIC_FIELDS = ("model_memory", "context_length", "threads", "storage_read_mb_s",
                   "memory_bandwidth_gb_s", "compute_gflops")
@@ -157,6 +159,13 @@ class DeviceProfile:
     # Sustained GFLOP/s of quantized matmuls on `threads` threads; None (or left out of a file)
     # is replaced by an estimate from `isa` and `threads` during validation.
     compute_gflops: Positive | None = None
+    # Cores the model may use (None: as many as `threads`); the runtime never runs more
+    # threads than this, so a device that shares its CPU with other work stays responsive.
+    cores: Threads | None = None
+    # Latency the device's users should see (`edgemoe bench` checks them): time to first
+    # token and time between generated tokens, in milliseconds.
+    ttft_ms_target: Positive = 200.0
+    itl_ms_target: Positive = 50.0
     notes: dict[str, Text] = Field(default_factory=dict)
     path: Path | None = None
 

@@ -8,7 +8,9 @@ naming the file, never a traceback from the reader.
 
 from __future__ import annotations
 
+import mmap
 import re
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,12 +48,91 @@ def _field(reader: gguf.GGUFReader, key: str) -> Any:
 def open_reader(path: Path) -> gguf.GGUFReader:
     """gguf's reader, with anything it raises on a damaged file turned into one BundleError."""
     try:
+        check_structure(path)
         return gguf.GGUFReader(path)
     except FileNotFoundError:
         raise BundleError(f"{path}: not found") from None
     except (ValueError, IndexError, KeyError, TypeError, OverflowError, UnicodeDecodeError,
             MemoryError, OSError) as e:
         raise BundleError(f"{path}: not a readable GGUF file ({_reason(e)})") from None
+
+
+# GGUF value types: fixed sizes of the scalars; 8 is a string, 9 an array (gguf's constants).
+_SCALAR_BYTES = {0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8}
+_STRING, _ARRAY = 8, 9
+_MAX_DIMS = 4  # GGML_MAX_DIMS
+
+
+class _Scan:
+    """A bounds-checked cursor over the metadata of a mapped GGUF file."""
+
+    def __init__(self, buf: mmap.mmap | bytes) -> None:
+        self.buf, self.pos, self.size = buf, 0, len(buf)
+
+    def take(self, fmt: str) -> int:
+        n = struct.calcsize(fmt)
+        if self.pos + n > self.size:
+            raise ValueError(f"the header runs past the end of the file at byte {self.pos}")
+        (value,) = struct.unpack_from(fmt, self.buf, self.pos)
+        self.pos += n
+        return value
+
+    def skip(self, n: int, what: str) -> None:
+        if n > self.size - self.pos:
+            raise ValueError(f"{what} of {n} bytes at byte {self.pos} runs past the end of "
+                             f"the file ({self.size} bytes)")
+        self.pos += n
+
+    def count(self, n: int, min_bytes: int, what: str) -> int:
+        """A count read from the file, refused if that many items cannot fit in what is left."""
+        if n * min_bytes > self.size - self.pos:
+            raise ValueError(f"{what} count {n} at byte {self.pos} cannot fit in the file")
+        return n
+
+    def value(self, vtype: int) -> None:
+        if vtype in _SCALAR_BYTES:
+            self.skip(_SCALAR_BYTES[vtype], "a value")
+        elif vtype == _STRING:
+            self.skip(self.take("<Q"), "a string")
+        elif vtype == _ARRAY:
+            item = self.take("<I")
+            if item == _ARRAY or (item != _STRING and item not in _SCALAR_BYTES):
+                raise ValueError(f"array item type {item} at byte {self.pos} is not supported")
+            n = self.count(self.take("<Q"), _SCALAR_BYTES.get(item, 8), "array item")
+            if item in _SCALAR_BYTES:
+                self.skip(n * _SCALAR_BYTES[item], "an array")
+            else:
+                for _ in range(n):
+                    self.skip(self.take("<Q"), "a string")
+        else:
+            raise ValueError(f"unknown value type {vtype} at byte {self.pos}")
+
+
+def check_structure(path: Path) -> None:
+    """Walk the header, KV section and tensor table with every count and length checked
+    against the file's size, before gguf-py reads it: gguf-py loops once per array item a
+    header claims, so a damaged count (2**32 items) would hold the device for hours. Raises
+    ValueError; the data region is never touched."""
+    with open(path, "rb") as f:
+        if not f.seek(0, 2):
+            raise ValueError("empty file")
+        with mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as buf:
+            s = _Scan(buf)
+            if buf[:4] != b"GGUF":
+                raise ValueError("no GGUF magic")
+            s.pos = 4
+            if s.take("<I") not in (2, 3):
+                raise ValueError("only little-endian GGUF versions 2 and 3 are supported")
+            n_tensors, n_kv = s.take("<Q"), s.take("<Q")
+            for _ in range(s.count(n_kv, 13, "key-value")):
+                s.skip(s.take("<Q"), "a key")
+                s.value(s.take("<I"))
+            for _ in range(s.count(n_tensors, 24, "tensor")):
+                s.skip(s.take("<Q"), "a tensor name")
+                n_dims = s.take("<I")
+                if n_dims > _MAX_DIMS:
+                    raise ValueError(f"a tensor with {n_dims} dimensions (at most {_MAX_DIMS})")
+                s.skip(8 * n_dims + 12, "a tensor's shape, type and offset")
 
 
 def _reason(e: BaseException) -> str:
@@ -67,7 +148,36 @@ def read_layout(path: Path) -> GGUFLayout:
         raise BundleError(f"{path}: unreadable GGUF metadata ({_reason(e)})") from None
 
 
+# The vocabulary arrays llama.cpp's tokenizer loader reads with GGML_ASSERTs (it aborts the
+# process, not throws, on a wrong item type, a length mismatch or a token listed twice).
+_VOCAB_ARRAYS = (
+    ("tokenizer.ggml.tokens", gguf.GGUFValueType.STRING),
+    ("tokenizer.ggml.token_type", gguf.GGUFValueType.INT32),
+    ("tokenizer.ggml.scores", gguf.GGUFValueType.FLOAT32),
+    ("tokenizer.ggml.merges", gguf.GGUFValueType.STRING),
+)
+
+
+def _check_vocab(reader: gguf.GGUFReader, path: Path) -> None:
+    """Refuse a vocabulary llama.cpp would abort on, before it is handed one."""
+    n_tokens = None
+    for key, item in _VOCAB_ARRAYS:
+        f = reader.fields.get(key)
+        if f is None:
+            continue
+        if f.types[:2] != [gguf.GGUFValueType.ARRAY, item]:
+            raise BundleError(f"{path}: header key '{key}' must be an array of {item.name}")
+        if key == "tokenizer.ggml.tokens":
+            raw = [bytes(f.parts[i]) for i in f.data]  # undecoded: duplicates are byte-equal
+            n_tokens = len(raw)
+            if len(set(raw)) != n_tokens:
+                raise BundleError(f"{path}: the vocabulary ('{key}') lists a token twice")
+        elif n_tokens is not None and key != "tokenizer.ggml.merges" and len(f.data) != n_tokens:
+            raise BundleError(f"{path}: '{key}' has {len(f.data)} entries for {n_tokens} tokens")
+
+
 def _layout(reader: gguf.GGUFReader, path: Path) -> GGUFLayout:
+    _check_vocab(reader, path)
     arch = str(_field(reader, "general.architecture"))
     n_experts = int(_field(reader, f"{arch}.expert_count") or 0)
     layers: dict[int, list[ExpertTensor]] = {}

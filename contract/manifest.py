@@ -143,6 +143,30 @@ class Build:
         return self.data_file or self.model_file
 
 
+# Block offsets are JSON object keys (strings), read back as non-negative ints.
+BlockOffset = Annotated[int, Field(strict=False, ge=0)]
+Sha256Hex = Annotated[str, Field(strict=True, pattern=r"^[0-9a-f]{64}$")]
+
+
+@dataclass(frozen=True)
+class SampledHashes:
+    """sha256 of a few fixed-size blocks of one file, so opening a bundle catches damaged data
+    by reading those blocks only (`contract/integrity.py` chooses them and says why).
+
+    Block `offset` is the bytes [offset, min(offset + block_bytes, file size)). The scheme is a
+    plain string, not an enum: a reader meeting a scheme it does not know skips the check rather
+    than refusing a bundle a newer packager wrote.
+    """
+
+    scheme: Annotated[str, Field(strict=True, description='"sha256-blocks-v1"')]
+    # Bounded: the reader allocates one block per read, and a manifest is untrusted input.
+    block_bytes: Annotated[int, Field(strict=True, gt=0, le=1 << 24)]
+    blocks: Annotated[
+        dict[BlockOffset, Sha256Hex],
+        Field(description="byte offset of a block -> sha256 (hex) of its bytes"),
+    ]
+
+
 class PlanSnapshot(BaseModel):
     """The planner's decision as the packager recorded it (`packager.plan.Plan.to_dict()`).
 
@@ -178,7 +202,7 @@ class PlanSnapshot(BaseModel):
 
 _OPTIONAL_ON_READ = {
     "chat_template": None, "plan": None, "report_file": None, "extra": {}, "data_file": None,
-    "builds": [],
+    "builds": [], "integrity": {},
 }
 
 
@@ -207,6 +231,11 @@ class Manifest:
     extra: dict[str, Any] = field(default_factory=dict)
     data_file: Str | None = None  # the primary build's external data (ONNX)
     builds: tuple[Build, ...] = ()  # further builds of the same checkpoint (e.g. ONNX + GGUF)
+    # Sampled block hashes per model/data file, checked at every open (absent in older bundles).
+    integrity: Annotated[
+        dict[str, SampledHashes],
+        Field(description="file name -> sampled block hashes checked when the bundle is opened"),
+    ] = field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
@@ -237,6 +266,9 @@ class Manifest:
         formats = [b.format for b in self.all_builds()]
         if len(set(formats)) != len(formats):
             raise rule("one build per format", got=formats, field=("builds",))
+        for name in self.integrity:
+            if name not in self.files:
+                raise problem(f"'{name}' is not listed in 'files'", field=("integrity", name))
         return self
 
     def all_builds(self) -> tuple[Build, ...]:

@@ -138,6 +138,8 @@ def pack(opts: PackOptions, progress: Progress | None = None) -> PackResult:
                 imatrix=opts.use_imatrix,
                 measure=opened.reference,
                 eval_text=opts.eval_text,
+                distill_steps=opts.distill,
+                threads=opts.threads,
             )
         with _timed(seconds, "plan"):
             inputs = PackInputs(opts, opened, prepared, _plan(opts, opened, prepared))

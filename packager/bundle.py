@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
+from contract.file_modes import publish_modes
 from contract.files import atomic_write_text, sha256_file
 from contract.manifest import MANIFEST_NAME, FileEntry, Manifest
 from packager.errors import DiskSpaceError, OutputExistsError
@@ -72,6 +73,9 @@ def work_dir(out_dir: Path) -> Iterator[Path]:
 
 
 def _publish(stage: Path, out_dir: Path) -> None:
+    # The staging folder and the manifest were created private (0700 / 0600, tempfile's
+    # defaults); the published bundle is readable as mkdir/open() under the umask would make it.
+    publish_modes(stage)
     if not out_dir.exists():
         os.replace(stage, out_dir)
         return

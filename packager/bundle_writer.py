@@ -9,7 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from contract.gguf_layout import read_layout
-from contract.manifest import Build, FileEntry, Manifest, MoEShape
+from contract.integrity import sample_builds
+from contract.manifest import Build, FileEntry, Manifest, MoEShape, SampledHashes
 from packager import __version__, onnx_stage
 from packager.archs import adapter_for
 from packager.bundle import file_entries, write_manifest
@@ -74,7 +75,9 @@ def write_bundle(
     (stage / "README.md").write_text(_readme(inputs, shape), encoding="utf-8")
     builds = _builds(inputs, stage, exported)
     # Every file is hashed once, README included; the manifest is built whole, then written last.
-    manifest = _manifest(inputs, builds, shape, report is not None, stage, file_entries(stage))
+    files = file_entries(stage)
+    integrity = sample_builds(stage, [b for b, _ in builds.values()])
+    manifest = _manifest(inputs, builds, shape, report is not None, stage, files, integrity)
     write_manifest(stage, manifest)
     return manifest
 
@@ -112,6 +115,7 @@ def _manifest(
     has_report: bool,
     stage: Path,
     files: dict[str, FileEntry],
+    integrity: dict[str, SampledHashes],
 ) -> Manifest:
     ckpt, profile = inputs.checkpoint, inputs.opened.profile
     primary, *others = inputs.opened.formats
@@ -144,4 +148,5 @@ def _manifest(
         extra={"tensor_types": meta["tensor_types"]} if "tensor_types" in meta else {},
         data_file=main.data_file,
         builds=tuple(builds[f][0] for f in others),
+        integrity=integrity,
     )

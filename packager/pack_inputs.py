@@ -53,6 +53,7 @@ class PackOptions:
     eval_tokens: int = 512
     calibration: tuple[str, ...] = ()  # texts: usage profile -> the plan's hot set
     prune: float = 0.0  # fraction of experts to remove per layer (usage-guided)
+    distill: int = 0  # steps of distillation of the pruned model on the calibration text
     use_imatrix: bool = False  # importance matrix from calibration text for the quantizer
     follow_plan: bool = True  # quant, dense upgrades and hot set from packager.plan
     usage: ExpertUsage | None = None  # a measured usage profile (`--usage`); wins over calibration

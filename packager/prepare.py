@@ -68,16 +68,22 @@ def prepare(
     measure: bool = True,
     eval_text: str | None = None,
     engine: Engine = "auto",
+    distill_steps: int = 0,
+    threads: int = 0,
 ) -> Prepared:
     """Calibrate when asked (or when pruning needs usage), prune, then compute an imatrix.
 
     `work` holds what never ships (the pruned checkpoint, the F32 GGUF); `measure` adds the
     transformers cost of pruning to the report; `engine` picks the calibration engine.
+    `distill_steps` > 0 (with pruning) trains the pruned model to imitate the unpruned one on
+    the calibration text before it is packed (`packager.distill`).
     """
     if not (calibration or prune or imatrix):
         return Prepared(ckpt)
     if not 0 <= prune < 1:
         raise PackError(f"--prune must be in [0, 1), got {prune}")
+    if distill_steps and not prune:
+        raise PackError("--distill heals a pruned model: give --prune as well")
     texts, text_name = calibration_texts(calibration)
     report: dict[str, Any] = {"calibration_text": text_name}
     usage, f32, pruned = None, None, None
@@ -93,7 +99,11 @@ def prepare(
             pruning = {"fraction": prune, "strategy": "usage",
                        **prune_report(ckpt.path, pruned.out_dir, heldout)}
         report["pruning"] = {**pruning, "experts": pruned.to_dict()}
-        ckpt = open_derived(pruned.out_dir, ckpt.source)
+        student = pruned.out_dir
+        if distill_steps:
+            student = _distill(ckpt.path, student, work, texts, distill_steps, threads, eval_text,
+                               measure, report)
+        ckpt = open_derived(student, ckpt.source)
         if f32 is not None:
             f32.unlink()  # the unpruned model's; the pruned one gets its own below
         usage, f32 = _usage(ckpt, texts, work, engine)  # hot set in the pruned model's ids
@@ -107,6 +117,22 @@ def prepare(
         table = compute_imatrix(ckpt, texts)
         report["imatrix"] = {"tensors": len(table), "calibration_texts": len(texts)}
     return Prepared(ckpt, usage, table, pruned, f32, text_name, report, files)
+
+
+def _distill(teacher: Path, student: Path, work: Path, texts: list[str], steps: int,
+             threads: int, eval_text: str | None, measure: bool,
+             report: dict[str, Any]) -> Path:
+    """The pruned student trained on the teacher's logits; written under the same folder name
+    (it becomes the GGUF's general.name) in its own work subfolder."""
+    from packager.distill import DistillOptions, distill_with
+    from packager.prune import PACK_FOLDER
+
+    opts = DistillOptions(steps=steps, threads=max(1, threads or 1), measure=measure,
+                          cache_dir=work)
+    out = work / "distilled" / PACK_FOLDER
+    result = distill_with(teacher, student, out, texts, opts, eval_text=eval_text, force=True)
+    report["distillation"] = result.report
+    return result.out_dir
 
 
 def _usage(ckpt: Checkpoint, texts: list[str], work: Path,

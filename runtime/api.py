@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -23,7 +22,16 @@ from runtime.backends.base import (
 from runtime.backends.lazy_load import advise_random_except, complement
 from runtime.budget import BudgetPlan, parse_budget, plan_budget
 from runtime.bundle import OpenBundle, attention_shape, open_bundle
-from runtime.errors import BundleError, ChatTemplateError, EdgemoeError, PromptTooLongError
+from runtime.closing import closing_bias
+from runtime.draft_budget import split_budget
+from runtime.drafting import NGRAM, ModelDrafter, NgramDrafter, check_vocabularies
+from runtime.errors import (
+    BundleError,
+    ChatTemplateError,
+    EdgemoeError,
+    PromptTooLongError,
+    SamplingError,
+)
 from runtime.expert_cache import ExpertCache
 from runtime.expert_pager import ExpertPager
 from runtime.generation import (
@@ -33,13 +41,18 @@ from runtime.generation import (
     PreparedRequest,
     SamplingParams,
     StreamEvent,
-    TextAssembler,
     Usage,
 )
+from runtime.latency import LatencyRecorder
 from runtime.pinning import pinned_set
 from runtime.policy import DEFAULT_POLICY
+from runtime.prefetcher import PrefetchSettings
 from runtime.procfs import mapping_rss, process_rss
 from runtime.residency import FileMapping, MadviseResidency
+from runtime.speculative import DEFAULT_DRAFT_TOKENS, Speculator, check_draft_tokens
+from runtime.structured import Constraint, build_constraint
+from runtime.threads import engine_threads
+from runtime.tools import ToolChoice, ToolSpec
 
 DEFAULT_CTX = 2048
 
@@ -72,7 +85,10 @@ def load(
     cold: bool = False,
     verify: bool = False,
     record_routing: bool = False,
+    prefetch: PrefetchSettings | bool | None = None,
     backend: str | None = None,
+    draft: str | Path | None = None,
+    draft_tokens: int = DEFAULT_DRAFT_TOKENS,
 ) -> Model:
     """Open a bundle and start an engine on it, keeping experts resident within `budget`.
 
@@ -80,16 +96,42 @@ def load(
     the bundle's device profile. cold: also drop released experts from the OS page cache, so a
     miss reads storage (what a device without spare RAM sees). backend: "llama.cpp" (the GGUF
     build) or "onnx" (the ONNX build); None runs the bundle's primary build.
+    prefetch: read the next MoE layer's guessed experts early (runtime/prefetcher.py): True,
+    False, PrefetchSettings, or None = when cold; `model.prefetch` says "on" or why it is off.
+    draft: speculative decoding (runtime/speculative.py) with a smaller bundle of the same
+    vocabulary, proposing `draft_tokens` tokens per step, or "ngram" (prompt lookup, no model).
+    A draft bundle's dense weights, KV cache and experts come out of `budget`, at the same
+    expert fraction as the target's (runtime/draft_budget.py).
     """
+    if draft is not None:
+        check_draft_tokens(draft_tokens)
     opened = open_bundle(bundle, verify=verify, fmt=format_for(backend))
     m = opened.manifest
     n_ctx = _context(opened, n_ctx)
-    threads = int(threads or min(_profile_value(opened, "threads", 4), os.cpu_count() or 1))
+    threads = engine_threads(threads, _profile_value(opened, "threads", 4),
+                             _profile_value(opened, "cores", None))  # runtime/threads.py
     spec = parse_budget(budget)
     if spec is None and m.profile.model_memory_bytes:
         spec = parse_budget(m.profile.model_memory_bytes)
-    plan = plan_budget(spec, **_budget_inputs(opened, n_ctx))
-    return Model(opened, plan, n_ctx, threads, policy, cold, record_routing)
+    if draft is None or str(draft) == NGRAM:
+        plan = plan_budget(spec, **_budget_inputs(opened, n_ctx))
+        model = Model(opened, plan, n_ctx, threads, policy, cold, record_routing, prefetch=prefetch)
+        if draft is not None:
+            model.speculation = Speculator(NgramDrafter(), draft_tokens)
+        return model
+    draft_opened = open_bundle(draft, verify=verify, fmt=format_for(backend))
+    plan, draft_plan = split_budget(
+        spec, _budget_inputs(opened, n_ctx), _budget_inputs(draft_opened, n_ctx)
+    )
+    model = Model(opened, plan, n_ctx, threads, policy, cold, record_routing, prefetch=prefetch)
+    try:
+        drafter = ModelDrafter(Model(draft_opened, draft_plan, n_ctx, threads, policy, cold, False))
+        model.speculation = Speculator(drafter, draft_tokens)  # closed with the model from now
+        check_vocabularies(model, drafter.model)
+    except BaseException:
+        model.close()
+        raise
+    return model
 
 
 def _context(opened: OpenBundle, n_ctx: int | None) -> int:
@@ -138,6 +180,8 @@ class Model:
         policy: str,
         cold: bool,
         record_routing: bool,
+        *,
+        prefetch: PrefetchSettings | bool | None = None,
     ) -> None:
         self.bundle = opened
         self.manifest = opened.manifest
@@ -148,6 +192,9 @@ class Model:
         self._timings: dict[str, float] = {}
         self.build = opened.build
         self._expert_bytes = {x.layer: x.expert_bytes for x in self.build.expert_layers}
+        self.speculation: Speculator | None = None  # drafting (load(draft=...))
+        self._prefetch, self.prefetch = prefetch, "off"
+        self.latency = LatencyRecorder()
         self.pager = ExpertPager(
             None,
             None,
@@ -169,6 +216,7 @@ class Model:
             self.pager.on_routing,
             kind=backend_for(self.build.format),
         )
+        self.pager.attach_engine(self.engine)  # hits stay in the engine's C tap when it can
         self.lazy_load = getattr(self.engine, "lazy_load", None)
         if self.lazy_load is not None and self.lazy_load.active:
             self._read_dense_only()
@@ -219,28 +267,51 @@ class Model:
         )
         self.cache.warm()  # release what llama.cpp populated at load, pin the hot set
         self.pager.cache, self.pager.residency = self.cache, self.residency
+        # Expert prefetch by pre-gating (runtime/prefetcher.py): "on", "off" or why it is off.
+        self.prefetch = self.pager.start_prefetch(self._prefetch, cold, self.bundle.model_path)
 
     # --- text ----------------------------------------------------------------------------
     def tokenize(self, text: str) -> list[int]:
         return self.engine.tokenize(text)
 
-    def apply_chat_template(self, messages: Sequence[Mapping[str, Any]]) -> str:
+    def detokenize(self, tokens: Sequence[int]) -> str:
+        """The text of `tokens` (invalid UTF-8 replaced). Safe while another thread generates."""
+        return b"".join(self.token_piece(t) for t in tokens).decode("utf-8", errors="replace")
+
+    def token_piece(self, token: int) -> bytes:
+        """One token's bytes; SamplingError for an id outside the vocabulary."""
+        n_vocab = self.engine.n_vocab
+        if not isinstance(token, int) or isinstance(token, bool) or not 0 <= token < n_vocab:
+            raise SamplingError(f"tokens must be ids in 0..{n_vocab - 1}, got {token!r}")
+        return self.engine.token_bytes(token)
+
+    def apply_chat_template(
+        self,
+        messages: Sequence[Mapping[str, Any]],
+        tools: Sequence[ToolSpec] = (),
+        tool_choice: ToolChoice | None = None,
+    ) -> str:
         from runtime.chat_template import render_chat
 
-        return render_chat(self.manifest.chat_template, messages)
+        return render_chat(self.manifest.chat_template, messages, tools=tools,
+                           tool_choice=tool_choice)
 
     def prepare(self, request: GenerationRequest) -> PreparedRequest:
-        """Render the chat template, tokenize and check the context window, once.
+        """Render the chat template, tokenize, check the context window and build the grammar,
+        once.
 
         Every generation goes through here before it runs (or waits in a server's queue), so a
-        prompt that cannot run fails early with ChatTemplateError or PromptTooLongError, and
-        the engine never tokenizes again. Safe to call while another thread generates:
-        rendering is pure and tokenizing only reads the vocabulary.
+        request that cannot run fails early (ChatTemplateError, PromptTooLongError, or a
+        SamplingError for a grammar this engine cannot run), and the engine never tokenizes
+        again. Safe to call while another thread generates: rendering is pure, tokenizing and
+        parsing a grammar only read the vocabulary.
         """
         if self.engine is None:
             raise EdgemoeError(f"{self.name}: the model is closed")
         if request.messages is not None:
-            prompt = self.apply_chat_template(request.messages)
+            prompt = self.apply_chat_template(
+                request.messages, request.tools, request.tool_choice  # type: ignore[arg-type]
+            )
         else:
             assert request.prompt is not None  # GenerationRequest holds exactly one
             prompt = request.prompt
@@ -252,21 +323,68 @@ class Model:
             params = replace(params, max_tokens=min(DEFAULT_MAX_TOKENS, room))
         elif params.max_tokens > room:
             raise PromptTooLongError(len(ids), self.n_ctx, params.max_tokens)
-        return PreparedRequest(prompt, tuple(ids), params)
+        for token, _ in params.logit_bias:
+            if token >= self.engine.n_vocab:
+                raise SamplingError(f"logit_bias names token {token}, outside the vocabulary of "
+                                    f"{self.engine.n_vocab} tokens")
+        constraint = build_constraint(
+            request.response_format,  # type: ignore[arg-type]  # checked by GenerationRequest
+            params.grammar,
+            request.tools,  # type: ignore[arg-type]
+            request.tool_choice,  # type: ignore[arg-type]
+            request.parallel_tool_calls,
+        )
+        if constraint.active:
+            params = replace(params, grammar=constraint.grammar)
+            self._check_grammar(params, constraint)
+        return PreparedRequest(prompt, tuple(ids), params, constraint)
+
+    def _check_grammar(self, params: SamplingParams, constraint: Constraint) -> None:
+        """Build (and drop) the sampler once, so a grammar the engine cannot parse or run is a
+        400 before queueing; a lazy tool grammar is checked in its complete form."""
+        grammar = params.grammar
+        if grammar is None and constraint.tools is not None:
+            grammar = constraint.tools.grammar
+        try:
+            self.engine.sampler(replace(params, grammar=grammar)).close()
+        except SamplingError as e:
+            raise SamplingError(f"{constraint.source} {e}") from None
+
+    def logit_bias_vector(
+        self, pairs: tuple[tuple[int, float], ...], n_vocab: int
+    ) -> np.ndarray | None:
+        if not pairs:
+            return None
+        bias = np.zeros(n_vocab, dtype=np.float32)
+        for token, value in pairs:
+            bias[token] = value
+        return bias
+
+    def closing_bias(self, place: str) -> np.ndarray:
+        """The bonus on closing tokens inside a string or elsewhere (runtime/closing.py),
+        computed once per model."""
+        biases: dict[str, np.ndarray] | None = self.__dict__.get("_closing")
+        if biases is None:
+            engine = self.engine
+            biases = closing_bias(engine.n_vocab, engine.token_bytes, engine.is_eog)
+            self.__dict__["_closing"] = biases
+        return biases[place]
 
     # --- generation ----------------------------------------------------------------------
-    # generate/stream/chat/stream_events take SamplingParams' fields as keywords (max_tokens,
-    # temperature, top_p, top_k, seed, stop) and prepare eagerly: bad input raises at the call.
+    # generate/stream/chat/stream_events take SamplingParams' fields (max_tokens, temperature,
+    # top_p, top_k, seed, stop, n, logprobs, logit_bias, grammar) and the request's
+    # response_format, tools, tool_choice, parallel_tool_calls as keywords, and prepare
+    # eagerly: bad input raises at the call.
     def generate(
-        self, prompt: str, *, cancel: threading.Event | None = None, **sampling: Any
+        self, prompt: str, *, cancel: threading.Event | None = None, **options: Any
     ) -> GenerationResult:
-        request = GenerationRequest(prompt=prompt, params=SamplingParams(**sampling))
-        return self.generate_prepared(self.prepare(request), cancel=cancel)
+        return self.generate_prepared(self.prepare(_request(prompt, None, options)),
+                                      cancel=cancel)
 
     def stream(
-        self, prompt: str, *, cancel: threading.Event | None = None, **sampling: Any
+        self, prompt: str, *, cancel: threading.Event | None = None, **options: Any
     ) -> Iterator[str]:
-        events = self.stream_events(prompt, cancel=cancel, **sampling)
+        events = self.stream_events(prompt, cancel=cancel, **options)
         return (ev.text for ev in events if ev.text)
 
     def chat(
@@ -274,16 +392,15 @@ class Model:
         messages: Sequence[Mapping[str, Any]],
         *,
         cancel: threading.Event | None = None,
-        **sampling: Any,
+        **options: Any,
     ) -> GenerationResult:
-        request = GenerationRequest(messages=messages, params=SamplingParams(**sampling))
-        return self.generate_prepared(self.prepare(request), cancel=cancel)
+        return self.generate_prepared(self.prepare(_request(None, messages, options)),
+                                      cancel=cancel)
 
     def stream_events(
-        self, prompt: str, *, cancel: threading.Event | None = None, **sampling: Any
+        self, prompt: str, *, cancel: threading.Event | None = None, **options: Any
     ) -> Iterator[StreamEvent]:
-        request = GenerationRequest(prompt=prompt, params=SamplingParams(**sampling))
-        return self.stream_prepared(self.prepare(request), cancel=cancel)
+        return self.stream_prepared(self.prepare(_request(prompt, None, options)), cancel=cancel)
 
     def generate_prepared(
         self, prepared: PreparedRequest, *, cancel: threading.Event | None = None
@@ -291,15 +408,18 @@ class Model:
         text: list[str] = []
         last: StreamEvent | None = None
         for ev in self.stream_prepared(prepared, cancel=cancel):
-            text.append(ev.text)
+            if ev.index == 0:
+                text.append(ev.text)
             last = ev
         assert last is not None and last.usage is not None
+        first = last.choices[0] if last.choices else None
         return GenerationResult(
-            "".join(text),
+            first.text if first is not None else "".join(text),
             list(last.tokens or ()),
-            last.finish_reason or "stop",
+            first.finish_reason if first is not None else (last.finish_reason or "stop"),
             last.usage,
             last.timings or {},
+            last.choices,
         )
 
     def stream_prepared(
@@ -310,62 +430,33 @@ class Model:
         Generations are serialised on this Model; `cancel` is checked between tokens.
         """
         with self._lock:
-            yield from self._run(prepared, cancel)
+            if self.speculation is not None and self.speculation.serves(prepared):
+                yield from self.speculation.run(self, prepared, cancel)
+            else:
+                yield from self._run(prepared, cancel)
 
     def _decode(self, tokens: list[int]) -> np.ndarray:
+        start, empty = time.perf_counter(), self.engine.n_past == 0
         self.pager.begin_batch()
         logits = self.engine.decode(tokens)
         self.pager.reconcile()
+        self.latency.step(len(tokens), empty, start)  # TTFT / inter-token histograms
         return logits
 
     def _run(
         self, prepared: PreparedRequest, cancel: threading.Event | None
     ) -> Iterator[StreamEvent]:
-        engine, params, max_tokens = self.engine, prepared.params, prepared.max_tokens
-        prompt_ids = list(prepared.prompt_ids)
-        out: list[int] = []
-        engine.reset()
-        t0 = time.perf_counter()
-        self._decode(prompt_ids)
-        t_prefill = time.perf_counter() - t0
-        sampler = engine.sampler(params)
-        text = TextAssembler(prepared.stop)
-        finish, ttft, t1 = "length", None, time.perf_counter()
-        try:
-            for i in range(max_tokens):
-                if cancel is not None and cancel.is_set():
-                    finish = "cancelled"
-                    break
-                tok = engine.sample(sampler)
-                if engine.is_eog(tok):
-                    finish = "stop"
-                    break
-                out.append(tok)
-                piece = text.feed(engine.token_bytes(tok))
-                ttft = ttft if ttft is not None else time.perf_counter() - t0
-                if piece:
-                    yield StreamEvent(piece, tok)
-                if text.stopped:
-                    finish = "stop"
-                    break
-                if i + 1 < max_tokens:
-                    self._decode([tok])
-        finally:
-            sampler.close()
-        t_decode = time.perf_counter() - t1
-        timings = {
-            "prefill_s": t_prefill,
-            "decode_s": t_decode,
-            "ttft_s": ttft if ttft is not None else t_prefill,
-            "prefill_tok_s": len(prompt_ids) / t_prefill if t_prefill > 0 else 0.0,
-            "decode_tok_s": len(out) / t_decode if t_decode > 0 and out else 0.0,
-        }
-        self._timings = timings
-        usage = Usage(len(prompt_ids), len(out))
-        yield StreamEvent(text.flush(), None, finish, usage, timings, tuple(out))
+        from runtime.decoding import run
+
+        return run(self, prepared, cancel)
 
     # --- introspection -------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
+        if self._lock.acquire(blocking=False):  # the engine's routing log is the decoder's
+            try:
+                self.pager.sync()
+            finally:
+                self._lock.release()
         b = self.budget
         s: dict[str, Any] = {
             "budget_bytes": b.budget_bytes,
@@ -382,6 +473,9 @@ class Model:
             "mapping_rss_bytes": mapping_rss(self.bundle.expert_path),
             "backend": self.engine.name if self.engine is not None else None,
         }
+        if self.speculation is not None:
+            s.update(self.speculation.stats())
+        s.update(self.latency.stats())
         if self.cache is None:
             s.update(
                 resident_expert_bytes=b.expert_bytes_total,
@@ -394,6 +488,7 @@ class Model:
             )
             return s
         cs = self.cache.stats()
+        s.update(self.pager.prefetch_stats(), prefetch=self.prefetch)
         s.update(
             resident_expert_bytes=cs.resident_bytes,
             pinned_bytes=cs.pinned_bytes,
@@ -407,6 +502,9 @@ class Model:
 
     def close(self) -> None:
         with self._lock:
+            if self.speculation is not None:
+                self.speculation.close()
+                self.speculation = None
             if self.residency is not None:  # unlock pins while llama.cpp's mapping still exists
                 self.residency.close()
                 self.residency = None
@@ -419,3 +517,15 @@ class Model:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+# What `generate`/`chat` keywords shape the request rather than the sampling.
+_REQUEST_OPTIONS = ("response_format", "tools", "tool_choice", "parallel_tool_calls")
+
+
+def _request(
+    prompt: str | None, messages: Sequence[Mapping[str, Any]] | None, options: dict[str, Any]
+) -> GenerationRequest:
+    shape = {k: options.pop(k) for k in _REQUEST_OPTIONS if k in options}
+    return GenerationRequest(prompt=prompt, messages=messages,
+                             params=SamplingParams(**options), **shape)

@@ -1,5 +1,6 @@
 """Opening a bundle on the device: manifest, file presence and sizes, the manifest checked
-against the model file's own tensor table, optional full checksums."""
+against the model file's own tensor table, sampled block hashes (a few pages of each file the
+build runs from; `contract.integrity`), optional full checksums."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from contract.consistency import check_against_layout
 from contract.errors import BundleError, ManifestError
 from contract.gguf_layout import open_reader, read_layout
+from contract.integrity import check_build
 from contract.manifest import Build, Manifest, read_manifest
 
 
@@ -16,9 +18,10 @@ from contract.manifest import Build, Manifest, read_manifest
 class OpenBundle:
     """A checked bundle and the build (GGUF or ONNX) the runtime will run."""
 
-    path: Path
+    path: Path  # the real folder (symlinks resolved once, at open)
     manifest: Manifest
     build: Build
+    opened_as: Path | None = None  # the path as given (e.g. a `pull` DEST symlink): the name
 
     @property
     def model_path(self) -> Path:
@@ -36,7 +39,7 @@ class OpenBundle:
 
     @property
     def name(self) -> str:
-        return self.path.name
+        return (self.opened_as or self.path).name
 
 
 @dataclass(frozen=True)
@@ -57,10 +60,13 @@ class AttentionShape:
 def open_bundle(path: str | Path, verify: bool = False, fmt: str | None = None) -> OpenBundle:
     """Check a bundle is complete and its manifest agrees with the model file before an engine
     touches it; `fmt` picks the build ("gguf" or "onnx"; None: the bundle's primary one);
-    `verify` also re-hashes every file."""
-    path = Path(path)
-    if not path.is_dir():
-        raise BundleError(f"{path}: not a bundle directory")
+    `verify` re-hashes every file instead of the sampled blocks."""
+    given = Path(path)
+    if not given.is_dir():
+        raise BundleError(f"{given}: not a bundle directory")
+    # A pulled bundle is a symlink `edgemoe pull` may swap at any moment: resolved once, every
+    # check here and every file the engine opens later belong to the same version.
+    path = given.resolve()
     try:
         manifest = read_manifest(path)
     except ManifestError as e:
@@ -90,7 +96,9 @@ def open_bundle(path: str | Path, verify: bool = False, fmt: str | None = None) 
         report = verify_bundle(path)
         if not report.ok:
             raise BundleError(f"{path}: " + "; ".join(report.problems))
-    return OpenBundle(path, manifest, build)
+    else:
+        check_build(path, manifest, build)  # data damage that kept the size: one clear line
+    return OpenBundle(path, manifest, build, opened_as=given)
 
 
 def attention_shape(model_path: Path) -> AttentionShape:

@@ -8,7 +8,7 @@ same whatever the number of experts.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Protocol
@@ -107,6 +107,7 @@ class ExpertCache:
         self._policy = make_policy(policy) if isinstance(policy, str) else policy
         self._residency = residency
         self._hold = hold
+        self._watchers: list[Callable[[int, int, bool], None]] = []
         self._lock = threading.RLock()
         self._phase = CachePhase.OPEN
         self._states: dict[Key, ExpertState] = {}
@@ -164,6 +165,17 @@ class ExpertCache:
         else:
             self._states[key] = state
             self._by_layer[key[0]].add(key[1])
+        for watcher in self._watchers:
+            watcher(key[0], key[1], state is not ExpertState.RELEASED)
+
+    def watch(self, watcher: Callable[[int, int, bool], None]) -> None:
+        """Call `watcher(layer, expert, counted)` now for every counted expert and then on
+        every change of the books (a mirror of residency kept outside Python, e.g. the C
+        routing tap's bitmap, stays exact this way)."""
+        with self._lock:
+            for layer, expert in list(self._states):
+                watcher(layer, expert, True)
+            self._watchers.append(watcher)
 
     def _open(self, what: str) -> None:
         if self._phase is not CachePhase.OPEN:
@@ -215,6 +227,31 @@ class ExpertCache:
             self._loaded += need
             if self._hold is Hold.STEP:
                 self._held.update(keys)
+
+    def hit(self, layer: int, experts: Sequence[int]) -> None:
+        """`access` for experts known to be resident (the C tap's logged hits, replayed):
+        the same counts and policy updates without the admission work. Falls back to
+        `access` if one is not resident after all."""
+        with self._lock:
+            keys = [(layer, e) for e in dict.fromkeys(experts)]
+            states = self._states
+            for key in keys:
+                if key not in states:
+                    self.access(layer, experts)
+                    return
+            self._open("hit")
+            if self._last_layer is not None and layer <= self._last_layer:
+                self._end_step()
+            self._last_layer = layer
+            on_access, pinned = self._policy.on_access, self._pinned
+            self._hits += len(keys)
+            for key in keys:
+                if key in pinned:
+                    self._pinned_hits += 1
+                else:
+                    on_access(key)
+            if self._hold is Hold.STEP:
+                self._held.update(k for k in keys if k not in pinned)
 
     def _end_step(self) -> None:
         self._policy.on_step()

@@ -289,6 +289,20 @@ class MadviseResidency:
                 except OSError as e:
                     self._failed("posix_fadvise(DONTNEED)", e.errno or errno.EIO)
 
+    def forget(self, layer: int, expert: int) -> None:
+        """Cold mode: drop a released expert from the page cache again (a prefetch read it and
+        it went unused; the budget released it, so RAM must not keep it). No-op when warm."""
+        if self._fd is None:
+            return
+        for start, end in self.ranges_of(layer, expert):
+            pages = inward(start, end)
+            if pages is None:
+                continue
+            try:
+                os.posix_fadvise(self._fd, pages[0], pages[1] - pages[0], os.POSIX_FADV_DONTNEED)
+            except OSError as e:
+                self._failed("posix_fadvise(DONTNEED)", e.errno or errno.EIO)
+
     def pin(self, layer: int, expert: int) -> None:
         self.stats.pins += 1
         key = (layer, expert)

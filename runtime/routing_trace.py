@@ -200,10 +200,17 @@ class RoutingTrace:
             raise TraceError(f"{where}: {e}") from None
 
     def save(self, path: str | Path) -> Path:
-        """Write JSON atomically: a crash leaves the old file or the new one, never half."""
+        """Write JSON atomically: a crash, a full disk or an I/O error leaves the old file (or
+        none) and no temporary file, never half a trace; failures raise TraceError naming the
+        path and the cause (ENOSPC reads "No space left on device")."""
         path = Path(path)
         text = json.dumps(self.to_dict(), separators=(",", ":")) + "\n"
-        return atomic_write_text(path, text)
+        try:
+            return atomic_write_text(path, text)
+        except OSError as e:
+            cause = e.strerror or type(e).__name__
+            kept = "the previous file is unchanged" if path.exists() else "nothing was written"
+            raise TraceError(f"{path}: could not write the trace ({cause}); {kept}") from None
 
     @classmethod
     def load(cls, path: str | Path) -> RoutingTrace:

@@ -11,12 +11,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
+
 from runtime.backends.base import EngineConfig, backend_for, format_for, open_backend
 from runtime.budget import parse_budget
 from runtime.bundle import open_bundle
 from runtime.errors import BudgetError
 from runtime.pinning import pinned_set
 from runtime.policy import DEFAULT_POLICY
+from runtime.prefetch import Guesses, PrefetchTrace
+from runtime.pregate import Pregate, next_layers, read_routers
 from runtime.replay import Row, render_replay, replay
 from runtime.routing_probe import RoutingProbe
 from runtime.routing_trace import RoutingTrace
@@ -67,6 +71,63 @@ def record_trace(
     return RoutingTrace.from_steps(probe.rows, m.shape.n_experts, m.shape.moe_layers, meta)
 
 
+def record_prefetch_trace(
+    bundle: str | Path,
+    text: str,
+    *,
+    sources: Sequence[str] = ("ffn_inp", "l_out"),
+    depth: int = 2,
+    chunk: int = 256,
+    max_tokens: int = 4096,
+    threads: int | None = None,
+) -> PrefetchTrace:
+    """A routing trace plus pre-gating guesses (runtime/pregate.py) from each hidden state in
+    `sources` (llama.cpp graph names: `ffn_inp` is a layer's residual before its MoE block,
+    `l_out` its output), for the 1..depth next MoE layers; for `runtime.prefetch.evaluate`."""
+    from runtime.backends.llama_cpp import LlamaBackend
+
+    opened = open_bundle(bundle, fmt="gguf")
+    m = opened.manifest
+    layers = list(m.shape.moe_layers)
+    pregate = Pregate(read_routers(opened.model_path, layers))
+    keep = 2 * m.shape.top_k
+    guesses: Guesses = {src: {d: [] for d in range(1, depth + 1)} for src in sources}
+    base = [0]
+
+    def on_hidden(layer: int, kind: str, rows: np.ndarray) -> None:
+        if layer not in layers:
+            return
+        for d, target in enumerate(next_layers(layers, layer, depth), start=1):
+            out = guesses[kind][d]
+            ranked = pregate.rank(target, rows, keep).tolist()
+            while len(out) < base[0] + len(ranked):
+                out.append({})
+            for i, r in enumerate(ranked):
+                out[base[0] + i][target] = tuple(r)
+
+    probe = RoutingProbe()
+    cfg = EngineConfig(opened.model_path, n_ctx=chunk, n_threads=threads or os.cpu_count() or 1,
+                       n_batch=chunk, n_ubatch=chunk)
+    engine = LlamaBackend(cfg, probe.on_event, extra_taps=tuple(sources),
+                          tensor_observer=on_hidden)
+    try:
+        ids = engine.tokenize(text)[:max_tokens]
+        for start in range(0, len(ids), chunk):
+            engine.reset()
+            probe.begin_batch()
+            base[0] = start
+            engine.decode(ids[start : start + chunk], all_outputs=True)
+    finally:
+        engine.close()
+    meta = {"bundle": str(opened.path), "tokens": len(probe.rows), "chunk": chunk}
+    trace = RoutingTrace.from_steps(probe.rows, m.shape.n_experts, layers, meta)
+    for by_d in guesses.values():
+        for rows in by_d.values():
+            rows.extend({} for _ in range(len(trace) - len(rows)))
+    sizes = {x.layer: x.expert_bytes for x in opened.build.expert_layers}
+    return PrefetchTrace(trace, m.shape.top_k, sizes, guesses)
+
+
 def replay_budgets(
     bundle: str | Path,
     trace: RoutingTrace,
@@ -93,4 +154,6 @@ def replay_budgets(
     return TraceReport(trace, rows, capacities)
 
 
-__all__ = ["DEFAULT_POLICY", "TraceReport", "record_trace", "replay_budgets"]
+__all__ = [
+    "DEFAULT_POLICY", "TraceReport", "record_prefetch_trace", "record_trace", "replay_budgets",
+]

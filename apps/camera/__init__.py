@@ -1,1 +1,2 @@
-"""Camera event narrator: turns detector events into one-line summaries through the local API."""
+"""Camera event summariser: detector events in, schema-checked JSON summaries out, through the
+local server's OpenAI-compatible API."""

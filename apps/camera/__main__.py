@@ -1,119 +1,85 @@
-"""`python -m apps.camera --url http://127.0.0.1:8080/v1`: summarise detector events offline.
+"""`python -m apps.camera [--input FILE]`: detector events (JSON lines) in, JSON summaries out.
 
-Reads JSON lines from a motion/object detector on stdin (`{"time": ..., "zone": ..., "labels":
-[...]}`), groups them into windows, and asks the local edgemoe server (OpenAI wire format) for a
-one-line summary per window. Malformed lines are skipped and counted, never fatal: a camera runs
-unattended.
+Reads a motion/object detector's events from stdin or a file, groups them into windows, and asks
+the local edgemoe server (OpenAI wire format, `response_format` with a JSON Schema) for one
+structured summary per window: event type, objects, count, severity and a one-line text. Every
+answer is validated against the schema before it is printed; an invalid one is counted and
+dropped. Malformed input lines are counted and skipped: a camera runs unattended. The run's
+counts go to stderr as one JSON line at the end.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
-import urllib.request
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
+import threading
+from typing import TextIO
 
-from runtime.generation import SamplingParams
+from apps.camera.client import Backoff, Client, RequestFailed
+from apps.camera.pipeline import CameraConfig, run_camera
 
-
-@dataclass(frozen=True)
-class Event:
-    time: str
-    zone: str
-    labels: tuple[str, ...]
+DEFAULTS = CameraConfig()
+BACKOFF = Backoff()
 
 
-def parse_events(lines: Iterable[str], errors: list[str]) -> Iterator[Event]:
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            d = json.loads(line)
-            yield Event(str(d["time"]), str(d.get("zone", "?")), tuple(map(str, d["labels"])))
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            errors.append(f"line {n}: {type(e).__name__}: {e}")
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m apps.camera", description=__doc__.split("\n")[0])
+    p.add_argument("--url", default="http://127.0.0.1:8080/v1", help="The server's /v1 URL.")
+    p.add_argument("--api-key", default=None)
+    p.add_argument("--model", default=None, help="Model id (default: the server's).")
+    p.add_argument("--input", default="-", help="JSON-lines file of events ('-': stdin).")
+    p.add_argument("--window", type=int, default=DEFAULTS.window, help="Events per summary.")
+    p.add_argument("--flush-after", type=float, default=DEFAULTS.flush_after_s,
+                   help="Seconds without events before a partial window is summarised.")
+    p.add_argument("--queue", type=int, default=DEFAULTS.queue_events,
+                   help="Events held at most while the server works.")
+    p.add_argument("--drop-oldest", action="store_true",
+                   help="With a full queue drop the oldest event (live feed) instead of "
+                        "pausing the input.")
+    p.add_argument("--max-tokens", type=int, default=DEFAULTS.max_tokens)
+    p.add_argument("--timeout", type=float, default=120.0, help="Seconds per request.")
+    p.add_argument("--retries", type=int, default=BACKOFF.max_retries,
+                   help="Retries of a busy or unreachable server per window.")
+    p.add_argument("--backoff", type=float, default=BACKOFF.base_s,
+                   help="First retry delay in seconds (doubles each time, Retry-After at least).")
+    p.add_argument("--backoff-cap", type=float, default=BACKOFF.cap_s,
+                   help="Longest retry delay in seconds.")
+    return p
 
 
-def windows(events: Iterable[Event], size: int) -> Iterator[list[Event]]:
-    batch: list[Event] = []
-    for ev in events:
-        batch.append(ev)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
-
-
-def prompt_for(batch: list[Event]) -> str:
-    lines = [f"{e.time} {e.zone}: {', '.join(e.labels)}" for e in batch]
-    return "Camera log:\n" + "\n".join(lines) + "\nOne-line summary:"
-
-
-def _call(url: str, api_key: str | None, timeout: float, body: dict | None = None) -> dict:
-    data = json.dumps(body).encode() if body is not None else None
-    req = urllib.request.Request(url, data=data, headers={"Content-Type": "application/json"})
-    if api_key:
-        req.add_header("Authorization", f"Bearer {api_key}")
-    with urllib.request.urlopen(req, timeout=timeout) as resp:
-        return json.loads(resp.read())
-
-
-def served_model(url: str, api_key: str | None, timeout: float) -> str:
-    """The server's model id (its bundle name or --model-alias)."""
-    return _call(url.rstrip("/") + "/models", api_key, timeout)["data"][0]["id"]
-
-
-def summary_sampling(max_tokens: int) -> SamplingParams:
-    """Greedy, one line: the same events always get the same summary."""
-    return SamplingParams(max_tokens=max_tokens, temperature=0.0, stop=("\n",))
-
-
-def complete(
-    url: str, model: str, prompt: str, params: SamplingParams, api_key: str | None,
-    timeout: float,
-) -> str:
-    body = {
-        "model": model,
-        "prompt": prompt,
-        "max_tokens": params.max_tokens,
-        "temperature": params.temperature,
-        "top_p": params.top_p,
-        "top_k": params.top_k,
-        "seed": params.seed,
-        "stop": list(params.stop),
-    }
-    out = _call(url.rstrip("/") + "/completions", api_key, timeout, body)
-    return out["choices"][0]["text"].strip()
-
-
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="python -m apps.camera")
-    ap.add_argument("--url", default="http://127.0.0.1:8080/v1")
-    ap.add_argument("--api-key", default=None)
-    ap.add_argument("--model", default=None, help="model id (default: the server's first)")
-    ap.add_argument("--window", type=int, default=5, help="events per summary")
-    ap.add_argument("--max-tokens", type=int, default=32)
-    ap.add_argument("--timeout", type=float, default=60)
-    args = ap.parse_args(argv)
-    params = summary_sampling(args.max_tokens)  # a bad --max-tokens fails before any request
-    errors: list[str] = []
-    model = args.model or served_model(args.url, args.api_key, args.timeout)
-    for batch in windows(parse_events(sys.stdin, errors), args.window):
-        summary = complete(
-            args.url, model, prompt_for(batch), params, args.api_key, args.timeout
-        )
-        print(
-            json.dumps({"from": batch[0].time, "to": batch[-1].time, "summary": summary}),
-            flush=True,
-        )
-    if errors:
-        print(
-            f"camera: skipped {len(errors)} malformed event line(s): {errors[0]}", file=sys.stderr
-        )
+def main(argv: list[str] | None = None) -> int:
+    p = build_parser()
+    a = p.parse_args(argv)
+    stop = threading.Event()
+    try:
+        config = CameraConfig(window=a.window, flush_after_s=a.flush_after, queue_events=a.queue,
+                              drop_oldest=a.drop_oldest, max_tokens=a.max_tokens, model=a.model)
+        backoff = Backoff(base_s=a.backoff, cap_s=a.backoff_cap, max_retries=a.retries)
+        client = Client(a.url, a.api_key, a.timeout, backoff, stop)
+    except ValueError as e:
+        p.error(str(e))
+    # SIGTERM (a supervisor stopping the camera) ends the run like the end of input.
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stream: TextIO = sys.stdin if a.input == "-" else open(a.input, encoding="utf-8")
+    except OSError as e:
+        p.error(f"--input: {e}")
+    try:
+        report = run_camera(stream, sys.stdout, client, config, stop)
+    except RequestFailed as e:  # no model to talk to: nothing can be summarised
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        client.close()
+        if stream is not sys.stdin:
+            stream.close()
+    print("camera: " + json.dumps(report.as_dict()), file=sys.stderr, flush=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

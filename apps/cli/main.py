@@ -10,7 +10,7 @@ import os
 
 import typer
 
-from apps.cli import demo, fixtures, pack, profiles, run, serve, trace
+from apps.cli import bench, bundles, demo, fixtures, pack, profiles, run, serve, trace
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Pack and run MoE models on devices."
@@ -18,11 +18,14 @@ app = typer.Typer(
 app.command()(pack.pack)
 app.command()(pack.inspect)
 app.command()(pack.verify)
+app.command()(bundles.pull)
+app.command()(bundles.push)
 app.command()(run.run)
 app.command()(run.chat)
 app.command()(demo.demo)
 app.command()(trace.trace)
 app.command()(serve.serve)
+app.command()(bench.bench)
 app.add_typer(profiles.app, name="profiles")
 app.command()(profiles.calibrate)
 app.command()(profiles.plan)

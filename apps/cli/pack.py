@@ -38,6 +38,13 @@ def pack(
     ] = None,
     usage: Annotated[Path | None, typer.Option(help="usage.json from `edgemoe calibrate`.")] = None,
     prune: Annotated[float, typer.Option(help="Remove this fraction of experts per layer.")] = 0.0,
+    distill: Annotated[
+        int,
+        typer.Option(
+            help="After --prune: train the pruned model on the unpruned one's logits for up to "
+            "this many steps (early stopping on held-out calibration text)."
+        ),
+    ] = 0,
     imatrix: Annotated[bool, typer.Option(help="Importance matrix from calibration text.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
@@ -60,6 +67,7 @@ def pack(
         calibration=tuple(read_texts(calibrate)) if calibrate else (),
         usage=load_usage(usage) if usage else None,
         prune=prune,
+        distill=distill,
         use_imatrix=imatrix,
     )
     result = do_pack(opts, NullProgress() if quiet else RichProgress())

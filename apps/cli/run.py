@@ -20,6 +20,7 @@ from runtime.generation import (
     GenerationRequest,
     SamplingParams,
 )
+from runtime.speculation_switch import DEFAULT_DRAFT_TOKENS
 
 # A conversation reads better with some variety and room to answer than a one-shot `run`.
 CHAT_SAMPLING = SamplingParams(max_tokens=256, temperature=0.7)
@@ -49,6 +50,14 @@ def run(
     cold: Annotated[
         bool, typer.Option(help="Drop released experts from the page cache too.")
     ] = False,
+    draft: Annotated[
+        str | None,
+        typer.Option(help="Speculative decoding: a smaller bundle of the same vocabulary "
+                     "(within --budget) or 'ngram' (prompt lookup)."),
+    ] = None,
+    draft_tokens: Annotated[
+        int, typer.Option(help="Tokens the draft proposes per step.")
+    ] = DEFAULT_DRAFT_TOKENS,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print text, tokens, finish_reason, stats.")
     ] = False,
@@ -60,7 +69,8 @@ def run(
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
         stop=tuple(stop or ()),
     )
-    with runtime.load(bundle, budget=budget, cold=cold, backend=backend) as model:
+    with runtime.load(bundle, budget=budget, cold=cold, backend=backend, draft=draft,
+                      draft_tokens=draft_tokens) as model:
         prepared = model.prepare(GenerationRequest(prompt=prompt, params=params))
         if not as_json:
             for ev in model.stream_prepared(prepared):

@@ -1,1 +1,1 @@
-"""Offline information kiosk: a bounded question/answer loop over the runtime's Python API."""
+"""Offline information kiosk: a full-screen web page served beside the API by the same server."""

@@ -58,7 +58,16 @@ class EngineConfig:
 
 
 class Sampler(Protocol):
-    """An engine's token sampler, built from SamplingParams; closed after a generation."""
+    """An engine's token sampler, built from SamplingParams; closed after a generation.
+
+    It samples from a logits vector the runtime hands it (logit_bias and the closing bonus
+    already added), so every choice of an `n` request can start from the prompt's logits."""
+
+    def sample(self, logits: np.ndarray) -> int: ...
+
+    def set_grammar(self, text: str) -> None:
+        """Constrain every later token to a GBNF grammar (SamplingError if unsupported)."""
+        ...
 
     def close(self) -> None: ...
 
@@ -89,6 +98,16 @@ class Backend(Protocol):
 
     def decode(self, tokens: list[int], all_outputs: bool = False) -> np.ndarray:
         """Feed tokens after the current position; returns the last position's logits."""
+        ...
+
+    def truncate(self, n_past: int) -> None:
+        """Drop every cached position from n_past on; the next decode continues there
+        (speculative decoding rolls back rejected drafts)."""
+        ...
+
+    @property
+    def last_logits(self) -> np.ndarray:
+        """The last decode's logits [positions, n_vocab]: all of them with all_outputs."""
         ...
 
     def sampler(self, params: SamplingParams) -> Sampler: ...

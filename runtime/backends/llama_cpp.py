@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import ctypes
 import os
-import re
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -19,10 +18,16 @@ import numpy as np
 
 from runtime.backends.base import EngineConfig, RoutingEvent, RoutingObserver
 from runtime.backends.lazy_load import LazyLoad, lazy_mapping
+from runtime.backends.llama_tap import NodeTap, RoutingLog
 from runtime.errors import BundleError, EdgemoeError
 from runtime.generation import SamplingParams
 from runtime.procfs import file_regions
 from runtime.residency import FileMapping
+from runtime.threads import wait_passively
+
+# Before llama.cpp's OpenMP runtime loads: sleep at barriers rather than spin, so a busy
+# neighbour on one core does not stall every thread (runtime/threads.py; a user's setting wins).
+wait_passively()
 
 # (layer, tensor name, rows) for extra named tensors beyond routing.
 TensorObserver = Callable[[int, str, np.ndarray], None]
@@ -30,7 +35,7 @@ TensorObserver = Callable[[int, str, np.ndarray], None]
 TOPK = "ffn_moe_topk"  # int32 [n_tokens, top_k]: chosen experts
 PROBS = "ffn_moe_probs"  # f32 [n_tokens, n_expert]: router probabilities (before top-k)
 WEIGHTS = "ffn_moe_weights"  # f32 [n_tokens, top_k]: mixing weights (after any norm/scale)
-_NAMED = re.compile(rb"^(ffn_moe_[a-z_]+)-(\d+)$")
+HIDDEN = "ffn_inp"  # f32 [n_tokens, n_embd]: a layer's residual input to its MoE block
 
 
 class _TensorHead(ctypes.Structure):
@@ -133,8 +138,7 @@ class LlamaBackend:
         if observer is None:
             self._routing_kinds = ()
         self._extra = tuple(extra_taps) if tensor_observer is not None else ()
-        self._taps = tuple(t.encode() for t in self._routing_kinds + self._extra)
-        self._tap_prefixes = tuple(t + b"-" for t in self._taps)
+        self._taps = self._routing_kinds + self._extra
         self._pending: dict[int, dict[str, np.ndarray]] = {}
         llama_cpp.llama_backend_init()
         mparams = llama_cpp.llama_model_default_params()
@@ -168,12 +172,18 @@ class LlamaBackend:
         if cfg.kv_cache_type.lower() not in ("f16", "f32", "bf16"):
             # llama.cpp quantizes the V cache only with flash attention.
             cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
-        self._cb = None
+        self._tap: NodeTap | None = None
         if cfg.observe_routing and self._taps:
             self._ggml = _Ggml()
-            self._cb = llama_cpp.ggml_backend_sched_eval_callback(self._eval_callback)
-            cparams.cb_eval = self._cb
-            cparams.cb_eval_user_data = None
+            self._scratch = np.empty(4096, dtype=np.uint8)  # reused by every read: no allocation
+            self._scratch_at = self._scratch.ctypes.data
+            # Answers llama.cpp's per-node questions in C when a compiler exists (llama_tap.py).
+            # Pre-gating reads a layer's residual input (`ffn_inp`, alive until the layer's last
+            # add) at its routing event, so it is watched, never a stop (runtime/prefetcher.py).
+            watch = (HIDDEN,) if self._routing_kinds == (TOPK,) and not self._extra else ()
+            self._tap = NodeTap(self._taps, self._on_node, self._ggml.lib, watch=watch)
+            cparams.cb_eval = self._tap.callback
+            cparams.cb_eval_user_data = self._tap.user_data
         try:
             self.ctx = li.LlamaContext(model=self.model, params=cparams, verbose=False)
         except ValueError as e:
@@ -187,7 +197,6 @@ class LlamaBackend:
         self.n_vocab = self.model.n_vocab()
         self.n_past = 0
         self._piece = ctypes.create_string_buffer(64)
-        self._asked: dict[int, bool] = {}
         self._batch_shape: tuple[int, bool] | None = None
 
     @staticmethod
@@ -200,25 +209,9 @@ class LlamaBackend:
         return lazy_mapping(low._lib, lib_path, "llama_backend_init")
 
     # --- routing observation -------------------------------------------------------------
-    def _eval_callback(self, tensor: int, ask: bool, _user: int) -> bool:
-        if ask:
-            # llama.cpp asks about every graph node on every token. Graphs of one batch shape
-            # are laid out identically, so the answer is cached per node address (reset when
-            # the batch shape changes); the name is re-checked below before any data is read.
-            known = self._asked.get(tensor)
-            if known is None:
-                known = self._ggml.lib.ggml_get_name(tensor).startswith(self._tap_prefixes)
-                self._asked[tensor] = known
-            return known
-        m = _NAMED.match(self._ggml.lib.ggml_get_name(tensor))
-        if m and m.group(1) in self._taps:
-            try:
-                self._deliver(tensor, m.group(1).decode(), int(m.group(2)))
-            except Exception:  # never let a Python error unwind through C
-                import traceback
-
-                traceback.print_exc()
-        return True
+    def _on_node(self, tensor: int, tap: int, layer: int) -> None:
+        """A tapped node's data is ready (the graph waits until this returns)."""
+        self._deliver(tensor, self._taps[tap], layer)
 
     def _deliver(self, tensor: int, kind: str, layer: int) -> None:
         """Assemble one layer's RoutingEvent. Per layer and batch the graph computes the
@@ -242,20 +235,31 @@ class LlamaBackend:
         """A 2-D tensor as [rows, ne0], honouring its row stride: `ffn_moe_topk` is a view of
         the first top_k columns of each token's argsort, not a contiguous block."""
         head = _TensorHead.from_address(tensor)
-        ne0, nb1 = int(head.ne[0]), int(head.nb[1])
-        rows = int(head.ne[1] * head.ne[2] * head.ne[3])
-        nbytes = int(self._ggml.lib.ggml_nbytes(tensor))
-        raw = np.empty(nbytes, dtype=np.uint8)
-        self._ggml.lib.ggml_backend_tensor_get(tensor, raw.ctypes.data, 0, nbytes)
+        ne, nb1 = head.ne, head.nb[1]
+        ne0, rows = ne[0], ne[1] * ne[2] * ne[3]
+        nbytes = self._ggml.lib.ggml_nbytes(tensor)
+        if nbytes > self._scratch.size:
+            self._scratch = np.empty(2 * nbytes, dtype=np.uint8)
+            self._scratch_at = self._scratch.ctypes.data
+        raw = self._scratch
+        self._ggml.lib.ggml_backend_tensor_get(tensor, self._scratch_at, 0, nbytes)
         width = np.dtype(dtype).itemsize
         if nb1 == ne0 * width or rows == 1:
             return raw[: rows * ne0 * width].view(dtype).reshape(rows, ne0).copy()
+        raw = raw[:nbytes]
         out = np.lib.stride_tricks.as_strided(
             raw.view(dtype) if nbytes % width == 0 else raw[: nbytes - nbytes % width].view(dtype),
             shape=(rows, ne0),
             strides=(nb1, width),
         )
         return np.ascontiguousarray(out)
+
+    def routing_log(self, n_layers: int, n_experts: int, top_k: int) -> RoutingLog | None:
+        """Keep one-token routing events whose experts are all resident out of Python (the C
+        tap logs them; see runtime/expert_pager.py); None when the tap answers in Python."""
+        if self._tap is None or self._routing_kinds != (TOPK,) or self._extra:
+            return None
+        return self._tap.routing_log(TOPK, n_layers, n_experts, top_k)
 
     # --- tokens ----------------------------------------------------------------------------
     def tokenize(self, text: str, special: bool = True) -> list[int]:
@@ -264,11 +268,14 @@ class LlamaBackend:
         )
 
     def token_bytes(self, token: int) -> bytes:
-        """The token's bytes, exactly as many as llama.cpp writes (it adds no terminator)."""
-        buf = self._piece
+        """The token's bytes, exactly as many as llama.cpp writes (it adds no terminator).
+
+        A buffer per call: /detokenize and logprobs read pieces on request threads while the
+        engine thread generates, and a shared buffer would mix their bytes."""
+        buf = ctypes.create_string_buffer(64)
         n = self._llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
         if n < 0:  # buffer too small: -n is the size needed
-            self._piece = buf = ctypes.create_string_buffer(-n)
+            buf = ctypes.create_string_buffer(-n)
             n = self._llama_cpp.llama_token_to_piece(self.vocab, token, buf, len(buf), 0, False)
         return buf.raw[:n]
 
@@ -289,6 +296,28 @@ class LlamaBackend:
         self.n_past = 0
         self._pending.clear()
 
+    def truncate(self, n_past: int) -> None:
+        """Forget every position from n_past on (a speculative step's rejected drafts), so the
+        next decode continues from there; llama_memory_seq_rm on the context's KV memory."""
+        if not 0 <= n_past <= self.n_past:
+            raise EdgemoeError(f"cannot truncate {self.n_past} positions to {n_past}")
+        if n_past == self.n_past:
+            return
+        mem = self.ctx.memory
+        if mem is None or not self._llama_cpp.llama_memory_seq_rm(mem, 0, n_past, -1):
+            raise EdgemoeError(f"llama.cpp could not remove positions {n_past}.. from its cache")
+        self.n_past = n_past
+
+    @property
+    def last_logits(self) -> np.ndarray:
+        """The last decode's logits, [positions, n_vocab]: every position of its last batch
+        with all_outputs (a speculative verify reads one row per drafted token), else one."""
+        assert self._batch_shape is not None, "decode first"
+        n_tokens, all_outputs = self._batch_shape
+        rows = n_tokens if all_outputs else 1
+        ptr = self._llama_cpp.llama_get_logits(self.ctx.ctx)
+        return np.ctypeslib.as_array(ptr, shape=(rows, self.n_vocab)).copy()
+
     def decode(self, tokens: list[int], all_outputs: bool = False) -> np.ndarray:
         """Feed tokens after the current position; returns the logits of the last one.
 
@@ -301,35 +330,23 @@ class LlamaBackend:
             chunk = tokens[start : start + self.cfg.n_batch]
             if (len(chunk), all_outputs) != self._batch_shape:
                 self._batch_shape = (len(chunk), all_outputs)
-                self._asked.clear()
+                if self._tap is not None:
+                    self._tap.new_graph_shape()
             self.batch.set_batch(chunk, n_past=self.n_past, logits_all=all_outputs)
             self.ctx.decode(self.batch)
             self.n_past += len(chunk)
         ptr = self.ctx.get_logits_ith(-1)
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
 
-    def sampler(self, params: SamplingParams):
-        from llama_cpp import _internals as li
+    def sampler(self, params: SamplingParams) -> LlamaSampler:
+        """llama.cpp's sampler chain for `params`, with its grammar when one is given (raises
+        SamplingError when llama.cpp cannot parse it). Needs only the vocabulary, so it may be
+        built on another thread while this context decodes (Model.prepare checks grammars so)."""
+        return LlamaSampler(self, params)
 
-        s = li.LlamaSampler()
-        if params.temperature <= 0:
-            s.add_greedy()
-            return s
-        if params.top_k > 0:
-            s.add_top_k(params.top_k)
-        if params.top_p < 1.0:
-            s.add_top_p(params.top_p, 1)
-        s.add_temp(params.temperature)
-        # llama.cpp takes a 32-bit seed and reads 0xFFFFFFFF as "random": fold, never collide.
-        seed = params.seed
-        s.add_dist(
-            seed % 0xFFFFFFFF if seed is not None else int.from_bytes(os.urandom(3), "little")
-        )
-        return s
-
-    def sample(self, sampler, logits_idx: int = -1) -> int:
-        token = self._llama_cpp.llama_sampler_sample(sampler.sampler, self.ctx.ctx, logits_idx)
-        return int(token)
+    def sample(self, sampler: LlamaSampler, logits_idx: int = -1) -> int:
+        ptr = self.ctx.get_logits_ith(logits_idx)
+        return sampler.sample(np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)))
 
     def close(self) -> None:
         for obj in ("batch", "ctx", "model"):
@@ -337,3 +354,122 @@ class LlamaBackend:
             if o is not None:
                 o.close()
                 setattr(self, obj, None)
+
+
+# --- sampling ------------------------------------------------------------------------------------
+_TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float32)])
+
+
+class LlamaSampler:
+    """llama.cpp's sampler chain applied to a logits vector, with an optional GBNF grammar.
+
+    The chain is llama.cpp's own (top-k, top-p, temperature, seeded draw; greedy at temperature
+    0). The grammar is a separate llama.cpp grammar sampler, applied the way llama.cpp's common
+    sampler does it: draw from the unconstrained distribution first and let the grammar check
+    just that token, masking the whole vocabulary only when it is refused, since a full mask
+    costs a grammar walk per vocabulary entry. Logits come in as an array (the runtime adds
+    logit_bias and, near max_tokens, the closing bonus), so the same sampler serves every
+    choice of an `n` request from the prompt's saved logits.
+    """
+
+    def __init__(self, backend: LlamaBackend, params: SamplingParams) -> None:
+        import llama_cpp
+        from llama_cpp import _internals as li
+
+        self._lib = llama_cpp
+        self._backend = backend
+        self.greedy = params.temperature <= 0
+        self._chain = li.LlamaSampler()
+        if self.greedy:
+            self._chain.add_greedy()
+        else:
+            if params.top_k > 0:
+                self._chain.add_top_k(params.top_k)
+            if params.top_p < 1.0:
+                self._chain.add_top_p(params.top_p, 1)
+            self._chain.add_temp(params.temperature)
+            # llama.cpp takes a 32-bit seed and reads 0xFFFFFFFF as "random": fold, never collide.
+            seed = params.seed
+            self._chain.add_dist(
+                seed % 0xFFFFFFFF if seed is not None else int.from_bytes(os.urandom(3), "little")
+            )
+        self._cells = np.empty(backend.n_vocab, dtype=_TOKEN_DATA)
+        self._ids = np.arange(backend.n_vocab, dtype=np.int32)
+        self._one = np.empty(1, dtype=_TOKEN_DATA)
+        self._grammar = None
+        if params.grammar is not None:
+            self.set_grammar(params.grammar)
+
+    def set_grammar(self, text: str) -> None:
+        """Constrain every later token to `text` (GBNF, root rule `root`)."""
+        from runtime.errors import SamplingError
+
+        grammar = self._lib.llama_sampler_init_grammar(
+            self._backend.vocab, text.encode("utf-8"), b"root"
+        )
+        if not grammar:
+            raise SamplingError("could not be parsed by llama.cpp's GBNF parser (its message, in "
+                                "the log, names the line)")
+        self._free_grammar()
+        self._grammar = grammar
+
+    def _array(self, cells: np.ndarray):  # -> llama_token_data_array
+        return self._lib.llama_token_data_array(
+            data=cells.ctypes.data_as(self._lib.llama_token_data_p),
+            size=len(cells), selected=-1, sorted=False,
+        )
+
+    def _fill(self, logits: np.ndarray) -> np.ndarray:
+        cells = self._cells
+        cells["id"] = self._ids
+        cells["logit"] = logits
+        cells["p"] = 0.0
+        return cells
+
+    def _draw(self, logits: np.ndarray) -> int:
+        if self.greedy:
+            return int(np.argmax(logits))  # llama.cpp's greedy: the first best token
+        arr = self._array(self._fill(logits))
+        self._lib.llama_sampler_apply(self._chain.sampler, ctypes.byref(arr))
+        token = int(arr.data[arr.selected].id)
+        self._lib.llama_sampler_accept(self._chain.sampler, token)
+        return token
+
+    def _allows(self, token: int) -> bool:
+        one = self._one
+        one["id"], one["logit"], one["p"] = token, 0.0, 0.0
+        arr = self._array(one)
+        self._lib.llama_sampler_apply(self._grammar, ctypes.byref(arr))
+        return bool(np.isfinite(one["logit"][0]))
+
+    def sample(self, logits: np.ndarray) -> int:
+        """The next token for `logits` (token-id order); the grammar, if any, accepts it.
+
+        Where a grammar allows no token of this vocabulary at all (a raw grammar that needs a
+        character no token spells), the answer is the end-of-sequence token: the generation
+        ends there rather than failing."""
+        if self._grammar is None:
+            return self._draw(logits)
+        token = self._draw(logits)
+        if not self._allows(token):
+            cells = self._fill(logits)
+            arr = self._array(cells)
+            self._lib.llama_sampler_apply(self._grammar, ctypes.byref(arr))
+            masked = cells["logit"].copy()
+            if not np.isfinite(masked).any():
+                return self._backend.eos_token()
+            token = self._draw(masked)
+        # llama.cpp aborts the process when a grammar accepts a token it does not allow; an
+        # end-of-generation token is allowed only at the grammar's end and ends the run anyway.
+        if not self._backend.is_eog(token):
+            self._lib.llama_sampler_accept(self._grammar, token)
+        return token
+
+    def _free_grammar(self) -> None:
+        if self._grammar is not None:
+            self._lib.llama_sampler_free(self._grammar)
+            self._grammar = None
+
+    def close(self) -> None:
+        self._free_grammar()
+        self._chain.close()

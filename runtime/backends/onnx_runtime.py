@@ -149,6 +149,17 @@ class OnnxBackend:
             shape[2] = 0  # [batch, kv heads, past length, head dim]
             self._past[name] = np.zeros(shape, dtype=self._kv_dtype)
 
+    def truncate(self, n_past: int) -> None:
+        """Forget every position from n_past on (a speculative step's rejected drafts): the
+        past arrays are cut along their sequence axis ([batch, heads, past length, ...])."""
+        if not 0 <= n_past <= self.n_past:
+            raise EdgemoeError(f"cannot truncate {self.n_past} positions to {n_past}")
+        if n_past == self.n_past:
+            return
+        for name, past in self._past.items():
+            self._past[name] = np.ascontiguousarray(past[:, :, :n_past])
+        self.n_past = n_past
+
     def decode(self, tokens: list[int], all_outputs: bool = False) -> np.ndarray:
         if self.n_past + len(tokens) > self.cfg.n_ctx:
             raise EdgemoeError(f"context full ({self.cfg.n_ctx} tokens)")
@@ -187,6 +198,8 @@ class OnnxBackend:
         return np.asarray(logits[0], dtype=np.float32)
 
     def sampler(self, params: SamplingParams) -> NumpySampler:
+        """numpy sampling (runtime/sampling.py). onnxruntime has no grammar sampler, so a
+        constrained request (response_format, tools, grammar) is refused here, at prepare."""
         return NumpySampler(params)
 
     def sample(self, sampler: NumpySampler, logits_idx: int = -1) -> int:

@@ -24,6 +24,8 @@ def build_parser() -> argparse.ArgumentParser:
             text += " (default: %(default)s)"
         if o.repeatable:
             p.add_argument(o.flag, dest=o.name, type=o.type, action="append", help=text)
+        elif o.type is bool:  # a switch: present means on
+            p.add_argument(o.flag, dest=o.name, action="store_true", help=text)
         else:
             default = os.environ.get(o.env) if o.env else None
             p.add_argument(o.flag, dest=o.name, type=o.type,

@@ -1,7 +1,8 @@
 """Every error the server answers, in OpenAI's shape; domain exceptions become HTTP errors here.
 
 `{"error": {"message", "type", "param", "code"}}` with the status OpenAI would use: bad input is
-a 400 (never FastAPI's 422, never a 500), unknown model 404, auth 401, busy 429 + Retry-After.
+a 400 (never FastAPI's 422, never a 500), unknown model 404, auth 401, busy 429 + Retry-After,
+a reload already running 409, shutting down or a model file changed under the server 503.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from starlette.responses import Response
 
 from runtime.errors import EdgemoeError, PromptTooLongError, SamplingError
 from runtime.server.engine import EngineStoppedError, QueueFullError, RequestTimeoutError
+from runtime.server.lease import ModelFileChangedError
 from runtime.server.schemas import REQUEST_FIELDS, ErrorDetail, ErrorResponse, json_body
 
 log = logging.getLogger("edgemoe.server")
@@ -70,6 +72,18 @@ def not_ready(message: str) -> APIError:
                     headers={"Retry-After": "1"})
 
 
+def reload_failed(message: str) -> APIError:
+    """A reload that could not load the new bundle; the old model goes on serving."""
+    return APIError(400, f"The reload failed and the previous model is still served: {message}",
+                    param="bundle", code="reload_failed")
+
+
+def reload_busy() -> APIError:
+    return APIError(409, "Another reload is in progress (or the previous model is still "
+                         "finishing its requests); retry shortly.", code="reload_in_progress",
+                    headers={"Retry-After": "5"})
+
+
 def body_too_large(limit: int) -> APIError:
     return APIError(413, f"The request body is larger than the limit of {limit} bytes.",
                     code="request_too_large")
@@ -104,6 +118,9 @@ def from_exception(exc: BaseException, prompt_param: str = "prompt") -> APIError
         return APIError(504, str(exc), type="timeout_error", code="timeout")
     if isinstance(exc, EngineStoppedError):
         return APIError(503, str(exc), type=SERVER_ERROR, code="shutting_down")
+    if isinstance(exc, ModelFileChangedError):
+        return APIError(503, str(exc), type=SERVER_ERROR, code="model_file_changed",
+                        headers={"Retry-After": "5"})
     if isinstance(exc, EdgemoeError):
         return APIError(500, str(exc), type=SERVER_ERROR)
     log.error("unexpected error while serving a request", exc_info=exc)
@@ -177,5 +194,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, on_validation)
     app.add_exception_handler(StarletteHTTPException, on_http)
     for cls in (APIError, EdgemoeError, QueueFullError, RequestTimeoutError,
-                EngineStoppedError, Exception):
+                EngineStoppedError, ModelFileChangedError, Exception):
         app.add_exception_handler(cls, on_api_error)

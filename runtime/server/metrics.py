@@ -14,7 +14,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
 
 from runtime.generation import StreamEvent
 
@@ -39,6 +44,21 @@ RUNTIME_FIGURES: tuple[tuple[str, str, str, str], ...] = (
     ("process_rss_bytes", "process_rss_bytes", "gauge", "Resident set size of the process."),
     ("mapping_rss_bytes", "model_mapping_rss_bytes", "gauge",
      "Resident bytes of the model file mapping."),
+    # Speculative decoding (present only with a draft: runtime/speculative.py).
+    ("drafted_tokens", "speculative_drafted_tokens_total", "counter",
+     "Tokens a draft proposed for verification."),
+    ("accepted_tokens", "speculative_accepted_tokens_total", "counter",
+     "Drafted tokens the target kept."),
+    ("verify_steps", "speculative_verify_steps_total", "counter",
+     "Target decodes that verified a draft."),
+    ("acceptance_rate", "speculative_acceptance_rate", "gauge",
+     "Accepted over drafted tokens since load."),
+    ("speculative_speedup", "speculative_speedup_estimate", "gauge",
+     "Speculative over plain decode tokens/s, both timed since load."),
+    ("speculation_active", "speculation_active", "gauge",
+     "1 while drafting, 0 while switched off because it did not pay."),
+    ("draft_budget_bytes", "draft_budget_bytes", "gauge",
+     "Part of the memory budget held by the draft model."),
 )
 
 # StreamEvent.timings key (or "completion_tokens") -> (gauge name, help): the last generation.
@@ -153,6 +173,27 @@ class _ScrapeCollector:
             for layer, experts in sorted(hot.items(), key=lambda kv: int(kv[0])):
                 pinned.add_metric([str(layer)], len(experts))
             yield pinned
+        yield from _latency(stats.get("latency_histograms"))
+
+
+# Model.stats()["latency_histograms"] key (runtime/latency.py) -> help text.
+LATENCY: tuple[tuple[str, str], ...] = (
+    ("ttft_seconds", "Time to first token: prompt start to the first sampled token."),
+    ("inter_token_seconds", "Inter-token latency: one generated token to the next."),
+)
+
+
+def _latency(histograms: Any) -> Iterator[Metric]:
+    """The runtime's cumulative latency buckets as Prometheus histograms."""
+    if not isinstance(histograms, Mapping):
+        return
+    for key, help_text in LATENCY:
+        h = histograms.get(key)
+        if not isinstance(h, Mapping) or not h.get("buckets"):
+            continue
+        buckets = [(b if isinstance(b, str) else repr(float(b)), int(n)) for b, n in h["buckets"]]
+        yield HistogramMetricFamily(f"{PREFIX}_{key}", help_text, buckets=buckets,
+                                    sum_value=float(h["sum"]))
 
 
 def _gauge(name: str, help_text: str, value: float) -> GaugeMetricFamily:

@@ -1,4 +1,5 @@
-"""ASGI middleware run before any route: request metrics, API-key check, body-size limit.
+"""ASGI middleware run before any route: request metrics, API-key check, body-size limit, and
+the end of every event stream.
 
 Pure ASGI (not BaseHTTPMiddleware) so streamed responses pass straight through and the body
 limit holds for chunked uploads too: the body is read, counted and only then handed on.
@@ -22,8 +23,9 @@ DRAIN_LIMIT = 16 << 20
 
 ENDPOINTS = frozenset({
     "/v1/models", "/v1/chat/completions", "/v1/completions", "/health", "/metrics",
-    "/openapi.json",
+    "/openapi.json", "/admin/reload",
 })
+DONE_EVENT = b"data: [DONE]\n\n"
 
 
 def endpoint_label(path: str) -> str:
@@ -80,6 +82,39 @@ class ApiKeyMiddleware:
             await bad_api_key(missing=not given).response()(scope, receive, send)
             return
         await self.app(scope, receive, send)
+
+
+class StreamEndMiddleware:
+    """Every server-sent event stream ends with `data: [DONE]`, also one that ends early on an
+    error event (shutdown, a model file fault, a timeout), so a client reading until [DONE]
+    always sees an explicit end instead of a stream that just stops."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        events = False
+        ended = False
+
+        async def send_end(message: Message) -> None:
+            nonlocal events, ended
+            if message["type"] == "http.response.start":
+                events = any(name == b"content-type" and value.startswith(b"text/event-stream")
+                             for name, value in message.get("headers", ()))
+            elif events and message["type"] == "http.response.body":
+                body = message.get("body", b"")
+                if body:
+                    ended = body.endswith(DONE_EVENT)
+                if not message.get("more_body", False) and not ended:
+                    ended = True
+                    await send({"type": "http.response.body", "body": DONE_EVENT,
+                                "more_body": True})
+            await send(message)
+
+        await self.app(scope, receive, send_end)
 
 
 class BodyLimitMiddleware:

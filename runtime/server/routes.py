@@ -1,44 +1,44 @@
-"""The HTTP routes: OpenAI-compatible /v1 endpoints plus /health and /metrics.
+"""The HTTP routes: OpenAI-compatible /v1 endpoints, llama.cpp server's /tokenize and
+/detokenize, plus /health and /metrics.
 
 Routes only translate. A wire request becomes a GenerationRequest (its SamplingParams built by the
-schema), `Model.prepare` renders, tokenizes and checks it once before it may queue (so bad input
-is a 400 at once), the engine runs the PreparedRequest, and runtime events become the response
-models of `schemas.py`. Errors are raised and mapped in `errors.py`.
+schema, response_format and tools passed as given), `Model.prepare` renders, tokenizes and builds
+the grammar once before it may queue (so bad input is a 400 at once), the engine runs the
+PreparedRequest, and runtime events become response models (`answers.py`). Errors are raised and
+mapped in `errors.py`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.types import Receive
 
-from runtime.generation import GenerationRequest, StreamEvent, Usage
+from runtime.generation import GenerationRequest, StreamEvent
+from runtime.server.answers import Answer, ChatAnswer, CompletionAnswer, final_choices
 from runtime.server.engine import Engine, EngineStoppedError, Job
 from runtime.server.errors import APIError, from_exception
 from runtime.server.metrics import CONTENT_TYPE
 from runtime.server.schemas import (
-    AssistantMessage,
-    ChatChoice,
-    ChatChunkChoice,
     ChatCompletion,
-    ChatCompletionChunk,
     ChatCompletionRequest,
-    ChatDelta,
     Completion,
-    CompletionChoice,
     CompletionRequest,
+    DetokenizeRequest,
+    DetokenizeResponse,
     ErrorResponse,
     Health,
     ModelCard,
     ModelList,
-    UsageInfo,
+    TokenizeRequest,
+    TokenizeResponse,
+    TokenPiece,
     json_body,
 )
 from runtime.server.state import ServerState
@@ -111,108 +111,14 @@ def metrics(request: Request) -> Response:
     return Response(_state(request).metrics.render(), media_type=CONTENT_TYPE)
 
 
-# --- response shapes -----------------------------------------------------------------------------
-class _Answer:
-    """One request's answer as response models: the whole response, or its stream chunks.
-
-    Chunks carry `usage` (null until the usage chunk) only when the client asked for it, as
-    OpenAI does; every chunk of one answer shares its id and creation time.
-    """
-
-    prompt_param = "prompt"
-    id_prefix = "cmpl"
-
-    def __init__(self, model_id: str, include_usage: bool) -> None:
-        self.id = f"{self.id_prefix}-{uuid.uuid4().hex}"
-        self.created = int(time.time())
-        self.model = model_id
-        self.include_usage = include_usage
-
-    def sse(self, chunk: BaseModel) -> str:
-        exclude = None if self.include_usage else {"usage"}
-        return f"data: {json_body(chunk, exclude=exclude)}\n\n"
-
-    def head(self) -> str | None:
-        """The chunk sent before the first token, if any."""
-        return None
-
-    def text_chunk(self, text: str) -> str:
-        raise NotImplementedError
-
-    def finish_chunk(self, reason: str) -> str:
-        raise NotImplementedError
-
-    def usage_chunk(self, usage: Usage | None) -> str:
-        raise NotImplementedError
-
-    def full(self, text: str, reason: str, usage: Usage | None) -> BaseModel:
-        raise NotImplementedError
-
-
-class _ChatAnswer(_Answer):
-    prompt_param = "messages"
-    id_prefix = "chatcmpl"
-
-    def _chunk(self, choices: list[ChatChunkChoice], usage: Usage | None = None) -> str:
-        return self.sse(ChatCompletionChunk(
-            id=self.id, created=self.created, model=self.model, choices=choices,
-            usage=UsageInfo.of(usage) if usage is not None else None,
-        ))
-
-    def head(self) -> str | None:
-        return self._chunk([ChatChunkChoice(delta=ChatDelta(role="assistant", content=""))])
-
-    def text_chunk(self, text: str) -> str:
-        return self._chunk([ChatChunkChoice(delta=ChatDelta(content=text))])
-
-    def finish_chunk(self, reason: str) -> str:
-        return self._chunk([ChatChunkChoice(delta=ChatDelta(), finish_reason=reason)])
-
-    def usage_chunk(self, usage: Usage | None) -> str:
-        return self.sse(ChatCompletionChunk(id=self.id, created=self.created, model=self.model,
-                                            choices=[], usage=UsageInfo.of(usage)))
-
-    def full(self, text: str, reason: str, usage: Usage | None) -> ChatCompletion:
-        return ChatCompletion(
-            id=self.id, created=self.created, model=self.model,
-            choices=[ChatChoice(message=AssistantMessage(content=text), finish_reason=reason)],
-            usage=UsageInfo.of(usage),
-        )
-
-
-class _CompletionAnswer(_Answer):
-    def __init__(self, model_id: str, include_usage: bool, echo: str) -> None:
-        super().__init__(model_id, include_usage)
-        self.echo = echo
-
-    def _chunk(self, text: str, reason: str | None = None) -> str:
-        return self.sse(Completion(
-            id=self.id, created=self.created, model=self.model,
-            choices=[CompletionChoice(text=text, finish_reason=reason)],
-        ))
-
-    def head(self) -> str | None:
-        return self.text_chunk(self.echo) if self.echo else None
-
-    def text_chunk(self, text: str) -> str:
-        return self._chunk(text)
-
-    def finish_chunk(self, reason: str) -> str:
-        return self._chunk("", reason)
-
-    def usage_chunk(self, usage: Usage | None) -> str:
-        return self.sse(Completion(id=self.id, created=self.created, model=self.model,
-                                   choices=[], usage=UsageInfo.of(usage)))
-
-    def full(self, text: str, reason: str, usage: Usage | None) -> Completion:
-        return Completion(
-            id=self.id, created=self.created, model=self.model,
-            choices=[CompletionChoice(text=self.echo + text, finish_reason=reason)],
-            usage=UsageInfo.of(usage),
-        )
-
-
 # --- generation endpoints ------------------------------------------------------------------------
+def _check_n(st: ServerState, n: int | None) -> None:
+    if n is not None and n > st.settings.max_n:
+        raise APIError(400, f"Invalid value for 'n': at most {st.settings.max_n} choices per "
+                            "request on this server (--max-n).", param="n",
+                       code="invalid_value")
+
+
 @router.post(
     "/v1/chat/completions", response_model=ChatCompletion,
     responses={200: _STREAM_DOC, **_ERRORS},
@@ -221,9 +127,15 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     st = _state(request)
     engine = st.ready()
     st.check_model(body.model)
+    _check_n(st, body.n)
     assert st.model_id is not None
-    generation = GenerationRequest(messages=body.message_dicts(), params=body.sampling_params())
-    answer = _ChatAnswer(st.model_id, body.include_usage)
+    generation = GenerationRequest(
+        messages=body.message_dicts(), params=body.sampling_params(),
+        response_format=body.response_format_dict(), tools=body.tool_dicts(),
+        tool_choice=body.tool_choice_value(),
+        parallel_tool_calls=body.parallel_tool_calls is not False,
+    )
+    answer = ChatAnswer(st.model_id, body.include_usage, bool(body.logprobs))
     return await _answer(request, st, engine, generation, body.stream, answer)
 
 
@@ -234,11 +146,50 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
     st = _state(request)
     engine = st.ready()
     st.check_model(body.model)
+    _check_n(st, body.n)
     assert st.model_id is not None
     prompt = body.prompt_text()
-    generation = GenerationRequest(prompt=prompt, params=body.sampling_params())
-    answer = _CompletionAnswer(st.model_id, body.include_usage, prompt if body.echo else "")
+    generation = GenerationRequest(prompt=prompt, params=body.sampling_params(),
+                                   response_format=body.response_format_dict())
+    answer = CompletionAnswer(st.model_id, body.include_usage, body.logprobs is not None,
+                              prompt if body.echo else "")
     return await _answer(request, st, engine, generation, body.stream, answer)
+
+
+# --- llama.cpp server extensions ---------------------------------------------------------------
+@router.post("/tokenize", response_model=TokenizeResponse, responses=_ERRORS)
+async def tokenize(body: TokenizeRequest, request: Request) -> Response:
+    """The ids a prompt of this text gets (llama.cpp server's /tokenize)."""
+    engine = _state(request).ready()
+    model = engine.borrow()
+    try:
+        ids = await run_in_threadpool(model.tokenize, body.content)
+        if not body.with_pieces:
+            return _respond(TokenizeResponse(tokens=ids))
+        pieces = await run_in_threadpool(lambda: [model.token_piece(t) for t in ids])
+    finally:
+        engine.give_back(model)
+    return _respond(TokenizeResponse(tokens=[TokenPiece(id=t, piece=_piece(b))
+                                             for t, b in zip(ids, pieces, strict=True)]))
+
+
+def _piece(data: bytes) -> str | list[int]:
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError:
+        return list(data)
+
+
+@router.post("/detokenize", response_model=DetokenizeResponse, responses=_ERRORS)
+async def detokenize(body: DetokenizeRequest, request: Request) -> Response:
+    """The text of token ids (llama.cpp server's /detokenize)."""
+    engine = _state(request).ready()
+    model = engine.borrow()
+    try:
+        text = await run_in_threadpool(model.detokenize, body.tokens)
+    finally:
+        engine.give_back(model)
+    return _respond(DetokenizeResponse(content=text))
 
 
 async def _cancel_on_disconnect(receive: Receive, job: Job, engine: Engine) -> None:
@@ -252,9 +203,9 @@ async def _cancel_on_disconnect(receive: Receive, job: Job, engine: Engine) -> N
 
 async def _answer(
     request: Request, st: ServerState, engine: Engine, generation: GenerationRequest,
-    stream: bool, answer: _Answer,
+    stream: bool, answer: Answer,
 ) -> Response:
-    # Bad input (template, context window) fails here, before it may take a queue slot.
+    # Bad input (template, context window, grammar) fails here, before it may take a queue slot.
     prepared = await st.prepare(engine, generation)
     job = engine.submit(prepared, st.settings.request_timeout_s, stream=stream)
     watcher = asyncio.create_task(_cancel_on_disconnect(request.receive, job, engine))
@@ -270,16 +221,15 @@ async def _answer(
         return StreamingResponse(_chunks(job, first, answer, watcher, engine),
                                  media_type="text/event-stream", headers=_SSE_HEADERS)
     try:
-        parts, ev = [first.text], first
+        ev = first
         while ev.finish_reason is None:
             ev = await job.next()
-            parts.append(ev.text)
     finally:
         watcher.cancel()
         job.close()
     if ev.finish_reason == "cancelled":
         raise _cancelled(engine)
-    return _respond(answer.full("".join(parts), ev.finish_reason, ev.usage))
+    return _respond(answer.full(final_choices(ev), ev.usage))
 
 
 def _cancelled(engine: Engine) -> Exception:
@@ -290,22 +240,18 @@ def _cancelled(engine: Engine) -> Exception:
 
 
 async def _chunks(
-    job: Job, ev: StreamEvent, answer: _Answer, watcher: asyncio.Task[None], engine: Engine,
+    job: Job, ev: StreamEvent, answer: Answer, watcher: asyncio.Task[None], engine: Engine,
 ) -> AsyncIterator[str]:
     try:
-        head = answer.head()
-        if head:
-            yield head
         while True:
-            if ev.text:
-                yield answer.text_chunk(ev.text)
+            for chunk in answer.chunks(ev):
+                yield chunk
             if ev.finish_reason is not None:
                 break
             ev = await job.next()
         if ev.finish_reason == "cancelled":
             yield from_exception(_cancelled(engine), answer.prompt_param).sse()
             return
-        yield answer.finish_chunk(ev.finish_reason)
         if answer.include_usage:
             yield answer.usage_chunk(ev.usage)
         yield _DONE

@@ -16,6 +16,7 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    ValidationInfo,
     field_validator,
     model_serializer,
     model_validator,
@@ -24,13 +25,17 @@ from pydantic import (
 from runtime.generation import (
     DEFAULT_MAX_TOKENS,
     DEFAULT_SAMPLING,
+    MAX_LOGIT_BIAS,
+    MAX_N,
     MAX_TEMPERATURE,
     MIN_MAX_TOKENS,
     SamplingParams,
 )
 from runtime.generation import Usage as RuntimeUsage
+from runtime.logprobs import MAX_TOP_LOGPROBS
 
 MAX_STOP = 4
+MAX_TOKENS_IN = 1 << 17  # /detokenize
 
 
 def _valid_unicode(text: str) -> str:
@@ -49,7 +54,9 @@ TopP = Annotated[float, Field(gt=0.0, le=1.0)]
 TopK = Annotated[int, Field(ge=0)]
 MaxTokens = Annotated[int, Field(ge=MIN_MAX_TOKENS)]
 Penalty = Annotated[float, Field(ge=-2.0, le=2.0)]
-FinishReason = Literal["stop", "length"]
+TopLogprobs = Annotated[int, Field(ge=0, le=MAX_TOP_LOGPROBS)]
+Bias = Annotated[float, Field(ge=-MAX_LOGIT_BIAS, le=MAX_LOGIT_BIAS)]
+FinishReason = Literal["stop", "length", "tool_calls"]
 
 # JSON null for these means "not given" (OpenAI documents them as nullable), so the default applies.
 _NULL_IS_DEFAULT = ("temperature", "top_p", "top_k", "stream")
@@ -63,10 +70,111 @@ class StreamOptions(_Strict):
     include_usage: bool = False
 
 
+class TextPart(_Strict):
+    """A content part; only text parts are supported (checked by ChatMessage, which names the
+    part type it refuses)."""
+
+    type: str
+    text: Text | None = None
+
+
+class FunctionCallIn(_Strict):
+    name: str
+    arguments: Text = Field(description="The arguments as a JSON text, as they were returned.")
+
+
+class ToolCallIn(_Strict):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallIn
+
+
 class ChatMessage(_Strict):
-    role: Literal["system", "user", "assistant"]
-    content: Text
+    # Field order matters: each validator sees the fields declared before it.
+    role: Literal["system", "developer", "user", "assistant", "tool"]
     name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None
+    tool_call_id: str | None = Field(
+        None, validate_default=True, description="For role tool: the call answered."
+    )
+    content: Text | list[TextPart] | None = Field(
+        None, validate_default=True, description="Text, or a list of text parts; null only for "
+        "an assistant message with tool_calls."
+    )
+
+    @field_validator("tool_calls")
+    @classmethod
+    def _assistant_calls(cls, v: list[ToolCallIn] | None, info: ValidationInfo
+                         ) -> list[ToolCallIn] | None:
+        if v and info.data.get("role") != "assistant":
+            raise ValueError("only assistant messages carry tool_calls")
+        return v
+
+    @field_validator("tool_call_id")
+    @classmethod
+    def _tool_answers_a_call(cls, v: str | None, info: ValidationInfo) -> str | None:
+        if not v and info.data.get("role") == "tool":
+            raise ValueError("a message with role tool needs tool_call_id")
+        return v
+
+    @field_validator("content")
+    @classmethod
+    def _text_parts_only(cls, v: str | list[TextPart] | None, info: ValidationInfo
+                         ) -> str | list[TextPart] | None:
+        if v is None and not (info.data.get("role") == "assistant" and info.data.get("tool_calls")):
+            raise ValueError("content is required (null only for an assistant message with "
+                             "tool_calls)")
+        for part in v if isinstance(v, list) else ():
+            if part.type != "text" or part.text is None:
+                raise ValueError(f"only text parts ({{type: text, text}}) are supported, got a "
+                                 f"part of type {part.type!r}")
+        return v
+
+
+class FunctionDef(_Strict):
+    name: str
+    description: str | None = None
+    parameters: dict[str, Any] | None = Field(None, description="A JSON Schema (object).")
+    strict: bool | None = None
+
+
+class ToolDef(_Strict):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(_Strict):
+    name: str
+
+
+class NamedToolChoice(_Strict):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class JsonSchemaSpec(_Strict):
+    name: str = "response"
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
+class TextFormat(_Strict):
+    type: Literal["text"]
+
+
+class JsonObjectFormat(_Strict):
+    type: Literal["json_object"]
+
+
+class JsonSchemaFormat(_Strict):
+    type: Literal["json_schema"]
+    json_schema: JsonSchemaSpec
+
+
+ResponseFormatIn = Annotated[
+    TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")
+]
 
 
 class _GenerationRequest(_Strict):
@@ -83,13 +191,25 @@ class _GenerationRequest(_Strict):
     top_k: TopK = Field(
         DEFAULT_SAMPLING.top_k, description="Extension: keep the k most likely tokens (0: off)."
     )
-    n: int | None = Field(None, description="Only 1 is supported.")
+    n: Annotated[int, Field(ge=1, le=MAX_N)] | None = Field(
+        None, description="Choices to generate (the prompt is computed once); at most the "
+        "server's max_n."
+    )
     stop: StopText | Annotated[list[StopText], Field(max_length=MAX_STOP)] | None = None
     seed: int | None = DEFAULT_SAMPLING.seed
     stream: bool = False
     stream_options: StreamOptions | None = None
     presence_penalty: Penalty | None = Field(None, description="Only 0 is supported.")
     frequency_penalty: Penalty | None = Field(None, description="Only 0 is supported.")
+    logit_bias: dict[str, Bias] | None = Field(
+        None, description="Token id (as a string) -> bias in [-100, 100] added to its logit."
+    )
+    response_format: ResponseFormatIn | None = Field(
+        None, description="json_object or json_schema: the output is enforced while sampling."
+    )
+    grammar: Text | None = Field(
+        None, description="Extension (llama.cpp server): a GBNF grammar the output must match."
+    )
     user: str | None = None
 
     @model_validator(mode="before")
@@ -98,13 +218,6 @@ class _GenerationRequest(_Strict):
         if isinstance(data, dict) and any(data.get(k, 0) is None for k in _NULL_IS_DEFAULT):
             return {k: v for k, v in data.items() if not (v is None and k in _NULL_IS_DEFAULT)}
         return data
-
-    @field_validator("n")
-    @classmethod
-    def _one_choice(cls, v: int | None) -> int | None:
-        if v is not None and v != 1:
-            raise ValueError("only n=1 is supported: this server generates one choice per request")
-        return v
 
     @field_validator("presence_penalty", "frequency_penalty")
     @classmethod
@@ -120,6 +233,10 @@ class _GenerationRequest(_Strict):
     def token_limit(self) -> int | None:
         return self.max_tokens
 
+    def top_logprobs_count(self) -> int | None:
+        """SamplingParams.logprobs: None for no log-probs, else the alternatives per token."""
+        return None
+
     def sampling_params(self) -> SamplingParams:
         """The request's sampling settings as the runtime's one type."""
         return SamplingParams(
@@ -129,7 +246,16 @@ class _GenerationRequest(_Strict):
             top_k=self.top_k,
             seed=self.seed,
             stop=self.stop,  # type: ignore[arg-type]  # SamplingParams makes it a tuple
+            n=self.n or 1,
+            logprobs=self.top_logprobs_count(),
+            logit_bias=self.logit_bias or {},  # type: ignore[arg-type]  # checked there
+            grammar=self.grammar,
         )
+
+    def response_format_dict(self) -> dict[str, Any] | None:
+        if self.response_format is None:
+            return None
+        return self.response_format.model_dump(by_alias=True, exclude_none=True)
 
 
 class ChatCompletionRequest(_GenerationRequest):
@@ -138,27 +264,34 @@ class ChatCompletionRequest(_GenerationRequest):
         None, description="Newer name of max_tokens; wins when both are given."
     )
     logprobs: bool | None = None
-    tools: list[Any] | None = None
+    top_logprobs: TopLogprobs | None = Field(None, description="Needs logprobs: true.")
+    tools: list[ToolDef] | None = None
+    tool_choice: Literal["auto", "none", "required"] | NamedToolChoice | None = None
+    parallel_tool_calls: bool | None = None
 
-    @field_validator("logprobs")
+    @field_validator("top_logprobs")
     @classmethod
-    def _no_logprobs(cls, v: bool | None) -> bool | None:
-        if v:
-            raise ValueError("logprobs are not supported by this server")
-        return v
-
-    @field_validator("tools")
-    @classmethod
-    def _no_tools(cls, v: list[Any] | None) -> list[Any] | None:
-        if v:
-            raise ValueError("tools are not supported by this server")
+    def _top_needs_logprobs(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is not None and not info.data.get("logprobs"):
+            raise ValueError("top_logprobs needs logprobs: true")
         return v
 
     def token_limit(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
 
-    def message_dicts(self) -> list[dict[str, str]]:
+    def top_logprobs_count(self) -> int | None:
+        return (self.top_logprobs or 0) if self.logprobs else None
+
+    def message_dicts(self) -> list[dict[str, Any]]:
         return [m.model_dump(exclude_none=True) for m in self.messages]
+
+    def tool_dicts(self) -> list[dict[str, Any]]:
+        return [t.model_dump(exclude_none=True) for t in self.tools or ()]
+
+    def tool_choice_value(self) -> str | dict[str, Any] | None:
+        if isinstance(self.tool_choice, NamedToolChoice):
+            return self.tool_choice.model_dump()
+        return self.tool_choice
 
 
 class CompletionRequest(_GenerationRequest):
@@ -166,15 +299,21 @@ class CompletionRequest(_GenerationRequest):
         description="A string, or a list holding exactly one string."
     )
     echo: bool | None = False
-    logprobs: Annotated[int, Field(ge=0)] | None = None
+    logprobs: TopLogprobs | None = Field(
+        None, description="Log-probability of each token and of this many alternatives."
+    )
     best_of: int | None = None
 
     @field_validator("logprobs")
     @classmethod
-    def _no_logprobs(cls, v: int | None) -> int | None:
-        if v:
-            raise ValueError("logprobs are not supported by this server")
+    def _no_prompt_logprobs(cls, v: int | None, info: ValidationInfo) -> int | None:
+        if v is not None and info.data.get("echo"):
+            raise ValueError("echo with logprobs (the prompt's log-probabilities) is not "
+                             "supported")
         return v
+
+    def top_logprobs_count(self) -> int | None:
+        return self.logprobs
 
     @field_validator("best_of")
     @classmethod
@@ -204,15 +343,68 @@ class UsageInfo(BaseModel):
         )
 
 
+class _NoNulls(BaseModel):
+    """A response part whose null fields are left out, as OpenAI does for deltas and calls."""
+
+    @model_serializer(mode="wrap")
+    def _without_nulls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        return {k: v for k, v in handler(self).items() if v is not None}
+
+
+class FunctionCallOut(BaseModel):
+    name: str
+    arguments: str
+
+
+class ToolCallOut(BaseModel):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCallOut
+
+
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
-    content: str
+    content: str | None
+    tool_calls: list[ToolCallOut] | None = None
+
+    @model_serializer(mode="wrap")
+    def _calls_if_any(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        out = handler(self)
+        if out.get("tool_calls") is None:
+            out.pop("tool_calls", None)
+        return out
+
+
+class TopLogprobOut(BaseModel):
+    token: str
+    logprob: float
+    bytes: list[int] | None
+
+
+class TokenLogprobOut(TopLogprobOut):
+    top_logprobs: list[TopLogprobOut]
+
+
+class ChoiceLogprobs(BaseModel):
+    """OpenAI's chat `logprobs`: one entry per generated token."""
+
+    content: list[TokenLogprobOut] | None
+    refusal: None = None
+
+
+class CompletionLogprobs(BaseModel):
+    """The completions API's (legacy) `logprobs` shape."""
+
+    tokens: list[str]
+    token_logprobs: list[float]
+    top_logprobs: list[dict[str, float]]
+    text_offset: list[int]
 
 
 class ChatChoice(BaseModel):
     index: int = 0
     message: AssistantMessage
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: FinishReason
 
 
@@ -225,22 +417,33 @@ class ChatCompletion(BaseModel):
     usage: UsageInfo
 
 
-class ChatDelta(BaseModel):
+class FunctionDeltaOut(_NoNulls):
+    name: str | None = None
+    arguments: str | None = None
+
+
+class ToolCallDeltaOut(_NoNulls):
+    """A piece of a streamed call: the first has id, type and name, the rest arguments."""
+
+    index: int
+    id: str | None = None
+    type: Literal["function"] | None = None
+    function: FunctionDeltaOut
+
+
+class ChatDelta(_NoNulls):
     """What a chunk adds; OpenAI leaves out the fields a delta does not carry (the first chunk
-    has the role, the next ones content, the last one nothing)."""
+    has the role, the next ones content or tool_calls, the last one nothing)."""
 
     role: Literal["assistant"] | None = None
     content: str | None = None
-
-    @model_serializer(mode="wrap")
-    def _without_nulls(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        return {k: v for k, v in handler(self).items() if v is not None}
+    tool_calls: list[ToolCallDeltaOut] | None = None
 
 
 class ChatChunkChoice(BaseModel):
     index: int = 0
     delta: ChatDelta
-    logprobs: None = None
+    logprobs: ChoiceLogprobs | None = None
     finish_reason: FinishReason | None = None
 
 
@@ -258,7 +461,7 @@ class ChatCompletionChunk(BaseModel):
 class CompletionChoice(BaseModel):
     index: int = 0
     text: str
-    logprobs: None = None
+    logprobs: CompletionLogprobs | None = None
     finish_reason: FinishReason | None = None
 
 
@@ -286,6 +489,31 @@ class ModelList(BaseModel):
     data: list[ModelCard]
 
 
+class TokenizeRequest(_Strict):
+    """llama.cpp server's /tokenize: the ids a prompt of this text would get."""
+
+    content: Text
+    with_pieces: bool = Field(False, description="Also each token's text.")
+
+
+class TokenPiece(BaseModel):
+    id: int
+    piece: str | list[int] = Field(description="The token's text, or its bytes when they are "
+                                                "not valid UTF-8 on their own.")
+
+
+class TokenizeResponse(BaseModel):
+    tokens: list[int] | list[TokenPiece]
+
+
+class DetokenizeRequest(_Strict):
+    tokens: Annotated[list[Annotated[int, Field(ge=0)]], Field(max_length=MAX_TOKENS_IN)]
+
+
+class DetokenizeResponse(BaseModel):
+    content: str
+
+
 class ErrorDetail(BaseModel):
     message: str
     type: str
@@ -311,6 +539,9 @@ def json_body(model: BaseModel, *, exclude: set[str] | None = None, drop_none: b
 # Every field name a request can carry, to tell field names from pydantic's union tags.
 REQUEST_FIELDS: frozenset[str] = frozenset(
     name
-    for model in (ChatCompletionRequest, CompletionRequest, ChatMessage, StreamOptions)
+    for model in (ChatCompletionRequest, CompletionRequest, ChatMessage, StreamOptions,
+                  TextPart, ToolCallIn, FunctionCallIn, ToolDef, FunctionDef, NamedToolChoice,
+                  NamedFunction, JsonSchemaFormat, JsonSchemaSpec, TokenizeRequest,
+                  DetokenizeRequest)
     for name in model.model_fields
-)
+) | {"schema"}

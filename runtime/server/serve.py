@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import copy
+import faulthandler
 import ipaddress
 import logging
 from pathlib import Path
+from types import FrameType
 from typing import TYPE_CHECKING, Any
+
+import uvicorn
 
 from runtime.server.app import create_app
 from runtime.server.settings import ServerSettings
 
 if TYPE_CHECKING:
     from runtime.api import Model
+    from runtime.server.state import ServerState
 
 log = logging.getLogger("edgemoe.server")
 
@@ -31,28 +36,38 @@ def serve(bundle: str | Path, settings: ServerSettings | None = None) -> None:
 
     The socket opens at once and /health answers 503 while the model loads on a background
     thread. If loading fails the server stops and the runtime's error (BundleError, BudgetError,
-    ...) is raised here. SIGINT/SIGTERM stop taking connections, let in-flight requests finish
-    within `settings.shutdown_grace_s`, then cancel what remains and close the model.
+    ...) is raised here; so is ModelFileChangedError when a model file changes in place under
+    `--on-model-change exit`. SIGINT/SIGTERM stop taking connections and fail queued requests
+    (503) at once, let the running generation finish within `settings.shutdown_grace_s`, then
+    cancel it and close the model. SIGHUP reloads the bundle (see keeper.py).
     """
-    import uvicorn
-
     from runtime.api import load
+
+    # A process killed by a fault (SIGBUS from a model file truncated without a lease, or a
+    # storage read error on a page of the mapping) says so, with every thread's stack, on
+    # stderr: never a silent death.
+    if not faulthandler.is_enabled():
+        faulthandler.enable(all_threads=True)
 
     settings = settings or ServerSettings()
     if not _is_loopback(settings.host) and settings.api_key is None:
         log.warning("serving on %s without an API key: anyone on the network can use it",
                     settings.host)
 
-    def load_model() -> Model:
+    def load_model(path: Path, verify: bool = False) -> Model:
         return load(
-            bundle,
+            path,
             settings.budget,
             n_ctx=settings.n_ctx,
             threads=settings.threads,
             backend=settings.backend,
+            verify=verify,
+            draft=settings.draft,
+            draft_tokens=settings.draft_tokens,
         )
 
-    app = create_app(loader=load_model, settings=settings)
+    app = create_app(loader=lambda: load_model(Path(bundle)), reloader=load_model,
+                     settings=settings)
     config = uvicorn.Config(
         app,
         host=settings.host,
@@ -60,18 +75,33 @@ def serve(bundle: str | Path, settings: ServerSettings | None = None) -> None:
         log_config=_log_config(settings.log_level),
         log_level=settings.log_level,
         lifespan="on",
-        timeout_graceful_shutdown=max(1, int(round(settings.shutdown_grace_s))),
+        # A backstop: the state cancels the running generation before the grace period ends
+        # (with no grace at all, the cancelled stream still gets a moment to say so).
+        timeout_graceful_shutdown=max(0.5, settings.shutdown_grace_s),  # type: ignore[arg-type]
     )
-    server = uvicorn.Server(config)
-    state = app.state.edgemoe
+    state: ServerState = app.state.edgemoe
+    server = _Server(config, state)
 
     def stop(_error: BaseException) -> None:
         server.should_exit = True
 
-    state.on_load_error = stop
+    state.on_exit = stop
     server.run()
-    if state.load_error is not None:
-        raise state.load_error
+    if state.exit_error is not None:
+        raise state.exit_error
+
+
+class _Server(uvicorn.Server):
+    """uvicorn's server, telling the state at the signal itself (not after connections drain)
+    so queued requests are refused at once."""
+
+    def __init__(self, config: uvicorn.Config, state: ServerState) -> None:
+        super().__init__(config)
+        self.edgemoe_state = state
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.edgemoe_state.signal_shutdown()
+        super().handle_exit(sig, frame)
 
 
 def _log_config(level: str) -> dict[str, Any]:

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
+from runtime.speculation_switch import DEFAULT_DRAFT_TOKENS, MAX_DRAFT_TOKENS
+
 MIB = 1 << 20
 
 
@@ -38,6 +40,7 @@ class ServerSettings:
     )
     model_alias: str | None = _option(None, "Model id to publish (default: the bundle name).")
     max_queue: int = _option(8, "Requests allowed to wait; one more is answered 429.")
+    max_n: int = _option(4, "Most choices one request may ask for (`n`); more is a 400.")
     request_timeout_s: float = _option(
         120.0, "Seconds one request may take, queueing included (then 504).", flag="--timeout"
     )
@@ -49,6 +52,10 @@ class ServerSettings:
         10.0, "Seconds in-flight requests get to finish at shutdown.", flag="--shutdown-grace"
     )
     log_level: str = _option("info", "uvicorn log level (critical, error, warning, info, debug).")
+    on_model_change: str = _option(
+        "reload", "When a model file is truncated or rewritten in place while served: 'reload' "
+        "it once it is valid again (503 until then) or 'exit' with a message."
+    )
     # Passed to runtime.load.
     budget: str | int | None = _option(
         None, "Memory budget: '40%' of expert bytes, '1.5GB' or bytes; default: the profile's."
@@ -57,6 +64,14 @@ class ServerSettings:
     threads: int | None = _option(None, "CPU threads; default: the profile's.")
     backend: str | None = _option(
         None, "Engine: llama.cpp (GGUF build) or onnx (ONNX build); default: the bundle's."
+    )
+    draft: str | None = _option(
+        None, "Speculative decoding: a smaller bundle of the same vocabulary (low-bit or "
+        "pruned), its memory within --budget, or 'ngram' (prompt lookup, no model)."
+    )
+    draft_tokens: int = _option(DEFAULT_DRAFT_TOKENS, "Tokens the draft proposes per step.")
+    ui: bool = _option(
+        False, "Also serve the kiosk web page at /ui/ (same origin as the API, so no CORS)."
     )
 
     def __post_init__(self) -> None:
@@ -67,12 +82,16 @@ class ServerSettings:
             raise bad("port", "in 0..65535 (0 picks a free port)")
         if self.max_queue < 0:
             raise bad("max_queue", ">= 0")
+        if not 1 <= self.max_n <= 128:
+            raise bad("max_n", "in 1..128")
         if not self.request_timeout_s > 0:
             raise bad("request_timeout_s", "> 0")
         if self.max_body_bytes < 1024:
             raise bad("max_body_bytes", ">= 1024")
         if self.shutdown_grace_s < 0:
             raise bad("shutdown_grace_s", ">= 0")
+        if self.on_model_change not in ("reload", "exit"):
+            raise bad("on_model_change", "'reload' or 'exit'")
         if self.api_key is not None and not self.api_key.strip():
             raise bad("api_key", "a non-empty string or None")
         if self.model_alias is not None and not self.model_alias.strip():
@@ -85,6 +104,8 @@ class ServerSettings:
             raise bad("n_ctx", ">= 1 or None")
         if self.threads is not None and self.threads < 1:
             raise bad("threads", ">= 1 or None")
+        if not 1 <= self.draft_tokens <= MAX_DRAFT_TOKENS:
+            raise bad("draft_tokens", f"in 1..{MAX_DRAFT_TOKENS}")
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ def test_serve_and_module_server_share_one_option_table():
     """Both front-ends take every option of the table and parse it to the same settings."""
     argv = ["--host", "0.0.0.0", "--port", "9000", "--max-queue", "3", "--timeout", "7.5",
             "--cors-origin", "http://a", "--cors-origin", "http://b", "--n-ctx", "256",
-            "--budget", "40%", "--shutdown-grace", "2", "--log-level", "warning"]
+            "--budget", "40%", "--shutdown-grace", "2", "--log-level", "warning", "--ui"]
     _, from_module = server_parse_args(["bundle", *argv])
     cmd = _serve_command()
     params = cmd.make_context("serve", ["bundle", *argv]).params
@@ -47,6 +47,7 @@ def test_serve_and_module_server_share_one_option_table():
     assert settings_from_options(params) == from_module
     assert from_module.cors_origins == ("http://a", "http://b")
     assert from_module.request_timeout_s == 7.5 and from_module.budget == "40%"
+    assert from_module.ui and not server_parse_args(["bundle"])[1].ui  # a switch, off by default
     module_flags = {a.option_strings[0] for a in build_parser()._actions if a.option_strings}
     cli_flags = {p.opts[0] for p in cmd.params if p.opts[0].startswith("--")}
     assert {o.flag for o in OPTIONS} <= module_flags & cli_flags

@@ -142,6 +142,7 @@ def test_golden_top_level_fields():
             "extra",
             "data_file",
             "builds",
+            "integrity",
             "sizes",
         ]
     )

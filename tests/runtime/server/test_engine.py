@@ -203,8 +203,8 @@ _CANCELLED = re.compile(r"generation cancelled after (\d+) of at most (\d+) toke
 
 def test_shutdown_cancels_a_long_stream(server_factory) -> None:
     """SIGTERM with a grace shorter than the running stream: the generation is cancelled (the
-    server says so and after how many tokens), the stream ends without finishing, and the
-    process exits promptly."""
+    server says so and after how many tokens), the stream ends with an error event and [DONE]
+    rather than a finish_reason, and the process exits within the grace period."""
     s: RunningServer = server_factory("--shutdown-grace", "1", "--log-level", "info", *BUSY)
     pieces, errors, done, cut = [], [], False, False
     with s.http() as c, c.stream("POST", "/v1/completions",
@@ -227,11 +227,11 @@ def test_shutdown_cancels_a_long_stream(server_factory) -> None:
         except httpx.HTTPError:
             cut = True  # the server closed the connection mid-stream
     assert s.proc.wait(30) in (0, -signal.SIGTERM)
-    assert time.monotonic() - t0 < 25
+    assert time.monotonic() - t0 < 2.5
     log = s.log()
     assert "Application shutdown complete" in log
-    assert not done and not any(p.get("finish_reason") for p in pieces), "the stream finished"
-    assert cut or [e["code"] for e in errors] == ["shutting_down"], (cut, errors)
+    assert not any(p.get("finish_reason") for p in pieces), "the stream finished"
+    assert not cut and done and [e["code"] for e in errors] == ["shutting_down"], (cut, errors)
     cancelled = _CANCELLED.search(log)
     assert cancelled, log
     made, limit = int(cancelled.group(1)), int(cancelled.group(2))

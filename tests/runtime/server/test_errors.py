@@ -129,7 +129,7 @@ def test_unknown_model(server: RunningServer, http: httpx.Client) -> None:
 
 @pytest.mark.parametrize("field,value", [
     ("temperature", 2.5), ("temperature", -0.1), ("top_p", 0), ("top_p", 1.5),
-    ("top_p", -1), ("max_tokens", 0), ("max_tokens", -3), ("n", 2), ("top_k", -1),
+    ("top_p", -1), ("max_tokens", 0), ("max_tokens", -3), ("n", 0), ("n", 5), ("top_k", -1),
     ("stop", ["a", "b", "c", "d", "e"]), ("stop", [""]), ("stop", ""),
     ("presence_penalty", 0.5), ("frequency_penalty", 3),
 ])
@@ -164,9 +164,9 @@ def test_invalid_unicode(server: RunningServer, http: httpx.Client) -> None:
 
 
 def test_unsupported_options(server: RunningServer, http: httpx.Client) -> None:
-    assert_error(http.post(CHAT, json=_chat(server, logprobs=True)), 400, param="logprobs")
+    assert_error(http.post(CHAT, json=_chat(server, top_logprobs=2)), 400, param="top_logprobs")
     assert_error(http.post(CHAT, json=_chat(server, tools=[{"type": "function"}])), 400,
-                 param="tools")
+                 param="tools.0.function")
     assert_error(http.post(COMPLETIONS, json=_completion(server, best_of=3)), 400,
                  param="best_of")
     assert_error(http.post(COMPLETIONS, json=_completion(server, prompt=["a", "b"])), 400,

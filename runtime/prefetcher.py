@@ -1,0 +1,225 @@
+"""The runtime's expert prefetch: settings, the tables the engine's tap needs, and the governor
+that turns prefetching down when its bytes go unused.
+
+The engine's C tap (runtime/backends/tap_source.py) guesses the next MoE layers' experts by
+pre-gating (runtime/pregate.py) and starts reading the non-resident ones itself; it logs what it
+read. The pager replays that log in order and hands each prefetch and each routing decision to
+the `Prefetcher` here, which scores them and sets the width the tap guesses with. Offline
+scores of all predictors (why pre-gating) live in runtime/prefetch.py.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+
+from contract.manifest import LayerExperts
+from runtime.backends.tap_source import MAX_TENSORS
+from runtime.pregate import Pregate, next_layers
+from runtime.procfs import PAGE_SIZE
+from runtime.residency import FileMapping
+
+Forget = Callable[[int, int], None]  # (layer, expert): drop an unused read from the page cache
+
+
+@dataclass(frozen=True)
+class PrefetchSettings:
+    """How the pager prefetches (`runtime.load(prefetch=...)`; True = these defaults).
+
+    depth: MoE layers ahead (1 or 2). width: experts guessed per target layer (None: top_k).
+    window / max_waste: after every `window` prefetched experts, a window that left more than
+    `max_waste` of its bytes unused halves the width (down to off); one below half of that
+    doubles it back. retry_tokens: tokens to stay off before trying again at width 1.
+    """
+
+    depth: int = 1
+    width: int | None = None
+    window: int = 32
+    max_waste: float = 0.5
+    retry_tokens: int = 256
+
+    def __post_init__(self) -> None:
+        if self.depth not in (1, 2):
+            raise ValueError(f"prefetch depth must be 1 or 2 MoE layers, got {self.depth}")
+        if self.width is not None and self.width < 1:
+            raise ValueError(f"prefetch width must be positive, got {self.width}")
+        if not 0.0 < self.max_waste <= 1.0:
+            raise ValueError(f"prefetch max_waste must be in (0, 1], got {self.max_waste}")
+        if self.window < 1 or self.retry_tokens < 1:
+            raise ValueError("prefetch window and retry_tokens must be positive")
+
+
+def prefetch_settings(value: PrefetchSettings | bool | None, cold: bool) -> PrefetchSettings | None:
+    """What `load(prefetch=...)` means: None is "when cold" (only a miss that reads storage
+    gains from reading early; a warm miss is a page-cache hit), False off, True the defaults."""
+    if isinstance(value, PrefetchSettings):
+        return value
+    if value is None:
+        value = cold
+    return PrefetchSettings() if value else None
+
+
+class PrefetchGovernor:
+    """Turns prefetching down when its bytes go unused, and back up when they are used."""
+
+    def __init__(self, settings: PrefetchSettings, top_k: int, max_width: int) -> None:
+        self.settings = settings
+        self.max_width = max(1, min(max_width, settings.width or top_k))
+        self.width = self.max_width
+        self._fetched = self._wasted = self._experts = 0
+        self._off_for = 0
+        self.fetched_bytes = self.wasted_bytes = 0
+        self.changes = 0
+
+    def record(self, used: int, unused: int, expert_bytes: int) -> bool:
+        """A target layer ran: `used` of its prefetched experts were routed to, `unused` not.
+        True when the width changed."""
+        self._experts += used + unused
+        self._fetched += (used + unused) * expert_bytes
+        self._wasted += unused * expert_bytes
+        self.fetched_bytes += (used + unused) * expert_bytes
+        self.wasted_bytes += unused * expert_bytes
+        if self._experts < self.settings.window:
+            return False
+        waste = self._wasted / self._fetched if self._fetched else 0.0
+        self._fetched = self._wasted = self._experts = 0
+        before = self.width
+        if waste > self.settings.max_waste:
+            self.width //= 2
+        elif waste < self.settings.max_waste / 2:
+            self.width = min(self.max_width, self.width * 2)
+        return self._changed(before)
+
+    def tick(self) -> bool:
+        """A token passed; while off, count towards a retry. True when the width changed."""
+        if self.width:
+            return False
+        self._off_for += 1
+        if self._off_for < self.settings.retry_tokens:
+            return False
+        self._off_for = 0
+        self.width = 1
+        return self._changed(0)
+
+    def _changed(self, before: int) -> bool:
+        if self.width != before:
+            self.changes += 1
+            return True
+        return False
+
+
+class PrefetchLog(Protocol):
+    """The engine side (runtime/backends/llama_tap.RoutingLog)."""
+
+    max_guess: int
+
+    def configure_prefetch(self, routers: np.ndarray, next_layers: np.ndarray,
+                           spans: np.ndarray, watch_index: int, page: int) -> None: ...
+
+    def set_prefetch(self, depth: int, width: int) -> None: ...
+
+    @property
+    def prefetch_issued(self) -> tuple[int, int]: ...
+
+
+def tap_tables(
+    pregate: Pregate, layers: Mapping[int, LayerExperts], n_experts: int, mapping: FileMapping
+) -> tuple[np.ndarray, np.ndarray, np.ndarray] | str:
+    """(routers, next MoE layers, expert spans) for the tap, or why they cannot be built.
+
+    Each stacked expert tensor must lie in one mapped region: the tap adds e * stride to the
+    address of expert 0, so the whole [offset, offset + n_experts * stride) is checked here.
+    """
+    moe = sorted(layers)
+    n_layers = moe[-1] + 1
+    n_embd = next(iter(pregate.routers.values())).matrix.shape[1]
+    routers = np.zeros((n_layers, n_experts, n_embd), dtype=np.float32)
+    nxt = np.full((n_layers, 2), -1, dtype=np.int32)
+    spans = np.zeros((n_layers, MAX_TENSORS, 2), dtype=np.uint64)
+    for layer in moe:
+        r = pregate.routers.get(layer)
+        if r is None or r.matrix.shape != (n_experts, n_embd) or r.bias is not None:
+            return f"layer {layer}: router shape or selection bias not supported by the tap"
+        routers[layer] = r.matrix
+        for i, t in enumerate(next_layers(moe, layer, 2)):
+            nxt[layer, i] = t
+        tensors = layers[layer].tensors
+        if len(tensors) > MAX_TENSORS:
+            return f"layer {layer}: more than {MAX_TENSORS} expert tensors"
+        for i, t in enumerate(tensors):
+            pieces = mapping.pieces(t.offset, t.offset + n_experts * t.stride)
+            if pieces is None or len(pieces) != 1:
+                return f"layer {layer}: {t.name} is not one mapped range"
+            spans[layer, i] = (pieces[0][0], t.stride)
+    return routers, nxt, spans
+
+
+class Prefetcher:
+    """The pager's side of prefetching: accounting, the governor, and the tap's width."""
+
+    def __init__(self, log: PrefetchLog, settings: PrefetchSettings, top_k: int,
+                 expert_bytes: Mapping[int, int], forget: Forget | None = None) -> None:
+        self.log = log
+        self.settings = settings
+        self.governor = PrefetchGovernor(settings, top_k, log.max_guess)
+        self.expert_bytes = expert_bytes
+        self._forget = forget  # (layer, expert) -> None: drop unused reads (cold mode)
+        self._pending: dict[int, set[int]] = {}
+        self.used = self.unused = 0
+        log.set_prefetch(settings.depth, self.governor.width)
+
+    def issued(self, target: int, experts: Sequence[int]) -> None:
+        """The tap started reading these experts of `target` (a replayed log record)."""
+        self._pending.setdefault(target, set()).update(experts)
+
+    def routed(self, layer: int, experts: Sequence[int]) -> None:
+        """`layer` ran for one token with `experts`: score what was prefetched for it."""
+        pending = self._pending.pop(layer, None)
+        if not pending:
+            return
+        chosen = set(experts)
+        used = len(pending & chosen)
+        unused = pending - chosen
+        self.used += used
+        self.unused += len(unused)
+        if self._forget is not None:
+            for e in unused:
+                self._forget(layer, e)
+        if self.governor.record(used, len(unused), self.expert_bytes[layer]):
+            self.log.set_prefetch(self.settings.depth, self.governor.width)
+
+    def tick(self) -> None:
+        """A decode batch finished."""
+        if self.governor.tick():
+            self.log.set_prefetch(self.settings.depth, self.governor.width)
+
+    def stats(self) -> dict[str, int]:
+        calls, advised = self.log.prefetch_issued
+        return {
+            "prefetch_width": self.governor.width,
+            "prefetch_calls": calls,
+            "prefetch_bytes": self.governor.fetched_bytes,
+            "prefetch_wasted_bytes": self.governor.wasted_bytes,
+            "prefetch_used_experts": self.used,
+            "prefetch_unused_experts": self.unused,
+            "prefetch_changes": self.governor.changes,
+        }
+
+
+def start_prefetch(log: object, settings: PrefetchSettings, pregate: Pregate,
+                   layers: Mapping[int, LayerExperts], n_experts: int, top_k: int,
+                   mapping: FileMapping | None, forget: Forget | None = None) -> Prefetcher | str:
+    """A running Prefetcher on the engine's log, or why prefetching cannot run."""
+    if log is None or not hasattr(log, "configure_prefetch"):
+        return "the engine has no native routing tap (needs llama.cpp and a C compiler)"
+    if mapping is None:
+        return "the expert file is not mapped"
+    tables = tap_tables(pregate, layers, n_experts, mapping)
+    if isinstance(tables, str):
+        return tables
+    log.configure_prefetch(*tables, watch_index=0, page=PAGE_SIZE)  # type: ignore[attr-defined]
+    sizes = {layer: x.expert_bytes for layer, x in layers.items()}
+    return Prefetcher(log, settings, top_k, sizes, forget)  # type: ignore[arg-type]

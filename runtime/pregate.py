@@ -1,0 +1,98 @@
+"""Pre-gating: a later MoE layer's router applied to an earlier layer's hidden state.
+
+The residual stream changes little from one layer to the next, so layer L+1's router applied to
+layer L's hidden state guesses L+1's experts before L+1 computes them (the idea of "pre-gated"
+MoE). The router input is RMSNorm(x) * w_norm; RMSNorm's 1/rms is one positive number per token
+and softmax and sigmoid are increasing, so the ranking of experts only needs
+`(G * w_norm) @ x`: the norm weight is folded into the router matrix once, and a guess is one
+small matrix-vector product per layer. Weights come from the GGUF (`ffn_gate_inp`, `ffn_norm`,
+and `exp_probs_b` where a model adds a selection bias); this module is pure numpy otherwise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from runtime.errors import BundleError
+
+
+@dataclass(frozen=True)
+class RouterWeights:
+    """One MoE layer's router with its input norm folded in: logits ∝ matrix @ hidden."""
+
+    layer: int
+    matrix: np.ndarray  # float32 [n_experts, n_embd] = ffn_gate_inp * ffn_norm
+    bias: np.ndarray | None = None  # selection bias added after a sigmoid (DeepSeek-V3 style)
+
+
+def _array(tensor: object) -> np.ndarray:
+    import gguf
+
+    data = np.asarray(tensor.data)  # type: ignore[attr-defined]
+    kind = tensor.tensor_type  # type: ignore[attr-defined]
+    if kind in (gguf.GGMLQuantizationType.F32, gguf.GGMLQuantizationType.F16):
+        return data.astype(np.float32)
+    return gguf.quants.dequantize(data, kind).astype(np.float32)
+
+
+def read_routers(model_path: str | Path, moe_layers: Sequence[int]) -> dict[int, RouterWeights]:
+    """Every MoE layer's folded router from a GGUF (a few KiB per layer: read once)."""
+    import gguf
+
+    try:
+        reader = gguf.GGUFReader(str(model_path))
+    except (OSError, ValueError) as e:
+        raise BundleError(f"{model_path}: cannot read router weights ({e})") from None
+    tensors = {t.name: t for t in reader.tensors}
+    out: dict[int, RouterWeights] = {}
+    for layer in moe_layers:
+        gate = tensors.get(f"blk.{layer}.ffn_gate_inp.weight")
+        norm = tensors.get(f"blk.{layer}.ffn_norm.weight")
+        if gate is None or norm is None:
+            raise BundleError(f"{model_path}: layer {layer} has no ffn_gate_inp/ffn_norm weight")
+        g = _array(gate).reshape(-1, _array(norm).size)
+        bias = tensors.get(f"blk.{layer}.exp_probs_b.bias")
+        out[layer] = RouterWeights(
+            layer,
+            np.ascontiguousarray(g * _array(norm).reshape(1, -1), dtype=np.float32),
+            None if bias is None else _array(bias).reshape(-1),
+        )
+    return out
+
+
+class Pregate:
+    """Ranks a target layer's experts from another layer's hidden state."""
+
+    def __init__(self, routers: dict[int, RouterWeights]) -> None:
+        self.routers = routers
+
+    def scores(self, target: int, hidden: np.ndarray) -> np.ndarray:
+        """[n_tokens, n_experts] selection scores (ordered like the router's) for `target`."""
+        r = self.routers[target]
+        logits = hidden.reshape(-1, r.matrix.shape[1]) @ r.matrix.T
+        if r.bias is not None:
+            logits = 1.0 / (1.0 + np.exp(-logits)) + r.bias
+        return logits
+
+    def rank(self, target: int, hidden: np.ndarray, m: int) -> np.ndarray:
+        """[n_tokens, m] the m highest-scoring experts of `target`, best first."""
+        s = self.scores(target, hidden)
+        m = min(m, s.shape[1])
+        top = np.argpartition(-s, m - 1, axis=1)[:, :m]
+        order = np.take_along_axis(s, top, axis=1).argsort(axis=1)[:, ::-1]
+        return np.take_along_axis(top, order, axis=1)
+
+    def folded(self, layers: Sequence[int]) -> np.ndarray:
+        """The routers of `layers` stacked [len(layers), n_experts, n_embd] (for the C tap)."""
+        return np.ascontiguousarray(np.stack([self.routers[x].matrix for x in layers]))
+
+
+def next_layers(moe_layers: Sequence[int], layer: int, depth: int) -> list[int]:
+    """The MoE layers 1..depth after `layer` (fewer at the end of the stack)."""
+    order = list(moe_layers)
+    i = order.index(layer)
+    return order[i + 1 : i + 1 + depth]

@@ -1,0 +1,68 @@
+"""The latency recorder and benchmark helpers: histograms, percentiles, /metrics export."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from prometheus_client import CollectorRegistry, generate_latest
+
+from runtime.benchmark import io_read_bytes, memory_bandwidth_gb_s
+from runtime.latency import BUCKETS, LatencyRecorder
+from runtime.server.metrics import _latency
+
+pytestmark = pytest.mark.unit
+
+
+def _recorder() -> LatencyRecorder:
+    r = LatencyRecorder()
+    r.step(40, True, 10.0)  # a prompt
+    for i, t in enumerate((10.2, 10.21, 10.23, 10.26)):  # first token, then three gaps
+        r.step(1, False, t)
+        assert r.ttft.count == 1 and r.itl.count == i
+    r.step(1, True, 20.0)  # a new context: its first step is a prompt again
+    r.step(1, False, 20.5)
+    return r
+
+
+def test_ttft_and_inter_token_latency_per_generation():
+    r = _recorder()
+    s = r.stats()
+    assert s["ttft_ms_p50"] == pytest.approx(200.0) and r.ttft.count == 2
+    assert s["itl_ms_p50"] == pytest.approx(20.0) and r.itl.count == 3
+    assert s["itl_ms_p95"] == pytest.approx(30.0)
+    json.dumps(s)  # JSON-safe: +Inf is written as a string
+
+
+def test_histogram_buckets_are_cumulative():
+    h = _recorder().stats()["latency_histograms"]["inter_token_seconds"]
+    assert [b for b, _ in h["buckets"]] == [*BUCKETS, "+Inf"]
+    counts = [n for _, n in h["buckets"]]
+    assert counts == sorted(counts) and counts[-1] == h["count"] == 3
+    assert h["sum"] == pytest.approx(0.06)
+
+
+def test_metrics_export_prometheus_histograms():
+    class Collector:
+        def collect(self):
+            yield from _latency(_recorder().stats()["latency_histograms"])
+
+    reg = CollectorRegistry()
+    reg.register(Collector())
+    text = generate_latest(reg).decode()
+    assert "# TYPE edgemoe_inter_token_seconds histogram" in text
+    assert 'edgemoe_inter_token_seconds_bucket{le="+Inf"} 3.0' in text
+    assert "edgemoe_ttft_seconds_count 2.0" in text
+
+
+def test_empty_recorder_reports_nothing():
+    s = LatencyRecorder().stats()
+    assert s["itl_ms_p50"] is None and s["ttft_ms_p95"] is None
+    families = list(_latency(s["latency_histograms"]))  # exported from the start, empty
+    assert len(families) == 2 and all(
+        sample.value == 0 for f in families for sample in f.samples)
+
+
+def test_machine_measurements_are_positive():
+    assert memory_bandwidth_gb_s(8 * 2**20, repeats=2) > 0
+    assert io_read_bytes() is None or io_read_bytes() >= 0
