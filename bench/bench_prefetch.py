@@ -7,9 +7,9 @@ Per fixture, in one run, side by side: stock `llama_cpp.Llama(use_mmap=False)` a
 100 % (no routing tap), 100 % with the tap forced on (`record_routing=True`: what observing
 routing costs), and 50 % / 25 % cold (page cache dropped before load and released experts
 dropped again, so misses read storage), each without and with prefetch. Every configuration is
-measured in paired rounds, back to back with a stock run whose order alternates, and reported
-as the median of the per-round ratios: the machine is shared, so only ratios taken close
-together mean anything. Tokens must be identical in every configuration.
+measured against stock token by token (a stock step, then an edgemoe step, alternating), and
+reported as the median of the per-round ratios: on a shared machine only times taken at the same
+moment compare. Tokens must be identical in every configuration.
 """
 
 from __future__ import annotations
@@ -18,7 +18,6 @@ import argparse
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -35,47 +34,68 @@ CONFIGS: tuple[tuple[str, str, bool, bool | None, bool], ...] = (
 )
 
 
-def stock(gguf: Path, prompt_ids: list[int], n: int, threads: int) -> tuple[float, list[int]]:
-    """Decode tokens/s of stock llama.cpp with the whole GGUF read into RAM (greedy)."""
-    import llama_cpp
+class Stock:
+    """Stock llama.cpp with the whole GGUF read into RAM, stepped one greedy token at a time."""
 
-    llm = llama_cpp.Llama(str(gguf), n_ctx=1024, n_batch=512, n_threads=threads,
-                          n_threads_batch=threads, use_mmap=False, verbose=False)
-    try:
-        llm.eval(prompt_ids)
-        out, t0 = [], time.perf_counter()
-        for _ in range(n):
-            logits = np.ctypeslib.as_array(llm._ctx.get_logits_ith(-1), shape=(llm.n_vocab(),))
-            out.append(int(np.argmax(logits)))
-            llm.eval(out[-1:])
-        return n / (time.perf_counter() - t0), out
-    finally:
-        llm.close()
+    def __init__(self, gguf: Path, prompt_ids: list[int], threads: int) -> None:
+        import llama_cpp
+
+        self.llm = llama_cpp.Llama(str(gguf), n_ctx=1024, n_batch=512, n_threads=threads,
+                                   n_threads_batch=threads, use_mmap=False, verbose=False)
+        self.prompt_ids = prompt_ids
+
+    def start(self) -> None:
+        self.llm.reset()
+        self.llm.eval(self.prompt_ids)
+
+    def step(self) -> None:
+        logits = np.ctypeslib.as_array(self.llm._ctx.get_logits_ith(-1),
+                                       shape=(self.llm.n_vocab(),))
+        self.llm.eval([int(np.argmax(logits))])
+
+    def close(self) -> None:
+        self.llm.close()
 
 
-def ours(bundle: Path, prompt: str, n: int, threads: int, budget: str, cold: bool,
-         prefetch: bool | None, record: bool) -> tuple[float, list[int], dict]:
+def interleaved(stock: Stock, bundle: Path, prompt: str, n: int, threads: int, budget: str,
+                cold: bool, prefetch: bool | None, record: bool
+                ) -> tuple[float, list[int], dict]:
+    """Speed of one edgemoe configuration as a ratio to stock, measured token against token:
+    a stock step, then an edgemoe step (its generation loop as a user runs it), alternating, so
+    both see the same moment of a shared machine. Wall time: a miss that reads storage is a
+    cost the user waits for. Prefill and the first token are not timed."""
     import runtime
     from runtime.residency import drop_file_cache
 
     if cold:
-        drop_file_cache(bundle / "model.gguf")
+        drop_file_cache(bundle / "model.gguf")  # stock's copy is anonymous memory: unaffected
     with runtime.load(bundle, budget=budget, cold=cold, n_ctx=1024, threads=threads,
                       prefetch=prefetch, record_routing=record) as model:
-        r = model.generate(prompt, max_tokens=n + 1)  # n decode steps after the first token
-        return r.timings["decode_tok_s"], r.tokens, model.stats()
-
-
-def paired(measure: Callable[[], float], base: Callable[[], float], rounds: int) -> list[float]:
-    """Per-round ratio measure/base, the two back to back, their order alternating."""
-    ratios = []
-    for i in range(rounds):
-        if i % 2:
-            b, m = base(), measure()
-        else:
-            m, b = measure(), base()
-        ratios.append(m / b)
-    return ratios
+        events = model.stream_events(prompt, max_tokens=n + 1, temperature=0.0)
+        next(events)  # prefill and the first token
+        stock.start()
+        ours = theirs = 0.0
+        steps, last = 0, None
+        for _ in range(n + 2):
+            t0 = time.perf_counter()
+            stock.step()
+            theirs += time.perf_counter() - t0
+            steps += 1
+            t0 = time.perf_counter()
+            try:
+                last = next(events)
+            except StopIteration:
+                break
+            finally:
+                ours += time.perf_counter() - t0
+            if last.usage is not None:
+                break
+        events.close()  # leave the generation (it holds the model's lock until it ends)
+        assert last is not None and last.usage is not None
+        tokens = list(last.tokens or ())
+        stats = model.stats()
+    ours_per_token = ours / max(1, len(tokens) - 1)
+    return (theirs / steps) / ours_per_token, tokens, stats
 
 
 def tap_overhead(bundle: Path, prompt_ids: list[int], threads: int, rounds: int,
@@ -128,41 +148,32 @@ def bench_fixture(name: str, quant: str, args: argparse.Namespace) -> None:
     with runtime.load(bundle, budget="100%") as m:
         prompt_ids = m.tokenize(prompt)
     n, th, rounds = args.decode, args.threads, args.rounds
-    print(f"\n{name} {quant}: prompt {len(prompt_ids)} tokens, {n} decode steps, {th} threads, "
-          f"median of {rounds} paired rounds (ratio to stock llama.cpp, GGUF fully in RAM)")
+    print(f"\n{name} {quant}: prompt {len(prompt_ids)} tokens, {n} decode steps, {th} threads; "
+          f"decode speed as a ratio to stock llama.cpp (GGUF fully in RAM), stepped token against "
+          f"token; median of {rounds} rounds")
     reference: list[int] | None = None
-    stock_speeds: list[float] = []
-
-    def base() -> float:
-        speed, _ = stock(bundle / "model.gguf", prompt_ids, n, th)
-        stock_speeds.append(speed)
-        return speed
-
-    print(f"{'configuration':<22} {'decode tok/s':>12} {'ratio':>6}  {'per round':<24} "
-          f"{'hit rate':>8} {'prefetch used/unused':>20}")
-    for label, budget, cold, prefetch, record in CONFIGS:
-        seen: list[tuple[float, dict]] = []
-
-        def measure(budget=budget, cold=cold, prefetch=prefetch, record=record, label=label,
-                    seen=seen) -> float:
-            nonlocal reference
-            speed, tokens, stats = ours(bundle, prompt, n, th, budget, cold, prefetch, record)
-            reference = reference or tokens
-            assert tokens == reference, f"tokens changed: {label}"
-            seen.append((speed, stats))
-            return speed
-
-        ratios = paired(measure, base, rounds)
-        s = seen[-1][1]
-        lookups = s["hits"] + s["misses"]
-        hit = f"{s['hits'] / lookups:.3f}" if s.get("offloading") and lookups else "-"
-        used = (f"{s.get('prefetch_used_experts', 0)}/{s.get('prefetch_unused_experts', 0)}"
-                if s.get("prefetch") == "on" else "-")
-        speed = statistics.median(x for x, _ in seen)
-        print(f"{label:<22} {speed:12.1f} {statistics.median(ratios):6.2f}  "
-              f"{' '.join(f'{r:.2f}' for r in ratios):<24} {hit:>8} {used:>20}")
-    print(f"stock llama.cpp: median {statistics.median(stock_speeds):.1f} tok/s over "
-          f"{len(stock_speeds)} runs; tokens identical in every edgemoe configuration")
+    stock = Stock(bundle / "model.gguf", prompt_ids, th)
+    try:
+        print(f"{'configuration':<22} {'ratio':>6}  {'per round':<30} {'hit rate':>8} "
+              f"{'prefetch used/unused':>20}")
+        for label, budget, cold, prefetch, record in CONFIGS:
+            ratios, stats = [], {}
+            for _ in range(rounds):
+                ratio, tokens, stats = interleaved(stock, bundle, prompt, n, th, budget, cold,
+                                                   prefetch, record)
+                reference = reference or tokens
+                assert tokens == reference, f"tokens changed: {label}"
+                ratios.append(ratio)
+            lookups = stats["hits"] + stats["misses"]
+            hit = f"{stats['hits'] / lookups:.3f}" if stats.get("offloading") and lookups else "-"
+            used = (f"{stats.get('prefetch_used_experts', 0)}/"
+                    f"{stats.get('prefetch_unused_experts', 0)}"
+                    if stats.get("prefetch") == "on" else "-")
+            print(f"{label:<22} {statistics.median(ratios):6.2f}  "
+                  f"{' '.join(f'{r:.2f}' for r in ratios):<30} {hit:>8} {used:>20}")
+    finally:
+        stock.close()
+    print("tokens identical in every edgemoe configuration (greedy)")
     cpus, walls = tap_overhead(bundle, prompt_ids, th, max(rounds, 5))
     print(f"routing tap at 100% (forced on vs off, {max(rounds, 5)} rounds of 300 tokens "
           f"decoded alternately): decoding-thread CPU x{statistics.median(cpus):.3f} "

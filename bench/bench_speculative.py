@@ -19,6 +19,7 @@ batch costs.
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import tempfile
 import time
@@ -163,19 +164,23 @@ def main() -> None:
 
     src = str(cached_fixture(args.fixture))
     work = Path(tempfile.mkdtemp(prefix="edgemoe-bench-spec-"))
-    bundles = {
-        "target": _pack(src, work / "target", args.target_quant),
-        "draft": _pack(src, work / "draft", args.draft_quant),
-    }
-    if args.prune:
-        bundles["pruned"] = _pack(src, work / "pruned", args.draft_quant, args.prune)
-    text = args.prompt_file.read_text() if args.prompt_file else heldout_text()
-    prompt = text[:PROMPT_CHARS]
-    print(f"{args.fixture}: target {args.target_quant}, draft {args.draft_quant}"
-          f"{f', pruned {args.prune:.0%}' if args.prune else ''}; K={args.draft_tokens}, "
-          f"{args.decode} tokens, {args.threads} threads, median of {args.rounds} paired rounds")
-    for budget in args.budget or ["100%", "50%"]:
-        bench_budget(bundles, budget, args, prompt)
+    try:
+        bundles = {
+            "target": _pack(src, work / "target", args.target_quant),
+            "draft": _pack(src, work / "draft", args.draft_quant),
+        }
+        if args.prune:
+            bundles["pruned"] = _pack(src, work / "pruned", args.draft_quant, args.prune)
+        text = args.prompt_file.read_text() if args.prompt_file else heldout_text()
+        prompt = text[:PROMPT_CHARS]
+        print(f"{args.fixture}: target {args.target_quant}, draft {args.draft_quant}"
+              f"{f', pruned {args.prune:.0%}' if args.prune else ''}; K={args.draft_tokens}, "
+              f"{args.decode} tokens, {args.threads} threads, "
+              f"median of {args.rounds} paired rounds")
+        for budget in args.budget or ["100%", "50%"]:
+            bench_budget(bundles, budget, args, prompt)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)  # three builds of the checkpoint: ~300 MB
 
 
 if __name__ == "__main__":

@@ -18,6 +18,9 @@ from contract.manifest import Build, Manifest
 # The longest trained context accepted (16 Mi tokens, above any released model); llama.cpp
 # sizes some buffers by it, so a damaged value would be an allocation of gigabytes.
 MAX_CONTEXT = 1 << 24
+# llama.cpp's compile-time limits (llama-hparams.h); beyond them it aborts while loading.
+LLAMA_MAX_LAYERS = 512
+LLAMA_MAX_EXPERTS = 1024
 
 
 def check_against_layout(
@@ -46,12 +49,22 @@ def check_against_layout(
         ("shape.context_length", "context_length", shape.context_length),
     ):
         theirs = _metadata_int(layout, f"{layout.arch}.{key}", path)
+        if theirs is None and key == "expert_used_count":  # llama.cpp asserts it is > 0
+            raise BundleError(f"{path}: header key '{layout.arch}.{key}' is missing")
         if theirs is not None and theirs != ours:
             raise bad(field, ours, theirs)
-    if not 0 < shape.context_length <= MAX_CONTEXT:
-        # llama.cpp allocates per-token buffers of the trained context (e.g. when tokenizing).
-        raise BundleError(f"{where}: field 'shape.context_length' must be in 1..{MAX_CONTEXT}, "
-                          f"got {shape.context_length}")
+    nextn = _metadata_int(layout, f"{layout.arch}.nextn_predict_layers", path) or 0
+    if not 0 <= nextn <= shape.n_layers:  # GGML_ASSERT(n_layer_nextn <= n_layer_all)
+        raise BundleError(f"{path}: header key '{layout.arch}.nextn_predict_layers' is {nextn}, "
+                          f"more than the {shape.n_layers} layers")
+    # llama.cpp allocates per-token buffers of the trained context (e.g. when tokenizing), and
+    # GGML_ASSERTs (aborts the process, no error to catch) on the other two limits.
+    for field, value, limit in (("shape.context_length", shape.context_length, MAX_CONTEXT),
+                                ("shape.n_layers", shape.n_layers, LLAMA_MAX_LAYERS),
+                                ("shape.n_experts", shape.n_experts, LLAMA_MAX_EXPERTS)):
+        if not 0 < value <= limit:
+            raise BundleError(f"{where}: field '{field}' must be in 1..{limit}, got {value}")
+    _check_expert_groups(layout, shape.n_experts, path)
     if build.dense_bytes != layout.dense_bytes:
         raise bad("dense_bytes", build.dense_bytes, layout.dense_bytes)
     dupes = [n for n, c in Counter(x.layer for x in build.expert_layers).items() if c > 1]
@@ -77,6 +90,18 @@ def check_against_layout(
                 if getattr(t, name) != getattr(f, name):
                     raise bad(f"{t.name}.{name}", getattr(t, name), getattr(f, name))
             check_range(t.name, t.offset, t.stride, shape.n_experts, layout, where)
+
+
+def _check_expert_groups(layout: GGUFLayout, n_experts: int, path: Path) -> None:
+    """Expert groups (DeepSeek-style group-limited routing), as llama.cpp asserts them."""
+    groups = _metadata_int(layout, f"{layout.arch}.expert_group_count", path) or 0
+    used = _metadata_int(layout, f"{layout.arch}.expert_group_used_count", path) or 0
+    if groups and not (groups < n_experts and (groups == 1 or (
+            n_experts % groups == 0 and 0 < used < groups))):
+        raise BundleError(
+            f"{path}: expert groups ({groups} groups, {used} used) do not divide "
+            f"{n_experts} experts the way llama.cpp requires"
+        )
 
 
 def _metadata_int(layout: GGUFLayout, key: str, path: Path) -> int | None:

@@ -34,6 +34,12 @@ def read_json(path: Path, error: type[Exception], what: str = "") -> Any:
         raise error(f"{path}: {what + ' ' if what else ''}not found") from None
     except json.JSONDecodeError as e:
         raise error(f"{path}: malformed JSON at line {e.lineno}: {e.msg}") from None
+    except UnicodeDecodeError as e:
+        raise error(f"{path}: not UTF-8 text (byte {e.start})") from None
+    except RecursionError:
+        raise error(f"{path}: JSON nested too deeply") from None
+    except ValueError as e:  # e.g. an integer longer than Python's 4,300-digit limit
+        raise error(f"{path}: unreadable JSON ({e})") from None
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:

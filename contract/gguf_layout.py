@@ -212,6 +212,9 @@ def _layout(reader: gguf.GGUFReader, path: Path) -> GGUFLayout:
         f"{arch}.context_length",
         f"{arch}.expert_used_count",
         f"{arch}.block_count",
+        f"{arch}.expert_group_count",
+        f"{arch}.expert_group_used_count",
+        f"{arch}.nextn_predict_layers",
     )
     meta = {k: _field(reader, k) for k in keys}
     return GGUFLayout(

@@ -149,4 +149,18 @@ def validate(
     try:
         return adapter.validate_python(data, context=context)
     except ValidationError as e:
-        raise error("\n".join(problems(e, where))) from None
+        raise error(one_line(e, where)) from None
+
+
+def one_line(error: ValidationError, where: str, most: int = 3) -> str:
+    """The problems as ONE line (a CLI prints `error: ...` once): the first few, then a count.
+    Text that cannot be encoded (lone surrogates from a hostile file) is escaped, not raised."""
+    try:
+        found = problems(error, where)
+    except (UnicodeEncodeError, UnicodeDecodeError):
+        return f"{where}: {error.error_count()} invalid field(s) (unprintable values)"
+    safe = [p.encode("utf-8", "backslashreplace").decode("utf-8") for p in found[:most]]
+    prefix = f"{where}: "
+    rest = [p[len(prefix):] if p.startswith(prefix) else p for p in safe[1:]]
+    more = f" (and {len(found) - most} more)" if len(found) > most else ""
+    return "; ".join(safe[:1] + rest) + more

@@ -23,7 +23,7 @@ from runtime.backends.lazy_load import advise_random_except, complement
 from runtime.budget import BudgetPlan, parse_budget, plan_budget
 from runtime.bundle import OpenBundle, attention_shape, open_bundle
 from runtime.closing import closing_bias
-from runtime.draft_budget import split_budget
+from runtime.draft_budget import minimum_total, split_budget
 from runtime.drafting import NGRAM, ModelDrafter, NgramDrafter, check_vocabularies
 from runtime.errors import (
     BundleError,
@@ -160,11 +160,19 @@ def _budget_inputs(opened: OpenBundle, n_ctx: int) -> dict[str, int]:
 
 
 def minimum_budget(
-    bundle: str | Path, n_ctx: int | None = None, backend: str | None = None
+    bundle: str | Path,
+    n_ctx: int | None = None,
+    backend: str | None = None,
+    draft: str | Path | None = None,
 ) -> int:
-    """The smallest budget `load` accepts: dense weights + KV cache + one token's experts."""
+    """The smallest budget `load` accepts: dense weights + KV cache + one token's experts; with
+    a draft bundle, both models' at one expert fraction (runtime/draft_budget.py)."""
     opened = open_bundle(bundle, fmt=format_for(backend))
-    b = _budget_inputs(opened, _context(opened, n_ctx))
+    n_ctx = _context(opened, n_ctx)
+    b = _budget_inputs(opened, n_ctx)
+    if draft is not None and str(draft) != NGRAM:
+        d = _budget_inputs(open_bundle(draft, fmt=format_for(backend)), n_ctx)
+        return minimum_total(b, d)
     return b["dense_bytes"] + b["kv_bytes"] + b["one_token_expert_bytes"]
 
 

@@ -36,6 +36,7 @@ TOPK = "ffn_moe_topk"  # int32 [n_tokens, top_k]: chosen experts
 PROBS = "ffn_moe_probs"  # f32 [n_tokens, n_expert]: router probabilities (before top-k)
 WEIGHTS = "ffn_moe_weights"  # f32 [n_tokens, top_k]: mixing weights (after any norm/scale)
 HIDDEN = "ffn_inp"  # f32 [n_tokens, n_embd]: a layer's residual input to its MoE block
+OUTPUT = "l_out"  # f32 [n_tokens, n_embd]: a layer's output (the next layer's input)
 
 
 class _TensorHead(ctypes.Structure):
@@ -178,10 +179,13 @@ class LlamaBackend:
             self._scratch = np.empty(4096, dtype=np.uint8)  # reused by every read: no allocation
             self._scratch_at = self._scratch.ctypes.data
             # Answers llama.cpp's per-node questions in C when a compiler exists (llama_tap.py).
-            # Pre-gating reads a layer's residual input (`ffn_inp`, alive until the layer's last
-            # add) at its routing event, so it is watched, never a stop (runtime/prefetcher.py).
-            watch = (HIDDEN,) if self._routing_kinds == (TOPK,) and not self._extra else ()
-            self._tap = NodeTap(self._taps, self._on_node, self._ggml.lib, watch=watch)
+            # Pre-gating (runtime/prefetcher.py) reads a layer's residual input (`ffn_inp`, alive
+            # until the layer's last add) at its routing event, so it is watched, never a stop;
+            # or its output (`l_out`), where the C tap stops only while it prefetches from it.
+            plain = self._routing_kinds == (TOPK,) and not self._extra
+            watch, own = ((HIDDEN,), (OUTPUT,)) if plain else ((), ())
+            self._tap = NodeTap(self._taps, self._on_node, self._ggml.lib, watch=watch,
+                                c_only=own)
             cparams.cb_eval = self._tap.callback
             cparams.cb_eval_user_data = self._tap.user_data
         try:
@@ -349,6 +353,8 @@ class LlamaBackend:
         return sampler.sample(np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)))
 
     def close(self) -> None:
+        if getattr(self, "_tap", None) is not None and self._tap.log is not None:
+            self._tap.log.close()  # its process fd; the C side stops logging and prefetching
         for obj in ("batch", "ctx", "model"):
             o = getattr(self, obj, None)
             if o is not None:

@@ -105,8 +105,9 @@ class RoutingLog:
     """
 
     def __init__(self, state: TapState, ids_tap: int, n_layers: int, n_experts: int,
-                 top_k: int, capacity: int = 4096) -> None:
+                 top_k: int, sources: dict[str, tuple[str, int]], capacity: int = 4096) -> None:
         self._state = state
+        self.sources = sources  # hidden-state name -> ("watch" | "stop", index)
         self.max_guess = min(MAX_WIDTH, max(top_k, 2 * top_k))
         self.width = 2 + self.max_guess
         self.resident = np.zeros((n_layers, n_experts), dtype=np.uint8)
@@ -150,11 +151,14 @@ class RoutingLog:
 
     # --- prefetch ----------------------------------------------------------------------------
     def configure_prefetch(self, routers: np.ndarray, next_layers: np.ndarray,
-                           spans: np.ndarray, watch_index: int, page: int) -> None:
+                           spans: np.ndarray, source: str, page: int) -> None:
         """Hand the tap what pre-gating needs: folded routers [layers, experts, n_embd] (f32),
-        the next MoE layers [layers, 2] (i32, -1: none), each layer's expert tensors as
-        (address of expert 0, stride) [layers, MAX_TENSORS, 2] (u64, checked against the
-        mapping by the caller), and which watched node holds the hidden state."""
+        the next MoE layers after each layer [layers, 2] (i32, -1: none), each layer's expert
+        tensors as (address of expert 0, stride) [layers, MAX_TENSORS, 2] (u64, checked
+        against the mapping by the caller), and which hidden state to read (`sources`)."""
+        if source not in self.sources:
+            raise ValueError(f"hidden state '{source}' is not tapped (have: {list(self.sources)})")
+        kind, index = self.sources[source]
         st = self._state
         routers = np.ascontiguousarray(routers, dtype=np.float32)
         next_layers = np.ascontiguousarray(next_layers, dtype=np.int32)
@@ -170,7 +174,8 @@ class RoutingLog:
             except OSError:
                 self._pidfd = -1
         st.pf_depth = st.pf_width = 0
-        st.n_embd, st.pf_watch, st.page, st.pidfd = n_embd, watch_index, page, self._pidfd
+        st.pf_watch, st.pf_tap = (index, -1) if kind == "watch" else (0, index)
+        st.n_embd, st.page, st.pidfd = n_embd, page, self._pidfd
         st.routers, st.next = routers.ctypes.data, next_layers.ctypes.data
         st.spans, st.scratch = spans.ctypes.data, scratch.ctypes.data
 
@@ -208,6 +213,7 @@ class NodeTap:
     the graph waits. watch: prefixes only remembered per layer (`watched(i, layer)` gives the
     node's address), for tensors still alive when a tapped node is delivered (a layer's
     residual input is, until the layer's last add) without splitting the graph at them.
+    c_only (native only): nodes C itself may stop at for prefetching, never delivered.
     """
 
     def __init__(
@@ -217,9 +223,11 @@ class NodeTap:
         ggml: ctypes.CDLL,
         watch: tuple[str, ...] = (),
         native: bool | None = None,
+        c_only: tuple[str, ...] = (),
     ) -> None:
-        if len(taps) + len(watch) > MAX_TAPS or len(watch) > MAX_WATCH:
-            raise ValueError(f"at most {MAX_TAPS} names ({MAX_WATCH} watched), got {taps + watch}")
+        names = taps + c_only + watch
+        if len(names) > MAX_TAPS or len(watch) > MAX_WATCH:
+            raise ValueError(f"at most {MAX_TAPS} names ({MAX_WATCH} watched), got {names}")
         import llama_cpp
 
         self.taps, self.watch = taps, watch
@@ -236,9 +244,13 @@ class NodeTap:
             state.tensor_get = ctypes.cast(ggml.ggml_backend_tensor_get, ctypes.c_void_p).value
             self._c_deliver = _DELIVER(self._safe_deliver)
             state.deliver = ctypes.cast(self._c_deliver, ctypes.c_void_p).value
-            state.n_taps, state.n_watch, state.ids_tap = len(taps), len(watch), -1
+            state.n_taps, state.n_watch = len(taps) + len(c_only), len(watch)
+            state.n_deliver = len(taps)
+            state.ids_tap = state.pf_tap = -1
             state.epoch = 1  # slots start at epoch 0: empty
-            for i, name in enumerate(taps + watch):
+            self._sources = {name: ("stop", len(taps) + j) for j, name in enumerate(c_only)}
+            self._sources.update({name: ("watch", j) for j, name in enumerate(watch)})
+            for i, name in enumerate(names):
                 prefix = (name + "-").encode()
                 state.prefixes[i].value = prefix
                 state.lens[i] = len(prefix)
@@ -248,8 +260,8 @@ class NodeTap:
             self.callback = llama_cpp.ggml_backend_sched_eval_callback(addr)
             self.user_data: int | None = ctypes.addressof(state)
             return
-        names = b"|".join(re.escape(t.encode()) for t in taps + watch)
-        self._named = re.compile(rb"^(" + names + rb")-(\d+)$")
+        either = b"|".join(re.escape(t.encode()) for t in taps + watch)
+        self._named = re.compile(rb"^(" + either + rb")-(\d+)$")
         self._index = {t.encode(): i for i, t in enumerate(taps + watch)}
         self._prefixes = tuple(t.encode() + b"-" for t in taps)
         self._watch_prefixes = tuple(t.encode() + b"-" for t in watch)
@@ -265,7 +277,7 @@ class NodeTap:
             return None
         if self.log is None:
             self.log = RoutingLog(self._state, self.taps.index(ids_tap), n_layers, n_experts,
-                                  top_k)
+                                  top_k, self._sources)
         return self.log
 
     # --- the Python answer (no compiler) -----------------------------------------------------

@@ -4,8 +4,10 @@ What runs per graph node and per token belongs in C: llama.cpp asks the eval cal
 every node, and a decode step of a small model is shorter than a few hundred Python calls. The
 helper answers those questions, keeps one-token routing events whose experts are all resident
 in a log instead of calling Python, and (when asked) guesses the next MoE layers' experts by
-pre-gating (runtime/pregate.py) and starts reading the non-resident ones with one
-process_madvise(MADV_WILLNEED) per layer. It calls Python only for events Python must decide.
+pre-gating (runtime/pregate.py) from a layer's hidden state (its residual input `ffn_inp`,
+watched and read at its routing event, or its output `l_out`, a stop of C's own) and starts
+reading the non-resident ones with one process_madvise(MADV_WILLNEED) per target layer. It calls
+Python only for events Python must decide.
 Only libc is used; ggml is reached through function pointers handed in from Python.
 """
 
@@ -53,7 +55,9 @@ struct edgemoe_tap {
     name_fn get_name;
     get_fn tensor_get;
     deliver_fn deliver;
-    int32_t n_taps;         /* taps [0, n_taps) stop the graph and are delivered */
+    int32_t n_taps;         /* taps [0, n_taps) may stop the graph: */
+    int32_t n_deliver;      /* [0, n_deliver) always, delivered to Python; the rest only as
+                               the prefetch source (pf_tap), handled here */
     int32_t n_watch;        /* taps [n_taps, n_taps + n_watch) are only remembered */
     int32_t lens[MAX_TAPS];
     char prefixes[MAX_TAPS][48];
@@ -71,6 +75,7 @@ struct edgemoe_tap {
     int32_t pf_depth;       /* MoE layers ahead; 0: off */
     int32_t pf_width;       /* experts guessed per target layer; 0: off */
     int32_t pf_watch;       /* watch index of the hidden state read at a routing event */
+    int32_t pf_tap;         /* or: the tap whose node is the hidden state (a stop); -1: none */
     int32_t n_embd;
     const float *routers;   /* [layer][expert][n_embd], norm folded in */
     const int32_t *next;    /* [layer][2]: the next MoE layers, -1: none */
@@ -121,12 +126,12 @@ static void advise(struct edgemoe_tap *s, struct iovec *iov, int n) {
     for (int i = 0; i < n; i++) madvise(iov[i].iov_base, iov[i].iov_len, MADV_WILLNEED);
 }
 
-/* Guess the experts of the next MoE layers from `layer`'s residual input; read the guessed
-   experts that are not resident, one batch per target layer, and log what was read. */
-static void prefetch(struct edgemoe_tap *s, int32_t layer) {
+/* Guess the experts of the MoE layers after `layer` from its hidden state `h` (one token);
+   read the guessed experts that are not resident, one batch per target layer, and log what
+   was read. */
+static void prefetch(struct edgemoe_tap *s, int32_t layer, const struct head *h) {
     if (s->pf_depth <= 0 || s->pf_width <= 0 || s->routers == NULL || layer >= s->n_layers)
         return;
-    const struct head *h = (const struct head *)s->watched[s->pf_watch][layer];
     if (h == NULL || h->type != 0 || h->ne[0] != s->n_embd || h->nb[0] != 4) return;
     float *x = s->scratch, *score = s->scratch + s->n_embd;
     s->tensor_get(h, x, 0, (size_t)s->n_embd * 4);  /* row 0: the one token */
@@ -228,22 +233,30 @@ bool edgemoe_tap_eval(void *tensor, bool ask, void *user) {
         int i = lookup(s, tensor, &layer);
         s->asked++;
         if (i >= s->n_taps) s->watched[i - s->n_taps][layer] = tensor;
+        if (i >= s->n_deliver && i < s->n_taps)  /* C's own stop: only while prefetching */
+            return i == s->pf_tap && s->pf_depth > 0 && s->pf_width > 0;
         return i >= 0 && i < s->n_taps;
     }
     int i = match(s, s->get_name(tensor), s->n_taps + s->n_watch, &layer);
     if (i < 0 || i >= s->n_taps) return true;
+    const struct head *h = (const struct head *)tensor;
+    bool one = h->ne[1] * h->ne[2] * h->ne[3] == 1;
+    if (i >= s->n_deliver) {  /* the hidden state itself: C's own stop, never Python's */
+        if (i == s->pf_tap && one && s->log != NULL) prefetch(s, layer, h);
+        return true;
+    }
     if (i == s->ids_tap) {
-        const struct head *h = (const struct head *)tensor;
-        bool one = h->ne[1] * h->ne[2] * h->ne[3] == 1;
+        const struct head *hidden = s->pf_tap < 0 && layer < MAX_LAYERS
+            ? (const struct head *)s->watched[s->pf_watch][layer] : NULL;
         bool kept = log_hit(s, tensor, layer);
         /* After the event is logged (or delivered below): the log keeps their order. */
         if (kept) {
-            if (one) prefetch(s, layer);
+            if (one && hidden != NULL) prefetch(s, layer, hidden);
             return true;
         }
         s->delivered++;
         s->deliver(tensor, i, layer);
-        if (one && s->log != NULL) prefetch(s, layer);
+        if (one && hidden != NULL && s->log != NULL) prefetch(s, layer, hidden);
         return true;
     }
     s->delivered++;
@@ -265,6 +278,7 @@ class TapState(ctypes.Structure):
         ("tensor_get", ctypes.c_void_p),
         ("deliver", ctypes.c_void_p),
         ("n_taps", ctypes.c_int32),
+        ("n_deliver", ctypes.c_int32),
         ("n_watch", ctypes.c_int32),
         ("lens", ctypes.c_int32 * MAX_TAPS),
         ("prefixes", (ctypes.c_char * 48) * MAX_TAPS),
@@ -280,6 +294,7 @@ class TapState(ctypes.Structure):
         ("pf_depth", ctypes.c_int32),
         ("pf_width", ctypes.c_int32),
         ("pf_watch", ctypes.c_int32),
+        ("pf_tap", ctypes.c_int32),
         ("n_embd", ctypes.c_int32),
         ("routers", ctypes.c_void_p),
         ("next", ctypes.c_void_p),

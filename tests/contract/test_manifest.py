@@ -236,18 +236,27 @@ def test_invalid_manifest_names_the_field(mutate, message):
         manifest_from_dict(d)
 
 
-def test_every_problem_gets_its_own_line():
+def test_every_problem_is_named_on_one_line():
+    """A CLI prints `error: ...` once: the problems share one line, the first few named."""
     d = _dict()
     d["shape"]["top_k"] = "two"
     d["profile"]["threads"] = 0
     del d["quant"]
     with pytest.raises(ManifestError) as e:
         manifest_from_dict(d, where="bundles/x/manifest.json")
-    assert str(e.value).splitlines() == [
-        "bundles/x/manifest.json: missing field 'quant'",
-        "bundles/x/manifest.json: field 'shape.top_k' must be an integer, got 'two'",
-        "bundles/x/manifest.json: field 'profile.threads' must be an integer in 1..1024, got 0",
-    ]
+    assert str(e.value) == (
+        "bundles/x/manifest.json: missing field 'quant'; "
+        "field 'shape.top_k' must be an integer, got 'two'; "
+        "field 'profile.threads' must be an integer in 1..1024, got 0"
+    )
+
+
+def test_unprintable_values_do_not_break_the_message():
+    d = _dict()
+    d["model_file"] = "\ud800"
+    with pytest.raises(ManifestError) as e:
+        manifest_from_dict(d, where="m.json")
+    assert "\n" not in str(e.value) and str(e.value).startswith("m.json: ")
 
 
 def test_top_level_must_be_an_object():

@@ -166,8 +166,11 @@ def test_settings_and_their_defaults():
         PrefetchSettings(depth=3)
 
 
-def test_governor_turns_down_to_off_and_retries():
+def test_governor_starts_narrow_grows_when_useful_and_turns_off_when_not():
     g = PrefetchGovernor(PrefetchSettings(window=4, retry_tokens=3), top_k=4, max_width=8)
+    assert g.width == 1  # slow start
+    for _ in range(12):
+        g.record(1, 0, 100)  # every prefetched expert used: 1 -> 2 -> 4 (top_k), no further
     assert g.width == 4
     for _ in range(4):
         g.record(0, 1, 100)  # every prefetched byte unused
@@ -176,9 +179,7 @@ def test_governor_turns_down_to_off_and_retries():
         g.record(0, 1, 100)
     assert g.width == 0
     assert not g.tick() and not g.tick() and g.tick() and g.width == 1
-    for _ in range(8):
-        g.record(1, 0, 100)  # all used: back up to the full width
-    assert g.width == 4 and g.changes == 6  # 4-2-1-0, retry 1, 2-4
+    assert g.changes == 6  # 1-2-4, then 4-2-1-0, then the retry at 1
 
 
 class _FakeLog:
@@ -197,15 +198,15 @@ class _FakeLog:
 
 def test_prefetcher_scores_issued_guesses_against_routing():
     log, forgotten = _FakeLog(), []
-    pf = Prefetcher(log, PrefetchSettings(window=2), 2, {1: 100},
+    pf = Prefetcher(log, PrefetchSettings(depth=1, window=2), 2, {1: 100},
                     forget=lambda layer, e: forgotten.append((layer, e)))
-    assert log.set == [(1, 2)]
+    assert log.set == [(1, 1)]
     pf.issued(1, [3, 4])
     pf.routed(1, [3, 5])
     assert (pf.used, pf.unused) == (1, 1) and forgotten == [(1, 4)]
     pf.issued(1, [6, 7])
-    pf.routed(1, [0, 1])  # window of 4 guesses, 3 unused: halve the width
-    assert log.set[-1] == (1, 1)
+    pf.routed(1, [0, 1])  # window of 4 guesses, 3 unused: halve the width, to off
+    assert log.set[-1] == (1, 0)
     assert pf.stats()["prefetch_wasted_bytes"] == 300
 
 

@@ -23,6 +23,7 @@ pytestmark = pytest.mark.engine
 PROMPT = "import os\nimport sys\n\ndef main(argv):\n    "
 # Never turn itself off during a test: every guess is issued, whatever it wastes.
 ALWAYS = PrefetchSettings(depth=2, window=10**6)
+FROM_OUTPUT = PrefetchSettings(depth=2, window=10**6, source="l_out")
 
 
 def _native() -> bool:
@@ -42,18 +43,20 @@ def _generate(bundle, budget, **kw):
 
 @needs_native
 @pytest.mark.parametrize("name", ARCH_FIXTURES)
-def test_tokens_identical_with_and_without_prefetch(name, bundle_factory):
+def test_tokens_identical_with_and_without_prefetch(name, bundle_factory, capfd):
     bundle = bundle_factory(name, "F16")
     reference, _, _ = _generate(bundle, "100%")
     issued = 0
     for budget in ("100%", "50%", "25%"):
         plain, _, off = _generate(bundle, budget, cold=True, prefetch=False)
         fetched, stats, on = _generate(bundle, budget, cold=True, prefetch=ALWAYS)
-        assert plain == fetched == reference, f"{name} at {budget}"
+        from_output, _, _ = _generate(bundle, budget, cold=True, prefetch=FROM_OUTPUT)
+        assert plain == fetched == from_output == reference, f"{name} at {budget}"
         assert off == "off"
         assert on == "on" if budget != "100%" else on.startswith("off")  # nothing is paged
         issued += stats.get("prefetch_used_experts", 0) + stats.get("prefetch_unused_experts", 0)
     assert issued > 0, f"{name}: prefetch never guessed a missing expert"
+    assert "Traceback" not in capfd.readouterr().err  # no error swallowed in a callback
 
 
 @needs_native
@@ -84,7 +87,7 @@ def test_tap_guesses_are_pregating_of_the_real_hidden_state(name, bundle_factory
         log = engine.routing_log(moe[-1] + 1, m.shape.n_experts, k)
         log.resident[:] = 0  # nothing resident: every guess is issued and logged
         log.configure_prefetch(*tap_tables(pregate, layers, m.shape.n_experts,
-                                           engine.file_mapping()), watch_index=0, page=4096)
+                                           engine.file_mapping()), source="ffn_inp", page=4096)
         log.set_prefetch(2, k)
         ids = engine.tokenize(PROMPT)
         logits, seq, issued = engine.decode(ids), list(ids), []
@@ -163,3 +166,52 @@ def test_pregating_beats_the_baselines_on_the_trained_fixture(bundle_factory):
             assert pre.recall > by[("previous-token", d)].recall + 0.1
             assert pre.recall > 2 * by[("uniform", d)].recall
             assert pre.coverage > 0.5  # most misses would have been read early
+
+
+@needs_native
+@pytest.mark.parametrize("name", ["qwen3moe-trained", "deepseek2-tiny"])
+def test_tap_guesses_from_layer_outputs(name, bundle_factory):
+    """source="l_out": the tap stops at each layer's output (its own stop, never Python's) and
+    guesses the next MoE layers from it, as Python's pre-gating of a teacher-forced run does
+    (batch and one-token kernels may round near-ties apart: nearly all must agree)."""
+    from runtime.backends.llama_cpp import LlamaBackend
+
+    quant = "Q8_0" if name == "qwen3moe-trained" else "F16"
+    opened = open_bundle(bundle_factory(name, quant))
+    m, layers = opened.manifest, {x.layer: x for x in opened.build.expert_layers}
+    moe, k = sorted(layers), m.shape.top_k
+    pregate = Pregate(read_routers(opened.model_path, moe))
+    engine = LlamaBackend(EngineConfig(opened.model_path, 512, 1), lambda ev: None)
+    try:
+        log = engine.routing_log(moe[-1] + 1, m.shape.n_experts, k)
+        log.resident[:] = 0
+        log.configure_prefetch(*tap_tables(pregate, layers, m.shape.n_experts,
+                                           engine.file_mapping()), source="l_out", page=4096)
+        log.set_prefetch(2, k)
+        ids = engine.tokenize(PROMPT)
+        logits, seq, issued = engine.decode(ids), list(ids), []
+        log.drain()
+        for _ in range(12):
+            seq.append(int(np.argmax(logits)))
+            logits = engine.decode(seq[-1:])
+            issued += [(PREFETCH_BASE - r[0], tuple(sorted(r[2 : 2 + r[1]])))
+                       for r in log.drain().tolist() if r[0] <= PREFETCH_BASE]
+    finally:
+        engine.close()
+    hidden: dict[int, np.ndarray] = {}
+    ref = LlamaBackend(EngineConfig(opened.model_path, 512, 1), lambda ev: None,
+                       extra_taps=("l_out",),
+                       tensor_observer=lambda layer, kind, rows: hidden.__setitem__(layer, rows))
+    try:
+        ref.decode(seq, all_outputs=True)
+    finally:
+        ref.close()
+    expected = []
+    for pos in range(len(ids), len(seq)):
+        for layer in sorted(hidden):
+            for t in [x for x in moe if x > layer][:2]:
+                expected.append((t, tuple(sorted(pregate.rank(t, hidden[layer][pos:pos + 1],
+                                                             k)[0].tolist()))))
+    assert len(issued) == len(expected)
+    agree = sum(a == b for a, b in zip(issued, expected, strict=True)) / len(expected)
+    assert agree >= 0.9, agree

@@ -4,7 +4,6 @@ every family and both backends, with a low-bit draft, a pruned draft and n-gram 
 from __future__ import annotations
 
 import json
-import re
 import shutil
 from pathlib import Path
 
@@ -173,8 +172,10 @@ def test_the_draft_counts_against_the_budget(bundle_factory):
     alone = minimum_budget(target)
     with pytest.raises(BudgetError, match="for the model and its draft") as e:
         runtime.load(target, budget=alone, draft=draft)
-    need = int(re.search(r"minimum of ([\d,]+) bytes", str(e.value)).group(1).replace(",", ""))
-    assert need > alone
+    need = minimum_budget(target, draft=draft)
+    assert need > alone and f"minimum of {need:,} bytes" in str(e.value)
+    with pytest.raises(BudgetError, match=f"minimum of {need:,} bytes"):
+        runtime.load(target, budget=need - 1, draft=draft)
     _, stats = _generate(target, need, draft=draft)
     assert stats["budget_bytes"] + stats["draft_budget_bytes"] <= need
     assert stats["offloading"] and stats["draft_expert_capacity_bytes"] > 0
