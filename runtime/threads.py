@@ -4,11 +4,11 @@ llama.cpp's CPU backend (the OpenMP build llama-cpp-python ships) puts every thr
 barrier after each graph node, hundreds of times per token. GNU OpenMP's default is to spin at a
 barrier (~300k iterations) before sleeping, so when another process holds a core, the thread
 that finished burns its time slice spinning while the one it waits for cannot get the CPU.
-Measured on a shared 2-core machine with a busy-loop neighbour (bench/bench_prefetch.py's
-README figures): decode with 2 spinning threads fell to a few tokens/s, while with passive
-waiting it kept ~0.9x of its speed without the neighbour. So edgemoe asks OpenMP to wait
-passively unless the user set a policy, and never runs more threads than the profile's `cores`
-or the CPUs this process may use. llama.cpp's own threadpool settings (polling level, priority,
+Measured on a shared 2-core machine (`bench/bench_runtime.py --contention`, trained fixture):
+2 spinning threads decoded 26 tok/s even without a neighbour; waiting passively, 302 tok/s, and
+x0.63 (prefill) / x0.55 (decode) of that with a busy loop on one core. So edgemoe asks OpenMP
+to wait passively unless the user set a policy, and never runs more threads than the profile's
+`cores` or the CPUs this process may use. llama.cpp's threadpool settings (polling level, priority,
 `llama_attach_threadpool`) do not reach OpenMP's barriers in this build, and raising priority
 would only move the problem to the neighbour, so they are left at their defaults.
 """

@@ -66,3 +66,22 @@ def test_empty_recorder_reports_nothing():
 def test_machine_measurements_are_positive():
     assert memory_bandwidth_gb_s(8 * 2**20, repeats=2) > 0
     assert io_read_bytes() is None or io_read_bytes() >= 0
+
+
+def test_engine_threads_respect_the_profile_cores(monkeypatch):
+    from runtime import threads
+
+    monkeypatch.setattr(threads, "available_cores", lambda: 8)
+    assert threads.engine_threads(None, 4, None) == 4
+    assert threads.engine_threads(None, 4, 3) == 3  # cores: the model's share of the CPU
+    assert threads.engine_threads(None, 16, None) == 8  # never more than this process may use
+    assert threads.engine_threads(6, 4, 2) == 6  # an explicit request wins
+
+
+def test_openmp_is_asked_to_wait_passively_unless_the_user_chose(monkeypatch):
+    from runtime import threads
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    assert threads.wait_passively() and threads.os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
+    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
+    assert not threads.wait_passively() and threads.os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
