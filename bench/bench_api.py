@@ -26,6 +26,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from common import resolve_bundle
+
 N_CTX = 1024
 PERSON = {"type": "json_schema", "json_schema": {"name": "person", "schema": {
     "type": "object",
@@ -36,17 +38,6 @@ PERSON = {"type": "json_schema", "json_schema": {"name": "person", "schema": {
 SHORT = "def parse(line):\n    "
 LONG = "".join(f"def step_{i}(value):\n    return value * {i} + {i % 7}\n\n" for i in range(24))
 
-
-def resolve_bundle(args: argparse.Namespace, tmp: Path) -> Path:
-    if args.bundle:
-        return Path(args.bundle)
-    from edgemoe_fixtures import cached_fixture
-    from packager.api import PackOptions, pack
-
-    out = tmp / f"{args.fixture}-Q8_0"
-    pack(PackOptions(src=str(cached_fixture(args.fixture)), out_dir=out, profile="laptop-16gb",
-                     quant="Q8_0", reference=False))
-    return out
 
 
 def paired(rounds: int, base: Callable[[], float], cand: Callable[[], float]
@@ -135,7 +126,7 @@ def main() -> None:
     import runtime
 
     with tempfile.TemporaryDirectory() as tmp:
-        bundle = resolve_bundle(args, Path(tmp))
+        bundle = resolve_bundle(args, Path(tmp), "Q8_0")
         with runtime.load(bundle, n_ctx=N_CTX, threads=args.threads) as model:
             print(f"bundle {bundle.name}, vocabulary {model.engine.n_vocab} tokens, "
                   f"{args.threads} threads")

@@ -22,21 +22,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from common import resolve_bundle  # noqa: E402
+
 from tests.apps.camera_soak import SoakResult, run_soak  # noqa: E402
 
 BARS = " .:-=+*#%@"
 
-
-def resolve_bundle(args: argparse.Namespace, tmp: Path) -> Path:
-    if args.bundle:
-        return Path(args.bundle)
-    from edgemoe_fixtures import cached_fixture
-    from packager.api import PackOptions, pack
-
-    out = tmp / f"{args.fixture}-F16"
-    pack(PackOptions(src=str(cached_fixture(args.fixture)), out_dir=out, profile="laptop-16gb",
-                     quant="F16", reference=False))
-    return out
 
 
 def print_curve(result: SoakResult, points: int = 24) -> None:

@@ -28,7 +28,6 @@ import json
 import os
 import random
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
+from common import free_port, resolve_bundle
 
 REPO = Path(__file__).resolve().parents[1]
 MAX_BODY = 64 << 10  # the server's --max-body-bytes here: oversize bodies stay cheap to send
@@ -84,22 +84,6 @@ class Tally:
     done: int = 0
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def resolve_bundle(args: argparse.Namespace, tmp: Path) -> Path:
-    if args.bundle:
-        return Path(args.bundle)
-    from edgemoe_fixtures import cached_fixture
-    from packager.api import PackOptions, pack
-
-    out = tmp / f"{args.fixture}-F16"
-    pack(PackOptions(src=str(cached_fixture(args.fixture)), out_dir=out, profile="laptop-16gb",
-                     quant="F16"))
-    return out
 
 
 def start_server(args: argparse.Namespace, bundle: Path, log_path: Path

@@ -141,24 +141,14 @@ class Temporal:
         s[list(experts)] += 1.0
 
 
-class Frequency:
-    """(b) The cache policy's view: decayed use counts (LRFU's, half-life in tokens)."""
+class Frequency(Temporal):
+    """(b) The cache policy's view: decayed use counts (LRFU's, half-life in tokens). The same
+    mechanism as `Temporal`, with a slow decay instead of a fast one."""
 
     name = "frequency"
 
     def __init__(self, n_experts: int, half_life: float = 32.0) -> None:
-        self.decay = 2.0 ** (-1.0 / half_life)
-        self._score: dict[int, np.ndarray] = {}
-        self.n_experts = n_experts
-
-    def predict(self, t: int, source: int, target: int, m: int) -> Sequence[int]:
-        s = self._score.get(target)
-        return [] if s is None else _top(s, m)
-
-    def observe(self, t: int, layer: int, experts: Sequence[int]) -> None:
-        s = self._score.setdefault(layer, np.zeros(self.n_experts))
-        s *= self.decay
-        s[list(experts)] += 1.0
+        super().__init__(n_experts, decay=2.0 ** (-1.0 / half_life))
 
 
 class Transition:
