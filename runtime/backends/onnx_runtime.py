@@ -92,6 +92,12 @@ class OnnxBackend:
         )
         outputs = [o.name for o in self.session.get_outputs()]
         self._routing = {int(m.group(1)): n for n in outputs if (m := _ROUTING.match(n))}
+        # Fetched every run, in this order: logits, each layer's present K/V, each MoE layer's ids.
+        self._outputs = [
+            "logits",
+            *(n.replace("past_key_values", "present") for n in self._past_names),
+            *(self._routing[k] for k in sorted(self._routing)),
+        ]
         self._kv_dtype = np.float16 if "float16" in self._first_past_type() else np.float32
         self.n_vocab = int(self.session.get_outputs()[0].shape[-1] or 0)
         self.n_past = 0
@@ -184,9 +190,9 @@ class OnnxBackend:
             "position_ids": np.arange(self.n_past, self.n_past + n, dtype=np.int64)[None, :],
             **self._past,
         }
-        names = ["logits", *(n.replace("past_key_values", "present") for n in self._past_names)]
-        names += [self._routing[k] for k in sorted(self._routing)]
-        results = self.session.run(names, {k: v for k, v in feeds.items() if k in self._inputs})
+        results = self.session.run(
+            self._outputs, {k: v for k, v in feeds.items() if k in self._inputs}
+        )
         logits, rest = results[0], results[1:]
         for past, present in zip(self._past_names, rest[: len(self._past_names)], strict=True):
             self._past[past] = present
