@@ -20,7 +20,6 @@ from runtime.server.middleware import (
     ApiKeyMiddleware,
     BodyLimitMiddleware,
     MetricsMiddleware,
-    StreamEndMiddleware,
 )
 from runtime.server.routes import router
 from runtime.server.settings import ServerSettings
@@ -79,7 +78,6 @@ def create_app(
         # layer); it shares the API's origin, so the page needs no CORS.
         app.mount("/ui", StaticFiles(packages=[("apps.kiosk", "static")], html=True), name="ui")
     # add_middleware wraps: the last added runs first.
-    app.add_middleware(StreamEndMiddleware)
     app.add_middleware(BodyLimitMiddleware, limit=settings.max_body_bytes)
     if settings.api_key is not None:
         app.add_middleware(ApiKeyMiddleware, api_key=settings.api_key)

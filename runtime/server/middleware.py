@@ -25,7 +25,6 @@ ENDPOINTS = frozenset({
     "/v1/models", "/v1/chat/completions", "/v1/completions", "/health", "/metrics",
     "/openapi.json", "/admin/reload",
 })
-DONE_EVENT = b"data: [DONE]\n\n"
 
 
 def endpoint_label(path: str) -> str:
@@ -82,39 +81,6 @@ class ApiKeyMiddleware:
             await bad_api_key(missing=not given).response()(scope, receive, send)
             return
         await self.app(scope, receive, send)
-
-
-class StreamEndMiddleware:
-    """Every server-sent event stream ends with `data: [DONE]`, also one that ends early on an
-    error event (shutdown, a model file fault, a timeout), so a client reading until [DONE]
-    always sees an explicit end instead of a stream that just stops."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        events = False
-        ended = False
-
-        async def send_end(message: Message) -> None:
-            nonlocal events, ended
-            if message["type"] == "http.response.start":
-                events = any(name == b"content-type" and value.startswith(b"text/event-stream")
-                             for name, value in message.get("headers", ()))
-            elif events and message["type"] == "http.response.body":
-                body = message.get("body", b"")
-                if body:
-                    ended = body.endswith(DONE_EVENT)
-                if not message.get("more_body", False) and not ended:
-                    ended = True
-                    await send({"type": "http.response.body", "body": DONE_EVENT,
-                                "more_body": True})
-            await send(message)
-
-        await self.app(scope, receive, send_end)
 
 
 class BodyLimitMiddleware:

@@ -251,12 +251,12 @@ async def _chunks(
             ev = await job.next()
         if ev.finish_reason == "cancelled":
             yield from_exception(_cancelled(engine), answer.prompt_param).sse()
-            return
-        if answer.include_usage:
+        elif answer.include_usage:
             yield answer.usage_chunk(ev.usage)
         yield _DONE
     except Exception as e:  # after the 200 went out, errors travel as an SSE error event
         yield from_exception(e, answer.prompt_param).sse()
+        yield _DONE  # every stream ends explicitly, an error one too
     finally:
         watcher.cancel()
         job.close()
