@@ -3,8 +3,9 @@
 The engine calls `on_routing(event)` (a `RoutingEvent`) after a layer's router chose and
 before its expert matmuls run. Experts the current batch needs are admitted (evicting others by
 policy); if a prompt batch needs more experts of one layer than the whole capacity, the surplus
-is "transient": its pages fault in for the matmul and are released again at the next routing
-event, so the budget is exceeded by at most one layer's experts, and only during prefill.
+is "transient": its reads start at once (WILLNEED), its pages serve the matmul and are
+released again at the next routing event, so the budget is exceeded by at most one layer's
+experts, and only during prefill.
 
 Hits stay out of Python when the engine can: llama.cpp's C tap (runtime/backends/llama_tap.py)
 logs a one-token event whose experts are all resident instead of calling us, against a bitmap
@@ -227,6 +228,10 @@ class ExpertPager:
                 self._transient.append((layer, e))
                 self.stats.transient_loads += 1
                 self.stats.transient_bytes += self.expert_bytes[layer]
+                if self.residency is not None:
+                    # Start reading now, all of them: the matmul would otherwise fault them
+                    # in one page at a time, in its own order, with nothing read ahead.
+                    self.residency.load(layer, e)
         if self._log is not None:
             # Transients must go before the next layer's matmuls; neighbours a fault mapped
             # can wait for the end of the step (Model._decode reconciles after every step).

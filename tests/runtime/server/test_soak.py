@@ -22,9 +22,9 @@ def test_soak_1000_requests(server_bundle: Path, tmp_path: Path) -> None:
     out = tmp_path / "soak.json"
     done = subprocess.run(
         [sys.executable, str(REPO / "bench" / "soak_server.py"), "--bundle", str(server_bundle),
-         "--requests", str(REQUESTS), "--duration", "150", "--max-tokens", "4",
+         "--requests", str(REQUESTS), "--duration", "420", "--max-tokens", "4",
          "--json", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=240,
+        cwd=REPO, capture_output=True, text=True, timeout=480,
     )
     assert out.exists(), done.stdout + done.stderr
     report = json.loads(out.read_text())
