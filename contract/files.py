@@ -27,11 +27,14 @@ def atomic_write_text(path: Path, text: str) -> Path:
 
 
 def read_json(path: Path, error: type[Exception], what: str = "") -> Any:
-    """Parse a JSON file; a missing or malformed file raises `error` naming path and line."""
+    """Parse a JSON file; whatever is wrong with the file (missing, unreadable, not UTF-8,
+    malformed, nested too deeply, a number too long) raises `error` naming it, on one line."""
     try:
         return json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise error(f"{path}: {what + ' ' if what else ''}not found") from None
+    except OSError as e:  # a directory, no permission, an I/O error
+        raise error(f"{path}: cannot read: {e.strerror or e}") from None
     except json.JSONDecodeError as e:
         raise error(f"{path}: malformed JSON at line {e.lineno}: {e.msg}") from None
     except UnicodeDecodeError as e:
@@ -39,7 +42,8 @@ def read_json(path: Path, error: type[Exception], what: str = "") -> Any:
     except RecursionError:
         raise error(f"{path}: JSON nested too deeply") from None
     except ValueError as e:  # e.g. an integer longer than Python's 4,300-digit limit
-        raise error(f"{path}: unreadable JSON ({e})") from None
+        reason = str(e).split(";")[0]  # not the advice to call sys.set_int_max_str_digits()
+        raise error(f"{path}: unreadable JSON ({reason})") from None
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:

@@ -6,6 +6,7 @@ grammar keeps "GB" meaning 10**9 and "GiB" 2**30 everywhere, the way disk and RA
 
 from __future__ import annotations
 
+import math
 import re
 
 # A decimal number, then an optional unit: b, k/kb/kib/ki, m.., g.., t.. (any case). No sign and
@@ -19,6 +20,9 @@ _UNITS = {
     "t": 10**12, "tb": 10**12, "ti": 2**40, "tib": 2**40,
 }
 EXAMPLES = "'6GiB', '1.5GB', '800MB' or 12345"
+# The largest size accepted: what a signed 64-bit byte count holds (8 EiB). Anything larger is a
+# typo or a hostile file, and would overflow C sizes (or, as a float, round() to infinity).
+MAX_SIZE = 2**63 - 1
 
 
 def parse_size(text: str | int) -> int:
@@ -31,10 +35,26 @@ def parse_size(text: str | int) -> int:
         raise ValueError(f"a size must be a string like '6GiB' or an integer, got {text!r}")
     if isinstance(text, int):
         if text < 0:
-            raise ValueError(f"a size cannot be negative, got {text}")
-        return text
+            raise ValueError(f"a size cannot be negative, got {_short(text)}")
+        return _bounded(text, text)
     m = _SIZE.match(text)
     if not m:
-        raise ValueError(f"'{text}' is not a size (expected e.g. {EXAMPLES})")
+        raise ValueError(f"'{_short(text)}' is not a size (expected e.g. {EXAMPLES})")
     number, unit = m.group(1), (m.group(2) or "").lower()
-    return round(float(number) * _UNITS[unit])
+    return _bounded(float(number) * _UNITS[unit], text)
+
+
+def _bounded(value: float | int, text: str | int) -> int:
+    """`value` as whole bytes, refused (ValueError, as for any bad size) when it is not finite
+    or over MAX_SIZE: a 400-digit size is float inf, and round(inf) raises OverflowError, which
+    validators (pydantic, the budget parser) do not turn into a clear error."""
+    if (isinstance(value, float) and not math.isfinite(value)) or value > MAX_SIZE:
+        raise ValueError(f"size '{_short(text)}' is too large (at most {MAX_SIZE:,} bytes)")
+    return round(value)
+
+
+def _short(text: str | int) -> str:
+    """The size as written, cut to 40 characters so a hostile value keeps the error one line."""
+    shown = str(text) if isinstance(text, str) or text.bit_length() < 128 else "a huge integer"
+    shown = shown.replace("\n", " ")
+    return shown if len(shown) <= 40 else shown[:37] + "..."

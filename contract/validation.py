@@ -44,22 +44,30 @@ _REPR_LIMIT = 80
 
 def rule(expected: str, *, got: Any = ..., field: Sequence[str | int] = ()) -> PydanticCustomError:
     """A broken rule: `field` must be `expected` (`got` defaults to the value being validated)."""
-    ctx: dict[str, Any] = {"expected": expected, "field": tuple(field), "at": _at(field)}
+    ctx: dict[str, Any] = {"expected": printable(expected), "field": tuple(field),
+                           "at": _at(field)}
     if got is not ...:
-        ctx["got"] = got
+        ctx["got"] = _got(got)  # shown as repr, so a hostile string cannot break rendering
     return PydanticCustomError(RULE, "{at}must be {expected}", ctx)
 
 
 def problem(text: str, *, field: Sequence[str | int] = ()) -> PydanticCustomError:
     """A broken rule that does not read as "must be ...", e.g. an unknown quant name."""
-    return PydanticCustomError(RULE, "{at}{text}", {"text": text, "field": tuple(field),
-                                                     "at": _at(field)})
+    return PydanticCustomError(RULE, "{at}{text}", {"text": printable(text),
+                                                     "field": tuple(field), "at": _at(field)})
+
+
+def printable(text: str) -> str:
+    """`text` with what UTF-8 cannot encode (a lone surrogate from a JSON escape such as
+    "\\ud800") written as a backslash escape: pydantic encodes an error's context to UTF-8
+    when it renders the message, and would raise UnicodeEncodeError instead."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def _at(field: Sequence[str | int]) -> str:
     """pydantic's own rendering (str(ValidationError), e.g. from a constructor) shows only the
     enclosing location, so a rule on a sub-field names it in the message as well."""
-    return f"field '{field_path(field)}': " if field else ""
+    return f"field '{printable(field_path(field))}': " if field else ""
 
 
 def expect(expected: str, check: Callable[[Any], Any] | None = None) -> WrapValidator:
@@ -99,7 +107,9 @@ def field_path(loc: Iterable[str | int]) -> str:
 
 
 def _got(value: Any) -> str:
-    text = repr(value)
+    """The offending value as a short repr (repr escapes lone surrogates; printable() is for
+    objects whose own repr does not)."""
+    text = printable(repr(value))
     return text if len(text) <= _REPR_LIMIT else text[: _REPR_LIMIT - 3] + "..."
 
 
@@ -124,12 +134,12 @@ def describe(err: ErrorDetails, where: str) -> str:
     if kind == RULE and "text" in ctx:
         return f"{where}: {subject}: {ctx['text']}" if path else f"{where}: {ctx['text']}"
     if kind == RULE:
-        expected, got = ctx["expected"], ctx.get("got", err["input"])
+        expected, shown = ctx["expected"], ctx.get("got") or _got(err["input"])
     elif kind in _EXPECTED:
-        expected, got = _EXPECTED[kind].format(**ctx), err["input"]
+        expected, shown = _EXPECTED[kind].format(**ctx), _got(err["input"])
     else:
         return f"{where}: {subject}: {err['msg']}"
-    got_text = "" if key is not None else f", got {_got(got)}"  # a bad key is shown already
+    got_text = "" if key is not None else f", got {shown}"  # a bad key is shown already
     return f"{where}: {subject} must be {expected}{got_text}"
 
 

@@ -56,11 +56,25 @@ def builtin_names() -> list[str]:
 
 
 def _parse(text: str, where: str, path: Path | None) -> DeviceProfile:
+    """Parse and validate one profile's TOML. Besides TOMLDecodeError, tomllib raises
+    RecursionError for deeply nested arrays and ValueError for an integer over Python's
+    4,300-digit limit: both are a bad file, so both are a ProfileError naming it."""
     try:
         table = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
+    except tomllib.TOMLDecodeError as e:  # a ValueError subclass: caught first for its position
         raise ProfileError(f"{where}: not valid TOML: {e}") from None
+    except RecursionError:
+        raise ProfileError(f"{where}: not valid TOML: nested too deeply") from None
+    except ValueError as e:
+        raise ProfileError(f"{where}: not valid TOML: {_first_line(e)}") from None
     return profile_from_table(table, where, path)
+
+
+def _first_line(error: Exception) -> str:
+    """The first line of an error's text, so a ProfileError stays one line (and without
+    Python's advice to call sys.set_int_max_str_digits(), which follows a ';')."""
+    text = str(error).split(";")[0].strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def load_profile_file(path: str | Path) -> DeviceProfile:

@@ -14,10 +14,10 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Mapping, Sequence
-from functools import lru_cache
 from typing import Any
 
 from runtime.errors import ChatTemplateError
+from runtime.template_sandbox import TemplateTooCostly, render_bounded
 from runtime.tools import ToolChoice, ToolSpec, call_text, fallback_system_text, response_text
 
 ROLES = ("system", "developer", "user", "assistant", "tool")
@@ -124,6 +124,8 @@ def render_chat(
     try:
         return _render(template, [{"role": "system", "content": note}, *plain],
                        add_generation_prompt)
+    except TemplateTooCostly:
+        raise
     except ChatTemplateError:  # a template that refuses system messages: tell the user turn
         first = next((i for i, m in enumerate(plain) if m["role"] == "user"), 0)
         plain[first] = {**plain[first], "content": f"{note}\n\n{plain[first]['content']}"}
@@ -155,22 +157,5 @@ def _plain_messages(msgs: list[dict[str, Any]]) -> list[dict[str, str]]:
 
 
 def _render(template: str, msgs: list[Any], add_generation_prompt: bool, **extra: Any) -> str:
-    from jinja2 import TemplateError
-
-    try:
-        return _compiled(template).render(
-            messages=msgs, add_generation_prompt=add_generation_prompt, bos_token="",
-            eos_token="", **extra,
-        )
-    except (TemplateError, TypeError, ValueError, KeyError, AttributeError) as e:
-        # A template's own error (or raise_exception, undefined here) is a 400, not a crash.
-        kind = "" if isinstance(e, TemplateError) else f"{type(e).__name__}: "
-        raise ChatTemplateError(f"chat template failed: {kind}{e}") from None
-
-
-@lru_cache(maxsize=8)
-def _compiled(template: str):
-    """Compiling costs ~1 ms; a bundle has one template, so keep it."""
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    return ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True).from_string(template)
+    return render_bounded(template, messages=msgs, add_generation_prompt=add_generation_prompt,
+                          bos_token="", eos_token="", **extra)

@@ -23,7 +23,7 @@ from runtime.prefetch import Guesses, PrefetchTrace
 from runtime.pregate import Pregate, next_layers, read_routers
 from runtime.replay import Row, render_replay, replay
 from runtime.routing_probe import RoutingProbe
-from runtime.routing_trace import RoutingTrace
+from runtime.routing_trace import RoutingTrace, TraceError
 
 
 @dataclass(frozen=True)
@@ -141,6 +141,7 @@ def replay_budgets(
     opened = open_bundle(bundle, fmt=format_for(backend))
     m = opened.manifest
     expert_bytes = {x.layer: x.expert_bytes for x in opened.build.expert_layers}
+    _check_shape(trace, m.shape.n_experts, expert_bytes, str(opened.path))
     capacities: dict[str, int] = {}
     for b in budgets:
         spec = parse_budget(b)
@@ -152,6 +153,20 @@ def replay_budgets(
         pinned = pinned_set(m.hot_experts, expert_bytes, cap, m.shape.top_k) if pin_hot else None
         rows += replay(trace, list(policies), [cap], expert_bytes, pinned)
     return TraceReport(trace, rows, capacities)
+
+
+def _check_shape(trace: RoutingTrace, n_experts: int, expert_bytes: dict[int, int],
+                 where: str) -> None:
+    """A trace recorded on another model (other MoE layers or expert count) cannot be replayed
+    against this bundle; say so up front instead of failing inside the cache (ValueError)."""
+    if trace.n_experts != n_experts:
+        raise TraceError(f"trace has {trace.n_experts} experts per layer but the bundle {where} "
+                         f"has {n_experts}: it was recorded on another model")
+    foreign = sorted(set(trace.moe_layers) - set(expert_bytes))
+    if foreign:
+        shown = ", ".join(map(str, foreign[:8])) + (" ..." if len(foreign) > 8 else "")
+        raise TraceError(f"trace has MoE layers the bundle {where} does not ({shown}; it has "
+                         f"{len(expert_bytes)}): it was recorded on another model")
 
 
 __all__ = [

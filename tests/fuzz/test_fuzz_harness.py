@@ -9,10 +9,11 @@ import tomllib
 
 import pytest
 
+from tests.fuzz import known
 from tests.fuzz.draw import RandomDraw
 from tests.fuzz.gguf_model import parse, serialize
 from tests.fuzz.gguf_mutate import mutate_gguf
-from tests.fuzz.known import known_issue
+from tests.fuzz.known import KnownIssue, known_issue
 from tests.fuzz.outcomes import Outcome, classify_cli, one_line_problem, worst
 from tests.fuzz.trees import Pairs, Raw, mutate_tree, to_json, to_toml
 
@@ -103,9 +104,13 @@ def test_one_error_line_and_worst_outcome():
     assert worst([]) is Outcome.OK
 
 
-def test_known_issues_match_by_origin_not_by_wording():
+def test_known_issues_match_by_origin_not_by_wording(monkeypatch):
+    # A stand-in entry: the real list may be empty (every issue fixed).
+    issue = KnownIssue("files", "contract/files.py", r"usage:planner",
+                       r"RecursionError at \w+ \[contract/files\.py\]", "example")
+    monkeypatch.setattr(known, "KNOWN", (issue,))
     hit = known_issue("usage:planner", "RecursionError at start [contract/files.py]: anything")
-    assert hit is not None and hit.owner == "contract/files.py"
+    assert hit is issue
     assert known_issue("usage", "RecursionError at start [packager/usage.py]: x") is None
 
 

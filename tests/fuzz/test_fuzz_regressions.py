@@ -198,3 +198,198 @@ def test_usage_numbers_are_checked(change, tmp_path):
     path.write_text(json.dumps(doc))
     with pytest.raises(UsageError):
         UsageProfile.load(path)
+
+
+# --- fixes of the entries once listed in tests/fuzz/known.py -----------------------------------
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("blob", "problem"),
+    [
+        (b'{"per_layer": "\xff"}', "not UTF-8"),
+        (b"[" * 100_000 + b"]" * 100_000, "nested too deeply"),
+        (b'{"per_layer": ' + b"9" * 5000 + b"}", "4300 digits"),
+        (None, "cannot read"),  # a directory where the file should be
+    ],
+)
+def test_usage_file_for_the_planner_fails_cleanly(blob, problem, tmp_path):
+    """read-json-residue: `--usage FILE` (packager.planning.load_usage) read through read_json."""
+    from packager.errors import PackError
+    from packager.planning import load_usage
+
+    path = tmp_path / "usage.json"
+    path.mkdir() if blob is None else path.write_bytes(blob)
+    with pytest.raises(PackError) as e:
+        load_usage(path)
+    message = str(e.value)
+    assert problem in message and str(path) in message and "\n" not in message
+    assert "set_int_max_str_digits" not in message
+
+
+def _profile_table() -> dict:
+    import tomllib
+
+    from tests.fuzz.seeds import ROOT
+
+    return tomllib.loads((ROOT / "device_profiles" / "laptop-16gb.toml").read_text())
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("field", "value"),
+    [("default_quant", "Q4\ud800"), ("kv_cache_type", "\ud800"), ("formats", ["gg\ud800"])],
+)
+def test_lone_surrogate_is_escaped_and_the_field_named(field, value):
+    """validation-surrogate: pydantic encodes an error's context to UTF-8; a lone surrogate
+    (a JSON "\\ud800") in it made the message unrenderable instead of naming the field."""
+    from contract.device_profile import profile_from_table
+    from contract.errors import ProfileError
+
+    with pytest.raises(ProfileError) as e:
+        profile_from_table({**_profile_table(), field: value}, "p.toml")
+    message = str(e.value)
+    message.encode("utf-8")  # printable as it is
+    assert f"field '{field}'" in message and "\\ud800" in message
+    assert "unprintable" not in message
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("isa = " + "[" * 5000 + "]" * 5000, "nested too deeply"),
+        ("threads = " + "9" * 5000, "4300 digits"),
+    ],
+)
+def test_profile_toml_residue_is_a_profile_error(text, problem, tmp_path):
+    """profile-toml-residue: tomllib raises RecursionError and ValueError besides
+    TOMLDecodeError."""
+    from device_profiles import ProfileError, load_profile_file
+
+    path = tmp_path / "p.toml"
+    path.write_text(text)
+    with pytest.raises(ProfileError, match="not valid TOML") as e:
+        load_profile_file(path)
+    assert problem in str(e.value) and str(path) in str(e.value)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("size", ["9" * 400 + "GiB", "9" * 400, 10**400, "9223372036854775808"])
+def test_absurd_size_is_a_clear_error(size):
+    """parse-size-overflow: a 400-digit size was float inf, and round(inf) raised
+    OverflowError, which pydantic does not turn into a validation error."""
+    from contract.device_profile import profile_from_table
+    from contract.errors import ProfileError
+    from contract.sizes import parse_size
+    from runtime.budget import parse_budget
+    from runtime.errors import BudgetError
+
+    with pytest.raises(ValueError, match="too large"):
+        parse_size(size)
+    with pytest.raises(ProfileError, match=r"field 'model_memory': size .* is too large"):
+        profile_from_table({**_profile_table(), "model_memory": size}, "p.toml")
+    with pytest.raises(BudgetError, match="budget"):
+        parse_budget(str(size))
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("template", "problem"),
+    [
+        ("{{ 1/0 }}", "ZeroDivisionError"),
+        ("{% for i in range(99999999) %}x{% endfor %}", "OverflowError: Range too big"),
+        ("{{ 1.5 ** 10000 }}", "OverflowError"),
+        ("{% macro f(n) %}{{ f(n) }}{% endmacro %}{{ f(1) }}", "RecursionError"),
+    ],
+)
+def test_chat_template_python_errors_are_template_errors(template, problem):
+    """chat-template-escapes: render_chat caught jinja's TemplateError (and a few) only."""
+    from runtime.chat_template import render_chat
+    from runtime.errors import ChatTemplateError
+
+    with pytest.raises(ChatTemplateError, match="chat template failed") as e:
+        render_chat(template, [{"role": "user", "content": "hi"}])
+    assert problem in str(e.value) and "\n" not in str(e.value)
+
+
+UNBOUNDED_TEMPLATES = {
+    "repeat a gigabyte": ("{{ 'x' * 10**9 }}", "repeated value"),
+    "nested loops": ("{% for i in range(99999) %}{% for j in range(99999) %}{% endfor %}"
+                     "{% endfor %}", "steps"),
+    "nested loops over one range": ("{% set r = range(99999) %}{% for i in r %}{% for j in r %}"
+                                    "{% endfor %}{% endfor %}", "steps"),
+    "megabytes of output": ("{% for i in range(99999) %}{{ 'x' * 99 }}{% endfor %}",
+                            "exceeds"),
+    "doubling in a namespace": ("{% set ns = namespace(s='x') %}{% for i in range(40) %}"
+                                "{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s }}", "joined"),
+    "huge power": ("{{ 2 ** (10**9) }}", "bits"),
+    "huge format width": ("{{ '%999999999d' % 1 }}", "format width"),
+    "huge str.format width": ("{{ '{:>999999999}'.format(1) }}", "format width"),
+    "huge center": ("{{ 'x'|center(999999999) }}", "width"),
+    "huge ljust": ("{{ 'x'.ljust(10**9) }}", "width"),
+    "join multiplies": ("{{ range(99999)|join('y' * 99999) }}", "joined value"),
+    "replace multiplies": ("{{ ('x' * 99999)|replace('x', 'y' * 99999) }}", "replaced"),
+    "a list of long strings": ("{% set s = 'x' * 999999 %}{{ [s, s, s] }}", "value's text"),
+}
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("case", sorted(UNBOUNDED_TEMPLATES))
+def test_chat_template_rendering_is_bounded(case):
+    """chat-template-unbounded: a manifest's template made Model.chat tokenize a gigabyte
+    prompt (abort on allocation failure) or never finish rendering."""
+    from runtime.chat_template import render_chat
+    from runtime.template_sandbox import TemplateTooCostly
+
+    template, problem = UNBOUNDED_TEMPLATES[case]
+    started = time.monotonic()
+    with pytest.raises(TemplateTooCostly, match="chat template failed") as e:
+        render_chat(template, [{"role": "user", "content": "hi"}])
+    assert problem in str(e.value) and "\n" not in str(e.value)
+    assert time.monotonic() - started < 15
+
+
+@pytest.mark.unit
+def test_bounded_sandbox_renders_as_jinja_does():
+    """The bounds change no output: loops, loop.*, namespaces, filters, `~`, `%`, str
+    methods and tojson render exactly as jinja's own sandbox renders them."""
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    from runtime.chat_template import render_chat
+
+    template = (
+        "{% set ns = namespace(last=-1) %}{% for m in messages[::-1] %}"
+        "{% if m.role == 'user' and ns.last < 0 %}{% set ns.last = loop.revindex0 %}{% endif %}"
+        "{% endfor %}{% for m in messages %}<|{{ m.role|upper }}|>{{ m.content|trim }}"
+        "{{ ' (%d/%d)' % (loop.index, loop.length) }}{% if loop.index0 == ns.last %}*{% endif %}"
+        "{{ '\\n' ~ m.content.split()|join(',') ~ ('!' * 3) }}{{ m|tojson }}\n{% endfor %}"
+        "{{ messages|map(attribute='role')|unique|list|tojson }}{{ '{:>5}'.format('x') }}"
+        "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+    )
+    messages = [{"role": "system", "content": " be brief "},
+                {"role": "user", "content": "what is 2 + 2 & <b>?"},
+                {"role": "assistant", "content": "4"}, {"role": "user", "content": "ok"}]
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
+    expected = env.from_string(template).render(messages=messages, add_generation_prompt=True,
+                                                bos_token="", eos_token="")
+    assert render_chat(template, messages) == expected
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize(
+    ("n_experts", "layers", "problem"),
+    [(None, (40, 41), "MoE layers"), (3, None, "experts per layer")],
+)
+def test_replay_of_another_models_trace_is_a_trace_error(n_experts, layers, problem,
+                                                        tiny_bundle):
+    """replay-trace-shape: replay_budgets did not check the trace against the bundle, and a
+    well-formed trace of another shape raised ValueError from ExpertCache."""
+    from runtime.bundle import open_bundle
+    from runtime.routing_trace import TraceError, synthetic_trace
+    from runtime.tracing import replay_budgets
+
+    shape = open_bundle(tiny_bundle).manifest.shape
+    trace = synthetic_trace(8, n_experts or shape.n_experts, layers or shape.moe_layers,
+                            2 if n_experts else shape.top_k)
+    with pytest.raises(TraceError, match="recorded on another model") as e:
+        replay_budgets(tiny_bundle, trace, ["25%"], ["lru"])
+    assert problem in str(e.value)
