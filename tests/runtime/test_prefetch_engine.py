@@ -22,8 +22,8 @@ pytestmark = pytest.mark.engine
 
 PROMPT = "import os\nimport sys\n\ndef main(argv):\n    "
 # Never turn itself off during a test: every guess is issued, whatever it wastes.
-ALWAYS = PrefetchSettings(depth=2, window=10**6)
-FROM_OUTPUT = PrefetchSettings(depth=2, window=10**6, source="l_out")
+ALWAYS = PrefetchSettings(depth=2, window=10**6, idle_span=10**6)
+FROM_OUTPUT = PrefetchSettings(depth=2, window=10**6, idle_span=10**6, source="l_out")
 
 
 def _native() -> bool:
