@@ -85,11 +85,20 @@ def _weight_keys(ckpt: Path) -> dict[str, str]:
 def test_registry_has_the_promised_fixtures():
     assert set(FIXTURES) == {
         "qwen3moe-tiny", "qwen2moe-tiny", "mixtral-tiny", "olmoe-tiny", "deepseek2-tiny",
-        "dense-tiny", "qwen3moe-medium", "qwen3moe-trained",
+        "dense-tiny", "qwen3moe-medium", "qwen3moe-trained", "qwen3moe-large",
     }  # fmt: skip
     assert set(TINY_FIXTURES) == {*MOE_TINY, "dense-tiny"}
     assert all(spec.is_moe for n, spec in FIXTURES.items() if n != "dense-tiny")
     assert not FIXTURES["dense-tiny"].is_moe
+
+
+def test_large_fixture_has_400_mb_of_q8_0_experts():
+    """Offloading is judged on a model whose experts are >= 400 MB (issue 10): Q8_0 stores a
+    block of 32 weights in 34 bytes."""
+    c = FIXTURES["qwen3moe-large"].config_dict()
+    weights = (c["num_hidden_layers"] * c["num_experts"] * 3 * c["hidden_size"]
+               * c["moe_intermediate_size"])
+    assert weights * 34 // 32 >= 400_000_000
 
 
 def test_spec_hash_tracks_every_field_but_the_description():
