@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +28,11 @@ from runtime.errors import (
     BundleError,
     ChatTemplateError,
     EdgemoeError,
-    PromptTooLongError,
     SamplingError,
 )
 from runtime.expert_cache import ExpertCache
 from runtime.expert_pager import ExpertPager
 from runtime.generation import (
-    DEFAULT_MAX_TOKENS,
     GenerationRequest,
     GenerationResult,
     PreparedRequest,
@@ -47,10 +44,10 @@ from runtime.latency import LatencyRecorder
 from runtime.pinning import pinned_set
 from runtime.policy import DEFAULT_POLICY
 from runtime.prefetcher import PrefetchSettings
+from runtime.preparation import prepare_request
 from runtime.procfs import mapping_rss, process_rss
 from runtime.residency import FileMapping, MadviseResidency
 from runtime.speculative import DEFAULT_DRAFT_TOKENS, Speculator, check_draft_tokens
-from runtime.structured import Constraint, build_constraint
 from runtime.threads import engine_threads
 from runtime.tools import ToolChoice, ToolSpec
 
@@ -306,57 +303,10 @@ class Model:
 
     def prepare(self, request: GenerationRequest) -> PreparedRequest:
         """Render the chat template, tokenize, check the context window and build the grammar,
-        once.
-
-        Every generation goes through here before it runs (or waits in a server's queue), so a
-        request that cannot run fails early (ChatTemplateError, PromptTooLongError, or a
-        SamplingError for a grammar this engine cannot run), and the engine never tokenizes
-        again. Safe to call while another thread generates: rendering is pure, tokenizing and
-        parsing a grammar only read the vocabulary.
-        """
+        once (runtime/preparation.py). Safe to call while another thread generates."""
         if self.engine is None:
             raise EdgemoeError(f"{self.name}: the model is closed")
-        if request.messages is not None:
-            prompt = self.apply_chat_template(
-                request.messages, request.tools, request.tool_choice  # type: ignore[arg-type]
-            )
-        else:
-            assert request.prompt is not None  # GenerationRequest holds exactly one
-            prompt = request.prompt
-        ids = self.tokenize(prompt) or [self.engine.eos_token()]
-        params, room = request.params, self.n_ctx - len(ids)
-        if params.max_tokens is None:  # the default: as much as fits, up to DEFAULT_MAX_TOKENS
-            if room < 1:
-                raise PromptTooLongError(len(ids), self.n_ctx)
-            params = replace(params, max_tokens=min(DEFAULT_MAX_TOKENS, room))
-        elif params.max_tokens > room:
-            raise PromptTooLongError(len(ids), self.n_ctx, params.max_tokens)
-        for token, _ in params.logit_bias:
-            if token >= self.engine.n_vocab:
-                raise SamplingError(f"logit_bias names token {token}, outside the vocabulary of "
-                                    f"{self.engine.n_vocab} tokens")
-        constraint = build_constraint(
-            request.response_format,  # type: ignore[arg-type]  # checked by GenerationRequest
-            params.grammar,
-            request.tools,  # type: ignore[arg-type]
-            request.tool_choice,  # type: ignore[arg-type]
-            request.parallel_tool_calls,
-        )
-        if constraint.active:
-            params = replace(params, grammar=constraint.grammar)
-            self._check_grammar(params, constraint)
-        return PreparedRequest(prompt, tuple(ids), params, constraint)
-
-    def _check_grammar(self, params: SamplingParams, constraint: Constraint) -> None:
-        """Build (and drop) the sampler once, so a grammar the engine cannot parse or run is a
-        400 before queueing; a lazy tool grammar is checked in its complete form."""
-        grammar = params.grammar
-        if grammar is None and constraint.tools is not None:
-            grammar = constraint.tools.grammar
-        try:
-            self.engine.sampler(replace(params, grammar=grammar)).close()
-        except SamplingError as e:
-            raise SamplingError(f"{constraint.source} {e}") from None
+        return prepare_request(self.engine, self.manifest.chat_template, self.n_ctx, request)
 
     def logit_bias_vector(
         self, pairs: tuple[tuple[int, float], ...], n_vocab: int
