@@ -41,8 +41,8 @@ class PrefetchSettings:
     (down to off), one below half of that doubles it (up to `width`). idle_span / idle_min:
     guessing costs the same whether or not it reads anything (a graph stop and a router
     product per layer); when `idle_span` one-token layer runs started fewer than `idle_min`
-    expert reads (the guesses were resident already), it is turned off (large fixture, 50 %
-    cold: x0.78 with it always on vs x0.87 without, having read 0 experts). retry_tokens:
+    expert reads (the guesses were resident already), the width doubles, and at full width
+    prefetching turns off (large fixture, 50 % cold: guesses read 0 experts). retry_tokens:
     tokens to stay off before trying again at width 1.
     """
 
@@ -123,9 +123,10 @@ class PrefetchGovernor:
         self._started += experts
 
     def ran(self) -> bool:
-        """A MoE layer ran for one token. When a span of them started (almost) no reads,
-        guessing costs without paying: off, and retried like a wasteful one. True when the
-        width changed."""
+        """A MoE layer ran for one token. When a span of them started (almost) no reads, the
+        guesses were resident already: wider (the misses are further down the ranking), and at
+        full width off, retried like a wasteful one, since guessing costs without paying. True
+        when the width changed."""
         if not self.width:
             return False
         self._runs += 1
@@ -135,7 +136,8 @@ class PrefetchGovernor:
         self._runs = self._started = 0
         if not idle:
             return False
-        before, self.width = self.width, 0
+        before = self.width
+        self.width = 0 if self.width >= self.max_width else min(self.max_width, self.width * 2)
         return self._changed(before)
 
     def tick(self) -> bool:
@@ -226,7 +228,7 @@ class Prefetcher:
     def routed(self, layer: int, experts: Sequence[int]) -> None:
         """`layer` ran for one token with `experts`: score what was prefetched for it."""
         if self.governor.ran():
-            self.log.set_prefetch(self.settings.depth, 0)
+            self.log.set_prefetch(self.settings.depth, self.governor.width)
         pending = self._pending.pop(layer, None)
         if not pending:
             return
