@@ -258,6 +258,10 @@ class ExpertPager:
         if self._log is not None:
             self._log.python_needed = False
         if self.prefetcher is not None:
+            if self.prefetcher.active:
+                # The governor judges what prefetching reads from the runs it sees; when every
+                # expert is resident, no event reaches Python and the log would wait for one.
+                self.sync()
             self.prefetcher.tick()
         if self.cache is None or self.residency is None:
             self._transient.clear()

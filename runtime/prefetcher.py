@@ -220,6 +220,11 @@ class Prefetcher:
         self.used = self.unused = 0
         log.set_prefetch(settings.depth, self.governor.width)
 
+    @property
+    def active(self) -> bool:
+        """Whether the tap is guessing now (the governor has not turned it off)."""
+        return self.governor.width > 0
+
     def issued(self, target: int, experts: Sequence[int]) -> None:
         """The tap started reading these experts of `target` (a replayed log record)."""
         self._pending.setdefault(target, set()).update(experts)
