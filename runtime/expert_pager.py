@@ -211,7 +211,7 @@ class ExpertPager:
             return
         layer, flat_ids = event.layer, event.ids.ravel()
         if self._transient or self._fresh:
-            self.reconcile()
+            self.reconcile(step_end=False)
         if flat_ids.size == self.top_k:  # one token (decode): its experts, nothing to rank
             needed = flat_ids.tolist()
         else:
@@ -252,12 +252,13 @@ class ExpertPager:
                 surplus.append(e)
         return admit, surplus
 
-    def reconcile(self) -> None:
+    def reconcile(self, step_end: bool = True) -> None:
         """Give back pages the books say are released: transient experts, and neighbours that
-        the previous layer's loads mapped in along with the experts they were for."""
+        the previous layer's loads mapped in along with the experts they were for. The engine
+        calls it after each step (`step_end`), the pager itself also between layers."""
         if self._log is not None:
             self._log.python_needed = False
-        if self.prefetcher is not None:
+        if self.prefetcher is not None and step_end:
             if self.prefetcher.active:
                 # The governor judges what prefetching reads from the runs it sees; when every
                 # expert is resident, no event reaches Python and the log would wait for one.
