@@ -216,13 +216,18 @@ def test_readers_during_swaps_always_see_one_whole_version(srcs, tmp_path):
 
     def reader() -> None:
         while not stop.is_set():
+            opened = None
             try:
                 opened = open_bundle(dest)  # resolves DEST once, checks, samples the blocks
                 report = verify_bundle(opened.path)  # every byte of the version it resolved
                 assert report.ok, report.problems
                 seen.add((opened.path / "README.md").read_text().rsplit("version ", 1)[1])
             except Exception as e:  # noqa: BLE001 - any failure at all is the finding
-                errors.append(repr(e))
+                # ...unless the version it resolved was pruned before it re-read it by path:
+                # KEEP allows that two pulls later, and a descheduled reader can be that slow.
+                # Never a torn version: the folder is renamed away whole before it is deleted.
+                if opened is None or opened.path.exists():
+                    errors.append(repr(e))
 
     threads = [threading.Thread(target=reader) for _ in range(2)]
     for t in threads:
