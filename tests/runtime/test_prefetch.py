@@ -164,6 +164,10 @@ def test_settings_and_their_defaults():
     assert prefetch_settings(False, cold=True) is None
     with pytest.raises(ValueError, match="depth"):
         PrefetchSettings(depth=3)
+    with pytest.raises(ValueError, match="idle_span"):
+        PrefetchSettings(idle_span=0)
+    with pytest.raises(ValueError, match="idle_min"):
+        PrefetchSettings(idle_min=-1)
 
 
 def test_governor_starts_narrow_grows_when_useful_and_turns_off_when_not():
