@@ -30,11 +30,7 @@ import time
 from pathlib import Path
 
 import httpx
-from common import free_port, resolve_bundle
-
-REPO = Path(__file__).resolve().parents[1]
-
-
+from common import free_port, launch_server, resolve_bundle, wait_healthy
 
 
 def start(bundle: Path, log: Path, unleased: bool) -> tuple[subprocess.Popen[bytes], str, str]:
@@ -43,21 +39,9 @@ def start(bundle: Path, log: Path, unleased: bool) -> tuple[subprocess.Popen[byt
            "--n-ctx", "2048", "--threads", "1", "--budget", "50%", "--log-level", "info"]
     if unleased:
         cmd = ["setpriv", "--inh-caps=-lease", "--bounding-set=-lease", *cmd]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, cwd=REPO,
-                                env={**os.environ, "PYTHONPATH": str(REPO)})
+    proc = launch_server(cmd, log, keep_api_key=True)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            r = httpx.get(f"{base}/health", timeout=2)
-            if r.status_code == 200:
-                return proc, base, r.json()["model"]
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise SystemExit(f"server did not start:\n{log.read_text(errors='replace')}")
+    return proc, base, wait_healthy(proc, base, log)
 
 
 def stream(base: str, model: str, out: list[str]) -> None:

@@ -25,9 +25,8 @@ import time
 from pathlib import Path
 
 import httpx
-from common import free_port, resolve_bundle
+from common import free_port, launch_server, resolve_bundle, wait_healthy
 
-REPO = Path(__file__).resolve().parents[1]
 PROMPT = "The quick brown fox jumps over the lazy dog. Then it"
 MESSAGES = [{"role": "user", "content": "Say something short."}]
 N_CTX = 512
@@ -39,21 +38,10 @@ def start_server(bundle: Path, threads: int, log_path: Path) -> tuple[subprocess
     cmd = [sys.executable, "-m", "runtime.server", str(bundle), "--host", "127.0.0.1",
            "--port", str(port), "--n-ctx", str(N_CTX), "--threads", str(threads),
            "--log-level", "warning"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("EDGEMOE_API_KEY", None)
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+    proc = launch_server(cmd, log_path)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            if httpx.get(f"{base}/health", timeout=2).status_code == 200:
-                return proc, base
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.05)
-    proc.kill()
-    raise SystemExit(f"server did not start:\n{log_path.read_text(errors='replace')}")
+    wait_healthy(proc, base, log_path)
+    return proc, base
 
 
 def start_inprocess(model, threads: int):

@@ -322,7 +322,8 @@ def _print_table(configs: list[Config], runs: dict[str, list[dict]],
     reference: list[int] | None = None
     for cfg in configs:
         got = runs[cfg.label]
-        ok = [(b, g) for b, g in zip(base, got) if "failed" not in g and "failed" not in b]
+        ok = [(b, g) for b, g in zip(base, got, strict=True)
+              if "failed" not in g and "failed" not in b]
         if not ok:
             print(f"{cfg.label:<28} failed: {got[-1].get('failed', '?')}")
             continue

@@ -1,10 +1,16 @@
-"""What several bench scripts share: a free loopback port and the bundle they measure."""
+"""What several bench scripts share: a free loopback port, the bundle they measure, a server
+process started and waited for."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import socket
+import subprocess
+import time
 from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
@@ -25,3 +31,33 @@ def resolve_bundle(args: argparse.Namespace, tmp: Path, quant: str = "F16") -> P
     pack(PackOptions(src=str(cached_fixture(args.fixture)), out_dir=out, profile="laptop-16gb",
                      quant=quant, reference=False))
     return out
+
+
+def launch_server(cmd: list[str], log_path: Path, *, keep_api_key: bool = False
+                  ) -> subprocess.Popen[bytes]:
+    """`cmd` (a server command line) started from the repository with its output in `log_path`;
+    EDGEMOE_API_KEY is dropped unless asked for, so a bench never needs a key."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    if not keep_api_key:
+        env.pop("EDGEMOE_API_KEY", None)
+    with open(log_path, "wb") as log:
+        return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+
+
+def wait_healthy(proc: subprocess.Popen[bytes], base: str, log_path: Path,
+                 timeout: float = 120.0) -> str:
+    """The model name once `base`/health answers 200; the server is killed and the bench ends
+    with its log when it exits or does not answer within `timeout` seconds."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            r = httpx.get(f"{base}/health", timeout=2)
+            if r.status_code == 200:
+                return str(r.json()["model"])
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.05)
+    proc.kill()
+    raise SystemExit(f"server did not start:\n{log_path.read_text(errors='replace')}")

@@ -40,9 +40,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import httpx
-from common import free_port, resolve_bundle
+from common import free_port, launch_server, resolve_bundle, wait_healthy
 
-REPO = Path(__file__).resolve().parents[1]
 MAX_BODY = 64 << 10  # the server's --max-body-bytes here: oversize bodies stay cheap to send
 # kind -> (weight in the mix, statuses it may get)
 MIX: dict[str, tuple[int, frozenset[int]]] = {
@@ -93,22 +92,9 @@ def start_server(args: argparse.Namespace, bundle: Path, log_path: Path
            "--port", str(port), "--budget", args.budget, "--n-ctx", str(args.n_ctx),
            "--threads", str(args.threads), "--max-queue", str(args.max_queue),
            "--max-body-bytes", str(MAX_BODY), "--log-level", "warning"]
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    env.pop("EDGEMOE_API_KEY", None)
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+    proc = launch_server(cmd, log_path)
     base = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and proc.poll() is None:
-        try:
-            r = httpx.get(f"{base}/health", timeout=2)
-            if r.status_code == 200:
-                return proc, base, r.json()["model"]
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.1)
-    proc.kill()
-    raise SystemExit(f"server did not start:\n{log_path.read_text(errors='replace')}")
+    return proc, base, wait_healthy(proc, base, log_path)
 
 
 def sample(pid: int, done: int, steady: bool) -> Sample:
