@@ -9,6 +9,8 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from contract.errors import first_line
+
 
 def atomic_write_text(path: Path, text: str) -> Path:
     """Write to a temp file beside `path` and rename, so readers never see half a file."""
@@ -42,8 +44,7 @@ def read_json(path: Path, error: type[Exception], what: str = "") -> Any:
     except RecursionError:
         raise error(f"{path}: JSON nested too deeply") from None
     except ValueError as e:  # e.g. an integer longer than Python's 4,300-digit limit
-        reason = str(e).split(";")[0]  # not the advice to call sys.set_int_max_str_digits()
-        raise error(f"{path}: unreadable JSON ({reason})") from None
+        raise error(f"{path}: unreadable JSON ({first_line(e, before=';')})") from None
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:

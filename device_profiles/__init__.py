@@ -20,6 +20,7 @@ from contract.device_profile import (
     parse_size,
     profile_from_table,
 )
+from contract.errors import first_line
 from device_profiles.render import format_bytes, render_profile, render_profile_table
 
 __all__ = [
@@ -66,15 +67,8 @@ def _parse(text: str, where: str, path: Path | None) -> DeviceProfile:
     except RecursionError:
         raise ProfileError(f"{where}: not valid TOML: nested too deeply") from None
     except ValueError as e:
-        raise ProfileError(f"{where}: not valid TOML: {_first_line(e)}") from None
+        raise ProfileError(f"{where}: not valid TOML: {first_line(e, before=';')}") from None
     return profile_from_table(table, where, path)
-
-
-def _first_line(error: Exception) -> str:
-    """The first line of an error's text, so a ProfileError stays one line (and without
-    Python's advice to call sys.set_int_max_str_digits(), which follows a ';')."""
-    text = str(error).split(";")[0].strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def load_profile_file(path: str | Path) -> DeviceProfile:

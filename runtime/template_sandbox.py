@@ -24,6 +24,7 @@ from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from jinja2.utils import Namespace
 
+from contract.errors import first_line
 from runtime.errors import ChatTemplateError
 
 
@@ -38,7 +39,7 @@ def render_bounded(template: str, **variables: Any) -> str:
         raise
     except Exception as e:  # TemplateError, ZeroDivisionError, OverflowError, MemoryError, ...
         kind = "" if isinstance(e, TemplateError) else f"{type(e).__name__}: "
-        raise ChatTemplateError(f"chat template failed: {kind}{_first_line(e)}") from None
+        raise ChatTemplateError(f"chat template failed: {kind}{first_line(e)}") from None
     finally:
         _BUDGET.reset(token)
 
@@ -54,12 +55,6 @@ def _joined(chunks: Iterator[str], limit: int) -> str:
                                     f"{limit:,} characters")
         out.append(chunk)
     return "".join(out)
-
-
-def _first_line(error: BaseException) -> str:
-    """An error's first line (a syntax error's text may quote the template's source)."""
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 @lru_cache(maxsize=8)
