@@ -32,6 +32,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from common import resolve_bundle
+
 V1_ROOT = Path("/sys/fs/cgroup/memory")
 V2_ROOT = Path("/sys/fs/cgroup")
 
@@ -253,13 +255,6 @@ def _prompt_ids(bundle: Path, n_tokens: int) -> list[int]:
     return ids[:n_tokens]
 
 
-def _bundle(args: argparse.Namespace, tmp: Path) -> Path:
-    sys.path.insert(0, str(Path(__file__).resolve().parent))
-    from common import resolve_bundle
-
-    return resolve_bundle(args, tmp, quant=args.quant)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--fixture", default="qwen3moe-large")
@@ -281,7 +276,8 @@ def main() -> None:
         print(json.dumps(child(json.loads(args.child))))
         return
 
-    bundle = _bundle(args, Path(tempfile.mkdtemp(prefix="edgemoe-bench-cap-")))
+    bundle = resolve_bundle(args, Path(tempfile.mkdtemp(prefix="edgemoe-bench-cap-")),
+                            quant=args.quant)
     file_bytes = (bundle / "model.gguf").stat().st_size
     limit = _limit_bytes(args.limit, file_bytes)
     problem = "--no-cap" if args.no_cap else cgroup_problem()
