@@ -48,7 +48,7 @@ from runtime.preparation import prepare_request
 from runtime.procfs import mapping_rss, process_rss
 from runtime.residency import FileMapping, MadviseResidency
 from runtime.speculative import DEFAULT_DRAFT_TOKENS, Speculator, check_draft_tokens
-from runtime.threads import engine_threads
+from runtime.threads import check_wait_policy, engine_threads
 from runtime.tools import ToolChoice, ToolSpec
 
 DEFAULT_CTX = 2048
@@ -86,6 +86,7 @@ def load(
     backend: str | None = None,
     draft: str | Path | None = None,
     draft_tokens: int = DEFAULT_DRAFT_TOKENS,
+    wait_policy: str | None = None,
 ) -> Model:
     """Open a bundle and start an engine on it, keeping experts resident within `budget`.
 
@@ -99,7 +100,11 @@ def load(
     vocabulary, proposing `draft_tokens` tokens per step, or "ngram" (prompt lookup, no model).
     A draft bundle's dense weights, KV cache and experts come out of `budget`, at the same
     expert fraction as the target's (runtime/draft_budget.py).
+    wait_policy: how llama.cpp's threads wait at barriers (runtime/threads.py: "spin", the
+    default as in stock llama.cpp, "passive", "active", "spin-10k"); fixed per process once
+    the first engine has loaded.
     """
+    check_wait_policy(wait_policy)
     if draft is not None:
         check_draft_tokens(draft_tokens)
     opened = open_bundle(bundle, verify=verify, fmt=format_for(backend))
@@ -112,7 +117,8 @@ def load(
         spec = parse_budget(m.profile.model_memory_bytes)
     if draft is None or str(draft) == NGRAM:
         plan = plan_budget(spec, **_budget_inputs(opened, n_ctx))
-        model = Model(opened, plan, n_ctx, threads, policy, cold, record_routing, prefetch=prefetch)
+        model = Model(opened, plan, n_ctx, threads, policy, cold, record_routing, prefetch=prefetch,
+                      wait_policy=wait_policy)
         if draft is not None:
             model.speculation = Speculator(NgramDrafter(), draft_tokens)
         return model
@@ -120,9 +126,11 @@ def load(
     plan, draft_plan = split_budget(
         spec, _budget_inputs(opened, n_ctx), _budget_inputs(draft_opened, n_ctx)
     )
-    model = Model(opened, plan, n_ctx, threads, policy, cold, record_routing, prefetch=prefetch)
+    model = Model(opened, plan, n_ctx, threads, policy, cold, record_routing, prefetch=prefetch,
+                      wait_policy=wait_policy)
     try:
-        drafter = ModelDrafter(Model(draft_opened, draft_plan, n_ctx, threads, policy, cold, False))
+        drafter = ModelDrafter(Model(draft_opened, draft_plan, n_ctx, threads, policy, cold, False,
+                                           wait_policy=wait_policy))
         model.speculation = Speculator(drafter, draft_tokens)  # closed with the model from now
         check_vocabularies(model, drafter.model)
     except BaseException:
@@ -187,6 +195,7 @@ class Model:
         record_routing: bool,
         *,
         prefetch: PrefetchSettings | bool | None = None,
+        wait_policy: str | None = None,
     ) -> None:
         self.bundle = opened
         self.manifest = opened.manifest
@@ -217,6 +226,7 @@ class Model:
                 observe_routing=plan.offloading or record_routing,
                 kv_cache_type=_kv_cache_type(opened),
                 lazy_load=plan.offloading,
+                wait_policy=wait_policy,
             ),
             self.pager.on_routing,
             kind=backend_for(self.build.format),
@@ -430,6 +440,8 @@ class Model:
             "process_rss_bytes": process_rss(),
             "mapping_rss_bytes": mapping_rss(self.bundle.expert_path),
             "backend": self.engine.name if self.engine is not None else None,
+            "threads": self.engine.cfg.n_threads if self.engine is not None else None,
+            "wait_policy": self.engine.wait_policy if self.engine is not None else None,
         }
         if self.speculation is not None:
             s.update(self.speculation.stats())

@@ -41,6 +41,7 @@ class BenchOptions:
     threads: int | None = None
     prefetch: bool | None = None
     backend: str | None = None
+    wait_policy: str | None = None  # runtime/threads.py; None: the default
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,7 @@ class BenchReport:
     cold: bool
     prefetch: str
     threads: int
+    wait_policy: str
     prompt_tokens: int
     tokens: int
     ttft_ms: float
@@ -162,7 +164,8 @@ def run_benchmark(opts: BenchOptions) -> BenchReport:
         drop_file_cache(opened.model_path)
     read0 = io_read_bytes()
     with runtime.load(opts.bundle, budget=opts.budget, cold=opts.cold, threads=opts.threads,
-                      prefetch=opts.prefetch, backend=opts.backend) as model:
+                      prefetch=opts.prefetch, backend=opts.backend,
+                      wait_policy=opts.wait_policy) as model:
         read1, lifetime = io_read_bytes(), peak_rss()
         peak_rss_reset()
         result = model.generate(opts.prompt, max_tokens=opts.max_tokens, temperature=0.0)
@@ -194,6 +197,7 @@ def run_benchmark(opts: BenchOptions) -> BenchReport:
         cold=opts.cold,
         prefetch=str(stats.get("prefetch", "off")),
         threads=threads,
+        wait_policy=str(stats["wait_policy"]),
         prompt_tokens=result.usage.prompt_tokens,
         tokens=result.usage.completion_tokens,
         ttft_ms=ttft if ttft is not None else timings["ttft_s"] * 1e3,
@@ -231,8 +235,9 @@ def render_report(r: BenchReport) -> str:
     c = r.ceiling
     held = {True: "holds", False: "MISSED"}
     lines = [
-        f"{r.bundle}: budget {budget}{' cold' if r.cold else ''}, {r.threads} threads, "
-        f"prefetch {r.prefetch}; {r.prompt_tokens} prompt + {r.tokens} generated tokens",
+        f"{r.bundle}: budget {budget}{' cold' if r.cold else ''}, {r.threads} threads "
+        f"(wait policy {r.wait_policy}), prefetch {r.prefetch}; {r.prompt_tokens} prompt + "
+        f"{r.tokens} generated tokens",
         f"  time to first token  {_ms(r.ttft_ms):>10}   target {r.ttft_ms_target:g} ms "
         f"({r.profile}): {held[r.ttft_ok]}",
         f"  inter-token latency  p50 {_ms(r.itl_ms_p50)}  p95 {_ms(r.itl_ms_p95)}   target "

@@ -1,32 +1,115 @@
-"""How many threads the engine runs and how they wait, on a CPU other work shares.
+"""How many threads the engine runs and how they wait, on a CPU other work may share.
 
 llama.cpp's CPU backend (the OpenMP build llama-cpp-python ships) puts every thread through a
-barrier after each graph node, hundreds of times per token. GNU OpenMP's default is to spin at a
-barrier (~300k iterations) before sleeping, so when another process holds a core, the thread
-that finished burns its time slice spinning while the one it waits for cannot get the CPU.
-Measured on a shared 2-core machine (`bench/bench_runtime.py --contention`, trained fixture):
-2 spinning threads decoded 26 tok/s even without a neighbour; waiting passively, 302 tok/s, and
-x0.63 (prefill) / x0.55 (decode) of that with a busy loop on one core. So edgemoe asks OpenMP
-to wait passively unless the user set a policy, and never runs more threads than the profile's
-`cores` or the CPUs this process may use. llama.cpp's threadpool settings (polling level, priority,
-`llama_attach_threadpool`) do not reach OpenMP's barriers in this build, and raising priority
-would only move the problem to the neighbour, so they are left at their defaults.
+barrier after each graph node, hundreds of times per token, so how a waiting thread waits decides
+decode speed. GNU OpenMP's default spins ~300k iterations before sleeping: on a quiet device every
+thread has a core and a barrier costs nanoseconds; sleeping at once (`OMP_WAIT_POLICY=PASSIVE`)
+pays a futex wake-up of an idle core at every barrier instead. Measured side by side against stock
+llama.cpp (bench/bench_threads.py, README "Thread waiting"): PASSIVE cost ~4x on a quiet machine
+for a modest gain with one core busy, so edgemoe now waits as stock llama.cpp does unless the
+profile, the caller or the user's own environment asks otherwise.
+
+OpenMP reads its settings once, when the library loads: the first engine in a process decides,
+and a later, different request is reported, not silently honoured (`wait_policy_in_effect`).
 """
 
 from __future__ import annotations
 
+import logging
 import os
+from dataclasses import dataclass
+from pathlib import Path
 
-WAIT_POLICY = "OMP_WAIT_POLICY"
+from runtime.errors import EdgemoeError
+
+log = logging.getLogger(__name__)
+
+# The variables GNU OpenMP reads at load; a user who set any of them chose for us.
+OPENMP_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 
-def wait_passively() -> bool:
-    """Ask OpenMP to sleep at barriers instead of spinning, unless the user chose; must run
-    before llama.cpp's libraries are loaded (OpenMP reads it once). True if ours applies."""
-    if WAIT_POLICY in os.environ:
+@dataclass(frozen=True)
+class WaitPolicy:
+    """A named way for engine threads to wait at a barrier, as the OpenMP settings it means."""
+
+    name: str
+    env: tuple[tuple[str, str], ...]
+    meaning: str
+
+
+WAIT_POLICIES: dict[str, WaitPolicy] = {
+    p.name: p
+    for p in (
+        WaitPolicy("spin", (), "OpenMP's default: spin ~300k iterations, then sleep (stock)"),
+        WaitPolicy("passive", (("OMP_WAIT_POLICY", "PASSIVE"),), "sleep at every barrier"),
+        WaitPolicy("active", (("OMP_WAIT_POLICY", "ACTIVE"),), "spin without bound"),
+        WaitPolicy("spin-10k", (("GOMP_SPINCOUNT", "10000"),), "spin 10k iterations, then sleep"),
+    )
+}
+DEFAULT_WAIT_POLICY = "spin"
+ENVIRONMENT = "environment"  # the user's own OMP_WAIT_POLICY / GOMP_SPINCOUNT
+
+_in_effect: str | None = None
+
+
+class WaitPolicyError(EdgemoeError, ValueError):
+    """A wait policy name edgemoe does not know."""
+
+
+def check_wait_policy(name: str | None) -> str | None:
+    """`name` if it is a known policy (or None), else a one-line error listing the known ones."""
+    if name is None or name in WAIT_POLICIES:
+        return name
+    raise WaitPolicyError(
+        f"wait policy '{name}' is not known; known: {', '.join(WAIT_POLICIES)}"
+    )
+
+
+def _openmp_loaded() -> bool:
+    """Whether GNU OpenMP is already mapped into this process (it then has read its settings)."""
+    try:
+        return "libgomp" in Path("/proc/self/maps").read_text(errors="replace")
+    except OSError:
         return False
-    os.environ[WAIT_POLICY] = "PASSIVE"
-    return True
+
+
+def _from_environment() -> str | None:
+    """The user's own OpenMP settings, described, or None if they set none."""
+    set_ = [f"{k}={os.environ[k]}" for k in OPENMP_VARIABLES if k in os.environ]
+    return f"{ENVIRONMENT} ({', '.join(set_)})" if set_ else None
+
+
+def apply_wait_policy(requested: str | None = None) -> str:
+    """Put the OpenMP settings of `requested` (None: the user's environment if they set one,
+    else DEFAULT_WAIT_POLICY) in the environment before llama.cpp loads, once per process.
+
+    Returns the policy in effect. Once OpenMP has loaded, its settings are fixed for the life of
+    the process: the first answer stays, and a different request is logged."""
+    global _in_effect
+    check_wait_policy(requested)
+    if _in_effect is None:
+        _in_effect = _choose(requested)
+    elif requested is not None and requested != _in_effect:
+        log.warning("wait policy %r asked for, but %r is in effect: OpenMP reads its settings "
+                    "once per process", requested, _in_effect)
+    return _in_effect
+
+
+def _choose(requested: str | None) -> str:
+    if _openmp_loaded():  # something loaded llama.cpp before us (a pack in the same process)
+        return _from_environment() or DEFAULT_WAIT_POLICY
+    if requested is None and (own := _from_environment()):
+        return own
+    policy = WAIT_POLICIES[requested or DEFAULT_WAIT_POLICY]
+    for var in OPENMP_VARIABLES:
+        os.environ.pop(var, None)
+    os.environ.update(dict(policy.env))
+    return policy.name
+
+
+def wait_policy_in_effect() -> str | None:
+    """The policy this process's engines wait with; None before the first llama.cpp engine."""
+    return _in_effect
 
 
 def available_cores() -> int:

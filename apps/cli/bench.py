@@ -28,6 +28,10 @@ def bench(
     prefetch: Annotated[
         bool | None, typer.Option(help="Expert prefetch; default: on when --cold.")
     ] = None,
+    wait_policy: Annotated[
+        str | None, typer.Option(help="How engine threads wait: spin (default, as stock "
+                                      "llama.cpp), passive, active, spin-10k.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Measure the latency a user would see (TTFT, inter-token p50/p95) and its ceiling."""
@@ -35,6 +39,6 @@ def bench(
 
     report = run_benchmark(BenchOptions(
         bundle, profile=profile, budget=budget, cold=cold, prompt=prompt or DEFAULT_PROMPT,
-        max_tokens=max_tokens, threads=threads, prefetch=prefetch,
+        max_tokens=max_tokens, threads=threads, prefetch=prefetch, wait_policy=wait_policy,
     ))
     typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.render(), nl=False)

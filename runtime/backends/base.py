@@ -54,6 +54,7 @@ class EngineConfig:
     routing_detail: bool = False  # also router probabilities and mixing weights (calibration)
     kv_cache_type: str = "f16"  # llama.cpp's --cache-type-k/v names (f16, q8_0, ...)
     lazy_load: bool = False  # map without reading the whole file (a partial budget's cold start)
+    wait_policy: str | None = None  # how engine threads wait (runtime/threads.py); None: default
     verbose: bool = False
 
 
@@ -83,6 +84,7 @@ class Backend(Protocol):
 
     name: str
     cfg: EngineConfig
+    wait_policy: str  # how its threads wait for each other (runtime/threads.py), as in effect
     n_vocab: int
     n_past: int
 

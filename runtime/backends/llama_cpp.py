@@ -23,11 +23,7 @@ from runtime.errors import BundleError, EdgemoeError
 from runtime.generation import SamplingParams
 from runtime.procfs import file_regions
 from runtime.residency import FileMapping
-from runtime.threads import wait_passively
-
-# Before llama.cpp's OpenMP runtime loads: sleep at barriers rather than spin, so a busy
-# neighbour on one core does not stall every thread (runtime/threads.py; a user's setting wins).
-wait_passively()
+from runtime.threads import apply_wait_policy
 
 # (layer, tensor name, rows) for extra named tensors beyond routing.
 TensorObserver = Callable[[int, str, np.ndarray], None]
@@ -126,6 +122,8 @@ class LlamaBackend:
     ) -> None:
         """extra_taps + tensor_observer: any other named graph tensors, as (layer, name, rows)
         (llama.cpp-specific; tests compare our statistics with llama.cpp's own activations)."""
+        # Before llama.cpp's OpenMP loads: how its threads wait at barriers (runtime/threads.py).
+        self.wait_policy = apply_wait_policy(cfg.wait_policy)
         import llama_cpp
         from llama_cpp import _internals as li
         from llama_cpp._logger import set_verbose

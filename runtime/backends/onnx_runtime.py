@@ -57,6 +57,7 @@ class OnnxBackend:
     """One onnxruntime session decoding a single sequence (the `Backend` protocol)."""
 
     name = "onnx"
+    wait_policy = "onnxruntime, spinning off"  # its own pool; see allow_spinning below
 
     def __init__(self, cfg: EngineConfig, observer: RoutingObserver | None = None) -> None:
         import onnxruntime as ort

@@ -17,6 +17,7 @@ def test_bench_json_reports_latency_targets_and_ceiling(tiny_bundle):
     assert r.exit_code == 0, r.output
     d = json.loads(r.output)
     assert d["profile"] == "camera-arm-2gb" and d["tokens"] > 0
+    assert d["threads"] == 1 and d["wait_policy"]  # what ran, as runtime/threads.py applied it
     assert d["ttft_ms"] > 0 and d["itl_ms_p50"] > 0 and d["itl_ms_p95"] >= d["itl_ms_p50"]
     assert (d["ttft_ms_target"], d["itl_ms_target"]) == (200.0, 50.0)
     assert d["ttft_ok"] == (d["ttft_ms"] <= 200.0)
@@ -33,6 +34,7 @@ def test_bench_text_says_whether_targets_hold(tiny_bundle):
     r = CliRunner().invoke(app, ["bench", str(tiny_bundle), "--threads", "1", "--max-tokens", "4"])
     assert r.exit_code == 0, r.output
     assert "time to first token" in r.output and "inter-token latency" in r.output
+    assert "1 threads (wait policy " in r.output.splitlines()[0]
     assert "memory bandwidth" in r.output
     assert ("holds" in r.output) or ("MISSED" in r.output)
 

@@ -77,11 +77,3 @@ def test_engine_threads_respect_the_profile_cores(monkeypatch):
     assert threads.engine_threads(None, 16, None) == 8  # never more than this process may use
     assert threads.engine_threads(6, 4, 2) == 6  # an explicit request wins
 
-
-def test_openmp_is_asked_to_wait_passively_unless_the_user_chose(monkeypatch):
-    from runtime import threads
-
-    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
-    assert threads.wait_passively() and threads.os.environ["OMP_WAIT_POLICY"] == "PASSIVE"
-    monkeypatch.setenv("OMP_WAIT_POLICY", "ACTIVE")
-    assert not threads.wait_passively() and threads.os.environ["OMP_WAIT_POLICY"] == "ACTIVE"
