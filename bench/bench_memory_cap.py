@@ -2,7 +2,8 @@
 
 Run (as root, on a machine with the cgroup v1 memory controller or cgroup v2):
     .venv/bin/python bench/bench_memory_cap.py [--fixture qwen3moe-large] [--quant Q8_0]
-        [--limit 70%] [--rounds 3] [--threads 2] [--prompt-tokens 256] [--decode 64] [--no-cap]
+        [--limit 70%] [--rounds 3] [--threads N] [--wait-policy P] [--prompt-tokens 256]
+        [--decode 64] [--no-cap]
 
 Every configuration runs in a fresh process, after the GGUF has been dropped from the page
 cache. Baseline: stock `llama_cpp.Llama(use_mmap=False)` uncapped, the whole file in RAM.
@@ -32,7 +33,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from common import resolve_bundle
+from common import add_thread_options, resolve_bundle, thread_setup
 
 V1_ROOT = Path("/sys/fs/cgroup/memory")
 V2_ROOT = Path("/sys/fs/cgroup")
@@ -139,6 +140,9 @@ def child(spec: dict) -> dict:
     """Prefill `prompt_ids`, then decode greedily; speeds, tokens and what it cost."""
     if spec.get("cgroup_procs"):
         Path(spec["cgroup_procs"]).write_text(str(os.getpid()))
+    from runtime.threads import apply_wait_policy
+
+    apply_wait_policy(spec.get("wait_policy"))  # before llama.cpp loads, stock or edgemoe
     gguf = Path(spec["bundle"]) / "model.gguf"
     prompt_ids, n, threads = spec["prompt_ids"], spec["decode"], spec["threads"]
     if spec["engine"] == "stock":
@@ -216,7 +220,8 @@ def run_config(cfg: Config, args: argparse.Namespace, bundle: Path, prompt_ids: 
 
     drop_file_cache(bundle / "model.gguf")
     spec = {"bundle": str(bundle), "prompt_ids": prompt_ids, "decode": args.decode,
-            "threads": args.threads, "engine": cfg.engine, "capped": cfg.capped,
+            "threads": args.threads, "wait_policy": args.wait_policy, "engine": cfg.engine,
+            "capped": cfg.capped,
             "budget": cfg.budget, "prefetch": cfg.prefetch,
             "cgroup_procs": str(group.path / "cgroup.procs") if cfg.capped and group else None}
     if group and cfg.capped:
@@ -263,7 +268,7 @@ def main() -> None:
     ap.add_argument("--limit", default="70%",
                     help="the cgroup's memory limit: a fraction of the GGUF ('70%%') or a size")
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
+    add_thread_options(ap)
     ap.add_argument("--prompt-tokens", type=int, default=256)
     ap.add_argument("--decode", type=int, default=64)
     ap.add_argument("--timeout", type=int, default=900, help="seconds per run")
@@ -275,6 +280,7 @@ def main() -> None:
     if args.child is not None:
         print(json.dumps(child(json.loads(args.child))))
         return
+    print(f"bench_memory_cap: {thread_setup(args)}", flush=True)
 
     bundle = resolve_bundle(args, Path(tempfile.mkdtemp(prefix="edgemoe-bench-cap-")),
                             quant=args.quant)

@@ -1,7 +1,7 @@
 """Decode speed with and without expert prefetch, against stock llama.cpp fully in RAM.
 
 Run:  .venv/bin/python bench/bench_prefetch.py [--fixtures qwen3moe-trained,qwen3moe-medium]
-          [--rounds 3] [--threads 1] [--decode 64]
+          [--rounds 3] [--threads N] [--wait-policy P] [--decode 64]
 
 Per fixture, in one run, side by side: stock `llama_cpp.Llama(use_mmap=False)` and edgemoe at
 100 % (no routing tap), 100 % with the tap forced on (`record_routing=True`: what observing
@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import add_thread_options, thread_setup
 
 PROMPT_CHARS = 1500
 CONFIGS: tuple[tuple[str, str, bool, bool | None, bool], ...] = (
@@ -186,8 +187,9 @@ def main() -> None:
     ap.add_argument("--quant", default="Q8_0")
     ap.add_argument("--decode", type=int, default=64)
     ap.add_argument("--rounds", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=1)
+    add_thread_options(ap)
     args = ap.parse_args()
+    print(f"bench_prefetch: {thread_setup(args)}", flush=True)
     for name in args.fixtures.split(","):
         bench_fixture(name.strip(), args.quant, args)
 

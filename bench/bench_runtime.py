@@ -1,15 +1,13 @@
 """Runtime speed at expert budgets vs stock llama.cpp fully in RAM, and policies vs Belady.
 
 Run:  .venv/bin/python bench/bench_runtime.py [--fixture qwen3moe-trained] [--quant Q8_0]
-      .venv/bin/python bench/bench_runtime.py --fixture qwen3moe-medium --contention [--rounds 5]
 
 Everything is measured side by side in one run and printed as ratios: decode and prefill tokens/s
 at budgets 100/50/25 % against `llama_cpp.Llama(use_mmap=False)` on the same GGUF, each budget
 *warm* (released expert pages stay in the OS page cache) and *cold* (released pages are also
 dropped from the page cache, so every miss reads storage); then the hit rate of each cache
-policy on a recorded routing trace relative to Belady's optimum. `--contention` instead
-measures prefill and decode with a busy-loop neighbour on one core against the same run without
-it, for the thread/wait settings runtime/threads.py chooses between.
+policy on a recorded routing trace relative to Belady's optimum. How threads wait on a
+busy or quiet machine is bench/bench_threads.py's.
 """
 
 from __future__ import annotations
@@ -21,6 +19,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from common import add_thread_options, thread_setup
 
 PROMPT_FILE_CHARS = 1500
 
@@ -68,80 +67,15 @@ def edgemoe_run(
     return r.timings["prefill_tok_s"], r.timings["decode_tok_s"], r.tokens, s
 
 
-# One measurement in a fresh process (OpenMP reads its wait policy once, at load).
-CONTENTION_CHILD = """
-import json, sys
-import runtime
-from edgemoe_fixtures.corpus import heldout_text
-bundle, threads = sys.argv[1], int(sys.argv[2])
-prompt = heldout_text()[:1500]
-with runtime.load(bundle, budget="100%", n_ctx=1024, threads=threads) as m:
-    m.generate(prompt[:200], max_tokens=4)
-    r = m.generate(prompt, max_tokens=48)
-print(json.dumps({"prefill": r.timings["prefill_tok_s"], "decode": r.timings["decode_tok_s"]}))
-"""
-# label -> (threads, environment): OMP_WAIT_POLICY="" is libgomp's own default (spin, then
-# sleep), what edgemoe ran before runtime/threads.py; unset, edgemoe asks for PASSIVE.
-CONTENTION_CONFIGS = {
-    "2 threads, OpenMP default spin": (2, {"OMP_WAIT_POLICY": ""}),
-    "2 threads, passive (edgemoe)": (2, {}),
-    "1 thread": (1, {}),
-}
-
-
-def contention(bundle: Path, rounds: int) -> None:
-    """Prefill and decode with one of the two cores taken by a busy-loop neighbour, as a ratio
-    to the same run without it (paired, back to back, neighbour order alternating)."""
-    import json
-    import os
-    import subprocess
-    import sys
-
-    def run(threads: int, env: dict[str, str]) -> dict[str, float]:
-        out = subprocess.run(
-            [sys.executable, "-c", CONTENTION_CHILD, str(bundle), str(threads)],
-            capture_output=True, text=True, timeout=600, env={**os.environ, **env},
-        )
-        if out.returncode:
-            raise RuntimeError(out.stderr[-2000:])
-        return json.loads(out.stdout.strip().splitlines()[-1])
-
-    def busy(threads: int, env: dict[str, str]) -> dict[str, float]:
-        hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
-        try:
-            time.sleep(0.3)
-            return run(threads, env)
-        finally:
-            hog.kill()
-            hog.wait()
-
-    print(f"\ncontention: {os.cpu_count()} CPUs, a busy-loop neighbour on one; "
-          f"{rounds} paired rounds (median busy/quiet)")
-    for label, (threads, env) in CONTENTION_CONFIGS.items():
-        pairs = []
-        for i in range(rounds):
-            q, b = ((run(threads, env), busy(threads, env)) if i % 2 == 0
-                    else reversed((busy(threads, env), run(threads, env))))
-            pairs.append((q, b))
-        cells = []
-        for kind in ("prefill", "decode"):
-            quiet = statistics.median(q[kind] for q, _ in pairs)
-            ratio = statistics.median(b[kind] / q[kind] for q, b in pairs)
-            cells.append(f"{kind} {quiet:7.1f} tok/s quiet, x{ratio:.2f} busy")
-        print(f"  {label:<32} {'   '.join(cells)}")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--fixture", default="qwen3moe-trained")
     ap.add_argument("--quant", default="Q8_0")
     ap.add_argument("--decode", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--contention", action="store_true",
-                    help="only measure prefill/decode with a busy neighbour on one core")
-    ap.add_argument("--rounds", type=int, default=5)
+    add_thread_options(ap)
     args = ap.parse_args()
+    print(f"bench_runtime: {thread_setup(args)}", flush=True)
 
     from edgemoe_fixtures import cached_fixture
     from edgemoe_fixtures.corpus import heldout_text
@@ -160,9 +94,6 @@ def main() -> None:
         )
     )
     gguf = bundle / "model.gguf"
-    if args.contention:
-        contention(bundle, args.rounds)
-        return
     text = heldout_text()
     prompt = text[:PROMPT_FILE_CHARS]
     import runtime

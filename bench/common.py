@@ -61,3 +61,27 @@ def wait_healthy(proc: subprocess.Popen[bytes], base: str, log_path: Path,
         time.sleep(0.05)
     proc.kill()
     raise SystemExit(f"server did not start:\n{log_path.read_text(errors='replace')}")
+
+
+def add_thread_options(ap: argparse.ArgumentParser, profile: str = "laptop-16gb") -> None:
+    """--threads (default: every core the profile allows, as a user gets) and --wait-policy."""
+    ap.add_argument("--threads", type=int, default=None,
+                    help=f"engine threads; default: every core {profile} allows here "
+                         "(1 for the single-thread figures)")
+    ap.add_argument("--wait-policy", default=None,
+                    help="how engine threads wait (runtime/threads.py); default: edgemoe's")
+    ap.set_defaults(thread_profile=profile)
+
+
+def thread_setup(args: argparse.Namespace) -> str:
+    """Resolve --threads and apply --wait-policy before llama.cpp loads (OpenMP reads it once,
+    and stock llama.cpp in this process waits the same way); the words for a first line."""
+    from device_profiles import load_profile
+    from runtime.threads import apply_wait_policy, engine_threads
+
+    profile = load_profile(args.thread_profile)
+    if not args.threads:
+        args.threads = engine_threads(None, profile.threads, profile.cores)
+    policy = apply_wait_policy(args.wait_policy)
+    args.wait_policy = None if policy.startswith("environment") else policy
+    return f"{args.threads} threads (wait policy {policy})"
