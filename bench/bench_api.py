@@ -92,7 +92,7 @@ def bench_grammar(model, rounds: int) -> None:
 
 
 def bench_n(model, rounds: int) -> None:
-    from runtime.generation import choice_seed
+    from runtime.generation.request import choice_seed
 
     kw = dict(max_tokens=16, temperature=1.0)
     for label, prompt in (("long prompt", LONG), ("short prompt", SHORT)):

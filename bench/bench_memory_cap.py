@@ -216,7 +216,7 @@ def _process_costs() -> dict:
 
 def run_config(cfg: Config, args: argparse.Namespace, bundle: Path, prompt_ids: list[int],
                group: MemoryCgroup | None) -> dict:
-    from runtime.residency import drop_file_cache
+    from runtime.experts.residency import drop_file_cache
 
     drop_file_cache(bundle / "model.gguf")
     spec = {"bundle": str(bundle), "prompt_ids": prompt_ids, "decode": args.decode,

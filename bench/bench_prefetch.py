@@ -66,7 +66,7 @@ def interleaved(stock: Stock, bundle: Path, prompt: str, n: int, threads: int, b
     both see the same moment of a shared machine. Wall time: a miss that reads storage is a
     cost the user waits for. Prefill and the first token are not timed."""
     import runtime
-    from runtime.residency import drop_file_cache
+    from runtime.experts.residency import drop_file_cache
 
     if cold:
         drop_file_cache(bundle / "model.gguf")  # stock's copy is anonymous memory: unaffected

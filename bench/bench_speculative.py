@@ -10,10 +10,10 @@ each speculative run's decode tokens/s to the target-alone run of the same round
 median of those paired ratios is printed, so a neighbour's load that slows one round slows
 both sides of its ratios; so is the ratio of CPU seconds, which a busy neighbour stretches
 less. Drafting is forced on, except in the "auto" rows, where the auto-off switch
-(runtime/speculation_switch.py) decides; greedy tokens are checked identical to the target
+(runtime/speculative/switch.py) decides; greedy tokens are checked identical to the target
 alone in every round. At a partial budget both models keep that fraction of their experts
-(runtime/draft_budget.py), and MiB loaded per token shows what the expert union of a verify
-batch costs.
+(runtime/speculative/draft_budget.py), and MiB loaded per token shows what the expert union of a
+verify batch costs.
 """
 
 from __future__ import annotations

@@ -136,7 +136,7 @@ def _encoder(source: CalibrationSource) -> Iterator[Callable[[str], list[int]]]:
         yield lambda text: tok.encode(text).ids
         return
     from contract.manifest import read_manifest
-    from runtime.backends.base import open_tokenizer
+    from runtime.backends.registry import open_tokenizer
 
     tok = open_tokenizer(source.path / read_manifest(source.path).model_file)
     try:
@@ -200,7 +200,8 @@ def _route_llama(gguf_path: Path, chunks: Sequence[Sequence[int]], acc: UsageAcc
                  threads: int) -> None:
     import os
 
-    from runtime.backends.base import EngineConfig, RoutingEvent, open_backend
+    from runtime.backends.base import EngineConfig, RoutingEvent
+    from runtime.backends.registry import open_backend
 
     n_ctx = max(len(c) for c in chunks)
 

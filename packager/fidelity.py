@@ -96,7 +96,8 @@ def gguf_logits(gguf_path: Path, chunks: list[list[int]], threads: int = 2) -> l
 
 def onnx_logits(model_path: Path, chunks: list[list[int]], threads: int = 2) -> list[np.ndarray]:
     """Every position's logits from stock onnxruntime, through the runtime's ONNX backend."""
-    from runtime.backends.base import EngineConfig, open_backend
+    from runtime.backends.base import EngineConfig
+    from runtime.backends.registry import open_backend
 
     n_ctx = max(len(c) for c in chunks)
     engine = open_backend(

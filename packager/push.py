@@ -14,8 +14,8 @@ from pathlib import Path
 from contract.manifest import MANIFEST_NAME, read_manifest
 from contract.verify import verify_bundle
 from packager.errors import PackError
-from runtime.bundle import open_bundle
-from runtime.bundle_store import hub_errors
+from runtime.bundles.open import open_bundle
+from runtime.bundles.store import hub_errors
 
 
 class PushError(PackError):

@@ -11,28 +11,27 @@ from typing import Any
 import numpy as np
 
 from contract.quant_types import kv_bytes_per_element
-from runtime.backends.base import (
-    Backend,
-    EngineConfig,
-    backend_for,
-    format_for,
-    open_backend,
-)
-from runtime.backends.lazy_load import advise_random_except, complement
+from runtime.backends.base import Backend, EngineConfig
+from runtime.backends.llama_cpp.lazy_load import advise_random_except, complement
+from runtime.backends.mapping import FileMapping
+from runtime.backends.registry import backend_for, format_for, open_backend
 from runtime.budget import BudgetPlan, parse_budget, plan_budget
-from runtime.bundle import OpenBundle, attention_shape, open_bundle
-from runtime.closing import closing_bias
-from runtime.draft_budget import minimum_total, split_budget
-from runtime.drafting import NGRAM, ModelDrafter, NgramDrafter, check_vocabularies
+from runtime.bundles.open import OpenBundle, attention_shape, open_bundle
 from runtime.errors import (
     BundleError,
     ChatTemplateError,
     EdgemoeError,
     SamplingError,
 )
-from runtime.expert_cache import ExpertCache
-from runtime.expert_pager import ExpertPager
-from runtime.generation import (
+from runtime.experts.cache import ExpertCache
+from runtime.experts.pager import ExpertPager
+from runtime.experts.pinning import pinned_set
+from runtime.experts.policy import DEFAULT_POLICY
+from runtime.experts.prefetcher import PrefetchSettings
+from runtime.experts.residency import MadviseResidency
+from runtime.generation.latency import LatencyRecorder
+from runtime.generation.preparation import prepare_request
+from runtime.generation.request import (
     GenerationRequest,
     GenerationResult,
     PreparedRequest,
@@ -40,16 +39,13 @@ from runtime.generation import (
     StreamEvent,
     Usage,
 )
-from runtime.latency import LatencyRecorder
-from runtime.pinning import pinned_set
-from runtime.policy import DEFAULT_POLICY
-from runtime.prefetcher import PrefetchSettings
-from runtime.preparation import prepare_request
 from runtime.procfs import mapping_rss, process_rss
-from runtime.residency import FileMapping, MadviseResidency
-from runtime.speculative import DEFAULT_DRAFT_TOKENS, Speculator, check_draft_tokens
+from runtime.speculative.draft_budget import minimum_total, split_budget
+from runtime.speculative.drafting import NGRAM, ModelDrafter, NgramDrafter, check_vocabularies
+from runtime.speculative.speculator import DEFAULT_DRAFT_TOKENS, Speculator, check_draft_tokens
+from runtime.structured.closing import closing_bias
+from runtime.structured.tools import ToolChoice, ToolSpec
 from runtime.threads import check_wait_policy, engine_threads
-from runtime.tools import ToolChoice, ToolSpec
 
 DEFAULT_CTX = 2048
 
@@ -94,12 +90,12 @@ def load(
     the bundle's device profile. cold: also drop released experts from the OS page cache, so a
     miss reads storage (what a device without spare RAM sees). backend: "llama.cpp" (the GGUF
     build) or "onnx" (the ONNX build); None runs the bundle's primary build.
-    prefetch: read the next MoE layer's guessed experts early (runtime/prefetcher.py): True,
+    prefetch: read the next MoE layer's guessed experts early (runtime/experts/prefetcher.py): True,
     False, PrefetchSettings, or None = when cold; `model.prefetch` says "on" or why it is off.
-    draft: speculative decoding (runtime/speculative.py) with a smaller bundle of the same
-    vocabulary, proposing `draft_tokens` tokens per step, or "ngram" (prompt lookup, no model).
+    draft: speculative decoding (runtime/speculative/speculator.py) with a smaller bundle of the
+    same vocabulary, proposing `draft_tokens` tokens per step, or "ngram" (prompt lookup, no model).
     A draft bundle's dense weights, KV cache and experts come out of `budget`, at the same
-    expert fraction as the target's (runtime/draft_budget.py).
+    expert fraction as the target's (runtime/speculative/draft_budget.py).
     wait_policy: how llama.cpp's threads wait at barriers (runtime/threads.py: "spin", the
     default as in stock llama.cpp, "passive", "active", "spin-10k"); fixed per process once
     the first engine has loaded.
@@ -171,7 +167,7 @@ def minimum_budget(
     draft: str | Path | None = None,
 ) -> int:
     """The smallest budget `load` accepts: dense weights + KV cache + one token's experts; with
-    a draft bundle, both models' at one expert fraction (runtime/draft_budget.py)."""
+    a draft bundle, both models' at one expert fraction (runtime/speculative/draft_budget.py)."""
     opened = open_bundle(bundle, fmt=format_for(backend))
     n_ctx = _context(opened, n_ctx)
     b = _budget_inputs(opened, n_ctx)
@@ -282,7 +278,8 @@ class Model:
         )
         self.cache.warm()  # release what llama.cpp populated at load, pin the hot set
         self.pager.cache, self.pager.residency = self.cache, self.residency
-        # Expert prefetch by pre-gating (runtime/prefetcher.py): "on", "off" or why it is off.
+        # Expert prefetch by pre-gating (runtime/experts/prefetcher.py): "on", "off" or why it is
+        # off.
         self.prefetch = self.pager.start_prefetch(self._prefetch, cold, self.bundle.model_path)
 
     # --- text ----------------------------------------------------------------------------
@@ -306,14 +303,14 @@ class Model:
         tools: Sequence[ToolSpec] = (),
         tool_choice: ToolChoice | None = None,
     ) -> str:
-        from runtime.chat_template import render_chat
+        from runtime.generation.chat_template import render_chat
 
         return render_chat(self.manifest.chat_template, messages, tools=tools,
                            tool_choice=tool_choice)
 
     def prepare(self, request: GenerationRequest) -> PreparedRequest:
         """Render the chat template, tokenize, check the context window and build the grammar,
-        once (runtime/preparation.py). Safe to call while another thread generates."""
+        once (runtime/generation/preparation.py). Safe to call while another thread generates."""
         if self.engine is None:
             raise EdgemoeError(f"{self.name}: the model is closed")
         return prepare_request(self.engine, self.manifest.chat_template, self.n_ctx, request)
@@ -329,7 +326,7 @@ class Model:
         return bias
 
     def closing_bias(self, place: str) -> np.ndarray:
-        """The bonus on closing tokens inside a string or elsewhere (runtime/closing.py),
+        """The bonus on closing tokens inside a string or elsewhere (runtime/structured/closing.py),
         computed once per model."""
         biases: dict[str, np.ndarray] | None = self.__dict__.get("_closing")
         if biases is None:
@@ -414,7 +411,7 @@ class Model:
     def _run(
         self, prepared: PreparedRequest, cancel: threading.Event | None
     ) -> Iterator[StreamEvent]:
-        from runtime.decoding import run
+        from runtime.generation.decoding import run
 
         return run(self, prepared, cancel)
 

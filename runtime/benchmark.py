@@ -19,8 +19,8 @@ from typing import Any
 import numpy as np
 
 from contract.device_profile import DeviceProfile
+from runtime.experts.residency import drop_file_cache
 from runtime.procfs import peak_rss, peak_rss_reset
-from runtime.residency import drop_file_cache
 
 DEFAULT_PROMPT = (
     "Write a short, friendly paragraph explaining why a small device should keep only the most "
@@ -157,7 +157,7 @@ def _profile(opts: BenchOptions, snapshot: DeviceProfile) -> DeviceProfile:
 def run_benchmark(opts: BenchOptions) -> BenchReport:
     """Load the bundle (cold: from storage), generate once, measure (see the module doc)."""
     import runtime
-    from runtime.bundle import open_bundle
+    from runtime.bundles.open import open_bundle
 
     opened = open_bundle(opts.bundle)
     if opts.cold:

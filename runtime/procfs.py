@@ -1,7 +1,7 @@
 """What /proc says about this process: its mappings of a file, their resident bytes, its RSS.
 
-Read-only probes, kept apart from runtime/residency.py (which acts on memory) because they serve
-two masters: residency needs `mapping_base` to find llama.cpp's mapping of the model file, and
+Read-only probes, kept apart from runtime/experts/residency.py (which acts on memory) because they
+serve two masters: residency needs `mapping_base` to find llama.cpp's mapping of the model file, and
 `Model.stats()`, tests and benches need the measurements (smaps Rss, VmRSS/VmHWM, pagemap) to
 check the cache's books from outside. Linux first; elsewhere the measurements fall back to psutil
 or `resource`, or return None, and the mapping lookups raise ProcfsError.

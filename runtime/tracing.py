@@ -13,17 +13,18 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.backends.base import EngineConfig, backend_for, format_for, open_backend
+from runtime.backends.base import EngineConfig
+from runtime.backends.registry import backend_for, format_for, open_backend
 from runtime.budget import parse_budget
-from runtime.bundle import open_bundle
+from runtime.bundles.open import open_bundle
 from runtime.errors import BudgetError
-from runtime.pinning import pinned_set
-from runtime.policy import DEFAULT_POLICY
-from runtime.prefetch import Guesses, PrefetchTrace
-from runtime.pregate import Pregate, next_layers, read_routers
-from runtime.replay import Row, render_replay, replay
-from runtime.routing_probe import RoutingProbe
-from runtime.routing_trace import RoutingTrace, TraceError
+from runtime.experts.pinning import pinned_set
+from runtime.experts.policy import DEFAULT_POLICY
+from runtime.experts.prefetch import Guesses, PrefetchTrace
+from runtime.experts.pregate import Pregate, next_layers, read_routers
+from runtime.experts.replay import Row, render_replay, replay
+from runtime.experts.routing_probe import RoutingProbe
+from runtime.experts.routing_trace import RoutingTrace, TraceError
 
 
 @dataclass(frozen=True)
@@ -81,10 +82,11 @@ def record_prefetch_trace(
     max_tokens: int = 4096,
     threads: int | None = None,
 ) -> PrefetchTrace:
-    """A routing trace plus pre-gating guesses (runtime/pregate.py) from each hidden state in
-    `sources` (llama.cpp graph names: `ffn_inp` is a layer's residual before its MoE block,
-    `l_out` its output), for the 1..depth next MoE layers; for `runtime.prefetch.evaluate`."""
-    from runtime.backends.llama_cpp import LlamaBackend
+    """A routing trace plus pre-gating guesses (runtime/experts/pregate.py) from each hidden state
+    in `sources` (llama.cpp graph names: `ffn_inp` is a layer's residual before its MoE block,
+    `l_out` its output), for the 1..depth next MoE layers; for
+    `runtime.experts.prefetch.evaluate`."""
+    from runtime.backends.llama_cpp.backend import LlamaBackend
 
     opened = open_bundle(bundle, fmt="gguf")
     m = opened.manifest
@@ -137,7 +139,7 @@ def replay_budgets(
     backend: str | None = None,
 ) -> TraceReport:
     """Hit rate of each policy (and Belady's optimum) at each budget, sized and pinned exactly
-    as the runtime would (`runtime.pinning.pinned_set`)."""
+    as the runtime would (`runtime.experts.pinning.pinned_set`)."""
     opened = open_bundle(bundle, fmt=format_for(backend))
     m = opened.manifest
     expert_bytes = {x.layer: x.expert_bytes for x in opened.build.expert_layers}

@@ -35,7 +35,7 @@ def pull(
     `edgemoe pull org/name /opt/kiosk/model` (HF_HUB_OFFLINE=1: from the local Hub cache) or
     `edgemoe pull ./bundle /opt/kiosk/model`; `edgemoe pull --rollback /opt/kiosk/model`.
     """
-    from runtime import bundle_store
+    from runtime.bundles import store
 
     if rollback:
         if source is None or dest is not None:
@@ -47,14 +47,14 @@ def pull(
         target = dest
     try:
         if rollback:
-            done = bundle_store.rollback(target)
+            done = store.rollback(target)
         else:
-            done = bundle_store.pull(
-                source, target, revision=revision, keep=keep or bundle_store.KEEP
+            done = store.pull(
+                source, target, revision=revision, keep=keep or store.KEEP
             )
     except KeyboardInterrupt:
-        now = bundle_store.current(target)
-        raise bundle_store.StoreError(
+        now = store.current(target)
+        raise store.StoreError(
             f"interrupted; {target} points at {now.id if now else 'nothing'}"
         ) from None
     if not done.changed:

@@ -14,13 +14,13 @@ from typing import Annotated, TextIO
 import typer
 
 from apps.cli.errors import friendly
-from runtime.generation import (
+from runtime.generation.request import (
     DEFAULT_MAX_TOKENS,
     DEFAULT_SAMPLING,
     GenerationRequest,
     SamplingParams,
 )
-from runtime.speculation_switch import DEFAULT_DRAFT_TOKENS
+from runtime.speculative.switch import DEFAULT_DRAFT_TOKENS
 
 # A conversation reads better with some variety and room to answer than a one-shot `run`.
 CHAT_SAMPLING = SamplingParams(max_tokens=256, temperature=0.7)

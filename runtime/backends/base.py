@@ -15,8 +15,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from runtime.generation import SamplingParams
-from runtime.residency import FileMapping
+from runtime.backends.mapping import FileMapping
 
 
 @dataclass(frozen=True)
@@ -58,8 +57,31 @@ class EngineConfig:
     verbose: bool = False
 
 
+class SamplerSettings(Protocol):
+    """What an engine's sampler reads of a request's sampling parameters.
+
+    `runtime.generation.request.SamplingParams` is the one record that satisfies it; the seam
+    names only the fields it needs, so the floor imports nothing of the request path above it.
+    """
+
+    @property
+    def temperature(self) -> float: ...
+
+    @property
+    def top_p(self) -> float: ...
+
+    @property
+    def top_k(self) -> int: ...
+
+    @property
+    def seed(self) -> int | None: ...
+
+    @property
+    def grammar(self) -> str | None: ...
+
+
 class Sampler(Protocol):
-    """An engine's token sampler, built from SamplingParams; closed after a generation.
+    """An engine's token sampler, built from SamplerSettings; closed after a generation.
 
     It samples from a logits vector the runtime hands it (logit_bias and the closing bonus
     already added), so every choice of an `n` request can start from the prompt's logits."""
@@ -112,7 +134,7 @@ class Backend(Protocol):
         """The last decode's logits [positions, n_vocab]: all of them with all_outputs."""
         ...
 
-    def sampler(self, params: SamplingParams) -> Sampler: ...
+    def sampler(self, params: SamplerSettings) -> Sampler: ...
 
     def sample(self, sampler: Sampler) -> int: ...
 
@@ -129,49 +151,3 @@ class Tokenizer(Protocol):
     def tokenize(self, text: str, special: bool = True) -> list[int]: ...
 
     def close(self) -> None: ...
-
-
-BACKENDS = ("llama.cpp", "onnx")
-_FORMAT_OF = {"llama.cpp": "gguf", "onnx": "onnx"}
-
-
-def format_for(backend: str | None) -> str | None:
-    """The bundle build an engine runs: llama.cpp runs the GGUF, onnxruntime the ONNX build."""
-    if backend is None:
-        return None
-    if backend not in _FORMAT_OF:
-        from runtime.errors import EdgemoeError
-
-        raise EdgemoeError(f"unknown backend '{backend}' (available: {', '.join(BACKENDS)})")
-    return _FORMAT_OF[backend]
-
-
-def backend_for(fmt: str) -> str:
-    return {v: k for k, v in _FORMAT_OF.items()}[fmt]
-
-
-def open_tokenizer(model_path: Path, kind: str = "llama.cpp") -> Tokenizer:
-    if kind == "llama.cpp":
-        from runtime.backends.llama_cpp import LlamaTokenizer
-
-        return LlamaTokenizer(model_path)
-    from runtime.errors import EdgemoeError
-
-    raise EdgemoeError(f"unknown backend '{kind}' (available: llama.cpp)")
-
-
-def open_backend(
-    cfg: EngineConfig, observer: RoutingObserver | None = None, kind: str = "llama.cpp"
-) -> Backend:
-    """The one place that picks an engine implementation by name."""
-    if kind == "llama.cpp":
-        from runtime.backends.llama_cpp import LlamaBackend
-
-        return LlamaBackend(cfg, observer)
-    if kind == "onnx":
-        from runtime.backends.onnx_runtime import OnnxBackend
-
-        return OnnxBackend(cfg, observer)
-    from runtime.errors import EdgemoeError
-
-    raise EdgemoeError(f"unknown backend '{kind}' (available: {', '.join(BACKENDS)})")

@@ -16,8 +16,8 @@ from collections.abc import Sequence
 
 from pydantic import BaseModel
 
-from runtime.generation import Choice, StreamEvent, Usage
-from runtime.logprobs import TokenLogprob
+from runtime.generation.logprobs import TokenLogprob
+from runtime.generation.request import Choice, StreamEvent, Usage
 from runtime.server.schemas import (
     AssistantMessage,
     ChatChoice,
@@ -38,7 +38,7 @@ from runtime.server.schemas import (
     UsageInfo,
     json_body,
 )
-from runtime.tools import ToolCallDelta
+from runtime.structured.tools import ToolCallDelta
 
 
 def final_choices(ev: StreamEvent) -> tuple[Choice, ...]:

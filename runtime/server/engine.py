@@ -26,7 +26,7 @@ from dataclasses import replace
 from typing import Any
 
 from runtime.api import Model
-from runtime.generation import PreparedRequest, StreamEvent
+from runtime.generation.request import PreparedRequest, StreamEvent
 
 log = logging.getLogger("edgemoe.server")
 

@@ -21,7 +21,7 @@ from prometheus_client.core import (
     Metric,
 )
 
-from runtime.generation import StreamEvent
+from runtime.generation.request import StreamEvent
 
 PREFIX = "edgemoe"
 # The classic text format (what generate_latest writes), understood by every Prometheus.
@@ -44,7 +44,7 @@ RUNTIME_FIGURES: tuple[tuple[str, str, str, str], ...] = (
     ("process_rss_bytes", "process_rss_bytes", "gauge", "Resident set size of the process."),
     ("mapping_rss_bytes", "model_mapping_rss_bytes", "gauge",
      "Resident bytes of the model file mapping."),
-    # Speculative decoding (present only with a draft: runtime/speculative.py).
+    # Speculative decoding (present only with a draft: runtime/speculative/speculator.py).
     ("drafted_tokens", "speculative_drafted_tokens_total", "counter",
      "Tokens a draft proposed for verification."),
     ("accepted_tokens", "speculative_accepted_tokens_total", "counter",
@@ -176,7 +176,7 @@ class _ScrapeCollector:
         yield from _latency(stats.get("latency_histograms"))
 
 
-# Model.stats()["latency_histograms"] key (runtime/latency.py) -> help text.
+# Model.stats()["latency_histograms"] key (runtime/generation/latency.py) -> help text.
 LATENCY: tuple[tuple[str, str], ...] = (
     ("ttft_seconds", "Time to first token: prompt start to the first sampled token."),
     ("inter_token_seconds", "Inter-token latency: one generated token to the next."),

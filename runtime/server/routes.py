@@ -20,7 +20,7 @@ from starlette.concurrency import run_in_threadpool
 from starlette.responses import PlainTextResponse, Response, StreamingResponse
 from starlette.types import Receive
 
-from runtime.generation import GenerationRequest, StreamEvent
+from runtime.generation.request import GenerationRequest, StreamEvent
 from runtime.server.answers import Answer, ChatAnswer, CompletionAnswer, final_choices
 from runtime.server.engine import Engine, EngineStoppedError, Job
 from runtime.server.errors import APIError, from_exception

@@ -22,7 +22,8 @@ from pydantic import (
     model_validator,
 )
 
-from runtime.generation import (
+from runtime.generation.logprobs import MAX_TOP_LOGPROBS
+from runtime.generation.request import (
     DEFAULT_MAX_TOKENS,
     DEFAULT_SAMPLING,
     MAX_LOGIT_BIAS,
@@ -31,8 +32,7 @@ from runtime.generation import (
     MIN_MAX_TOKENS,
     SamplingParams,
 )
-from runtime.generation import Usage as RuntimeUsage
-from runtime.logprobs import MAX_TOP_LOGPROBS
+from runtime.generation.request import Usage as RuntimeUsage
 
 MAX_STOP = 4
 MAX_TOKENS_IN = 1 << 17  # /detokenize

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from runtime.speculation_switch import DEFAULT_DRAFT_TOKENS, MAX_DRAFT_TOKENS
+from runtime.speculative.switch import DEFAULT_DRAFT_TOKENS, MAX_DRAFT_TOKENS
 
 MIB = 1 << 20
 

@@ -16,7 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from runtime.api import Model
-from runtime.generation import GenerationRequest, PreparedRequest
+from runtime.generation.request import GenerationRequest, PreparedRequest
 from runtime.server.engine import Engine
 from runtime.server.errors import from_exception, model_not_found, not_ready
 from runtime.server.keeper import BundleLoader, ModelKeeper

@@ -120,7 +120,7 @@ def test_request_shape_is_openais_json_schema_format():
 
 def test_schema_keeps_to_what_the_server_can_enforce():
     """The server refuses schema keywords its grammar cannot honour; this one passes as is."""
-    from runtime.json_schema import check_schema
+    from runtime.structured.json_schema import check_schema
 
     check_schema(SUMMARY_SCHEMA, "response_format")
 

@@ -197,7 +197,7 @@ def _corrupt_sampled_expert_block(bundle: Path) -> int:
 
 @pytest.mark.engine
 def test_data_damage_that_keeps_the_size_is_refused_at_open(tiny_bundle, tmp_path):
-    from runtime.bundle import open_bundle
+    from runtime.bundles.open import open_bundle
 
     bundle = _copy(tiny_bundle, tmp_path)
     offset = _corrupt_sampled_expert_block(bundle)
@@ -237,7 +237,7 @@ def test_bundle_from_before_the_field_still_loads(tiny_bundle, tmp_path):
 
 @pytest.mark.engine
 def test_onnx_build_samples_graph_and_data(bundle_factory, tmp_path):
-    from runtime.bundle import open_bundle
+    from runtime.bundles.open import open_bundle
 
     src = bundle_factory("qwen3moe-tiny", "fp32", format="onnx")
     m = read_manifest(src)

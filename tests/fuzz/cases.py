@@ -284,7 +284,7 @@ def _layers(draw: Draw) -> list[int]:
 
 def _valid_trace(draw: Draw) -> tuple[dict[str, Any], str]:
     """A well-formed trace of another shape than the bundle's (what replay may be handed)."""
-    from runtime.routing_trace import synthetic_trace
+    from runtime.experts.routing_trace import synthetic_trace
 
     n_experts = draw.choice([1, 2, 7, 8, 9, 64, 4096])
     layers = [] if draw.chance(0.1) else _layers(draw)

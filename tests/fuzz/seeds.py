@@ -45,7 +45,7 @@ def synthetic_usage(n_experts: int, top_k: int, layers: tuple[int, ...], n_token
 
 
 def load_seeds(bundle: Path) -> Seeds:
-    from runtime.routing_trace import synthetic_trace
+    from runtime.experts.routing_trace import synthetic_trace
 
     manifest = json.loads((bundle / "manifest.json").read_text())
     gguf = (bundle / manifest["model_file"]).read_bytes()

@@ -83,7 +83,7 @@ def test_profile_loader_property():
 
 @pytest.mark.unit
 def test_trace_loader_property():
-    from runtime.routing_trace import RoutingTrace, synthetic_trace
+    from runtime.experts.routing_trace import RoutingTrace, synthetic_trace
 
     seen: set[KnownIssue] = set()
     seed = synthetic_trace(12, 8, (0, 1, 2), 2, seed=0).to_dict()

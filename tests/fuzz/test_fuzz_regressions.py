@@ -88,7 +88,7 @@ def _add_kv(key_suffix: str, value: int) -> Callable[[GGUFModel], None]:
 )
 def test_llama_cpp_limits_are_checked_before_it_asserts(case, edit, shape, field, tiny_bundle,
                                                         tmp_path):
-    from runtime.bundle import open_bundle
+    from runtime.bundles.open import open_bundle
 
     with pytest.raises(BundleError) as e:
         open_bundle(_rebundle(tiny_bundle, tmp_path, edit, shape))
@@ -114,7 +114,7 @@ def test_llama_cpp_limits_are_checked_before_it_asserts(case, edit, shape, field
     ],
 )
 def test_hostile_gguf_is_refused_at_open(case, edit, field, tiny_bundle, tmp_path):
-    from runtime.bundle import open_bundle
+    from runtime.bundles.open import open_bundle
 
     bundle = _rebundle(tiny_bundle, tmp_path, edit)
     with pytest.raises(BundleError) as e:
@@ -125,7 +125,7 @@ def test_hostile_gguf_is_refused_at_open(case, edit, field, tiny_bundle, tmp_pat
 @pytest.mark.engine
 def test_huge_array_count_is_refused_before_gguf_py_loops_over_it(tiny_bundle, tmp_path):
     """A token-type array claiming 2**32+1 items: gguf-py looped over them for minutes."""
-    from runtime.bundle import open_bundle
+    from runtime.bundles.open import open_bundle
 
     bundle = _rebundle(tiny_bundle, tmp_path, lambda m: None)
     model = bundle / "model.gguf"
@@ -154,7 +154,7 @@ TRACE_DAMAGE = {
 @pytest.mark.unit
 @pytest.mark.parametrize("case", sorted(TRACE_DAMAGE))
 def test_trace_file_damage_is_a_trace_error(case, tmp_path):
-    from runtime.routing_trace import RoutingTrace, TraceError, synthetic_trace
+    from runtime.experts.routing_trace import RoutingTrace, TraceError, synthetic_trace
 
     doc = {**synthetic_trace(4, 8, (0, 1), 2).to_dict(), **TRACE_DAMAGE[case]}
     path = tmp_path / "t.json"
@@ -169,7 +169,7 @@ def test_trace_file_damage_is_a_trace_error(case, tmp_path):
 )
 def test_unreadable_json_is_a_domain_error(blob, tmp_path):
     from packager.usage import UsageProfile
-    from runtime.routing_trace import RoutingTrace
+    from runtime.experts.routing_trace import RoutingTrace
 
     path = tmp_path / "f.json"
     path.write_bytes(blob)
@@ -303,8 +303,8 @@ def test_absurd_size_is_a_clear_error(size):
 )
 def test_chat_template_python_errors_are_template_errors(template, problem):
     """chat-template-escapes: render_chat caught jinja's TemplateError (and a few) only."""
-    from runtime.chat_template import render_chat
     from runtime.errors import ChatTemplateError
+    from runtime.generation.chat_template import render_chat
 
     with pytest.raises(ChatTemplateError, match="chat template failed") as e:
         render_chat(template, [{"role": "user", "content": "hi"}])
@@ -337,8 +337,8 @@ UNBOUNDED_TEMPLATES = {
 def test_chat_template_rendering_is_bounded(case):
     """chat-template-unbounded: a manifest's template made Model.chat tokenize a gigabyte
     prompt (abort on allocation failure) or never finish rendering."""
-    from runtime.chat_template import render_chat
-    from runtime.template_sandbox import TemplateTooCostly
+    from runtime.generation.chat_template import render_chat
+    from runtime.generation.template_sandbox import TemplateTooCostly
 
     template, problem = UNBOUNDED_TEMPLATES[case]
     started = time.monotonic()
@@ -354,7 +354,7 @@ def test_bounded_sandbox_renders_as_jinja_does():
     methods and tojson render exactly as jinja's own sandbox renders them."""
     from jinja2.sandbox import ImmutableSandboxedEnvironment
 
-    from runtime.chat_template import render_chat
+    from runtime.generation.chat_template import render_chat
 
     template = (
         "{% set ns = namespace(last=-1) %}{% for m in messages[::-1] %}"
@@ -383,8 +383,8 @@ def test_replay_of_another_models_trace_is_a_trace_error(n_experts, layers, prob
                                                         tiny_bundle):
     """replay-trace-shape: replay_budgets did not check the trace against the bundle, and a
     well-formed trace of another shape raised ValueError from ExpertCache."""
-    from runtime.bundle import open_bundle
-    from runtime.routing_trace import TraceError, synthetic_trace
+    from runtime.bundles.open import open_bundle
+    from runtime.experts.routing_trace import TraceError, synthetic_trace
     from runtime.tracing import replay_budgets
 
     shape = open_bundle(tiny_bundle).manifest.shape

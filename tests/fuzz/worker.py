@@ -81,7 +81,7 @@ _FRAME = re.compile(r'^\s*File "([^"]+)", line \d+', re.MULTILINE)
 
 def step_api(case: dict, stage: dict) -> dict:
     import runtime
-    from runtime.bundle import open_bundle
+    from runtime.bundles.open import open_bundle
 
     bundle = Path(case["dir"]) / "bundle"
     open_bundle(bundle)
@@ -110,7 +110,7 @@ def step_profile(case: dict, stage: dict) -> None:
 
 
 def step_trace(case: dict, stage: dict) -> None:
-    from runtime.routing_trace import RoutingTrace
+    from runtime.experts.routing_trace import RoutingTrace
     from runtime.tracing import replay_budgets
 
     trace = RoutingTrace.load(Path(case["dir"]) / case["input"])
@@ -354,7 +354,7 @@ def _preload() -> None:
     import packager.planning  # noqa: F401
     import packager.usage  # noqa: F401
     import runtime.api  # noqa: F401
-    import runtime.backends.llama_cpp  # noqa: F401
+    import runtime.backends.llama_cpp.backend  # noqa: F401
     import runtime.tracing  # noqa: F401
 
 

@@ -62,7 +62,7 @@ def test_covers_every_quantized_block_matrix(stats, f32_gguf):
 def test_expert_statistics_match_llama_cpp_activations(ckpt, chunks, stats, f32_gguf):
     """Recompute ffn_down_exps' statistics from llama.cpp's own tensors (routing + swiglu)."""
     from runtime.backends.base import EngineConfig
-    from runtime.backends.llama_cpp import PROBS, LlamaBackend
+    from runtime.backends.llama_cpp.backend import PROBS, LlamaBackend
 
     n_exp, top_k = 16, 2
     sums = {}

@@ -10,7 +10,7 @@ import pytest
 import runtime
 from runtime.api import minimum_budget
 from runtime.errors import BudgetError, ChatTemplateError, PromptTooLongError, SamplingError
-from runtime.generation import DEFAULT_MAX_TOKENS, GenerationRequest, SamplingParams
+from runtime.generation.request import DEFAULT_MAX_TOKENS, GenerationRequest, SamplingParams
 from tests.conftest import ARCH_FIXTURES
 
 pytestmark = pytest.mark.engine

@@ -15,7 +15,7 @@ import pytest
 
 import runtime
 from runtime.errors import SamplingError
-from runtime.generation import GenerationRequest, SamplingParams, choice_seed
+from runtime.generation.request import GenerationRequest, SamplingParams, choice_seed
 
 pytestmark = pytest.mark.engine
 

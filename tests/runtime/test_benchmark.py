@@ -8,7 +8,7 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 from runtime.benchmark import io_read_bytes, memory_bandwidth_gb_s
-from runtime.latency import BUCKETS, LatencyRecorder
+from runtime.generation.latency import BUCKETS, LatencyRecorder
 from runtime.server.metrics import _latency
 
 pytestmark = pytest.mark.unit

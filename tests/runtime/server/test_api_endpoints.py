@@ -15,7 +15,7 @@ import jsonschema_rs
 import pytest
 from pydantic import BaseModel, Field
 
-from runtime.generation import choice_seed
+from runtime.generation.request import choice_seed
 from tests.runtime.server.conftest import RunningServer
 
 pytestmark = [pytest.mark.endpoint, pytest.mark.engine]

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from runtime.routing_trace import RoutingTrace, TraceError, synthetic_trace
+from runtime.experts.routing_trace import RoutingTrace, TraceError, synthetic_trace
 
 pytestmark = pytest.mark.unit
 

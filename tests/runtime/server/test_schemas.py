@@ -8,7 +8,7 @@ import json
 import pytest
 
 from runtime.errors import SamplingError
-from runtime.generation import DEFAULT_SAMPLING, SamplingParams, StreamEvent, Usage
+from runtime.generation.request import DEFAULT_SAMPLING, SamplingParams, StreamEvent, Usage
 from runtime.server.metrics import Metrics, ServingFigures
 from runtime.server.schemas import (
     ChatChunkChoice,

@@ -1,0 +1,46 @@
+"""Where an engine mapped the file that holds the experts: the seam's residency hook.
+
+A Backend reports it (`Backend.file_mapping()`); the expert cache's hands (runtime/experts/
+residency.py) and the prefetcher turn file offsets into addresses through it, and nothing else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from runtime.procfs import PAGE_SIZE
+
+
+@dataclass(frozen=True)
+class FileMapping:
+    """Where an engine mapped a file: (file offset lo, file offset hi, address of lo) regions.
+
+    llama.cpp maps the whole GGUF once (one region); onnxruntime maps each external-data
+    initializer on its own (one region per tensor). Every address handed to madvise/mlock is
+    computed here and must fall inside a region: the last check before the kernel is asked to
+    act on memory, so a bad number from anywhere can never reach it.
+    """
+
+    regions: tuple[tuple[int, int, int], ...]
+
+    @classmethod
+    def whole(cls, base: int, size: int) -> FileMapping:
+        """One mapping of the whole file (its last page rounded up, as mmap maps it)."""
+        return cls(((0, -(-size // PAGE_SIZE) * PAGE_SIZE, base),))
+
+    def pieces(self, lo: int, hi: int) -> list[tuple[int, int]] | None:
+        """(address, length) pieces covering file bytes [lo, hi) (a range may run over two
+        adjacent mappings), or None if any byte of it is not mapped."""
+        out: list[tuple[int, int]] = []
+        at = lo
+        for r_lo, r_hi, addr in sorted(self.regions):
+            if r_hi <= at or r_lo >= hi:
+                continue
+            if r_lo > at:
+                return None
+            end = min(hi, r_hi)
+            out.append((addr + (at - r_lo), end - at))
+            at = end
+            if at >= hi:
+                break
+        return out if at >= hi and lo < hi else None

@@ -1,0 +1,1 @@
+"""The onnxruntime engine: a bundle's ONNX build in a stock InferenceSession, and its tokenizer."""

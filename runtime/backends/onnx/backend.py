@@ -1,0 +1,217 @@
+"""onnxruntime backend: a bundle's model.onnx in a stock `InferenceSession` on CPU.
+
+The graph has the conventional decoder-only interface (input_ids, attention_mask, position_ids,
+past_key_values.i.key/value -> logits, present.i.key/value) plus `routing.i` outputs: the experts
+each MoE layer's router chose. Expert weights are stacked initializers in the external-data file,
+which onnxruntime memory-maps (one mapping per initializer) and, with prepacking disabled, never
+copies: a token's Gather touches only its experts' pages, so the same madvise-based residency
+that pages llama.cpp's mapping pages this one.
+
+Routing is read back after each run (onnxruntime has no mid-graph callback), so the expert cache
+admits a layer's experts just after they were used rather than just before; the budget is then
+exceeded by at most one batch's experts during the run, and restored before the next one.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+
+from runtime.backends.base import EngineConfig, RoutingEvent, RoutingObserver, SamplerSettings
+from runtime.backends.mapping import FileMapping
+from runtime.backends.onnx.tokenizer import HFTokenizer
+from runtime.backends.sampling import NumpySampler
+from runtime.errors import BundleError, EdgemoeError
+from runtime.procfs import file_regions
+
+_PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
+_ROUTING = re.compile(r"^routing\.(\d+)$")
+DATA_SUFFIX = ".data"
+
+
+def _eog_ids(bundle: Path, tok: HFTokenizer) -> set[int]:
+    """End-of-generation ids: generation_config's eos ids and the tokenizer's eos token."""
+    ids: set[int] = set()
+    for name, key in (("generation_config.json", "eos_token_id"), ("config.json", "eos_token_id")):
+        try:
+            value = json.loads((bundle / name).read_text(encoding="utf-8")).get(key)
+        except (OSError, ValueError):
+            continue
+        ids.update(v for v in (value if isinstance(value, list) else [value]) if isinstance(v, int))
+    try:
+        cfg = json.loads((bundle / "tokenizer_config.json").read_text(encoding="utf-8"))
+        eos = cfg.get("eos_token")
+        eos = eos.get("content") if isinstance(eos, dict) else eos
+        if isinstance(eos, str) and (i := tok.token_id(eos)) is not None:
+            ids.add(i)
+    except (OSError, ValueError):
+        pass
+    return ids
+
+
+class OnnxBackend:
+    """One onnxruntime session decoding a single sequence (the `Backend` protocol)."""
+
+    name = "onnx"
+    wait_policy = "onnxruntime, spinning off"  # its own pool; see allow_spinning below
+
+    def __init__(self, cfg: EngineConfig, observer: RoutingObserver | None = None) -> None:
+        import onnxruntime as ort
+
+        self.cfg = cfg
+        self._observer = observer if cfg.observe_routing else None
+        self._bundle = cfg.model_path.parent
+        self._tokenizer: HFTokenizer | None = None  # read on first use (logits need none)
+        self._eog_set: set[int] | None = None
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = cfg.n_threads
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        # Weights must stay pages of the external-data mapping, never private copies.
+        so.add_session_config_entry("session.disable_prepacking", "1")
+        so.add_session_config_entry("session.use_env_allocators", "0")
+        # Spinning workers burn the core a busy neighbour needs, and on small models cost more
+        # than they save (measured: 2 threads 4.6 ms/token without spinning, 11.8 ms with).
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        try:
+            self.session = ort.InferenceSession(
+                str(cfg.model_path), so, providers=["CPUExecutionProvider"]
+            )
+        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
+            first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+            raise BundleError(
+                f"{cfg.model_path}: onnxruntime could not load it ({first})"
+            ) from None
+        self._inputs = {i.name: i for i in self.session.get_inputs()}
+        self._past_names = sorted(
+            (n for n in self._inputs if _PAST.match(n)),
+            key=lambda n: (int(_PAST.match(n).group(1)), n),  # type: ignore[union-attr]
+        )
+        outputs = [o.name for o in self.session.get_outputs()]
+        self._routing = {int(m.group(1)): n for n in outputs if (m := _ROUTING.match(n))}
+        # Fetched every run, in this order: logits, each layer's present K/V, each MoE layer's ids.
+        self._outputs = [
+            "logits",
+            *(n.replace("past_key_values", "present") for n in self._past_names),
+            *(self._routing[k] for k in sorted(self._routing)),
+        ]
+        self._kv_dtype = np.float16 if "float16" in self._first_past_type() else np.float32
+        self.n_vocab = int(self.session.get_outputs()[0].shape[-1] or 0)
+        self.n_past = 0
+        self._past: dict[str, np.ndarray] = {}
+        data = Path(str(cfg.model_path) + DATA_SUFFIX)
+        self.data_path = data if data.is_file() else None
+        self._logits: np.ndarray | None = None
+        self._batch = cfg.n_batch
+        self.reset()
+
+    def _first_past_type(self) -> str:
+        return self._inputs[self._past_names[0]].type if self._past_names else "tensor(float)"
+
+    # --- residency hook ------------------------------------------------------------------
+    def file_mapping(self) -> FileMapping | None:
+        """onnxruntime maps each external initializer on its own: one region per mapping."""
+        if self.data_path is None:
+            return None
+        regions = tuple(
+            (r.offset, r.offset + (r.end - r.start), r.start) for r in file_regions(self.data_path)
+        )
+        return FileMapping(regions) if regions else None
+
+    # --- tokens ----------------------------------------------------------------------------
+    @property
+    def tokenizer(self) -> HFTokenizer:
+        if self._tokenizer is None:
+            self._tokenizer = HFTokenizer(self._bundle)
+        return self._tokenizer
+
+    @property
+    def _eog(self) -> set[int]:
+        if self._eog_set is None:
+            self._eog_set = _eog_ids(self._bundle, self.tokenizer)
+        return self._eog_set
+
+    def tokenize(self, text: str, special: bool = True) -> list[int]:
+        return self.tokenizer.tokenize(text, special)
+
+    def token_bytes(self, token: int) -> bytes:
+        return self.tokenizer.token_bytes(token)
+
+    def is_eog(self, token: int) -> bool:
+        return token in self._eog
+
+    def eos_token(self) -> int:
+        return min(self._eog) if self._eog else 0
+
+    # --- decoding --------------------------------------------------------------------------
+    def reset(self) -> None:
+        self.n_past = 0
+        self._past = {}
+        for name in self._past_names:
+            shape = [1 if not isinstance(d, int) else d for d in self._inputs[name].shape]
+            shape[2] = 0  # [batch, kv heads, past length, head dim]
+            self._past[name] = np.zeros(shape, dtype=self._kv_dtype)
+
+    def truncate(self, n_past: int) -> None:
+        """Forget every position from n_past on (a speculative step's rejected drafts): the
+        past arrays are cut along their sequence axis ([batch, heads, past length, ...])."""
+        if not 0 <= n_past <= self.n_past:
+            raise EdgemoeError(f"cannot truncate {self.n_past} positions to {n_past}")
+        if n_past == self.n_past:
+            return
+        for name, past in self._past.items():
+            self._past[name] = np.ascontiguousarray(past[:, :, :n_past])
+        self.n_past = n_past
+
+    def decode(self, tokens: list[int], all_outputs: bool = False) -> np.ndarray:
+        if self.n_past + len(tokens) > self.cfg.n_ctx:
+            raise EdgemoeError(f"context full ({self.cfg.n_ctx} tokens)")
+        out: list[np.ndarray] = []
+        for start in range(0, len(tokens), self._batch):
+            logits = self._run(tokens[start : start + self._batch])
+            out.append(logits if all_outputs else logits[-1:])
+        self._logits = np.concatenate(out)
+        return self._logits[-1].copy()
+
+    @property
+    def last_logits(self) -> np.ndarray:
+        """The last decode's logits: every position's with all_outputs, else the last one's."""
+        assert self._logits is not None, "decode first"
+        return self._logits
+
+    def _run(self, chunk: list[int]) -> np.ndarray:
+        n = len(chunk)
+        feeds: dict[str, np.ndarray] = {
+            "input_ids": np.asarray([chunk], dtype=np.int64),
+            "attention_mask": np.ones((1, self.n_past + n), dtype=np.int64),
+            "position_ids": np.arange(self.n_past, self.n_past + n, dtype=np.int64)[None, :],
+            **self._past,
+        }
+        results = self.session.run(
+            self._outputs, {k: v for k, v in feeds.items() if k in self._inputs}
+        )
+        logits, rest = results[0], results[1:]
+        for past, present in zip(self._past_names, rest[: len(self._past_names)], strict=True):
+            self._past[past] = present
+        self.n_past += n
+        if self._observer is not None:
+            routed = rest[len(self._past_names) :]
+            for layer, ids in zip(sorted(self._routing), routed, strict=True):
+                self._observer(RoutingEvent(layer, np.asarray(ids, dtype=np.int32).reshape(n, -1)))
+        return np.asarray(logits[0], dtype=np.float32)
+
+    def sampler(self, params: SamplerSettings) -> NumpySampler:
+        """numpy sampling (runtime/backends/sampling.py). onnxruntime has no grammar sampler, so a
+        constrained request (response_format, tools, grammar) is refused here, at prepare."""
+        return NumpySampler(params)
+
+    def sample(self, sampler: NumpySampler, logits_idx: int = -1) -> int:
+        assert self._logits is not None, "decode before sampling"
+        return sampler.sample(self._logits[logits_idx])
+
+    def close(self) -> None:
+        self.session = None  # type: ignore[assignment]
+        self._past = {}

@@ -1,0 +1,312 @@
+"""Routing events -> expert cache: between what llama.cpp computes and what stays resident.
+
+The engine calls `on_routing(event)` (a `RoutingEvent`) after a layer's router chose and
+before its expert matmuls run. Experts the current batch needs are admitted (evicting others by
+policy); if a prompt batch needs more experts of one layer than the whole capacity, the surplus
+is "transient": its reads start at once (WILLNEED), its pages serve the matmul and are
+released again at the next routing event, so the budget is exceeded by at most one layer's
+experts, and only during prefill.
+
+Hits stay out of Python when the engine can: llama.cpp's C tap (runtime/backends/llama_cpp/tap.py)
+logs a one-token event whose experts are all resident instead of calling us, against a bitmap
+this pager keeps equal to the cache's books; the log is replayed, in order, before any event the
+pager handles itself, so the books see exactly the sequence they would have seen one by one.
+The same log carries the prefetches the tap issued (runtime/experts/prefetcher.py scores them).
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from contract.manifest import LayerExperts
+from runtime.backends.base import RoutingEvent
+from runtime.backends.llama_cpp.tap_source import MARK, PREFETCH_BASE
+from runtime.experts.cache import ExpertCache, ExpertState, Residency
+from runtime.experts.prefetcher import (
+    Prefetcher,
+    PrefetchSettings,
+    prefetch_settings,
+    start_prefetch,
+)
+from runtime.experts.pregate import Pregate, read_routers
+from runtime.experts.routing_probe import RoutingProbe
+
+# A fault maps the whole page-cache folio around the faulting page (large folios: up to a PMD),
+# so experts next to a loaded one can become resident without being routed to. After each
+# layer, released experts within this distance of a fresh load are swept back out.
+FOLIO_WINDOW = 2 * 2**20
+
+
+@dataclass
+class PagerStats:
+    """Loads outside the cache's books: experts a prompt batch needed beyond the capacity.
+
+    Model.stats() adds them to the cache's misses and bytes loaded, so the totals say what
+    really came from storage."""
+
+    transient_loads: int = 0
+    transient_bytes: int = 0
+
+
+class RoutingLog(Protocol):
+    """Events an engine kept from Python because all their experts were resident."""
+
+    resident: np.ndarray  # uint8 [layers, experts]: 1 = counted in the books (kept exact here)
+    python_needed: bool  # True: deliver the next event to Python (transients to release)
+
+    def __len__(self) -> int: ...
+
+    def drain(self) -> np.ndarray:
+        """[n, width] records, oldest first (runtime/backends/llama_cpp/tap_source.py): a routing
+        hit (layer, k, ids), a batch MARK, or a prefetch (PREFETCH_BASE - layer, n, ids)."""
+        ...
+
+    def mark(self) -> bool:
+        """Note a batch start in the log; False when full (then nothing was noted)."""
+        ...
+
+
+class ExpertPager:
+    """The engine's routing callback: admits each layer's experts to the cache before its matmuls
+    and sweeps back pages that faults mapped beyond the books (see the module docstring)."""
+
+    def __init__(
+        self,
+        cache: ExpertCache | None,
+        residency: Residency | None,
+        expert_bytes: dict[int, int],
+        top_k: int,
+        record: bool = False,
+        layers: dict[int, LayerExperts] | None = None,
+        n_experts: int = 0,
+    ) -> None:
+        self._log: RoutingLog | None = None
+        self.layers = layers or {}
+        self.n_experts = n_experts
+        self._fresh: list[tuple[int, int]] = []
+        self.cache = cache
+        self.residency = residency
+        self.expert_bytes = expert_bytes
+        self.top_k = top_k
+        self.stats = PagerStats()
+        self._transient: list[tuple[int, int]] = []
+        self._probe = RoutingProbe() if record else None  # per-token rows, when asked
+        self._base = 0  # the probe's current batch start (for replayed rows)
+        self.prefetcher: Prefetcher | None = None
+
+    # --- the engine's routing log (hits kept out of Python) ------------------------------
+    @property
+    def cache(self) -> ExpertCache | None:
+        return self._cache
+
+    @cache.setter
+    def cache(self, cache: ExpertCache | None) -> None:
+        self._cache = cache
+        self._mirror()
+
+    def attach_engine(self, engine: object) -> None:
+        """Use the engine's routing log if it has one (llama.cpp with the C tap)."""
+        make = getattr(engine, "routing_log", None)
+        if make is not None and self.layers and self.n_experts:
+            self.attach_log(make(max(self.layers) + 1, self.n_experts, self.top_k))
+
+    def attach_log(self, log: RoutingLog | None) -> None:
+        """Let the engine keep all-resident one-token events in its log (see module doc)."""
+        self._log = log
+        self._mirror()
+
+    def _mirror(self) -> None:
+        log = self._log
+        if log is None:
+            return
+        if self._cache is None:
+            log.resident[:] = 1  # nothing is paged: every expert is in memory
+            return
+        log.resident[:] = 0
+        resident = log.resident
+
+        def on_change(layer: int, expert: int, counted: bool) -> None:
+            resident[layer, expert] = counted
+
+        self._cache.watch(on_change)
+
+    def start_prefetch(self, setting: PrefetchSettings | bool | None, cold: bool,
+                       model_path: Path) -> str:
+        """Let the engine's tap prefetch by pre-gating (runtime/experts/prefetcher.py) if `setting`
+        asks for it (None: when cold); returns "on" or why not. Cold: unused reads are
+        dropped from the page cache again."""
+        settings = prefetch_settings(setting, cold)
+        if settings is None:
+            return "off"
+        if self._cache is None or self.residency is None:
+            return "off: nothing is paged (full budget)"
+        if self._log is None or not hasattr(self._log, "configure_prefetch"):
+            return "off: the engine has no native routing tap (llama.cpp and a C compiler)"
+        pregate = Pregate(read_routers(model_path, sorted(self.layers)))
+        forget = getattr(self.residency, "forget", None) if cold else None
+        got = start_prefetch(self._log, settings, pregate, self.layers, self.n_experts,
+                             self.top_k, getattr(self.residency, "mapping", None), forget)
+        if isinstance(got, str):
+            return f"off: {got}"
+        self.prefetcher = got
+        return "on"
+
+    def prefetch_stats(self) -> dict[str, int]:
+        return self.prefetcher.stats() if self.prefetcher is not None else {}
+
+    def sync(self) -> None:
+        """Replay what the engine logged, so books and probe are current. Call it from the
+        thread that decodes (the log is appended to without a lock)."""
+        if self._log is not None and len(self._log):
+            self._replay(self._log.drain())
+
+    def _replay(self, records: np.ndarray) -> None:
+        """Records in the order the tap wrote them (runtime/backends/llama_cpp/tap_source.py)."""
+        probe, cache, pf = self._probe, self._cache, self.prefetcher
+        rows = probe.rows if probe is not None else None
+        for rec in records.tolist():
+            layer, n = rec[0], rec[1]
+            if layer == MARK:
+                if probe is not None:
+                    probe.begin_batch()
+                    self._base = len(probe.rows)
+                continue
+            ids = rec[2 : 2 + n]
+            if layer <= PREFETCH_BASE:
+                if pf is not None:
+                    pf.issued(PREFETCH_BASE - layer, ids)
+                continue
+            if rows is not None:
+                while len(rows) <= self._base:
+                    rows.append({})
+                rows[self._base][layer] = tuple(ids)
+            if cache is not None:
+                cache.hit(layer, ids)  # logged only when every expert was resident
+            if pf is not None:
+                pf.routed(layer, ids)
+
+    @property
+    def probe(self) -> RoutingProbe | None:
+        """Per-position routing rows (record=True), with the engine's log replayed first."""
+        self.sync()
+        return self._probe
+
+    def begin_batch(self) -> None:
+        if self._probe is None:
+            return
+        if self._log is not None:
+            if self._log.mark():
+                return
+            self.sync()  # full: replay, then start the batch directly
+        self._probe.begin_batch()
+        self._base = len(self._probe.rows)
+
+    # --- residency -----------------------------------------------------------------------
+    def on_routing(self, event: RoutingEvent) -> None:
+        if self._log is not None and len(self._log):
+            self._replay(self._log.drain())
+        if self._probe is not None:
+            self._probe.on_event(event)
+        if self._cache is None:
+            return
+        layer, flat_ids = event.layer, event.ids.ravel()
+        if self._transient or self._fresh:
+            self.reconcile(step_end=False)
+        if flat_ids.size == self.top_k:  # one token (decode): its experts, nothing to rank
+            needed = flat_ids.tolist()
+        else:
+            needed = [e for e, _ in Counter(flat_ids.tolist()).most_common()]
+        admit, surplus = self._split(layer, needed)
+        if self.prefetcher is not None and event.n_tokens == 1:
+            self.prefetcher.routed(layer, needed)
+        self._fresh.extend(
+            (layer, e) for e in admit if self.cache.state(layer, e) == ExpertState.RELEASED
+        )
+        self.cache.access(layer, admit)
+        for e in surplus:
+            if self.cache.state(layer, e) == ExpertState.RELEASED:
+                self._transient.append((layer, e))
+                self.stats.transient_loads += 1
+                self.stats.transient_bytes += self.expert_bytes[layer]
+                if self.residency is not None:
+                    # Start reading now, all of them: the matmul would otherwise fault them
+                    # in one page at a time, in its own order, with nothing read ahead.
+                    self.residency.load(layer, e)
+        if self._log is not None:
+            # Transients must go before the next layer's matmuls; neighbours a fault mapped
+            # can wait for the end of the step (Model._decode reconciles after every step).
+            self._log.python_needed = bool(self._transient)
+
+    def _split(self, layer: int, needed: list[int]) -> tuple[list[int], list[int]]:
+        """Most-used experts first, as many as the unpinned capacity holds; pinned always fit."""
+        assert self.cache is not None
+        slots = (self.cache.capacity_bytes - self.cache.pinned_bytes) // self.expert_bytes[layer]
+        admit, surplus = [], []
+        for e in needed:
+            if self.cache.state(layer, e) == ExpertState.PINNED:
+                admit.append(e)
+            elif slots > 0:
+                admit.append(e)
+                slots -= 1
+            else:
+                surplus.append(e)
+        return admit, surplus
+
+    def reconcile(self, step_end: bool = True) -> None:
+        """Give back pages the books say are released: transient experts, and neighbours that
+        the previous layer's loads mapped in along with the experts they were for. The engine
+        calls it after each step (`step_end`), the pager itself also between layers."""
+        if self._log is not None:
+            self._log.python_needed = False
+        if self.prefetcher is not None and step_end:
+            if self.prefetcher.active:
+                # The governor judges what prefetching reads from the runs it sees; when every
+                # expert is resident, no event reaches Python and the log would wait for one.
+                self.sync()
+            self.prefetcher.tick()
+        if self.cache is None or self.residency is None:
+            self._transient.clear()
+            self._fresh.clear()
+            return
+        for layer, e in self._transient:
+            if self.cache.state(layer, e) == ExpertState.RELEASED:
+                self.residency.release(layer, e)
+        self._transient.clear()
+        if self._fresh and self.layers and hasattr(self.residency, "release_spans"):
+            self.residency.release_spans(self._neighbour_spans(self._fresh))
+        self._fresh.clear()
+
+    def _neighbour_spans(self, loaded: list[tuple[int, int]]) -> list[tuple[int, int]]:
+        assert self.cache is not None
+        spans: list[tuple[int, int]] = []
+        released = ExpertState.RELEASED
+        for layer, e in loaded:
+            for t in self.layers[layer].tensors:
+                k = -(-FOLIO_WINDOW // t.stride)
+                run = None
+                for n in range(max(0, e - k), min(self.n_experts, e + k + 1)):
+                    if self.cache.state(layer, n) == released:
+                        run = n if run is None else run
+                        continue
+                    if run is not None:
+                        spans.append((t.offset + run * t.stride, t.offset + n * t.stride))
+                        run = None
+                if run is not None:
+                    last = min(self.n_experts, e + k + 1)
+                    spans.append((t.offset + run * t.stride, t.offset + last * t.stride))
+        return _coalesce(spans)
+
+
+def _coalesce(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    out: list[tuple[int, int]] = []
+    for lo, hi in sorted(spans):
+        if out and lo <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], hi))
+        else:
+            out.append((lo, hi))
+    return out

@@ -1,0 +1,1 @@
+"""One generation: the request types, its preparation, the decoding loop, log-probs, latency."""

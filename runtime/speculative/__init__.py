@@ -1,0 +1,1 @@
+"""Speculative decoding: drafters, the acceptance rule, the switch, the target/draft budget."""

@@ -1,0 +1,1 @@
+"""Constrained output: response_format, JSON Schema, GBNF grammars, tools, steering to an end."""

@@ -1,0 +1,190 @@
+"""ONNX builds through the one Backend seam: same Model API, same expert budget, same tokens.
+
+Bundles are packed with `--format onnx` (or `gguf,onnx`) from the real fixture checkpoints and
+run by stock onnxruntime through `runtime.load(..., backend="onnx")`.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import runtime
+from contract.errors import BundleError, EdgemoeError
+from runtime.bundles.open import open_bundle
+from tests.conftest import ARCH_FIXTURES
+
+pytestmark = pytest.mark.engine
+
+ROOT = Path(__file__).resolve().parents[3]
+PROMPT = "def read_config(path):\n    "
+
+
+def _tokens(bundle: Path, budget: str, backend: str = "onnx", **kw) -> list[int]:
+    with runtime.load(bundle, budget=budget, backend=backend) as m:
+        return m.generate(PROMPT, max_tokens=16, **kw).tokens
+
+
+@pytest.mark.parametrize("name", ARCH_FIXTURES)
+def test_tokens_identical_at_every_budget(name, bundle_factory):
+    bundle = bundle_factory(name, "fp32", format="onnx")
+    full = _tokens(bundle, "100%")
+    assert len(full) == 16
+    assert _tokens(bundle, "50%") == full
+    assert _tokens(bundle, "25%") == full
+
+
+@pytest.mark.reference
+def test_greedy_matches_transformers(bundle_factory, fixture_checkpoint):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    ckpt = fixture_checkpoint("qwen3moe-trained")
+    ids = AutoTokenizer.from_pretrained(ckpt)(PROMPT)["input_ids"]
+    model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32)
+    with torch.no_grad():
+        ref = model.generate(
+            torch.tensor([ids]), max_new_tokens=16, do_sample=False, eos_token_id=None,
+            pad_token_id=0,
+        )[0, len(ids):].tolist()
+    bundle = bundle_factory("qwen3moe-trained", "fp32", format="onnx")
+    assert _tokens(bundle, "25%") == ref
+
+
+def test_seeded_sampling_reproducible_across_budgets(bundle_factory):
+    bundle = bundle_factory("qwen3moe-tiny", "fp32", format="onnx")
+    kw = {"temperature": 0.9, "top_p": 0.95, "seed": 1234}
+    assert _tokens(bundle, "100%", **kw) == _tokens(bundle, "25%", **kw)
+
+
+def test_both_builds_in_one_bundle(bundle_factory):
+    bundle = bundle_factory("qwen3moe-tiny", "Q8_0", format="gguf,onnx", reference=True)
+    m = json.loads((bundle / "manifest.json").read_text())
+    assert m["format"] == "gguf" and [b["format"] for b in m["builds"]] == ["onnx"]
+    report = json.loads((bundle / "report.json").read_text())
+    assert set(report["onnx"]) >= {"quant", "reference", "eval_tokens", "divergence"}
+    assert set(report["onnx"]["divergence"]) == set(report["divergence"])
+    assert report["onnx"]["quant"] == "int8" and report["onnx"]["block_size"] == 32
+    with runtime.load(bundle, budget="50%", backend="onnx") as onnx_model:
+        assert onnx_model.stats()["backend"] == "onnx"
+        assert onnx_model.generate(PROMPT, max_tokens=4).usage.completion_tokens == 4
+    with runtime.load(bundle, budget="50%") as gguf_model:
+        assert gguf_model.stats()["backend"] == "llama.cpp"
+
+
+def test_gguf_only_bundle_refuses_onnx_backend(tiny_bundle):
+    with pytest.raises(EdgemoeError, match="no onnx build"):
+        runtime.load(tiny_bundle, backend="onnx")
+
+
+def _copy(bundle: Path, tmp_path: Path) -> Path:
+    out = tmp_path / "b"
+    shutil.copytree(bundle, out)
+    return out
+
+
+def _sync(bundle: Path, name: str) -> None:
+    path = bundle / "manifest.json"
+    d = json.loads(path.read_text())
+    d["files"][name]["bytes"] = (bundle / name).stat().st_size
+    path.write_text(json.dumps(d))
+
+
+def test_damaged_onnx_builds_are_one_clear_error(bundle_factory, tmp_path):
+    src = bundle_factory("qwen3moe-tiny", "fp32", format="onnx")
+    truncated = _copy(src, tmp_path / "t")
+    with open(truncated / "model.onnx.data", "r+b") as f:
+        f.truncate((truncated / "model.onnx.data").stat().st_size // 2)
+    _sync(truncated, "model.onnx.data")
+    with pytest.raises(BundleError, match="page-aligned inside model.onnx.data"):
+        open_bundle(truncated)
+    disagree = _copy(src, tmp_path / "d")
+    d = json.loads((disagree / "manifest.json").read_text())
+    d["expert_layers"][0]["tensors"][0]["offset"] += 4096
+    (disagree / "manifest.json").write_text(json.dumps(d))
+    with pytest.raises(BundleError, match="manifest says"):
+        open_bundle(disagree)
+    garbage = _copy(src, tmp_path / "g")
+    (garbage / "model.onnx").write_bytes(b"\x08\x07not a protobuf" * 10)
+    _sync(garbage, "model.onnx")
+    with pytest.raises(BundleError, match="not a readable ONNX model"):
+        open_bundle(garbage)
+    r = subprocess.run(
+        [sys.executable, "-m", "apps.cli.main", "run", str(truncated), "--prompt", "hi"],
+        capture_output=True, text=True, timeout=120, cwd=ROOT,
+    )
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "error:" in r.stderr
+
+
+ONNX_CHILD = """
+import json, sys
+from pathlib import Path
+import runtime
+bundle, budget, text = sys.argv[1], sys.argv[2], Path(sys.argv[3]).read_text()
+with runtime.load(bundle, budget=budget, backend="onnx") as m:
+    r = m.generate(text, max_tokens=24)
+    s = m.stats()
+    print(json.dumps({"tokens": r.tokens, "cap": s["expert_capacity_bytes"],
+                      "dense": s["dense_bytes"], "experts": s["expert_bytes_total"]}), flush=True)
+    sys.stdin.readline()
+"""
+
+
+def _status(pid: int, field: str) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def _onnx_child(bundle: Path, budget: str, text_file: Path) -> dict:
+    """Generate in a child; read its RSS, peak and the data file's resident bytes from outside."""
+    from tests.runtime.test_memory import _mapping_rss
+
+    proc = subprocess.Popen(
+        [sys.executable, "-c", ONNX_CHILD, str(bundle), budget, str(text_file)],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, cwd=ROOT,
+    )
+    try:
+        out = json.loads(proc.stdout.readline())
+        out["rss"] = _status(proc.pid, "VmRSS")
+        out["peak"] = _status(proc.pid, "VmHWM")
+        out["data_rss"] = _mapping_rss(proc.pid, bundle / "model.onnx.data")
+        proc.stdin.write("done\n")
+        proc.stdin.flush()
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    return out
+
+
+@pytest.mark.slow
+def test_expert_budget_holds_on_onnx_measured_from_outside(bundle_factory, tmp_path):
+    """onnxruntime maps experts lazily, so at 100 % only the experts a text touches become
+    resident; a long varied prompt touches most. At 25 % the kernel's count of the data file's
+    resident bytes stays within dense + the expert capacity, and the process ends smaller."""
+    from edgemoe_fixtures.corpus import heldout_text
+
+    bundle = bundle_factory("qwen3moe-trained", "fp32", format="onnx")
+    text = tmp_path / "prompt.txt"
+    text.write_text(heldout_text()[:1500])
+    full = _onnx_child(bundle, "100%", text)
+    quarter = _onnx_child(bundle, "25%", text)
+    mib = 2**20
+    print(
+        f"onnx data-file RSS 100% {full['data_rss'] / mib:.1f} MiB, 25% "
+        f"{quarter['data_rss'] / mib:.1f} MiB (cap {quarter['cap'] / mib:.1f}); process RSS "
+        f"{full['rss'] / mib:.0f} -> {quarter['rss'] / mib:.0f} MiB; peak {full['peak'] / mib:.0f}"
+        f" -> {quarter['peak'] / mib:.0f} MiB"
+    )
+    assert quarter["tokens"] == full["tokens"]
+    assert full["data_rss"] > 0.6 * full["experts"]  # the prompt touched most experts
+    assert quarter["data_rss"] <= quarter["dense"] + quarter["cap"] + 0.05 * quarter["experts"]
+    saved = full["data_rss"] - quarter["data_rss"]
+    assert quarter["rss"] <= full["rss"] - saved // 2

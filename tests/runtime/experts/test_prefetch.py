@@ -1,0 +1,257 @@
+"""Prefetch logic without an engine: predictors, their scores, pre-gating math, the governor."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from contract.manifest import ExpertTensor, LayerExperts
+from runtime.backends.mapping import FileMapping
+from runtime.experts.prefetch import (
+    Frequency,
+    PrefetchTrace,
+    PreviousToken,
+    Temporal,
+    Transition,
+    Uniform,
+    evaluate,
+    render_scores,
+)
+from runtime.experts.prefetcher import (
+    Prefetcher,
+    PrefetchGovernor,
+    PrefetchSettings,
+    prefetch_settings,
+    tap_tables,
+)
+from runtime.experts.pregate import Pregate, RouterWeights, next_layers
+from runtime.experts.routing_trace import RoutingTrace, synthetic_trace
+
+pytestmark = pytest.mark.unit
+
+
+def _ptrace(steps, n_experts=8, top_k=2, guesses=None) -> PrefetchTrace:
+    trace = RoutingTrace.from_steps(steps, n_experts)
+    sizes = {layer: 1000 for layer in trace.moe_layers}
+    return PrefetchTrace(trace, top_k, sizes, guesses or {})
+
+
+def _by_name(scores, name, d=1):
+    return next(s for s in scores if s.predictor == name and s.distance == d)
+
+
+def test_previous_token_is_perfect_on_a_repeating_trace():
+    steps = [{0: (1, 2), 1: (3, 4), 2: (5, 6)}] * 20
+    scores = evaluate(_ptrace(steps), distances=(1, 2))
+    for d in (1, 2):
+        s = _by_name(scores, "previous-token", d)
+        assert s.recall == pytest.approx(1.0, abs=0.06)  # only the first token has no past
+        assert _by_name(scores, "temporal", d).recall == s.recall
+
+
+def test_uniform_guessing_scores_k_over_e():
+    trace = synthetic_trace(400, 16, [0, 1, 2, 3], 2, zipf_s=0.0, locality=0.0, seed=3)
+    pt = PrefetchTrace(trace, 2, {x: 10 for x in trace.moe_layers})
+    s = _by_name(evaluate(pt, distances=(1,)), "uniform")
+    assert s.recall == pytest.approx(2 / 16, abs=0.03)
+    assert s.precision == pytest.approx(s.recall, abs=1e-9)  # width == top_k
+
+
+def test_transition_learns_which_experts_follow():
+    # Layer 1 always uses (e + 4) for the experts e of layer 0: co-activation is exact.
+    rng = np.random.default_rng(0)
+    steps = []
+    for _ in range(200):
+        a = tuple(int(x) for x in rng.choice(4, 2, replace=False))
+        steps.append({0: a, 1: tuple(e + 4 for e in a)})
+    s = _by_name(evaluate(_ptrace(steps), distances=(1,)), "transition")
+    assert s.recall > 0.9
+
+
+def test_recorded_pregate_guesses_are_scored_per_distance():
+    steps = [{0: (0, 1), 1: (2, 3), 2: (4, 5)} for _ in range(10)]
+    right = [{1: (2, 3), 2: (4, 5)} for _ in steps]
+    wrong = [{2: (6, 7)} for _ in steps]
+    pt = _ptrace(steps, guesses={"ffn_inp": {1: right, 2: wrong}})
+    scores = evaluate(pt, distances=(1, 2))
+    assert _by_name(scores, "pregate:ffn_inp", 1).recall == 1.0
+    assert _by_name(scores, "pregate:ffn_inp", 2).recall == 0.0
+
+
+def test_wasted_bytes_count_only_non_resident_guesses():
+    # Capacity for everything: after the first token nothing is missing, so nothing is fetched.
+    steps = [{0: (0, 1), 1: (2, 3)}] * 5
+    pt = _ptrace(steps)
+    s = _by_name(evaluate(pt, distances=(1,), capacity_bytes=10**9), "uniform")
+    assert s.missed == 2 and s.fetched_bytes <= 8 * 1000 + 2 * 1000 * 0
+    # Room for one layer's experts only: layer 1's experts are never resident when guessed.
+    s = _by_name(evaluate(pt, distances=(1,), capacity_bytes=2000), "previous-token")
+    assert s.missed == 10 and s.covered == 8  # every token but the first guesses right
+    assert s.fetched_bytes == 8000 and s.wasted_bytes == 0
+    assert "previous-token" in render_scores([s])
+
+
+def test_prefetch_trace_round_trips(tmp_path):
+    steps = [{0: (0, 1), 1: (2, 3)}] * 3
+    pt = _ptrace(steps, guesses={"l_out": {1: [{1: (2, 3)}, {1: (3, 2)}, {}]}})
+    back = PrefetchTrace.load(pt.save(tmp_path / "p.json"))
+    assert back.trace.steps == pt.trace.steps and back.guesses == pt.guesses
+    assert back.expert_bytes == pt.expert_bytes and back.top_k == 2
+
+
+def test_online_predictors_see_only_the_past():
+    for p in (PreviousToken(), Temporal(8), Frequency(8), Transition(8), Uniform(8)):
+        assert len(p.predict(0, 0, 1, 2)) <= 2
+    f = Frequency(8)
+    f.observe(0, 1, (3, 4))
+    f.observe(1, 1, (4, 5))
+    assert f.predict(2, 0, 1, 1) == [4]
+
+
+# --- pre-gating ---------------------------------------------------------------------------------
+def test_folded_router_ranks_like_rmsnorm_then_router():
+    rng = np.random.default_rng(1)
+    gate = rng.normal(size=(16, 32)).astype(np.float32)
+    norm = rng.uniform(0.5, 1.5, size=32).astype(np.float32)
+    x = rng.normal(size=(5, 32)).astype(np.float32)
+    pg = Pregate({3: RouterWeights(3, gate * norm)})
+    rms = x / np.sqrt((x * x).mean(axis=1, keepdims=True) + 1e-6)
+    logits = (rms * norm) @ gate.T
+    probs = np.exp(logits - logits.max(axis=1, keepdims=True))
+    expected = np.argsort(-probs, axis=1)[:, :4]
+    assert (pg.rank(3, x, 4) == expected).all()
+
+
+def test_next_layers_follow_the_moe_order():
+    assert next_layers([1, 2, 5, 7], 2, 2) == [5, 7]
+    assert next_layers([1, 2, 5, 7], 7, 2) == []
+
+
+def _layers(n_layers=3, n_tensors=3, stride=8192, base=1 << 20):
+    out = {}
+    for layer in range(n_layers):
+        tensors = tuple(
+            ExpertTensor(f"blk.{layer}.t{i}", "Q8_0", base + (layer * n_tensors + i) * 8 * stride,
+                         stride)
+            for i in range(n_tensors)
+        )
+        out[layer] = LayerExperts(layer, tensors)
+    return out
+
+
+def test_tap_tables_point_inside_the_mapping():
+    layers = _layers()
+    routers = {x: RouterWeights(x, np.ones((8, 4), np.float32)) for x in layers}
+    mapping = FileMapping.whole(0x7F0000000000, 8 << 20)
+    r, nxt, spans = tap_tables(Pregate(routers), layers, 8, mapping)
+    assert r.shape == (3, 8, 4) and nxt.tolist() == [[1, 2], [2, -1], [-1, -1]]
+    t = layers[1].tensors[2]
+    assert spans[1, 2].tolist() == [0x7F0000000000 + t.offset, t.stride]
+    assert spans[1, 3].tolist() == [0, 0]  # unused slot
+
+
+def test_tap_tables_refuse_a_tensor_outside_the_mapping():
+    layers = _layers()
+    routers = {x: RouterWeights(x, np.ones((8, 4), np.float32)) for x in layers}
+    reason = tap_tables(Pregate(routers), layers, 8, FileMapping.whole(0x1000, 1 << 20))
+    assert isinstance(reason, str) and "not one mapped range" in reason
+
+
+# --- the governor -------------------------------------------------------------------------------
+def test_settings_and_their_defaults():
+    assert prefetch_settings(None, cold=True) == PrefetchSettings()
+    assert prefetch_settings(None, cold=False) is None
+    assert prefetch_settings(False, cold=True) is None
+    with pytest.raises(ValueError, match="depth"):
+        PrefetchSettings(depth=3)
+    with pytest.raises(ValueError, match="idle_span"):
+        PrefetchSettings(idle_span=0)
+    with pytest.raises(ValueError, match="idle_min"):
+        PrefetchSettings(idle_min=-1)
+
+
+def test_governor_starts_narrow_grows_when_useful_and_turns_off_when_not():
+    g = PrefetchGovernor(PrefetchSettings(window=4, retry_tokens=3), top_k=4, max_width=8)
+    assert g.width == 1  # slow start
+    for _ in range(12):
+        g.record(1, 0, 100)  # every prefetched expert used: 1 -> 2 -> 4 (top_k), no further
+    assert g.width == 4
+    for _ in range(4):
+        g.record(0, 1, 100)  # every prefetched byte unused
+    assert g.width == 2 and g.wasted_bytes == 400
+    for _ in range(8):
+        g.record(0, 1, 100)
+    assert g.width == 0
+    assert not g.tick() and not g.tick() and g.tick() and g.width == 1
+    assert g.changes == 6  # 1-2-4, then 4-2-1-0, then the retry at 1
+
+
+def test_governor_turns_off_when_its_guesses_read_nothing_and_retries():
+    """Guessing costs a stop per layer even when every guess is resident already."""
+    g = PrefetchGovernor(PrefetchSettings(idle_span=10, idle_min=2, retry_tokens=2), top_k=4,
+                         max_width=8)
+    g.issued(1)
+    assert not any(g.ran() for _ in range(9))
+    assert g.ran() is True and g.width == 0  # 10 runs, 1 read started (< 2): off
+    assert not g.ran()  # off: nothing counted
+    assert not g.tick() and g.tick() and g.width == 1  # retried
+    g.issued(2)
+    assert not any(g.ran() for _ in range(10)) and g.width == 1  # 2 reads in 10 runs: pays
+    assert g.changes == 2
+
+
+def test_prefetcher_turns_the_tap_off_when_idle():
+    log = _FakeLog()
+    pf = Prefetcher(log, PrefetchSettings(depth=2, idle_span=3, idle_min=1), 2, {0: 100})
+    for _ in range(3):
+        pf.routed(0, [1, 2])
+    assert log.set[-1] == (2, 0) and pf.stats()["prefetch_width"] == 0
+
+
+class _FakeLog:
+    max_guess = 4
+
+    def __init__(self) -> None:
+        self.set: list[tuple[int, int]] = []
+
+    def set_prefetch(self, depth: int, width: int) -> None:
+        self.set.append((depth, width))
+
+    @property
+    def prefetch_issued(self) -> tuple[int, int]:
+        return (0, 0)
+
+
+def test_prefetcher_scores_issued_guesses_against_routing():
+    log, forgotten = _FakeLog(), []
+    pf = Prefetcher(log, PrefetchSettings(depth=1, window=2), 2, {1: 100},
+                    forget=lambda layer, e: forgotten.append((layer, e)))
+    assert log.set == [(1, 1)]
+    pf.issued(1, [3, 4])
+    pf.routed(1, [3, 5])
+    assert (pf.used, pf.unused) == (1, 1) and forgotten == [(1, 4)]
+    pf.issued(1, [6, 7])
+    pf.routed(1, [0, 1])  # window of 4 guesses, 3 unused: halve the width, to off
+    assert log.set[-1] == (1, 0)
+    assert pf.stats()["prefetch_wasted_bytes"] == 300
+
+
+# --- replayed hits (the C tap's log) --------------------------------------------------------
+def test_replayed_hits_keep_the_books_that_access_keeps():
+    """ExpertCache.hit (a logged all-resident event, replayed) must count and age exactly as
+    access would, for every policy, so evictions after a replay are the same."""
+    from runtime.experts.cache import ExpertCache
+
+    trace = synthetic_trace(300, 8, [0, 1, 2], 2, zipf_s=1.2, locality=0.5, seed=5)
+    for policy in ("lru", "lfu", "lrfu"):
+        books = []
+        for use_hit in (False, True):
+            cache = ExpertCache({0: 10, 1: 10, 2: 10}, 8, 120, {0: [0]}, policy)
+            for step in trace.steps:
+                for layer, experts in sorted(step.items()):
+                    resident = all(cache.state(layer, e).value != "released" for e in experts)
+                    (cache.hit if use_hit and resident else cache.access)(layer, experts)
+            s = cache.stats()
+            books.append((s.hits, s.pinned_hits, s.misses, s.evictions, s.steps,
+                          s.resident_per_layer))
+        assert books[0] == books[1], policy
