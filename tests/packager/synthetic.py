@@ -1,0 +1,191 @@
+"""Checkpoints written with numpy alone (seeded), for golden-byte tests of the packager.
+
+The fixtures in `edgemoe_fixtures` are trained by torch and tokenized from Python's own sources,
+so their bytes differ between machines; these do not: a fixed config, a fixed byte-level
+tokenizer and PCG64 weights give the same safetensors everywhere, hence the same bundle bytes
+from the same packager code. The tensor names are written out here, independently of the
+packager's family descriptions, so a test built on them notices when a family's mapping moves.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+HIDDEN, HEADS, KV_HEADS, HEAD_DIM, EXPERTS, TOP_K, EXPERT_FF, DENSE_FF = 32, 4, 2, 8, 4, 2, 32, 64
+LAYERS = 2
+_MERGES = (("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"))
+_SPECIALS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>")
+EOS = 256 + len(_MERGES)
+VOCAB = EOS + len(_SPECIALS)
+
+_BASE: dict[str, Any] = {
+    "hidden_size": HIDDEN,
+    "num_hidden_layers": LAYERS,
+    "num_attention_heads": HEADS,
+    "num_key_value_heads": KV_HEADS,
+    "head_dim": HEAD_DIM,
+    "num_experts_per_tok": TOP_K,
+    "intermediate_size": DENSE_FF,
+    "max_position_embeddings": 512,
+    "rms_norm_eps": 1e-6,
+    "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default"},
+    "hidden_act": "silu",
+    "tie_word_embeddings": False,
+    "vocab_size": VOCAB,
+    "eos_token_id": EOS,
+    "bos_token_id": None,
+}
+
+CONFIGS: dict[str, dict[str, Any]] = {
+    "qwen3moe": {**_BASE, "architectures": ["Qwen3MoeForCausalLM"], "model_type": "qwen3_moe",
+                 "num_experts": EXPERTS, "moe_intermediate_size": EXPERT_FF,
+                 "norm_topk_prob": True, "decoder_sparse_step": 1, "mlp_only_layers": []},
+    "qwen2moe": {**_BASE, "architectures": ["Qwen2MoeForCausalLM"], "model_type": "qwen2_moe",
+                 "num_experts": EXPERTS, "moe_intermediate_size": EXPERT_FF,
+                 "shared_expert_intermediate_size": 64, "norm_topk_prob": False,
+                 "decoder_sparse_step": 1, "mlp_only_layers": []},
+    "mixtral": {**_BASE, "architectures": ["MixtralForCausalLM"], "model_type": "mixtral",
+                "num_local_experts": EXPERTS, "intermediate_size": EXPERT_FF},
+    "olmoe": {**_BASE, "architectures": ["OlmoeForCausalLM"], "model_type": "olmoe",
+              "num_key_value_heads": HEADS, "num_experts": EXPERTS,
+              "intermediate_size": EXPERT_FF, "norm_topk_prob": False},
+    "deepseek2": {**_BASE, "architectures": ["DeepseekV2ForCausalLM"],
+                  "model_type": "deepseek_v2", "num_key_value_heads": HEADS, "q_lora_rank": 32,
+                  "kv_lora_rank": 32, "qk_nope_head_dim": 8, "qk_rope_head_dim": 4,
+                  "v_head_dim": 8, "n_routed_experts": EXPERTS, "n_shared_experts": 1,
+                  "first_k_dense_replace": 1, "moe_intermediate_size": EXPERT_FF,
+                  "n_group": 1, "topk_group": 1, "topk_method": "greedy",
+                  "routed_scaling_factor": 1.0, "norm_topk_prob": False},
+}
+
+
+def _attention(cfg: dict[str, Any], p: str) -> dict[str, tuple[int, ...]]:
+    h = HIDDEN
+    if "kv_lora_rank" in cfg:  # multi-head latent attention
+        q_lora, kv_lora = cfg["q_lora_rank"], cfg["kv_lora_rank"]
+        nope, rope, v = cfg["qk_nope_head_dim"], cfg["qk_rope_head_dim"], cfg["v_head_dim"]
+        return {
+            f"{p}.q_a_proj.weight": (q_lora, h), f"{p}.q_a_layernorm.weight": (q_lora,),
+            f"{p}.q_b_proj.weight": (HEADS * (nope + rope), q_lora),
+            f"{p}.kv_a_proj_with_mqa.weight": (kv_lora + rope, h),
+            f"{p}.kv_a_layernorm.weight": (kv_lora,),
+            f"{p}.kv_b_proj.weight": (HEADS * (nope + v), kv_lora),
+            f"{p}.o_proj.weight": (h, HEADS * v),
+        }  # fmt: skip
+    kv = cfg["num_key_value_heads"]
+    out = {f"{p}.q_proj.weight": (HEADS * HEAD_DIM, h), f"{p}.k_proj.weight": (kv * HEAD_DIM, h),
+           f"{p}.v_proj.weight": (kv * HEAD_DIM, h), f"{p}.o_proj.weight": (h, HEADS * HEAD_DIM)}
+    kind = cfg["model_type"]
+    if kind == "qwen2_moe":
+        widths = (("q", HEADS), ("k", kv), ("v", kv))
+        out |= {f"{p}.{x}_proj.bias": (n * HEAD_DIM,) for x, n in widths}
+    if kind == "qwen3_moe":
+        out |= {f"{p}.q_norm.weight": (HEAD_DIM,), f"{p}.k_norm.weight": (HEAD_DIM,)}
+    if kind == "olmoe":
+        out |= {f"{p}.q_norm.weight": (HEADS * HEAD_DIM,), f"{p}.k_norm.weight": (kv * HEAD_DIM,)}
+    return out
+
+
+def _mlp(p: str, ff: int, names: tuple[str, str, str]) -> dict[str, tuple[int, ...]]:
+    gate, up, down = names
+    return {f"{p}.{gate}.weight": (ff, HIDDEN), f"{p}.{up}.weight": (ff, HIDDEN),
+            f"{p}.{down}.weight": (HIDDEN, ff)}
+
+
+def tensor_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """Every tensor a transformers checkpoint of `cfg` saves, with its shape."""
+    kind = cfg["model_type"]
+    shapes: dict[str, tuple[int, ...]] = {
+        "model.embed_tokens.weight": (VOCAB, HIDDEN), "lm_head.weight": (VOCAB, HIDDEN),
+        "model.norm.weight": (HIDDEN,),
+    }  # fmt: skip
+    proj = ("w1", "w3", "w2") if kind == "mixtral" else ("gate_proj", "up_proj", "down_proj")
+    module = "block_sparse_moe" if kind == "mixtral" else "mlp"
+    for i in range(LAYERS):
+        p = f"model.layers.{i}"
+        shapes |= {f"{p}.input_layernorm.weight": (HIDDEN,),
+                   f"{p}.post_attention_layernorm.weight": (HIDDEN,)}  # fmt: skip
+        shapes |= _attention(cfg, f"{p}.self_attn")
+        if i < int(cfg.get("first_k_dense_replace", 0)):
+            shapes |= _mlp(f"{p}.mlp", DENSE_FF, proj)
+            continue
+        m = f"{p}.{module}"
+        shapes[f"{m}.gate.weight"] = (EXPERTS, HIDDEN)
+        for e in range(EXPERTS):
+            shapes |= _mlp(f"{m}.experts.{e}", EXPERT_FF, proj)
+        if kind == "qwen2_moe":
+            shapes |= _mlp(f"{m}.shared_expert", cfg["shared_expert_intermediate_size"], proj)
+            shapes[f"{m}.shared_expert_gate.weight"] = (1, HIDDEN)
+        if cfg.get("n_shared_experts"):
+            shapes |= _mlp(f"{m}.shared_experts", EXPERT_FF * cfg["n_shared_experts"], proj)
+    return shapes
+
+
+def _byte_chars() -> list[str]:
+    """GPT-2's printable stand-in for each byte (what a byte-level BPE vocabulary holds)."""
+    keep = [*range(33, 127), *range(161, 173), *range(174, 256)]
+    chars, extra = {}, 0
+    for b in range(256):
+        if b in keep:
+            chars[b] = chr(b)
+        else:
+            chars[b] = chr(256 + extra)
+            extra += 1
+    return [chars[b] for b in range(256)]
+
+
+# Qwen2's pre-tokenizer split (one that llama.cpp knows by name).
+_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+          r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def _tokenizer() -> dict[str, Any]:
+    return {
+        "version": "1.0", "truncation": None, "padding": None,
+        "added_tokens": [{"id": EOS + i, "content": t, "single_word": False, "lstrip": False,
+                          "rstrip": False, "normalized": False, "special": True}
+                         for i, t in enumerate(_SPECIALS)],
+        "normalizer": {"type": "NFC"},
+        "pre_tokenizer": {"type": "Sequence", "pretokenizers": [
+            {"type": "Split", "pattern": {"Regex": _SPLIT}, "behavior": "Isolated",
+             "invert": False},
+            {"type": "ByteLevel", "add_prefix_space": False, "trim_offsets": False,
+             "use_regex": False}]},
+        "post_processor": None,
+        "decoder": {"type": "ByteLevel", "add_prefix_space": True, "trim_offsets": True,
+                    "use_regex": True},
+        "model": {"type": "BPE", "dropout": None, "unk_token": None,
+                  "continuing_subword_prefix": None, "end_of_word_suffix": None,
+                  "fuse_unk": False, "byte_fallback": False, "ignore_merges": False,
+                  "vocab": {c: i for i, c in enumerate([*_byte_chars(), *map("".join, _MERGES)])},
+                  "merges": [list(m) for m in _MERGES]},
+    }  # fmt: skip
+
+
+def write_checkpoint(family: str, folder: Path, seed: int = 0) -> Path:
+    """A complete checkpoint folder (config, safetensors, tokenizer) for one of `CONFIGS`."""
+    from safetensors.numpy import save_file
+
+    cfg = CONFIGS[family]
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    tensors = {}
+    for name, shape in sorted(tensor_shapes(cfg).items()):
+        if name.endswith(("norm.weight", "layernorm.weight")):
+            tensors[name] = (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
+        else:
+            tensors[name] = (0.1 * rng.standard_normal(shape)).astype(np.float32)
+    save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})
+    (folder / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
+    (folder / "tokenizer.json").write_text(json.dumps(_tokenizer()) + "\n")
+    (folder / "tokenizer_config.json").write_text(json.dumps({
+        "add_bos_token": False, "eos_token": _SPECIALS[0], "pad_token": _SPECIALS[0],
+        "bos_token": None, "tokenizer_class": "PreTrainedTokenizerFast",
+        "chat_template": "{% for m in messages %}<|im_start|>{{ m['role'] }}\n"
+                         "{{ m['content'] }}<|im_end|>\n{% endfor %}",
+    }, indent=2) + "\n")  # fmt: skip
+    return folder
