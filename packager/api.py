@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any
 from contract.manifest import Manifest, read_manifest
 from contract.verify import VerifyReport, verify_bundle
 from packager import onnx_stage
-from packager.archs import adapter_for
 from packager.bundle import (
     check_destination,
     check_free_space,
@@ -27,6 +26,7 @@ from packager.bundle import (
 )
 from packager.bundle_writer import write_bundle
 from packager.errors import PackError
+from packager.families import family_for
 from packager.gguf_build import BASE_TYPES, write_gguf
 from packager.onnx_stage import onnx_quant_for, parse_formats
 from packager.pack_inputs import (
@@ -177,7 +177,7 @@ def _open(opts: PackOptions) -> Opened:
     llama_ftype(quant)  # unknown types fail before any work
     check_destination(Path(opts.out_dir), opts.force)
     ckpt = open_checkpoint(opts.src, opts.revision, opts.cache_dir)
-    adapter_for(ckpt.config)  # unsupported/dense models fail before any work
+    family_for(ckpt.config).check(ckpt, formats)  # unsupported/dense models fail before any work
     return Opened(ckpt, profile, quant, _use_reference(opts), formats, onnx_quant)
 
 

@@ -12,30 +12,10 @@ from contract.gguf_layout import read_layout
 from contract.integrity import sample_builds
 from contract.manifest import Build, FileEntry, Manifest, MoEShape, SampledHashes
 from packager import __version__, onnx_stage
-from packager.archs import adapter_for
 from packager.bundle import file_entries, write_manifest
+from packager.families import ModelConfig, family_for
 from packager.pack_inputs import COPIED_FILES, MODEL_FILE, REPORT_FILE, PackInputs
 from packager.source import Checkpoint
-
-
-def _shape(ckpt: Checkpoint) -> MoEShape:
-    import gguf
-
-    adapter = adapter_for(ckpt.config)
-    moe = adapter.moe()
-    c = ckpt.config
-    return MoEShape(
-        hf_architecture=ckpt.architecture,
-        gguf_arch=gguf.MODEL_ARCH_NAMES[adapter.gguf_arch],
-        n_layers=adapter.n_layers,
-        moe_layers=moe.moe_layers,
-        n_experts=moe.n_experts,
-        top_k=moe.top_k,
-        n_shared_experts=moe.n_shared_experts,
-        hidden_size=int(c["hidden_size"]),
-        vocab_size=int(c["vocab_size"]),
-        context_length=int(c.get("max_position_embeddings", 4096)),
-    )
 
 
 def _readme(inputs: PackInputs, s: MoEShape) -> str:
@@ -71,13 +51,16 @@ def write_bundle(
             shutil.copyfile(ckpt.path / name, stage / name)
     if report:
         (stage / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
-    shape = _shape(ckpt)
+    family = family_for(ckpt.config)
+    shape = family.manifest_shape()
     (stage / "README.md").write_text(_readme(inputs, shape), encoding="utf-8")
     builds = _builds(inputs, stage, exported)
     # Every file is hashed once, README included; the manifest is built whole, then written last.
     files = file_entries(stage)
     integrity = sample_builds(stage, [b for b, _ in builds.values()])
-    manifest = _manifest(inputs, builds, shape, report is not None, stage, files, integrity)
+    manifest = _manifest(
+        inputs, builds, shape, report is not None, stage, files, integrity, family.config
+    )
     write_manifest(stage, manifest)
     return manifest
 
@@ -96,7 +79,7 @@ def _builds(inputs: PackInputs, stage: Path, exported: Any) -> dict[str, tuple[B
     return out
 
 
-def _tokenizer_meta(ckpt: Checkpoint) -> tuple[dict[str, Any], str | None]:
+def _tokenizer_meta(ckpt: Checkpoint, c: ModelConfig) -> tuple[dict[str, Any], str | None]:
     """eos/bos ids and the chat template from the checkpoint (for a build without a GGUF)."""
     cfg: dict[str, Any] = {}
     if (ckpt.path / "tokenizer_config.json").is_file():
@@ -104,7 +87,7 @@ def _tokenizer_meta(ckpt: Checkpoint) -> tuple[dict[str, Any], str | None]:
     template = cfg.get("chat_template")
     if (ckpt.path / "chat_template.jinja").is_file():
         template = (ckpt.path / "chat_template.jinja").read_text(encoding="utf-8")
-    ids = {k: ckpt.config.get(k) for k in ("bos_token_id", "eos_token_id")}
+    ids = {"bos_token_id": c.bos_token_id, "eos_token_id": c.eos_token_id}
     return ids, template if isinstance(template, str) else None
 
 
@@ -116,12 +99,13 @@ def _manifest(
     stage: Path,
     files: dict[str, FileEntry],
     integrity: dict[str, SampledHashes],
+    config: ModelConfig,
 ) -> Manifest:
     ckpt, profile = inputs.checkpoint, inputs.opened.profile
     primary, *others = inputs.opened.formats
     main, _ = builds[primary]
     meta = builds["gguf"][1] if "gguf" in builds else {}
-    ids, template = _tokenizer_meta(ckpt)
+    ids, template = _tokenizer_meta(ckpt, config)
     return Manifest(
         schema_version=1,
         format=main.format,

@@ -53,9 +53,9 @@ class CalibrationSource:
 
 def checkpoint_source(ckpt: Checkpoint, gguf: Path | None = None) -> CalibrationSource:
     """An already open checkpoint (and optionally its F32 GGUF): nothing is opened again."""
-    from packager.archs import adapter_for
+    from packager.families import family_for
 
-    moe = adapter_for(ckpt.config).moe()
+    moe = family_for(ckpt.config).experts
     return CalibrationSource("checkpoint", ckpt.path, moe.n_experts, moe.top_k, gguf)
 
 

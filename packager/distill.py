@@ -214,15 +214,17 @@ def distill_with(teacher_dir: Path, student_dir: Path, out_dir: Path, texts: Seq
 # --- pieces ------------------------------------------------------------------------------------
 def _check_pair(teacher_dir: Path, student_dir: Path) -> None:
     """Both folders hold a config and the same tokenizer: targets are matched token id by id."""
-    configs = {}
+    from packager.families import read_family
+
+    vocab = {}
     for role, folder in (("teacher", teacher_dir), ("student", student_dir)):
         path = Path(folder) / "config.json"
         if not path.is_file():
             raise DistillError(f"{path}: the {role} checkpoint has no config.json")
-        configs[role] = json.loads(path.read_text())
+        vocab[role] = read_family(Path(folder)).config.vocab_size
     if not (Path(teacher_dir) / "tokenizer.json").is_file():
         raise DistillError(f"{teacher_dir}: no tokenizer.json to tokenize calibration text with")
-    vt, vs = configs["teacher"].get("vocab_size"), configs["student"].get("vocab_size")
+    vt, vs = vocab["teacher"], vocab["student"]
     if vt != vs:
         raise DistillError(f"{student_dir}/config.json: vocab_size {vs} differs from the "
                            f"teacher's {vt}; the student must share the teacher's tokenizer")

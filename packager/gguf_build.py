@@ -14,7 +14,8 @@ from pathlib import Path
 import gguf
 import numpy as np
 
-from packager.archs import ArchAdapter, PlannedTensor, adapter_for
+from packager.families import family_for
+from packager.families.gguf_adapter import GGUFAdapter, PlannedTensor
 from packager.source import Checkpoint
 from packager.tokenizer_vocab import write_vocab
 
@@ -35,7 +36,7 @@ class GGUFBuild:
     bytes: int
 
 
-def _target_type(adapter: ArchAdapter, t: PlannedTensor, base: gguf.GGMLQuantizationType):
+def _target_type(adapter: GGUFAdapter, t: PlannedTensor, base: gguf.GGMLQuantizationType):
     # 1-D tensors (norms, biases) and routers stay F32: llama.cpp expects them so.
     if len(t.shape) <= 1 or adapter.keep_f32(t.name):
         return gguf.GGMLQuantizationType.F32
@@ -62,7 +63,8 @@ def write_gguf(
 ) -> GGUFBuild:
     """Convert `ckpt` to a GGUF of precision `base` at `out_path`."""
     qbase, ftype = BASE_TYPES[base]
-    adapter = adapter_for(ckpt.config)
+    family = family_for(ckpt.config)
+    adapter = family.gguf
     shapes = {n: t.shape for n, t in ckpt.tensors.items()}
     plan = adapter.plan(shapes, ckpt.read)
     arch_name = gguf.MODEL_ARCH_NAMES[adapter.gguf_arch]
@@ -71,7 +73,7 @@ def write_gguf(
     w.add_file_type(ftype)
     w.add_quantization_version(gguf.GGML_QUANT_VERSION)
     adapter.write_hparams(w)
-    write_vocab(w, ckpt.path, int(ckpt.config["vocab_size"]))
+    write_vocab(w, ckpt.path, family.config.vocab_size)
     types = [_target_type(adapter, t, qbase) for t in plan]
     for t, qt in zip(plan, types, strict=True):
         np_dtype = (

@@ -20,12 +20,15 @@ import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from packager.errors import PackError
 from packager.source import Checkpoint
+
+if TYPE_CHECKING:
+    from packager.families import Family
 
 _LAYER_MODULE = re.compile(r"^model\.layers\.\d+\.")
 # Checkpoint tensors whose GGUF form changes what the input columns are.
@@ -195,30 +198,29 @@ def collect_imatrix(
     `Checkpoint` (what `pack` passes) is used as is, not opened again.
     """
     from packager.calibrate import resolve, tokenize
+    from packager.families import family_for
 
     source = resolve(checkpoint)
     if source.kind != "checkpoint":
         raise ImatrixError(f"{source.path}: an importance matrix needs the checkpoint, "
                            "not a bundle")
     chunks = tokenize(source, texts, chunk_tokens, max_tokens)
-    config = checkpoint.config if isinstance(checkpoint, Checkpoint) else None
+    family = family_for(checkpoint.config) if isinstance(checkpoint, Checkpoint) else None
     return collect_imatrix_ids(source.path, chunks, datasets=datasets, output=output,
-                               config=config)
+                               family=family)
 
 
 def collect_imatrix_ids(
     checkpoint_dir: Path, chunks: Sequence[Sequence[int]], *, datasets: Sequence[str] = (),
-    output: bool = False, config: dict[str, Any] | None = None,
+    output: bool = False, family: Family | None = None,
 ) -> ImatrixStats:
-    """As `collect_imatrix`, from token-id chunks (`config`: the checkpoint's, if already read)."""
-    import json
-
-    from packager.archs import adapter_for
+    """As `collect_imatrix`, from token-id chunks (`family`: the checkpoint's, if known)."""
     from packager.calibrate import load_reference_model, run_with_hooks
+    from packager.families import read_family
 
-    if config is None:
-        config = json.loads((Path(checkpoint_dir) / "config.json").read_text(encoding="utf-8"))
-    adapter = adapter_for(config)
+    if family is None:
+        family = read_family(Path(checkpoint_dir))
+    adapter = family.gguf
     model = load_reference_model(Path(checkpoint_dir))
     col = _Collector()
     handles, skipped = _attach(model, adapter, col, output)

@@ -6,8 +6,8 @@ from pathlib import Path
 
 from contract.device_profile import DeviceProfile
 from contract.files import read_json
-from packager.archs import adapter_for
 from packager.errors import PackError
+from packager.families import family_for
 from packager.plan.expert_usage import ExpertUsage
 from packager.plan.result import Plan
 from packager.plan.search import make_plan
@@ -17,8 +17,8 @@ from packager.source import Checkpoint, open_checkpoint
 
 def model_shape(ckpt: Checkpoint) -> ModelShape:
     """The planner's view of a checkpoint, from tensor shapes alone (no weights read)."""
-    adapter = adapter_for(ckpt.config)
-    moe = adapter.moe()
+    family = family_for(ckpt.config)
+    adapter, moe = family.gguf, family.experts
     planned = adapter.plan({n: t.shape for n, t in ckpt.tensors.items()}, ckpt.read)
     n_kv, head_k, head_v = adapter.kv_dims()
     return shape_from_tensors(
@@ -27,8 +27,8 @@ def model_shape(ckpt: Checkpoint) -> ModelShape:
         moe_layers=moe.moe_layers,
         n_experts=moe.n_experts,
         top_k=moe.top_k,
-        hidden_size=int(ckpt.config["hidden_size"]),
-        vocab_size=int(ckpt.config["vocab_size"]),
+        hidden_size=family.config.hidden_size,
+        vocab_size=family.config.vocab_size,
         n_kv_heads=n_kv,
         head_dim_k=head_k,
         head_dim_v=head_v,

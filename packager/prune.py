@@ -20,13 +20,13 @@ from typing import Any, Literal
 import numpy as np
 
 from packager.errors import PackError
+from packager.families import ModelConfig, family_for
 from packager.source import Checkpoint
 from packager.usage import UsageProfile
 
 Strategy = Literal["usage", "random"]
 STRATEGIES = ("usage", "random")
 RECORD_FILE = "edgemoe_prune.json"
-_EXPERT_COUNT_KEYS = ("num_experts", "num_local_experts", "n_routed_experts")
 _LAYER = re.compile(r"\blayers\.(\d+)\.")
 _PER_EXPERT = re.compile(r"^(.*\.experts)\.(\d+)\.(.+)$")  # ...experts.7.gate_proj.weight
 _FUSED = re.compile(r"^.*\.experts\.(gate_up_proj|down_proj|gate_proj|up_proj)(\.weight)?$")
@@ -142,24 +142,13 @@ def removed_shares(usage: UsageProfile, kept: Mapping[int, Sequence[int]]
     return sel, wt
 
 
-def pruned_config(config: dict[str, Any], n_keep: int) -> dict[str, Any]:
+def pruned_config(config: ModelConfig, n_keep: int) -> dict[str, Any]:
     """config.json with the new expert count; top-k clamped so it never exceeds it."""
-    new = dict(config)
-    present = [k for k in _EXPERT_COUNT_KEYS if config.get(k) is not None]
-    if not present:
-        raise PruneError(f"config.json has none of {', '.join(_EXPERT_COUNT_KEYS)}")
-    for k in present:
-        new[k] = n_keep
-    if int(config.get("num_experts_per_tok", 1)) > n_keep:
-        new["num_experts_per_tok"] = n_keep
-    groups = int(config.get("n_group") or 1)
-    if groups > 1:
-        if n_keep % groups:
-            raise PruneError(f"{n_keep} experts cannot be split into n_group={groups} equal groups;"
-                             " choose a fraction that keeps a multiple of n_group")
-        if int(config.get("topk_group") or 0) > groups:
-            new["topk_group"] = groups
-    return new
+    groups = config.n_group or 1
+    if groups > 1 and n_keep % groups:
+        raise PruneError(f"{n_keep} experts cannot be split into n_group={groups} equal groups;"
+                         " choose a fraction that keeps a multiple of n_group")
+    return config.with_experts(n_keep)
 
 
 # --- tensor selection (pure) -----------------------------------------------------------------
@@ -255,17 +244,16 @@ def prune_checkpoint(
     is also written beside the weights as `edgemoe_prune.json`, for whoever reads the folder
     later; `pack` takes it from the returned record instead.
     """
-    from packager.archs import adapter_for
     from packager.bundle import staging_dir
     from packager.source import INDEX_NAME, open_checkpoint
 
     ckpt = src_dir if isinstance(src_dir, Checkpoint) else open_checkpoint(src_dir)
-    adapter = adapter_for(ckpt.config)
-    moe = adapter.moe()
+    family = family_for(ckpt.config)
+    moe = family.experts
     n_keep = moe.n_experts - n_to_remove(moe.n_experts, fraction)
     kept = choose_survivors(usage, moe.moe_layers, moe.n_experts, n_keep, strategy, seed)
-    config = pruned_config(ckpt.config, n_keep)
-    routers = _router_names(adapter, list(ckpt.tensors))
+    config = pruned_config(family.config, n_keep)
+    routers = _router_names(family.gguf, list(ckpt.tensors))
     plans = {}
     for name, info in ckpt.tensors.items():
         p = plan_tensor(name, info.shape, kept, moe.n_experts, routers)
@@ -282,7 +270,7 @@ def prune_checkpoint(
             (stage / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
         (stage / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         _copy_side_files(ckpt.path, stage, {p.name for p in ckpt.weight_files})
-        result = _result(stage, usage, strategy, fraction, moe, kept, config, ckpt, params_after)
+        result = _result(stage, usage, strategy, fraction, moe, kept, ckpt, params_after)
         (stage / RECORD_FILE).write_text(json.dumps(result.to_dict(), indent=2) + "\n")
     return _with_dir(result, Path(out_dir).resolve())
 
@@ -295,15 +283,15 @@ def _copy_side_files(src: Path, dst: Path, weight_files: set[str]) -> None:
             shutil.copyfile(p, dst / p.name)
 
 
-def _result(stage, usage, strategy, fraction, moe, kept, config, ckpt, params_after):
-    n = moe.n_experts
+def _result(stage, usage, strategy, fraction, moe, kept, ckpt, params_after):
+    n, n_after = moe.n_experts, len(next(iter(kept.values())))
     removed = {k: tuple(e for e in range(n) if e not in v) for k, v in kept.items()}
     sel, wt = removed_shares(usage, kept) if usage is not None else ({}, {})
     params_before = sum(int(np.prod(t.shape)) for t in ckpt.tensors.values())
     return PruneResult(
         out_dir=stage, strategy=strategy, fraction=fraction, n_experts_before=n,
-        n_experts_after=len(next(iter(kept.values()))), top_k_before=moe.top_k,
-        top_k_after=int(config.get("num_experts_per_tok", moe.top_k)), kept=dict(kept),
+        n_experts_after=n_after, top_k_before=moe.top_k,
+        top_k_after=min(moe.top_k, n_after), kept=dict(kept),
         removed=removed, removed_selections=sel, removed_weight=wt,
         params_before=params_before, params_after=params_after,
     )

@@ -21,7 +21,6 @@ from contract.files import atomic_write_text
 from contract.manifest import ExpertTensor, LayerExperts
 from packager.errors import CheckpointError, PackError
 from packager.onnx_export.external_data import DataWriter, StackedInfo
-from packager.onnx_export.families import family_for
 from packager.onnx_export.genai_config import genai_config
 from packager.onnx_export.model import OPSET, build_model
 from packager.onnx_export.moe import EXPERT_MODES
@@ -120,7 +119,9 @@ def export_onnx(
     if not checkpoint_dir.is_dir():
         raise CheckpointError(f"{checkpoint_dir}: not a checkpoint folder")
     ckpt = open_checkpoint(checkpoint_dir)
-    fam = family_for(ckpt)
+    from packager.families import family_for  # the families' ONNX hooks import this package
+
+    fam = family_for(ckpt.config).onnx(ckpt)
     out_dir.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".onnx-export-", dir=out_dir))
     writer = DataWriter(stage / DATA_FILE, DATA_FILE)

@@ -6,20 +6,21 @@ templates with ``%d`` for the layer). Greedy search is the default, as in our ru
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from packager.onnx_export.families import OnnxFamily
+if TYPE_CHECKING:
+    from packager.families.onnx_adapter import OnnxAdapter
 
 
 def genai_config(
-    fam: OnnxFamily, model_file: str, generation: dict[str, Any] | None = None
+    fam: OnnxAdapter, model_file: str, generation: dict[str, Any] | None = None
 ) -> dict[str, Any]:
     c, gen = fam.config, generation or {}
     kv_heads, k_dim, _ = fam.kv_layout()
-    eos = gen.get("eos_token_id", c.get("eos_token_id"))
-    pad = gen.get("pad_token_id", c.get("pad_token_id"))
-    bos = gen.get("bos_token_id", c.get("bos_token_id"))
-    context = int(c.get("max_position_embeddings", 4096))
+    eos = gen.get("eos_token_id", c.eos_token_id)
+    pad = gen.get("pad_token_id", c.pad_token_id)
+    bos = gen.get("bos_token_id", c.bos_token_id)
+    context = c.context_length
     return {
         "model": {
             "bos_token_id": bos if bos is not None else (eos if isinstance(eos, int) else 0),

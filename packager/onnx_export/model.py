@@ -9,17 +9,20 @@ router chose, [S, top_k] int64, so the runtime can read routing back without eng
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from onnx import ModelProto, TensorProto, helper
 
 from packager.onnx_export.blocks import Context, causal_mask, rotary
 from packager.onnx_export.external_data import DataWriter
-from packager.onnx_export.families import OnnxFamily
 from packager.onnx_export.graph import MS_DOMAIN, Graph, Scope
 from packager.onnx_export.moe import LayerStacks, moe_experts
 from packager.onnx_export.quant import QuantScheme
 from packager.onnx_export.weights import Weights
 from packager.source import Checkpoint
+
+if TYPE_CHECKING:
+    from packager.families.onnx_adapter import OnnxAdapter
 
 # 21 is the first opset with blocked DequantizeLinear (and int4 types); IR 10 goes with it.
 OPSET = 21
@@ -38,7 +41,7 @@ class BuiltModel:
 
 def build_model(
     ckpt: Checkpoint,
-    fam: OnnxFamily,
+    fam: OnnxAdapter,
     writer: DataWriter,
     quant: QuantScheme,
     expert_mode: str = "unique",
@@ -111,7 +114,7 @@ def build_model(
 
 
 def _moe_layer(
-    ctx: Context, fam: OnnxFamily, s: Scope, i: int, x: str, mode: str
+    ctx: Context, fam: OnnxAdapter, s: Scope, i: int, x: str, mode: str
 ) -> tuple[str, str, LayerStacks]:
     w, pre = ctx.weights, fam.moe_prefix(i)
     x2d = s.reshape(x, [-1, fam.hidden], "Flatten")

@@ -278,7 +278,7 @@ def test_interface_names_and_genai_config(exported):
 
 def test_dense_model_is_refused_and_nothing_is_left(tmp_path, fixture_checkpoint):
     out = tmp_path / "out"
-    with pytest.raises(UnsupportedArchitectureError, match="Qwen3ForCausalLM is not supported"):
+    with pytest.raises(UnsupportedArchitectureError, match="Qwen3ForCausalLM is a dense"):
         export_onnx(fixture_checkpoint("dense-tiny"), out)
     assert not out.exists()  # refused before anything is written
 

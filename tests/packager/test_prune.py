@@ -72,10 +72,18 @@ def test_fraction_must_remove_some_but_not_all(fraction):
 
 
 def test_config_gets_new_expert_count_and_clamped_top_k():
-    cfg = pruned_config({"num_experts": 8, "num_local_experts": 8, "num_experts_per_tok": 4}, 3)
-    assert cfg == {"num_experts": 3, "num_local_experts": 3, "num_experts_per_tok": 3}
+    from packager.families import family_for
+    from tests.packager.synthetic import CONFIGS
+
+    qwen = {**CONFIGS["qwen3moe"], "num_experts": 8, "num_local_experts": 8,
+            "num_experts_per_tok": 4}  # fmt: skip
+    cfg = pruned_config(family_for(qwen).config, 3)
+    assert cfg == {**qwen, "num_experts": 3, "num_local_experts": 3, "num_experts_per_tok": 3}
+    deepseek = {**CONFIGS["deepseek2"], "n_routed_experts": 16, "n_group": 4, "topk_group": 2,
+                "topk_method": "group_limited_greedy"}  # fmt: skip
     with pytest.raises(PruneError, match="n_group=4"):
-        pruned_config({"n_routed_experts": 16, "n_group": 4, "num_experts_per_tok": 2}, 10)
+        pruned_config(family_for(deepseek).config, 10)
+    assert pruned_config(family_for(deepseek).config, 8)["n_routed_experts"] == 8
 
 
 def test_tensor_plan_renumbers_selects_and_drops():

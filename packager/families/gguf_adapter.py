@@ -1,8 +1,9 @@
-"""The adapter contract every architecture family implements, and the shared tensor planning.
+"""A family's GGUF mapping: the hooks each family implements, and the shared tensor planning.
 
 An adapter has three hooks, as in llama.cpp's converter: hyper-parameters (`write_hparams`),
-tensor renaming/stacking (`expand`, `transform`) and per-tensor precision (`keep_f32`). Nothing
-outside `packager/archs/` branches on the architecture.
+tensor renaming/stacking (`expand`, `transform`) and per-tensor precision (`keep_f32`). It reads
+the family's typed config, never config.json; nothing outside `packager/families/` branches on
+the architecture.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import gguf
 import numpy as np
 
 from packager.errors import UnsupportedArchitectureError
-from packager.hf_config import ConfigFields
+from packager.families.config import ExpertLayout, ModelConfig
 
 Reader = Callable[[str], np.ndarray]
 
@@ -40,18 +41,13 @@ class PlannedTensor:
     is_expert: bool = False
 
 
-@dataclass(frozen=True)
-class MoEInfo:
-    n_experts: int
-    top_k: int
-    n_shared_experts: int
-    moe_layers: tuple[int, ...]
+# Rope scalings llama.cpp's graphs compute as transformers does.
+ROPE_KINDS = ("default", "linear", "yarn")
 
 
-class ArchAdapter(ConfigFields):
+class GGUFAdapter:
     """Base adapter: generic renaming through gguf's TensorNameMap plus expert stacking."""
 
-    hf_architectures: ClassVar[tuple[str, ...]] = ()
     gguf_arch: ClassVar[gguf.MODEL_ARCH]
     # Expert projection names in the checkpoint -> canonical gate/up/down.
     expert_proj: ClassVar[dict[str, str]] = {
@@ -60,65 +56,69 @@ class ArchAdapter(ConfigFields):
         "down_proj": "down_proj",
     }
 
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: ModelConfig) -> None:
         self.config = config
-        self.n_layers = int(self.req("num_hidden_layers"))
+        self.n_layers = config.n_layers
+        self._check_rope()
         self.validate()
         self._names = gguf.get_tensor_name_map(self.gguf_arch, self.n_layers)
+
+    @property
+    def architecture(self) -> str:
+        return self.config.architecture
 
     # ----- hook 1: hyper-parameters -------------------------------------------------------
     def validate(self) -> None:
         """Refuse configurations llama.cpp's graph for this family cannot reproduce."""
 
-    def moe(self) -> MoEInfo:
-        raise NotImplementedError
+    def moe(self) -> ExpertLayout:
+        return self.config.experts
 
     def write_hparams(self, w: gguf.GGUFWriter) -> None:
         c, moe = self.config, self.moe()
-        w.add_context_length(int(c.get("max_position_embeddings", 4096)))
-        w.add_embedding_length(int(c["hidden_size"]))
+        w.add_context_length(c.context_length)
+        w.add_embedding_length(c.hidden_size)
         w.add_block_count(self.n_layers)
-        w.add_feed_forward_length(int(c["intermediate_size"]))
-        w.add_head_count(int(c["num_attention_heads"]))
+        w.add_feed_forward_length(c.require(c.intermediate_size, "intermediate_size"))
+        w.add_head_count(c.n_heads)
         w.add_head_count_kv(self.n_head_kv())
-        w.add_rope_freq_base(float(self.rope_theta()))
-        w.add_layer_norm_rms_eps(float(c.get("rms_norm_eps", 1e-6)))
+        w.add_rope_freq_base(c.rope.theta)
+        w.add_layer_norm_rms_eps(c.rms_norm_eps)
         w.add_expert_count(moe.n_experts)
         w.add_expert_used_count(moe.top_k)
         self.write_rope_scaling(w)
 
     def n_head_kv(self) -> int:
-        c = self.config
-        return int(c.get("num_key_value_heads") or c["num_attention_heads"])
+        return self.config.n_kv_heads
 
     def kv_dims(self) -> tuple[int, int, int]:
         """(KV heads, key length, value length) per token and layer, as llama.cpp caches them."""
-        c = self.config
-        head = int(c.get("head_dim") or c["hidden_size"] // c["num_attention_heads"])
+        head = self.config.head_dim
         return self.n_head_kv(), head, head
 
-    def rope_theta(self) -> float:
-        params = self.config.get("rope_parameters") or {}
-        return float(params.get("rope_theta", self.config.get("rope_theta", 10000.0)))
+    def _check_rope(self) -> None:
+        rope = self.config.rope
+        if rope.kind not in ROPE_KINDS:
+            raise UnsupportedArchitectureError(
+                f"config.json: {rope.field_name}.rope_type '{rope.kind}' is not supported for "
+                f"{self.architecture} (supported: {', '.join(ROPE_KINDS)})"
+            )
+        if rope.kind != "default":
+            self.config.require(rope.factor, f"{rope.field_name}.factor")
+        if rope.kind == "yarn":
+            self.config.require(
+                rope.original_context, f"{rope.field_name}.original_max_position_embeddings"
+            )
 
     def write_rope_scaling(self, w: gguf.GGUFWriter) -> None:
-        params = self.config.get("rope_parameters") or self.config.get("rope_scaling") or {}
-        kind = params.get("rope_type", params.get("type", "default"))
-        if kind in (None, "default"):
-            return
-        if kind == "linear":
+        rope = self.config.rope
+        if rope.kind == "linear":
             w.add_rope_scaling_type(gguf.RopeScalingType.LINEAR)
-            w.add_rope_scaling_factor(float(params["factor"]))
-            return
-        if kind == "yarn":
+            w.add_rope_scaling_factor(float(rope.factor or 1.0))
+        elif rope.kind == "yarn":
             w.add_rope_scaling_type(gguf.RopeScalingType.YARN)
-            w.add_rope_scaling_factor(float(params["factor"]))
-            w.add_rope_scaling_orig_ctx_len(int(params["original_max_position_embeddings"]))
-            return
-        raise UnsupportedArchitectureError(
-            f"{self.architecture}: rope scaling type '{kind}' is not supported "
-            "(supported: default, linear, yarn)"
-        )
+            w.add_rope_scaling_factor(float(rope.factor or 1.0))
+            w.add_rope_scaling_orig_ctx_len(int(rope.original_context or 0))
 
     # ----- hook 2: tensor renaming / stacking ---------------------------------------------
     def expand(self, hf_name: str, shape: tuple[int, ...], read: Reader) -> list[PlannedTensor]:

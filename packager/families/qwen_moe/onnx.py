@@ -2,28 +2,18 @@
 
 from __future__ import annotations
 
+from packager.families.onnx_adapter import OnnxAdapter
 from packager.onnx_export.blocks import Context, dense_mlp
-from packager.onnx_export.families.base import OnnxFamily, register
 from packager.onnx_export.graph import Scope
 
 
-class _QwenMoE(OnnxFamily):
+class _QwenMoE(OnnxAdapter):
     def validate(self) -> None:
         super().validate()
-        self.norm_topk = bool(self.config.get("norm_topk_prob", False))
-
-    @property
-    def moe_layers(self) -> tuple[int, ...]:
-        # transformers: sparse unless listed in mlp_only_layers or off the sparse step.
-        c = self.config
-        skip = set(c.get("mlp_only_layers") or [])
-        step = int(c.get("decoder_sparse_step", 1) or 1)
-        return tuple(i for i in range(self.n_layers) if i not in skip and (i + 1) % step == 0)
+        self.norm_topk = self.config.norm_topk_prob
 
 
-@register
-class Qwen2MoeFamily(_QwenMoE):
-    hf_architectures = ("Qwen2MoeForCausalLM",)
+class Qwen2MoeOnnx(_QwenMoE):
     genai_type = "qwen2"
 
     def shared(self, ctx: Context, s: Scope, i: int, x2d: str) -> str | None:
@@ -37,9 +27,7 @@ class Qwen2MoeFamily(_QwenMoE):
         return s.op("Mul", [s.op("Sigmoid", [gate], "SharedGate/Sigmoid"), y], "SharedGate/Mul")
 
 
-@register
-class Qwen3MoeFamily(_QwenMoE):
-    hf_architectures = ("Qwen3MoeForCausalLM",)
+class Qwen3MoeOnnx(_QwenMoE):
     genai_type = "qwen3"
 
     def per_head_norm(self, ctx: Context, s: Scope, pre: str, q: str, k: str):

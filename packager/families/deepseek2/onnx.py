@@ -11,8 +11,9 @@ from __future__ import annotations
 
 import math
 
+from packager.families.deepseek2.config import DeepseekV2Config
+from packager.families.onnx_adapter import OnnxAdapter
 from packager.onnx_export.blocks import Context, RopeSpec, apply_rope, attend, dense_mlp, heads
-from packager.onnx_export.families.base import OnnxFamily, register
 from packager.onnx_export.graph import Scope
 from packager.onnx_export.moe import group_limited, topk
 
@@ -20,36 +21,32 @@ from packager.onnx_export.moe import group_limited, topk
 _LORA_NORM_EPS = 1e-6
 
 
-@register
-class DeepseekV2Family(OnnxFamily):
-    hf_architectures = ("DeepseekV2ForCausalLM",)
+class DeepseekV2Onnx(OnnxAdapter):
+    config: DeepseekV2Config
     genai_type = "deepseek_v2"
 
     def validate(self) -> None:
         super().validate()
         c = self.config
-        self.q_lora = c.get("q_lora_rank")
-        self.kv_lora = int(self.req("kv_lora_rank"))
-        self.nope = int(self.req("qk_nope_head_dim"))
-        self.rope_d = int(self.req("qk_rope_head_dim"))
-        self.v_dim = int(self.req("v_head_dim"))
-        self.first_dense = int(c.get("first_k_dense_replace") or 0)
-        self.method = c.get("topk_method", "greedy")
+        self.q_lora = c.q_lora_rank
+        self.kv_lora = c.kv_lora_rank
+        self.nope = c.qk_nope_head_dim
+        self.rope_d = c.qk_rope_head_dim
+        self.v_dim = c.v_head_dim
+        self.method = c.topk_method
         if self.method not in ("greedy", "group_limited_greedy"):
             self.refuse(f"topk_method '{self.method}' (exported: greedy, group_limited_greedy)")
-        if c.get("scoring_func", "softmax") != "softmax":
-            self.refuse(f"scoring_func '{c.get('scoring_func')}' (transformers' V2 is softmax)")
-        if c.get("norm_topk_prob"):
+        if c.scoring_func != "softmax":
+            self.refuse(f"scoring_func '{c.scoring_func}' (transformers' V2 is softmax)")
+        if c.norm_topk_prob:
             # transformers' DeepseekV2 router never renormalises; the original remote code did.
             self.refuse("norm_topk_prob=true: transformers' DeepSeek-V2 router ignores it")
-        if int(c.get("moe_layer_freq", 1)) != 1:
+        if c.moe_layer_freq != 1:
             self.refuse("moe_layer_freq != 1")
-        if self.method == "group_limited_greedy" and self.n_experts % int(self.req("n_group")):
+        if self.method == "group_limited_greedy" and self.n_experts % c.require(
+            c.n_group, "n_group"
+        ):
             self.refuse("n_routed_experts is not a multiple of n_group")
-
-    @property
-    def moe_layers(self) -> tuple[int, ...]:
-        return tuple(range(self.first_dense, self.n_layers))
 
     def kv_layout(self) -> tuple[int, int, int]:
         return 1, self.kv_lora, self.rope_d
@@ -64,10 +61,10 @@ class DeepseekV2Family(OnnxFamily):
     def _scale(self) -> float:
         # transformers' yarn_apply_mscale: YaRN checkpoints also sharpen the softmax.
         scale = (self.nope + self.rope_d) ** -0.5
-        p = self.rope_params()
-        factor = float(p.get("factor") or 1.0)
-        if p.get("rope_type", "default") != "default" and p.get("mscale_all_dim") and factor > 1:
-            m = 0.1 * float(p["mscale_all_dim"]) * math.log(factor) + 1.0
+        p = self.config.rope
+        factor = float(p.factor or 1.0)
+        if p.kind != "default" and p.mscale_all_dim and factor > 1:
+            m = 0.1 * p.mscale_all_dim * math.log(factor) + 1.0
             scale *= m * m
         return scale
 
@@ -111,10 +108,11 @@ class DeepseekV2Family(OnnxFamily):
 
     def route(self, s: Scope, probs: str) -> tuple[str, str]:
         if self.method == "group_limited_greedy":
-            probs = group_limited(s, probs, self.n_experts, int(self.config["n_group"]),
-                                  int(self.config["topk_group"]))  # fmt: skip
+            c = self.config
+            probs = group_limited(s, probs, self.n_experts, c.require(c.n_group, "n_group"),
+                                  c.require(c.topk_group, "topk_group"))  # fmt: skip
         values, ids = topk(s, probs, self.top_k)
-        factor = float(self.config.get("routed_scaling_factor") or 1.0)
+        factor = float(self.config.routed_scaling_factor or 1.0)
         if factor != 1.0:
             values = s.op("Mul", [values, s.f32(factor)], "RoutedScaling")
         return values, ids

@@ -1,21 +1,21 @@
-"""The ONNX adapter contract: what a family tells the graph builder, plus the shared defaults.
+"""A family's ONNX graph hooks: what a family tells the graph builder, plus the shared defaults.
 
-A family adapter answers four questions, mirroring `packager/archs/` for GGUF: which configs
-it accepts (`validate`), how its attention is built (`attention`), how its router picks and
-weighs experts (`route`), and what dense extras ride along with the experts (`shared`). The
-common decoder skeleton (embedding, norms, residuals, LM head) lives in `model.py` and never
-branches on the family.
+An adapter answers four questions, as the GGUF adapter does for llama.cpp: which configs it
+accepts (`validate`), how its attention is built (`attention`), how its router picks and weighs
+experts (`route`), and what dense extras ride along with the experts (`shared`). The common
+decoder skeleton (embedding, norms, residuals, LM head) lives in `packager/onnx_export/model.py`
+and never branches on the family. Adapters read the family's typed config, never config.json.
 """
 
 from __future__ import annotations
 
 import math
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
 from packager.errors import UnsupportedArchitectureError
-from packager.hf_config import ConfigFields
+from packager.families.config import ModelConfig, Rope
 from packager.onnx_export.blocks import (
     Context,
     RopeSpec,
@@ -29,103 +29,73 @@ from packager.onnx_export.graph import Scope
 from packager.onnx_export.moe import normalize, topk
 from packager.source import Checkpoint
 
-_REGISTRY: dict[str, type[OnnxFamily]] = {}
 
-
-def register(cls: type[OnnxFamily]) -> type[OnnxFamily]:
-    for arch in cls.hf_architectures:
-        _REGISTRY[arch] = cls
-    return cls
-
-
-def supported() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def family_for(ckpt: Checkpoint) -> OnnxFamily:
-    archs = ckpt.config.get("architectures") or []
-    arch = archs[0] if archs else f"model_type={ckpt.config.get('model_type', '?')}"
-    if arch not in _REGISTRY:
-        raise UnsupportedArchitectureError(
-            f"ONNX export: architecture {arch} is not supported; supported: "
-            f"{', '.join(supported())}"
-        )
-    return _REGISTRY[arch](ckpt)
-
-
-class OnnxFamily(ConfigFields):
+class OnnxAdapter:
     """Defaults are the Qwen/Mixtral/OLMoE shape: GQA attention with rotate-half RoPE."""
 
-    hf_architectures: ClassVar[tuple[str, ...]] = ()
     genai_type: ClassVar[str] = ""
     # canonical projection -> checkpoint name, per expert and for dense MLPs
     proj: ClassVar[tuple[str, str, str]] = ("gate_proj", "up_proj", "down_proj")
     moe_modules: ClassVar[tuple[str, ...]] = ("mlp",)
     norm_topk: ClassVar[bool] = False
 
-    def __init__(self, ckpt: Checkpoint) -> None:
+    def __init__(self, config: ModelConfig, ckpt: Checkpoint) -> None:
         self.ckpt = ckpt
-        self.config: dict[str, Any] = ckpt.config
-        c = self.config
-        self.n_layers = int(self.req("num_hidden_layers"))
-        self.hidden = int(self.req("hidden_size"))
-        self.n_heads = int(self.req("num_attention_heads"))
-        self.n_kv = int(c.get("num_key_value_heads") or self.n_heads)
-        self.head_dim = int(c.get("head_dim") or self.hidden // self.n_heads)
-        self.eps = float(c.get("rms_norm_eps", 1e-6))
-        self.vocab = int(self.req("vocab_size"))
-        self.top_k = int(self.req("num_experts_per_tok"))
-        self.n_experts = int(self.find("num_experts", "num_local_experts", "n_routed_experts"))
+        self.config = c = config
+        self.n_layers = c.n_layers
+        self.hidden = c.hidden_size
+        self.n_heads = c.n_heads
+        self.n_kv = c.n_kv_heads
+        self.head_dim = c.head_dim
+        self.eps = c.rms_norm_eps
+        self.vocab = c.vocab_size
+        self.top_k = c.top_k
+        self.n_experts = c.n_experts
         self.validate()
 
-    # ----- config access ----------------------------------------------------------------
+    @property
+    def architecture(self) -> str:
+        return self.config.architecture
+
     def refuse(self, why: str) -> None:
         raise UnsupportedArchitectureError(f"{self.architecture} (ONNX export): {why}")
 
     # ----- hook 1: what is accepted ------------------------------------------------------
     def validate(self) -> None:
         c = self.config
-        if c.get("hidden_act", "silu") != "silu":
-            self.refuse(f"hidden_act '{c.get('hidden_act')}' (only silu is exported)")
-        if c.get("use_sliding_window") or any(
-            t != "full_attention" for t in c.get("layer_types") or []
-        ):
+        if c.hidden_act != "silu":
+            self.refuse(f"hidden_act '{c.hidden_act}' (only silu is exported)")
+        if c.use_sliding_window or any(t != "full_attention" for t in c.layer_types):
             self.refuse("sliding-window attention layers are not exported")
-        if float(self.rope_params().get("partial_rotary_factor", 1.0)) != 1.0:
+        if c.rope.partial_rotary_factor != 1.0:
             self.refuse("partial_rotary_factor != 1 is not exported")
         if self.n_heads % self.n_kv:
             self.refuse(f"{self.n_heads} heads are not a multiple of {self.n_kv} KV heads")
 
     @property
     def moe_layers(self) -> tuple[int, ...]:
-        return tuple(range(self.n_layers))
+        return self.config.moe_layers
 
     def kv_layout(self) -> tuple[int, int, int]:
         """(heads, key dim, value dim) of past_key_values.* for every layer."""
         return self.n_kv, self.head_dim, self.head_dim
 
     # ----- rotary -------------------------------------------------------------------------
-    def rope_params(self) -> dict[str, Any]:
-        p = dict(self.config.get("rope_parameters") or self.config.get("rope_scaling") or {})
-        p.setdefault("rope_theta", self.config.get("rope_theta", 10000.0))
-        return p
-
     def rope_dim(self) -> int:
         return self.head_dim
 
     def rope(self) -> RopeSpec:
-        p, dim = self.rope_params(), self.rope_dim()
-        base = float(p["rope_theta"])
-        kind = p.get("rope_type", p.get("type", "default")) or "default"
+        p, dim = self.config.rope, self.rope_dim()
+        base = p.theta
         exps = np.arange(0, dim, 2, dtype=np.float64) / dim
         inv = 1.0 / base**exps
         scaling = 1.0
-        if kind == "linear":
-            inv = inv / float(p["factor"])
-        elif kind == "yarn":
-            inv, scaling = _yarn(p, dim, base, inv, int(self.config["max_position_embeddings"]))
-        elif kind != "default":
-            self.refuse(f"rope type '{kind}' (exported: default, linear, yarn)")
+        if p.kind == "linear":
+            inv = inv / float(self.config.require(p.factor, f"{p.field_name}.factor"))
+        elif p.kind == "yarn":
+            inv, scaling = _yarn(p, dim, base, inv, self.config.context_length)
+        elif p.kind != "default":
+            self.refuse(f"rope type '{p.kind}' (exported: default, linear, yarn)")
         return RopeSpec(inv.astype(np.float32), float(scaling), interleaved=False)
 
     # ----- hook 2: attention --------------------------------------------------------------
@@ -222,25 +192,25 @@ class OnnxFamily(ConfigFields):
         return gate_up, (lambda e: read(d.format(e=e)))
 
 
-def _yarn(p: dict[str, Any], dim: int, base: float, inv: np.ndarray, max_pos: int):
+def _yarn(p: Rope, dim: int, base: float, inv: np.ndarray, max_pos: int):
     """YaRN inverse frequencies and attention factor, as transformers computes them."""
-    factor = float(p.get("factor") or 1.0)
-    orig = int(p.get("original_max_position_embeddings") or max_pos)
+    factor = float(p.factor or 1.0)
+    orig = int(p.original_context or max_pos)
 
     def mscale(scale: float, m: float = 1.0) -> float:
         return 1.0 if scale <= 1 else 0.1 * m * math.log(scale) + 1.0
 
-    attn = p.get("attention_factor")
+    attn = p.attention_factor
     if attn is None:
-        ms, ms_all = p.get("mscale"), p.get("mscale_all_dim")
+        ms, ms_all = p.mscale, p.mscale_all_dim
         attn = mscale(factor, ms) / mscale(factor, ms_all) if ms and ms_all else mscale(factor)
-    fast, slow = float(p.get("beta_fast") or 32), float(p.get("beta_slow") or 1)
+    fast, slow = float(p.beta_fast or 32), float(p.beta_slow or 1)
 
     def corr(rot: float) -> float:
         return (dim * math.log(orig / (rot * 2 * math.pi))) / (2 * math.log(base))
 
     low, high = corr(fast), corr(slow)
-    if p.get("truncate", True):
+    if p.truncate:
         low, high = math.floor(low), math.ceil(high)
     low, high = max(low, 0), min(high, dim - 1)
     if low == high:

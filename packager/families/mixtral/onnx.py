@@ -4,12 +4,10 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from packager.onnx_export.families.base import OnnxFamily, register
+from packager.families.onnx_adapter import OnnxAdapter
 
 
-@register
-class MixtralFamily(OnnxFamily):
-    hf_architectures = ("MixtralForCausalLM",)
+class MixtralOnnx(OnnxAdapter):
     genai_type = "mistral"  # genai has no mixtral type; its generic decoder runs it
     proj: ClassVar[tuple[str, str, str]] = ("w1", "w3", "w2")
     # Older checkpoints name the block block_sparse_moe; transformers v5 saves it as mlp.
@@ -18,5 +16,5 @@ class MixtralFamily(OnnxFamily):
 
     def validate(self) -> None:
         super().validate()
-        if self.config.get("sliding_window"):
+        if self.config.sliding_window:
             self.refuse("sliding_window attention is not exported")

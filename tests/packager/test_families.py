@@ -1,12 +1,12 @@
-"""Adapter registry and tensor planning, checked on config + shapes alone (no weights)."""
+"""The family registry, typed configs and GGUF tensor planning, on config + shapes alone."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from packager.archs import adapter_for, supported_architectures
 from packager.errors import UnsupportedArchitectureError
+from packager.families import family_for, supported_architectures
 
 pytestmark = pytest.mark.unit
 
@@ -58,22 +58,22 @@ def test_registry_lists_the_five_families():
 def test_unsupported_architecture_lists_supported_ones():
     cfg = {**QWEN3, "architectures": ["GrokForCausalLM"]}
     with pytest.raises(UnsupportedArchitectureError, match="not supported; supported: .*Qwen3Moe"):
-        adapter_for(cfg)
+        family_for(cfg)
 
 
 def test_dense_model_is_refused_as_dense():
     cfg = {"architectures": ["Qwen3ForCausalLM"], "num_hidden_layers": 2}
     with pytest.raises(UnsupportedArchitectureError, match="dense \\(non-MoE\\)"):
-        adapter_for(cfg)
+        family_for(cfg)
 
 
 def test_config_llama_cpp_cannot_reproduce_is_refused():
     with pytest.raises(UnsupportedArchitectureError, match="norm_topk_prob"):
-        adapter_for({**QWEN3, "norm_topk_prob": False})
+        _ = family_for({**QWEN3, "norm_topk_prob": False}).gguf
 
 
 def test_experts_are_stacked_per_layer_in_ggml_order():
-    adapter = adapter_for(QWEN3)
+    adapter = family_for(QWEN3).gguf
     reads: list[str] = []
 
     def read(name: str) -> np.ndarray:
@@ -94,19 +94,63 @@ def test_missing_expert_is_reported():
     shapes = _shapes()
     del shapes["model.layers.1.mlp.experts.3.up_proj.weight"]
     with pytest.raises(UnsupportedArchitectureError, match="layer 1 up_proj"):
-        adapter_for(QWEN3).plan(shapes, lambda n: np.zeros(1))
+        family_for(QWEN3).gguf.plan(shapes, lambda n: np.zeros(1))
 
 
 def test_router_and_norms_stay_f32():
-    adapter = adapter_for(QWEN3)
+    adapter = family_for(QWEN3).gguf
     assert adapter.keep_f32("blk.0.ffn_gate_inp.weight")
     assert adapter.keep_f32("blk.0.attn_norm.weight")
     assert not adapter.keep_f32("blk.0.ffn_gate_exps.weight")
 
 
 def test_mixtral_interleaves_rope_halves():
-    from packager.archs.mixtral import _interleave_heads
+    from packager.families.mixtral.gguf import interleave_heads
 
     w = np.arange(8, dtype=np.float32).reshape(8, 1)  # one head of 8 rows: halves [0..3],[4..7]
-    out = _interleave_heads(w, 1).ravel().tolist()
+    out = interleave_heads(w, 1).ravel().tolist()
     assert out == [0, 4, 1, 5, 2, 6, 3, 7]
+
+
+def test_ernie_expert_count_is_recognised_as_moe():
+    """ERNIE-4.5 names its expert count moe_num_experts: an MoE not yet supported, not "dense"."""
+    cfg = {"architectures": ["Ernie4_5_MoeForCausalLM"], "moe_num_experts": 64}
+    with pytest.raises(UnsupportedArchitectureError, match="Ernie4_5_MoeForCausalLM is not supp"):
+        family_for(cfg)
+
+
+def test_config_is_read_once_into_a_typed_shape():
+    family = family_for(QWEN3)
+    c = family.config
+    assert (c.n_layers, c.hidden_size, c.n_kv_heads, c.head_dim) == (2, 64, 2, 16)
+    assert family.experts.n_experts == 4 and family.experts.moe_layers == (0, 1)
+    assert c.rope.theta == 10000.0 and c.rope.kind == "default"
+    with pytest.raises(AttributeError):
+        c.n_layers = 3  # frozen
+
+
+def test_both_namings_of_a_field_are_read():
+    renamed = {k: v for k, v in QWEN3.items() if k != "num_experts"} | {"num_local_experts": 4}
+    assert family_for(renamed).experts.n_experts == 4
+    legacy = {**QWEN3, "rope_scaling": {"type": "linear", "factor": 2.0}, "rope_theta": 5e5}
+    rope = family_for(legacy).config.rope
+    assert (rope.kind, rope.factor, rope.theta, rope.field_name) == (
+        "linear", 2.0, 5e5, "rope_scaling")
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"hidden_size": "64"}, "field 'hidden_size' must be an integer, got '64'"),
+        ({"num_experts_per_tok": None}, "missing 'num_experts_per_tok'"),
+        ({"mlp_only_layers": "0"}, "field 'mlp_only_layers' must be a list of integers"),
+        ({"rope_parameters": {"rope_type": "dynamic", "factor": 2.0}},
+         "rope_parameters.rope_type 'dynamic' is not supported"),
+        ({"rope_parameters": {"rope_type": "yarn", "factor": 4.0}},
+         "missing 'rope_parameters.original_max_position_embeddings'"),
+    ],
+)
+def test_bad_config_fields_are_named_in_one_line(change, message):
+    with pytest.raises(UnsupportedArchitectureError, match=message) as err:
+        _ = family_for({**QWEN3, **change}).gguf
+    assert "\n" not in str(err.value)

@@ -1,0 +1,27 @@
+"""Model families, one folder each, found through one registry keyed by HF architecture."""
+
+from __future__ import annotations
+
+# Importing each family's folder runs its @register.
+from packager.families import deepseek2, mixtral, olmoe, qwen_moe  # noqa: E402,F401,I001
+from packager.families.config import EXPERT_COUNT_KEYS, ExpertLayout, ModelConfig
+from packager.families.family import Family
+from packager.families.registry import (
+    family_for,
+    is_moe_config,
+    read_family,
+    register,
+    supported_architectures,
+)
+
+__all__ = [
+    "EXPERT_COUNT_KEYS",
+    "ExpertLayout",
+    "Family",
+    "ModelConfig",
+    "family_for",
+    "is_moe_config",
+    "read_family",
+    "register",
+    "supported_architectures",
+]
