@@ -202,7 +202,7 @@ class PlanSnapshot(BaseModel):
 
 _OPTIONAL_ON_READ = {
     "chat_template": None, "plan": None, "report_file": None, "extra": {}, "data_file": None,
-    "builds": [], "integrity": {},
+    "builds": [], "integrity": {}, "hot_shares": {},
 }
 
 
@@ -220,7 +220,7 @@ class Manifest:
     expert_layers: tuple[LayerExperts, ...]
     hot_experts: Annotated[
         dict[LayerIndex, tuple[Int, ...]],
-        Field(description="layer -> expert ids the runtime pins (kept resident)"),
+        Field(description="layer -> expert ids the runtime pins (kept resident), hottest first"),
     ]
     tokenizer: dict[str, Any]
     chat_template: Str | None
@@ -235,6 +235,12 @@ class Manifest:
     integrity: Annotated[
         dict[str, SampledHashes],
         Field(description="file name -> sampled block hashes checked when the bundle is opened"),
+    ] = field(default_factory=dict)
+    # Each hot expert's share of its layer's routings, in hot_experts' order (absent in bundles
+    # packed before it was recorded, or without calibration: the list order is the rank then).
+    hot_shares: Annotated[
+        dict[LayerIndex, tuple[Number, ...]],
+        Field(description="layer -> share of the layer's routings of each hot expert, in order"),
     ] = field(default_factory=dict)
 
     @model_validator(mode="before")
@@ -255,6 +261,11 @@ class Manifest:
             bad = [e for e in experts if not 0 <= e < n]
             if bad:
                 raise rule(f"expert ids in 0..{n - 1}", got=bad, field=("hot_experts", layer))
+        for layer, shares in self.hot_shares.items():
+            want = len(self.hot_experts.get(layer, ()))
+            if len(shares) != want or not all(0 <= s <= 1 for s in shares):
+                raise rule(f"{want} shares in [0, 1], one per hot expert", got=list(shares),
+                           field=("hot_shares", layer))
         if self.model_file not in self.files:
             raise problem(f"'{self.model_file}' is not listed in 'files'", field=("model_file",))
         if self.format not in FORMATS:

@@ -215,6 +215,7 @@ def _plan(opts: PackOptions, opened: Opened, prepared: Prepared) -> PackPlan:
         quant=str(plan.quant_experts).upper(),
         tensor_types=tensor_types,
         hot_experts=dict(plan.hot_experts),
+        hot_shares=dict(plan.hot_shares),
         plan=plan.to_dict(),
     )
 

@@ -117,6 +117,7 @@ def _manifest(
         dense_bytes=main.dense_bytes,
         expert_layers=main.expert_layers,
         hot_experts=dict(inputs.plan.hot_experts),
+        hot_shares=dict(inputs.plan.hot_shares),
         tokenizer={
             "model": meta.get("tokenizer.ggml.model"),
             "pre": meta.get("tokenizer.ggml.pre"),

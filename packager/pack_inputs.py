@@ -87,7 +87,8 @@ class PackPlan:
 
     quant: str
     tensor_types: dict[str, str] = field(default_factory=dict)  # regex -> ggml type
-    hot_experts: dict[int, tuple[int, ...]] = field(default_factory=dict)
+    hot_experts: dict[int, tuple[int, ...]] = field(default_factory=dict)  # hottest first
+    hot_shares: dict[int, tuple[float, ...]] = field(default_factory=dict)  # in that order
     plan: dict[str, Any] | None = None  # the planner's record, shipped in the manifest
 
 

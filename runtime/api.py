@@ -25,7 +25,7 @@ from runtime.errors import (
 )
 from runtime.experts.cache import ExpertCache
 from runtime.experts.pager import ExpertPager
-from runtime.experts.pinning import pinned_set
+from runtime.experts.pinning import expected_hit_share, pinned_set
 from runtime.experts.policy import DEFAULT_POLICY
 from runtime.experts.prefetcher import PrefetchSettings
 from runtime.experts.residency import MadviseResidency
@@ -264,6 +264,7 @@ class Model:
             self._expert_bytes,
             self.budget.expert_capacity_bytes,
             self.manifest.shape.top_k,
+            self.manifest.hot_shares,
         )
         self.residency = MadviseResidency(
             self.bundle.expert_path, mapping, lambda layer, e: layers[layer].ranges(e), cold=cold
@@ -452,6 +453,7 @@ class Model:
                 bytes_loaded=0,
                 evictions=0,
                 hot_experts={},
+                pinned_share=None,
             )
             return s
         cs = self.cache.stats()
@@ -464,6 +466,9 @@ class Model:
             bytes_loaded=cs.bytes_loaded + self.pager.stats.transient_bytes,
             evictions=cs.evictions,
             hot_experts={str(k): list(v) for k, v in self._pins.items()},
+            pinned_share=expected_hit_share(self._pins, self.manifest.hot_experts,
+                                            self.manifest.hot_shares,
+                                            self.manifest.shape.moe_layers),
         )
         return s
 

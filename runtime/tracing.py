@@ -152,7 +152,8 @@ def replay_budgets(
         capacities[b] = int(spec.fraction * opened.expert_bytes_total)
     rows: list[Row] = []
     for cap in capacities.values():
-        pinned = pinned_set(m.hot_experts, expert_bytes, cap, m.shape.top_k) if pin_hot else None
+        pinned = (pinned_set(m.hot_experts, expert_bytes, cap, m.shape.top_k, m.hot_shares)
+                  if pin_hot else None)
         rows += replay(trace, list(policies), [cap], expert_bytes, pinned)
     return TraceReport(trace, rows, capacities)
 

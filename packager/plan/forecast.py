@@ -6,12 +6,13 @@ profile's memory bandwidth, storage read rate and compute, documented on `estima
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from device_profiles import DeviceProfile
 from packager.plan.expert_usage import ExpertUsage
 from packager.plan.shape import ModelShape
 from packager.plan.sizes import Sizes
+from runtime.experts.pinning import ranked, take
 
 PREFILL_BATCH = 512  # llama.cpp's default micro-batch
 
@@ -31,11 +32,13 @@ def pruned_set(shape: ModelShape, usage: ExpertUsage | None,
 
 @dataclass(frozen=True)
 class HotSet:
-    """The experts a plan keeps resident, their bytes, and each layer's expected hit rate."""
+    """The experts a plan keeps resident, each layer's hottest first with its share of the
+    layer's routings, their bytes, and each layer's expected hit rate."""
 
     experts: dict[int, tuple[int, ...]]
     bytes: int
     hit_per_layer: dict[int, float]
+    shares: dict[int, tuple[float, ...]] = field(default_factory=dict)
 
     @property
     def hit_rate(self) -> float:
@@ -57,29 +60,22 @@ def kept_shares(shape: ModelShape, usage: ExpertUsage | None,
 
 def hot_set(s: Sizes, budget: int, shares: dict[int, dict[int, float]],
             measured: bool) -> HotSet:
-    """Every expert if all fit; else, with usage, the best selection-share per byte first
-    (greedy, across layers) until the room is filled; without usage the same count per layer."""
+    """Every expert if all fit; else the runtime's own trim rule (`runtime.experts.pinning`)
+    over every kept expert: with usage the best selection-share per byte first, across layers;
+    without usage round-robin across layers. Either way each layer is listed hottest first, so
+    a runtime whose budget holds less pins the hottest of them."""
+    ordered = {layer: tuple(sorted(d, key=lambda e: (-d[e], e))) for layer, d in shares.items()}
+    known = {layer: tuple(shares[layer][e] for e in v) for layer, v in ordered.items()}
     if s.resident <= budget:
-        hot = {layer: tuple(sorted(sh)) for layer, sh in shares.items()}
-        return HotSet(hot, s.experts_total, dict.fromkeys(shares, 1.0))
+        return HotSet(ordered, s.experts_total, dict.fromkeys(shares, 1.0),
+                      known if measured else {})
     room = budget - s.minimum
-    hot: dict[int, list[int]] = {layer: [] for layer in shares}
-    used = 0
-    if measured and room > 0:
-        ranked = sorted(((sh / s.expert[layer], layer, e) for layer, d in shares.items()
-                         for e, sh in d.items()), key=lambda t: (-t[0], t[1], t[2]))
-        for _, layer, e in ranked:
-            if used + s.expert[layer] <= room:
-                hot[layer].append(e)
-                used += s.expert[layer]
-    elif room > 0:
-        per_layer = min(s.kept, room // sum(s.expert.values()))
-        for layer, d in shares.items():
-            hot[layer] = sorted(d)[:per_layer]
-        used = per_layer * sum(s.expert.values())
-    experts = {layer: tuple(sorted(v)) for layer, v in hot.items() if v}
-    hit = {layer: sum(shares[layer][e] for e in hot[layer]) for layer in shares}
-    return HotSet(experts, used, hit)
+    order = ranked(ordered, known if measured else None, s.expert) if room > 0 else []
+    experts = take(order, s.expert, room)
+    used = sum(len(v) * s.expert[layer] for layer, v in experts.items())
+    hit = {layer: sum(shares[layer][e] for e in experts.get(layer, ())) for layer in shares}
+    kept = {layer: tuple(shares[layer][e] for e in v) for layer, v in experts.items()}
+    return HotSet(experts, used, hit, kept if measured else {})
 
 
 def estimates(shape: ModelShape, profile: DeviceProfile, s: Sizes, hot: HotSet,

@@ -7,7 +7,7 @@ read by another; errors name the field.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any
 
 from packager.plan.errors import PlanError
@@ -62,6 +62,9 @@ class Plan:
     prune_fraction: float
     suggestions: tuple[str, ...]
     rationale: tuple[str, ...]
+    # Each hot expert's share of its layer's routings, in hot_experts' order (hottest first);
+    # empty without usage. Plans written before it was recorded read as empty.
+    hot_shares: dict[int, tuple[float, ...]] = field(default_factory=dict)
 
     @property
     def total_bytes(self) -> int:
@@ -69,7 +72,7 @@ class Plan:
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
-        for key in ("hot_experts", "pruned_experts", "expert_bytes_per_layer"):
+        for key in ("hot_experts", "pruned_experts", "expert_bytes_per_layer", "hot_shares"):
             d[key] = {str(k): (list(v) if isinstance(v, tuple) else v)
                       for k, v in getattr(self, key).items()}
         d["suggestions"], d["rationale"] = list(self.suggestions), list(self.rationale)
@@ -80,17 +83,20 @@ class Plan:
         if not isinstance(d, Mapping):
             raise PlanError(f"{where}: a plan must be an object")
         names = [f.name for f in fields(cls)]
-        missing = [n for n in names if n not in d]
+        missing = [f.name for f in fields(cls)
+                   if f.name not in d and f.default_factory is MISSING]
         if missing:
             raise PlanError(f"{where}: missing field(s) {', '.join(missing)}")
         for f in fields(cls):
             want = _SCALARS.get(str(f.type))
-            value = d[f.name]
+            value = d.get(f.name)
             if want and (not isinstance(value, want) or (want is not bool
                                                           and isinstance(value, bool))):
                 raise PlanError(f"{where}: field '{f.name}' must be {f.type}, got {value!r}")
         try:
-            v = {n: d[n] for n in names}
+            v = {n: d[n] for n in names if n in d}
+            v["hot_shares"] = {int(k): tuple(float(s) for s in x)
+                               for k, x in d.get("hot_shares", {}).items()}
             for key in ("hot_experts", "pruned_experts"):
                 v[key] = {int(k): tuple(int(e) for e in x) for k, x in d[key].items()}
             v["expert_bytes_per_layer"] = {int(k): int(x)

@@ -241,7 +241,7 @@ def _build(shape: ModelShape, profile: DeviceProfile, usage: ExpertUsage | None,
         hot_experts=hot.experts, hot_bytes=hot.bytes, pruned_experts=pruned,
         expected_hit_rate=hot.hit_rate, est_decode_tok_s=decode, est_prefill_tok_s=prefill,
         fits=fits, resident=resident, prune_fraction=prune_fraction,
-        suggestions=tuple(t.text for t in tips), rationale=tuple(why),
+        suggestions=tuple(t.text for t in tips), rationale=tuple(why), hot_shares=hot.shares,
     )
     return plan, tips
 

@@ -37,6 +37,8 @@ RUNTIME_FIGURES: tuple[tuple[str, str, str, str], ...] = (
      "Bytes of experts the budget lets stay resident."),
     ("resident_expert_bytes", "resident_expert_bytes", "gauge", "Bytes of experts resident now."),
     ("pinned_bytes", "pinned_expert_bytes", "gauge", "Bytes of pinned (hot) experts."),
+    ("pinned_share", "pinned_routing_share", "gauge",
+     "Share of routings the pinned experts served in calibration (calibrated bundles)."),
     ("hits", "expert_cache_hits_total", "counter", "Expert lookups served from memory."),
     ("misses", "expert_cache_misses_total", "counter", "Expert lookups that loaded from storage."),
     ("bytes_loaded", "expert_bytes_loaded_total", "counter", "Expert bytes loaded from storage."),

@@ -143,6 +143,7 @@ def test_golden_top_level_fields():
             "data_file",
             "builds",
             "integrity",
+            "hot_shares",
             "sizes",
         ]
     )
@@ -158,12 +159,12 @@ def test_golden_top_level_fields():
 
 def test_optional_fields_may_be_left_out():
     d = _dict()
-    for key in ("chat_template", "plan", "report_file", "created_by", "extra"):
+    for key in ("chat_template", "plan", "report_file", "created_by", "extra", "hot_shares"):
         del d[key]
     del d["source"]["revision"]
     m = manifest_from_dict(d)
     assert m.chat_template is None and m.plan is None and m.source.revision is None
-    assert m.created_by == "edgemoe" and m.extra == {}
+    assert m.created_by == "edgemoe" and m.extra == {} and m.hot_shares == {}
 
 
 @pytest.mark.parametrize(
@@ -189,6 +190,11 @@ def test_optional_fields_may_be_left_out():
         (
             lambda d: d["hot_experts"].update({"1": [42]}),
             r"^manifest.json: field 'hot_experts\[1\]' must be expert ids in 0..7, got \[42\]$",
+        ),
+        (
+            lambda d: d.update(hot_shares={"1": [0.5]}),
+            r"^manifest.json: field 'hot_shares\[1\]' must be 2 shares in \[0, 1\], one per hot "
+            r"expert, got \[0.5\]$",
         ),
         (
             lambda d: d["hot_experts"].update({"one": [0]}),
