@@ -314,8 +314,11 @@ class Manifest:
         raise KeyError(f"layer {index} has no routed experts")
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON form (layer keys as strings), plus derived `sizes` for human readers."""
+        """The JSON form (layer keys as strings), plus derived `sizes` for human readers;
+        `hot_shares` only when known (an uncalibrated bundle's bytes stay as they were)."""
         d = _ADAPTER.dump_python(self, mode="json")
+        if not self.hot_shares:
+            del d["hot_shares"]
         d["sizes"] = {
             "dense_bytes": self.dense_bytes,
             "expert_bytes_total": self.expert_bytes_total,

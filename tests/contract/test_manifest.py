@@ -84,6 +84,14 @@ def test_round_trip():
     assert again.to_json() == m.to_json()
 
 
+def test_hot_shares_round_trip_and_are_written_only_when_known():
+    ranked = _manifest(hot_experts={1: (3, 0)}, hot_shares={1: (0.6, 0.1)})
+    d = json.loads(ranked.to_json())
+    assert d["hot_experts"] == {"1": [3, 0]} and d["hot_shares"] == {"1": [0.6, 0.1]}
+    assert manifest_from_dict(d) == ranked
+    assert "hot_shares" not in _dict()
+
+
 def test_expert_ranges_follow_offset_and_stride():
     m = _manifest()
     layer = m.expert_layers[0]
@@ -143,7 +151,6 @@ def test_golden_top_level_fields():
             "data_file",
             "builds",
             "integrity",
-            "hot_shares",
             "sizes",
         ]
     )
@@ -159,7 +166,7 @@ def test_golden_top_level_fields():
 
 def test_optional_fields_may_be_left_out():
     d = _dict()
-    for key in ("chat_template", "plan", "report_file", "created_by", "extra", "hot_shares"):
+    for key in ("chat_template", "plan", "report_file", "created_by", "extra"):
         del d[key]
     del d["source"]["revision"]
     m = manifest_from_dict(d)
