@@ -21,7 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+import shlex
 import statistics
 import subprocess
 import sys
@@ -35,12 +35,30 @@ PROMPT_CHARS = 1500
 DECODE = 64
 
 # One measurement in a fresh process: mode, bundle, threads, wait policy ("" = edgemoe's
-# default), prompt characters, tokens to decode.
+# default), prompt characters, tokens to decode, the neighbour's pid (0: none). It also reports
+# how much of a core other processes kept busy while it was timing itself.
 CHILD = """
-import json, sys, time
+import json, os, resource, sys, time
 import numpy as np
 mode, bundle, threads, policy = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-chars, n = int(sys.argv[5]), int(sys.argv[6])
+chars, n, hog = int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
+tick = os.sysconf("SC_CLK_TCK")
+def busy():
+    f = [int(x) for x in open("/proc/stat").readline().split()[1:]]
+    return (sum(f) - f[3] - f[4]) / tick
+def hog_cpu():
+    if not hog:
+        return 0.0
+    f = open(f"/proc/{hog}/stat").read().rsplit(")", 1)[1].split()
+    return (int(f[11]) + int(f[12])) / tick
+def own():
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+def window():
+    return busy(), own(), hog_cpu(), time.monotonic()
+def background(w0):
+    b, o, h, t = window()
+    return (b - w0[0] - (o - w0[1]) - (h - w0[2])) / (t - w0[3])
 from edgemoe_fixtures.corpus import heldout_text
 prompt = heldout_text()[:chars]
 if mode == "stock":
@@ -49,6 +67,7 @@ if mode == "stock":
                           n_threads_batch=threads, use_mmap=False, verbose=False)
     ids = llm.tokenize(prompt.encode(), add_bos=True, special=True)
     llm.eval(ids[:8]); llm.reset()
+    w0 = window()
     t0 = time.perf_counter(); llm.eval(ids); prefill = len(ids) / (time.perf_counter() - t0)
     t0 = time.perf_counter()
     for _ in range(n):
@@ -61,47 +80,32 @@ else:
     kw = {"wait_policy": policy} if policy else {}
     with runtime.load(bundle, budget="100%", n_ctx=1024, threads=threads, **kw) as m:
         m.generate(prompt[:200], max_tokens=4)
+        w0 = window()
         r = m.generate(prompt, max_tokens=n + 1)
         ran = m.stats()["wait_policy"]
     prefill, decode = r.timings["prefill_tok_s"], r.timings["decode_tok_s"]
-print(json.dumps({"prefill": prefill, "decode": decode, "policy": ran}))
+print(json.dumps({"prefill": prefill, "decode": decode, "policy": ran,
+                  "background": background(w0)}))
 """
 
 
-def busy_seconds() -> float:
-    """CPU seconds every core of the machine has spent busy since boot (/proc/stat)."""
-    with open("/proc/stat") as f:
-        fields = [int(x) for x in f.readline().split()[1:]]
-    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)
-    return (sum(fields) - idle) / os.sysconf("SC_CLK_TCK")
-
-
-def children_cpu() -> float:
-    r = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return r.ru_utime + r.ru_stime
-
-
 def run_child(mode: str, bundle: Path, threads: int, policy: str, max_background: float,
-              neighbour: Neighbour | None = None) -> dict:
+              neighbour: Neighbour | None = None, prefix: tuple[str, ...] = ()) -> dict:
     """One measurement; repeated (up to 30 times) while other processes of this shared machine
     kept more than `max_background` of a core busy during it, so "quiet" means quiet."""
     for _ in range(30):
-        busy0, own0, wall0 = busy_seconds(), children_cpu(), time.monotonic()
-        hog0 = neighbour.cpu() if neighbour else 0.0
         out = subprocess.run(
-            [sys.executable, "-c", CHILD, mode, str(bundle), str(threads), policy,
-             str(PROMPT_CHARS), str(DECODE)],
+            [*prefix, sys.executable, "-c", CHILD, mode, str(bundle), str(threads), policy,
+             str(PROMPT_CHARS), str(DECODE), str(neighbour.proc.pid if neighbour else 0)],
             capture_output=True, text=True, timeout=900, env=os.environ.copy(),
         )
-        wall = time.monotonic() - wall0
-        hog = (neighbour.cpu() - hog0) if neighbour else 0.0
-        background = (busy_seconds() - busy0 - (children_cpu() - own0) - hog) / wall
         if out.returncode:
             raise SystemExit(f"{mode} {policy} failed:\n{out.stderr[-3000:]}")
-        if background <= max_background:
-            res = json.loads(out.stdout.strip().splitlines()[-1])
-            return {**res, "background": background}
-        print(f"    (others kept {background:.2f} of a core busy; measuring again)", flush=True)
+        res = json.loads(out.stdout.strip().splitlines()[-1])
+        if res["background"] <= max_background:
+            return res
+        print(f"    (others kept {res['background']:.2f} of a core busy; measuring again)",
+              flush=True)
         time.sleep(10)
     raise SystemExit("the machine never went quiet enough; raise --max-background")
 
@@ -115,18 +119,13 @@ class Neighbour:
         time.sleep(0.3)
         return self
 
-    def cpu(self) -> float:
-        with open(f"/proc/{self.proc.pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
     def __exit__(self, *exc: object) -> None:
         self.proc.kill()
         self.proc.wait()
 
 
 def measure(bundle: Path, threads: list[int], candidates: list[str], rounds: int,
-            loads: list[str], max_background: float) -> dict:
+            loads: list[str], max_background: float, prefix: tuple[str, ...]) -> dict:
     """{(load, threads, name): [result per round]}; name "stock" is the baseline."""
     results: dict[tuple[str, int, str], list[dict]] = {}
     names = ["stock", *candidates]
@@ -139,9 +138,9 @@ def measure(bundle: Path, threads: list[int], candidates: list[str], rounds: int
                     policy = "" if name == "stock" else name
                     if load == "busy":
                         with Neighbour() as hog:
-                            res = run_child(mode, bundle, t, policy, max_background, hog)
+                            res = run_child(mode, bundle, t, policy, max_background, hog, prefix)
                     else:
-                        res = run_child(mode, bundle, t, policy, max_background)
+                        res = run_child(mode, bundle, t, policy, max_background, prefix=prefix)
                     results.setdefault((load, t, name), []).append(res)
                     print(f"  round {r + 1} {load:5} {t} thr {name:10} decode {res['decode']:7.1f}"
                           f"  prefill {res['prefill']:7.1f}  ({res['policy']}; background "
@@ -179,6 +178,8 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--max-background", type=float, default=0.1,
                     help="cores other processes may keep busy during a measurement")
+    ap.add_argument("--child-prefix", default="",
+                    help="a command put before each measured child (e.g. 'nice -n -5')")
     args = ap.parse_args()
     threads = sorted({int(x) for x in args.threads.split(",")})
     candidates = [c for c in args.candidates.split(",") if c]
@@ -196,7 +197,8 @@ def main() -> None:
           f"{os.cpu_count()} CPUs, threads {threads}, candidates {candidates}, "
           f"{args.rounds} rounds, decode {DECODE} tokens after a {PROMPT_CHARS}-char prompt",
           flush=True)
-    results = measure(bundle, threads, candidates, args.rounds, loads, args.max_background)
+    results = measure(bundle, threads, candidates, args.rounds, loads, args.max_background,
+                      tuple(shlex.split(args.child_prefix)))
     report(results, threads, candidates, loads)
 
 
