@@ -49,10 +49,11 @@ def start_inprocess(model, threads: int):
 
     import uvicorn
 
+    from runtime.options import LoadOptions
     from runtime.server import ServerSettings, create_app
 
     port = free_port()
-    settings = ServerSettings(port=port, log_level="warning", threads=threads)
+    settings = ServerSettings(port=port, log_level="warning", load=LoadOptions(threads=threads))
     server = uvicorn.Server(uvicorn.Config(create_app(model, settings), host="127.0.0.1",
                                            port=port, log_level="warning", lifespan="on"))
     thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,13 +40,14 @@ from runtime.generation.request import (
     StreamEvent,
     Usage,
 )
+from runtime.options import LoadOptions
 from runtime.procfs import mapping_rss, process_rss
 from runtime.speculative.draft_budget import minimum_total, split_budget
 from runtime.speculative.drafting import NGRAM, ModelDrafter, NgramDrafter, check_vocabularies
-from runtime.speculative.speculator import DEFAULT_DRAFT_TOKENS, Speculator, check_draft_tokens
+from runtime.speculative.speculator import DEFAULT_DRAFT_TOKENS, Speculator
 from runtime.structured.closing import closing_bias
 from runtime.structured.tools import ToolChoice, ToolSpec
-from runtime.threads import check_wait_policy, engine_threads
+from runtime.threads import engine_threads
 
 DEFAULT_CTX = 2048
 
@@ -53,6 +55,7 @@ __all__ = [
     "ChatTemplateError",
     "GenerationRequest",
     "GenerationResult",
+    "LoadOptions",
     "Model",
     "PreparedRequest",
     "SamplingParams",
@@ -60,6 +63,7 @@ __all__ = [
     "Usage",
     "load",
     "minimum_budget",
+    "open_model",
 ]
 
 
@@ -74,60 +78,54 @@ def load(
     *,
     n_ctx: int | None = None,
     threads: int | None = None,
+    backend: str | None = None,
     policy: str = DEFAULT_POLICY,
     cold: bool = False,
-    verify: bool = False,
-    record_routing: bool = False,
     prefetch: PrefetchSettings | bool | None = None,
-    backend: str | None = None,
     draft: str | Path | None = None,
     draft_tokens: int = DEFAULT_DRAFT_TOKENS,
     wait_policy: str | None = None,
+    verify: bool = False,
+    record_routing: bool = False,
+    options: LoadOptions | None = None,
 ) -> Model:
     """Open a bundle and start an engine on it, keeping experts resident within `budget`.
 
-    budget: "40%" of expert bytes, a size ("1.5GB") or bytes for weights + KV cache; None uses
-    the bundle's device profile. cold: also drop released experts from the OS page cache, so a
-    miss reads storage (what a device without spare RAM sees). backend: "llama.cpp" (the GGUF
-    build) or "onnx" (the ONNX build); None runs the bundle's primary build.
-    prefetch: read the next MoE layer's guessed experts early (runtime/experts/prefetcher.py): True,
-    False, PrefetchSettings, or None = when cold; `model.prefetch` says "on" or why it is off.
-    draft: speculative decoding (runtime/speculative/speculator.py) with a smaller bundle of the
-    same vocabulary, proposing `draft_tokens` tokens per step, or "ngram" (prompt lookup, no model).
-    A draft bundle's dense weights, KV cache and experts come out of `budget`, at the same
-    expert fraction as the target's (runtime/speculative/draft_budget.py).
-    wait_policy: how llama.cpp's threads wait at barriers (runtime/threads.py: "spin", the
-    default as in stock llama.cpp, "passive", "active", "spin-10k"); fixed per process once
-    the first engine has loaded.
+    The keywords are the fields of `LoadOptions` (runtime/options.py, which says what each
+    does), with its defaults; `options` passes the record itself, and keywords given beside it
+    change those fields. `model.prefetch` says whether prefetching is on, or why it is off.
     """
-    check_wait_policy(wait_policy)
-    if draft is not None:
-        check_draft_tokens(draft_tokens)
-    opened = open_bundle(bundle, verify=verify, fmt=format_for(backend))
+    given = locals()
+    changes = {f.name: given[f.name] for f in fields(LoadOptions) if given[f.name] != f.default}
+    return open_model(bundle, replace(options, **changes) if options else LoadOptions(**changes))
+
+
+def open_model(bundle: str | Path, options: LoadOptions) -> Model:
+    """`load` with its options as one record (what the CLI and the server call)."""
+    o = options
+    opened = open_bundle(bundle, verify=o.verify, fmt=format_for(o.backend))
     m = opened.manifest
-    n_ctx = _context(opened, n_ctx)
-    threads = engine_threads(threads, _profile_value(opened, "threads", 4),
+    n_ctx = _context(opened, o.n_ctx)
+    threads = engine_threads(o.threads, _profile_value(opened, "threads", 4),
                              _profile_value(opened, "cores", None))  # runtime/threads.py
-    spec = parse_budget(budget)
+    spec = parse_budget(o.budget)
     if spec is None and m.profile.model_memory_bytes:
         spec = parse_budget(m.profile.model_memory_bytes)
-    if draft is None or str(draft) == NGRAM:
+    if o.draft is None or o.draft == NGRAM:
         plan = plan_budget(spec, **_budget_inputs(opened, n_ctx))
-        model = Model(opened, plan, n_ctx, threads, policy, cold, record_routing, prefetch=prefetch,
-                      wait_policy=wait_policy)
-        if draft is not None:
-            model.speculation = Speculator(NgramDrafter(), draft_tokens)
+        model = Model(opened, plan, n_ctx, threads, o)
+        if o.draft is not None:
+            model.speculation = Speculator(NgramDrafter(), o.draft_tokens)
         return model
-    draft_opened = open_bundle(draft, verify=verify, fmt=format_for(backend))
+    draft_opened = open_bundle(o.draft, verify=o.verify, fmt=format_for(o.backend))
     plan, draft_plan = split_budget(
         spec, _budget_inputs(opened, n_ctx), _budget_inputs(draft_opened, n_ctx)
     )
-    model = Model(opened, plan, n_ctx, threads, policy, cold, record_routing, prefetch=prefetch,
-                      wait_policy=wait_policy)
+    model = Model(opened, plan, n_ctx, threads, o)
     try:
-        drafter = ModelDrafter(Model(draft_opened, draft_plan, n_ctx, threads, policy, cold, False,
-                                           wait_policy=wait_policy))
-        model.speculation = Speculator(drafter, draft_tokens)  # closed with the model from now
+        drafter = ModelDrafter(Model(draft_opened, draft_plan, n_ctx, threads,
+                                     replace(o, record_routing=False, prefetch=None)))
+        model.speculation = Speculator(drafter, o.draft_tokens)  # closed with the model from now
         check_vocabularies(model, drafter.model)
     except BaseException:
         model.close()
@@ -186,12 +184,7 @@ class Model:
         plan: BudgetPlan,
         n_ctx: int,
         threads: int,
-        policy: str,
-        cold: bool,
-        record_routing: bool,
-        *,
-        prefetch: PrefetchSettings | bool | None = None,
-        wait_policy: str | None = None,
+        options: LoadOptions,
     ) -> None:
         self.bundle = opened
         self.manifest = opened.manifest
@@ -203,14 +196,15 @@ class Model:
         self.build = opened.build
         self._expert_bytes = {x.layer: x.expert_bytes for x in self.build.expert_layers}
         self.speculation: Speculator | None = None  # drafting (load(draft=...))
-        self._prefetch, self.prefetch = prefetch, "off"
+        self.options = options
+        self.prefetch = "off"
         self.latency = LatencyRecorder()
         self.pager = ExpertPager(
             None,
             None,
             self._expert_bytes,
             self.manifest.shape.top_k,
-            record=record_routing,
+            record=options.record_routing,
             layers={x.layer: x for x in self.build.expert_layers},
             n_experts=self.manifest.shape.n_experts,
         )
@@ -219,10 +213,10 @@ class Model:
                 opened.model_path,
                 n_ctx,
                 threads,
-                observe_routing=plan.offloading or record_routing,
+                observe_routing=plan.offloading or options.record_routing,
                 kv_cache_type=_kv_cache_type(opened),
                 lazy_load=plan.offloading,
-                wait_policy=wait_policy,
+                wait_policy=options.wait_policy,
             ),
             self.pager.on_routing,
             kind=backend_for(self.build.format),
@@ -241,7 +235,7 @@ class Model:
                 raise BundleError(
                     f"{opened.expert_path}: cannot find the engine's mapping of the expert file"
                 )
-            self._start_paging(policy, cold, mapping)
+            self._start_paging(options.policy, options.cold, mapping)
 
     def _read_dense_only(self) -> None:
         """A lazy load mapped the file without reading it: no readahead on the mapping, and
@@ -279,9 +273,9 @@ class Model:
         )
         self.cache.warm()  # release what llama.cpp populated at load, pin the hot set
         self.pager.cache, self.pager.residency = self.cache, self.residency
-        # Expert prefetch by pre-gating (runtime/experts/prefetcher.py): "on", "off" or why it is
-        # off.
-        self.prefetch = self.pager.start_prefetch(self._prefetch, cold, self.bundle.model_path)
+        # Expert prefetch by pre-gating (runtime/experts/prefetcher.py): "on", "off" or why not.
+        self.prefetch = self.pager.start_prefetch(self.options.prefetch, cold,
+                                                  self.bundle.model_path)
 
     # --- text ----------------------------------------------------------------------------
     def tokenize(self, text: str) -> list[int]:

@@ -12,7 +12,7 @@ this machine's memory bandwidth measured now (a numpy copy), and, cold, its stor
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +20,7 @@ import numpy as np
 
 from contract.device_profile import DeviceProfile
 from runtime.experts.residency import drop_file_cache
+from runtime.options import LoadOptions
 from runtime.procfs import peak_rss, peak_rss_reset
 
 DEFAULT_PROMPT = (
@@ -34,14 +35,9 @@ class BenchOptions:
 
     bundle: Path
     profile: str | Path | None = None  # targets come from it; None: the bundle's snapshot
-    budget: str | None = None
-    cold: bool = False
     prompt: str = DEFAULT_PROMPT
     max_tokens: int = 64
-    threads: int | None = None
-    prefetch: bool | None = None
-    backend: str | None = None
-    wait_policy: str | None = None  # runtime/threads.py; None: the default
+    load: LoadOptions = field(default_factory=LoadOptions)  # as runtime.load takes them
 
 
 @dataclass(frozen=True)
@@ -160,12 +156,11 @@ def run_benchmark(opts: BenchOptions) -> BenchReport:
     from runtime.bundles.open import open_bundle
 
     opened = open_bundle(opts.bundle)
-    if opts.cold:
+    cold = opts.load.cold
+    if cold:
         drop_file_cache(opened.model_path)
     read0 = io_read_bytes()
-    with runtime.load(opts.bundle, budget=opts.budget, cold=opts.cold, threads=opts.threads,
-                      prefetch=opts.prefetch, backend=opts.backend,
-                      wait_policy=opts.wait_policy) as model:
+    with runtime.load(opts.bundle, options=opts.load) as model:
         read1, lifetime = io_read_bytes(), peak_rss()
         peak_rss_reset()
         result = model.generate(opts.prompt, max_tokens=opts.max_tokens, temperature=0.0)
@@ -185,16 +180,16 @@ def run_benchmark(opts: BenchOptions) -> BenchReport:
         streamed_gb_s=per_token * timings["decode_tok_s"] / 1e9,
         memory_gb_s=mem,
         memory_bound_tok_s=mem * 1e9 / per_token if per_token else 0.0,
-        storage_mb_s=storage_mb_s(opened.model_path) if opts.cold else None,
+        storage_mb_s=storage_mb_s(opened.model_path) if cold else None,
         decode_storage_mb_s=(gen_read / decode_s / 1e6
-                             if opts.cold and gen_read is not None and decode_s > 0 else None),
+                             if cold and gen_read is not None and decode_s > 0 else None),
     )
     ttft = stats.get("ttft_ms_p50")
     return BenchReport(
         bundle=str(opts.bundle),
         profile=profile.name,
         budget_fraction=stats.get("budget_fraction"),
-        cold=opts.cold,
+        cold=cold,
         prefetch=str(stats.get("prefetch", "off")),
         threads=threads,
         wait_policy=str(stats["wait_policy"]),

@@ -45,7 +45,10 @@ def record_trace(
     max_tokens: int = 4096,
     threads: int | None = None,
     backend: str | None = None,
+    wait_policy: str | None = None,
 ) -> RoutingTrace:
+    """Every token's routing of `text` (its first max_tokens), decoded in chunks on a fresh
+    context each; threads, backend and wait_policy as `LoadOptions` says."""
     opened = open_bundle(bundle, fmt=format_for(backend))
     m = opened.manifest
     probe = RoutingProbe()
@@ -56,6 +59,7 @@ def record_trace(
             n_threads=threads or os.cpu_count() or 1,
             n_batch=chunk,
             n_ubatch=chunk,
+            wait_policy=wait_policy,
         ),
         probe.on_event,
         kind=backend_for(opened.build.format),

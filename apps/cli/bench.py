@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 
 from apps.cli.errors import friendly
+from apps.cli.options import with_options
+from runtime.options import LOAD_OPTIONS, load_options
 
 
 @friendly
@@ -18,27 +20,20 @@ def bench(
         str | None, typer.Option(help="Device profile (name or .toml) whose latency targets to "
                                       "check; default: the bundle's.")
     ] = None,
-    budget: Annotated[str | None, typer.Option(help="'40%', '1.5GB' or bytes.")] = None,
-    cold: Annotated[
-        bool, typer.Option(help="Start from storage: page cache dropped, misses read storage.")
-    ] = False,
     prompt: Annotated[str | None, typer.Option(help="Prompt text (default: a short one).")] = None,
     max_tokens: Annotated[int, typer.Option(help="Tokens to generate.")] = 64,
-    threads: Annotated[int | None, typer.Option(help="Threads; default: the profile's.")] = None,
-    prefetch: Annotated[
-        bool | None, typer.Option(help="Expert prefetch; default: on when --cold.")
-    ] = None,
-    wait_policy: Annotated[
-        str | None, typer.Option(help="How engine threads wait: spin (default, as stock "
-                                      "llama.cpp), passive, active, spin-10k.")
-    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    **options: Any,
 ) -> None:
-    """Measure the latency a user would see (TTFT, inter-token p50/p95) and its ceiling."""
+    """Measure the latency a user would see (TTFT, inter-token p50/p95) and its ceiling;
+    --cold starts from storage (page cache dropped)."""
     from runtime.benchmark import DEFAULT_PROMPT, BenchOptions, run_benchmark
 
     report = run_benchmark(BenchOptions(
-        bundle, profile=profile, budget=budget, cold=cold, prompt=prompt or DEFAULT_PROMPT,
-        max_tokens=max_tokens, threads=threads, prefetch=prefetch, wait_policy=wait_policy,
+        bundle, profile=profile, prompt=prompt or DEFAULT_PROMPT, max_tokens=max_tokens,
+        load=load_options(options),
     ))
     typer.echo(json.dumps(report.to_dict(), indent=2) if as_json else report.render(), nl=False)
+
+
+with_options(bench, LOAD_OPTIONS)

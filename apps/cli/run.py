@@ -9,27 +9,22 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, TextIO
+from typing import Annotated, Any, TextIO
 
 import typer
 
 from apps.cli.errors import friendly
+from apps.cli.options import with_options
 from runtime.generation.request import (
     DEFAULT_MAX_TOKENS,
     DEFAULT_SAMPLING,
     GenerationRequest,
     SamplingParams,
 )
-from runtime.speculative.switch import DEFAULT_DRAFT_TOKENS
+from runtime.options import LOAD_OPTIONS, LoadOptions, load_options
 
 # A conversation reads better with some variety and room to answer than a one-shot `run`.
 CHAT_SAMPLING = SamplingParams(max_tokens=256, temperature=0.7)
-
-Budget = Annotated[str | None, typer.Option(help="'40%', '1.5GB' or bytes; default: profile's.")]
-Backend = Annotated[
-    str | None,
-    typer.Option(help="llama.cpp (GGUF build) or onnx (ONNX build); default: the bundle's."),
-]
 
 
 @friendly
@@ -45,22 +40,10 @@ def run(
     top_k: Annotated[int, typer.Option(help="0 = off.")] = DEFAULT_SAMPLING.top_k,
     seed: Annotated[int | None, typer.Option()] = DEFAULT_SAMPLING.seed,
     stop: Annotated[list[str] | None, typer.Option(help="Stop string (repeatable).")] = None,
-    budget: Budget = None,
-    backend: Backend = None,
-    cold: Annotated[
-        bool, typer.Option(help="Drop released experts from the page cache too.")
-    ] = False,
-    draft: Annotated[
-        str | None,
-        typer.Option(help="Speculative decoding: a smaller bundle of the same vocabulary "
-                     "(within --budget) or 'ngram' (prompt lookup)."),
-    ] = None,
-    draft_tokens: Annotated[
-        int, typer.Option(help="Tokens the draft proposes per step.")
-    ] = DEFAULT_DRAFT_TOKENS,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print text, tokens, finish_reason, stats.")
     ] = False,
+    **options: Any,
 ) -> None:
     """Generate from a bundle (streams text unless --json)."""
     import runtime
@@ -69,8 +52,7 @@ def run(
         max_tokens=max_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
         stop=tuple(stop or ()),
     )
-    with runtime.load(bundle, budget=budget, cold=cold, backend=backend, draft=draft,
-                      draft_tokens=draft_tokens) as model:
+    with runtime.load(bundle, options=load_options(options)) as model:
         prepared = model.prepare(GenerationRequest(prompt=prompt, params=params))
         if not as_json:
             for ev in model.stream_prepared(prepared):
@@ -94,24 +76,22 @@ def run(
 @friendly
 def chat(
     bundle: Path,
-    budget: Budget = None,
-    backend: Backend = None,
     max_tokens: Annotated[int | None, typer.Option()] = CHAT_SAMPLING.max_tokens,
     temperature: Annotated[float, typer.Option()] = CHAT_SAMPLING.temperature,
     system: Annotated[str | None, typer.Option(help="System message.")] = None,
+    **options: Any,
 ) -> None:
     """Interactive chat in the terminal using the bundle's chat template (/exit to quit)."""
     params = SamplingParams(max_tokens=max_tokens, temperature=temperature)
-    chat_loop(bundle, budget=budget, params=params, system=system, backend=backend)
+    chat_loop(bundle, load_options(options), params=params, system=system)
 
 
 def chat_loop(
     bundle: Path,
+    options: LoadOptions,
     *,
-    budget: str | None,
     params: SamplingParams,
     system: str | None,
-    backend: str | None = None,
     stdin: TextIO = sys.stdin,
     stdout: TextIO = sys.stdout,
 ) -> None:
@@ -119,7 +99,7 @@ def chat_loop(
     import runtime
 
     history: list[dict[str, str]] = [{"role": "system", "content": system}] if system else []
-    with runtime.load(bundle, budget=budget, backend=backend) as model:
+    with runtime.load(bundle, options=options) as model:
         stdout.write(f"edgemoe chat — {model.name} (Ctrl-D or /exit to quit)\n")
         while True:
             stdout.write("> ")
@@ -138,3 +118,7 @@ def chat_loop(
                 reply.append(ev.text)
             stdout.write("\n")
             history.append({"role": "assistant", "content": "".join(reply)})
+
+
+with_options(run, LOAD_OPTIONS)
+with_options(chat, LOAD_OPTIONS)

@@ -1,7 +1,7 @@
 """The local OpenAI-compatible HTTP server: `create_app(model, settings)` and `serve(bundle)`.
 
 `create_app` and `serve` are imported on first use, so front-ends that only need the option
-table (`ServerSettings`, `OPTIONS`) start without loading FastAPI and the runtime.
+table (`ServerSettings`, `OPTIONS`) start without loading FastAPI, uvicorn or an engine.
 """
 
 from __future__ import annotations

@@ -24,8 +24,11 @@ def build_parser() -> argparse.ArgumentParser:
             text += " (default: %(default)s)"
         if o.repeatable:
             p.add_argument(o.flag, dest=o.name, type=o.type, action="append", help=text)
-        elif o.type is bool:  # a switch: present means on
+        elif o.switch:  # present means on
             p.add_argument(o.flag, dest=o.name, action="store_true", help=text)
+        elif o.either_way:  # --x / --no-x; neither: the runtime decides
+            p.add_argument(o.flag, dest=o.name, action=argparse.BooleanOptionalAction,
+                           default=None, help=text)
         else:
             default = os.environ.get(o.env) if o.env else None
             p.add_argument(o.flag, dest=o.name, type=o.type,
@@ -36,9 +39,11 @@ def build_parser() -> argparse.ArgumentParser:
 def parse_args(argv: list[str] | None = None) -> tuple[str, ServerSettings]:
     p = build_parser()
     a = p.parse_args(argv)
+    from runtime.errors import EdgemoeError
+
     try:
         settings = settings_from_options(vars(a))
-    except ValueError as e:
+    except (ValueError, EdgemoeError) as e:
         p.error(str(e))
     return a.bundle, settings
 

@@ -6,6 +6,7 @@ import copy
 import faulthandler
 import ipaddress
 import logging
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 from typing import TYPE_CHECKING, Any
@@ -55,16 +56,7 @@ def serve(bundle: str | Path, settings: ServerSettings | None = None) -> None:
                     settings.host)
 
     def load_model(path: Path, verify: bool = False) -> Model:
-        return load(
-            path,
-            settings.budget,
-            n_ctx=settings.n_ctx,
-            threads=settings.threads,
-            backend=settings.backend,
-            verify=verify,
-            draft=settings.draft,
-            draft_tokens=settings.draft_tokens,
-        )
+        return load(path, options=replace(settings.load, verify=settings.load.verify or verify))
 
     app = create_app(loader=lambda: load_model(Path(bundle)), reloader=load_model,
                      settings=settings)

@@ -46,7 +46,7 @@ def test_serve_and_module_server_share_one_option_table():
     params.pop("bundle")
     assert settings_from_options(params) == from_module
     assert from_module.cors_origins == ("http://a", "http://b")
-    assert from_module.request_timeout_s == 7.5 and from_module.budget == "40%"
+    assert from_module.request_timeout_s == 7.5 and from_module.load.budget == "40%"
     assert from_module.ui and not server_parse_args(["bundle"])[1].ui  # a switch, off by default
     module_flags = {a.option_strings[0] for a in build_parser()._actions if a.option_strings}
     cli_flags = {p.opts[0] for p in cmd.params if p.opts[0].startswith("--")}

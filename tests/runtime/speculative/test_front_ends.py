@@ -10,6 +10,7 @@ from typer.testing import CliRunner
 
 import runtime
 from apps.cli.main import app
+from runtime.errors import EdgemoeError
 from runtime.server.__main__ import parse_args as server_parse_args
 from runtime.server.settings import settings_from_options
 from tests.runtime.server.conftest import start_server
@@ -20,10 +21,10 @@ PROMPT = "def main():\n    "
 @pytest.mark.unit
 def test_server_takes_draft_options():
     _, settings = server_parse_args(["b", "--draft", "ngram", "--draft-tokens", "3"])
-    assert settings.draft == "ngram" and settings.draft_tokens == 3
+    assert settings.load.draft == "ngram" and settings.load.draft_tokens == 3
     _, default = server_parse_args(["b"])
-    assert default.draft is None and default.draft_tokens == 4
-    with pytest.raises(ValueError, match="draft_tokens must be in 1..32"):
+    assert default.load.draft is None and default.load.draft_tokens == 4
+    with pytest.raises(EdgemoeError, match="draft_tokens must be an integer in 1..32"):
         settings_from_options({"draft_tokens": 0})
 
 
