@@ -9,6 +9,7 @@ from __future__ import annotations
 import sys
 
 from apps.kiosk.page import KioskPage, page_url
+from runtime.errors import EdgemoeError
 from runtime.server.__main__ import build_parser
 from runtime.server.settings import ServerSettings, settings_from_options
 
@@ -36,7 +37,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[str, ServerSettings, Kios
     try:
         settings = settings_from_options({**vars(a), "ui": True})
         kiosk = KioskPage(a.idle, a.max_input, a.max_tokens, a.turns, a.title)
-    except ValueError as e:
+    except (ValueError, EdgemoeError) as e:
         p.error(str(e))
     if settings.api_key is not None:
         # Every path but /health would need the key, the page included, and a kiosk browser

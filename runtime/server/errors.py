@@ -60,10 +60,11 @@ class APIError(Exception):
 
 
 # --- the errors the server itself raises -------------------------------------------------------
-def model_not_found(name: str, served: str) -> APIError:
+def model_not_found(name: str, served: tuple[str, ...]) -> APIError:
+    known = ", ".join(f"'{n}'" for n in dict.fromkeys(served))
     return APIError(
-        404, f"The model '{name}' does not exist; this server serves '{served}'.",
-        param="model", code="model_not_found",
+        404, f"The model '{name}' does not exist; this server serves {served[0]!r} (answering "
+        f"to {known}; omit 'model' to use it).", param="model", code="model_not_found",
     )
 
 

@@ -180,7 +180,9 @@ ResponseFormatIn = Annotated[
 class _GenerationRequest(_Strict):
     """Fields shared by /v1/chat/completions and /v1/completions."""
 
-    model: str = Field(description="The model id from GET /v1/models (or the bundle name).")
+    model: str | None = Field(
+        None, description="The model id from GET /v1/models, the bundle name or an alias; "
+        "optional, since one model is served.")
     max_tokens: MaxTokens | None = Field(
         DEFAULT_SAMPLING.max_tokens,
         description=f"Tokens to generate at most; default {DEFAULT_MAX_TOKENS}, or fewer where "

@@ -42,7 +42,14 @@ class ServerSettings:
         None, "Require 'Authorization: Bearer KEY' on every endpoint but /health.",
         env="EDGEMOE_API_KEY",
     )
-    model_alias: str | None = option(None, "Model id to publish (default: the bundle name).")
+    model_alias: tuple[str, ...] = option(
+        (), "Another name the model answers to (repeatable); the first is the id /v1/models "
+        "publishes (default: the bundle name, which is always answered to)."
+    )
+    any_model: bool = option(
+        False, "Answer requests naming any model (as llama-server does); default: 404 for a "
+        "name that is neither the bundle's nor an alias."
+    )
     max_queue: int = option(8, "Requests allowed to wait; one more is answered 429.")
     max_n: int = option(4, "Most choices one request may ask for (`n`); more is a 400.")
     request_timeout_s: float = option(
@@ -85,12 +92,11 @@ class ServerSettings:
             raise bad("on_model_change", "'reload' or 'exit'")
         if self.api_key is not None and not self.api_key.strip():
             raise bad("api_key", "a non-empty string or None")
-        if self.model_alias is not None and not self.model_alias.strip():
-            raise bad("model_alias", "a non-empty string or None")
-        if isinstance(self.cors_origins, str):
-            object.__setattr__(self, "cors_origins", (self.cors_origins,))
-        else:
-            object.__setattr__(self, "cors_origins", tuple(self.cors_origins))
+        for name in ("model_alias", "cors_origins"):  # one string is a list of one
+            value = getattr(self, name)
+            object.__setattr__(self, name, (value,) if isinstance(value, str) else tuple(value))
+        if any(not a.strip() for a in self.model_alias):
+            raise bad("model_alias", "non-empty names")
 
 
 # The server's own options, then every load option.

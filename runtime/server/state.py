@@ -93,7 +93,7 @@ class ServerState:
     def show(self, model: Model) -> None:
         """Publish `model` as the one served (event loop thread, or before the engine exists)."""
         self.model = model
-        self.model_id = self.settings.model_alias or model.name
+        self.model_id = next(iter(self.settings.model_alias), model.name)
         self.created = int(time.time())
 
     def load_in_background(self, loader: Callable[[], Model]) -> None:
@@ -133,10 +133,13 @@ class ServerState:
             raise not_ready("The model is still loading; retry shortly.")
         return self._engine
 
-    def check_model(self, name: str) -> None:
+    def check_model(self, name: str | None) -> None:
+        """A request may name the served model by its id, its bundle name or an alias, or not
+        at all (one model is served); any name with `any_model`; else 404."""
         assert self.model is not None and self.model_id is not None
-        if name != self.model_id and name != self.model.name:
-            raise model_not_found(name, self.model_id)
+        names = (self.model_id, self.model.name, *self.settings.model_alias)
+        if name is not None and name not in names and not self.settings.any_model:
+            raise model_not_found(name, names)
 
     async def prepare(self, engine: Engine, request: GenerationRequest) -> PreparedRequest:
         """Render, tokenize and check a request before it may queue (errors become 400s).

@@ -79,8 +79,7 @@ def test_json_needs_its_content_type(server: RunningServer, http: httpx.Client) 
 
 
 @pytest.mark.parametrize("path,drop,param", [
-    (CHAT, "model", "model"), (CHAT, "messages", "messages"),
-    (COMPLETIONS, "model", "model"), (COMPLETIONS, "prompt", "prompt"),
+    (CHAT, "messages", "messages"), (COMPLETIONS, "prompt", "prompt"),
 ])
 def test_missing_fields(server: RunningServer, http: httpx.Client, path: str, drop: str,
                         param: str) -> None:
@@ -115,6 +114,15 @@ def test_bad_messages(server: RunningServer, http: httpx.Client, message: Any,
 
 def test_empty_messages(server: RunningServer, http: httpx.Client) -> None:
     assert_error(http.post(CHAT, json=_chat(server, messages=[])), 400, param="messages")
+
+
+def test_model_may_be_omitted(server: RunningServer, http: httpx.Client) -> None:
+    """One model is served, so a request need not name it (llama.cpp's server tests do not)."""
+    for path, body in ((CHAT, _chat(server)), (COMPLETIONS, _completion(server))):
+        del body["model"]
+        r = http.post(path, json=body)
+        assert r.status_code == 200, r.text
+        assert r.json()["model"] == server.model_id
 
 
 def test_unknown_model(server: RunningServer, http: httpx.Client) -> None:

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import httpx
+import openai
 import pytest
 
 from tests.runtime.server.conftest import REPO, RunningServer, free_port
@@ -99,9 +100,18 @@ def test_cors_when_enabled(server_factory) -> None:
 
 
 def test_model_alias(server_factory, direct_model) -> None:
-    s: RunningServer = server_factory("--model-alias", "local-moe")
+    s: RunningServer = server_factory("--model-alias", "local-moe", "--model-alias", "gpt-4o")
     client = s.openai()
     assert [m.id for m in client.models.list().data] == ["local-moe"]
-    for name in ("local-moe", direct_model.name):  # the bundle name keeps working
+    for name in ("local-moe", "gpt-4o", direct_model.name):  # the bundle name keeps working
         out = client.completions.create(model=name, prompt="hi", max_tokens=2, temperature=0)
         assert out.model == "local-moe"
+    with pytest.raises(openai.NotFoundError, match="answering to 'local-moe', '"):
+        client.completions.create(model="gpt-nope", prompt="hi", max_tokens=2)
+
+
+def test_any_model_answers_every_name(server_factory) -> None:
+    s: RunningServer = server_factory("--any-model")
+    client = s.openai()
+    out = client.completions.create(model="gpt-nope", prompt="hi", max_tokens=2, temperature=0)
+    assert out.model == s.model_id
