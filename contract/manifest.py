@@ -167,6 +167,40 @@ class SampledHashes:
     ]
 
 
+Xxh3Hex = Annotated[str, Field(strict=True, pattern=r"^[0-9a-f]{16}$")]
+
+
+@dataclass(frozen=True)
+class RangeChecksum:
+    """A fast checksum of one byte range of a file: a dense tensor, or a header."""
+
+    offset: Annotated[int, Field(strict=True, ge=0)]
+    bytes: Annotated[int, Field(strict=True, ge=0)]
+    xxh3: Xxh3Hex
+
+
+@dataclass(frozen=True)
+class FileChecksums:
+    """Fast checksums of every weight byte range of one model or data file, so the runtime can
+    verify each expert the first time it reads it and the dense tensors after load
+    (`contract/checksums.py` says what is covered and why).
+
+    `experts` maps each stacked expert tensor (by its name in the build's `expert_layers`) to
+    one digest per expert, of the bytes [offset + e*stride, +stride). The scheme is a plain
+    string: a reader meeting one it does not know treats the bundle as having no checksums.
+    """
+
+    scheme: Annotated[str, Field(strict=True, description='"xxh3-64-v1"')]
+    dense: Annotated[
+        dict[Str, RangeChecksum],
+        Field(description="dense tensor (or '(header)', '(graph)') -> its range and xxh3-64"),
+    ] = field(default_factory=dict)
+    experts: Annotated[
+        dict[Str, tuple[Xxh3Hex, ...]],
+        Field(description="stacked expert tensor name -> xxh3-64 of each expert's slice"),
+    ] = field(default_factory=dict)
+
+
 class PlanSnapshot(BaseModel):
     """The planner's decision as the packager recorded it (`packager.plan.Plan.to_dict()`).
 
@@ -202,7 +236,7 @@ class PlanSnapshot(BaseModel):
 
 _OPTIONAL_ON_READ = {
     "chat_template": None, "plan": None, "report_file": None, "extra": {}, "data_file": None,
-    "builds": [], "integrity": {}, "hot_shares": {},
+    "builds": [], "integrity": {}, "hot_shares": {}, "checksums": {},
 }
 
 
@@ -242,6 +276,12 @@ class Manifest:
         dict[LayerIndex, tuple[Number, ...]],
         Field(description="layer -> share of the layer's routings of each hot expert, in order"),
     ] = field(default_factory=dict)
+    # Fast checksums per dense tensor and per expert slice, per model/data file, verified as
+    # the runtime first reads them (absent in bundles packed before they were recorded).
+    checksums: Annotated[
+        dict[str, FileChecksums],
+        Field(description="file name -> xxh3-64 of each dense tensor and each expert's slice"),
+    ] = field(default_factory=dict)
 
     @model_validator(mode="before")
     @classmethod
@@ -280,7 +320,24 @@ class Manifest:
         for name in self.integrity:
             if name not in self.files:
                 raise problem(f"'{name}' is not listed in 'files'", field=("integrity", name))
+        self._checksums_fit()
         return self
+
+    def _checksums_fit(self) -> None:
+        """Every expert digest list names a stacked tensor of a build whose experts live in
+        that file, one digest per expert."""
+        n = self.shape.n_experts
+        for name, sums in self.checksums.items():
+            if name not in self.files:
+                raise problem(f"'{name}' is not listed in 'files'", field=("checksums", name))
+            tensors = {t.name for b in self.all_builds() if b.expert_file == name
+                       for x in b.expert_layers for t in x.tensors}
+            for tensor, digests in sums.experts.items():
+                where = ("checksums", name, "experts", tensor)
+                if tensor not in tensors:
+                    raise problem(f"'{tensor}' is not an expert tensor of '{name}'", field=where)
+                if len(digests) != n:
+                    raise rule(f"{n} digests, one per expert", got=len(digests), field=where)
 
     def all_builds(self) -> tuple[Build, ...]:
         """The primary build (the top-level fields) first, then the others."""
@@ -315,10 +372,11 @@ class Manifest:
 
     def to_dict(self) -> dict[str, Any]:
         """The JSON form (layer keys as strings), plus derived `sizes` for human readers;
-        `hot_shares` only when known (an uncalibrated bundle's bytes stay as they were)."""
+        `hot_shares` and `checksums` only when known (a bundle without them keeps its bytes)."""
         d = _ADAPTER.dump_python(self, mode="json")
-        if not self.hot_shares:
-            del d["hot_shares"]
+        for optional in ("hot_shares", "checksums"):
+            if not getattr(self, optional):
+                del d[optional]
         d["sizes"] = {
             "dense_bytes": self.dense_bytes,
             "expert_bytes_total": self.expert_bytes_total,

@@ -254,5 +254,6 @@ def inspect(bundle: Path) -> Manifest:
     return read_manifest(Path(bundle))
 
 
-def verify(bundle: Path) -> VerifyReport:
-    return verify_bundle(Path(bundle))
+def verify(bundle: Path, fast: bool = False) -> VerifyReport:
+    """Re-hash a bundle: every file by sha256, or (`fast`) the weights by their xxh3 checksums."""
+    return verify_bundle(Path(bundle), fast=fast)

@@ -8,9 +8,10 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from contract.checksums import checksum_builds
 from contract.gguf_layout import read_layout
 from contract.integrity import sample_builds
-from contract.manifest import Build, FileEntry, Manifest, MoEShape, SampledHashes
+from contract.manifest import Build, FileChecksums, FileEntry, Manifest, MoEShape, SampledHashes
 from packager import __version__, onnx_stage
 from packager.bundle import file_entries, write_manifest
 from packager.families import ModelConfig, family_for
@@ -58,8 +59,10 @@ def write_bundle(
     # Every file is hashed once, README included; the manifest is built whole, then written last.
     files = file_entries(stage)
     integrity = sample_builds(stage, [b for b, _ in builds.values()])
+    checksums = checksum_builds(stage, [b for b, _ in builds.values()], shape.n_experts)
     manifest = _manifest(
-        inputs, builds, shape, report is not None, stage, files, integrity, family.config
+        inputs, builds, shape, report is not None, stage, files, integrity, family.config,
+        checksums,
     )
     write_manifest(stage, manifest)
     return manifest
@@ -100,6 +103,7 @@ def _manifest(
     files: dict[str, FileEntry],
     integrity: dict[str, SampledHashes],
     config: ModelConfig,
+    checksums: dict[str, FileChecksums],
 ) -> Manifest:
     ckpt, profile = inputs.checkpoint, inputs.opened.profile
     primary, *others = inputs.opened.formats
@@ -134,4 +138,5 @@ def _manifest(
         data_file=main.data_file,
         builds=tuple(builds[f][0] for f in others),
         integrity=integrity,
+        checksums=checksums,
     )

@@ -124,11 +124,18 @@ def inspect(
 
 
 @friendly
-def verify(bundle: Path) -> None:
+def verify(
+    bundle: Path,
+    fast: Annotated[bool, typer.Option(
+        "--fast", help="Check the weights by their xxh3 checksums (per tensor and expert, "
+        "naming what differs) instead of sha256.")] = False,
+) -> None:
     """Re-check every checksum in a bundle."""
     from packager.api import verify as do_verify
 
-    report = do_verify(bundle)
+    report = do_verify(bundle, fast=fast)
+    for note in report.notes:
+        typer.echo(f"note: {note}", err=True)
     for name in report.checked:
         typer.echo(f"ok       {name}")
     for problem in report.problems:

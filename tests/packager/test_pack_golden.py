@@ -28,7 +28,7 @@ GOLDEN: dict[str, dict[str, str]] = {
         "gguf-F16/model.gguf":
             "e365a4a6c0223d4010b7e2a608b55a25cf7e23ce1ebf13be88ea666ac028b574",
         "gguf-F16/manifest.json":
-            "e0cf93b0cb05b6278ba5184afc6973ae8afaa3a2c539c9bddc604ce0d2bd877f",
+            "f09f06240be9ba3e886cc07489d3cd0a2378285767042e275e51710481003d9c",
         "onnx-fp32/model.onnx":
             "48f924c3b8f1ba22a2016801a4eb9fcf8c06ca6312734bf2e0c179d9ac54ccf9",
         "onnx-fp32/model.onnx.data":
@@ -36,7 +36,7 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-fp32/genai_config.json":
             "5635deffb3d0e2e93ae45a6c65f215394b2fffa6f47bc915bd18b8296cfb3388",
         "onnx-fp32/manifest.json":
-            "00c2c85afedbf729eb68c706e976e56879ca3942d5cae4b169db5239f5d6c10f",
+            "2326fe4c627fdc284e1144de21f717cf59a56de23b6be891465daf522a38656a",
         "onnx-int8/model.onnx":
             "6985953bc19636f3716fe868caba3c9f44d16c644637d33ce89a52fa21afe841",
         "onnx-int8/model.onnx.data":
@@ -44,13 +44,13 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-int8/genai_config.json":
             "5635deffb3d0e2e93ae45a6c65f215394b2fffa6f47bc915bd18b8296cfb3388",
         "onnx-int8/manifest.json":
-            "eea382ebce099673e195b2a174e62607e70df541f7527da6f669b3bb0fb869f3",
+            "bec1569c03414a9371419d7554615f1f2095b4fcda633f1dc7d7fb9e694a89a4",
     },
     "mixtral": {
         "gguf-F16/model.gguf":
             "d4e2a496ef825256127f59639fb8cda03849bd7b5415f297af86c806f095584a",
         "gguf-F16/manifest.json":
-            "f735cadcec5e70816989096cb889498e10dd9677c905be9b5749b39b06fd80d6",
+            "beaf9cbb08d915ae2be6cf7eeacc32d6aa2f01544edee477212938ca25fb1b5d",
         "onnx-fp32/model.onnx":
             "cec7efe258b682acb810a4b4d2bdbd860a061fe9ba8286e99a271eea1833ab81",
         "onnx-fp32/model.onnx.data":
@@ -58,7 +58,7 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-fp32/genai_config.json":
             "f7980204670e69f691c34658d036de771ae834830083efa67b63e0bac88c08d8",
         "onnx-fp32/manifest.json":
-            "9bf0ffdcf76cc9819b37abc4db501573d802089236267d81a35640a472f603d7",
+            "1b4fc1c2b1b2b1424c72afcb078ed1f8a2527c57169bed5256f53d00d7a4fb74",
         "onnx-int8/model.onnx":
             "638bcb222dd7a9b19f3b98bc95f8c1f911de0e6b2d150301afd416df31008525",
         "onnx-int8/model.onnx.data":
@@ -66,13 +66,13 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-int8/genai_config.json":
             "f7980204670e69f691c34658d036de771ae834830083efa67b63e0bac88c08d8",
         "onnx-int8/manifest.json":
-            "dad351018ca24c727720d2b873557acf527a807e6c20c62e04299225395ffa40",
+            "8b732a01bd380fa62408f3d689d7994827ff718e9f1c97aa75ee352b74b6d375",
     },
     "olmoe": {
         "gguf-F16/model.gguf":
             "cd94d3889d09d98c0dcee09bda829125658a144827090fda1380531636dbfa6d",
         "gguf-F16/manifest.json":
-            "220eadc502c41c3b673840596f23d1e5660538ab252ce6a924bed0903671cc55",
+            "fd9f602c34141c861e6100bdbb7c175c08a15bac637eb9137c27e6d962e49048",
         "onnx-fp32/model.onnx":
             "9e4f9d7df670a077acf23e4f8a0e2d2beb8adfe74f26b73f8524aae0a195244a",
         "onnx-fp32/model.onnx.data":
@@ -80,7 +80,7 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-fp32/genai_config.json":
             "8deba0911cb998699f7d8bbc1ed0931dcb616f31824df42977f5c12590dc6ba6",
         "onnx-fp32/manifest.json":
-            "090d6bd9c0555496b4a279e3d74bed7c3ba89d397780c2e312655279c40038a5",
+            "e9c9dcf829c33cbeb7e612ccc4d063bde7c156ffc7a98753aa19cd27a35dcae8",
         "onnx-int8/model.onnx":
             "5993b0c9e61b521ca4f141ea61805f7400e33932e9ef0c8a45654287bf6decc5",
         "onnx-int8/model.onnx.data":
@@ -88,13 +88,13 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-int8/genai_config.json":
             "8deba0911cb998699f7d8bbc1ed0931dcb616f31824df42977f5c12590dc6ba6",
         "onnx-int8/manifest.json":
-            "9d6e546beb184f0cac4b40a7e07d996a7b2bdfcc01bd3c4aa5959c6718ca1205",
+            "d9c36221609eecb671b1596137124cf22b7697f6fc4aebaf2eb6a5ca3888cde6",
     },
     "qwen2moe": {
         "gguf-F16/model.gguf":
             "b65e9317b85ec10e58608f93f754be0adf6abdb4607caf8fe4cdacaf7c687f28",
         "gguf-F16/manifest.json":
-            "aba6e955e2c75a86db0ce3fbcfb5f9a31169a053ef538e7ec8b03ee01099eb6e",
+            "3ecfa0a8aa6aa5d3a58f2e433928413f84446a236e7d1744c3ce8c891f63aa91",
         "onnx-fp32/model.onnx":
             "8c74e177211448fd022ecd1d5cc9d704b38eeeabbf9c8221684f98ebb7e0ce2c",
         "onnx-fp32/model.onnx.data":
@@ -102,7 +102,7 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-fp32/genai_config.json":
             "f82b3d3a7bcb21d38b948c2131fce8e67957a82de2531af263616551df7c5a1b",
         "onnx-fp32/manifest.json":
-            "fd909ef7421eb2e06cbbc6171d7daf256ce1ce1267d44f89cc507dd2c569e888",
+            "cb3aac2cd513635a3b5b4701052e20fbcace85dc7995af0ef10b466748a639c9",
         "onnx-int8/model.onnx":
             "89c83e3f384272bfaf7407c4599fbb41c383a439131839a0c2b4b54c4df012fd",
         "onnx-int8/model.onnx.data":
@@ -110,13 +110,13 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-int8/genai_config.json":
             "f82b3d3a7bcb21d38b948c2131fce8e67957a82de2531af263616551df7c5a1b",
         "onnx-int8/manifest.json":
-            "369056faa51eec7ec8354587c5a2a75d318abbdddca0e5b693c66f58742b9d2b",
+            "3544654fbaed6296c6ea1447525408ef3d55f4b45f10ad579b01ea933f63b6f6",
     },
     "qwen3moe": {
         "gguf-F16/model.gguf":
             "b9c8fcae8098a56bd9d258d8a3d9ba7f21f0d040e6aff06adb67aed2b74a8017",
         "gguf-F16/manifest.json":
-            "055b3845c223cfe2ac35a2b5f40061e62044ee16aca5d86f58baa1676d46c11d",
+            "205d77e7d8e5b20952f860850f9239b570b2a4c4842d456e9d0ab747f8e2639f",
         "onnx-fp32/model.onnx":
             "60f495a4e9f97c7a38244cebe11da3f0fbd903b8b04a109785c2b7f926b86fb7",
         "onnx-fp32/model.onnx.data":
@@ -124,7 +124,7 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-fp32/genai_config.json":
             "18f95ce5f2fd5f3cefe9b32e7c26ca57bf4701f8fa461543f41b3063e9b037f1",
         "onnx-fp32/manifest.json":
-            "83506a12b06c23bc0f2b9b5b468c4b92dfe5c63abd155edca5ab3d09145ce820",
+            "fef53d688887b521372599d725eb2af1bb21d5adfc1430c977e49e14bd64fbc5",
         "onnx-int8/model.onnx":
             "c1688fa515895536ce60e65c132873c67ea1ad6812f32bb2c0d15aefb2a98a72",
         "onnx-int8/model.onnx.data":
@@ -132,7 +132,7 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-int8/genai_config.json":
             "18f95ce5f2fd5f3cefe9b32e7c26ca57bf4701f8fa461543f41b3063e9b037f1",
         "onnx-int8/manifest.json":
-            "b4f28c2586ccc6de0a345a4e81e443d4ce6f020af1b2dc453f12542c4505edb1",
+            "16a023496a69a7f5c2d74dfe016cb447691fda5b4fed885bcac3afe54b67ef5f",
     },
 }
 
