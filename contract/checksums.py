@@ -26,7 +26,8 @@ from pathlib import Path
 
 import xxhash
 
-from contract.manifest import Build, FileChecksums, Manifest, RangeChecksum
+from contract.errors import BundleError
+from contract.manifest import MANIFEST_NAME, Build, FileChecksums, Manifest, RangeChecksum
 
 SCHEME = "xxh3-64-v1"
 HEADER = "(header)"
@@ -64,6 +65,23 @@ def hash_range(fd: int, start: int, end: int, buf: bytearray | None = None) -> i
 def known(sums: FileChecksums | None) -> bool:
     """Whether this reader can check `sums` (a newer scheme is treated as no checksums)."""
     return sums is not None and sums.scheme == SCHEME
+
+
+def check_fit(manifest: Manifest, where: str = MANIFEST_NAME) -> None:
+    """Every expert digest list names a stacked tensor of a build whose experts live in that
+    file, one digest per expert (checked at open, after the manifest was checked against the
+    model file's own table, so a wrong tensor or expert count is blamed on its own field)."""
+    n = manifest.shape.n_experts
+    for name, sums in manifest.checksums.items():
+        tensors = {t.name for b in manifest.all_builds() if b.expert_file == name
+                   for x in b.expert_layers for t in x.tensors}
+        for tensor, digests in sums.experts.items():
+            field = f"field 'checksums.{name}.experts.{tensor}'"
+            if tensor not in tensors:
+                raise BundleError(f"{where}: {field}: not an expert tensor of '{name}'")
+            if len(digests) != n:
+                raise BundleError(f"{where}: {field} must list {n} digests, one per expert, "
+                                  f"got {len(digests)}")
 
 
 def expert_spans(build: Build, n_experts: int) -> Iterator[tuple[str, int, int, int]]:
@@ -142,18 +160,27 @@ class _opened:
 
 
 # --- checking a whole bundle (`edgemoe verify --fast`) ------------------------------------------
-def ranges_of(manifest: Manifest, name: str) -> Iterable[tuple[str, int, int, int]]:
-    """(what, start, end, expected digest) of every checksummed range of one file."""
-    sums = manifest.checksums[name]
-    for what, r in sums.dense.items():
+def dense_ranges_of(manifest: Manifest, name: str) -> Iterator[tuple[str, int, int, int]]:
+    """(what, start, end, expected digest) of every checksummed dense range of one file."""
+    for what, r in manifest.checksums[name].dense.items():
         yield what, r.offset, r.offset + r.bytes, int(r.xxh3, 16)
+
+
+def expert_ranges_of(manifest: Manifest, name: str) -> Iterator[tuple[str, int, int, int]]:
+    """(what, start, end, expected digest) of every checksummed expert slice of one file."""
     strides = {t.name: (t.offset, t.stride) for b in manifest.all_builds()
                for x in b.expert_layers for t in x.tensors}
-    for tensor, digests in sums.experts.items():
+    for tensor, digests in manifest.checksums[name].experts.items():
         offset, stride = strides[tensor]
         for e, hexdigest in enumerate(digests):
             start = offset + e * stride
             yield f"{tensor} expert {e}", start, start + stride, int(hexdigest, 16)
+
+
+def ranges_of(manifest: Manifest, name: str) -> Iterable[tuple[str, int, int, int]]:
+    """Every checksummed range of one file: its dense ranges, then its expert slices."""
+    yield from dense_ranges_of(manifest, name)
+    yield from expert_ranges_of(manifest, name)
 
 
 def check_file(path: Path, manifest: Manifest) -> list[str]:

@@ -317,27 +317,11 @@ class Manifest:
         formats = [b.format for b in self.all_builds()]
         if len(set(formats)) != len(formats):
             raise rule("one build per format", got=formats, field=("builds",))
-        for name in self.integrity:
+        for name in [*self.integrity, *self.checksums]:
             if name not in self.files:
-                raise problem(f"'{name}' is not listed in 'files'", field=("integrity", name))
-        self._checksums_fit()
+                where = "integrity" if name in self.integrity else "checksums"
+                raise problem(f"'{name}' is not listed in 'files'", field=(where, name))
         return self
-
-    def _checksums_fit(self) -> None:
-        """Every expert digest list names a stacked tensor of a build whose experts live in
-        that file, one digest per expert."""
-        n = self.shape.n_experts
-        for name, sums in self.checksums.items():
-            if name not in self.files:
-                raise problem(f"'{name}' is not listed in 'files'", field=("checksums", name))
-            tensors = {t.name for b in self.all_builds() if b.expert_file == name
-                       for x in b.expert_layers for t in x.tensors}
-            for tensor, digests in sums.experts.items():
-                where = ("checksums", name, "experts", tensor)
-                if tensor not in tensors:
-                    raise problem(f"'{tensor}' is not an expert tensor of '{name}'", field=where)
-                if len(digests) != n:
-                    raise rule(f"{n} digests, one per expert", got=len(digests), field=where)
 
     def all_builds(self) -> tuple[Build, ...]:
         """The primary build (the top-level fields) first, then the others."""

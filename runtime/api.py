@@ -40,6 +40,7 @@ from runtime.generation.request import (
     StreamEvent,
     Usage,
 )
+from runtime.integrity import BackgroundCheck, ExpertReader, integrity_for, ranges_to_check
 from runtime.options import LoadOptions
 from runtime.procfs import mapping_rss, process_rss
 from runtime.speculative.draft_budget import minimum_total, split_budget
@@ -86,6 +87,7 @@ def load(
     draft_tokens: int = DEFAULT_DRAFT_TOKENS,
     wait_policy: str | None = None,
     verify: bool = False,
+    check_reads: bool = True,
     record_routing: bool = False,
     options: LoadOptions | None = None,
 ) -> Model:
@@ -194,6 +196,11 @@ class Model:
         self._lock = threading.Lock()
         self._timings: dict[str, float] = {}
         self.build = opened.build
+        # Weights verified as they are read (runtime/integrity/): the books and the first fault.
+        self.integrity = integrity_for(self.manifest, self.build, options.check_reads)
+        self._check_reads = options.check_reads
+        self._reader: ExpertReader | None = None
+        self._background: BackgroundCheck | None = None
         self._expert_bytes = {x.layer: x.expert_bytes for x in self.build.expert_layers}
         self.speculation: Speculator | None = None  # drafting (load(draft=...))
         self.options = options
@@ -235,7 +242,22 @@ class Model:
                 raise BundleError(
                     f"{opened.expert_path}: cannot find the engine's mapping of the expert file"
                 )
-            self._start_paging(options.policy, options.cold, mapping)
+            try:
+                self._start_paging(options.policy, options.cold, mapping)
+            except BaseException:
+                self.close()
+                raise
+        self._start_background_check()
+
+    def _start_background_check(self) -> None:
+        """Dense tensors (and every expert, when nothing is paged) verified off the request
+        path (runtime/integrity/background.py)."""
+        if not self.integrity.checksums:
+            return
+        files = [f for f in (self.build.model_file, self.build.data_file) if f is not None]
+        ranges = ranges_to_check(self.bundle.path, self.manifest, files,
+                                 experts=self.cache is None)
+        self._background = BackgroundCheck(ranges, self.integrity).start()
 
     def _read_dense_only(self) -> None:
         """A lazy load mapped the file without reading it: no readahead on the mapping, and
@@ -263,6 +285,14 @@ class Model:
         self.residency = MadviseResidency(
             self.bundle.expert_path, mapping, lambda layer, e: layers[layer].ranges(e), cold=cold
         )
+        if self._check_reads:  # verified on first read, paged in without SIGBUS
+            sums = self.manifest.checksums.get(self.build.expert_file)
+            self._reader = ExpertReader(
+                self.bundle.expert_path, layers, sums.experts if self.integrity.checksums and sums
+                else None, self.manifest.shape.n_experts, self.integrity, self.residency.populate)
+            for layer, experts in self._pins.items():  # the hot set is read now, so now checked
+                for e in experts:
+                    self._reader.bring_in(layer, e)
         self.cache = ExpertCache(
             expert_bytes=self._expert_bytes,
             n_experts=self.manifest.shape.n_experts,
@@ -273,6 +303,7 @@ class Model:
         )
         self.cache.warm()  # release what llama.cpp populated at load, pin the hot set
         self.pager.cache, self.pager.residency = self.cache, self.residency
+        self.pager.reader = self._reader
         # Expert prefetch by pre-gating (runtime/experts/prefetcher.py): "on", "off" or why not.
         self.prefetch = self.pager.start_prefetch(self.options.prefetch, cold,
                                                   self.bundle.model_path)
@@ -397,9 +428,11 @@ class Model:
 
     def _decode(self, tokens: list[int]) -> np.ndarray:
         start, empty = time.perf_counter(), self.engine.n_past == 0
+        self.integrity.check()  # a known fault: this model answers nothing more
         self.pager.begin_batch()
         logits = self.engine.decode(tokens)
         self.pager.reconcile()
+        self.integrity.check()  # found during this step: its logits are not an answer
         self.latency.step(len(tokens), empty, start)  # TTFT / inter-token histograms
         return logits
 
@@ -419,6 +452,7 @@ class Model:
                 self._lock.release()
         b = self.budget
         s: dict[str, Any] = {
+            **self.integrity.stats(),
             "budget_bytes": b.budget_bytes,
             "dense_bytes": b.dense_bytes,
             "kv_bytes": b.kv_bytes,
@@ -467,7 +501,12 @@ class Model:
         return s
 
     def close(self) -> None:
+        if self._background is not None:
+            self._background.stop()
         with self._lock:
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
             if self.speculation is not None:
                 self.speculation.close()
                 self.speculation = None

@@ -9,6 +9,7 @@ __all__ = [
     "BundleError",
     "ChatTemplateError",
     "EdgemoeError",
+    "ModelCorruptError",
     "PromptTooLongError",
     "SamplingError",
 ]
@@ -16,6 +17,13 @@ __all__ = [
 
 class BudgetError(EdgemoeError):
     """A memory budget that cannot be parsed or is below what the model needs."""
+
+
+class ModelCorruptError(EdgemoeError):
+    """A weight the model needs is damaged: its bytes differ from the manifest's checksum, or
+    storage could not deliver them (an I/O error, a file cut short). The message names the file,
+    the tensor and the byte range; the model answers nothing more until it is replaced or
+    repaired (`edgemoe pull`)."""
 
 
 class PromptTooLongError(EdgemoeError, ValueError):

@@ -46,7 +46,10 @@ class LoadOptions:
     the same vocabulary, or "ngram" (prompt lookup, no model); its memory comes out of `budget`
     (runtime/speculative/draft_budget.py). wait_policy: how llama.cpp's threads wait at barriers
     (runtime/threads.py); fixed per process once the first engine has loaded. record_routing
-    (Python only): keep the routing tap on at every budget, for measurements.
+    (Python only): keep the routing tap on at every budget, for measurements. check_reads
+    (Python only): verify each expert against the manifest's xxh3 checksums on its first read
+    and the dense tensors in the background, and page experts in so a storage fault is an error,
+    never SIGBUS (runtime/integrity/); False is the path before these checks, for measurements.
     """
 
     budget: str | int | None = option(
@@ -78,6 +81,7 @@ class LoadOptions:
     )
     verify: bool = option(False, "Re-hash every file before loading (default: sampled blocks).")
     record_routing: bool = False
+    check_reads: bool = True
 
     def __post_init__(self) -> None:
         if isinstance(self.draft, Path):

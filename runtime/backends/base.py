@@ -37,7 +37,10 @@ class RoutingEvent:
         return int(self.ids.shape[0])
 
 
-RoutingObserver = Callable[[RoutingEvent], None]
+# Returns True to stop the batch before the layer's expert matmuls run (an expert could not be
+# brought in whole or verified): an engine that can stops computing, and the runtime fails the
+# step; one that reports routing after the run (onnxruntime) ignores it.
+RoutingObserver = Callable[[RoutingEvent], bool | None]
 
 
 @dataclass(frozen=True)

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from contract.checksums import check_fit
 from contract.consistency import check_against_layout
 from contract.errors import BundleError, ManifestError
 from contract.gguf_layout import open_reader, read_layout
@@ -90,6 +91,7 @@ def open_bundle(path: str | Path, verify: bool = False, fmt: str | None = None) 
         from contract.onnx_layout import check_onnx_build
 
         check_onnx_build(manifest, build, path)
+    check_fit(manifest, str(path / "manifest.json"))
     if verify:
         from contract.verify import verify_bundle
 

@@ -19,13 +19,14 @@ from __future__ import annotations
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
 from contract.manifest import LayerExperts
 from runtime.backends.base import RoutingEvent
 from runtime.backends.llama_cpp.tap_source import MARK, PREFETCH_BASE
+from runtime.errors import ModelCorruptError
 from runtime.experts.cache import ExpertCache, ExpertState, Residency
 from runtime.experts.prefetcher import (
     Prefetcher,
@@ -51,6 +52,19 @@ class PagerStats:
 
     transient_loads: int = 0
     transient_bytes: int = 0
+
+
+class ExpertReader(Protocol):
+    """Brings an admitted expert in: verified on its first read, its pages mapped so a storage
+    fault is an error, not SIGBUS (runtime/integrity/reads.py); raises ModelCorruptError."""
+
+    @property
+    def failed(self) -> bool: ...
+
+    def bring_in(self, layer: int, expert: int) -> None: ...
+
+    @property
+    def state(self) -> Any: ...
 
 
 class RoutingLog(Protocol):
@@ -98,6 +112,7 @@ class ExpertPager:
         self._probe = RoutingProbe() if record else None  # per-token rows, when asked
         self._base = 0  # the probe's current batch start (for replayed rows)
         self.prefetcher: Prefetcher | None = None
+        self.reader: ExpertReader | None = None  # set by the runtime when reads are checked
 
     # --- the engine's routing log (hits kept out of Python) ------------------------------
     @property
@@ -207,13 +222,17 @@ class ExpertPager:
         self._base = len(self._probe.rows)
 
     # --- residency -----------------------------------------------------------------------
-    def on_routing(self, event: RoutingEvent) -> None:
+    def on_routing(self, event: RoutingEvent) -> bool:
+        """Admit the layer's experts; True asks the engine to stop before its matmuls (an
+        expert could not be brought in whole: the fault is in the reader's state)."""
         if self._log is not None and len(self._log):
             self._replay(self._log.drain())
         if self._probe is not None:
             self._probe.on_event(event)
         if self._cache is None:
-            return
+            return False
+        if self.reader is not None and self.reader.failed:
+            return self._stop()
         layer, flat_ids = event.layer, event.ids.ravel()
         if self._transient or self._fresh:
             self.reconcile(step_end=False)
@@ -224,12 +243,12 @@ class ExpertPager:
         admit, surplus = self._split(layer, needed)
         if self.prefetcher is not None and event.n_tokens == 1:
             self.prefetcher.routed(layer, needed)
-        self._fresh.extend(
-            (layer, e) for e in admit if self.cache.state(layer, e) == ExpertState.RELEASED
-        )
+        fresh = [e for e in admit if self.cache.state(layer, e) == ExpertState.RELEASED]
+        self._fresh.extend((layer, e) for e in fresh)
         self.cache.access(layer, admit)
         for e in surplus:
             if self.cache.state(layer, e) == ExpertState.RELEASED:
+                fresh.append(e)
                 self._transient.append((layer, e))
                 self.stats.transient_loads += 1
                 self.stats.transient_bytes += self.expert_bytes[layer]
@@ -237,10 +256,31 @@ class ExpertPager:
                     # Start reading now, all of them: the matmul would otherwise fault them
                     # in one page at a time, in its own order, with nothing read ahead.
                     self.residency.load(layer, e)
+        if self.reader is not None and not self._bring_in(layer, fresh):
+            return self._stop()
         if self._log is not None:
             # Transients must go before the next layer's matmuls; neighbours a fault mapped
             # can wait for the end of the step (Model._decode reconciles after every step).
             self._log.python_needed = bool(self._transient)
+        return False
+
+    def _bring_in(self, layer: int, experts: list[int]) -> bool:
+        """Read (the first time: verify) and map in what the cache just admitted, after every
+        WILLNEED was issued, so storage serves them together; False on a fault."""
+        assert self.reader is not None
+        try:
+            for e in experts:
+                self.reader.bring_in(layer, e)
+        except ModelCorruptError as error:
+            self.reader.state.fail(error)
+            return False
+        return True
+
+    def _stop(self) -> bool:
+        """Every later routing event of this step comes to Python (and stops there too)."""
+        if self._log is not None:
+            self._log.python_needed = True
+        return True
 
     def _split(self, layer: int, needed: list[int]) -> tuple[list[int], list[int]]:
         """Most-used experts first, as many as the unpinned capacity holds; pinned always fit."""

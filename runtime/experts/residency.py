@@ -27,6 +27,10 @@ log = logging.getLogger(__name__)
 
 MADV_WILLNEED = getattr(mmap, "MADV_WILLNEED", None)
 MADV_DONTNEED = getattr(mmap, "MADV_DONTNEED", None)
+# Linux >= 5.14: fault pages in now and report a failed read as an error (EFAULT, EHWPOISON),
+# where touching them would raise SIGBUS. Python's mmap module names it from 3.13 on.
+MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22 if os.uname().sysname == "Linux"
+                             else None)
 RangesOf = Callable[[int, int], list[tuple[int, int]]]  # (layer, expert) -> [(start, end)]
 
 
@@ -152,6 +156,7 @@ class MadviseResidency:
         self._warned: set[str] = set()
         self._locked: dict[tuple[int, int], list[tuple[int, int]]] = {}
         self._fd: int | None = None
+        self._no_populate = False
         if _LIBC is None or MADV_DONTNEED is None or not hasattr(_LIBC, "madvise"):
             self._warn("madvise", "madvise is unavailable here: experts will not be released")
         if cold:
@@ -292,6 +297,28 @@ class MadviseResidency:
         self._locked[key] = locked
 
     # --- beyond the protocol -----------------------------------------------------------------
+    def populate(self, start: int, end: int) -> int:
+        """Bring the pages of file bytes [start, end) into the mapping now, so that a storage
+        fault (an I/O error, a file truncated under us) is an errno here rather than SIGBUS when
+        the engine touches them. Returns 0, or the errno (EFAULT: the pages could not be read).
+        Where the kernel lacks MADV_POPULATE_READ (< 5.14) it warns once and returns 0: the
+        engine's own faults bring the pages in, as before."""
+        if MADV_POPULATE_READ is None or _LIBC is None or self._no_populate:
+            return 0
+        pieces = self._span(*outward(start, end), "populate") or []
+        for addr, length in pieces:
+            while _LIBC.madvise(addr, length, MADV_POPULATE_READ) != 0:
+                err = ctypes.get_errno()
+                if err in (errno.EINTR, errno.EAGAIN):
+                    continue
+                if err == errno.EINVAL:
+                    self._no_populate = True
+                    self._warn("populate", "MADV_POPULATE_READ is unsupported (Linux < 5.14): a "
+                               "storage fault while paging in will raise SIGBUS")
+                    return 0
+                return err
+        return 0
+
     def _unlock(self, key: tuple[int, int]) -> None:
         for addr, length in self._locked.pop(key, []):
             if _LIBC is not None and _LIBC.munlock(addr, length) != 0:

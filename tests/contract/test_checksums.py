@@ -10,7 +10,8 @@ import os
 import pytest
 import xxhash
 
-from contract.checksums import RangeReadError, check_file, hash_range
+from contract.checksums import RangeReadError, check_file, check_fit, hash_range
+from contract.errors import BundleError
 from contract.manifest import FileChecksums, ManifestError, RangeChecksum, manifest_from_dict
 from contract.verify import verify_bundle
 from tests.contract.test_manifest import _manifest
@@ -34,15 +35,23 @@ def test_checksums_round_trip_and_are_written_only_when_known():
 
 @pytest.mark.parametrize("experts, message", [
     ({"blk.1.ffn_down_exps.weight": ["0" * 16] * 7},
-     r"field 'checksums\['model.gguf'\].experts\['blk.1.ffn_down_exps.weight'\]' must be 8 "
-     r"digests, one per expert, got 7"),
+     r"^manifest.json: field 'checksums.model.gguf.experts.blk.1.ffn_down_exps.weight' must "
+     r"list 8 digests, one per expert, got 7$"),
     ({"blk.9.ffn_up_exps.weight": ["0" * 16] * 8},
-     r"'blk.9.ffn_up_exps.weight' is not an expert tensor of 'model.gguf'"),
+     r"field 'checksums.model.gguf.experts.blk.9.ffn_up_exps.weight': not an expert tensor of "
+     r"'model.gguf'$"),
 ])
 def test_checksums_that_do_not_fit_the_build_are_refused(experts, message):
     d = json.loads(_manifest(checksums={"model.gguf": SUMS}).to_json())
     d["checksums"]["model.gguf"]["experts"] = experts
-    with pytest.raises(ManifestError, match=message):
+    with pytest.raises(BundleError, match=message):
+        check_fit(manifest_from_dict(d))
+
+
+def test_checksums_of_an_unlisted_file_are_refused():
+    d = json.loads(_manifest(checksums={"model.gguf": SUMS}).to_json())
+    d["checksums"]["other.bin"] = d["checksums"].pop("model.gguf")
+    with pytest.raises(ManifestError, match=r"'other.bin' is not listed in 'files'"):
         manifest_from_dict(d)
 
 

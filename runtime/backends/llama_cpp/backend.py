@@ -210,11 +210,12 @@ class LlamaBackend:
         return lazy_mapping(low._lib, lib_path, "llama_backend_init")
 
     # --- routing observation -------------------------------------------------------------
-    def _on_node(self, tensor: int, tap: int, layer: int) -> None:
-        """A tapped node's data is ready (the graph waits until this returns)."""
-        self._deliver(tensor, self._taps[tap], layer)
+    def _on_node(self, tensor: int, tap: int, layer: int) -> bool:
+        """A tapped node's data is ready (the graph waits until this returns); True stops the
+        graph here, before the layer's expert matmuls (the observer asked)."""
+        return self._deliver(tensor, self._taps[tap], layer)
 
-    def _deliver(self, tensor: int, kind: str, layer: int) -> None:
+    def _deliver(self, tensor: int, kind: str, layer: int) -> bool:
         """Assemble one layer's RoutingEvent. Per layer and batch the graph computes the
         probabilities, then the chosen ids, then the mixing weights, so without detail the
         event is complete at the ids, and with detail at the weights."""
@@ -222,15 +223,15 @@ class LlamaBackend:
         if kind in self._extra and self._tensor_observer is not None:
             self._tensor_observer(layer, kind, data)
         if kind not in self._routing_kinds or self._observer is None:
-            return
+            return False
         if len(self._routing_kinds) == 1:
-            self._observer(RoutingEvent(layer, data))
-            return
+            return bool(self._observer(RoutingEvent(layer, data)))
         got = self._pending.setdefault(layer, {})
         got[kind] = data
         if len(got) == len(self._routing_kinds):
             del self._pending[layer]
-            self._observer(RoutingEvent(layer, got[TOPK], got[PROBS], got[WEIGHTS]))
+            return bool(self._observer(RoutingEvent(layer, got[TOPK], got[PROBS], got[WEIGHTS])))
+        return False
 
     def _read_rows(self, tensor: int, dtype: type) -> np.ndarray:
         """A 2-D tensor as [rows, ne0], honouring its row stride: `ffn_moe_topk` is a view of

@@ -38,10 +38,11 @@ from runtime.backends.llama_cpp.tap_source import (
 
 log = logging.getLogger(__name__)
 
-# (tensor address, tap index, layer): one tapped node's data is ready to read.
-Deliver = Callable[[int, int, int], None]
+# (tensor address, tap index, layer): one tapped node's data is ready to read. A true result
+# stops the graph there (the runtime found it cannot go on: e.g. an expert it could not read).
+Deliver = Callable[[int, int, int], bool | None]
 
-_DELIVER = ctypes.CFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32)
+_DELIVER = ctypes.CFUNCTYPE(ctypes.c_int32, ctypes.c_void_p, ctypes.c_int32, ctypes.c_int32)
 _NATIVE: ctypes.CDLL | None | bool = False  # False: not tried yet; None: unavailable
 
 
@@ -301,16 +302,19 @@ class NodeTap:
         if m:
             i = self._index[m.group(1)]
             if i < len(self.taps):
-                self._safe_deliver(tensor, i, int(m.group(2)))
+                return not self._safe_deliver(tensor, i, int(m.group(2)))
         return True
 
-    def _safe_deliver(self, tensor: int, tap: int, layer: int) -> None:
+    def _safe_deliver(self, tensor: int, tap: int, layer: int) -> int:
+        """1 to stop the graph at this node (ggml's scheduler then computes nothing further
+        of it), else 0."""
         try:
-            self._deliver(tensor, tap, layer)
+            return 1 if self._deliver(tensor, tap, layer) else 0
         except Exception:  # never let a Python error unwind through C
             import traceback
 
             traceback.print_exc()
+            return 0
 
     # --- state -------------------------------------------------------------------------------
     def new_graph_shape(self) -> None:

@@ -46,7 +46,8 @@ SOURCE = r"""
 
 typedef const char *(*name_fn)(const void *tensor);
 typedef void (*get_fn)(const void *tensor, void *data, size_t offset, size_t size);
-typedef void (*deliver_fn)(void *tensor, int32_t tap, int32_t layer);
+/* Returns non-zero to stop computing this graph here (the runtime fails the step). */
+typedef int32_t (*deliver_fn)(void *tensor, int32_t tap, int32_t layer);
 
 /* The leading fields of ggml.h's struct ggml_tensor (stable across ggml versions). */
 struct head { int32_t type; void *buffer; int64_t ne[4]; size_t nb[4]; };
@@ -255,13 +256,12 @@ bool edgemoe_tap_eval(void *tensor, bool ask, void *user) {
             return true;
         }
         s->delivered++;
-        s->deliver(tensor, i, layer);
+        if (s->deliver(tensor, i, layer)) return false;  /* stop before the expert matmuls */
         if (one && hidden != NULL && s->log != NULL) prefetch(s, layer, hidden);
         return true;
     }
     s->delivered++;
-    s->deliver(tensor, i, layer);
-    return true;
+    return !s->deliver(tensor, i, layer);
 }
 """
 
