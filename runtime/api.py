@@ -516,6 +516,7 @@ class Model:
             if self.engine is not None:
                 self.engine.close()
                 self.engine = None  # type: ignore[assignment]
+            self.bundle.close()  # its version may be pruned from now on
 
     def __enter__(self) -> Model:
         return self

@@ -4,7 +4,7 @@ build runs from; `contract.integrity`), optional full checksums."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from contract.checksums import check_fit
@@ -13,16 +13,32 @@ from contract.errors import BundleError, ManifestError
 from contract.gguf_layout import open_reader, read_layout
 from contract.integrity import check_build
 from contract.manifest import Build, Manifest, read_manifest
+from runtime.bundles.versions import VersionLease, hold
 
 
 @dataclass(frozen=True)
 class OpenBundle:
-    """A checked bundle and the build (GGUF or ONNX) the runtime will run."""
+    """A checked bundle and the build (GGUF or ONNX) the runtime will run.
+
+    Opened through a pulled DEST, it holds a lease on the version it resolved until `close`
+    (or `with open_bundle(...)`), so a pull never prunes the version while it is in use."""
 
     path: Path  # the real folder (symlinks resolved once, at open)
     manifest: Manifest
     build: Build
     opened_as: Path | None = None  # the path as given (e.g. a `pull` DEST symlink): the name
+    lease: VersionLease | None = field(default=None, compare=False, repr=False)
+
+    def close(self) -> None:
+        """Let the version go (pruning may remove it once no reader holds it)."""
+        if self.lease is not None:
+            self.lease.close()
+
+    def __enter__(self) -> OpenBundle:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     @property
     def model_path(self) -> Path:
@@ -65,9 +81,21 @@ def open_bundle(path: str | Path, verify: bool = False, fmt: str | None = None) 
     given = Path(path)
     if not given.is_dir():
         raise BundleError(f"{given}: not a bundle directory")
-    # A pulled bundle is a symlink `edgemoe pull` may swap at any moment: resolved once, every
-    # check here and every file the engine opens later belong to the same version.
-    path = given.resolve()
+    # A pulled bundle is a symlink `edgemoe pull` may swap at any moment: resolved once, and
+    # that version held (a lease) so every check here and every file the engine opens later
+    # belong to it, until the bundle is closed.
+    lease = hold(given)
+    path = lease.path if lease is not None else given.resolve()
+    try:
+        return _checked(given, path, verify, fmt, lease)
+    except BaseException:
+        if lease is not None:
+            lease.close()
+        raise
+
+
+def _checked(given: Path, path: Path, verify: bool, fmt: str | None,
+             lease: VersionLease | None) -> OpenBundle:
     try:
         manifest = read_manifest(path)
     except ManifestError as e:
@@ -100,7 +128,7 @@ def open_bundle(path: str | Path, verify: bool = False, fmt: str | None = None) 
             raise BundleError(f"{path}: " + "; ".join(report.problems))
     else:
         check_build(path, manifest, build)  # data damage that kept the size: one clear line
-    return OpenBundle(path, manifest, build, opened_as=given)
+    return OpenBundle(path, manifest, build, opened_as=given, lease=lease)
 
 
 def attention_shape(model_path: Path) -> AttentionShape:

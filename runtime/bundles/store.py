@@ -4,14 +4,16 @@ full, swap it in atomically, roll back, prune.
     DEST                 -> DEST.versions/<id>   a relative symlink, replaced by rename(2)
     DEST.versions/<id>/  one complete, verified bundle per version, never modified once there
     DEST.versions/.lock  held (flock) while a pull or a rollback runs
+    DEST.versions/.leases/<id>  what readers hold open (versions.py): pruning skips held versions
 
 `<id>` is `<seq>-<sha256 of manifest.json, 12 hex>`: the sequence number orders versions without
 trusting a device's clock, the digest says what is inside. A new version is copied into a hidden
 `.incoming-*` folder on the same file system, checked with every file's sha256
 (`contract.verify.verify_bundle`) and the open-time checks of each build, renamed to its id, and
 only then does DEST point at it. So a reader that resolves DEST sees either the old bundle or
-the new one, whole; a server that mapped the old files keeps them (nothing is written into a
-version; pruning only unlinks). Every failure before the swap leaves DEST exactly as it was.
+the new one, whole, and keeps it while it has it open (a lease: pruning passes it over); a
+server that mapped the old files keeps them (nothing is written into a version; pruning only
+unlinks). Every failure before the swap leaves DEST exactly as it was.
 """
 
 from __future__ import annotations
@@ -37,24 +39,23 @@ from contract.file_modes import publish_modes
 from contract.manifest import MANIFEST_NAME, Manifest, manifest_from_dict, read_manifest
 from contract.verify import verify_bundle
 from runtime.bundles.open import open_bundle
+from runtime.bundles.versions import (
+    LEASES,
+    Version,
+    linked_version,
+    make_lease,
+    retiring,
+    versions,
+    versions_dir,
+)
 
 KEEP = 3  # versions kept after a pull: the new one, the one it replaced, one more
 HEADROOM = 16 << 20  # free space left over after a pull, so the device is not filled to the brim
-_VERSION = re.compile(r"^(\d{4,})-([0-9a-f]{12})$")
 _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 class StoreError(EdgemoeError):
     """A pull, rollback or lookup that could not be done; DEST is as it was."""
-
-
-@dataclass(frozen=True)
-class Version:
-    """One installed bundle under DEST.versions/."""
-
-    seq: int
-    id: str
-    path: Path
 
 
 @dataclass(frozen=True)
@@ -66,22 +67,6 @@ class Installed:
     previous: Version | None
     changed: bool
     pruned: tuple[str, ...] = ()
-
-
-def versions_dir(dest: Path) -> Path:
-    return Path(dest).parent / f"{Path(dest).name}.versions"
-
-
-def versions(dest: str | Path) -> list[Version]:
-    """The installed versions, oldest first."""
-    vdir = versions_dir(_dest(dest))
-    found = []
-    if vdir.is_dir():
-        for p in vdir.iterdir():
-            m = _VERSION.match(p.name)
-            if m and p.is_dir() and not p.is_symlink():
-                found.append(Version(int(m.group(1)), p.name, p))
-    return sorted(found, key=lambda v: v.seq)
 
 
 def current(dest: str | Path) -> Version | None:
@@ -104,16 +89,16 @@ def _current(dest: Path, strict: bool) -> Version | None:
                 f"into {versions_dir(dest).name}/); move it away or pull to another path"
             )
         return None
-    target = Path(os.readlink(dest))
-    m = _VERSION.match(target.name)
-    if target.parent != Path(versions_dir(dest).name) or not m:
-        raise StoreError(f"{dest}: points at {target}, not at a version in {versions_dir(dest)}")
-    path = versions_dir(dest) / target.name
+    name = linked_version(dest)
+    if name is None:
+        raise StoreError(f"{dest}: points at {os.readlink(dest)}, not at a version in "
+                         f"{versions_dir(dest)}")
+    path = versions_dir(dest) / name
     if not path.is_dir():
         if strict:
-            raise StoreError(f"{dest}: points at version {target.name}, which is missing")
+            raise StoreError(f"{dest}: points at version {name}, which is missing")
         return None
-    return Version(int(m.group(1)), target.name, path)
+    return Version(int(name.split("-")[0]), name, path)
 
 
 @contextmanager
@@ -133,6 +118,9 @@ def _locked(dest: Path) -> Iterator[Path]:
         for p in vdir.iterdir():
             if p.name.startswith((".incoming-", ".trash-")):
                 shutil.rmtree(p, ignore_errors=True)
+        for p in (vdir / LEASES).glob("*"):  # a reader's lease on a version pruned since
+            if not (vdir / p.name).is_dir():
+                p.unlink(missing_ok=True)
         for p in dest.parent.glob(f".{dest.name}.swap-*"):
             p.unlink(missing_ok=True)
         yield vdir
@@ -305,6 +293,7 @@ def _stage(folder: Path, vdir: Path, seq: int, digest: str, label: str) -> Versi
         _check_bundle(stage, label)
         publish_modes(stage)
         final = vdir / f"{seq:04d}-{digest[:12]}"
+        make_lease(vdir, final.name)
         os.rename(stage, final)
         _fsync(vdir)
     except BaseException:
@@ -353,9 +342,9 @@ def _point(dest: Path, version: Version) -> None:
 
 
 def _prune(dest: Path, keep: int, protect: set[str]) -> tuple[str, ...]:
-    """Remove all but the `keep` newest versions, never one in `protect`. A version is renamed
-    out of sight first, so a half-deleted one is never listed; files a running server mapped
-    stay valid (unlinked, not changed)."""
+    """Remove all but the `keep` newest versions, never one in `protect` nor one a reader holds
+    open (its lease; it goes at a later pull). A version is renamed out of sight first, so a
+    half-deleted one is never listed; files a running server mapped stay valid (unlinked)."""
     kept = set(protect)
     for v in reversed(versions(dest)):
         if len(kept) >= keep:
@@ -365,8 +354,11 @@ def _prune(dest: Path, keep: int, protect: set[str]) -> tuple[str, ...]:
     for v in versions(dest):
         if v.id in kept:
             continue
-        trash = v.path.with_name(f".trash-{v.id}-{secrets.token_hex(4)}")
-        os.rename(v.path, trash)
-        shutil.rmtree(trash, ignore_errors=True)
+        with retiring(v.path.parent, v.id) as unused:
+            if not unused:
+                continue
+            trash = v.path.with_name(f".trash-{v.id}-{secrets.token_hex(4)}")
+            os.rename(v.path, trash)
+            shutil.rmtree(trash, ignore_errors=True)
         gone.append(v.id)
     return tuple(gone)

@@ -24,7 +24,8 @@ import pytest
 from contract.verify import verify_bundle
 from runtime.bundles import store
 from runtime.bundles.open import open_bundle
-from runtime.bundles.store import StoreError, current, pull, rollback, versions, versions_dir
+from runtime.bundles.store import StoreError, current, pull, rollback
+from runtime.bundles.versions import versions, versions_dir
 
 pytestmark = pytest.mark.engine
 
@@ -97,7 +98,9 @@ def test_old_versions_are_pruned_keeping_current_and_previous(srcs, tmp_path):
     ids = [pull(srcs(tag), dest, keep=2).version.id for tag in "abcd"]
     assert [v.id for v in versions(dest)] == ids[-2:]
     assert current(dest).id == ids[-1]
-    assert [p.name for p in versions_dir(dest).iterdir() if p.name.startswith(".")] == [".lock"]
+    hidden = sorted(p.name for p in versions_dir(dest).iterdir() if p.name.startswith("."))
+    assert hidden == [".leases", ".lock"]
+    assert sorted(p.name for p in (versions_dir(dest) / ".leases").iterdir()) == sorted(ids[-2:])
 
 
 def test_corrupt_source_is_refused_and_dest_is_untouched(srcs, tmp_path):
@@ -188,17 +191,22 @@ def test_failure_mid_copy_leaves_dest_as_it_was(failure, srcs, tmp_path, monkeyp
 # rename fails it within a few swaps (measured: 150 bad reads of 12,536).
 _TIGHT_READER = """
 import json, os, sys
+from pathlib import Path
+from runtime.bundles.versions import hold
 dest, stop = sys.argv[1], sys.argv[2]
 n = bad = 0
 while not os.path.exists(stop):
     n += 1
+    lease = hold(Path(dest))  # another process: the lease is a lock on a file, seen by all
     try:
-        real = os.path.realpath(dest)
+        real = str(lease.path)
         with open(os.path.join(real, "manifest.json"), "rb") as f:
             files = json.loads(f.read())["files"]
         bad += any(os.path.getsize(os.path.join(real, k)) != v["bytes"] for k, v in files.items())
     except Exception:
         bad += 1
+    finally:
+        lease.close()
 print(n, bad)
 """
 
@@ -216,18 +224,15 @@ def test_readers_during_swaps_always_see_one_whole_version(srcs, tmp_path):
 
     def reader() -> None:
         while not stop.is_set():
-            opened = None
             try:
-                opened = open_bundle(dest)  # resolves DEST once, checks, samples the blocks
-                report = verify_bundle(opened.path)  # every byte of the version it resolved
-                assert report.ok, report.problems
-                seen.add((opened.path / "README.md").read_text().rsplit("version ", 1)[1])
+                # Resolves DEST once and holds that version (a lease) until closed, however
+                # many pulls happen meanwhile and however slowly this thread is scheduled.
+                with open_bundle(dest) as opened:
+                    report = verify_bundle(opened.path)  # every byte of the version it resolved
+                    assert report.ok, report.problems
+                    seen.add((opened.path / "README.md").read_text().rsplit("version ", 1)[1])
             except Exception as e:  # noqa: BLE001 - any failure at all is the finding
-                # ...unless the version it resolved was pruned before it re-read it by path:
-                # KEEP allows that two pulls later, and a descheduled reader can be that slow.
-                # Never a torn version: the folder is renamed away whole before it is deleted.
-                if opened is None or opened.path.exists():
-                    errors.append(repr(e))
+                errors.append(repr(e))
 
     threads = [threading.Thread(target=reader) for _ in range(2)]
     for t in threads:
@@ -246,6 +251,22 @@ def test_readers_during_swaps_always_see_one_whole_version(srcs, tmp_path):
     reads, bad = map(int, out.split())
     assert errors == [] and bad == 0 and reads > 100
     assert seen == {"a\n", "b\n"}
+
+
+def test_a_version_held_open_outlives_any_number_of_pulls(srcs, tmp_path):
+    dest = tmp_path / "model"
+    a, b = srcs("a"), srcs("b")
+    first = pull(a, dest).version
+    with open_bundle(dest) as opened:
+        assert opened.path == first.path
+        for _ in range(3):  # KEEP=3 would have pruned it after the second of these
+            pull(b, dest)
+            pull(a, dest)
+        assert first.path.is_dir() and verify_bundle(first.path).ok
+        assert first.id in [v.id for v in versions(dest)]
+    done = pull(b, dest)  # released: the next pull prunes it
+    assert first.id in done.pruned and not first.path.exists()
+    assert len(versions(dest)) == 3
 
 
 def test_hub_repo_installs_offline_from_the_local_cache(tiny_bundle, srcs, tmp_path,
