@@ -56,7 +56,8 @@ def hash_range(fd: int, start: int, end: int, buf: bytearray | None = None) -> i
         piece = view[: min(len(view), end - at)]
         got = os.preadv(fd, [piece], at)
         if got == 0:
-            raise RangeReadError(f"the file ends at byte {at}, inside [{start}, {end})")
+            size = os.fstat(fd).st_size
+            raise RangeReadError(f"the file ends at byte {size}, before byte {end}")
         h.update(piece[:got])
         at += got
     return h.intdigest()

@@ -44,7 +44,8 @@ class IntegrityState:
                 return
             self.fault = error
             listeners = list(self._listeners)
-        log.error("%s", error)
+        if log.hasHandlers():  # a server's log; a bare script gets it as the exception alone
+            log.error("%s", error)
         for listener in listeners:
             try:
                 listener(error)

@@ -2,7 +2,8 @@
 
 `{"error": {"message", "type", "param", "code"}}` with the status OpenAI would use: bad input is
 a 400 (never FastAPI's 422, never a 500), unknown model 404, auth 401, busy 429 + Retry-After,
-a reload already running 409, shutting down or a model file changed under the server 503.
+a reload already running 409, shutting down, a model file changed under the server or damaged
+weights (`model_corrupt`) 503.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from runtime.errors import EdgemoeError, PromptTooLongError, SamplingError
+from runtime.errors import EdgemoeError, ModelCorruptError, PromptTooLongError, SamplingError
 from runtime.server.engine import EngineStoppedError, QueueFullError, RequestTimeoutError
 from runtime.server.lease import ModelFileChangedError
 from runtime.server.schemas import REQUEST_FIELDS, ErrorDetail, ErrorResponse, json_body
@@ -119,6 +120,8 @@ def from_exception(exc: BaseException, prompt_param: str = "prompt") -> APIError
         return APIError(504, str(exc), type="timeout_error", code="timeout")
     if isinstance(exc, EngineStoppedError):
         return APIError(503, str(exc), type=SERVER_ERROR, code="shutting_down")
+    if isinstance(exc, ModelCorruptError):  # no Retry-After: it needs a new bundle, not time
+        return APIError(503, str(exc), type=SERVER_ERROR, code="model_corrupt")
     if isinstance(exc, ModelFileChangedError):
         return APIError(503, str(exc), type=SERVER_ERROR, code="model_file_changed",
                         headers={"Retry-After": "5"})

@@ -8,6 +8,10 @@ fingerprint check before a generation or in the once-a-second watch), every requ
 model fails with 503 `model_file_changed`, the model is closed and its files released (so a
 writer held by the lease proceeds), /health says why, and the server either exits
 (`--on-model-change exit`) or reloads the bundle, verified, once its files are quiet again.
+Damaged weights (a checksum mismatch or a read error the model found, runtime/integrity/) are
+the same fault with 503 `model_corrupt`, except that the files did not change: the bundle is
+reloaded, fully verified, only once they do (replaced, or `edgemoe pull` swapped its folder),
+and the server never exits for it.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from starlette.concurrency import run_in_threadpool
 
 from contract.manifest import MANIFEST_NAME
 from runtime.api import Model
-from runtime.errors import EdgemoeError
+from runtime.errors import EdgemoeError, ModelCorruptError
 from runtime.server.engine import Engine, EngineStoppedError
 from runtime.server.errors import not_ready, reload_busy, reload_failed
 from runtime.server.lease import (
@@ -78,7 +82,8 @@ class ModelKeeper:
     def __init__(self, state: ServerState, reloader: BundleLoader | None) -> None:
         self._state = state
         self._reloader = reloader
-        self.fault: ModelFileChangedError | None = None  # the served model was lost to this
+        # The served model was lost to this (its file changed, or its weights are damaged).
+        self.fault: ModelFileChangedError | ModelCorruptError | None = None
         self.leases = False  # the lease-break signal has a handler, so leases may be taken
         self._lock = threading.Lock()
         self._guards: dict[int, tuple[Model, FileGuard | None]] = {}
@@ -140,6 +145,9 @@ class ModelKeeper:
             self._guards[id(model)] = (model, guard)
             if owned:
                 self._owned.add(id(model))
+        integrity = getattr(model, "integrity", None)
+        if integrity is not None:
+            integrity.subscribe(lambda error: self.report_corrupt(model, error))
 
     def check_files(self, model: Model) -> None:
         """Before each generation (worker thread): refuse to touch a mapping whose file changed."""
@@ -168,23 +176,38 @@ class ModelKeeper:
     def report_change(self, model: Model, reason: str) -> None:
         """A guarded file of `model` changed (any thread): handle it once, on its own thread,
         since it waits for the worker to leave the model."""
+        self._report(model, reason, ModelFileChangedError(f"{reason}; the server stopped using it"))
+
+    def report_corrupt(self, model: Model, error: ModelCorruptError) -> None:
+        """`model` found damaged weights (any thread, the decoding one included)."""
+        self._report(model, str(error), ModelCorruptError(
+            f"{error}; the server stopped answering from this bundle until it is replaced"))
+
+    def _report(self, model: Model, reason: str, error: EdgemoeError) -> None:
         with self._lock:
             if id(model) in self._faulting or id(model) not in self._guards:
                 return
             self._faulting.add(id(model))
-        threading.Thread(target=self._fault, args=(model, reason), name="edgemoe-fault",
+        threading.Thread(target=self._fault, args=(model, reason, error), name="edgemoe-fault",
                          daemon=True).start()
 
-    def _fault(self, model: Model, reason: str) -> None:
+    def _fault(self, model: Model, reason: str, error: EdgemoeError) -> None:
         engine = self._state.running_engine
-        error = ModelFileChangedError(f"{reason}; the server stopped using it")
+        corrupt = isinstance(error, ModelCorruptError)
         current = engine is None or engine.model is model
         t0 = time.monotonic()
         if current:
-            self._fault_bundle = model.bundle.path
+            # Damaged weights: watch the bundle as it was given (a `pull` destination swaps its
+            # folder), and reload only once its files differ from the damaged ones.
+            given = model.bundle.opened_as if corrupt and model.bundle.opened_as else None
+            self._fault_bundle = given or model.bundle.path
             # The manifest too: a new model copied in may need its manifest to verify.
-            self._fault_paths = (*mapped_files(model), model.bundle.path / MANIFEST_NAME)
+            folder = given or model.bundle.path
+            self._fault_paths = (*(folder / p.name for p in mapped_files(model)),
+                                 folder / MANIFEST_NAME)
             self._fault_reason, self._settle, self._failed = reason, None, None
+            if corrupt:
+                self._failed = self._fingerprints()
             self.fault = error  # /health and every request say 503 with the reason from now
         log.error("%s: failing its requests and closing the model", reason)
         if engine is not None:
@@ -199,7 +222,10 @@ class ModelKeeper:
                     model.name, 1000 * (time.monotonic() - t0))
         if not current:
             return
-        if self._state.settings.on_model_change == "exit":
+        if corrupt:
+            log.warning("will reload %s once its files are replaced (fully verified)",
+                        self._fault_bundle)
+        elif self._state.settings.on_model_change == "exit":
             self._state.fatal(ModelFileChangedError(
                 f"{reason}; exiting as --on-model-change is 'exit'"))
         else:
@@ -311,10 +337,16 @@ class ModelKeeper:
         while not self._stop.wait(WATCH_INTERVAL_S):
             try:
                 self._check_all()
-                if self.fault is not None and self._state.settings.on_model_change == "reload":
+                if self.fault is not None and (
+                        isinstance(self.fault, ModelCorruptError)
+                        or self._state.settings.on_model_change == "reload"):
                     self._try_recover()
             except Exception:
                 log.exception("the model file watch failed")
+
+    def _fingerprints(self) -> tuple[Fingerprint, ...] | None:
+        probes = [probe(p, lease=self.leases) for p in self._fault_paths]
+        return tuple(fp for fp, _ in probes if fp is not None) or None
 
     def _try_recover(self) -> None:
         if self._reload_lock.locked() or self._loop is None or self._state.stopping:
@@ -342,7 +374,9 @@ class ModelKeeper:
             except Exception as e:
                 self._failed = key
                 detail = getattr(e, "message", None) or str(e)
-                self.fault = ModelFileChangedError(
+                kind = ModelCorruptError if isinstance(self.fault, ModelCorruptError) else \
+                    ModelFileChangedError
+                self.fault = kind(
                     f"{self._fault_reason}; the server stopped using it and will reload it "
                     f"once it is valid ({detail})")
                 return
