@@ -79,7 +79,9 @@ def test_no_server_errors(fuzz_schema, fuzz_server: RunningServer, method: str, 
         lambda c: name_the_model(*c))
 
     @given(case=strategy)
-    @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None,
+    # derandomize: the same cases every run, so how many reach the engine (checked below) is
+    # a property of the server, not of a draw or of how busy the machine is.
+    @settings(max_examples=MAX_EXAMPLES, deadline=None, database=None, derandomize=True,
               suppress_health_check=list(HealthCheck))
     def run(case) -> None:
         case.call_and_validate(base_url=fuzz_server.base_url, checks=[not_a_server_error],
