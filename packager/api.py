@@ -95,12 +95,11 @@ def _measured(inputs: PackInputs, model: Path, exported: Any) -> dict[str, Any]:
     if "gguf" in opened.formats:
         reports["gguf"] = _divergence_report(inputs, model)
     if exported is not None:
-        block = exported.block_size if exported.quant in ("int8", "int4") else None
         text = opts.eval_text or _default_eval_text()
         reports["onnx"] = {
             **onnx_stage.divergence(
                 inputs.checkpoint, exported.model_file, text, opts.eval_tokens, exported.quant,
-                block,
+                exported.scheme,
             ),
             "eval_text": "user" if opts.eval_text else _default_text_name(),
         }
@@ -154,7 +153,9 @@ def pack(opts: PackOptions, progress: Progress | None = None) -> PackResult:
         if opened.onnx_quant is not None:
             with _timed(seconds, "onnx"):
                 progress.stage(f"export ONNX ({opened.onnx_quant})", 1)
-                exported = onnx_stage.export(inputs.checkpoint, stage, opened.onnx_quant)
+                exported = onnx_stage.export(
+                    inputs.checkpoint, stage, opened.onnx_quant, inputs.prepared.imatrix
+                )
                 progress.advance()
         report = dict(prepared.report) or None
         if opened.reference:

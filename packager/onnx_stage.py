@@ -9,8 +9,11 @@ precision of the GGUF type (F16 -> fp16, Q8_0 -> int8, 4-6 bit types -> int4).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from contract.manifest import FORMATS, Build
 from packager.errors import PackError
@@ -53,11 +56,14 @@ def onnx_quant_for(quant: str, onnx_only: bool) -> str:
     return "int4"
 
 
-def export(ckpt: Checkpoint, stage: Path, quant: str) -> Any:
-    """Write the ONNX build into the staging folder; returns the export's record."""
+def export(
+    ckpt: Checkpoint, stage: Path, quant: str, imatrix: Mapping[str, np.ndarray] | None = None
+) -> Any:
+    """Write the ONNX build into the staging folder; returns the export's record. `imatrix`
+    (pack --imatrix, the same one the GGUF build gets) weights the int4 quantizer's error."""
     from packager.onnx_export import export_onnx
 
-    return export_onnx(ckpt.path, stage, quant=quant, block_size=BLOCK_SIZE)
+    return export_onnx(ckpt.path, stage, quant=quant, block_size=BLOCK_SIZE, importance=imatrix)
 
 
 def build_record(exported: Any) -> Build:
@@ -75,9 +81,10 @@ def build_record(exported: Any) -> Build:
 
 
 def divergence(
-    ckpt: Checkpoint, model: Path, text: str, n_tokens: int, quant: str, block: int | None
+    ckpt: Checkpoint, model: Path, text: str, n_tokens: int, quant: str, scheme: dict[str, Any]
 ) -> dict[str, Any]:
-    """The same report fields as the GGUF build's, measured through onnxruntime."""
+    """The same report fields as the GGUF build's, measured through onnxruntime, plus the
+    int schemes' block size and how scales and zero points were chosen."""
     from packager.fidelity import measure_onnx
 
     div = measure_onnx(ckpt.path, model, text, n_tokens=n_tokens)
@@ -87,6 +94,4 @@ def divergence(
         "eval_tokens": div.n_tokens,
         "divergence": div.to_dict(),
     }
-    if block is not None:
-        out["block_size"] = block
-    return out
+    return {**out, **scheme}

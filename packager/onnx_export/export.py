@@ -12,9 +12,12 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import onnx
 
 from contract.files import atomic_write_text
@@ -24,6 +27,7 @@ from packager.onnx_export.external_data import DataWriter, StackedInfo
 from packager.onnx_export.genai_config import genai_config
 from packager.onnx_export.model import OPSET, build_model
 from packager.onnx_export.moe import EXPERT_MODES
+from packager.onnx_export.precision import precision_for
 from packager.onnx_export.quant import scheme
 from packager.onnx_export.weights import DEQUANT_MODES, ExpertStack
 from packager.source import open_checkpoint
@@ -38,17 +42,18 @@ class OnnxExpertTensor:
     """One stacked expert tensor in the data file: expert e lives at [offset + e*stride, +stride).
 
     `stride` is page-aligned (4096); the first `used_bytes` of each stride are the expert's
-    matrix in the checkpoint's [out, in] layout (int8/int4: unsigned ``q + 2**(bits-1)``,
-    int4 two per byte; scales: float32 per block of the in axis); the rest is zero rows.
+    matrix in the checkpoint's [out, in] layout (int8/int4: unsigned codes, int4 two per byte;
+    scales: float32 per block of the in axis; zero points: uint8, int4 two per byte, see
+    quant.py); the rest is zero rows.
     """
 
     name: str
-    dtype: str  # stored element type: float32, float16, uint8 (int8, or int4 nibble pairs)
+    dtype: str  # stored element type: float32, float16, uint8 (codes or zero points)
     offset: int
     stride: int
     used_bytes: int
     n_experts: int
-    role: str  # "gate_up", "down", "gate_up.scales", "down.scales"
+    role: str  # "gate_up", "down", and when quantized "<role>.scales", "<role>.zero_points"
 
     def to_contract(self) -> ExpertTensor:
         return ExpertTensor(self.name, self.dtype, self.offset, self.stride)
@@ -89,6 +94,7 @@ class OnnxExport:
     kv_layout: tuple[int, int, int]  # (heads, key dim, value dim) of past_key_values.*
     expert_mode: str
     dequant: str
+    scheme: dict[str, Any]  # block size and how scales/zero points were chosen ({} for float)
 
     @property
     def expert_bytes_total(self) -> int:
@@ -103,14 +109,19 @@ def export_onnx(
     *,
     expert_mode: str = "unique",
     dequant: str = "gbq",
+    method: str = "search",
+    importance: Mapping[str, np.ndarray] | None = None,
 ) -> OnnxExport:
     """Export a local HF MoE checkpoint to ONNX that stock onnxruntime runs on CPU.
 
-    `quant`: fp32 | fp16 | int8 | int4 (block-wise symmetric absmax, `block_size` values per
-    scale). `expert_mode` and `dequant` choose between measured graph layouts of the expert
+    `quant`: fp32 | fp16 | int8 | int4 (block-wise asymmetric, `block_size` values per scale
+    and zero point; `method` chooses int4's codes, see quant.py; int4 keeps Q4_K_M's wider
+    tensors at 8 bits, see precision.py). `importance`: llama.cpp's importance matrix (GGUF
+    tensor name -> per-column values, `packager.imatrix`) to weight int4's error by.
+    `expert_mode` and `dequant` choose between measured graph layouts of the expert
     computation (see moe.py and weights.py); the defaults are the faster ones on CPU.
     """
-    q = scheme(quant, block_size)
+    q = scheme(quant, block_size, method)
     if expert_mode not in EXPERT_MODES:
         raise PackError(f"expert_mode '{expert_mode}' is not one of {EXPERT_MODES}")
     if dequant not in DEQUANT_MODES:
@@ -122,11 +133,12 @@ def export_onnx(
     from packager.families import family_for  # the families' ONNX hooks import this package
 
     fam = family_for(ckpt.config).onnx(ckpt)
+    plan = precision_for(q.bits, ckpt.config, fam.n_layers, fam.n_experts, importance)
     out_dir.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".onnx-export-", dir=out_dir))
     writer = DataWriter(stage / DATA_FILE, DATA_FILE)
     try:
-        built = build_model(ckpt, fam, writer, q, expert_mode, dequant)
+        built = build_model(ckpt, fam, writer, q, expert_mode, dequant, plan)
         writer.close()
         onnx.save_model(built.model, str(stage / MODEL_FILE))
         gen_path = checkpoint_dir / "generation_config.json"
@@ -162,14 +174,12 @@ def export_onnx(
         kv_layout=fam.kv_layout(),
         expert_mode=expert_mode,
         dequant=dequant,
+        scheme=q.describe(calibrated=plan.calibrated),
     )
 
 
 def _tables(stack: ExpertStack, role: str) -> list[OnnxExpertTensor]:
-    out = [_entry(stack.values, role)]
-    if stack.scales is not None:
-        out.append(_entry(stack.scales, f"{role}.scales"))
-    return out
+    return [_entry(info, role + suffix) for info, suffix in stack.tensors()]
 
 
 def _entry(info: StackedInfo, role: str) -> OnnxExpertTensor:

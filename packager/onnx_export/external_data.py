@@ -43,7 +43,8 @@ def _align(n: int, to: int = PAGE) -> int:
 
 @dataclass(frozen=True)
 class StackedInfo:
-    """Where one stacked expert tensor landed: expert e is [offset + e*stride, +stride)."""
+    """Where one stacked expert tensor landed: expert e is [offset + e*stride, +stride), its
+    first `used_bytes` the expert's rows and the rest zero rows."""
 
     name: str
     dtype: str  # numpy name of the stored element type
@@ -95,14 +96,18 @@ class DataWriter:
         return self._proto(name, a.dtype, list(a.shape), offset, a.nbytes)
 
     def add_stacked(
-        self, name: str, mats: Iterable[np.ndarray], n_rows: int, rows: int | None = None
+        self,
+        name: str,
+        mats: Iterable[np.ndarray],
+        n_rows: int,
+        rows: int | None = None,
     ) -> tuple[TensorProto, StackedInfo]:
-        """Write one expert matrix [R, C] per row of the stack, padded to whole pages.
+        """Write one expert matrix [R, C] per expert, padded to whole pages.
 
         Padding is whole zero rows (R is rounded up so R*C bytes is a multiple of 4096, or to
-        `rows` when a companion tensor must agree), so the stored tensor stays a 3-D
-        [n, R_padded, C] that Gather-style kernels index directly. `mats` is consumed lazily:
-        only one expert is in memory at a time.
+        `rows` when a companion tensor must agree). The tensor is declared 2-D,
+        [n * R_padded, C]: a gather picks an expert's real rows one by one and never touches
+        its padding. `mats` is consumed lazily: only one expert is in memory at a time.
         """
         self._check_open()
         offset = self._seek_aligned()
@@ -128,7 +133,7 @@ class DataWriter:
         self._f.truncate(end)
         self._f.seek(end)
         self.bytes_written += used * count
-        dims = [count, stride * first.shape[0] // used, *first.shape[1:]]
+        dims = [count * (stride * first.shape[0] // used), *first.shape[1:]]
         proto = self._proto(name, first.dtype, dims, offset, count * stride)
         info = StackedInfo(name, first.dtype.name, offset, stride, count, tuple(first.shape), used)
         return proto, info

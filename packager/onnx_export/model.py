@@ -17,6 +17,7 @@ from packager.onnx_export.blocks import Context, causal_mask, rotary
 from packager.onnx_export.external_data import DataWriter
 from packager.onnx_export.graph import MS_DOMAIN, Graph, Scope
 from packager.onnx_export.moe import LayerStacks, moe_experts
+from packager.onnx_export.precision import Precision
 from packager.onnx_export.quant import QuantScheme
 from packager.onnx_export.weights import Weights
 from packager.source import Checkpoint
@@ -46,9 +47,10 @@ def build_model(
     quant: QuantScheme,
     expert_mode: str = "unique",
     dequant: str = "dq",
+    precision: Precision | None = None,
 ) -> BuiltModel:
     g = Graph()
-    w = Weights(ckpt, g, writer, quant, dequant)
+    w = Weights(ckpt, g, writer, quant, dequant, precision)
     kv_heads, k_dim, v_dim = fam.kv_layout()
     g.add_input("input_ids", TensorProto.INT64, [1, S])
     g.add_input("attention_mask", TensorProto.INT64, [1, T])
@@ -85,7 +87,8 @@ def build_model(
 
     h = root.rms_norm(h, w.vector("model.norm.weight"), fam.eps, "norm")
     head = "lm_head.weight" if w.has("lm_head.weight") else "model.embed_tokens.weight"
-    # Under int4 the LM head stays 8-bit (llama.cpp's Q4 mixes keep the output tensor wider).
+    # Under int4 the LM head stays 8-bit (llama.cpp's Q4 mixes keep the output tensor wider),
+    # also when it is the tied embedding table.
     logits = w.linear(root.child("lm_head"), h, head, bits=8 if quant.bits == 4 else None)
 
     g.add_output("logits", logits, TensorProto.FLOAT, [1, S, fam.vocab])

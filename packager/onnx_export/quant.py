@@ -1,75 +1,238 @@
-"""Block-wise symmetric weight quantization for the ONNX export (pure numpy, no onnx).
+"""Block-wise asymmetric weight quantization for the ONNX export: one layout, two quantizers.
 
-One layout serves both consumers: a checkpoint matrix [out=N, in=K] is quantized in blocks
-along K (the reduction axis) and stored row-major as unsigned ``q + 2**(bits-1)`` (int4: two
-values per byte, element ``2i`` in the low nibble) with one float32 scale per (row, block). That
-is exactly the layout of onnxruntime's ``MatMulNBits`` (dense, constant weights) and of
-``GatherBlockQuantized`` (experts gathered per token), both with their default zero point, and
-the blocked ``DequantizeLinear`` path reads the same bytes with an explicit zero point.
+A checkpoint matrix [out=N, in=K] is quantized in blocks of `block` values along K (the
+reduction axis): ``w ~ (q - z) * s`` with unsigned codes ``q`` in [0, 2**bits - 1], one float32
+scale ``s`` and one integer zero point ``z`` per (row, block). Codes are stored row-major (int4:
+two per byte, element ``2i`` in the low nibble); zero points are packed the same way along the
+row's blocks (int4: ``ceil(n_blocks / 2)`` bytes per row, int8: one byte per block). That is
+onnxruntime's own layout for ``MatMulNBits`` (dense matrices) and for ``GatherBlockQuantized``
+over uint8 data (experts, gathered per token), so both kernels read the same bytes.
 
-Scales are plain absmax per block (no calibration): ``q = round(w / s)`` with
-``s = absmax / qmax`` (qmax 127 or 7), so values lie in [-qmax, qmax].
+Two ways to choose (s, z), measured against each other in the package README:
+
+* ``rtn``: onnxruntime's quantizer (``quantize_matmul_{4,8}bits``, the C++ routine behind
+  ``MatMulNBitsQuantizer``'s default config): the block's [min, max] (widened to hold 0) split
+  into 2**bits - 1 steps, round to nearest.
+* ``search``: the same grid, then a search over narrower ranges (clipping the block's extremes)
+  that keeps, per block, the (s, z) with the least *weighted* squared error, as llama.cpp's
+  K-quants do. Weights are the importance of each input column (the mean squared activation it
+  meets on calibration text, llama.cpp's importance matrix) times a term that favours large
+  weights; without an importance matrix, columns count equally. onnxruntime's quantizers take
+  no per-column importance, hence this one.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from packager.errors import PackError
 
 QUANTS: tuple[str, ...] = ("fp32", "fp16", "int8", "int4")
-_QMAX = {8: 127, 4: 7}
+METHODS: tuple[str, ...] = ("search", "rtn")
+_BITS = {"int8": 8, "int4": 4}
+# Candidate ranges for `search`: the block's span divided by (levels - 1 + step * i).
+_STEPS = np.arange(-0.5, 2.5001, 0.25)
+_SHIFTS = (-1, 0, 1)
 
 
 @dataclass(frozen=True)
 class QuantScheme:
-    """A validated quant preset: how experts and dense matrices are stored."""
+    """A validated quant preset: how experts and dense matrices are stored.
+
+    `method` chooses the 4-bit codes; 8-bit matrices (int8, and int4's 8-bit exceptions) are
+    always onnxruntime's round to nearest, which measured as good as any search at 8 bits.
+    """
 
     name: str
     bits: int | None  # None: float storage
     block_size: int
+    method: str = "search"
 
     @property
     def is_int(self) -> bool:
         return self.bits is not None
 
+    def method_for(self, bits: int) -> str:
+        return self.method if bits == 4 else "rtn"
 
-def scheme(name: str, block_size: int) -> QuantScheme:
-    """Validate a quant name and block size at the edge; errors list what is accepted."""
+    def describe(self, calibrated: bool) -> dict[str, Any]:
+        """What report.json says about the scheme (nothing for float storage)."""
+        if self.bits is None:
+            return {}
+        out: dict[str, Any] = {
+            "block_size": self.block_size,
+            "scheme": "asymmetric: float32 scale and integer zero point per block",
+            "codes": "round to nearest (onnxruntime quantize_matmul_8bits)",
+        }
+        if self.bits == 4:
+            out["codes"] = (
+                "round to nearest (onnxruntime quantize_matmul_4bits)" if self.method == "rtn"
+                else "least squared error over clipped ranges, "
+                + ("weighted by the importance matrix" if calibrated else "unweighted")
+            )  # fmt: skip
+            out["wider"] = (
+                "8 bits where llama.cpp's Q4_K_M gives a tensor more than 4: the output head, "
+                "attn_v and ffn_down in its use_more_bits layers, attn_k/attn_v/attn_output "
+                "in 8-expert models"
+            )
+        return out
+
+
+def scheme(name: str, block_size: int, method: str = "search") -> QuantScheme:
+    """Validate a quant name, block size and method at the edge; errors list what is accepted."""
     if name not in QUANTS:
         raise PackError(f"quant '{name}' is not supported for ONNX; choose one of {QUANTS}")
     if block_size < 16 or block_size & (block_size - 1):
         raise PackError(f"block_size must be a power of two >= 16 (MatMulNBits), got {block_size}")
-    bits = {"int8": 8, "int4": 4}.get(name)
-    return QuantScheme(name, bits, block_size)
+    if method not in METHODS:
+        raise PackError(f"quant method '{method}' is not one of {METHODS}")
+    return QuantScheme(name, _BITS.get(name), block_size, method)
 
 
 @dataclass(frozen=True)
-class NBitsWeight:
+class BlockQuantized:
     """A [N, K] matrix in MatMulNBits / GatherBlockQuantized layout."""
 
     packed: np.ndarray  # uint8 [N, n_blocks, block * bits / 8]
-    scales: np.ndarray  # float32 [N * n_blocks]
+    scales: np.ndarray  # float32 [N, n_blocks]
+    zero_points: np.ndarray  # uint8 [N, ceil(n_blocks * bits / 8)]
+    bits: int
+    block: int
     k: int
-    n: int
+
+    @property
+    def n(self) -> int:
+        return int(self.packed.shape[0])
 
 
-def matmul_nbits(w: np.ndarray, bits: int, block: int) -> NBitsWeight:
-    """Quantize a checkpoint matrix [out=N, in=K] in blocks along K (zero-padded to blocks)."""
+def quantize(
+    w: np.ndarray,
+    bits: int,
+    block: int,
+    importance: np.ndarray | None = None,
+    method: str = "search",
+) -> BlockQuantized:
+    """Quantize a checkpoint matrix [out=N, in=K] in blocks along K.
+
+    `importance` is one non-negative value per input column (length K); K must be a whole
+    number of blocks. Raises PackError on shapes or values the layout cannot hold.
+    """
     w = np.asarray(w, dtype=np.float32)
+    _check(w, bits, block, importance, method)
     n, k = w.shape
-    pad = (-k) % block
-    if pad:
-        w = np.concatenate([w, np.zeros((n, pad), np.float32)], axis=1)
-    blocks = w.reshape(n, -1, block)
-    absmax = np.abs(blocks).max(axis=-1, keepdims=True)
-    scale = (absmax / _QMAX[bits]).astype(np.float32)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        q = np.where(scale > 0, np.rint(blocks / np.where(scale > 0, scale, 1)), 0)
-    offset = 1 << (bits - 1)
-    u = (np.clip(q, -offset, offset - 1) + offset).astype(np.uint8)
-    if bits == 4:
-        u = (u[..., 0::2] | (u[..., 1::2] << 4)).astype(np.uint8)
-    return NBitsWeight(np.ascontiguousarray(u), scale.reshape(-1), k, n)
+    if method == "rtn":
+        return _rtn(w, bits, block)
+    blocks = w.reshape(n, k // block, block)
+    if importance is None:
+        weights = np.ones_like(blocks)
+    else:
+        imp = np.asarray(importance, dtype=np.float32).reshape(1, k // block, block)
+        # llama.cpp's K-quant weighting: importance times sqrt(sigma^2 + w^2), so that within
+        # a column the large weights (which dominate the product) are fitted closest.
+        sigma2 = (blocks**2).mean(axis=-1, keepdims=True)
+        weights = np.maximum(imp, 0) * np.sqrt(sigma2 + blocks**2)
+        # A column the calibration never excited still counts a little, not zero.
+        weights = weights + 1e-6 * weights.mean(axis=-1, keepdims=True) + 1e-30
+    q, scale, zero = _search(blocks, weights, (1 << bits) - 1)
+    packed = _pack(q.reshape(n, k), bits).reshape(n, k // block, block * bits // 8)
+    return BlockQuantized(packed, scale, _pack(zero, bits), bits, block, k)
+
+
+def dequantize(bq: BlockQuantized) -> np.ndarray:
+    """The float32 [N, K] matrix the kernels compute with: (q - z) * s."""
+    q = _unpack(bq.packed.reshape(bq.n, -1), bq.bits, bq.k).reshape(bq.n, -1, bq.block)
+    z = _unpack(bq.zero_points, bq.bits, bq.k // bq.block)
+    return ((q - z[..., None]) * bq.scales[..., None]).reshape(bq.n, bq.k).astype(np.float32)
+
+
+def _check(w: np.ndarray, bits: int, block: int, importance: Any, method: str) -> None:
+    if bits not in (4, 8):
+        raise PackError(f"quantization to {bits} bits is not supported (4 or 8)")
+    if method not in METHODS:
+        raise PackError(f"quant method '{method}' is not one of {METHODS}")
+    if w.ndim != 2 or 0 in w.shape:
+        raise PackError(f"expected a non-empty [out, in] matrix, got shape {w.shape}")
+    if w.shape[1] % block:
+        raise PackError(f"input size {w.shape[1]} is not a multiple of block_size {block}")
+    if not np.isfinite(w).all():
+        raise PackError("the matrix holds NaN or infinite values; it cannot be quantized")
+    if importance is not None:
+        imp = np.asarray(importance)
+        if imp.shape != (w.shape[1],):
+            raise PackError(f"importance has shape {imp.shape}, expected ({w.shape[1]},)")
+        if not np.isfinite(imp).all() or (imp < 0).any():
+            raise PackError("importance must be finite and non-negative")
+
+
+def _rtn(w: np.ndarray, bits: int, block: int) -> BlockQuantized:
+    """onnxruntime's own asymmetric round-to-nearest (it takes the matrix as [K, N])."""
+    from onnxruntime.capi._pybind_state import quantize_matmul_4bits, quantize_matmul_8bits
+
+    n, k = w.shape
+    nb = k // block
+    packed = np.zeros((n, nb, block * bits // 8), np.uint8)
+    zero = np.zeros((n, (nb * bits + 7) // 8), np.uint8)
+    scales = np.zeros((n, nb), np.float32)
+    fn = quantize_matmul_4bits if bits == 4 else quantize_matmul_8bits
+    fn(packed, np.ascontiguousarray(w.T), scales, zero, block, n, k, False)
+    return BlockQuantized(packed, scales, zero, bits, block, k)
+
+
+def _search(
+    x: np.ndarray, wt: np.ndarray, qmax: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per block of x [..., B]: integer codes, float32 scale and integer zero point that
+    minimise sum(wt * ((q - z) * s - x)^2), over candidate ranges [lo, hi] ⊇ {0}.
+
+    For fixed codes the best scale is num / den (num = sum(wt c x), den = sum(wt c^2),
+    c = q - z) and the error is sum(wt x^2) - num^2 / den, so each candidate costs one
+    rounding pass and the codes are rounded once more at the end, for the winner.
+    """
+    lo = np.minimum(x.min(axis=-1, keepdims=True), 0)
+    hi = np.maximum(x.max(axis=-1, keepdims=True), 0)
+    span = hi - lo
+    flat = span <= 0  # an all-zero block: scale 1, codes at the zero point 0
+    span = np.where(flat, np.float32(1), span)
+    best_gain = np.full(lo.shape, -np.inf, np.float32)
+    best_s = span / qmax
+    best_z = np.zeros(lo.shape, np.float32)
+    c = np.empty_like(x)
+    for step in _STEPS:
+        s = span / np.float32(qmax + step)
+        for shift in _SHIFTS:
+            z = np.clip(np.rint(-lo / s) + shift, 0, qmax)
+            np.clip(np.rint(x / s + z, out=c), 0, qmax, out=c)
+            c -= z
+            wc = wt * c
+            num = (wc * x).sum(axis=-1, keepdims=True)
+            den = (wc * c).sum(axis=-1, keepdims=True)
+            ok = (den > 0) & (num > 0)
+            gain = np.where(ok, num * num / np.where(ok, den, 1), -np.inf)
+            better = gain > best_gain
+            best_gain = np.where(better, gain, best_gain)
+            best_s = np.where(better, num / np.where(ok, den, 1), best_s)
+            best_z = np.where(better, z, best_z)
+    best_s = np.where(flat, np.float32(1), best_s)
+    best_z = np.where(flat, np.float32(0), best_z)
+    q = np.clip(np.rint(x / best_s + best_z), 0, qmax)
+    return q.astype(np.uint8), best_s[..., 0].astype(np.float32), best_z[..., 0].astype(np.uint8)
+
+
+def _pack(codes: np.ndarray, bits: int) -> np.ndarray:
+    """uint8 codes [N, M] -> bytes [N, ceil(M * bits / 8)], element 2i in the low nibble."""
+    u = np.ascontiguousarray(codes, dtype=np.uint8)
+    if bits == 8:
+        return u
+    if u.shape[-1] % 2:
+        u = np.concatenate([u, np.zeros((*u.shape[:-1], 1), np.uint8)], axis=-1)
+    return np.ascontiguousarray(u[..., 0::2] | (u[..., 1::2] << 4))
+
+
+def _unpack(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
+    if bits == 8:
+        return packed[..., :count].astype(np.float32)
+    both = np.stack([packed & 15, packed >> 4], axis=-1).reshape(*packed.shape[:-1], -1)
+    return both[..., :count].astype(np.float32)

@@ -1,12 +1,15 @@
 """How checkpoint tensors become graph values under a quant scheme: dense, vectors, experts.
 
-Dense matrices are constants, so int8/int4 use onnxruntime's ``MatMulNBits`` (prepacked and
-fast on CPU); fp16 stores half precision and casts at use. Expert stacks cannot be constants
-(they are gathered per token), so each expert is stored in the checkpoint's own [out, in]
-layout, padded with zero rows to whole pages, and decoded *after* the gather: fp16 is cast;
-int8/int4 go through ``GatherBlockQuantized`` (gather + dequantize in one onnxruntime kernel,
-the default) or standard Gather + nibble unpack + blocked ``DequantizeLinear`` (ONNX Gather
-refuses int4 tensors, so nibbles travel as uint8). Both read the same bytes.
+Dense matrices are constants, so int8/int4 use onnxruntime's ``MatMulNBits`` with zero points
+(prepacked and fast on CPU); fp16 stores half precision and casts at use. Expert stacks cannot
+be constants (they are gathered per token), so each expert is stored in the checkpoint's own
+[out, in] layout, padded with zero rows to whole pages, and the stack is declared as one 2-D
+tensor of rows [n_experts * padded_rows, in]: a gather picks only the chosen experts' real rows
+(never the padding), then fp16 is cast, and int8/int4 go through ``GatherBlockQuantized``
+(gather + dequantize in one onnxruntime kernel, the default) or standard Gather + nibble unpack
++ blocked ``DequantizeLinear`` (ONNX Gather refuses int4 tensors, so nibbles travel as uint8).
+Both read the same bytes: codes, float32 scales and packed zero points, each its own stacked
+tensor whose experts are page-aligned.
 """
 
 from __future__ import annotations
@@ -21,7 +24,8 @@ from onnx import TensorProto
 from packager.errors import PackError
 from packager.onnx_export.external_data import PAGE, DataWriter, StackedInfo
 from packager.onnx_export.graph import MS_DOMAIN, Graph, Scope
-from packager.onnx_export.quant import QuantScheme, matmul_nbits
+from packager.onnx_export.precision import Precision
+from packager.onnx_export.quant import QuantScheme, quantize
 from packager.source import Checkpoint
 
 # Expert decoding measured against each other: onnxruntime's fused GatherBlockQuantized, or
@@ -31,11 +35,21 @@ DEQUANT_MODES = ("gbq", "dq")
 
 @dataclass(frozen=True)
 class ExpertStack:
-    """One stacked expert matrix as stored: logical [in, out] per expert, plus its scales."""
+    """One stacked expert matrix as stored, plus its scales and zero points when quantized."""
 
     values: StackedInfo
     scales: StackedInfo | None
+    zero_points: StackedInfo | None
     shape: tuple[int, int]  # per expert, [out, in] as in the checkpoint
+    rows: int  # stored rows per expert: `shape[0]` plus the page padding
+    bits: int | None  # None: float storage
+
+    def tensors(self) -> list[tuple[StackedInfo, str]]:
+        """(tensor, role suffix) in manifest order: values, then scales, then zero points."""
+        out = [(self.values, "")]
+        if self.scales is not None and self.zero_points is not None:
+            out += [(self.scales, ".scales"), (self.zero_points, ".zero_points")]
+        return out
 
 
 class Weights:
@@ -48,12 +62,14 @@ class Weights:
         writer: DataWriter,
         quant: QuantScheme,
         dequant: str = "gbq",
+        precision: Precision | None = None,
     ) -> None:
         self.ckpt = ckpt
         self.g = graph
         self.w = writer
         self.q = quant
         self.dequant = dequant
+        self.precision = precision or Precision(quant.bits)
         self.dense_bytes = 0
         self._cache: dict[str, str] = {}
 
@@ -63,6 +79,12 @@ class Weights:
     def _add(self, name: str, array: np.ndarray) -> str:
         self.dense_bytes += array.nbytes
         return self.g.add_initializer(self.w.add(name, array))
+
+    def _quantize(self, name: str, w: np.ndarray, bits: int, imp: np.ndarray | None):
+        try:
+            return quantize(w, bits, self.q.block_size, imp, self.q.method_for(bits))
+        except PackError as e:
+            raise PackError(f"{name}: {e}") from None
 
     # ----- dense ----------------------------------------------------------------------
     def vector(self, name: str) -> str:
@@ -92,17 +114,19 @@ class Weights:
         """y = x @ W.T (+ b) for a checkpoint matrix W [out, in].
 
         `keep_fp32` is for routers and gates whose argmax must not move; `bits` overrides the
-        scheme (the LM head stays 8-bit under int4, as llama.cpp keeps its output tensor wider).
+        width the precision plan gives the matrix.
         """
         w = self.ckpt.read(name)
-        nbits = None if keep_fp32 else (bits or self.q.bits)
+        planned, imp = self.precision.dense(name)
+        nbits = None if keep_fp32 else (bits or planned)
         if nbits is not None:
-            nb = matmul_nbits(w, nbits, self.q.block_size)
-            packed = self._add(f"{name}.q{nbits}", nb.packed)
-            scales = self._add(f"{name}.scales", nb.scales)
+            bq = self._quantize(name, w, nbits, imp)
+            packed = self._add(f"{name}.q{nbits}", bq.packed)
+            scales = self._add(f"{name}.scales", bq.scales)
+            zeros = self._add(f"{name}.zero_points", bq.zero_points)
             y = s.op(
-                "MatMulNBits", [x, packed, scales], "MatMulNBits", domain=MS_DOMAIN,
-                K=nb.k, N=nb.n, bits=nbits, block_size=self.q.block_size,
+                "MatMulNBits", [x, packed, scales, zeros], "MatMulNBits", domain=MS_DOMAIN,
+                K=bq.k, N=bq.n, bits=nbits, block_size=self.q.block_size,
             )  # fmt: skip
         elif self.q.name == "fp16" and not keep_fp32:
             half = self._add(f"{name}.T.fp16", np.ascontiguousarray(w.T.astype(np.float16)))
@@ -130,68 +154,82 @@ class Weights:
 
         if not self.q.is_int:
             dtype = np.float32 if self.q.name == "fp32" else np.float16
-            proto, info = self.w.add_stacked(name, (m.astype(dtype) for m in mats()), n_experts)
+            rows = _common_rows(out_dim, (in_dim * np.dtype(dtype).itemsize,))
+            proto, info = self.w.add_stacked(
+                name, (m.astype(dtype) for m in mats()), n_experts, rows
+            )
             self.g.add_initializer(proto)
-            return ExpertStack(info, None, (out_dim, in_dim))
-        bits, bs = self.q.bits or 8, self.q.block_size
+            return ExpertStack(info, None, None, (out_dim, in_dim), rows, None)
+        bits, imp = self.precision.experts(name, n_experts, in_dim)
+        assert bits is not None
+        bs = self.q.block_size
         if in_dim % bs:
             raise PackError(f"{name}: input size {in_dim} is not a multiple of block_size {bs}")
-        # Values and scales must keep the same (padded) row count for GatherBlockQuantized.
-        rows = _common_rows(out_dim, (in_dim * bits // 8, in_dim // bs * 4))
-        scales: list[np.ndarray] = []
+        n_blocks = in_dim // bs
+        # Codes, scales and zero points keep one (padded) row count, as the kernels require.
+        rows = _common_rows(out_dim, (in_dim * bits // 8, n_blocks * 4, -(-n_blocks * bits // 8)))
+        params: list[tuple[np.ndarray, np.ndarray]] = []  # (scales, zero points) per expert
 
-        def values() -> Iterator[np.ndarray]:
-            for m in mats():
-                nb = matmul_nbits(m, bits, bs)
-                scales.append(nb.scales.reshape(out_dim, -1))
-                yield nb.packed.reshape(out_dim, -1)
+        def codes() -> Iterator[np.ndarray]:
+            for e, m in enumerate(mats()):
+                bq = self._quantize(f"{name}[{e}]", m, bits, None if imp is None else imp[e])
+                params.append((bq.scales, bq.zero_points))
+                yield bq.packed.reshape(out_dim, -1)
 
-        proto, info = self.w.add_stacked(f"{name}.q{bits}", values(), n_experts, rows)
-        self.g.add_initializer(proto)
-        sproto, sinfo = self.w.add_stacked(f"{name}.scales", iter(scales), n_experts, rows)
-        self.g.add_initializer(sproto)
-        return ExpertStack(info, sinfo, (out_dim, in_dim))
+        stored = [self.w.add_stacked(f"{name}.q{bits}", codes(), n_experts, rows)]
+        for i, suffix in enumerate((".scales", ".zero_points")):
+            arrays = (p[i] for p in params)
+            stored.append(self.w.add_stacked(f"{name}{suffix}", arrays, n_experts, rows))
+        for proto, _ in stored:
+            self.g.add_initializer(proto)
+        info = [i for _, i in stored]
+        return ExpertStack(info[0], info[1], info[2], (out_dim, in_dim), rows, bits)
 
     def gather_experts(self, s: Scope, stack: ExpertStack, ids: str) -> str:
-        """The chosen experts' matrices as float [len(ids), out, in]."""
+        """The chosen experts' matrices as float [len(ids), out, in].
+
+        Rows are gathered, not experts: row r of expert e is row e * rows + r of the stored
+        2-D stack, so padding rows are never read, copied or dequantized.
+        """
         out_dim, in_dim = stack.shape
-        if not self.q.is_int:
-            mat = self._unpad(s, s.op("Gather", [stack.values.name, ids], "Gather", axis=0),
-                              stack, "Unpad")  # fmt: skip
+        rows = s.op(
+            "Add", [s.op("Mul", [s.unsqueeze(ids, [1], "IdsCol"), s.const(stack.rows)], "RowBase"),
+                    s.const(np.arange(out_dim, dtype=np.int64)[None, :])],
+            "RowIds",
+        )  # fmt: skip
+        if stack.bits is None:
+            mat = s.op("Gather", [stack.values.name, rows], "Gather", axis=0)
             if self.q.name == "fp16":
                 mat = s.op("Cast", [mat], "Cast", to=TensorProto.FLOAT)
             return mat
-        assert stack.scales is not None
-        bits, bs = self.q.bits or 8, self.q.block_size
+        assert stack.scales is not None and stack.zero_points is not None
+        bits, bs = stack.bits, self.q.block_size
         if self.dequant == "gbq":
-            mat = s.op(
-                "GatherBlockQuantized", [stack.values.name, ids, stack.scales.name],
+            return s.op(
+                "GatherBlockQuantized",
+                [stack.values.name, rows, stack.scales.name, stack.zero_points.name],
                 "GatherBlockQuantized", domain=MS_DOMAIN, bits=bits, block_size=bs,
-                gather_axis=0, quantize_axis=2,
+                gather_axis=0, quantize_axis=1,
             )  # fmt: skip
-            return self._unpad(s, mat, stack, "Unpad")
-        vals = s.op("Gather", [stack.values.name, ids], "values/Gather", axis=0)
-        vals = self._unpad(s, vals, stack, "values/Unpad")
-        sc = s.op("Gather", [stack.scales.name, ids], "scales/Gather", axis=0)
-        sc = self._unpad(s, sc, stack, "scales/Unpad")
+        vals = s.op("Gather", [stack.values.name, rows], "values/Gather", axis=0)
+        sc = s.op("Gather", [stack.scales.name, rows], "scales/Gather", axis=0)
+        zp = s.op("Gather", [stack.zero_points.name, rows], "zero_points/Gather", axis=0)
         if bits == 4:
-            lo = s.op("BitwiseAnd", [vals, s.const(15, np.uint8)], "unpack/Low")
-            hi = s.op("BitShift", [vals, s.const(4, np.uint8)], "unpack/High", direction="RIGHT")
-            pairs = s.op(
-                "Concat", [s.unsqueeze(lo, [-1], "unpack/LowCol"),
-                           s.unsqueeze(hi, [-1], "unpack/HighCol")],
-                "unpack/Interleave", axis=-1,
-            )  # fmt: skip
-            vals = s.reshape(pairs, [0, 0, in_dim], "unpack/Reshape")
-        zp = s.op("Expand", [s.const(1 << (bits - 1), np.uint8), s.op("Shape", [sc], "zp/Shape")],
-                  "zp/Expand")  # fmt: skip
+            vals = _unpack_nibbles(s.child("values"), vals, in_dim)
+            zp = _unpack_nibbles(s.child("zero_points"), zp, in_dim // bs)
         return s.op("DequantizeLinear", [vals, sc, zp], "DequantizeLinear", axis=2, block_size=bs)
 
-    def _unpad(self, s: Scope, x: str, stack: ExpertStack, name: str) -> str:
-        """Drop the zero rows that pad each expert to whole pages."""
-        out_dim = stack.shape[0]
-        stored_rows = stack.values.stride * out_dim // stack.values.used_bytes
-        return x if stored_rows == out_dim else s.slice(x, 0, out_dim, 1, name)
+
+def _unpack_nibbles(s: Scope, packed: str, count: int) -> str:
+    """uint8 [n, rows, m] -> [n, rows, count] of 4-bit values, low nibble first."""
+    lo = s.op("BitwiseAnd", [packed, s.const(15, np.uint8)], "unpack/Low")
+    hi = s.op("BitShift", [packed, s.const(4, np.uint8)], "unpack/High", direction="RIGHT")
+    pairs = s.op(
+        "Concat", [s.unsqueeze(lo, [-1], "unpack/LowCol"), s.unsqueeze(hi, [-1], "unpack/HighCol")],
+        "unpack/Interleave", axis=-1,
+    )  # fmt: skip
+    both = s.reshape(pairs, [0, 0, -1], "unpack/Reshape")
+    return s.slice(both, 0, count, 2, "unpack/Count") if count % 2 else both
 
 
 def _common_rows(rows: int, row_bytes: tuple[int, ...]) -> int:

@@ -18,7 +18,7 @@ from edgemoe_fixtures.corpus import heldout_text
 from packager.errors import PackError, UnsupportedArchitectureError
 from packager.fidelity import token_chunks
 from packager.onnx_export import OPSET, export_onnx
-from packager.onnx_export.quant import matmul_nbits
+from packager.onnx_export.quant import quantize
 from packager.source import open_checkpoint
 from tests.conftest import ARCH_FIXTURES
 
@@ -218,11 +218,12 @@ def _expert_matrices(ckpt, name: str, layer: int, e: int) -> tuple[np.ndarray, n
     return np.concatenate([g, u], axis=0), d  # the checkpoint's [out, in], gate rows first
 
 
-def _stored(mat: np.ndarray, quant: str) -> dict[str, bytes]:
-    if quant == "fp32":
+def _stored(mat: np.ndarray, bits: int | None) -> dict[str, bytes]:
+    if bits is None:
         return {"": mat.astype(np.float32).tobytes()}
-    nb = matmul_nbits(mat, 4 if quant == "int4" else 8, 32)
-    return {"": nb.packed.tobytes(), ".scales": nb.scales.tobytes()}
+    bq = quantize(mat, bits, 32, None, "search" if bits == 4 else "rtn")
+    return {"": bq.packed.tobytes(), ".scales": bq.scales.tobytes(),
+            ".zero_points": bq.zero_points.tobytes()}  # fmt: skip
 
 
 @pytest.mark.parametrize("quant", ["fp32", "int4"])
@@ -231,17 +232,21 @@ def test_expert_table_points_at_each_experts_bytes(name, quant, exported, fixtur
     x = exported(name, quant)
     ckpt = open_checkpoint(fixture_checkpoint(name))
     data = x.data_file.read_bytes()
-    assert x.expert_layers and all(len(layer.tensors) == (2 if quant == "fp32" else 4)
+    assert x.expert_layers and all(len(layer.tensors) == (2 if quant == "fp32" else 6)
                                    for layer in x.expert_layers)  # fmt: skip
     for layer in x.expert_layers:
         for t in layer.tensors:
             assert t.offset % 4096 == 0 and t.stride % 4096 == 0 and t.used_bytes <= t.stride
             assert t.offset + t.n_experts * t.stride <= len(data)
+        # int4 keeps some down projections at 8 bits (Q4_K_M's recipe); the name says which.
+        bits = {t.role: int(t.name.rsplit(".q", 1)[1]) for t in layer.tensors
+                if quant != "fp32" and "." not in t.role}  # fmt: skip
         for e in range(x.n_experts):
             expected = {}
             for role, mat in zip(("gate_up", "down"), _expert_matrices(ckpt, name, layer.layer, e),
                                  strict=True):  # fmt: skip
-                expected.update({role + k: v for k, v in _stored(mat, quant).items()})
+                stored = _stored(mat, bits.get(role))
+                expected.update({role + k: v for k, v in stored.items()})
             for t in layer.tensors:
                 row = data[t.offset + e * t.stride : t.offset + (e + 1) * t.stride]
                 assert row[: t.used_bytes] == expected[t.role], (t.name, e)
