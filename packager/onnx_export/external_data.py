@@ -101,13 +101,15 @@ class DataWriter:
         mats: Iterable[np.ndarray],
         n_rows: int,
         rows: int | None = None,
+        group: int = 1,
     ) -> tuple[TensorProto, StackedInfo]:
         """Write one expert matrix [R, C] per expert, padded to whole pages.
 
         Padding is whole zero rows (R is rounded up so R*C bytes is a multiple of 4096, or to
         `rows` when a companion tensor must agree). The tensor is declared 2-D,
-        [n * R_padded, C]: a gather picks an expert's real rows one by one and never touches
-        its padding. `mats` is consumed lazily: only one expert is in memory at a time.
+        [n * R_padded / group, group * C]: a gather picks an expert's real rows, `group` at a
+        time, and never touches its padding. `mats` is consumed lazily: only one expert is in
+        memory at a time.
         """
         self._check_open()
         offset = self._seek_aligned()
@@ -133,7 +135,10 @@ class DataWriter:
         self._f.truncate(end)
         self._f.seek(end)
         self.bytes_written += used * count
-        dims = [count * (stride * first.shape[0] // used), *first.shape[1:]]
+        padded = stride * first.shape[0] // used
+        if padded % group or first.shape[0] % group or first.ndim != 2:
+            raise PackError(f"{name}: {group} rows per gather do not tile {padded} stored rows")
+        dims = [count * padded // group, group * first.shape[1]]
         proto = self._proto(name, first.dtype, dims, offset, count * stride)
         info = StackedInfo(name, first.dtype.name, offset, stride, count, tuple(first.shape), used)
         return proto, info

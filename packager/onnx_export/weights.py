@@ -1,15 +1,18 @@
 """How checkpoint tensors become graph values under a quant scheme: dense, vectors, experts.
 
 Dense matrices are constants, so int8/int4 use onnxruntime's ``MatMulNBits`` with zero points
-(prepacked and fast on CPU); fp16 stores half precision and casts at use. Expert stacks cannot
-be constants (they are gathered per token), so each expert is stored in the checkpoint's own
-[out, in] layout, padded with zero rows to whole pages, and the stack is declared as one 2-D
-tensor of rows [n_experts * padded_rows, in]: a gather picks only the chosen experts' real rows
-(never the padding), then fp16 is cast, and int8/int4 go through ``GatherBlockQuantized``
-(gather + dequantize in one onnxruntime kernel, the default) or standard Gather + nibble unpack
-+ blocked ``DequantizeLinear`` (ONNX Gather refuses int4 tensors, so nibbles travel as uint8).
-Both read the same bytes: codes, float32 scales and packed zero points, each its own stacked
-tensor whose experts are page-aligned.
+(fast on CPU); fp16 stores half precision and casts at use. Expert stacks cannot be constants
+(they are gathered per token), so each expert is stored in the checkpoint's own [out, in]
+layout, padded with zero rows to whole pages, and decoded *after* the gather: fp16 is cast;
+int8/int4 go through ``GatherBlockQuantized`` (gather + dequantize in one onnxruntime kernel,
+the default) or standard Gather + nibble unpack + blocked ``DequantizeLinear`` (ONNX Gather
+refuses int4 tensors, so nibbles travel as uint8). Both read the same bytes: codes, float32
+scales and packed zero points, each its own stacked tensor whose experts are page-aligned.
+
+A gather never touches the padding: each stack is declared 2-D as [n * padded_rows / G,
+G * row], G rows of one expert per gathered row, with G the largest group of rows that tiles
+both the real and the padded rows (usually the whole expert: one index per expert, which the
+kernel handles fastest), and the chosen experts are the first out / G groups of each.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class ExpertStack:
     zero_points: StackedInfo | None
     shape: tuple[int, int]  # per expert, [out, in] as in the checkpoint
     rows: int  # stored rows per expert: `shape[0]` plus the page padding
+    group: int  # checkpoint rows per row of the declared 2-D tensor
     bits: int | None  # None: float storage
 
     def tensors(self) -> list[tuple[StackedInfo, str]]:
@@ -155,11 +159,12 @@ class Weights:
         if not self.q.is_int:
             dtype = np.float32 if self.q.name == "fp32" else np.float16
             rows = _common_rows(out_dim, (in_dim * np.dtype(dtype).itemsize,))
+            group = math.gcd(out_dim, rows)
             proto, info = self.w.add_stacked(
-                name, (m.astype(dtype) for m in mats()), n_experts, rows
+                name, (m.astype(dtype) for m in mats()), n_experts, rows, group
             )
             self.g.add_initializer(proto)
-            return ExpertStack(info, None, None, (out_dim, in_dim), rows, None)
+            return ExpertStack(info, None, None, (out_dim, in_dim), rows, group, None)
         bits, imp = self.precision.experts(name, n_experts, in_dim)
         assert bits is not None
         bs = self.q.block_size
@@ -168,6 +173,8 @@ class Weights:
         n_blocks = in_dim // bs
         # Codes, scales and zero points keep one (padded) row count, as the kernels require.
         rows = _common_rows(out_dim, (in_dim * bits // 8, n_blocks * 4, -(-n_blocks * bits // 8)))
+        # Packed zero points of consecutive rows join into one row only when none ends mid-byte.
+        group = math.gcd(out_dim, rows) if bits == 8 or n_blocks % 2 == 0 else 1
         params: list[tuple[np.ndarray, np.ndarray]] = []  # (scales, zero points) per expert
 
         def codes() -> Iterator[np.ndarray]:
@@ -176,44 +183,47 @@ class Weights:
                 params.append((bq.scales, bq.zero_points))
                 yield bq.packed.reshape(out_dim, -1)
 
-        stored = [self.w.add_stacked(f"{name}.q{bits}", codes(), n_experts, rows)]
+        stored = [self.w.add_stacked(f"{name}.q{bits}", codes(), n_experts, rows, group)]
         for i, suffix in enumerate((".scales", ".zero_points")):
             arrays = (p[i] for p in params)
-            stored.append(self.w.add_stacked(f"{name}{suffix}", arrays, n_experts, rows))
+            stored.append(self.w.add_stacked(f"{name}{suffix}", arrays, n_experts, rows, group))
         for proto, _ in stored:
             self.g.add_initializer(proto)
         info = [i for _, i in stored]
-        return ExpertStack(info[0], info[1], info[2], (out_dim, in_dim), rows, bits)
+        return ExpertStack(info[0], info[1], info[2], (out_dim, in_dim), rows, group, bits)
 
     def gather_experts(self, s: Scope, stack: ExpertStack, ids: str) -> str:
-        """The chosen experts' matrices as float [len(ids), out, in].
-
-        Rows are gathered, not experts: row r of expert e is row e * rows + r of the stored
-        2-D stack, so padding rows are never read, copied or dequantized.
-        """
+        """The chosen experts' matrices as float [len(ids), out, in]: their real rows only."""
         out_dim, in_dim = stack.shape
-        rows = s.op(
-            "Add", [s.op("Mul", [s.unsqueeze(ids, [1], "IdsCol"), s.const(stack.rows)], "RowBase"),
-                    s.const(np.arange(out_dim, dtype=np.int64)[None, :])],
-            "RowIds",
-        )  # fmt: skip
+        per_expert, real = stack.rows // stack.group, out_dim // stack.group
+        index = s.op("Mul", [s.unsqueeze(ids, [1], "IdsCol"), s.const(per_expert)], "GroupBase")
+        if real > 1:
+            index = s.op("Add", [index, s.const(np.arange(real, dtype=np.int64)[None, :])],
+                         "GroupIds")  # fmt: skip
+        shape = [-1, out_dim, in_dim]
         if stack.bits is None:
-            mat = s.op("Gather", [stack.values.name, rows], "Gather", axis=0)
+            mat = s.reshape(s.op("Gather", [stack.values.name, index], "Gather", axis=0), shape)
             if self.q.name == "fp16":
                 mat = s.op("Cast", [mat], "Cast", to=TensorProto.FLOAT)
             return mat
         assert stack.scales is not None and stack.zero_points is not None
         bits, bs = stack.bits, self.q.block_size
         if self.dequant == "gbq":
-            return s.op(
+            mat = s.op(
                 "GatherBlockQuantized",
-                [stack.values.name, rows, stack.scales.name, stack.zero_points.name],
+                [stack.values.name, index, stack.scales.name, stack.zero_points.name],
                 "GatherBlockQuantized", domain=MS_DOMAIN, bits=bits, block_size=bs,
                 gather_axis=0, quantize_axis=1,
             )  # fmt: skip
-        vals = s.op("Gather", [stack.values.name, rows], "values/Gather", axis=0)
-        sc = s.op("Gather", [stack.scales.name, rows], "scales/Gather", axis=0)
-        zp = s.op("Gather", [stack.zero_points.name, rows], "zero_points/Gather", axis=0)
+            return s.reshape(mat, shape)
+        per_row = {"values": in_dim * bits // 8, "scales": in_dim // bs,
+                   "zero_points": -(-(in_dim // bs) * bits // 8)}  # fmt: skip
+        part = {}
+        for key, info in (("values", stack.values), ("scales", stack.scales),
+                          ("zero_points", stack.zero_points)):  # fmt: skip
+            rows = s.op("Gather", [info.name, index], f"{key}/Gather", axis=0)
+            part[key] = s.reshape(rows, [-1, out_dim, per_row[key]], f"{key}/Rows")
+        vals, sc, zp = part["values"], part["scales"], part["zero_points"]
         if bits == 4:
             vals = _unpack_nibbles(s.child("values"), vals, in_dim)
             zp = _unpack_nibbles(s.child("zero_points"), zp, in_dim // bs)
