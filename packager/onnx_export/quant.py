@@ -196,7 +196,7 @@ def _search(
     span = hi - lo
     flat = span <= 0  # an all-zero block: scale 1, codes at the zero point 0
     span = np.where(flat, np.float32(1), span)
-    best_gain = np.full(lo.shape, -np.inf, np.float32)
+    best_gain = np.full(lo.shape, -np.inf)
     best_s = span / qmax
     best_z = np.zeros(lo.shape, np.float32)
     c = np.empty_like(x)
@@ -207,16 +207,17 @@ def _search(
             np.clip(np.rint(x / s + z, out=c), 0, qmax, out=c)
             c -= z
             wc = wt * c
-            num = (wc * x).sum(axis=-1, keepdims=True)
-            den = (wc * c).sum(axis=-1, keepdims=True)
+            # float64 sums: at 8 bits candidates differ by less than float32 resolves.
+            num = (wc * x).sum(axis=-1, keepdims=True, dtype=np.float64)
+            den = (wc * c).sum(axis=-1, keepdims=True, dtype=np.float64)
             ok = (den > 0) & (num > 0)
             gain = np.where(ok, num * num / np.where(ok, den, 1), -np.inf)
             better = gain > best_gain
             best_gain = np.where(better, gain, best_gain)
             best_s = np.where(better, num / np.where(ok, den, 1), best_s)
             best_z = np.where(better, z, best_z)
-    best_s = np.where(flat, np.float32(1), best_s)
-    best_z = np.where(flat, np.float32(0), best_z)
+    best_s = np.where(flat, 1, best_s).astype(np.float32)
+    best_z = np.where(flat, 0, best_z).astype(np.float32)
     q = np.clip(np.rint(x / best_s + best_z), 0, qmax)
     return q.astype(np.uint8), best_s[..., 0].astype(np.float32), best_z[..., 0].astype(np.uint8)
 

@@ -30,9 +30,10 @@ def _tokens(bundle: Path, budget: str, backend: str = "onnx", **kw) -> list[int]
         return m.generate(PROMPT, max_tokens=16, **kw).tokens
 
 
+@pytest.mark.parametrize("quant", ["fp32", "int4"])  # int4: codes, scales, zero points paged
 @pytest.mark.parametrize("name", ARCH_FIXTURES)
-def test_tokens_identical_at_every_budget(name, bundle_factory):
-    bundle = bundle_factory(name, "fp32", format="onnx")
+def test_tokens_identical_at_every_budget(name, quant, bundle_factory):
+    bundle = bundle_factory(name, quant, format="onnx")
     full = _tokens(bundle, "100%")
     assert len(full) == 16
     assert _tokens(bundle, "50%") == full
@@ -70,6 +71,7 @@ def test_both_builds_in_one_bundle(bundle_factory):
     assert set(report["onnx"]) >= {"quant", "reference", "eval_tokens", "divergence"}
     assert set(report["onnx"]["divergence"]) == set(report["divergence"])
     assert report["onnx"]["quant"] == "int8" and report["onnx"]["block_size"] == 32
+    assert report["onnx"]["scheme"].startswith("asymmetric")
     with runtime.load(bundle, budget="50%", backend="onnx") as onnx_model:
         assert onnx_model.stats()["backend"] == "onnx"
         assert onnx_model.generate(PROMPT, max_tokens=4).usage.completion_tokens == 4
@@ -165,13 +167,14 @@ def _onnx_child(bundle: Path, budget: str, text_file: Path) -> dict:
 
 
 @pytest.mark.slow
-def test_expert_budget_holds_on_onnx_measured_from_outside(bundle_factory, tmp_path):
+@pytest.mark.parametrize("quant", ["fp32", "int4"])
+def test_expert_budget_holds_on_onnx_measured_from_outside(quant, bundle_factory, tmp_path):
     """onnxruntime maps experts lazily, so at 100 % only the experts a text touches become
     resident; a long varied prompt touches most. At 25 % the kernel's count of the data file's
     resident bytes stays within dense + the expert capacity, and the process ends smaller."""
     from edgemoe_fixtures.corpus import heldout_text
 
-    bundle = bundle_factory("qwen3moe-trained", "fp32", format="onnx")
+    bundle = bundle_factory("qwen3moe-trained", quant, format="onnx")
     text = tmp_path / "prompt.txt"
     text.write_text(heldout_text()[:1500])
     full = _onnx_child(bundle, "100%", text)
