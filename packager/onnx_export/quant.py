@@ -74,9 +74,9 @@ class QuantScheme:
                 + ("weighted by the importance matrix" if calibrated else "unweighted")
             )  # fmt: skip
             out["wider"] = (
-                "8 bits where llama.cpp's Q4_K_M gives a tensor more than 4: the output head, "
+                "8 bits where llama.cpp's Q4_K_M gives a tensor more than 4 (the output head, "
                 "attn_v and ffn_down in its use_more_bits layers, attn_k/attn_v/attn_output "
-                "in 8-expert models"
+                "in 8-expert models) and for dense FFN layers"
             )
         return out
 

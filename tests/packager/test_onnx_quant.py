@@ -195,6 +195,11 @@ def test_more_bits_layers_are_llama_cpps():
         ("blk.1.ffn_down_exps.weight", 8, 4),
         ("blk.3.ffn_gate_exps.weight", 64, 4),
         ("blk.3.attn_q.weight", 8, 4),
+        ("blk.1.ffn_gate.weight", 64, 8),  # a dense FFN layer inside a mixture
+        ("blk.1.ffn_up.weight", 64, 8),
+        ("blk.1.ffn_down.weight", 64, 8),
+        ("blk.1.ffn_gate_shexp.weight", 64, 4),
+        ("blk.1.ffn_gate_inp.weight", 64, 4),
         ("output.weight", 64, 8),
     ],
 )
