@@ -25,7 +25,7 @@ from tests.conftest import ARCH_FIXTURES
 pytestmark = [pytest.mark.engine]
 PROMPT = "def read_config(path):\n    "
 N_NEW = 16
-# Measured on the tiny fixtures (see the report in packager/onnx_export/README.md); the bounds
+# Measured on the tiny fixtures (the main README compares int8/int4 with Q8_0/Q4_K_M); the bounds
 # leave headroom over the worst family.
 QUANT_BOUNDS = {"fp16": (0.99, 1e-6), "int8": (0.97, 1e-4), "int4": (0.93, 5e-3)}
 # Checkpoint names of each fixture's expert projections: (module, gate, up, down).
