@@ -120,10 +120,10 @@ def precision_for(
     family's GGUF adapter), optionally weighted by a GGUF-keyed importance matrix."""
     if base_bits is None:
         return Precision(None)
-    from packager.archs import adapter_for
     from packager.errors import UnsupportedArchitectureError
+    from packager.families import family_for
 
-    adapter = adapter_for(config)
+    adapter = family_for(config).gguf
 
     def gguf_name(hf_name: str) -> str | None:
         try:

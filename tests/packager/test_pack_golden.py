@@ -30,21 +30,21 @@ GOLDEN: dict[str, dict[str, str]] = {
         "gguf-F16/manifest.json":
             "f09f06240be9ba3e886cc07489d3cd0a2378285767042e275e51710481003d9c",
         "onnx-fp32/model.onnx":
-            "48f924c3b8f1ba22a2016801a4eb9fcf8c06ca6312734bf2e0c179d9ac54ccf9",
+            "b872db865cbcae3af7964f9a3ddb7d3caa6eaa61d7e26a041abd51e7d7a94c2d",
         "onnx-fp32/model.onnx.data":
             "c77f72b53cfd8f553212cef56ff2c7fe40108e7623ee974e012b8eb808718bb7",
         "onnx-fp32/genai_config.json":
             "5635deffb3d0e2e93ae45a6c65f215394b2fffa6f47bc915bd18b8296cfb3388",
         "onnx-fp32/manifest.json":
-            "2326fe4c627fdc284e1144de21f717cf59a56de23b6be891465daf522a38656a",
+            "6ab54901eaee38e82e420b7e7346490ebad0ef3e6a24367d9de2aef4781db059",
         "onnx-int8/model.onnx":
-            "6985953bc19636f3716fe868caba3c9f44d16c644637d33ce89a52fa21afe841",
+            "4349e8b31ad6839765f1a52086394a53760dfb5e94f21d8c236127a8871d0709",
         "onnx-int8/model.onnx.data":
-            "ff92495949811d766303a794a70fe9c145c31722a849ec39695edb6b535fc5df",
+            "e4c5545d49fdbafe213b6c902fd7b05cd3cb5f8204890554732a3674cdb58389",
         "onnx-int8/genai_config.json":
             "5635deffb3d0e2e93ae45a6c65f215394b2fffa6f47bc915bd18b8296cfb3388",
         "onnx-int8/manifest.json":
-            "bec1569c03414a9371419d7554615f1f2095b4fcda633f1dc7d7fb9e694a89a4",
+            "77ac1016dc03c81fec39d2b5fbcf4e92c3c3382e3aa6c65c901c6f05ceac75d9",
     },
     "mixtral": {
         "gguf-F16/model.gguf":
@@ -52,21 +52,21 @@ GOLDEN: dict[str, dict[str, str]] = {
         "gguf-F16/manifest.json":
             "beaf9cbb08d915ae2be6cf7eeacc32d6aa2f01544edee477212938ca25fb1b5d",
         "onnx-fp32/model.onnx":
-            "cec7efe258b682acb810a4b4d2bdbd860a061fe9ba8286e99a271eea1833ab81",
+            "57c043f12912ec89de5de8d7bc0b827dcf8aa4d9a7e07b10c305ae08c6a0d920",
         "onnx-fp32/model.onnx.data":
             "f7d1c3d7c39fda010f7e641c89932bb13dafbb9b0e62538bbe97622e8e4f98cf",
         "onnx-fp32/genai_config.json":
             "f7980204670e69f691c34658d036de771ae834830083efa67b63e0bac88c08d8",
         "onnx-fp32/manifest.json":
-            "1b4fc1c2b1b2b1424c72afcb078ed1f8a2527c57169bed5256f53d00d7a4fb74",
+            "cabc3fc6dd7e574ae57f80762cb39b5dac7fe17d8a617b9bf2b27cf51f75af2c",
         "onnx-int8/model.onnx":
-            "638bcb222dd7a9b19f3b98bc95f8c1f911de0e6b2d150301afd416df31008525",
+            "c33fb3efb01084fa7b0b7f8357168ca95516cbbd336b464a8ce4b1f83a8e508f",
         "onnx-int8/model.onnx.data":
-            "a167e034fd1a665c55d5f9326c49d5ff62318aae7ead60c7e44c4a662e863642",
+            "6f4f4a6c465a6d35ba4ff4b9812f8320a658982660f27cb0142c71b109eed26d",
         "onnx-int8/genai_config.json":
             "f7980204670e69f691c34658d036de771ae834830083efa67b63e0bac88c08d8",
         "onnx-int8/manifest.json":
-            "8b732a01bd380fa62408f3d689d7994827ff718e9f1c97aa75ee352b74b6d375",
+            "ca549050939b4a7844a257621ca790d3a6055fbe8be0b242f4b90ee26f04d482",
     },
     "olmoe": {
         "gguf-F16/model.gguf":
@@ -74,21 +74,21 @@ GOLDEN: dict[str, dict[str, str]] = {
         "gguf-F16/manifest.json":
             "fd9f602c34141c861e6100bdbb7c175c08a15bac637eb9137c27e6d962e49048",
         "onnx-fp32/model.onnx":
-            "9e4f9d7df670a077acf23e4f8a0e2d2beb8adfe74f26b73f8524aae0a195244a",
+            "6f46d4b91f775794f95eaee344fd749a5130fea6c6e18e58773203f4562e4e9b",
         "onnx-fp32/model.onnx.data":
             "e3dd32ef6cafe01c546b7f5c60f1a522061825904a0ade37ed4e38d3123cbf5c",
         "onnx-fp32/genai_config.json":
             "8deba0911cb998699f7d8bbc1ed0931dcb616f31824df42977f5c12590dc6ba6",
         "onnx-fp32/manifest.json":
-            "e9c9dcf829c33cbeb7e612ccc4d063bde7c156ffc7a98753aa19cd27a35dcae8",
+            "0a9aa57ff6b93f7e46726457eff4d2b8e7a5391067f0d007d4e84006b1ec9dff",
         "onnx-int8/model.onnx":
-            "5993b0c9e61b521ca4f141ea61805f7400e33932e9ef0c8a45654287bf6decc5",
+            "7dc5d070b04567ac2541fdd7f84f55c0b969ef513e5a5f4cb400738e3c0b57ca",
         "onnx-int8/model.onnx.data":
-            "4b215c23a3ddb495d0e015adfaf35d3ae7633c09285d261efe622de59369bfd8",
+            "2ed4f27e99d428e8090231c90d7a024062922f7d9605b8d2b65c5c5c41b22774",
         "onnx-int8/genai_config.json":
             "8deba0911cb998699f7d8bbc1ed0931dcb616f31824df42977f5c12590dc6ba6",
         "onnx-int8/manifest.json":
-            "d9c36221609eecb671b1596137124cf22b7697f6fc4aebaf2eb6a5ca3888cde6",
+            "6996e89e3be28a2ac59168754f1c24c0f2480c2546622faf95b795c9b34f41aa",
     },
     "qwen2moe": {
         "gguf-F16/model.gguf":
@@ -96,21 +96,21 @@ GOLDEN: dict[str, dict[str, str]] = {
         "gguf-F16/manifest.json":
             "3ecfa0a8aa6aa5d3a58f2e433928413f84446a236e7d1744c3ce8c891f63aa91",
         "onnx-fp32/model.onnx":
-            "8c74e177211448fd022ecd1d5cc9d704b38eeeabbf9c8221684f98ebb7e0ce2c",
+            "aa13e1d62a451c123d38a59003455d3daf2608781cfeff1b70f73151e73af52e",
         "onnx-fp32/model.onnx.data":
             "a9cb4282d0ea9ef24e5dfc2bf09a408076f9b9bfd2ea6a67daa9c65284749412",
         "onnx-fp32/genai_config.json":
             "f82b3d3a7bcb21d38b948c2131fce8e67957a82de2531af263616551df7c5a1b",
         "onnx-fp32/manifest.json":
-            "cb3aac2cd513635a3b5b4701052e20fbcace85dc7995af0ef10b466748a639c9",
+            "61cf3aefdc97a055f0abe4acc293ca983bce4cd5e1194e2d753a41359e7d3c2c",
         "onnx-int8/model.onnx":
-            "89c83e3f384272bfaf7407c4599fbb41c383a439131839a0c2b4b54c4df012fd",
+            "d601e58e0483be75dab334f75caa455fec574069bcb22036e1f27619a4c32dd7",
         "onnx-int8/model.onnx.data":
-            "576f78f673b16e60507c553e8a3cf474f2cf4980dd847658cf857999f4e049ff",
+            "d94223a86661b58918bcd23a72f62d6b7c0411a83847c5bc1f65eed022407dfb",
         "onnx-int8/genai_config.json":
             "f82b3d3a7bcb21d38b948c2131fce8e67957a82de2531af263616551df7c5a1b",
         "onnx-int8/manifest.json":
-            "3544654fbaed6296c6ea1447525408ef3d55f4b45f10ad579b01ea933f63b6f6",
+            "a8a2d4a1dd7867b6496b03c1a6e0a34be34afdfb4b611e8fff59126034104314",
     },
     "qwen3moe": {
         "gguf-F16/model.gguf":
@@ -118,21 +118,21 @@ GOLDEN: dict[str, dict[str, str]] = {
         "gguf-F16/manifest.json":
             "205d77e7d8e5b20952f860850f9239b570b2a4c4842d456e9d0ab747f8e2639f",
         "onnx-fp32/model.onnx":
-            "60f495a4e9f97c7a38244cebe11da3f0fbd903b8b04a109785c2b7f926b86fb7",
+            "9bcf0a04d5f7a3a5966238664fed5f24a5ad4ed055855600dceef519e74382b0",
         "onnx-fp32/model.onnx.data":
             "d1f76a89d83f38fdb2101cbdb8890ca15f9a2a5895ff9a24853e24a9d58b40bd",
         "onnx-fp32/genai_config.json":
             "18f95ce5f2fd5f3cefe9b32e7c26ca57bf4701f8fa461543f41b3063e9b037f1",
         "onnx-fp32/manifest.json":
-            "fef53d688887b521372599d725eb2af1bb21d5adfc1430c977e49e14bd64fbc5",
+            "d7cc2676750965ab94a31a2507ee467a5c078d64658d2a73dda7917bb150179a",
         "onnx-int8/model.onnx":
-            "c1688fa515895536ce60e65c132873c67ea1ad6812f32bb2c0d15aefb2a98a72",
+            "107c57cd874b53857b87e3bfe7d8657e2ccc04996b9a9107023f4dff68ca3b30",
         "onnx-int8/model.onnx.data":
-            "4d1c70b9fad110eebbf4c738a5576fa292c69833b714e1acaec6aefcb6efb0b3",
+            "7ce8c4db5acc4bf9bf40e83cbb6e35b4f9ffeb4c2c878d6c812ece0fd5f40e3c",
         "onnx-int8/genai_config.json":
             "18f95ce5f2fd5f3cefe9b32e7c26ca57bf4701f8fa461543f41b3063e9b037f1",
         "onnx-int8/manifest.json":
-            "16a023496a69a7f5c2d74dfe016cb447691fda5b4fed885bcac3afe54b67ef5f",
+            "c1ec3aeb55aae07a112e042d71f850d15fce9cbf23ef34cd92569d6a7e831b3e",
     },
 }
 
