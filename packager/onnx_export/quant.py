@@ -23,6 +23,8 @@ Two ways to choose (s, z), measured against each other in the package README:
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,6 +38,7 @@ _BITS = {"int8": 8, "int4": 4}
 # Candidate ranges for `search`: the block's span divided by (levels - 1 + step * i).
 _STEPS = np.arange(-0.5, 2.5001, 0.25)
 _SHIFTS = (-1, 0, 1)
+_SLICE_VALUES = 1 << 16  # weights per thread-pool task
 
 
 @dataclass(frozen=True)
@@ -136,7 +139,7 @@ def quantize(
         weights = np.maximum(imp, 0) * np.sqrt(sigma2 + blocks**2)
         # A column the calibration never excited still counts a little, not zero.
         weights = weights + 1e-6 * weights.mean(axis=-1, keepdims=True) + 1e-30
-    q, scale, zero = _search(blocks, weights, (1 << bits) - 1)
+    q, scale, zero = _search_rows(blocks, weights, (1 << bits) - 1)
     packed = _pack(q.reshape(n, k), bits).reshape(n, k // block, block * bits // 8)
     return BlockQuantized(packed, scale, _pack(zero, bits), bits, block, k)
 
@@ -179,6 +182,21 @@ def _rtn(w: np.ndarray, bits: int, block: int) -> BlockQuantized:
     fn = quantize_matmul_4bits if bits == 4 else quantize_matmul_8bits
     fn(packed, np.ascontiguousarray(w.T), scales, zero, block, n, k, False)
     return BlockQuantized(packed, scales, zero, bits, block, k)
+
+
+def _search_rows(
+    x: np.ndarray, wt: np.ndarray, qmax: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`_search` over slices of rows on a thread pool: numpy releases the GIL inside its loops,
+    and a slice's temporaries stay small. The slices are independent, so results are the same
+    bytes whatever the number of threads."""
+    step = max(1, _SLICE_VALUES // max(1, x[0].size))
+    slices = [slice(i, i + step) for i in range(0, x.shape[0], step)]
+    if len(slices) == 1:
+        return _search(x, wt, qmax)
+    with ThreadPoolExecutor(min(len(slices), os.cpu_count() or 1)) as pool:
+        parts = list(pool.map(lambda sl: _search(x[sl], wt[sl], qmax), slices))
+    return tuple(np.concatenate([p[i] for p in parts]) for i in range(3))  # type: ignore[return-value]
 
 
 def _search(

@@ -206,3 +206,14 @@ def test_more_bits_layers_are_llama_cpps():
 def test_int4_keeps_q4_k_m_wider_tensors_at_8_bits(name, n_experts, bits):
     assert mix_bits(4, name, 4, n_experts) == bits
     assert mix_bits(8, name, 4, n_experts) == 8
+
+
+def test_threaded_search_gives_the_same_bytes_as_one_pass():
+    from packager.onnx_export import quant
+
+    w = _matrix(300, 512)  # several thread-pool slices of 2**16 values, the last one short
+    blocks, weights = w.reshape(300, 16, 32), np.ones((300, 16, 32), np.float32)
+    one = quant._search(blocks, weights, 15)
+    pooled = quant._search_rows(blocks, weights, 15)
+    for a, b in zip(one, pooled, strict=True):
+        np.testing.assert_array_equal(a, b)
