@@ -136,7 +136,7 @@ def quantize(
         # llama.cpp's K-quant weighting: importance times sqrt(sigma^2 + w^2), so that within
         # a column the large weights (which dominate the product) are fitted closest.
         sigma2 = (blocks**2).mean(axis=-1, keepdims=True)
-        weights = np.maximum(imp, 0) * np.sqrt(sigma2 + blocks**2)
+        weights = imp * np.sqrt(sigma2 + blocks**2)
         # A column the calibration never excited still counts a little, not zero.
         weights = weights + 1e-6 * weights.mean(axis=-1, keepdims=True) + 1e-30
     q, scale, zero = _search_rows(blocks, weights, (1 << bits) - 1)
@@ -171,7 +171,9 @@ def _check(w: np.ndarray, bits: int, block: int, importance: Any, method: str) -
 
 
 def _rtn(w: np.ndarray, bits: int, block: int) -> BlockQuantized:
-    """onnxruntime's own asymmetric round-to-nearest (it takes the matrix as [K, N])."""
+    """onnxruntime's own asymmetric round-to-nearest (it takes the matrix as [K, N]): the
+    binding its MatMulNBitsQuantizer calls, imported directly because that module also needs
+    onnx_ir, a dependency the rest of it would bring for nothing here."""
     from onnxruntime.capi._pybind_state import quantize_matmul_4bits, quantize_matmul_8bits
 
     n, k = w.shape
