@@ -19,6 +19,7 @@ from runtime.backends.registry import backend_for, format_for, open_backend
 from runtime.budget import BudgetPlan, parse_budget, plan_budget
 from runtime.bundles.open import OpenBundle, attention_shape, open_bundle
 from runtime.errors import (
+    BudgetError,
     BundleError,
     ChatTemplateError,
     EdgemoeError,
@@ -30,6 +31,7 @@ from runtime.experts.pinning import expected_hit_share, pinned_set
 from runtime.experts.policy import DEFAULT_POLICY
 from runtime.experts.prefetcher import PrefetchSettings
 from runtime.experts.residency import MadviseResidency
+from runtime.experts.resize import BudgetChange, BudgetHistory, apply_budget
 from runtime.generation.latency import LatencyRecorder
 from runtime.generation.preparation import prepare_request
 from runtime.generation.request import (
@@ -88,6 +90,7 @@ def load(
     wait_policy: str | None = None,
     verify: bool = False,
     check_reads: bool = True,
+    resizable: bool = False,
     record_routing: bool = False,
     options: LoadOptions | None = None,
 ) -> Model:
@@ -195,6 +198,10 @@ class Model:
         self.n_ctx = n_ctx
         self._lock = threading.Lock()
         self._timings: dict[str, float] = {}
+        # A budget changed while loaded (set_budget): applied at the next step boundary.
+        self._pending_budget: tuple[BudgetPlan, str] | None = None
+        self.budget_history = BudgetHistory()
+        self._tokens_decoded = 0
         self.build = opened.build
         # Weights verified as they are read (runtime/integrity/): the books and the first fault.
         self.integrity = integrity_for(self.manifest, self.build, options.check_reads)
@@ -220,7 +227,8 @@ class Model:
                 opened.model_path,
                 n_ctx,
                 threads,
-                observe_routing=plan.offloading or options.record_routing,
+                observe_routing=plan.offloading or options.resizable
+                or options.record_routing,
                 kv_cache_type=_kv_cache_type(opened),
                 lazy_load=plan.offloading,
                 wait_policy=options.wait_policy,
@@ -235,7 +243,7 @@ class Model:
         self.cache: ExpertCache | None = None
         self.residency: MadviseResidency | None = None
         self._pins: dict[int, tuple[int, ...]] = {}
-        if plan.offloading:
+        if plan.offloading or options.resizable:
             mapping = self.engine.file_mapping()
             if mapping is None:
                 self.engine.close()
@@ -426,8 +434,55 @@ class Model:
             else:
                 yield from self._run(prepared, cancel)
 
+    # --- the budget while loaded ------------------------------------------------------------
+    def set_budget(self, budget: str | int, *, reason: str = "api") -> BudgetPlan:
+        """Change the memory budget while loaded ("40%", "1.5GB" or bytes, as at load).
+
+        Applied at once when no generation runs, else at the running generation's next step
+        (never inside one): the coldest experts are released until the cache fits, the pinned
+        set and the prefetch width follow (runtime/experts/resize.py). Tokens never change.
+        Raises BudgetError below the minimum, or when nothing is paged (a model loaded at a full
+        budget without `resizable=True` has no routing tap to page with)."""
+        plan = self.plan_budget(budget)
+        if self.cache is None:
+            raise BudgetError(f"{self.name}: loaded at a full budget, nothing is paged; load it "
+                              "with a partial budget or resizable=True to change its budget")
+        self._pending_budget = (plan, reason)
+        if self._lock.acquire(blocking=False):
+            try:
+                self._apply_budget()
+            finally:
+                self._lock.release()
+        return plan
+
+    @property
+    def budget_pending(self) -> bool:
+        """A budget change waits for the running generation's next step."""
+        return self._pending_budget is not None
+
+    def plan_budget(self, budget: str | int) -> BudgetPlan:
+        """What `budget` would mean for this model (BudgetError below its minimum)."""
+        return plan_budget(parse_budget(budget), **_budget_inputs(self.bundle, self.n_ctx))
+
+    def _apply_budget(self) -> None:
+        pending, self._pending_budget = self._pending_budget, None
+        if pending is None or self.cache is None:
+            return
+        plan, reason = pending
+        self.pager.sync()  # the books see every logged hit before they are resized
+        self._pins, released = apply_budget(plan.expert_capacity_bytes, self.manifest,
+                                            self._expert_bytes, self.cache, self._reader,
+                                            self.pager.prefetcher)
+        self.budget = plan
+        self.budget_history.add(BudgetChange(time.monotonic(), self._tokens_decoded,
+                                             plan.budget_bytes, plan.expert_capacity_bytes,
+                                             released, reason))
+
     def _decode(self, tokens: list[int]) -> np.ndarray:
+        if self._pending_budget is not None:
+            self._apply_budget()  # a step boundary
         start, empty = time.perf_counter(), self.engine.n_past == 0
+        self._tokens_decoded += len(tokens)
         self.integrity.check()  # a known fault: this model answers nothing more
         self.pager.begin_batch()
         logits = self.engine.decode(tokens)
@@ -453,6 +508,9 @@ class Model:
         b = self.budget
         s: dict[str, Any] = {
             **self.integrity.stats(),
+            "budget_changes": self.budget_history.count,
+            "budget_history": self.budget_history.as_list(),
+            "tokens_decoded": self._tokens_decoded,
             "budget_bytes": b.budget_bytes,
             "dense_bytes": b.dense_bytes,
             "kv_bytes": b.kv_bytes,

@@ -50,6 +50,8 @@ class LoadOptions:
     (Python only): verify each expert against the manifest's xxh3 checksums on its first read
     and the dense tensors in the background, and page experts in so a storage fault is an error,
     never SIGBUS (runtime/integrity/); False is the path before these checks, for measurements.
+    resizable (Python only; `serve --follow-pressure` sets it): page experts even at a full
+    budget, so `Model.set_budget` can shrink it later (the routing tap costs ~3 % decode).
     """
 
     budget: str | int | None = option(
@@ -82,6 +84,7 @@ class LoadOptions:
     verify: bool = option(False, "Re-hash every file before loading (default: sampled blocks).")
     record_routing: bool = False
     check_reads: bool = True
+    resizable: bool = False
 
     def __post_init__(self) -> None:
         if isinstance(self.draft, Path):

@@ -316,6 +316,43 @@ class ExpertCache:
             self._held.clear()
             return len(resident)
 
+    def resize(self, capacity_bytes: int, pinned: Mapping[int, Iterable[int]]) -> int:
+        """A new budget between steps: experts no longer pinned become ordinary residents (the
+        policy ranks them from now), newly pinned ones are pinned, then the coldest residents
+        are released until the books fit `capacity_bytes`. Experts held by the current step
+        (Hold.STEP) are never released. Returns how many were released.
+
+        BudgetError if the new pinned set alone does not fit (the caller sizes it)."""
+        with self._lock:
+            self._open("resize")
+            keys = {self._key(layer, e) for layer, experts in pinned.items() for e in experts}
+            need = sum(self._sizes[k[0]] for k in keys)
+            if need > capacity_bytes:
+                raise BudgetError(f"pinned experts need {need:,} bytes but the expert capacity "
+                                  f"is {capacity_bytes:,} bytes")
+            unpin = getattr(self._residency, "unpin", None)
+            for key in sorted(self._pinned - keys):  # demoted: resident, evictable
+                self._set(key, ExpertState.RESIDENT)
+                self._policy.on_insert(key)
+                if unpin is not None:
+                    unpin(*key)
+            for key in sorted(keys - self._pinned):  # promoted: counted, locked
+                if key in self._states:
+                    self._policy.on_remove(key)
+                else:
+                    self._used += self._sizes[key[0]]
+                self._set(key, ExpertState.PINNED)
+                if self._residency is not None:
+                    self._residency.pin(*key)
+            self._pinned = keys
+            self.pinned_bytes = need
+            self.capacity_bytes = int(capacity_bytes)
+            released = 0
+            while self._used > self.capacity_bytes:
+                self._evict(self._policy.victim(self._held | self._pinned))
+                released += 1
+            return released
+
     def close(self) -> None:
         """No more routing; the books stay readable. Memory is the Residency owner's to free."""
         with self._lock:

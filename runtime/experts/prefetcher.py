@@ -92,6 +92,7 @@ class PrefetchGovernor:
     def __init__(self, settings: PrefetchSettings, top_k: int, max_width: int) -> None:
         self.settings = settings
         self.max_width = max(1, min(max_width, settings.width or top_k))
+        self.full_width = self.max_width  # what the settings allow; a budget may cap it below
         self.width = 1  # slow start: a model whose guesses go unused wastes one window only
         self._fetched = self._wasted = self._experts = 0
         self._runs = self._started = 0  # one-token layer runs and reads started, this span
@@ -139,6 +140,14 @@ class PrefetchGovernor:
             return False
         before, self.width = self.width, 0
         return self._changed(before)
+
+    def limit(self, slots: int) -> bool:
+        """Guess at most `slots` experts per layer (a budget's room beside its pins), never
+        more than the settings allow; True when the width changed."""
+        before = self.width
+        self.max_width = max(1, min(self.full_width, slots))
+        self.width = min(self.width, self.max_width)
+        return self.width != before
 
     def tick(self) -> bool:
         """A token passed; while off, count towards a retry. True when the width changed."""

@@ -297,6 +297,10 @@ class MadviseResidency:
         self._locked[key] = locked
 
     # --- beyond the protocol -----------------------------------------------------------------
+    def unpin(self, layer: int, expert: int) -> None:
+        """No longer pinned (a smaller budget): unlocked, still mapped; the cache may evict it."""
+        self._unlock((layer, expert))
+
     def populate(self, start: int, end: int) -> int:
         """Bring the pages of file bytes [start, end) into the mapping now, so that a storage
         fault (an I/O error, a file truncated under us) is an errno here rather than SIGBUS when

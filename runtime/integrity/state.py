@@ -70,6 +70,7 @@ class IntegrityState:
     def stats(self) -> dict[str, Any]:
         return {
             "integrity": "corrupt" if self.fault is not None else "ok",
+            "integrity_faults": int(self.fault is not None),
             "integrity_fault": str(self.fault) if self.fault is not None else None,
             "checksums": self.note,
             "experts_verified": self.experts_verified,

@@ -1,4 +1,5 @@
-"""Operator endpoints: `POST /admin/reload` switches the server to a bundle without a restart.
+"""Operator endpoints: `POST /admin/reload` switches the server to a bundle without a restart;
+`POST /admin/budget` changes the served model's memory budget while it runs.
 
 Behind the API key when one is set (the key middleware covers every path but /health). The
 body is optional JSON, `{"bundle": PATH}`, else the served bundle is re-read; the JSON content
@@ -15,6 +16,7 @@ from typing import Any, Literal
 
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
 from runtime.server.errors import APIError
@@ -89,4 +91,49 @@ async def reload(request: Request) -> Response:
     answer = ReloadResponse(model=outcome.model_id, bundle=outcome.bundle,
                             load_seconds=round(outcome.seconds, 3),
                             previous_model=outcome.previous)
+    return Response(json_body(answer), media_type="application/json")
+
+
+class BudgetRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    budget: str | int = Field(
+        description="The new budget, as at load: '40%' of expert bytes, '1.5GB' or bytes.")
+
+
+class BudgetResponse(BaseModel):
+    status: Literal["applied", "pending"] = Field(
+        description="'pending': a generation is running; it applies at its next token.")
+    budget_bytes: int
+    expert_capacity_bytes: int
+    budget_fraction: float
+
+
+@router.post("/budget", response_model=BudgetResponse, responses={
+    status: {"model": ErrorResponse, "description": text} for status, text in (
+        (400, "Bad body, a budget below the model's minimum, or a model that pages nothing"),
+        (401, "Missing or wrong API key"), (503, "Model loading or server stopping"))})
+async def budget(request: Request) -> Response:
+    """Change the served model's memory budget without a reload: the coldest experts are
+    released at the next step boundary (never mid-token); tokens do not change."""
+    state: ServerState = request.app.state.edgemoe
+    kind = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if kind != "application/json":
+        raise _bad_body("Send Content-Type: application/json with {\"budget\": \"40%\"}.")
+    try:
+        body = BudgetRequest.model_validate(json.loads(await request.body()))
+    except (ValueError, RecursionError) as e:
+        if isinstance(e, ValidationError):
+            err = e.errors()[0]
+            where = ".".join(str(p) for p in err.get("loc", ())) or "body"
+            raise APIError(400, f"Invalid value for '{where}': {err.get('msg')}",
+                           param=where, code="invalid_value") from None
+        raise _bad_body(f"We could not parse the JSON body of your request ({e}).") from None
+    engine = state.ready()
+    model = engine.model
+    plan = await run_in_threadpool(model.set_budget, body.budget, reason="admin")
+    answer = BudgetResponse(status="pending" if model.budget_pending else "applied",
+                            budget_bytes=plan.budget_bytes,
+                            expert_capacity_bytes=plan.expert_capacity_bytes,
+                            budget_fraction=round(plan.fraction, 6))
     return Response(json_body(answer), media_type="application/json")

@@ -16,7 +16,13 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from runtime.errors import EdgemoeError, ModelCorruptError, PromptTooLongError, SamplingError
+from runtime.errors import (
+    BudgetError,
+    EdgemoeError,
+    ModelCorruptError,
+    PromptTooLongError,
+    SamplingError,
+)
 from runtime.server.engine import EngineStoppedError, QueueFullError, RequestTimeoutError
 from runtime.server.lease import ModelFileChangedError
 from runtime.server.schemas import REQUEST_FIELDS, ErrorDetail, ErrorResponse, json_body
@@ -111,6 +117,8 @@ def from_exception(exc: BaseException, prompt_param: str = "prompt") -> APIError
     if isinstance(exc, SamplingError):
         param = str(exc).split(" ", 1)[0] or None
         return APIError(400, str(exc), param=param, code="invalid_value")
+    if isinstance(exc, BudgetError):  # POST /admin/budget
+        return APIError(400, str(exc), param="budget", code="invalid_value")
     if isinstance(exc, EdgemoeError) and isinstance(exc, ValueError):  # e.g. chat template
         return APIError(400, str(exc), param=prompt_param)
     if isinstance(exc, QueueFullError):

@@ -56,7 +56,9 @@ def serve(bundle: str | Path, settings: ServerSettings | None = None) -> None:
                     settings.host)
 
     def load_model(path: Path, verify: bool = False) -> Model:
-        return load(path, options=replace(settings.load, verify=settings.load.verify or verify))
+        return load(path, options=replace(
+            settings.load, verify=settings.load.verify or verify,
+            resizable=settings.load.resizable or settings.follow_pressure))
 
     app = create_app(loader=lambda: load_model(Path(bundle)), reloader=load_model,
                      settings=settings)

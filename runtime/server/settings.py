@@ -70,6 +70,14 @@ class ServerSettings:
     ui: bool = option(
         False, "Also serve the kiosk web page at /ui/ (same origin as the API, so no CORS)."
     )
+    follow_pressure: bool = option(
+        False, "Shrink the expert budget toward --pressure-floor while memory is short (Linux "
+        "PSI, the cgroup's limit) and grow it back gradually; tokens never change."
+    )
+    pressure_floor: str | None = option(
+        None, "The least budget --follow-pressure shrinks to ('10%', '300MB'); default: 12.5% "
+        "of expert bytes, or the minimum if more."
+    )
     load: LoadOptions = field(default_factory=LoadOptions)  # how the bundle is loaded
 
     def __post_init__(self) -> None:
@@ -90,6 +98,10 @@ class ServerSettings:
             raise bad("shutdown_grace_s", ">= 0")
         if self.on_model_change not in ("reload", "exit"):
             raise bad("on_model_change", "'reload' or 'exit'")
+        if self.pressure_floor is not None:
+            from runtime.budget import parse_budget
+
+            parse_budget(self.pressure_floor)  # BudgetError names the value
         if self.api_key is not None and not self.api_key.strip():
             raise bad("api_key", "a non-empty string or None")
         for name in ("model_alias", "cors_origins"):  # one string is a list of one

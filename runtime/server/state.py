@@ -16,6 +16,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 from runtime.api import Model
+from runtime.experts.pressure import PressureFollower
 from runtime.generation.request import GenerationRequest, PreparedRequest
 from runtime.server.engine import Engine
 from runtime.server.errors import from_exception, model_not_found, not_ready
@@ -57,6 +58,7 @@ class ServerState:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._deadline: float | None = None
         self._preparers = ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="edgemoe-prep")
+        self._follower: PressureFollower | None = None  # --follow-pressure
 
     # what routes read -------------------------------------------------------------------------
     @property
@@ -89,6 +91,17 @@ class ServerState:
                         before_run=self.keeper.check_files).start()
         self.show(model)
         self._engine = engine  # set last: it is the readiness flag
+        if self.settings.follow_pressure and self._follower is None:
+            self._follower = PressureFollower(
+                lambda: self._engine.model if self._engine and not self.keeper.fault else None,
+                self._pressure_floor).start()
+
+    def _pressure_floor(self, model: Model) -> int:
+        """The least expert capacity --follow-pressure shrinks `model` to."""
+        if self.settings.pressure_floor is not None:
+            return model.plan_budget(self.settings.pressure_floor).expert_capacity_bytes
+        b = model.budget
+        return max(b.minimum_bytes - b.dense_bytes - b.kv_bytes, b.expert_bytes_total // 8)
 
     def show(self, model: Model) -> None:
         """Publish `model` as the one served (event loop thread, or before the engine exists)."""
@@ -186,6 +199,8 @@ class ServerState:
         self.stopping = True
         self._deadline = time.monotonic() + grace
         self.keeper.stop()
+        if self._follower is not None:
+            self._follower.stop()
         if self._engine is not None:
             self._engine.begin_stop()
             delay = max(0.0, grace - cancel_margin_s(grace))
