@@ -48,7 +48,6 @@ from runtime.procfs import mapping_rss, process_rss
 from runtime.speculative.draft_budget import minimum_total, split_budget
 from runtime.speculative.drafting import NGRAM, ModelDrafter, NgramDrafter, check_vocabularies
 from runtime.speculative.speculator import DEFAULT_DRAFT_TOKENS, Speculator
-from runtime.structured.closing import closing_bias
 from runtime.structured.tools import ToolChoice, ToolSpec
 from runtime.threads import engine_threads
 
@@ -358,16 +357,6 @@ class Model:
         for token, value in pairs:
             bias[token] = value
         return bias
-
-    def closing_bias(self, place: str) -> np.ndarray:
-        """The bonus on closing tokens inside a string or elsewhere (runtime/structured/closing.py),
-        computed once per model."""
-        biases: dict[str, np.ndarray] | None = self.__dict__.get("_closing")
-        if biases is None:
-            engine = self.engine
-            biases = closing_bias(engine.n_vocab, engine.token_bytes, engine.is_eog)
-            self.__dict__["_closing"] = biases
-        return biases[place]
 
     # --- generation ----------------------------------------------------------------------
     # generate/stream/chat/stream_events take SamplingParams' fields (max_tokens, temperature,

@@ -79,21 +79,15 @@ class SamplerSettings(Protocol):
     @property
     def seed(self) -> int | None: ...
 
-    @property
-    def grammar(self) -> str | None: ...
-
 
 class Sampler(Protocol):
     """An engine's token sampler, built from SamplerSettings; closed after a generation.
 
-    It samples from a logits vector the runtime hands it (logit_bias and the closing bonus
-    already added), so every choice of an `n` request can start from the prompt's logits."""
+    It samples from a logits vector the runtime hands it (logit_bias already added, and for a
+    constrained choice the tokens its grammar refuses at -inf), so every choice of an `n`
+    request can start from the prompt's logits."""
 
     def sample(self, logits: np.ndarray) -> int: ...
-
-    def set_grammar(self, text: str) -> None:
-        """Constrain every later token to a GBNF grammar (SamplingError if unsupported)."""
-        ...
 
     def close(self) -> None: ...
 

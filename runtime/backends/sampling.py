@@ -4,8 +4,8 @@ llama.cpp samples with its own chain; onnxruntime only returns logits, so the ON
 this one. Same parameters (`SamplerSettings`) and the same order as llama.cpp's chain: greedy at
 temperature 0, else top-k, then top-p, then temperature, then a seeded draw. A seed makes a
 sampled answer reproducible, and since offloading never changes logits, at every budget.
-logit_bias is added by the runtime before either sampler sees the logits. There is no grammar
-support here (llama.cpp's grammar engine needs a llama.cpp vocabulary): a grammar is refused.
+logit_bias is added by the runtime before either sampler sees the logits, and a constrained
+choice's mask (runtime/structured/guide.py) sets the tokens its grammar refuses to -inf.
 """
 
 from __future__ import annotations
@@ -15,18 +15,10 @@ import os
 import numpy as np
 
 from runtime.backends.base import SamplerSettings
-from runtime.errors import SamplingError
-
-NO_GRAMMAR = (
-    "needs a grammar sampler, which the ONNX backend does not have; serve the bundle's GGUF "
-    "build (backend llama.cpp) for response_format, tools and grammar"
-)
 
 
 class NumpySampler:
     def __init__(self, params: SamplerSettings) -> None:
-        if params.grammar is not None:
-            self.set_grammar(params.grammar)
         self.params = params
         seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(4), "little")
         self._rng = np.random.default_rng(seed % 2**32)
@@ -48,9 +40,6 @@ class NumpySampler:
         probs = np.exp(z / p.temperature)
         probs /= probs.sum()
         return int(order[self._rng.choice(len(order), p=probs)])
-
-    def set_grammar(self, text: str) -> None:
-        raise SamplingError(NO_GRAMMAR)
 
     def close(self) -> None:
         """Nothing to free; present for the Backend's Sampler protocol."""

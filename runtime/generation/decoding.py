@@ -5,10 +5,10 @@ Choice 0 samples from the prompt's logits right after prefill. Every further cho
 KV cache back to the prompt (`Backend.truncate`) and samples its first token from the same saved
 logits, so the prompt is never recomputed and choice i of a request is exactly what a request
 with n=1 and seed `choice_seed(seed, i)` would answer. Per token: logit_bias is added, log-probs
-are read (before any grammar or temperature, as OpenAI reports them), the closing bonus is added
-once the tokens left only just cover the constrained document's shortest end
-(`runtime.structured.closing`), the sampler (with its grammar) picks, and `OutputTracker` splits
-content from tool calls.
+are read (before any grammar or temperature, as OpenAI reports them), and the sampler picks; a
+constrained choice picks through its `OutputTracker` (`runtime.structured`: the library's mask,
+then the sampler, steered to a valid end near max_tokens), which also splits content from tool
+calls and ends the choice once its grammar is complete.
 """
 
 from __future__ import annotations
@@ -117,24 +117,26 @@ def _choice(
     returns the _End."""
     engine, params, max_tokens = model.engine, prepared.params, prepared.max_tokens
     sampler = engine.sampler(replace(params, seed=seed))
-    tracker = OutputTracker(prepared.constraint) if prepared.constraint.active else None
+    tracker = OutputTracker(prepared.constraint, engine, max_tokens) \
+        if prepared.constraint.active else None
     text = TextAssembler(prepared.stop)
     want_lp = params.logprobs is not None
     out: list[int] = []
     all_lp: list[TokenLogprob] = []
     pending: list[TokenLogprob] = []
     emitted: list[str] = []
-    closing, finish = False, "length"
+    finish = "length"
     try:
         for step in range(max_tokens):
             if cancel is not None and cancel.is_set():
                 finish = "cancelled"
                 break
             x = logits if bias is None else logits + bias
-            if tracker is not None and not closing:
-                need = tracker.need()
-                closing = need is not None and max_tokens - step <= need
-            tok = sampler.sample(x + model.closing_bias(tracker.place()) if closing else x)
+            picked = sampler.sample(x) if tracker is None else \
+                tracker.pick(x, sampler.sample, max_tokens - step)
+            if picked is None:  # the grammar allows no token of this vocabulary here
+                break
+            tok = picked
             if engine.is_eog(tok):
                 finish = "stop"
                 break
@@ -146,18 +148,14 @@ def _choice(
                 all_lp.append(lp)
                 pending.append(lp)
             piece, deltas = text.feed(engine.token_bytes(tok)), []
-            if tracker is not None:
-                piece, deltas = tracker.feed(piece) if piece else ("", [])
-                grammar, extra = tracker.lazy_grammar()
-                if grammar is not None:
-                    sampler.set_grammar(grammar)
-                piece += extra
+            if tracker is not None and piece:
+                piece, deltas = tracker.feed(piece, max_tokens - step - 1)
             if piece or deltas:
                 emitted.append(piece)
                 yield StreamEvent(piece, tok, index=index, logprobs=tuple(pending),
                                   tool_calls=tuple(deltas))
                 pending = []
-            if text.stopped:
+            if text.stopped or (tracker is not None and tracker.done):
                 finish = "stop"
                 break
             if step + 1 < max_tokens:
@@ -170,7 +168,7 @@ def _choice(
         content = "".join(emitted) + tail
     else:  # the reader decides what is content (it may hold back a possible call opening)
         if tail:
-            tracker.feed(tail)
+            tracker.feed(tail, 0)
         content, calls = tracker.finish()
         tail = content[len("".join(emitted)):]
     if calls and finish == "stop":

@@ -2,9 +2,9 @@
 
 Every generation goes through `prepare_request` before it runs (or waits in a server's queue),
 so a request that cannot run fails early (ChatTemplateError, PromptTooLongError, or a
-SamplingError for a grammar this engine cannot run), and the engine never tokenizes again.
-Rendering is pure, and tokenizing and parsing a grammar only read the vocabulary, so this is
-safe while another thread generates on the same engine.
+SamplingError for a grammar that cannot run on this vocabulary), and the engine never tokenizes
+again. Rendering is pure, and tokenizing and compiling a grammar only read the vocabulary, so
+this is safe while another thread generates on the same engine.
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from runtime.generation.request import (
     PreparedRequest,
     SamplingParams,
 )
-from runtime.structured.constraint import Constraint, build_constraint
+from runtime.structured.constraint import build_constraint, check_constraint
 
 
 def prepare_request(
@@ -48,8 +48,7 @@ def prepare_request(
         request.parallel_tool_calls,
     )
     if constraint.active:
-        params = replace(params, grammar=constraint.grammar)
-        _check_grammar(engine, params, constraint)
+        check_constraint(engine, constraint)
     return PreparedRequest(prompt, tuple(ids), params, constraint)
 
 
@@ -64,15 +63,3 @@ def _fit_context(params: SamplingParams, n_prompt: int, n_ctx: int) -> SamplingP
     if params.max_tokens > room:
         raise PromptTooLongError(n_prompt, n_ctx, params.max_tokens)
     return params
-
-
-def _check_grammar(engine: Backend, params: SamplingParams, constraint: Constraint) -> None:
-    """Build (and drop) the sampler once, so a grammar the engine cannot parse or run is a 400
-    before queueing; a lazy tool grammar is checked in its complete form."""
-    grammar = params.grammar
-    if grammar is None and constraint.tools is not None:
-        grammar = constraint.tools.grammar
-    try:
-        engine.sampler(replace(params, grammar=grammar)).close()
-    except SamplingError as e:
-        raise SamplingError(f"{constraint.source} {e}") from None

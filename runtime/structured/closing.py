@@ -1,60 +1,101 @@
-"""Steering a constrained generation to a valid end before max_tokens runs out.
+"""Which tokens end a constrained document soonest: the order the way to an end tries them.
 
-When the tokens left no longer exceed what the shortest valid completion needs
-(`JsonProgress.need`), the logits get a large bonus on tokens that close what is open. Which
-tokens close depends on where the document stands, so there are two bonus vectors:
-- inside a string: tokens that start with `"` (they end it), best when nothing but `}` / `]`
+Constrained decoding keeps every token a prefix of some valid document, not that the document
+ends before max_tokens: a small model can write a string forever. So the guide
+(`runtime.structured.guide`) looks for a way to a valid end — one token per step, the first the
+grammar allows in this order — and, once that way only just fits in the tokens left, writes it.
+Which tokens close depends on where the text stands (`Place`):
+- inside a JSON string: tokens that start with `"` (they end it), best when nothing but `}` / `]`
   follows the quote, worst when a `,` does (it opens another member);
-- elsewhere, in tiers: end-of-generation (the grammar allows it only once the document is
-  complete), then tokens made of `}` / `]`, then `,` / `:` (on to the next required property),
-  then `"` (a key or string value the grammar demands).
-The grammar still masks whatever does not fit, so among the tokens it allows the sampler takes
-the one that closes soonest: each token writes at least one byte, so the document ends within
-`need` tokens. The bonus is far larger than any logit range, so temperature and top-p cannot
-undo it.
+- elsewhere: tokens made of `}` / `]`, then `,` / `:` (on to the next required property), then
+  a whole short value (`0`, `null`, `""`, `[]`, ...: a value the grammar demands, at once) or
+  the beginning of `null` / `true` / `false`, then `"` (a key, or a string value).
+Within a tier, tokens that write more of the closers come first (`}}` closes two levels in one
+token), and of those the ones with less whitespace. When the grammar allows none of them (a
+pattern, a minimum, an enum still being spelled), the way takes the lowest-numbered token it
+allows, whitespace last.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Sequence
 
 import numpy as np
 
-STEP = 1.0e4
 STRING, STRUCTURE = "string", "structure"
 _SPACE = frozenset(" \t\n")
 _CLOSERS = frozenset("\"}],:") | _SPACE
+SHORT_VALUES = frozenset({"0", "null", '""', "[]", "{}", "true", "false"})
+# Beginnings of the words among them: `n` may be all of `null` a vocabulary has.
+_WORD_STARTS = frozenset(w[:i] for w in ("null", "true", "false") for i in range(1, len(w)))
 
 
-def _tiers(piece: bytes) -> tuple[int, int]:
-    """(bonus tier inside a string, bonus tier elsewhere) for one token's text."""
+def tiers(piece: bytes) -> tuple[int, int]:
+    """(tier inside a string, tier elsewhere) for one token's bytes; 0: not a closing token.
+
+    Elsewhere: 5 closes brackets, 4 moves on (`,` `:`), 3 is a whole short value, 2 begins
+    `null` / `true` / `false` (preferred to opening a string where either may come), 1 has a
+    quote."""
     try:
         text = piece.decode("utf-8")
     except UnicodeDecodeError:
         return 0, 0
-    if not text or not set(text) <= _CLOSERS or not text.strip():
+    word = text.strip()
+    if word in SHORT_VALUES - {'""'}:
+        return 0, 3
+    if word in _WORD_STARTS:
+        return 0, 2
+    if not text or not set(text) <= _CLOSERS or not word:
         return 0, 0
     in_string = 0
     if text[0] == '"':  # ends the string; what follows it decides how much it closes
         after = set(text[1:]) - _SPACE
         in_string = 3 if after <= set("}]") else 2 if "," not in after else 1
+    if word == '""':
+        return in_string, 3
     if '"' in text:
         return in_string, 1
-    if set(text.strip()) <= set("}]"):
-        return in_string, 3
-    return in_string, 2
+    if set(word) <= set("}]"):
+        return in_string, 5
+    return in_string, 4
 
 
-def closing_bias(
-    n_vocab: int, token_bytes: Callable[[int], bytes], is_eog: Callable[[int], bool]
-) -> dict[str, np.ndarray]:
-    """The bonus added to every token's logit in closing mode, per place (STRING, STRUCTURE)."""
-    inside = np.zeros(n_vocab, dtype=np.float32)
-    outside = np.zeros(n_vocab, dtype=np.float32)
-    for t in range(n_vocab):
-        if is_eog(t):
-            inside[t] = outside[t] = 4 * STEP
-            continue
-        a, b = _tiers(token_bytes(t))
-        inside[t], outside[t] = a * STEP, b * STEP
-    return {STRING: inside, STRUCTURE: outside}
+def closing_order(tokens: Sequence[bytes]) -> dict[str, np.ndarray]:
+    """Per place, the ids of the closing tokens, best first (tier, then closers written, then
+    fewest bytes, then id)."""
+    ranked: dict[str, list[tuple[int, int, int, int]]] = {STRING: [], STRUCTURE: []}
+    for token, piece in enumerate(tokens):
+        inside, outside = tiers(piece)
+        solid = len(piece) - sum(piece.count(c) for c in b" \t\n")
+        if inside:
+            ranked[STRING].append((-inside, -solid, len(piece), token))
+        if outside:
+            ranked[STRUCTURE].append((-outside, -solid, len(piece), token))
+    return {place: np.array([r[-1] for r in sorted(rs)], dtype=np.int64)
+            for place, rs in ranked.items()}
+
+
+class Place:
+    """Whether text written so far ends inside a JSON string, fed byte by byte (a raw grammar's
+    quotes are read the same way, which only changes the order of preference)."""
+
+    __slots__ = ("in_string", "escaped")
+
+    def __init__(self, in_string: bool = False, escaped: bool = False) -> None:
+        self.in_string, self.escaped = in_string, escaped
+
+    def copy(self) -> Place:
+        return Place(self.in_string, self.escaped)
+
+    def feed(self, data: bytes) -> None:
+        for b in data:
+            if self.escaped:
+                self.escaped = False
+            elif b == 0x5C and self.in_string:  # backslash
+                self.escaped = True
+            elif b == 0x22:  # quote
+                self.in_string = not self.in_string
+
+    @property
+    def name(self) -> str:
+        return STRING if self.in_string else STRUCTURE

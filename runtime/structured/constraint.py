@@ -1,17 +1,16 @@
-"""Structured output: what a request constrains (response_format, a raw grammar, tools) and the
-grammar that enforces it while sampling, decided once by `Model.prepare`.
+"""Structured output: what a request constrains (response_format, a raw grammar, tools), decided
+once by `Model.prepare`, and one choice's constrained output as it is generated.
 
 - `response_format` `{"type": "json_object"}`: any JSON object; `{"type": "json_schema",
   "json_schema": {"name", "schema", "strict"}}`: a document valid against the schema (always
-  enforced, whatever `strict` says). Unsupported schema keywords are refused up front
-  (`json_schema.check_schema`).
-- `grammar`: a raw GBNF grammar (llama.cpp server's extension), used as given.
+  enforced, whatever `strict` says). A schema the library cannot enforce is refused up front,
+  naming the keyword (`runtime.structured.grammar.check_schema`).
+- `grammar`: a raw grammar, GBNF (llama.cpp server's extension) or llguidance's Lark.
 - tools: see `runtime.structured.tools`; with tool_choice "auto" and a response_format the answer
-is either   a document of that format or calls.
-A generation that reaches max_tokens before its document is complete ends with finish_reason
-"length" and the text as generated (not valid JSON). To make that rare, the last tokens steer to
-the shortest valid end (`runtime.structured.closing`): it happens only when max_tokens is smaller
-than the schema's shortest document, or with a raw grammar (whose ends edgemoe cannot measure).
+  is either a document of that format or calls.
+Everything becomes one Lark grammar that llguidance enforces while sampling, on every backend
+(`runtime.structured.guide`). Near max_tokens the output is steered to its shortest valid end;
+when even that does not fit, it ends with finish_reason "length" and the text as generated.
 """
 
 from __future__ import annotations
@@ -21,11 +20,19 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+
+from runtime.backends.base import Backend
 from runtime.errors import SamplingError
-from runtime.structured.closing import STRING, STRUCTURE
-from runtime.structured.gbnf import GrammarBuilder
-from runtime.structured.json_progress import JsonProgress
-from runtime.structured.json_schema import Schema, check_schema
+from runtime.structured.grammar import (
+    ANY_OBJECT,
+    MAX_GRAMMAR_CHARS,
+    check_schema,
+    schema_grammar,
+    schema_rule,
+    user_grammar,
+)
+from runtime.structured.guide import Guide, vocabulary
 from runtime.structured.tools import (
     ToolCall,
     ToolCallDelta,
@@ -38,10 +45,6 @@ from runtime.structured.tools import (
 
 FORMATS = ("text", "json_object", "json_schema")
 _NAME = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
-MAX_GRAMMAR_CHARS = 256 * 1024
-# Tokens of slack on top of the measured need before closing starts (the end-of-generation
-# token included).
-CLOSING_MARGIN = 6
 
 
 @dataclass(frozen=True)
@@ -49,7 +52,7 @@ class ResponseFormat:
     """A checked response_format; `schema` None with type json_object means any JSON object."""
 
     type: str = "text"
-    schema: Schema | None = None
+    schema: dict[str, Any] | None = None
     name: str | None = None
     strict: bool = False
 
@@ -81,15 +84,16 @@ def parse_response_format(value: Any) -> ResponseFormat | None:
     raw = spec.get("schema")
     if raw is None:
         return ResponseFormat("json_object", None, name, bool(strict))
-    return ResponseFormat("json_schema", check_schema(raw, "response_format", prefix="rf-"),
-                          name, bool(strict))
+    return ResponseFormat("json_schema", check_schema(raw, "response_format"), name,
+                          bool(strict))
 
 
 def check_grammar_text(value: Any) -> str | None:
+    """The cheap checks of a raw grammar (type, size); it is parsed at prepare."""
     if value is None:
         return None
     if not isinstance(value, str) or not value.strip():
-        raise SamplingError("grammar must be a non-empty GBNF text")
+        raise SamplingError("grammar must be a non-empty GBNF or Lark text")
     if len(value) > MAX_GRAMMAR_CHARS:
         raise SamplingError(f"grammar must be at most {MAX_GRAMMAR_CHARS} characters")
     return value
@@ -97,11 +101,10 @@ def check_grammar_text(value: Any) -> str | None:
 
 @dataclass(frozen=True)
 class Constraint:
-    """How one request's output is constrained: the grammar the sampler starts with (None:
-    free until a lazy tool call opens), the document to measure for closing, the tools."""
+    """How one request's output is constrained: the Lark grammar enforced from the first token
+    (None: free until a lazy tool call opens) and the tools."""
 
     grammar: str | None = None
-    document: ResponseFormat | None = None  # the content is a JSON document of this format
     tools: ToolPlan | None = None
     source: str = "response_format"  # the request field to name in errors
 
@@ -128,82 +131,78 @@ def build_constraint(
             raise SamplingError("grammar cannot be combined with a JSON response_format; give one")
         if calling:
             raise SamplingError("grammar cannot be combined with tools; set tool_choice 'none'")
-        return Constraint(grammar, None, None, "grammar")
+        return Constraint(user_grammar(grammar), None, "grammar")
     if fmt is None and not calling:
         return NO_CONSTRAINT
-    builder = GrammarBuilder()
-    content = None
-    if fmt is not None:
-        content = builder.schema(fmt.schema, "rf") if fmt.schema is not None else builder.generic()
+    schema = None if fmt is None else fmt.schema if fmt.schema is not None else ANY_OBJECT
     if not calling:
-        return Constraint(builder.render(content), fmt)
-    plan = plan_tools(tools, choice, parallel, builder)
+        assert schema is not None
+        return Constraint(schema_grammar(schema))
+    plan = plan_tools(tools, choice, parallel)
     if plan.required:
-        return Constraint(plan.grammar, None, plan, "tools")
-    if content is None:  # auto: free text until the model opens a call
-        return Constraint(None, None, plan, "tools")
+        return Constraint(plan.grammar, plan, "tools")
+    if schema is None:  # auto: free text until the model opens a call
+        return Constraint(None, plan, "tools")
     union = ToolPlan(plan.tools, plan.parallel, False, plan.rules, False)
-    return Constraint(f"{plan.rules}\nroot ::= {content} | x-calls", fmt, union, "tools")
+    return Constraint(f"{plan.rules}x_doc: {schema_rule(schema)}\nstart: x_doc | x_calls\n",
+                      union, "tools")
+
+
+def check_constraint(engine: Backend, constraint: Constraint) -> None:
+    """Compile the request's grammar against `engine`'s vocabulary once, before it may queue,
+    so a grammar it cannot run is a 400 at once (a lazy tool grammar in its complete form)."""
+    grammar = constraint.grammar
+    if grammar is None and constraint.tools is not None:
+        grammar = constraint.tools.grammar
+    if grammar is not None:
+        vocabulary(engine).matcher(grammar, constraint.source)
 
 
 class OutputTracker:
-    """One choice's output as it is generated: content and tool calls apart, and how many bytes
-    the shortest valid end still needs (None when nothing is being constrained)."""
+    """One choice's constrained output as it is generated: the guide that masks each token
+    (none while an auto-mode answer is free text), and content and tool calls apart."""
 
-    def __init__(self, constraint: Constraint) -> None:
+    def __init__(self, constraint: Constraint, engine: Backend, max_tokens: int) -> None:
         self.constraint = constraint
+        self.vocab = vocabulary(engine)
+        self.guide = None if constraint.grammar is None else \
+            Guide(self.vocab, constraint.grammar, constraint.source, max_tokens)
         self.reader = ToolCallReader(constraint.tools) if constraint.tools is not None else None
-        doc = constraint.document
-        self.document = JsonProgress(doc.schema) if doc is not None else None
-        self.grammar_on = constraint.grammar is not None
         self._lazy_done = False
 
-    def feed(self, text: str) -> tuple[str, list[ToolCallDelta]]:
-        """(content piece, call deltas) for newly generated text."""
+    def pick(self, logits: np.ndarray, sample: Any, left: int) -> int | None:
+        """The next token (`left` tokens left, this one included); None: none can follow."""
+        if self.guide is None:
+            return int(sample(logits))
+        return self.guide.step(logits, sample, left)
+
+    @property
+    def done(self) -> bool:
+        """The constrained output is complete and its grammar admits nothing more."""
+        return self.guide is not None and self.guide.done
+
+    def feed(self, text: str, left: int) -> tuple[str, list[ToolCallDelta]]:
+        """(content piece, call deltas) for newly generated text (`left` tokens still to go)."""
         if self.reader is None:
-            if self.document is not None:
-                self.document.feed(text)
             return text, []
         content, deltas = self.reader.feed(text)
-        if self.document is not None and content:
-            self.document.feed(content)
-        return content, deltas
+        return content + self._lazy_start(left), deltas
 
-    def lazy_grammar(self) -> tuple[str | None, str]:
-        """Once an auto-mode call has opened: (grammar for the rest of it, content to emit).
-
-        (None, "") while nothing is due; (None, text) when the opened text cannot become a
-        valid call, which then stays content."""
+    def _lazy_start(self, left: int) -> str:
+        """Once an auto-mode call has opened, constrain the rest of it; returns text that
+        becomes content instead (an opening that cannot become a valid call)."""
         plan = self.constraint.tools
         if self._lazy_done or self.reader is None or plan is None or not plan.lazy:
-            return None, ""
+            return ""
         if not self.reader.in_calls:
-            return None, ""
+            return ""
         self._lazy_done = True
-        grammar = plan.continuation(self.reader.calls[-1].text)
+        written = self.reader.calls[-1].text
+        grammar = plan.continuation(written)
         if grammar is None:
-            return None, self.reader.abandon()
-        self.grammar_on = True
-        return grammar, ""
-
-    def need(self) -> int | None:
-        if not self.grammar_on:
-            return None
-        if self.reader is not None and self.reader.in_calls:
-            return self.reader.need() + CLOSING_MARGIN
-        if self.document is not None:
-            return self.document.need() + CLOSING_MARGIN
-        if self.reader is not None and self.reader.plan.required:
-            return self.reader.need() + CLOSING_MARGIN
-        return None
-
-    def place(self) -> str:
-        """Where the output stands, for the closing bonus: inside a JSON string or not."""
-        if self.reader is not None and self.reader.in_calls:
-            return STRING if self.reader.in_string() else STRUCTURE
-        if self.document is not None and self.document.in_string():
-            return STRING
-        return STRUCTURE
+            return self.reader.abandon()
+        self.guide = Guide(self.vocab, grammar, self.constraint.source, left, written)
+        return ""
 
     def finish(self) -> tuple[str, tuple[ToolCall, ...]]:
         if self.reader is None:

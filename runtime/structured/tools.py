@@ -8,8 +8,9 @@ Every call is written in one syntax, whatever the checkpoint:
 
 It is the syntax of the Qwen2/Qwen3/Hermes chat templates, so a template that renders `tools`
 itself teaches the model exactly this; for any other template the functions are described in a
-system message that asks for it (`fallback_system_text`). The grammar makes a call parse and its
-arguments validate against the function's `parameters` schema:
+system message that asks for it (`fallback_system_text`). The grammar (Lark, with each
+function's `parameters` schema inline: `runtime.structured.grammar`) makes a call parse and its
+arguments validate:
 - tool_choice "required" or a named function: the whole answer is one call (several with
   parallel_tool_calls), constrained from the first token;
 - "auto": the model writes freely; once it writes `<tool_call>` the rest of the call is
@@ -28,9 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from runtime.errors import SamplingError
-from runtime.structured.gbnf import GrammarBuilder, literal
-from runtime.structured.json_progress import JsonProgress
-from runtime.structured.json_schema import Schema, check_schema
+from runtime.structured.grammar import check_schema, literal, schema_rule
 
 TRIGGER = "<tool_call>"
 OPEN = TRIGGER + "\n"
@@ -48,8 +47,7 @@ _EMPTY_PARAMS: dict[str, Any] = {"type": "object", "properties": {}}
 class ToolSpec:
     name: str
     description: str
-    parameters: dict[str, Any]  # as given (what the prompt shows)
-    schema: Schema  # checked (what the grammar enforces)
+    parameters: dict[str, Any]  # as given: what the prompt shows and the grammar enforces
 
     def as_openai(self) -> dict[str, Any]:
         fn: dict[str, Any] = {"name": self.name, "parameters": self.parameters}
@@ -102,11 +100,11 @@ def parse_tools(value: Any) -> tuple[ToolSpec, ...]:
         params = fn.get("parameters", _EMPTY_PARAMS)
         if params is None:
             params = _EMPTY_PARAMS
-        schema = check_schema(params, f"tools[{i}].function.parameters", prefix=f"t{i}-")
-        if schema.root.get("type") != "object" or "properties" not in schema.root:
-            raise SamplingError(f"tools[{i}].function.parameters must be an object schema "
-                                "with 'properties'")
-        out.append(ToolSpec(name, str(fn.get("description") or ""), dict(params), schema))
+        where = f"tools[{i}].function.parameters"
+        if not isinstance(params, Mapping) or params.get("type") != "object":
+            raise SamplingError(f"{where} must be an object schema (type \"object\")")
+        out.append(ToolSpec(name, str(fn.get("description") or ""),
+                            check_schema(dict(params), where)))
     names = [t.name for t in out]
     if len(set(names)) != len(names):
         raise SamplingError("tools lists a function name twice")
@@ -140,8 +138,9 @@ def parse_tool_choice(value: Any, tools: Sequence[ToolSpec]) -> ToolChoice:
 class ToolPlan:
     """What prepare decided for a request's tools: which may be called and how it is enforced.
 
-    `rules` is the grammar without its root (the arguments of every allowed function, `x-call`
-    and `x-calls`); `lazy` plans (auto) install `continuation(...)` once the model opens a call.
+    `rules` is the Lark grammar without its start rule (the arguments of every allowed function,
+    `x_call` and `x_calls`); `lazy` plans (auto) install `continuation(...)` once the model
+    opens a call.
     """
 
     tools: tuple[ToolSpec, ...]  # the callable ones
@@ -161,37 +160,31 @@ class ToolPlan:
             head = self.head(t)
             if head.startswith(written):
                 rest = head[len(written):]
-                alts.append(f"{literal(rest)} x-args-{i}" if rest else f"x-args-{i}")
+                alts.append(f"{literal(rest)} x_args_{i}" if rest else f"x_args_{i}")
         if not alts:
             return None
         first = f"( {' | '.join(alts)} ) {literal(CLOSE)}"
-        more = f' ( {literal(SEP)} x-calls )?' if self.parallel else ""
-        return f"{self.rules}\nroot ::= {first}{more}"
+        more = f" ( {literal(SEP)} x_calls )?" if self.parallel else ""
+        return f"{self.rules}start: {first}{more}\n"
 
     @property
     def grammar(self) -> str:
         """The grammar of whole calls (what required/named tool choice samples with)."""
-        return f"{self.rules}\nroot ::= x-calls"
+        return f"{self.rules}start: x_calls\n"
 
 
-def plan_tools(
-    tools: Sequence[ToolSpec], choice: ToolChoice, parallel: bool, builder: GrammarBuilder
-) -> ToolPlan:
-    """Add the call rules to `builder` (which may also hold a response_format schema)."""
+def plan_tools(tools: Sequence[ToolSpec], choice: ToolChoice, parallel: bool) -> ToolPlan:
+    """The call rules for the functions `choice` allows."""
     allowed = tuple(t for t in tools if choice.mode != "function" or t.name == choice.name)
-    alts = []
+    lines, alts = [], []
     for i, t in enumerate(allowed):
-        args = builder.schema(t.schema, f"t{i}")
-        builder.rule(f"x-args-{i}", args)
-        alts.append(f"{literal(t.name + MID)} x-args-{i}")
-    builder.rule("x-call", f"{literal(OPEN + HEAD)} ( {' | '.join(alts)} ) {literal(CLOSE)}")
-    body = "x-call"
-    for _ in range(MAX_PARALLEL_CALLS - 1 if parallel else 0):
-        body = f"x-call ( {literal(SEP)} {body} )?"
-    builder.rule("x-calls", body)
-    rules = builder.render(None)
-    lazy = choice.mode == "auto"
-    return ToolPlan(allowed, parallel, lazy, rules, choice.mode != "auto")
+        lines.append(f"x_args_{i}: {schema_rule(t.parameters)}")
+        alts.append(f"{literal(t.name + MID)} x_args_{i}")
+    lines.append(f"x_call: {literal(OPEN + HEAD)} ( {' | '.join(alts)} ) {literal(CLOSE)}")
+    more = f" ( {literal(SEP)} x_call ){{0,{MAX_PARALLEL_CALLS - 1}}}" if parallel else ""
+    lines.append(f"x_calls: x_call{more}")
+    rules = "".join(line + "\n" for line in lines)
+    return ToolPlan(allowed, parallel, choice.mode == "auto", rules, choice.mode != "auto")
 
 
 # --- reading calls back --------------------------------------------------------------------------
@@ -202,16 +195,36 @@ class _Call:
     id: str = field(default_factory=lambda: "call_" + uuid.uuid4().hex[:24])
     args_start: int = 0
     args_end: int | None = None
-    progress: JsonProgress | None = None
+    depth: int = 0  # of the arguments' brackets, while they are written
+    in_string: bool = False
+    escaped: bool = False
     sent: int = 0  # argument characters already streamed
     complete: bool = False
+
+    def args_char(self, ch: str) -> bool:
+        """Follow one character of the arguments (a JSON object); True once it closed."""
+        if self.in_string:
+            if self.escaped:
+                self.escaped = False
+            elif ch == "\\":
+                self.escaped = True
+            elif ch == '"':
+                self.in_string = False
+        elif ch == '"':
+            self.in_string = True
+        elif ch in "{[":
+            self.depth += 1
+        elif ch in "}]":
+            self.depth -= 1
+            return self.depth == 0
+        return False
 
 
 class ToolCallReader:
     """Splits generated text into content and tool calls as it arrives.
 
     In auto mode text is content until the trigger (a possible start of it is held back);
-    required mode is calls only. `need()` bounds the bytes that close the call being written."""
+    required mode is calls only."""
 
     def __init__(self, plan: ToolPlan) -> None:
         self.plan = plan
@@ -266,14 +279,10 @@ class ToolCallReader:
             if len(call.text) > len(head) and call.text.endswith(MID):
                 call.name = call.text[len(head): -len(MID)]
                 call.args_start = len(call.text)
-                schema = next((t.schema for t in self.plan.tools if t.name == call.name), None)
-                call.progress = JsonProgress(schema)
                 deltas.append(ToolCallDelta(index, "", call.id, call.name))
             return
         if call.args_end is None:
-            assert call.progress is not None
-            call.progress.feed(ch)
-            if call.progress.done:
+            if call.args_char(ch):
                 call.args_end = len(call.text)
             piece = call.text[call.args_start + call.sent: call.args_end or len(call.text)]
             if piece:
@@ -282,27 +291,6 @@ class ToolCallReader:
             return
         if call.text.endswith(CLOSE):
             call.complete = True
-
-    def in_string(self) -> bool:
-        call = self.calls[-1] if self.calls else None
-        return bool(call and call.progress is not None and call.args_end is None
-                    and call.progress.in_string())
-
-    def need(self) -> int:
-        """Bytes that finish the call being written; between calls, what one more call takes
-        (so steering ends the answer instead of opening a call that cannot finish)."""
-        if not self.in_calls or not self.calls:
-            return 0
-        call = self.calls[-1]
-        if call.complete or call.name is None:
-            written = 0 if call.complete else len(call.text)
-            longest = max((len(self.plan.head(t)) for t in self.plan.tools), default=0)
-            args = max((t.schema.close_bytes() for t in self.plan.tools), default=2)
-            return max(longest - written, 0) + args + len(CLOSE) + len(SEP)
-        if call.args_end is None:
-            assert call.progress is not None
-            return call.progress.need() + len(CLOSE)
-        return max(len(CLOSE) - len(call.text[call.args_end:].lstrip(" ")), 1)
 
     def finish(self) -> tuple[str, tuple[ToolCall, ...]]:
         """(content, complete calls). An unfinished call's text is returned in the content, so

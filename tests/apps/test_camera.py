@@ -119,8 +119,8 @@ def test_request_shape_is_openais_json_schema_format():
 
 
 def test_schema_keeps_to_what_the_server_can_enforce():
-    """The server refuses schema keywords its grammar cannot honour; this one passes as is."""
-    from runtime.structured.json_schema import check_schema
+    """The server refuses schema keywords it cannot enforce; this one passes as is."""
+    from runtime.structured.grammar import check_schema
 
     check_schema(SUMMARY_SCHEMA, "response_format")
 

@@ -1,8 +1,10 @@
-"""Structured output, tools, logprobs, n and logit_bias through the Python API on real engines.
+"""Structured output, tools, logprobs, n and logit_bias through the Python API on real engines,
+both of them: every test runs on llama.cpp (the GGUF build) and on onnxruntime (the ONNX build of
+the same bundle), since constrained decoding is one engine-independent step above the seam.
 
 The fixture models are tiny and barely trained, so they write strings forever if let: every
-JSON answer must still parse and validate (jsonschema_rs), which is what the grammar plus the
-closing steering guarantee whenever max_tokens can hold the schema's shortest document.
+JSON answer must still parse and validate (jsonschema_rs), which is what the mask plus the way
+to an end guarantee whenever max_tokens can hold the schema's shortest document.
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from runtime.generation.request import GenerationRequest, SamplingParams, choice
 
 pytestmark = pytest.mark.engine
 
+BACKENDS = ("llama.cpp", "onnx")
 PROMPT = "Describe the record as JSON:\n"
 N_CTX = 1024
 SCHEMAS = {
@@ -41,6 +44,23 @@ SCHEMAS = {
             "weight": {"type": "number"}, "day": {"type": "string", "format": "date"}},
             "required": ["kind", "weight", "day"]}},
     },
+    # What the hand-written converter refused: pattern, numeric bounds, oneOf, allOf.
+    "full": {
+        "type": "object",
+        "properties": {
+            "code": {"type": "string", "pattern": "^[A-Z]{2}-[0-9]{2,4}$"},
+            "score": {"type": "number", "minimum": -1.5, "exclusiveMaximum": 10},
+            "count": {"type": "integer", "minimum": 3, "maximum": 7},
+            "id": {"oneOf": [{"type": "integer", "minimum": 1}, {"type": "null"}]},
+            "where": {"allOf": [{"$ref": "#/$defs/Place"},
+                                {"properties": {"floor": {"type": "integer"}},
+                                 "required": ["floor"]}]},
+        },
+        "required": ["code", "score", "count", "id", "where"],
+        "additionalProperties": False,
+        "$defs": {"Place": {"type": "object", "properties": {"city": {"type": "string"}},
+                            "required": ["city"]}},
+    },
     "any": {"type": "object"},
 }
 TOOLS = [
@@ -61,15 +81,23 @@ def _fmt(schema: dict) -> dict:
                                                    "strict": True}}
 
 
-@pytest.fixture(scope="module")
-def model(tiny_bundle):
-    with runtime.load(tiny_bundle, n_ctx=N_CTX, threads=2) as m:
+def _both(bundle_factory, name: str = "qwen3moe-tiny", quant: str = "F16"):
+    """One bundle holding both builds of a fixture (GGUF at `quant`, ONNX at its nearest)."""
+    return bundle_factory(name, quant, format="gguf,onnx")
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def model(request, bundle_factory):
+    with runtime.load(_both(bundle_factory), backend=request.param, n_ctx=N_CTX,
+                      threads=2) as m:
         yield m
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("name", ["qwen3moe-tiny", "mixtral-tiny", "deepseek2-tiny"])
-def test_every_json_answer_validates(name, bundle_factory) -> None:
-    with runtime.load(bundle_factory(name, "F16"), n_ctx=N_CTX, threads=2) as m:
+def test_every_json_answer_validates(name, backend, bundle_factory) -> None:
+    with runtime.load(_both(bundle_factory, name), backend=backend, n_ctx=N_CTX,
+                      threads=2) as m:
         for key, schema in SCHEMAS.items():
             check = jsonschema_rs.validator_for(schema)
             for temperature, seed in ((0.0, None), (1.0, 11), (1.3, 12)):
@@ -91,10 +119,23 @@ def test_max_tokens_below_the_shortest_document_ends_with_length(model) -> None:
 def test_raw_grammar_and_its_errors(model) -> None:
     r = model.generate(PROMPT, max_tokens=10, grammar='root ::= ("yes" | "no") "."')
     assert r.text in ("yes.", "no.") and r.finish_reason == "stop"
+    r = model.generate(PROMPT, max_tokens=30, temperature=1.0, seed=2,
+                       grammar='start: WORD ("," WORD)* "."\nWORD: /[a-z]{1,6}/')  # Lark
+    assert r.finish_reason == "stop" and r.text.endswith(".") and r.text[:-1].replace(
+        ",", "").isalpha(), r.text
     with pytest.raises(SamplingError, match="^grammar could not be parsed"):
         model.generate(PROMPT, grammar="root ::= missing")
     with pytest.raises(SamplingError, match="grammar cannot be combined"):
         model.generate(PROMPT, grammar='root ::= "a"', response_format={"type": "json_object"})
+    with pytest.raises(SamplingError, match="^response_format schema .*uniqueItems"):
+        model.generate(PROMPT, response_format=_fmt({"type": "array", "uniqueItems": True}))
+
+
+def test_a_grammar_that_cannot_end_in_time_is_cut(model) -> None:
+    """40 letters then a period, in at most 8 tokens: cut at max_tokens, never a hang."""
+    r = model.generate(PROMPT, max_tokens=8, temperature=1.0, seed=1,
+                       grammar='root ::= [a-z]{40} "."')
+    assert r.finish_reason == "length" and len(r.tokens) == 8 and r.text.isalpha()
 
 
 @pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "add"}}])
@@ -146,22 +187,25 @@ def test_streamed_call_pieces_add_up_to_the_call(model) -> None:
     assert all(ev.text == "" for ev in events)
 
 
-def test_a_template_with_tool_support_renders_them_itself(tiny_bundle) -> None:
+def test_a_template_with_tool_support_renders_them_itself(model) -> None:
     template = (
         "{% if tools %}<|im_start|>system\nfunctions: {{ tools | map(attribute='function.name')"
         " | join(',') }}; reply with <tool_call><|im_end|>\n{% endif %}"
         "{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}<|im_end|>\n"
         "{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
     )
-    with runtime.load(tiny_bundle, n_ctx=N_CTX, threads=2) as m:
-        m.manifest = dataclasses.replace(m.manifest, chat_template=template)
+    manifest = model.manifest
+    model.manifest = dataclasses.replace(manifest, chat_template=template)
+    try:
         request = GenerationRequest(messages=[{"role": "user", "content": "hi"}], tools=TOOLS,
                                     tool_choice="required",
                                     params=SamplingParams(max_tokens=160))
-        prepared = m.prepare(request)
+        prepared = model.prepare(request)
         assert prepared.prompt.startswith("<|im_start|>system\nfunctions: get_weather,add;")
-        r = m.generate_prepared(prepared)
+        r = model.generate_prepared(prepared)
         assert r.finish_reason == "tool_calls" and r.tool_calls
+    finally:
+        model.manifest = manifest
 
 
 def test_n_choices_compute_the_prompt_once(model) -> None:
@@ -203,14 +247,15 @@ def test_logprobs_and_logit_bias(model) -> None:
         model.generate(PROMPT, logit_bias={10**6: 1})
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("budget", ["100%", "25%"])
-def test_seeded_answers_are_the_same_at_every_budget(budget, bundle_factory) -> None:
-    bundle = bundle_factory("qwen3moe-tiny", "Q8_0")
+def test_seeded_answers_are_the_same_at_every_budget(budget, backend, bundle_factory) -> None:
+    bundle = _both(bundle_factory, quant="Q8_0")
     kw = dict(max_tokens=60, temperature=1.0, top_p=0.95, seed=77, n=2, logprobs=2,
               response_format=_fmt(SCHEMAS["person"]))
-    with runtime.load(bundle, budget="100%", n_ctx=N_CTX, threads=2) as m:
+    with runtime.load(bundle, backend=backend, budget="100%", n_ctx=N_CTX, threads=2) as m:
         reference = m.generate(PROMPT, **kw)
-    with runtime.load(bundle, budget=budget, n_ctx=N_CTX, threads=2) as m:
+    with runtime.load(bundle, backend=backend, budget=budget, n_ctx=N_CTX, threads=2) as m:
         assert m.stats()["offloading"] == (budget != "100%")
         again = m.generate(PROMPT, **kw)
     assert [c.tokens for c in again.choices] == [c.tokens for c in reference.choices]
@@ -219,16 +264,12 @@ def test_seeded_answers_are_the_same_at_every_budget(budget, bundle_factory) -> 
         assert [x.logprob for x in a.logprobs] == pytest.approx([x.logprob for x in b.logprobs])
 
 
-def test_onnx_has_no_grammar_but_the_rest_works(bundle_factory) -> None:
-    bundle = bundle_factory("qwen3moe-tiny", "fp32", format="onnx")
-    with runtime.load(bundle, backend="onnx", n_ctx=N_CTX, threads=2) as m:
-        with pytest.raises(SamplingError, match="^response_format needs a grammar sampler.*ONNX"):
-            m.generate(PROMPT, response_format={"type": "json_object"})
-        with pytest.raises(SamplingError, match="^tools needs a grammar sampler"):
-            m.chat([{"role": "user", "content": "x"}], tools=TOOLS, tool_choice="auto")
-        r = m.generate(PROMPT, max_tokens=6, temperature=1.0, seed=4, n=2, logprobs=1,
-                       logit_bias={7: -100})
-        assert len(r.choices) == 2 and all(len(c.logprobs) == len(c.tokens) for c in r.choices)
-        alone = m.generate(PROMPT, max_tokens=6, temperature=1.0, seed=choice_seed(4, 1),
-                           logit_bias={7: -100})
-        assert list(r.choices[1].tokens) == alone.tokens
+def test_n_logprobs_and_logit_bias_with_a_constraint(model) -> None:
+    """Each choice of a constrained n request is the n=1 answer with its seed; logprobs are the
+    model's own (before the mask), so a token the mask forced still has one."""
+    kw = dict(max_tokens=40, temperature=1.0, seed=4, logprobs=1, logit_bias={7: -100},
+              response_format=_fmt(SCHEMAS["person"]))
+    r = model.generate(PROMPT, n=2, **kw)
+    assert len(r.choices) == 2 and all(len(c.logprobs) == len(c.tokens) for c in r.choices)
+    alone = model.generate(PROMPT, **{**kw, "seed": choice_seed(4, 1)})
+    assert list(r.choices[1].tokens) == alone.tokens and 7 not in alone.tokens

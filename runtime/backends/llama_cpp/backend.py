@@ -341,9 +341,8 @@ class LlamaBackend:
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
 
     def sampler(self, params: SamplerSettings) -> LlamaSampler:
-        """llama.cpp's sampler chain for `params`, with its grammar when one is given (raises
-        SamplingError when llama.cpp cannot parse it). Needs only the vocabulary, so it may be
-        built on another thread while this context decodes (Model.prepare checks grammars so)."""
+        """llama.cpp's sampler chain for `params`. Constrained output is masked above the seam
+        (runtime/structured/guide.py), so the chain never holds a grammar."""
         return LlamaSampler(self, params)
 
     def sample(self, sampler: LlamaSampler, logits_idx: int = -1) -> int:
@@ -365,14 +364,9 @@ _TOKEN_DATA = np.dtype([("id", np.int32), ("logit", np.float32), ("p", np.float3
 
 
 class LlamaSampler:
-    """llama.cpp's sampler chain applied to a logits vector, with an optional GBNF grammar.
-
-    The chain is llama.cpp's own (top-k, top-p, temperature, seeded draw; greedy at temperature
-    0). The grammar is a separate llama.cpp grammar sampler, applied the way llama.cpp's common
-    sampler does it: draw from the unconstrained distribution first and let the grammar check
-    just that token, masking the whole vocabulary only when it is refused, since a full mask
-    costs a grammar walk per vocabulary entry. Logits come in as an array (the runtime adds
-    logit_bias and, near max_tokens, the closing bonus), so the same sampler serves every
+    """llama.cpp's sampler chain (top-k, top-p, temperature, seeded draw; greedy at temperature
+    0) applied to a logits vector. Logits come in as an array (the runtime adds logit_bias, and
+    a constrained choice's mask sets refused tokens to -inf), so the same sampler serves every
     choice of an `n` request from the prompt's saved logits.
     """
 
@@ -381,7 +375,6 @@ class LlamaSampler:
         from llama_cpp import _internals as li
 
         self._lib = llama_cpp
-        self._backend = backend
         self.greedy = params.temperature <= 0
         self._chain = li.LlamaSampler()
         if self.greedy:
@@ -399,81 +392,23 @@ class LlamaSampler:
             )
         self._cells = np.empty(backend.n_vocab, dtype=_TOKEN_DATA)
         self._ids = np.arange(backend.n_vocab, dtype=np.int32)
-        self._one = np.empty(1, dtype=_TOKEN_DATA)
-        self._grammar = None
-        if params.grammar is not None:
-            self.set_grammar(params.grammar)
 
-    def set_grammar(self, text: str) -> None:
-        """Constrain every later token to `text` (GBNF, root rule `root`)."""
-        from runtime.errors import SamplingError
-
-        grammar = self._lib.llama_sampler_init_grammar(
-            self._backend.vocab, text.encode("utf-8"), b"root"
-        )
-        if not grammar:
-            raise SamplingError("could not be parsed by llama.cpp's GBNF parser (its message, in "
-                                "the log, names the line)")
-        self._free_grammar()
-        self._grammar = grammar
-
-    def _array(self, cells: np.ndarray):  # -> llama_token_data_array
-        return self._lib.llama_token_data_array(
-            data=cells.ctypes.data_as(self._lib.llama_token_data_p),
-            size=len(cells), selected=-1, sorted=False,
-        )
-
-    def _fill(self, logits: np.ndarray) -> np.ndarray:
+    def sample(self, logits: np.ndarray) -> int:
+        """The next token for `logits` (token-id order)."""
+        if self.greedy:
+            return int(np.argmax(logits))  # llama.cpp's greedy: the first best token
         cells = self._cells
         cells["id"] = self._ids
         cells["logit"] = logits
         cells["p"] = 0.0
-        return cells
-
-    def _draw(self, logits: np.ndarray) -> int:
-        if self.greedy:
-            return int(np.argmax(logits))  # llama.cpp's greedy: the first best token
-        arr = self._array(self._fill(logits))
+        arr = self._lib.llama_token_data_array(
+            data=cells.ctypes.data_as(self._lib.llama_token_data_p),
+            size=len(cells), selected=-1, sorted=False,
+        )
         self._lib.llama_sampler_apply(self._chain.sampler, ctypes.byref(arr))
         token = int(arr.data[arr.selected].id)
         self._lib.llama_sampler_accept(self._chain.sampler, token)
         return token
 
-    def _allows(self, token: int) -> bool:
-        one = self._one
-        one["id"], one["logit"], one["p"] = token, 0.0, 0.0
-        arr = self._array(one)
-        self._lib.llama_sampler_apply(self._grammar, ctypes.byref(arr))
-        return bool(np.isfinite(one["logit"][0]))
-
-    def sample(self, logits: np.ndarray) -> int:
-        """The next token for `logits` (token-id order); the grammar, if any, accepts it.
-
-        Where a grammar allows no token of this vocabulary at all (a raw grammar that needs a
-        character no token spells), the answer is the end-of-sequence token: the generation
-        ends there rather than failing."""
-        if self._grammar is None:
-            return self._draw(logits)
-        token = self._draw(logits)
-        if not self._allows(token):
-            cells = self._fill(logits)
-            arr = self._array(cells)
-            self._lib.llama_sampler_apply(self._grammar, ctypes.byref(arr))
-            masked = cells["logit"].copy()
-            if not np.isfinite(masked).any():
-                return self._backend.eos_token()
-            token = self._draw(masked)
-        # llama.cpp aborts the process when a grammar accepts a token it does not allow; an
-        # end-of-generation token is allowed only at the grammar's end and ends the run anyway.
-        if not self._backend.is_eog(token):
-            self._lib.llama_sampler_accept(self._grammar, token)
-        return token
-
-    def _free_grammar(self) -> None:
-        if self._grammar is not None:
-            self._lib.llama_sampler_free(self._grammar)
-            self._grammar = None
-
     def close(self) -> None:
-        self._free_grammar()
         self._chain.close()

@@ -204,8 +204,8 @@ class OnnxBackend:
         return np.asarray(logits[0], dtype=np.float32)
 
     def sampler(self, params: SamplerSettings) -> NumpySampler:
-        """numpy sampling (runtime/backends/sampling.py). onnxruntime has no grammar sampler, so a
-        constrained request (response_format, tools, grammar) is refused here, at prepare."""
+        """numpy sampling (runtime/backends/sampling.py); constrained output is masked above
+        the seam (runtime/structured/guide.py), as on every backend."""
         return NumpySampler(params)
 
     def sample(self, sampler: NumpySampler, logits_idx: int = -1) -> int:

@@ -4,7 +4,8 @@ llama.cpp reads its vocabulary from the GGUF; an ONNX build carries the checkpoi
 tokenizer.json instead. Generation streams raw token bytes (whole UTF-8 characters are assembled
 later, by TextAssembler), so a token's exact bytes are recovered from its vocabulary string:
 byte-level BPE (GPT-2 style byte-to-character table) and SentencePiece byte fallback (<0xNN>,
-'▁' for a space) are understood; added special tokens are their UTF-8 text.
+'▁' for a space) are understood. A special (control) token writes no bytes, as llama.cpp renders
+one, so both backends stream the same text and constrained decoding never takes one for text.
 """
 
 from __future__ import annotations
@@ -62,7 +63,7 @@ class HFTokenizer:
         if piece is None:
             return b""
         if token in self._special:
-            return piece.encode("utf-8")
+            return b""
         if self._byte_level:
             table = _byte_decoder()
             if all(ch in table for ch in piece):

@@ -1,11 +1,13 @@
-"""Structured output, tools, logprobs and n as pure logic: schema checks, grammar text, the
-document-progress reader, the tool-call reader, message rendering, parameter validation."""
+"""Structured output, tools, logprobs and n as pure logic: schema checks through the library,
+grammar text, the guide's mask and its way to an end on a small vocabulary given as plain data,
+the tool-call reader, message rendering, parameter validation."""
 
 from __future__ import annotations
 
 import json
-import re
+import random
 
+import jsonschema_rs
 import numpy as np
 import pytest
 
@@ -13,24 +15,32 @@ from runtime.errors import ChatTemplateError, SamplingError
 from runtime.generation.chat_template import render_chat, supports_tools, validate_messages
 from runtime.generation.logprobs import token_logprob, token_text
 from runtime.generation.request import GenerationRequest, SamplingParams, choice_seed
-from runtime.structured.closing import STRING, STRUCTURE, _tiers
+from runtime.structured.closing import STRING, STRUCTURE, Place, closing_order, tiers
 from runtime.structured.constraint import build_constraint, parse_response_format
-from runtime.structured.gbnf import literal
-from runtime.structured.json_progress import JsonProgress
-from runtime.structured.json_schema import check_schema
+from runtime.structured.grammar import (
+    check_schema,
+    literal,
+    problem,
+    schema_grammar,
+    user_grammar,
+)
+from runtime.structured.guide import Guide, Vocabulary
 from runtime.structured.tools import ToolCallReader, parse_tool_choice, parse_tools
 
 pytestmark = pytest.mark.unit
 
 PERSON = {
     "type": "object",
-    "properties": {"name": {"type": "string", "description": "who"}, "age": {"type": "integer"},
+    "properties": {"name": {"type": "string", "description": "who"},
+                   "age": {"type": "integer", "minimum": 0, "maximum": 130},
+                   "code": {"type": "string", "pattern": "^[A-Z]{2}-[0-9]{3}$"},
                    "tags": {"type": "array", "items": {"type": "string"}, "maxItems": 3},
+                   "email": {"anyOf": [{"type": "string", "format": "email"}, {"type": "null"}]},
                    "home": {"$ref": "#/$defs/Place"}},
-    "required": ["name", "age"],
+    "required": ["name", "age", "code", "email", "home"],
     "additionalProperties": False,
     "$defs": {"Place": {"type": "object", "properties": {"city": {"type": "string"}},
-                        "required": ["city"], "title": "Place"}},
+                        "required": ["city"], "additionalProperties": False}},
 }
 WEATHER = [{"type": "function", "function": {
     "name": "get_weather", "description": "Current weather",
@@ -38,113 +48,181 @@ WEATHER = [{"type": "function", "function": {
                    "required": ["city"]}}}]
 
 
-# --- schemas ---------------------------------------------------------------------------------
+# --- a vocabulary as plain data --------------------------------------------------------------
+PIECES = [bytes([b]) for b in range(256)] + [
+    s.encode() for s in ('{"', '"}', '":', '",', ' "', "}}", "]}", "null", "true", "name",
+                         "age", "code", "email", "home", "city", "tags", "<tool_call>", "Oslo",
+                         '""', "0", "  ", "\n")]
+EOS = len(PIECES)
+TOKENS = [*PIECES, b""]  # the end-of-generation token writes nothing
+
+
+def _tokenize(text: str) -> list[int]:
+    """Greedy longest match (what llguidance asks of a tokenizer: ids for forced text)."""
+    data, out = text.encode(), []
+    while data:
+        best = max((i for i, p in enumerate(PIECES) if data.startswith(p)),
+                   key=lambda i: len(PIECES[i]))
+        out.append(best)
+        data = data[len(PIECES[best]):]
+    return out
+
+
+@pytest.fixture(scope="module")
+def vocab() -> Vocabulary:
+    return Vocabulary(TOKENS, [EOS], EOS, _tokenize)
+
+
+def _run(vocab: Vocabulary, grammar: str, max_tokens: int, seed: int,
+         favour: bytes = b"") -> tuple[bytes, str]:
+    """A generation loop over random logits (tokens in `favour` boosted): (text, finish)."""
+    rng = random.Random(seed)
+    guide = Guide(vocab, grammar, "response_format", max_tokens)
+    out = b""
+    for step in range(max_tokens):
+        logits = np.array([rng.gauss(0, 1) + (4 if p and p in favour else 0) for p in TOKENS],
+                          dtype=np.float32)
+        token = guide.step(logits, lambda x: int(np.argmax(x)), max_tokens - step)
+        if token is None:
+            return out, "length"
+        if vocab.eog[token]:
+            return out, "stop"
+        out += TOKENS[token]
+        if guide.done:
+            return out, "stop"
+    return out, "length"
+
+
+# --- schemas -----------------------------------------------------------------------------------
 @pytest.mark.parametrize("schema,keyword", [
-    ({"type": "integer", "minimum": 0}, "minimum"),
-    ({"type": "string", "pattern": "^a+$"}, "pattern"),
-    ({"oneOf": [{"type": "string"}, {"type": "integer"}]}, "oneOf"),
-    ({"allOf": [{"type": "object"}]}, "allOf"),
     ({"type": "array", "items": {"type": "string"}, "uniqueItems": True}, "uniqueItems"),
-    ({"type": "object", "properties": {}, "minProperties": 1}, "minProperties"),
-    ({"type": "string", "format": "email"}, "email"),
-    ({"type": ["string", "null"], "maxLength": 3}, "maxLength"),
-    ({"type": "string", "format": "date", "minLength": 3}, "minLength"),
-    ({"$ref": "https://example.com/s.json"}, "$ref"),
+    ({"not": {"type": "string"}}, "not"),
+    ({"if": {"type": "string"}, "then": {"minLength": 2}}, "if"),
+    ({"type": "string", "format": "emailish"}, "emailish"),
+    ({"type": "string", "pattern": "^(?=a)b$"}, "look-around"),
+    ({"$ref": "https://example.com/s.json"}, "https://example.com/s.json"),
+    ({"$ref": "#/$defs/Missing"}, "/$defs/Missing"),
+    ({"type": "frob"}, "frob"),
+    ({"type": "array", "items": {}, "minItems": 3, "maxItems": 1}, "minItems"),
 ])
-def test_unsupported_keywords_are_refused_by_name(schema, keyword) -> None:
-    with pytest.raises(SamplingError, match=f"response_format.*{re.escape(keyword)}"):
+def test_schemas_the_library_cannot_enforce_are_refused_by_name(schema, keyword) -> None:
+    with pytest.raises(SamplingError, match="^response_format schema") as e:
         check_schema(schema, "response_format")
+    assert keyword in str(e.value) and "\n" not in str(e.value)
 
 
-@pytest.mark.parametrize("schema,problem", [
-    ({"type": "object", "properties": {"a": {}}, "required": ["b"]}, "requires 'b'"),
-    ({"type": "string", "enum": ["a", 1]}, "not of type"),
-    ({"type": "array", "items": {}, "minItems": 3, "maxItems": 1}, "minItems > maxItems"),
-    ({"type": "array", "items": {}, "maxItems": 10_000}, "maxItems"),
-    ({"$ref": "#/$defs/Missing"}, "points to nothing"),
-    ({"type": "frob"}, "'type'"),
-    ({"properties": {"a": True}}, "must be a JSON object"),
+@pytest.mark.parametrize("schema", [
+    PERSON,
+    {"type": "integer", "exclusiveMinimum": 0, "multipleOf": 5},
+    {"oneOf": [{"type": "string"}, {"type": "integer"}]},
+    {"allOf": [{"type": "object", "properties": {"a": {"type": "integer"}}},
+               {"required": ["a"]}]},
+    {"$defs": {"T": {"type": "object", "properties": {
+        "kids": {"type": "array", "items": {"$ref": "#/$defs/T"}}}}}, "$ref": "#/$defs/T"},
+    {"type": "string", "format": "date-time"},
 ])
-def test_unsatisfiable_or_malformed_schemas_are_refused(schema, problem) -> None:
-    with pytest.raises(SamplingError, match=problem):
-        check_schema(schema, "response_format")
+def test_full_json_schema_is_accepted(schema) -> None:
+    assert check_schema(schema, "response_format") is schema
 
 
-def test_cleaning_drops_annotations_and_renames_references() -> None:
-    schema = check_schema(PERSON, "response_format", prefix="rf-")
-    assert "description" not in schema.root["properties"]["name"]
-    assert schema.root["properties"]["home"] == {"$ref": "#/$defs/rf-ref-1"}
-    assert schema.defs["rf-ref-1"]["required"] == ["city"]
-    assert "title" not in schema.defs["rf-ref-1"]
-    # {"name": "", "age": 0} plus a space before each value: a bound, never below the truth
-    assert schema.close_bytes() >= len('{"name":"","age":0}')
+def test_a_schema_must_be_an_object() -> None:
+    with pytest.raises(SamplingError, match="^response_format schema must be a JSON object"):
+        parse_response_format({"type": "json_schema", "json_schema": {"schema": [1]}})
 
 
-def test_recursive_references_are_accepted() -> None:
-    tree = {"type": "object", "properties": {"kids": {"type": "array",
-                                                      "items": {"$ref": "#"}}}}
-    with pytest.raises(SamplingError, match="only references"):
-        check_schema(tree, "response_format")
-    tree = {"$defs": {"T": {"type": "object", "properties": {
-        "kids": {"type": "array", "items": {"$ref": "#/$defs/T"}}}}}, "$ref": "#/$defs/T"}
-    assert check_schema(tree, "response_format").close_bytes() > 0
+# --- grammar text ----------------------------------------------------------------------------
+def _matches(grammar: str, text: str) -> bool:
+    """Whether llguidance takes exactly `text` as a complete match (byte by byte)."""
+    import llguidance
+
+    m = llguidance.LLMatcher(llguidance.LLTokenizer("byte"),
+                             llguidance.LLMatcher.grammar_from_lark(grammar), log_level=0)
+    data = text.encode()
+    return m.try_consume_tokens(list(data)) == len(data) and m.is_accepting()
 
 
-def test_grammar_literals_escape_exactly() -> None:
-    assert literal('a"b\\c\nd') == '"a\\"b\\\\c\\nd"'
-    rf = parse_response_format({"type": "json_schema", "json_schema": {
-        "name": "x", "schema": {"enum": ['say "hi"', "back\\slash"]}}})
-    grammar = build_constraint(rf, None, (), parse_tool_choice(None, ()), True).grammar
-    assert grammar is not None
-    assert '"\\"say \\\\\\"hi\\\\\\"\\""' in grammar  # the JSON text "say \"hi\"" in GBNF
-    person = build_constraint(parse_response_format({"type": "json_schema", "json_schema": {
-        "schema": PERSON}}), None, (), parse_tool_choice(None, ()), True).grammar
-    assert person is not None
-    assert "char ::= [^\"\\\\\\x7F\\x00-\\x1F]" in person  # no raw control characters
+def test_literals_match_exactly() -> None:
+    tricky = 'say "hi"\\ \n\t é \u2028 {x}'
+    assert _matches(f"start: {literal(tricky)}", tricky)
+    assert not _matches(f"start: {literal(tricky)}", tricky[:-1])
 
 
-def test_free_form_values_nest_boundedly() -> None:
-    grammar = build_constraint(parse_response_format({"type": "json_object"}), None, (),
-                               parse_tool_choice(None, ()), True).grammar
-    assert grammar is not None and "root ::= object" in grammar
-    assert "x-value-4 ::= string | number | boolean | null" in grammar
+def test_json_is_strict_and_whitespace_bounded() -> None:
+    g = schema_grammar({"type": "object", "properties": {"a": {"type": "string"}}})
+    assert _matches(g, '{"a": "x\\u00e9\\n"}') and _matches(g, '{\n  "a": "x"\n}')
+    assert not _matches(g, '{"a": "x\ny"}')  # a raw control character in a string
+    assert not _matches(g, "{" + " " * 30 + '"a": "x"}')  # whitespace forever
+    assert _matches(schema_grammar({"type": "object"}), '{"a": [1, {"b": null}]}')
 
 
-# --- progress ----------------------------------------------------------------------------------
-def _schema():
-    return check_schema(PERSON, "response_format", prefix="rf-")
+def test_gbnf_and_lark_grammars() -> None:
+    lark = user_grammar('root ::= ("yes" | "no") "."')
+    assert _matches(lark, "yes.") and not _matches(lark, "maybe.")
+    assert user_grammar('start: "a"+') == 'start: "a"+'
+    with pytest.raises(SamplingError, match="^grammar could not be parsed: .*missing"):
+        user_grammar("root ::= missing")
+    with pytest.raises(SamplingError, match="^grammar could not be parsed"):
+        user_grammar("start: ( unbalanced")
+    with pytest.raises(SamplingError, match="^grammar must be a non-empty"):
+        user_grammar("  ")
 
 
-def test_progress_measures_what_is_left() -> None:
-    p = JsonProgress(_schema())
-    start = p.need()
-    p.feed('{"name": "Ada Lovel')
-    assert p.in_string()
-    mid = p.need()
-    assert mid >= len('", "age": 0}')
-    p.feed('ace", "age": 36')
-    assert not p.in_string() and p.need() <= mid
-    p.feed("}")
-    assert p.done and p.need() == 0 and start > 0
+# --- the guide -------------------------------------------------------------------------------
+def test_closing_order_and_place() -> None:
+    order = closing_order(TOKENS)
+    first = [TOKENS[t] for t in order[STRUCTURE][:3]]
+    assert first[0] in (b"]}", b"}}") and b'"' not in b"".join(first)
+    assert TOKENS[order[STRING][0]] in (b'"}', b'"')
+    place = Place()
+    place.feed(b'{"a": "x\\"y')
+    assert place.name == STRING
+    place.feed(b'", "b": 1')
+    assert place.name == STRUCTURE
 
 
-def test_progress_counts_required_items_and_nesting() -> None:
-    schema = check_schema({"type": "array", "items": {"type": "object", "properties": {
-        "x": {"type": "integer"}}, "required": ["x"]}, "minItems": 3}, "response_format")
-    p = JsonProgress(schema)
-    p.feed('[{"x": 1}, {')
-    # close this object (its x) and write one more element, then the bracket
-    assert p.need() >= len('"x":1},{"x":1}]')
+@pytest.mark.parametrize("piece,expected", [
+    (b'"', (3, 1)), (b"}", (0, 5)), (b" ]}", (0, 5)), (b'",', (1, 1)), (b",", (0, 4)),
+    (b'"}', (3, 1)), (b'":', (2, 1)), (b"null", (0, 3)), (b" 0", (0, 3)), (b"nu", (0, 2)),
+    (b'""', (2, 3)), (b" ", (0, 0)), (b"a", (0, 0)), (b'a"', (0, 0)), (b"\xe2", (0, 0)),
+])
+def test_closing_tiers(piece, expected) -> None:
+    assert tiers(piece) == expected
 
 
-def test_progress_of_generated_documents_reaches_done() -> None:
-    doc = json.dumps({"name": "a\"b\\u00e9", "age": -12, "tags": ["x", "y"],
-                      "home": {"city": "Oslo"}})
-    p = JsonProgress(_schema())
-    for ch in doc:
-        assert not p.done
-        p.feed(ch)
-    assert p.done
+def test_every_answer_validates_and_ends_in_time(vocab) -> None:
+    """Random logits, boosted toward writing strings forever: the mask keeps each answer a
+    prefix of a valid document and the way to an end closes it within max_tokens."""
+    check = jsonschema_rs.validator_for(PERSON)
+    grammar = schema_grammar(PERSON)
+    for seed in range(12):
+        text, finish = _run(vocab, grammar, 160, seed, favour=b"abcxyz ")
+        assert finish == "stop", (seed, text)
+        assert check.is_valid(json.loads(text)), text
+
+
+def test_below_the_shortest_document_the_answer_is_cut(vocab) -> None:
+    text, finish = _run(vocab, schema_grammar(PERSON), 6, 0)
+    assert finish == "length" and text.startswith(b"{") and len(text) >= 6
+
+
+def test_a_grammar_with_no_end_in_reach_is_cut_not_hung(vocab) -> None:
+    text, finish = _run(vocab, user_grammar('root ::= [a-z]{50} "."'), 10, 1)
+    assert finish == "length" and 10 <= len(text) < 50
+    text, finish = _run(vocab, user_grammar('root ::= "a" root'), 10, 1)  # never complete
+    assert finish == "length"
+
+
+def test_the_end_of_generation_is_allowed_only_at_an_end(vocab) -> None:
+    guide = Guide(vocab, user_grammar('root ::= "ab" | "abcd"'), "grammar", 20)
+    eos_first = np.zeros(len(TOKENS), dtype=np.float32)
+    eos_first[EOS] = 100.0
+    written = []
+    for left in range(20, 0, -1):
+        token = guide.step(eos_first, lambda x: int(np.argmax(x)), left)
+        if vocab.eog[token]:
+            break
+        written.append(TOKENS[token])
+    assert b"".join(written) == b"ab"  # the end came as soon as the grammar allowed it
 
 
 # --- tools ---------------------------------------------------------------------------------------
@@ -153,9 +231,15 @@ def test_tool_definitions_and_choice_are_checked() -> None:
     assert tools[0].name == "get_weather"
     with pytest.raises(SamplingError, match="tools\\[0\\].function.name"):
         parse_tools([{"type": "function", "function": {"name": "bad name"}}])
-    with pytest.raises(SamplingError, match="minimum"):
+    with pytest.raises(SamplingError, match="^tools\\[0\\].function.parameters .*uniqueItems"):
         parse_tools([{"type": "function", "function": {"name": "f", "parameters": {
-            "type": "object", "properties": {"n": {"type": "integer", "minimum": 1}}}}}])
+            "type": "object", "properties": {"n": {"type": "array", "uniqueItems": True}}}}}])
+    with pytest.raises(SamplingError, match="must be an object schema"):
+        parse_tools([{"type": "function", "function": {"name": "f", "parameters": {
+            "type": "string"}}}])
+    bounded = parse_tools([{"type": "function", "function": {"name": "f", "parameters": {
+        "type": "object", "properties": {"n": {"type": "integer", "minimum": 1}}}}}])
+    assert bounded[0].parameters["properties"]["n"]["minimum"] == 1
     with pytest.raises(SamplingError, match="not among the tools"):
         parse_tool_choice({"type": "function", "function": {"name": "nope"}}, tools)
     with pytest.raises(SamplingError, match="needs tools"):
@@ -165,16 +249,28 @@ def test_tool_definitions_and_choice_are_checked() -> None:
         GenerationRequest(prompt="x", tools=WEATHER)
 
 
-def _required_reader(parallel: bool = True) -> ToolCallReader:
+def _required(parallel: bool = True):
     tools = parse_tools(WEATHER)
     c = build_constraint(None, None, tools, parse_tool_choice("required", tools), parallel)
     assert c.tools is not None and c.grammar is not None
-    return ToolCallReader(c.tools)
+    return c
+
+
+CALL = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"}}\n</tool_call>'
+
+
+def test_the_call_grammar_takes_calls_and_only_calls() -> None:
+    c = _required()
+    assert problem(c.grammar) is None and _matches(c.grammar, CALL)
+    assert _matches(c.grammar, CALL + "\n" + CALL)
+    assert not _matches(_required(parallel=False).grammar, CALL + "\n" + CALL)
+    assert not _matches(c.grammar, CALL.replace("Oslo", "Oslo\n"))
+    assert not _matches(c.grammar, CALL.replace("get_weather", "get_time"))
 
 
 def test_reader_streams_call_deltas_that_add_up() -> None:
-    reader = _required_reader()
-    text = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Oslo"} }\n</tool_call>'
+    reader = ToolCallReader(_required().tools)
+    text = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "O}s\\"lo"} }\n</tool_call>'
     deltas = []
     for ch in text:  # one character at a time, as a small vocabulary writes it
         content, d = reader.feed(ch)
@@ -182,7 +278,8 @@ def test_reader_streams_call_deltas_that_add_up() -> None:
         deltas += d
     content, calls = reader.finish()
     assert content == "" and len(calls) == 1
-    assert calls[0].name == "get_weather" and json.loads(calls[0].arguments) == {"city": "Oslo"}
+    assert calls[0].name == "get_weather"
+    assert json.loads(calls[0].arguments) == {"city": 'O}s"lo'}
     assert deltas[0].id == calls[0].id and deltas[0].name == "get_weather"
     assert "".join(d.arguments for d in deltas) == calls[0].arguments
 
@@ -196,12 +293,22 @@ def test_reader_auto_mode_holds_back_a_possible_call_opening() -> None:
     assert reader.feed("_call>")[0] == "" and reader.in_calls
     # the rest of the call is constrained from what was written so far
     rest = c.tools.continuation(reader.calls[-1].text)
-    assert rest is not None and 'root ::= ( "\\n{\\"name\\": \\"get_weather' in rest
+    assert rest is not None and problem(rest) is None
+    assert _matches(rest, CALL[len("<tool_call>"):])
     assert c.tools.continuation("<tool_call>x") is None
 
 
+def test_auto_with_a_response_format_is_a_document_or_calls() -> None:
+    tools = parse_tools(WEATHER)
+    rf = parse_response_format({"type": "json_schema", "json_schema": {"schema": {
+        "type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}}})
+    c = build_constraint(rf, None, tools, parse_tool_choice("auto", tools), False)
+    assert _matches(c.grammar, '{"n": 3}') and _matches(c.grammar, CALL)
+    assert not _matches(c.grammar, "hello")
+
+
 def test_unfinished_call_stays_in_content() -> None:
-    reader = _required_reader()
+    reader = ToolCallReader(_required().tools)
     reader.feed('<tool_call>\n{"name": "get_weather", "arguments": {"ci')
     content, calls = reader.finish()
     assert calls == () and content.startswith("<tool_call>")
@@ -267,7 +374,7 @@ def test_native_template_gets_tools() -> None:
     assert "You can call these functions" not in prompt
 
 
-# --- sampling parameters, seeds, logprobs, closing -----------------------------------------------
+# --- sampling parameters, seeds, logprobs ----------------------------------------------------
 def test_new_sampling_fields_are_checked() -> None:
     p = SamplingParams(n=3, logprobs=5, logit_bias={"7": -100, 3: 2.5})
     assert p.logit_bias == ((3, 2.5), (7, -100.0))
@@ -293,11 +400,3 @@ def test_logprobs_are_log_softmax_with_sorted_alternatives() -> None:
     assert token_text(b"\xe2\x80") == "bytes:\\xe2\\x80" and token_text(b"ok") == "ok"
 
 
-@pytest.mark.parametrize("piece,tiers", [
-    (b'"', (3, 1)), (b"}", (0, 3)), (b" ]}", (0, 3)), (b'",', (1, 1)), (b",", (0, 2)),
-    (b'"}', (3, 1)), (b'":', (2, 1)),
-    (b" ", (0, 0)), (b"a", (0, 0)), (b'a"', (0, 0)), (b"\xe2", (0, 0)),
-])
-def test_closing_tiers(piece, tiers) -> None:
-    assert _tiers(piece) == tiers
-    assert {STRING, STRUCTURE} == {"string", "structure"}
