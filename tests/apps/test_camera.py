@@ -222,6 +222,17 @@ def camera_server(tiny_bundle: Path, tmp_path_factory) -> RunningServer:
     s.stop()
 
 
+@pytest.fixture(scope="module", params=("llama.cpp", "onnx"))
+def camera_servers(request, bundle_factory, tmp_path_factory) -> RunningServer:
+    """The structured answers come from either backend: the GGUF and the ONNX build of one
+    bundle."""
+    bundle = bundle_factory("qwen3moe-tiny", "F16", format="gguf,onnx")
+    s = start_server(bundle, tmp_path_factory.mktemp(f"camera-{request.param}"), "--n-ctx",
+                     N_CTX, "--backend", request.param)
+    yield s
+    s.stop()
+
+
 def _camera(server: RunningServer, events: str, *args: str, timeout: float = 180
             ) -> tuple[list[dict], dict, subprocess.CompletedProcess[str]]:
     proc = subprocess.run(
@@ -233,9 +244,9 @@ def _camera(server: RunningServer, events: str, *args: str, timeout: float = 180
 
 
 @pytest.mark.endpoint
-def test_structured_summaries_through_a_real_server(camera_server: RunningServer):
+def test_structured_summaries_through_a_real_server(camera_servers: RunningServer):
     events = "".join(synthetic_events(12, seed=1)) + "broken line\n"
-    rows, report, proc = _camera(camera_server, events, "--window", "4", "--max-tokens", "128")
+    rows, report, proc = _camera(camera_servers, events, "--window", "4", "--max-tokens", "128")
     assert proc.returncode == 0, proc.stderr
     assert report["summaries"] == 3 and report["invalid"] == 0 and report["malformed"] == 1, report
     assert [(r["from"], r["to"], r["events"]) for r in rows] == [
@@ -245,10 +256,10 @@ def test_structured_summaries_through_a_real_server(camera_server: RunningServer
 
 
 @pytest.mark.endpoint
-def test_an_answer_cut_short_is_counted_never_printed(camera_server: RunningServer):
+def test_an_answer_cut_short_is_counted_never_printed(camera_servers: RunningServer):
     """max_tokens far below the shortest summary: every answer is truncated JSON."""
     events = "".join(synthetic_events(6, seed=2))
-    rows, report, proc = _camera(camera_server, events, "--window", "3", "--max-tokens", "4")
+    rows, report, proc = _camera(camera_servers, events, "--window", "3", "--max-tokens", "4")
     assert proc.returncode == 0, proc.stderr
     assert rows == [] and proc.stdout == ""
     assert report["invalid"] == report["windows"] == 2 and report["summaries"] == 0

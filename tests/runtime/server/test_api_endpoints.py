@@ -1,8 +1,9 @@
 """Structured output, tools, logprobs, n and the llama.cpp extensions over HTTP, through the
 official `openai` client (unmodified) against a real server on loopback.
 
-Each answer must also be what the Python API gives for the same request, and every new error
-must come back in OpenAI's error shape.
+Structured output and tools are served by both backends (`both_servers`: the GGUF and the ONNX
+build of one bundle); each answer must also be what the Python API gives for the same request,
+and every new error must come back in OpenAI's error shape.
 """
 
 from __future__ import annotations
@@ -16,9 +17,20 @@ import pytest
 from pydantic import BaseModel, Field
 
 from runtime.generation.request import choice_seed
-from tests.runtime.server.conftest import RunningServer
+from tests.runtime.server.conftest import RunningServer, start_server
 
 pytestmark = [pytest.mark.endpoint, pytest.mark.engine]
+BACKENDS = ("llama.cpp", "onnx")
+
+
+@pytest.fixture(scope="module", params=BACKENDS)
+def both_servers(request, bundle_factory, tmp_path_factory) -> RunningServer:
+    """A server per backend, on one bundle holding both builds of the tiny fixture."""
+    bundle = bundle_factory("qwen3moe-tiny", "F16", format="gguf,onnx")
+    s = start_server(bundle, tmp_path_factory.mktemp(f"server-{request.param}"),
+                     "--backend", request.param)
+    yield s
+    s.stop()
 
 WEATHER = {
     "type": "function",
@@ -39,7 +51,8 @@ class Pet(BaseModel):
     vaccinated: bool
 
 
-def test_parse_returns_the_pydantic_object(server: RunningServer) -> None:
+def test_parse_returns_the_pydantic_object(both_servers: RunningServer) -> None:
+    server = both_servers
     client = server.openai()
     for temperature, seed in ((0.0, None), (1.0, 8)):
         completion = client.chat.completions.parse(
@@ -52,7 +65,8 @@ def test_parse_returns_the_pydantic_object(server: RunningServer) -> None:
         assert Pet.model_validate_json(choice.message.content or "") == choice.message.parsed
 
 
-def test_tool_round_trip_with_required_choice(server: RunningServer) -> None:
+def test_tool_round_trip_with_required_choice(both_servers: RunningServer) -> None:
+    server = both_servers
     client = server.openai()
     first = client.chat.completions.create(model=server.model_id, messages=ASK, tools=[WEATHER],
                                            tool_choice="required", max_tokens=120)
@@ -74,7 +88,8 @@ def test_tool_round_trip_with_required_choice(server: RunningServer) -> None:
     assert not final.choices[0].message.tool_calls
 
 
-def test_streamed_tool_call_matches_the_whole_one(server: RunningServer) -> None:
+def test_streamed_tool_call_matches_the_whole_one(both_servers: RunningServer) -> None:
+    server = both_servers
     client = server.openai()
     kw = dict(model=server.model_id, messages=ASK, tools=[WEATHER], tool_choice="required",
               max_tokens=120, temperature=1.0, seed=31, parallel_tool_calls=False)
@@ -93,6 +108,27 @@ def test_streamed_tool_call_matches_the_whole_one(server: RunningServer) -> None
     assert calls[0]["id"].startswith("call_")
     assert calls[0]["name"] == whole.function.name
     assert calls[0]["arguments"] == whole.function.arguments
+
+
+def test_cut_answers_say_length(both_servers: RunningServer) -> None:
+    """max_tokens below the shortest document, and a grammar that cannot end in time: both end
+    with finish_reason "length" (streamed too), never a hang."""
+    server = both_servers
+    client = server.openai()
+    pet = {"type": "json_schema", "json_schema": {"name": "pet",
+                                                  "schema": Pet.model_json_schema()}}
+    cut = client.chat.completions.create(model=server.model_id, messages=ASK, max_tokens=3,
+                                         response_format=pet)
+    assert cut.choices[0].finish_reason == "length"
+    assert cut.choices[0].message.content.startswith("{")
+    body = {"model": server.model_id, "prompt": "Spell:", "max_tokens": 8, "stream": True,
+            "grammar": 'root ::= [a-z]{200} "."'}
+    with server.http() as http, http.stream("POST", "/v1/completions", json=body) as r:
+        events = [json.loads(line[6:]) for line in r.iter_lines()
+                  if line.startswith("data: {")]
+    assert events[-1]["choices"][0]["finish_reason"] == "length"
+    text = "".join(e["choices"][0]["text"] for e in events)
+    assert text.isalpha() and len(text) < 200
 
 
 def test_logprobs_in_openai_shape(server: RunningServer, direct_model) -> None:
@@ -164,12 +200,15 @@ def _error(response: httpx.Response) -> dict:
     return body["error"]
 
 
-CHAT_ERRORS = [
+# Constrained output: what the library cannot enforce is refused, naming the keyword.
+STRUCTURED_ERRORS = [
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
-        "type": "integer", "minimum": 1}}}}, "response_format", "minimum"),
+        "type": "array", "items": {"type": "integer"}, "uniqueItems": True}}}},
+     "response_format", "uniqueItems"),
     ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
-        "type": "string", "pattern": "^a$"}}}}, "response_format", "pattern"),
-    ({"n": 9}, "n", "at most 4"),
+        "type": "string", "pattern": "^(?!a)"}}}}, "response_format", "look-around"),
+    ({"response_format": {"type": "json_schema", "json_schema": {"name": "x", "schema": {
+        "type": "string", "format": "colour"}}}}, "response_format", "colour"),
     ({"grammar": "root ::= nothing"}, "grammar", "could not be parsed"),
     ({"grammar": 'root ::= "a"', "response_format": {"type": "json_object"}}, "grammar",
      "cannot be combined"),
@@ -177,8 +216,11 @@ CHAT_ERRORS = [
      "tool_choice", "not among the tools"),
     ({"tool_choice": "required"}, "tool_choice", "needs tools"),
     ({"tools": [{"type": "function", "function": {"name": "f", "parameters": {
-        "type": "object", "properties": {"x": {"type": "number", "maximum": 3}}}}}]},
-     "tools[0].function.parameters", "maximum"),
+        "type": "object", "properties": {"x": {"not": {"type": "number"}}}}}}]},
+     "tools[0].function.parameters", "not"),
+]
+CHAT_ERRORS = [
+    ({"n": 9}, "n", "at most 4"),
     ({"top_logprobs": 3}, "top_logprobs", "needs logprobs"),
     ({"logprobs": True, "top_logprobs": 21}, "top_logprobs", "20"),
     ({"logit_bias": {"abc": 1}}, "logit_bias", "token ids"),
@@ -199,6 +241,13 @@ def test_new_chat_errors_have_openai_shape(server: RunningServer, extra, param, 
     assert r.status_code == 400, r.text
     err = _error(r)
     assert err["param"] == param and words in err["message"], err
+
+
+@pytest.mark.parametrize("extra,param,words", STRUCTURED_ERRORS,
+                         ids=[f"{p}-{w}" for _, p, w in STRUCTURED_ERRORS])
+def test_structured_errors_have_openai_shape(both_servers: RunningServer, extra, param,
+                                             words) -> None:
+    test_new_chat_errors_have_openai_shape(both_servers, extra, param, words)
 
 
 @pytest.mark.parametrize("path,body,param", [
