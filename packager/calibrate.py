@@ -44,6 +44,7 @@ class CalibrationSource:
     n_experts: int
     top_k: int
     gguf: Path | None = None
+    scoring: str = "softmax"  # how the router turns logits into scores (the family's rule)
 
     @property
     def tokenizer_json(self) -> Path | None:
@@ -55,8 +56,10 @@ def checkpoint_source(ckpt: Checkpoint, gguf: Path | None = None) -> Calibration
     """An already open checkpoint (and optionally its F32 GGUF): nothing is opened again."""
     from packager.families import family_for
 
-    moe = family_for(ckpt.config).experts
-    return CalibrationSource("checkpoint", ckpt.path, moe.n_experts, moe.top_k, gguf)
+    family = family_for(ckpt.config)
+    moe = family.experts
+    return CalibrationSource("checkpoint", ckpt.path, moe.n_experts, moe.top_k, gguf,
+                             family.config.router_scoring)
 
 
 Source = str | Path | Checkpoint | CalibrationSource
@@ -167,7 +170,7 @@ def route(source: CalibrationSource, chunks: Sequence[Sequence[int]], engine: st
     """Run every chunk through `engine` and accumulate its routing decisions."""
     acc = UsageAccumulator(source.n_experts, source.top_k)
     if engine == "transformers":
-        _route_transformers(source.path, chunks, acc)
+        _route_transformers(source.path, chunks, acc, source.scoring)
     elif engine == "llama.cpp":
         with _gguf_for(source) as gguf_path:
             _route_llama(gguf_path, chunks, acc, threads)
@@ -222,13 +225,14 @@ def _route_llama(gguf_path: Path, chunks: Sequence[Sequence[int]], acc: UsageAcc
 
 
 def _route_transformers(ckpt_dir: Path, chunks: Sequence[Sequence[int]],
-                        acc: UsageAccumulator) -> None:
+                        acc: UsageAccumulator, scoring: str = "softmax") -> None:
 
     model = load_reference_model(ckpt_dir)
     handles = []
     for name, module in model.named_modules():
         if hasattr(module, "gate") and hasattr(module, "experts") and (m := _LAYER.search(name)):
-            handles.append(module.gate.register_forward_hook(_router_hook(int(m.group(1)), acc)))
+            hook = _router_hook(int(m.group(1)), acc, scoring)
+            handles.append(module.gate.register_forward_hook(hook))
     if not handles:
         raise UsageError(f"{ckpt_dir}: no MoE router modules found in the transformers model")
     run_with_hooks(model, chunks, handles)
@@ -256,13 +260,15 @@ def run_with_hooks(model, chunks: Sequence[Sequence[int]], handles: list) -> Non
             h.remove()
 
 
-def _router_hook(layer: int, acc: UsageAccumulator):
+def _router_hook(layer: int, acc: UsageAccumulator, scoring: str = "softmax"):
     import torch
 
     def hook(_module, _args, out) -> None:
-        # Every family's router returns (logits, mixing weights, chosen ids).
+        # Every family's router returns (logits, mixing weights, chosen ids); the scores are
+        # what llama.cpp's graph calls ffn_moe_probs (softmax, or DeepSeek-V3's sigmoid).
         logits, _weights, ids = out
-        probs = torch.softmax(logits.float().reshape(-1, acc.n_experts), dim=-1)
+        logits = logits.float().reshape(-1, acc.n_experts)
+        probs = torch.sigmoid(logits) if scoring == "sigmoid" else torch.softmax(logits, dim=-1)
         acc.add(layer, ids.reshape(-1, acc.top_k).numpy(), probs.numpy())
 
     return hook

@@ -94,27 +94,34 @@ def n_to_remove(n_experts: int, fraction: float) -> int:
 
 def choose_survivors(
     usage: UsageProfile | None, layers: Sequence[int], n_experts: int, n_keep: int,
-    strategy: str = "usage", seed: int = 0,
+    strategy: str = "usage", seed: int = 0, groups: int = 1,
 ) -> dict[int, tuple[int, ...]]:
     """Per layer, the `n_keep` experts to keep (ascending ids).
 
     "usage" keeps the experts that received the most router weight on the calibration text
     (ties: the more often chosen, then the lower id); "random" draws uniformly per layer.
+    With group-limited routing (`groups` > 1: expert e is in group e // (n_experts / groups))
+    each group keeps the same number, so survivors stay in their groups once renumbered.
     """
-    if strategy == "random":
-        rng = np.random.default_rng(seed)
-        return {layer: tuple(sorted(int(x) for x in rng.choice(n_experts, n_keep, replace=False)))
-                for layer in layers}
-    if strategy != "usage":
+    if strategy not in STRATEGIES:
         raise PruneError(f"unknown prune strategy '{strategy}' (choose from {STRATEGIES})")
-    if usage is None:
+    if strategy == "usage" and usage is None:
         raise PruneError("usage-guided pruning needs a usage profile (run `edgemoe calibrate`)")
-    check_usage(usage, layers, n_experts)
+    if strategy == "usage":
+        check_usage(usage, layers, n_experts)
+    size, keep = n_experts // groups, n_keep // groups
+    rng = np.random.default_rng(seed)
     out = {}
     for layer in layers:
-        w, c = usage.weight_sum[layer], usage.counts[layer]
-        order = sorted(range(n_experts), key=lambda e: (-w[e], -c[e], e))
-        out[layer] = tuple(sorted(order[:n_keep]))
+        chosen: list[int] = []
+        for g in range(groups):
+            members = range(g * size, (g + 1) * size)
+            if strategy == "random":
+                chosen += [g * size + int(x) for x in rng.choice(size, keep, replace=False)]
+                continue
+            w, c = usage.weight_sum[layer], usage.counts[layer]
+            chosen += sorted(members, key=lambda e: (-w[e], -c[e], e))[:keep]
+        out[layer] = tuple(sorted(chosen))
     return out
 
 
@@ -148,7 +155,7 @@ def pruned_config(config: ModelConfig, n_keep: int) -> dict[str, Any]:
     if groups > 1 and n_keep % groups:
         raise PruneError(f"{n_keep} experts cannot be split into n_group={groups} equal groups;"
                          " choose a fraction that keeps a multiple of n_group")
-    return config.with_experts(n_keep)
+    return config.with_experts(n_keep)  # the family refuses what its router cannot run
 
 
 # --- tensor selection (pure) -----------------------------------------------------------------
@@ -251,8 +258,9 @@ def prune_checkpoint(
     family = family_for(ckpt.config)
     moe = family.experts
     n_keep = moe.n_experts - n_to_remove(moe.n_experts, fraction)
-    kept = choose_survivors(usage, moe.moe_layers, moe.n_experts, n_keep, strategy, seed)
     config = pruned_config(family.config, n_keep)
+    kept = choose_survivors(usage, moe.moe_layers, moe.n_experts, n_keep, strategy, seed,
+                            family.config.n_group or 1)
     routers = _router_names(family.gguf, list(ckpt.tensors))
     plans = {}
     for name, info in ckpt.tensors.items():

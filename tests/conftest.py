@@ -14,7 +14,10 @@ from pathlib import Path
 
 import pytest
 
-ARCH_FIXTURES = ("qwen3moe-tiny", "qwen2moe-tiny", "mixtral-tiny", "olmoe-tiny", "deepseek2-tiny")
+ARCH_FIXTURES = (
+    "qwen3moe-tiny", "qwen2moe-tiny", "mixtral-tiny", "olmoe-tiny", "deepseek2-tiny",
+    "deepseek3-tiny",
+)
 NEEDS = ("unit", "engine", "reference", "endpoint")
 HEAVY = ("engine", "reference", "endpoint")
 # Fixtures that build checkpoints (torch) or pack bundles (llama.cpp): no unit test may use one.

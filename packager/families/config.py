@@ -232,6 +232,11 @@ class ModelConfig:
         return tuple(range(self.n_layers))
 
     @property
+    def router_scoring(self) -> str:
+        """How the router turns logits into scores: "softmax" or "sigmoid"."""
+        return "softmax"
+
+    @property
     def experts(self) -> ExpertLayout:
         return ExpertLayout(self.n_experts, self.top_k, self.n_shared_experts, self.moe_layers)
 

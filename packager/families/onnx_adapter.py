@@ -135,10 +135,13 @@ class OnnxAdapter:
         return q, k
 
     # ----- hook 3: routing ----------------------------------------------------------------
-    def route(self, s: Scope, probs: str) -> tuple[str, str]:
-        """(weights [T,k], expert ids [T,k]) from softmax probabilities [T,E]."""
-        values, ids = topk(s, probs, self.top_k)
+    def route(self, ctx: Context, s: Scope, i: int, logits: str) -> tuple[str, str]:
+        """(weights [T,k], expert ids [T,k]) of layer `i` from its router logits [T,E]."""
+        values, ids = topk(s, self.router_probs(s, logits), self.top_k)
         return (normalize(s, values) if self.norm_topk else values), ids
+
+    def router_probs(self, s: Scope, logits: str) -> str:
+        return s.op("Softmax", [logits], "Softmax", axis=-1)
 
     # ----- hook 4: dense parts of MoE layers ---------------------------------------------
     def moe_prefix(self, i: int) -> str:

@@ -122,8 +122,7 @@ def _moe_layer(
     w, pre = ctx.weights, fam.moe_prefix(i)
     x2d = s.reshape(x, [-1, fam.hidden], "Flatten")
     logits = w.linear(s.child("router"), x2d, f"{pre}.gate.weight", keep_fp32=True)
-    probs = s.op("Softmax", [logits], "router/Softmax", axis=-1)
-    weights, ids = fam.route(s.child("router"), probs)
+    weights, ids = fam.route(ctx, s.child("router"), i, logits)
     read_gate_up, read_down = fam.expert_readers(i)
     stacks = LayerStacks(
         gate_up=w.expert_stack(f"{pre}.experts.gate_up", fam.n_experts, read_gate_up),

@@ -183,9 +183,9 @@ class PrefetchLog(Protocol):
 
 def tap_tables(
     pregate: Pregate, layers: Mapping[int, LayerExperts], n_experts: int, mapping: FileMapping
-) -> tuple[np.ndarray, np.ndarray, np.ndarray] | str:
-    """(routers, the next MoE layers after each layer, expert spans) for the tap, or why they
-    cannot be built.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None] | str:
+    """(routers, the next MoE layers after each layer, expert spans, selection biases or None)
+    for the tap, or why they cannot be built.
 
     Each stacked expert tensor must lie in one mapped region: the tap adds e * stride to the
     address of expert 0, so the whole [offset, offset + n_experts * stride) is checked here.
@@ -196,14 +196,22 @@ def tap_tables(
     routers = np.zeros((n_layers, n_experts, n_embd), dtype=np.float32)
     nxt = np.full((n_layers, 2), -1, dtype=np.int32)
     spans = np.zeros((n_layers, MAX_TENSORS, 2), dtype=np.uint64)
+    biased = [pregate.routers[x].bias is not None for x in moe if x in pregate.routers]
+    if any(biased) and not all(biased):
+        return "a selection bias on some MoE layers only is not supported by the tap"
+    biases = np.zeros((n_layers, n_experts), dtype=np.float32) if any(biased) else None
     for layer in range(n_layers):  # from any layer: a dense one's output guesses too
         for i, t in enumerate([x for x in moe if x > layer][:2]):
             nxt[layer, i] = t
     for layer in moe:
         r = pregate.routers.get(layer)
-        if r is None or r.matrix.shape != (n_experts, n_embd) or r.bias is not None:
-            return f"layer {layer}: router shape or selection bias not supported by the tap"
+        if r is None or r.matrix.shape != (n_experts, n_embd):
+            return f"layer {layer}: router shape not supported by the tap"
         routers[layer] = r.matrix
+        if biases is not None:
+            if r.bias is None or r.bias.shape != (n_experts,):
+                return f"layer {layer}: selection bias shape not supported by the tap"
+            biases[layer] = r.bias
         tensors = layers[layer].tensors
         if len(tensors) > MAX_TENSORS:
             return f"layer {layer}: more than {MAX_TENSORS} expert tensors"
@@ -212,7 +220,7 @@ def tap_tables(
             if pieces is None or len(pieces) != 1:
                 return f"layer {layer}: {t.name} is not one mapped range"
             spans[layer, i] = (pieces[0][0], t.stride)
-    return routers, nxt, spans
+    return routers, nxt, spans, biases
 
 
 class Prefetcher:

@@ -61,6 +61,15 @@ CONFIGS: dict[str, dict[str, Any]] = {
                   "n_group": 1, "topk_group": 1, "topk_method": "greedy",
                   "routed_scaling_factor": 1.0, "norm_topk_prob": False},
 }
+CONFIGS["deepseek3"] = {  # V3 names no topk_method: its router is always noaux_tc
+    **{k: v for k, v in CONFIGS["deepseek2"].items() if k != "topk_method"},
+    "architectures": ["DeepseekV3ForCausalLM"],
+    "model_type": "deepseek_v3", "n_group": 2, "topk_group": 1, "routed_scaling_factor": 2.5,
+    "norm_topk_prob": True, "rope_interleave": True, "num_nextn_predict_layers": 0,
+    "rope_parameters": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0,
+                        "original_max_position_embeddings": 128, "beta_fast": 32.0,
+                        "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0},
+}
 
 
 def _attention(cfg: dict[str, Any], p: str) -> dict[str, tuple[int, ...]]:
@@ -96,6 +105,18 @@ def _mlp(p: str, ff: int, names: tuple[str, str, str]) -> dict[str, tuple[int, .
             f"{p}.{down}.weight": (HIDDEN, ff)}
 
 
+def mtp_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """A multi-token-prediction block as DeepSeek-V3's released checkpoints store it: one more
+    decoder layer (numbered after the main ones) plus its embedding projection and head."""
+    layer = dict(cfg, num_hidden_layers=LAYERS + 1, first_k_dense_replace=0)
+    p = f"model.layers.{LAYERS}"
+    out = {n: s for n, s in tensor_shapes(layer).items() if n.startswith(f"{p}.")}
+    return out | {f"{p}.enorm.weight": (HIDDEN,), f"{p}.hnorm.weight": (HIDDEN,),
+                  f"{p}.eh_proj.weight": (HIDDEN, 2 * HIDDEN),
+                  f"{p}.shared_head.norm.weight": (HIDDEN,),
+                  f"{p}.shared_head.head.weight": (VOCAB, HIDDEN)}  # fmt: skip
+
+
 def tensor_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     """Every tensor a transformers checkpoint of `cfg` saves, with its shape."""
     kind = cfg["model_type"]
@@ -105,7 +126,7 @@ def tensor_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     }  # fmt: skip
     proj = ("w1", "w3", "w2") if kind == "mixtral" else ("gate_proj", "up_proj", "down_proj")
     module = "block_sparse_moe" if kind == "mixtral" else "mlp"
-    for i in range(LAYERS):
+    for i in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{i}"
         shapes |= {f"{p}.input_layernorm.weight": (HIDDEN,),
                    f"{p}.post_attention_layernorm.weight": (HIDDEN,)}  # fmt: skip
@@ -115,6 +136,8 @@ def tensor_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
             continue
         m = f"{p}.{module}"
         shapes[f"{m}.gate.weight"] = (EXPERTS, HIDDEN)
+        if kind == "deepseek_v3":
+            shapes[f"{m}.gate.e_score_correction_bias"] = (EXPERTS,)
         for e in range(EXPERTS):
             shapes |= _mlp(f"{m}.experts.{e}", EXPERT_FF, proj)
         if kind == "qwen2_moe":
@@ -166,15 +189,21 @@ def _tokenizer() -> dict[str, Any]:
     }  # fmt: skip
 
 
-def write_checkpoint(family: str, folder: Path, seed: int = 0) -> Path:
-    """A complete checkpoint folder (config, safetensors, tokenizer) for one of `CONFIGS`."""
+def write_checkpoint(family: str, folder: Path, seed: int = 0, *, mtp: str = "none",
+                     **config: Any) -> Path:
+    """A complete checkpoint folder (config, safetensors, tokenizer) for one of `CONFIGS`;
+    `config` overrides fields; `mtp` adds one MTP block ("with") or keeps only it ("only")."""
     from safetensors.numpy import save_file
 
-    cfg = CONFIGS[family]
+    cfg = {**CONFIGS[family], **config}
+    shapes = {} if mtp == "only" else tensor_shapes(cfg)
+    if mtp != "none":
+        shapes |= mtp_shapes(cfg)
+        cfg["num_nextn_predict_layers"] = 1
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
     tensors = {}
-    for name, shape in sorted(tensor_shapes(cfg).items()):
+    for name, shape in sorted(shapes.items()):
         if name.endswith(("norm.weight", "layernorm.weight")):
             tensors[name] = (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
         else:

@@ -175,3 +175,21 @@ def test_killed_pack_leaves_nothing_that_verifies(fixture_checkpoint, tmp_path):
     proc.wait(timeout=30)
     assert not out.exists() or not verify(out).ok
     assert not (out / "manifest.json").exists()
+
+
+@pytest.mark.parametrize(
+    ("variant", "needles"),
+    [
+        ({"mtp": "only"}, ("num_nextn_predict_layers=1", "only multi-token-prediction")),
+        ({"rope_parameters": {"rope_type": "dynamic", "factor": 2.0}},
+         ("rope_parameters.rope_type 'dynamic'",)),
+    ],
+)
+def test_deepseek3_variant_is_one_line_and_nothing_is_written(variant, needles, tmp_path):
+    """A known family with an unsupported variant (MTP weights alone, an unknown rope scaling)."""
+    from tests.packager.synthetic import write_checkpoint
+
+    src = write_checkpoint("deepseek3", tmp_path / "src", **variant)
+    proc = run_pack(src, tmp_path / "out", "--quant", "F16", "--format", "gguf,onnx")
+    assert_clean_failure(proc, tmp_path / "out", *needles)
+    assert not (tmp_path / "out").exists()

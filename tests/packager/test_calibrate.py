@@ -116,3 +116,7 @@ def test_engines_agree_for_every_family(name, fixture_checkpoint):
     for layer in tf.layers:
         a, b = np.array(tf.counts[layer]), np.array(ll.counts[layer])
         assert np.abs(a - b).sum() / 2 / a.sum() <= 0.02, (layer, a, b)
+        # The scores too (DeepSeek-V3's are sigmoids, not a softmax): the weight each
+        # expert received.
+        w, v = np.array(tf.weight_sum[layer]), np.array(ll.weight_sum[layer])
+        assert np.abs(w - v).sum() / w.sum() <= 0.02, (layer, w, v)

@@ -154,3 +154,78 @@ def test_bad_config_fields_are_named_in_one_line(change, message):
     with pytest.raises(UnsupportedArchitectureError, match=message) as err:
         _ = family_for({**QWEN3, **change}).gguf
     assert "\n" not in str(err.value)
+
+
+# ----- DeepSeek-V3: the worked example of a family (tests/packager/synthetic.py's config) -------
+def _v3(**change):
+    from tests.packager.synthetic import CONFIGS
+
+    return {**CONFIGS["deepseek3"], **change}
+
+
+def test_deepseek3_reads_released_and_transformers_namings():
+    gone = ("n_routed_experts", "rope_parameters", "num_nextn_predict_layers")
+    released = {k: v for k, v in _v3().items() if k not in gone}
+    released |= {"num_local_experts": 4, "num_mtp_layers": 1, "rope_theta": 5e4,
+                 "rope_scaling": {"type": "yarn", "factor": 4.0,
+                                  "original_max_position_embeddings": 128,
+                                  "mscale_all_dim": 0.7}}  # fmt: skip
+    c = family_for(released).config
+    assert (c.n_experts, c.mtp_layers, c.mtp_key) == (4, 1, "num_mtp_layers")
+    assert (c.rope.kind, c.rope.theta, c.rope.mscale_all_dim) == ("yarn", 5e4, 0.7)
+    assert (c.scoring_func, c.topk_method, c.router_scoring) == ("sigmoid", "noaux_tc", "sigmoid")
+    assert family_for(_v3()).experts.moe_layers == (1,)  # first_k_dense_replace=1
+
+
+def test_deepseek3_gguf_carries_the_v3_router(tmp_path):
+    import gguf
+
+    from packager.gguf_build import write_gguf
+    from packager.source import open_checkpoint
+    from tests.packager.synthetic import write_checkpoint
+
+    src = write_checkpoint("deepseek3", tmp_path / "ck", mtp="with")
+    reader = gguf.GGUFReader(write_gguf(open_checkpoint(src), tmp_path / "m.gguf", "F16").path)
+    field = {k.removeprefix("deepseek2."): v.contents() for k, v in reader.fields.items()}
+    assert field["expert_gating_func"] == gguf.ExpertGatingFuncType.SIGMOID
+    assert (field["expert_group_count"], field["expert_group_used_count"]) == (2, 1)
+    assert field["expert_weights_norm"] is True
+    assert field["expert_weights_scale"] == pytest.approx(2.5)
+    assert field["rope.scaling.yarn_log_multiplier"] == pytest.approx(0.1)
+    names = {t.name for t in reader.tensors}
+    assert "blk.1.exp_probs_b.bias" in names
+    assert not any(n.startswith("blk.2.") for n in names)  # the MTP block is not written
+    assert field["block_count"] == 2
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"scoring_func": "softmax"}, "'scoring_func' is 'softmax'"),
+        ({"topk_method": "greedy"}, "'topk_method' is 'greedy'"),
+        ({"rope_interleave": False}, "'rope_interleave' is False"),
+        ({"attention_bias": True}, "'attention_bias' is True"),
+        ({"n_group": 3}, "n_group=3 must split the 4 experts"),
+        ({"topk_group": 3}, "'topk_group' is 3"),
+        ({"rope_parameters": {"rope_type": "longrope", "factor": 2.0}},
+         "rope_parameters.rope_type 'longrope' is not supported"),
+    ],
+)
+def test_deepseek3_variants_llama_cpp_cannot_run_are_named(change, message):
+    with pytest.raises(UnsupportedArchitectureError, match=message) as err:
+        _ = family_for(_v3(**change)).gguf
+    assert "\n" not in str(err.value)
+
+
+def test_deepseek3_mtp_layers_are_skipped_and_mtp_only_is_refused():
+    from tests.packager.synthetic import mtp_shapes, tensor_shapes
+
+    adapter = family_for(_v3(num_nextn_predict_layers=1)).gguf
+    shapes = tensor_shapes(_v3()) | mtp_shapes(_v3())
+    planned = adapter.plan(shapes, lambda n: np.zeros(1))
+    assert {t.name.split(".")[1] for t in planned if t.name.startswith("blk.")} == {"0", "1"}
+    with pytest.raises(UnsupportedArchitectureError, match="num_nextn_predict_layers=1"):
+        adapter.plan(mtp_shapes(_v3()), lambda n: np.zeros(1))
+    undeclared = family_for(_v3()).gguf  # num_nextn_predict_layers=0
+    with pytest.raises(UnsupportedArchitectureError, match="has layer 2 but config.json"):
+        undeclared.plan(shapes, lambda n: np.zeros(1))

@@ -46,6 +46,28 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-int8/manifest.json":
             "77ac1016dc03c81fec39d2b5fbcf4e92c3c3382e3aa6c65c901c6f05ceac75d9",
     },
+    "deepseek3": {
+        "gguf-F16/model.gguf":
+            "b84d07ed7a50e7e39903f0db179e14f0bd6d7998a69195e30ec0cdcb045ed49e",
+        "gguf-F16/manifest.json":
+            "03d5fa9b07df4a2b4249530bbcafa483f3a8c20a46a4e6f4f22266b8238feeb0",
+        "onnx-fp32/model.onnx":
+            "984106e2084cbc6e7d6e9baac6222ab4e6af678329c3dbefb21366a6f14e4028",
+        "onnx-fp32/model.onnx.data":
+            "6ee8073bf89cbf2beeb55848a0abcf9fddc139baa73b16c44db00a223a63ac7d",
+        "onnx-fp32/genai_config.json":
+            "35b1f8c9db90b40181e52c7a8898ab926c340c3bdf4f5ca93f276aa1816c012d",
+        "onnx-fp32/manifest.json":
+            "08c2b99cb1e1037f3b1ffb10957c3d2c9b1c29789c001a019ba974693e3cb3b8",
+        "onnx-int8/model.onnx":
+            "3f46fc10625ca2446ee61857f5ceac5f578b7e419a7f4be2e052a97f6ccf81a8",
+        "onnx-int8/model.onnx.data":
+            "829d5fd0c7b9db77d384103d9495a9bb044e7b614c17cdff96c56b70b3f1176d",
+        "onnx-int8/genai_config.json":
+            "35b1f8c9db90b40181e52c7a8898ab926c340c3bdf4f5ca93f276aa1816c012d",
+        "onnx-int8/manifest.json":
+            "3c813852a41fe98d06fd67f0d7f4a52fa939b507a54032facb18b7f680cb9774",
+    },
     "mixtral": {
         "gguf-F16/model.gguf":
             "d4e2a496ef825256127f59639fb8cda03849bd7b5415f297af86c806f095584a",

@@ -48,6 +48,16 @@ def test_usage_strategy_keeps_experts_with_most_router_weight():
     assert choose_survivors(usage, [0], 4, 3) == {0: (0, 2, 3)}
 
 
+def test_group_limited_routers_keep_as_many_experts_in_every_group():
+    """Two groups of two: the best two overall (0 and 1, both in group 0) would put expert 1
+    in group 1 once renumbered; each group keeps its own best instead."""
+    usage = _usage([0.9, 0.8, 0.3, 0.6])
+    assert choose_survivors(usage, [0], 4, 2) == {0: (0, 1)}
+    assert choose_survivors(usage, [0], 4, 2, groups=2) == {0: (0, 3)}
+    picked = choose_survivors(None, [0, 1], 16, 8, "random", seed=1, groups=4)
+    assert all(sorted(e // 4 for e in v) == [0, 0, 1, 1, 2, 2, 3, 3] for v in picked.values())
+
+
 def test_random_strategy_is_seeded_and_per_layer():
     a = choose_survivors(None, [0, 1, 2], 16, 8, "random", seed=3)
     assert a == choose_survivors(None, [0, 1, 2], 16, 8, "random", seed=3)
@@ -252,11 +262,12 @@ def test_every_family_prunes_to_a_loadable_gguf(name, fixture_checkpoint, tmp_pa
     from packager.source import open_checkpoint
 
     result = prune_checkpoint(fixture_checkpoint(name), None, 0.25, tmp_path / "p", "random")
-    assert result.n_experts_after == 6
+    kept = result.n_experts_before * 3 // 4
+    assert result.n_experts_after == kept
     path = write_gguf(open_checkpoint(result.out_dir), tmp_path / "p.gguf", "F16").path
     reader = gguf.GGUFReader(path)
     arch = reader.fields["general.architecture"].contents()
-    assert reader.fields[f"{arch}.expert_count"].contents() == 6
+    assert reader.fields[f"{arch}.expert_count"].contents() == kept
     llm = llama_cpp.Llama(str(path), n_ctx=64, n_threads=2, verbose=False)
     try:
         assert llm.create_completion("x = ", max_tokens=4, temperature=0.0)["choices"]

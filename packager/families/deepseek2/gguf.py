@@ -22,11 +22,17 @@ class DeepseekV2GGUF(GGUFAdapter):
 
     def validate(self) -> None:
         c = self.config
+        # llama.cpp infers "Lite" (no q compression) from the layer count (and vocabulary) alone.
+        lite = self.n_layers in (26, 27) or (self.n_layers == 48 and c.vocab_size == 128256)
         if c.q_lora_rank is None and self.n_layers != 27:
-            # llama.cpp infers "Lite" (no q compression) from the layer count alone.
             raise UnsupportedArchitectureError(
                 f"{self.architecture} without q_lora_rank is only recognised by llama.cpp at "
                 f"27 layers (DeepSeek-V2-Lite); this checkpoint has {self.n_layers}"
+            )
+        if c.q_lora_rank is not None and lite:
+            raise UnsupportedArchitectureError(
+                f"{self.architecture}: llama.cpp takes a {self.n_layers}-layer deepseek2 for a "
+                "Lite model without q_lora_rank, and this checkpoint has one"
             )
         if c.moe_layer_freq != 1:
             raise UnsupportedArchitectureError(f"{self.architecture}: moe_layer_freq != 1")

@@ -34,6 +34,13 @@ class DeepseekV2Onnx(OnnxAdapter):
         self.rope_d = c.qk_rope_head_dim
         self.v_dim = c.v_head_dim
         self.method = c.topk_method
+        if c.moe_layer_freq != 1:
+            self.refuse("moe_layer_freq != 1")
+        self.validate_router()
+
+    def validate_router(self) -> None:
+        """What transformers' DeepSeek-V2 router computes (V3 replaces this)."""
+        c = self.config
         if self.method not in ("greedy", "group_limited_greedy"):
             self.refuse(f"topk_method '{self.method}' (exported: greedy, group_limited_greedy)")
         if c.scoring_func != "softmax":
@@ -41,8 +48,6 @@ class DeepseekV2Onnx(OnnxAdapter):
         if c.norm_topk_prob:
             # transformers' DeepseekV2 router never renormalises; the original remote code did.
             self.refuse("norm_topk_prob=true: transformers' DeepSeek-V2 router ignores it")
-        if c.moe_layer_freq != 1:
-            self.refuse("moe_layer_freq != 1")
         if self.method == "group_limited_greedy" and self.n_experts % c.require(
             c.n_group, "n_group"
         ):
@@ -106,7 +111,8 @@ class DeepseekV2Onnx(OnnxAdapter):
         y = w.linear(s.child("o_proj"), out, f"{pre}.o_proj.weight")
         return y, latent_all, k_pe_all
 
-    def route(self, s: Scope, probs: str) -> tuple[str, str]:
+    def route(self, ctx: Context, s: Scope, i: int, logits: str) -> tuple[str, str]:
+        probs = self.router_probs(s, logits)
         if self.method == "group_limited_greedy":
             c = self.config
             probs = group_limited(s, probs, self.n_experts, c.require(c.n_group, "n_group"),

@@ -71,7 +71,7 @@ def _build() -> ctypes.CDLL | None:
                 src, out = Path(tmp) / "tap.c", Path(tmp) / "tap.so"
                 src.write_text(SOURCE)
                 subprocess.run(
-                    [cc, "-O2", "-shared", "-fPIC", "-o", str(out), str(src)],
+                    [cc, "-O2", "-shared", "-fPIC", "-o", str(out), str(src), "-lm"],
                     check=True, capture_output=True, timeout=120,
                 )
                 os.replace(out, target)
@@ -152,11 +152,14 @@ class RoutingLog:
 
     # --- prefetch ----------------------------------------------------------------------------
     def configure_prefetch(self, routers: np.ndarray, next_layers: np.ndarray,
-                           spans: np.ndarray, source: str, page: int) -> None:
+                           spans: np.ndarray, biases: np.ndarray | None, source: str,
+                           page: int) -> None:
         """Hand the tap what pre-gating needs: folded routers [layers, experts, n_embd] (f32),
         the next MoE layers after each layer [layers, 2] (i32, -1: none), each layer's expert
         tensors as (address of expert 0, stride) [layers, MAX_TENSORS, 2] (u64, checked
-        against the mapping by the caller), and which hidden state to read (`sources`)."""
+        against the mapping by the caller), the selection biases [layers, experts] (f32) of
+        routers that add one to a sigmoid (None: none do), and which hidden state to read
+        (`sources`)."""
         if source not in self.sources:
             raise ValueError(f"hidden state '{source}' is not tapped (have: {list(self.sources)})")
         kind, index = self.sources[source]
@@ -168,7 +171,11 @@ class RoutingLog:
         if (n_layers, n_experts) != self.resident.shape or spans.shape[1:] != (MAX_TENSORS, 2):
             raise ValueError("prefetch tables do not match the routing log's shape")
         scratch = np.zeros(n_embd + n_experts, dtype=np.float32)
-        self._keep = [routers, next_layers, spans, scratch]
+        if biases is not None:
+            biases = np.ascontiguousarray(biases, dtype=np.float32)
+            if biases.shape != (n_layers, n_experts):
+                raise ValueError("prefetch biases do not match the routing log's shape")
+        self._keep = [routers, next_layers, spans, scratch, biases]
         if self._pidfd < 0 and hasattr(os, "pidfd_open"):
             try:
                 self._pidfd = os.pidfd_open(os.getpid())
@@ -178,6 +185,7 @@ class RoutingLog:
         st.pf_watch, st.pf_tap = (index, -1) if kind == "watch" else (0, index)
         st.n_embd, st.page, st.pidfd = n_embd, page, self._pidfd
         st.routers, st.next = routers.ctypes.data, next_layers.ctypes.data
+        st.biases = None if biases is None else biases.ctypes.data
         st.spans, st.scratch = spans.ctypes.data, scratch.ctypes.data
 
     def set_prefetch(self, depth: int, width: int) -> None:

@@ -8,7 +8,7 @@ pre-gating (runtime/experts/pregate.py) from a layer's hidden state (its residua
 watched and read at its routing event, or its output `l_out`, a stop of C's own) and starts
 reading the non-resident ones with one process_madvise(MADV_WILLNEED) per target layer. It calls
 Python only for events Python must decide.
-Only libc is used; ggml is reached through function pointers handed in from Python.
+Only libc and libm are used; ggml is reached through function pointers handed in from Python.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ MARK = -1
 PREFETCH_BASE = -2
 
 SOURCE = r"""
+#include <math.h>
 #include <stdbool.h>
 #include <stddef.h>
 #include <stdint.h>
@@ -79,6 +80,8 @@ struct edgemoe_tap {
     int32_t pf_tap;         /* or: the tap whose node is the hidden state (a stop); -1: none */
     int32_t n_embd;
     const float *routers;   /* [layer][expert][n_embd], norm folded in */
+    const float *biases;    /* [layer][expert]: selection bias added to the sigmoid of the
+                               logit (DeepSeek-V3's routers); NULL: rank the raw logits */
     const int32_t *next;    /* [layer][2]: the next MoE layers, -1: none */
     const uint64_t *spans;  /* [layer][MAX_TENSORS][2]: address of expert 0, stride; 0: none */
     float *scratch;         /* n_embd + n_experts floats */
@@ -148,6 +151,8 @@ static void prefetch(struct edgemoe_tap *s, int32_t layer, const struct head *h)
             const float *row = w + (size_t)e * s->n_embd;
             float acc = 0.0f;
             for (int32_t j = 0; j < s->n_embd; j++) acc += row[j] * x[j];
+            if (s->biases != NULL)
+                acc = 1.0f / (1.0f + expf(-acc)) + s->biases[(size_t)t * s->n_experts + e];
             score[e] = acc;
             if (n_top == width && !(acc > score[top[width - 1]])) continue;
             int at = n_top < width ? n_top++ : width - 1;
@@ -297,6 +302,7 @@ class TapState(ctypes.Structure):
         ("pf_tap", ctypes.c_int32),
         ("n_embd", ctypes.c_int32),
         ("routers", ctypes.c_void_p),
+        ("biases", ctypes.c_void_p),
         ("next", ctypes.c_void_p),
         ("spans", ctypes.c_void_p),
         ("scratch", ctypes.c_void_p),

@@ -143,11 +143,25 @@ def test_tap_tables_point_inside_the_mapping():
     layers = _layers()
     routers = {x: RouterWeights(x, np.ones((8, 4), np.float32)) for x in layers}
     mapping = FileMapping.whole(0x7F0000000000, 8 << 20)
-    r, nxt, spans = tap_tables(Pregate(routers), layers, 8, mapping)
+    r, nxt, spans, biases = tap_tables(Pregate(routers), layers, 8, mapping)
     assert r.shape == (3, 8, 4) and nxt.tolist() == [[1, 2], [2, -1], [-1, -1]]
+    assert biases is None  # no selection bias: the tap ranks raw logits
     t = layers[1].tensors[2]
     assert spans[1, 2].tolist() == [0x7F0000000000 + t.offset, t.stride]
     assert spans[1, 3].tolist() == [0, 0]  # unused slot
+
+
+def test_tap_tables_carry_selection_biases():
+    """DeepSeek-V3-style routers (sigmoid + bias) go to the tap with their biases."""
+    layers = _layers()
+    bias = np.linspace(-0.1, 0.1, 8, dtype=np.float32)
+    routers = {x: RouterWeights(x, np.ones((8, 4), np.float32), bias) for x in layers}
+    mapping = FileMapping.whole(0x7F0000000000, 8 << 20)
+    *_, biases = tap_tables(Pregate(routers), layers, 8, mapping)
+    assert biases.shape == (3, 8) and np.array_equal(biases[1], bias)
+    routers[2] = RouterWeights(2, np.ones((8, 4), np.float32))
+    reason = tap_tables(Pregate(routers), layers, 8, mapping)
+    assert isinstance(reason, str) and "some MoE layers only" in reason
 
 
 def test_tap_tables_refuse_a_tensor_outside_the_mapping():
