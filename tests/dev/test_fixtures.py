@@ -45,13 +45,17 @@ from edgemoe_fixtures.tokenizer import (
 pytestmark = pytest.mark.unit
 
 
-MOE_TINY = ("qwen3moe-tiny", "qwen2moe-tiny", "mixtral-tiny", "olmoe-tiny", "deepseek2-tiny")
+MOE_TINY = (
+    "qwen3moe-tiny", "qwen2moe-tiny", "mixtral-tiny", "olmoe-tiny", "deepseek2-tiny",
+    "deepseek3-tiny",
+)  # fmt: skip
 EXPERT_KEY = {
     "qwen3moe-tiny": "model.layers.0.mlp.experts.7.gate_proj.weight",
     "qwen2moe-tiny": "model.layers.0.mlp.experts.7.gate_proj.weight",
     "mixtral-tiny": "model.layers.0.block_sparse_moe.experts.7.w1.weight",
     "olmoe-tiny": "model.layers.0.mlp.experts.7.gate_proj.weight",
     "deepseek2-tiny": "model.layers.1.mlp.experts.7.gate_proj.weight",  # layer 0 is dense
+    "deepseek3-tiny": "model.layers.1.mlp.experts.15.gate_proj.weight",
 }
 
 
@@ -85,7 +89,7 @@ def _weight_keys(ckpt: Path) -> dict[str, str]:
 def test_registry_has_the_promised_fixtures():
     assert set(FIXTURES) == {
         "qwen3moe-tiny", "qwen2moe-tiny", "mixtral-tiny", "olmoe-tiny", "deepseek2-tiny",
-        "dense-tiny", "qwen3moe-medium", "qwen3moe-trained", "qwen3moe-large",
+        "deepseek3-tiny", "dense-tiny", "qwen3moe-medium", "qwen3moe-trained", "qwen3moe-large",
     }  # fmt: skip
     assert set(TINY_FIXTURES) == {*MOE_TINY, "dense-tiny"}
     assert all(spec.is_moe for n, spec in FIXTURES.items() if n != "dense-tiny")
@@ -335,6 +339,19 @@ def test_deepseek2_fixture_has_mla_and_a_dense_first_layer():
     assert "model.layers.1.mlp.shared_experts.gate_proj.weight" in keys
     assert "model.layers.1.self_attn.q_a_proj.weight" in keys  # q_lora_rank set
     assert "model.layers.1.self_attn.kv_a_proj_with_mqa.weight" in keys
+
+
+@pytest.mark.reference
+def test_deepseek3_fixture_has_a_nonzero_selection_bias_and_groups():
+    from safetensors import safe_open
+
+    ckpt = cached_fixture("deepseek3-tiny")
+    config = json.loads((ckpt / "config.json").read_text())
+    assert (config["n_group"], config["topk_group"], config["n_routed_experts"]) == (4, 2, 16)
+    assert config["routed_scaling_factor"] == 2.5 and config["first_k_dense_replace"] == 1
+    with safe_open(str(ckpt / "model.safetensors"), "np") as f:
+        bias = f.get_tensor("model.layers.1.mlp.gate.e_score_correction_bias")
+    assert bias.shape == (16,) and 0.05 < float(abs(bias).mean()) < 0.2
 
 
 @pytest.mark.reference
