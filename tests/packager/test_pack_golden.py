@@ -50,7 +50,7 @@ GOLDEN: dict[str, dict[str, str]] = {
         "gguf-F16/model.gguf":
             "b84d07ed7a50e7e39903f0db179e14f0bd6d7998a69195e30ec0cdcb045ed49e",
         "gguf-F16/manifest.json":
-            "03d5fa9b07df4a2b4249530bbcafa483f3a8c20a46a4e6f4f22266b8238feeb0",
+            "34c4cdeb4d6ba0014cecff2f2d3d5d0dd4c572288ed87235a9978034a42dffe1",
         "onnx-fp32/model.onnx":
             "984106e2084cbc6e7d6e9baac6222ab4e6af678329c3dbefb21366a6f14e4028",
         "onnx-fp32/model.onnx.data":
@@ -58,7 +58,7 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-fp32/genai_config.json":
             "35b1f8c9db90b40181e52c7a8898ab926c340c3bdf4f5ca93f276aa1816c012d",
         "onnx-fp32/manifest.json":
-            "08c2b99cb1e1037f3b1ffb10957c3d2c9b1c29789c001a019ba974693e3cb3b8",
+            "bc959f451968ed31b64c8c992c3f3806c748326224b586e3d940aa7a68788069",
         "onnx-int8/model.onnx":
             "3f46fc10625ca2446ee61857f5ceac5f578b7e419a7f4be2e052a97f6ccf81a8",
         "onnx-int8/model.onnx.data":
@@ -66,7 +66,7 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-int8/genai_config.json":
             "35b1f8c9db90b40181e52c7a8898ab926c340c3bdf4f5ca93f276aa1816c012d",
         "onnx-int8/manifest.json":
-            "3c813852a41fe98d06fd67f0d7f4a52fa939b507a54032facb18b7f680cb9774",
+            "ce83349f53208112bd6d46d06a259a67b40f31bd68eca027c4884042b4a43d71",
     },
     "mixtral": {
         "gguf-F16/model.gguf":
