@@ -52,21 +52,21 @@ GOLDEN: dict[str, dict[str, str]] = {
         "gguf-F16/manifest.json":
             "34c4cdeb4d6ba0014cecff2f2d3d5d0dd4c572288ed87235a9978034a42dffe1",
         "onnx-fp32/model.onnx":
-            "984106e2084cbc6e7d6e9baac6222ab4e6af678329c3dbefb21366a6f14e4028",
+            "8b4c70cf4fc19babbab581dadcb1d78b0c360219bac3beaf36e73926ac13ae91",
         "onnx-fp32/model.onnx.data":
             "6ee8073bf89cbf2beeb55848a0abcf9fddc139baa73b16c44db00a223a63ac7d",
         "onnx-fp32/genai_config.json":
             "35b1f8c9db90b40181e52c7a8898ab926c340c3bdf4f5ca93f276aa1816c012d",
         "onnx-fp32/manifest.json":
-            "bc959f451968ed31b64c8c992c3f3806c748326224b586e3d940aa7a68788069",
+            "96ad64002bef6eda414d04dc82816a6f96fea66b50703ed8b0f45f4e03ab01bb",
         "onnx-int8/model.onnx":
-            "3f46fc10625ca2446ee61857f5ceac5f578b7e419a7f4be2e052a97f6ccf81a8",
+            "b8e4f96474459db3dbc5ec12c4cc2b834f3b8c9d000d3cd49dc1d2d480d8e660",
         "onnx-int8/model.onnx.data":
-            "829d5fd0c7b9db77d384103d9495a9bb044e7b614c17cdff96c56b70b3f1176d",
+            "16afc6fee762ae25c3fcaad2522f4f7f87cb9dd36de830049e1da802accc203c",
         "onnx-int8/genai_config.json":
             "35b1f8c9db90b40181e52c7a8898ab926c340c3bdf4f5ca93f276aa1816c012d",
         "onnx-int8/manifest.json":
-            "ce83349f53208112bd6d46d06a259a67b40f31bd68eca027c4884042b4a43d71",
+            "46a24ddbbf87f81068ae89508acf08bcd52878ed2105704dcc6c7a54427c5db5",
     },
     "mixtral": {
         "gguf-F16/model.gguf":
