@@ -13,6 +13,14 @@ kernel evicting and re-reading pages as it must; `use_mmap=False` would be OOM-k
 edgemoe at 50 % and 25 % expert budgets (cold: released experts leave the page cache). edgemoe
 at the same budgets uncapped is printed too: prefill at a partial budget against stock.
 
+Slow storage (`--storage-mbps 200,1000`, root, cgroup v1 blkio or v2 io): the same capped runs
+with the reads of the bundle's disk throttled to a camera's eMMC (200 MB/s) or a phone's UFS
+(1 GB/s); `--tight` adds edgemoe rows capped at their own budget plus `--overhead`, so no page
+cache is left beyond the budget. A second table puts each throttled row against its storage
+roofline: compute time per token (stock's decode fully in RAM, same round) and the bytes the
+process read from storage per decoded token (/proc/self/io) over the rate, overlapped (the
+larger of the two) and not (their sum), with misses per token and prefetch used/unused.
+
 Rounds are paired: each round runs the baseline and every configuration back to back (the
 order reversed every other round), and each configuration's speed is divided by the baseline's
 of the same round; the table prints the median of those ratios. Greedy tokens must be the same
@@ -37,6 +45,7 @@ from common import add_thread_options, resolve_bundle, thread_setup
 
 V1_ROOT = Path("/sys/fs/cgroup/memory")
 V2_ROOT = Path("/sys/fs/cgroup")
+BLKIO_V1 = Path("/sys/fs/cgroup/blkio")
 
 
 @dataclass(frozen=True)
@@ -46,6 +55,8 @@ class Config:
     capped: bool
     budget: str = "100%"
     prefetch: bool | None = None  # edgemoe: None = its default (on when cold)
+    storage_mb_s: float | None = None  # reads of the bundle's device throttled to this (MB/s)
+    tight: bool = False  # the cap is this budget plus --overhead: no page cache beyond it
 
 
 CONFIGS: tuple[Config, ...] = (
@@ -68,7 +79,7 @@ class MemoryCgroup:
     def __init__(self, limit_bytes: int) -> None:
         self.v1 = (V1_ROOT / "memory.limit_in_bytes").exists()
         base = self._own_group()
-        self.path = base / f"edgemoe-bench-{os.getpid()}"
+        self.path = base / f"edgemoe-bench-{os.getpid()}-{limit_bytes}"
         self.path.mkdir()
         if self.v1:
             (self.path / "memory.limit_in_bytes").write_text(str(limit_bytes))
@@ -117,6 +128,41 @@ class MemoryCgroup:
             print(f"note: could not remove {self.path}: {err}", file=sys.stderr)
 
 
+class ReadThrottle:
+    """A fresh blkio (v1) or io (v2) cgroup whose reads of one block device are capped at a
+    rate, so the bundle is read as from a camera's eMMC (200 MB/s) or a phone's UFS (1 GB/s)."""
+
+    def __init__(self, bundle: Path, mb_s: float) -> None:
+        self.device = _whole_disk(bundle)
+        self.v1 = BLKIO_V1.exists()
+        rate = int(mb_s * 1e6)
+        if self.v1:
+            self.path = BLKIO_V1 / f"edgemoe-bench-{os.getpid()}-{int(mb_s)}"
+            self.path.mkdir()
+            (self.path / "blkio.throttle.read_bps_device").write_text(f"{self.device} {rate}")
+        else:
+            self.path = V2_ROOT / f"edgemoe-bench-{os.getpid()}-{int(mb_s)}"
+            self.path.mkdir()
+            (self.path / "io.max").write_text(f"{self.device} rbps={rate}")
+        self.mb_s = mb_s
+
+    def close(self) -> None:
+        try:
+            self.path.rmdir()
+        except OSError as err:
+            print(f"note: could not remove {self.path}: {err}", file=sys.stderr)
+
+
+def _whole_disk(path: Path) -> str:
+    """MAJ:MIN of the disk holding `path` (throttles apply to a disk, not a partition)."""
+    st = path.stat()
+    dev = f"{os.major(st.st_dev)}:{os.minor(st.st_dev)}"
+    sysfs = Path("/sys/dev/block") / dev
+    if (sysfs / "partition").exists():
+        dev = (sysfs.resolve().parent / "dev").read_text().strip()
+    return dev
+
+
 def _try_write(path: Path, value: str) -> None:
     try:
         path.write_text(value)
@@ -138,8 +184,8 @@ def cgroup_problem() -> str | None:
 
 def child(spec: dict) -> dict:
     """Prefill `prompt_ids`, then decode greedily; speeds, tokens and what it cost."""
-    if spec.get("cgroup_procs"):
-        Path(spec["cgroup_procs"]).write_text(str(os.getpid()))
+    for procs in spec.get("cgroup_procs") or ():
+        Path(procs).write_text(str(os.getpid()))
     from runtime.threads import apply_wait_policy
 
     apply_wait_policy(spec.get("wait_policy"))  # before llama.cpp loads, stock or edgemoe
@@ -195,16 +241,33 @@ def _edgemoe(bundle: Path, prompt_ids: list[int], n: int, threads: int, budget: 
             tokens.append(int(np.argmax(logits)))
             if i == 0:
                 t0 = time.perf_counter()
+                at_decode = _decode_counters(model)
             if i < n - 1:
                 logits = model._decode([tokens[-1]])
         decode_s = time.perf_counter() - t0
+        during = {k: v - at_decode[k] for k, v in _decode_counters(model).items()}
         stats = model.stats()
         state = model.prefetch
     lookups = stats["hits"] + stats["misses"]
+    steps = max(n - 1, 1)
     return {"prefill_tok_s": len(prompt_ids) / prefill_s,
             "decode_tok_s": (n - 1) / decode_s if n > 1 else None, "tokens": tokens,
             "hit_rate": stats["hits"] / lookups if lookups else None, "prefetch": state,
+            "decode_read_per_token": during["read"] / steps,
+            "decode_misses_per_token": during["misses"] / steps,
+            "prefetch_used": during["used"], "prefetch_unused": during["unused"],
             **_process_costs()}
+
+
+def _decode_counters(model) -> dict[str, int]:
+    """What decoding costs, counted by the process (bytes read from storage, /proc/self/io)
+    and by the pager (misses, prefetched experts used and not)."""
+    from runtime.benchmark import io_read_bytes
+
+    s = model.stats()
+    return {"read": io_read_bytes() or 0, "misses": s["misses"],
+            "used": s.get("prefetch_used_experts", 0),
+            "unused": s.get("prefetch_unused_experts", 0)}
 
 
 def _process_costs() -> dict:
@@ -214,17 +277,71 @@ def _process_costs() -> dict:
     return {"peak_rss": peak_rss(), "read_bytes": io_read_bytes()}
 
 
+class Groups:
+    """The cgroups a run joins, made on first use and removed at the end: one memory cgroup per
+    limit (--limit, or a budget plus --overhead for --tight rows), one read throttle per rate."""
+
+    def __init__(self, bundle: Path, limit: int, tight_limits: dict[str, int]) -> None:
+        self.bundle, self.limit, self.tight_limits = bundle, limit, tight_limits
+        self._memory: dict[int, MemoryCgroup] = {}
+        self._throttles: dict[float, ReadThrottle] = {}
+
+    def memory(self, cfg: Config) -> MemoryCgroup:
+        limit = self.tight_limits[cfg.budget] if cfg.tight else self.limit
+        if limit not in self._memory:
+            self._memory[limit] = MemoryCgroup(limit)
+        return self._memory[limit]
+
+    def throttle(self, mb_s: float) -> ReadThrottle:
+        if mb_s not in self._throttles:
+            self._throttles[mb_s] = ReadThrottle(self.bundle, mb_s)
+        return self._throttles[mb_s]
+
+    def close(self) -> None:
+        for g in [*self._memory.values(), *self._throttles.values()]:
+            g.close()
+
+
+def storage_configs(rates: list[float], tight: bool) -> list[Config]:
+    """Rows with the bundle's device read at `rates` MB/s, inside the memory cap: stock as a
+    user would run it there, and edgemoe at 50 % and 25 % (with --tight, each capped at its own
+    budget plus --overhead, so no page cache is left beyond the budget)."""
+    rows = []
+    for mb_s in rates:
+        rows.append(Config(f"stock, capped, {mb_s:g} MB/s", "stock", True, storage_mb_s=mb_s))
+        for budget in ("50%", "25%"):
+            rows.append(Config(f"edgemoe {budget} cold, capped, {mb_s:g} MB/s", "edgemoe", True,
+                               budget, storage_mb_s=mb_s))
+            if tight:
+                rows.append(Config(f"edgemoe {budget} cold, tight, {mb_s:g} MB/s", "edgemoe",
+                                   True, budget, storage_mb_s=mb_s, tight=True))
+    return rows
+
+
+def budget_bytes(bundle: Path, budgets: list[str]) -> dict[str, int]:
+    """The memory each budget gives the model (weights + KV), as runtime.load plans it."""
+    import runtime
+
+    out = {}
+    for b in budgets:
+        with runtime.load(bundle, budget=b, n_ctx=1024) as m:
+            out[b] = int(m.stats()["budget_bytes"])
+    return out
+
+
 def run_config(cfg: Config, args: argparse.Namespace, bundle: Path, prompt_ids: list[int],
-               group: MemoryCgroup | None) -> dict:
+               groups: Groups) -> dict:
     from runtime.experts.residency import drop_file_cache
 
     drop_file_cache(bundle / "model.gguf")
+    group = groups.memory(cfg) if cfg.capped else None
+    throttle = groups.throttle(cfg.storage_mb_s) if cfg.storage_mb_s else None
+    procs = [str(g.path / "cgroup.procs") for g in (group, throttle) if g is not None]
     spec = {"bundle": str(bundle), "prompt_ids": prompt_ids, "decode": args.decode,
             "threads": args.threads, "wait_policy": args.wait_policy, "engine": cfg.engine,
-            "capped": cfg.capped,
-            "budget": cfg.budget, "prefetch": cfg.prefetch,
-            "cgroup_procs": str(group.path / "cgroup.procs") if cfg.capped and group else None}
-    if group and cfg.capped:
+            "capped": cfg.capped, "budget": cfg.budget, "prefetch": cfg.prefetch,
+            "cgroup_procs": procs}
+    if group:
         group.reset_peak()
         before = group.report()
     done = subprocess.run([sys.executable, __file__, "--child", json.dumps(spec)],
@@ -234,7 +351,7 @@ def run_config(cfg: Config, args: argparse.Namespace, bundle: Path, prompt_ids: 
         result = json.loads(done.stdout.strip().splitlines()[-1])
     else:
         result = {"failed": f"exit {done.returncode}: {done.stderr.strip()[-300:]}"}
-    if group and cfg.capped:
+    if group:
         after = group.report()
         result["cgroup"] = {**after, "oom_kills": (after["oom_kills"] or 0)
                             - (before["oom_kills"] or 0)}
@@ -274,6 +391,15 @@ def main() -> None:
     ap.add_argument("--timeout", type=int, default=900, help="seconds per run")
     ap.add_argument("--no-cap", action="store_true",
                     help="only the uncapped runs (a model too small for a cgroup to hold Python)")
+    ap.add_argument("--storage-mbps", default="",
+                    help="also run with the bundle's device read at these MB/s, comma-separated "
+                         "(200: a camera's eMMC, 1000: a phone's UFS)")
+    ap.add_argument("--tight", action="store_true",
+                    help="throttled edgemoe rows also capped at their budget + --overhead")
+    ap.add_argument("--overhead", default="150MB",
+                    help="what a process needs beside the model's budget (Python, libraries)")
+    ap.add_argument("--only-storage", action="store_true",
+                    help="skip the unthrottled rows except the baseline")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
     ap.add_argument("--child", default=None, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -287,30 +413,39 @@ def main() -> None:
     file_bytes = (bundle / "model.gguf").stat().st_size
     limit = _limit_bytes(args.limit, file_bytes)
     problem = "--no-cap" if args.no_cap else cgroup_problem()
-    configs = [c for c in CONFIGS if not (c.capped and problem)]
+    rates = [float(x) for x in args.storage_mbps.split(",") if x.strip()]
+    base = list(CONFIGS[:1] if args.only_storage else CONFIGS)
+    configs = [c for c in base + storage_configs(rates, args.tight)
+               if not (c.capped and problem)]
     if problem:
         print(f"capped runs skipped: {problem}")
+    from contract.sizes import parse_size
+
+    tight = ({b: n + parse_size(args.overhead) for b, n in budget_bytes(
+        bundle, sorted({c.budget for c in configs if c.tight})).items()} if args.tight else {})
     prompt_ids = _prompt_ids(bundle, args.prompt_tokens)
     print(f"{bundle.name}: GGUF {file_bytes / 1e6:.0f} MB; cgroup limit {limit / 1e6:.0f} MB "
           f"({limit / file_bytes:.0%} of the file); prompt {len(prompt_ids)} tokens, "
           f"{args.decode} decoded, {args.threads} threads; {args.rounds} paired rounds, each "
           f"run in a fresh process after the GGUF was dropped from the page cache")
-    group = None if problem else MemoryCgroup(limit)
+    if tight:
+        print("tight caps: " + ", ".join(f"{b} {n / 1e6:.0f} MB" for b, n in tight.items()))
+    groups = Groups(bundle, limit, tight)
     runs: dict[str, list[dict]] = {c.label: [] for c in configs}
     try:
         for r in range(args.rounds):
             order = configs if r % 2 == 0 else list(reversed(configs))
             for cfg in order:
-                runs[cfg.label].append(run_config(cfg, args, bundle, prompt_ids, group))
+                runs[cfg.label].append(run_config(cfg, args, bundle, prompt_ids, groups))
                 res = runs[cfg.label][-1]
                 print(f"  round {r + 1}: {cfg.label}: " + (
                     res["failed"] if "failed" in res else
                     f"prefill {res['prefill_tok_s']:.1f} tok/s, decode "
                     f"{res['decode_tok_s']:.1f} tok/s"), flush=True)
     finally:
-        if group:
-            group.close()
+        groups.close()
     _print_table(configs, runs, args)
+    _print_storage(configs, runs)
     if args.json:
         args.json.write_text(json.dumps({"limit": limit, "file_bytes": file_bytes,
                                          "runs": runs}, indent=1))
@@ -350,6 +485,40 @@ def _print_table(configs: list[Config], runs: dict[str, list[dict]],
               + (f"  ({failed} runs failed)" if failed else ""))
     print("ratios: speed / stock uncapped of the same round, median over rounds; "
           "edgemoe greedy tokens identical in every configuration")
+
+
+def _print_storage(configs: list[Config], runs: dict[str, list[dict]]) -> None:
+    """The throttled rows against their storage roofline: compute time per token is stock's
+    decode fully in RAM (same round); storage time per token is the bytes the process read from
+    storage per decoded token over the throttled rate; overlapped, a token costs the larger of
+    the two, not overlapped their sum."""
+    rows = [c for c in configs if c.storage_mb_s and c.engine == "edgemoe"]
+    if not rows:
+        return
+    base = runs[configs[0].label]
+    print(f"\n{'throttled configuration':<34} {'decode':>7} {'MiB/tok':>8} {'miss/tok':>8} "
+          f"{'prefetch used/unused':>20} {'roofline':>9} {'(serial)':>9} {'of roofline':>11}")
+    for cfg in rows:
+        ok = [(b, g) for b, g in zip(base, runs[cfg.label], strict=True)
+              if "failed" not in g and "failed" not in b]
+        if not ok:
+            continue
+        fractions, lines = [], []
+        for b, g in ok:
+            compute_s = 1.0 / b["decode_tok_s"]
+            io_s = g["decode_read_per_token"] / (cfg.storage_mb_s * 1e6)
+            overlap, serial = 1.0 / max(compute_s, io_s), 1.0 / (compute_s + io_s)
+            fractions.append(g["decode_tok_s"] / overlap)
+            lines.append((overlap, serial))
+        g = ok[-1][1]
+        print(f"{cfg.label:<34} {statistics.median(x['decode_tok_s'] for _, x in ok):7.1f} "
+              f"{g['decode_read_per_token'] / 2**20:8.3f} {g['decode_misses_per_token']:8.2f} "
+              f"{g['prefetch_used']:>9}/{g['prefetch_unused']:<10} "
+              f"{statistics.median(o for o, _ in lines):9.1f} "
+              f"{statistics.median(s for _, s in lines):9.1f} "
+              f"{statistics.median(fractions):11.2f}")
+    print("roofline: tok/s if storage reads overlapped compute (serial: if they did not); "
+          "MiB/tok: /proc/self/io read_bytes during decode")
 
 
 if __name__ == "__main__":

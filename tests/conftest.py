@@ -9,10 +9,17 @@ skip a pure test again; a module's `unit` is a default that a test's own heavier
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+
+# The suite starts engines in this process and in server subprocesses at once, often beside
+# other jobs: spinning at barriers (the product's default, as stock llama.cpp) would then burn
+# the cores the other threads need, so the suite's engines wait passively, as a user who sets
+# OMP_WAIT_POLICY would (runtime/threads.py; tests that check the default clear it).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ARCH_FIXTURES = (
     "qwen3moe-tiny", "qwen2moe-tiny", "mixtral-tiny", "olmoe-tiny", "deepseek2-tiny",
