@@ -454,7 +454,7 @@ def main() -> None:
 def _print_table(configs: list[Config], runs: dict[str, list[dict]],
                  args: argparse.Namespace) -> None:
     base = runs[configs[0].label]
-    print(f"\n{'configuration':<28} {'prefill':>8} {'ratio':>6} {'decode':>8} {'ratio':>6} "
+    print(f"\n{'configuration':<36} {'prefill':>8} {'ratio':>6} {'decode':>8} {'ratio':>6} "
           f"{'hit':>6} {'peak RSS':>9} {'read':>8} {'cgroup peak':>11} {'OOM':>4}")
     reference: list[int] | None = None
     for cfg in configs:
@@ -462,7 +462,7 @@ def _print_table(configs: list[Config], runs: dict[str, list[dict]],
         ok = [(b, g) for b, g in zip(base, got, strict=True)
               if "failed" not in g and "failed" not in b]
         if not ok:
-            print(f"{cfg.label:<28} failed: {got[-1].get('failed', '?')}")
+            print(f"{cfg.label:<36} failed: {got[-1].get('failed', '?')}")
             continue
         if cfg.engine == "edgemoe":
             for _, g in ok:
@@ -480,7 +480,7 @@ def _print_table(configs: list[Config], runs: dict[str, list[dict]],
             if cfg.capped else "-"
         read = f"{last['read_bytes'] / 1e6:.0f} MB" if last.get("read_bytes") else "-"
         failed = len(got) - len(ok)
-        print(f"{cfg.label:<28} {pre:8.1f} {pre_r:6.2f} {dec:8.1f} {dec_r:6.2f} {hit:>6} "
+        print(f"{cfg.label:<36} {pre:8.1f} {pre_r:6.2f} {dec:8.1f} {dec_r:6.2f} {hit:>6} "
               f"{last['peak_rss'] / 1e6:6.0f} MB {read:>8} {peak:>11} {ooms:>4}"
               + (f"  ({failed} runs failed)" if failed else ""))
     print("ratios: speed / stock uncapped of the same round, median over rounds; "
@@ -496,7 +496,7 @@ def _print_storage(configs: list[Config], runs: dict[str, list[dict]]) -> None:
     if not rows:
         return
     base = runs[configs[0].label]
-    print(f"\n{'throttled configuration':<34} {'decode':>7} {'MiB/tok':>8} {'miss/tok':>8} "
+    print(f"\n{'throttled configuration':<36} {'decode':>7} {'MiB/tok':>8} {'miss/tok':>8} "
           f"{'prefetch used/unused':>20} {'roofline':>9} {'(serial)':>9} {'of roofline':>11}")
     for cfg in rows:
         ok = [(b, g) for b, g in zip(base, runs[cfg.label], strict=True)
@@ -511,7 +511,7 @@ def _print_storage(configs: list[Config], runs: dict[str, list[dict]]) -> None:
             fractions.append(g["decode_tok_s"] / overlap)
             lines.append((overlap, serial))
         g = ok[-1][1]
-        print(f"{cfg.label:<34} {statistics.median(x['decode_tok_s'] for _, x in ok):7.1f} "
+        print(f"{cfg.label:<36} {statistics.median(x['decode_tok_s'] for _, x in ok):7.1f} "
               f"{g['decode_read_per_token'] / 2**20:8.3f} {g['decode_misses_per_token']:8.2f} "
               f"{g['prefetch_used']:>9}/{g['prefetch_unused']:<10} "
               f"{statistics.median(o for o, _ in lines):9.1f} "
