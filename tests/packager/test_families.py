@@ -229,3 +229,47 @@ def test_deepseek3_mtp_layers_are_skipped_and_mtp_only_is_refused():
     undeclared = family_for(_v3()).gguf  # num_nextn_predict_layers=0
     with pytest.raises(UnsupportedArchitectureError, match="has layer 2 but config.json"):
         undeclared.plan(shapes, lambda n: np.zeros(1))
+
+
+# ----- DeepSeek-V2's group-limited router ----------------------------------------------------
+def _v2(**change):
+    from tests.packager.synthetic import CONFIGS
+
+    return {**CONFIGS["deepseek2"], **change}
+
+
+def _group_fields(cfg, tmp_path) -> dict:
+    import gguf
+
+    w = gguf.GGUFWriter(tmp_path / "kv.gguf", "deepseek2")
+    family_for(cfg).gguf.write_hparams(w)
+    return {k.removeprefix("deepseek2."): v.value for k, v in w.kv_data[0].items()
+            if "group" in k}  # fmt: skip
+
+
+def test_deepseek2_group_limited_greedy_is_refused_naming_the_field():
+    # transformers' V2 ranks groups by their best score, llama.cpp by their best two's sum.
+    cfg = _v2(topk_method="group_limited_greedy", n_group=2, topk_group=1)
+    with pytest.raises(UnsupportedArchitectureError, match="'topk_method' is 'group_limited_greedy'"
+                       r" \(n_group=2, topk_group=1\).*two best") as err:  # fmt: skip
+        _ = family_for(cfg).gguf
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        _v2(topk_method="group_limited_greedy", n_group=2, topk_group=2),  # every group kept
+        _v2(topk_method="greedy", n_group=2, topk_group=1),  # transformers ignores the groups
+        _v3(n_group=2, topk_group=2),  # llama.cpp aborts unless fewer groups are used than exist
+    ],
+)
+def test_expert_groups_are_written_only_where_llama_cpp_should_mask_them(cfg, tmp_path):
+    assert _group_fields(cfg, tmp_path) == {}
+
+
+def test_expert_groups_are_written_for_v3_and_as_read_when_single(tmp_path):
+    assert _group_fields(_v3(), tmp_path) == {
+        "expert_group_count": 2, "expert_group_used_count": 1}  # fmt: skip
+    assert _group_fields(_v2(), tmp_path) == {  # n_group=1: nothing is grouped
+        "expert_group_count": 1, "expert_group_used_count": 1}  # fmt: skip

@@ -40,6 +40,30 @@ class DeepseekV2GGUF(GGUFAdapter):
             raise UnsupportedArchitectureError(
                 f"{self.architecture}: scoring_func '{c.scoring_func}' is not supported"
             )
+        groups = c.n_group or 1
+        if c.topk_method == "group_limited_greedy" and groups > 1 and not self._all_groups():
+            # No GGUF key selects the ranking: build_moe_ffn always sums each group's top two.
+            raise UnsupportedArchitectureError(
+                f"config.json: 'topk_method' is 'group_limited_greedy' (n_group={groups}, "
+                f"topk_group={c.topk_group}) for {self.architecture}: llama.cpp ranks expert "
+                "groups by the sum of their two best scores, transformers' DeepSeek-V2 by the "
+                "best one"
+            )
+
+    def _all_groups(self) -> bool:
+        """Whether every group is kept (topk_group >= n_group): no group is masked."""
+        c = self.config
+        return c.topk_group is not None and c.topk_group >= (c.n_group or 1)
+
+    def _write_groups(self) -> bool:
+        """Whether llama.cpp should mask expert groups as this router does. It groups whenever
+        expert_group_count > 1 (and aborts unless fewer groups are used than exist), so the
+        keys go out only for a router that really limits groups the way llama.cpp ranks them
+        (V3's noaux_tc); values of 1 change nothing and are written as read."""
+        c = self.config
+        if (c.n_group or 1) <= 1:
+            return True
+        return c.topk_method == "noaux_tc" and not self._all_groups()
 
     def n_head_kv(self) -> int:
         return 1
@@ -72,10 +96,11 @@ class DeepseekV2GGUF(GGUFAdapter):
         if c.norm_topk_prob:
             w.add_expert_weights_norm(True)
         w.add_expert_gating_func(_GATING[c.scoring_func])
-        if c.n_group is not None:
-            w.add_expert_group_count(c.n_group)
-        if c.topk_group is not None:
-            w.add_expert_group_used_count(c.topk_group)
+        if self._write_groups():
+            if c.n_group is not None:
+                w.add_expert_group_count(c.n_group)
+            if c.topk_group is not None:
+                w.add_expert_group_used_count(c.topk_group)
         w.add_rope_dimension_count(rope)
 
     def expand(self, hf_name: str, shape: tuple[int, ...], read: Reader) -> list[PlannedTensor]:
