@@ -12,9 +12,10 @@ experts released, decode tok/s before and after, tokens identical to a run witho
 
 Part 2, a cgroup squeezed: each run is a fresh process (cold) in a new memory cgroup; after
 `--cut-at` tokens the limit is set just above what it holds and another tenant's anonymous
-memory arrives, so the kernel must take back 40 % of the unpinned resident experts' pages (a
-limit cut below what a process holds is refused with EBUSY while its pages are in use, so the
-squeeze comes from a neighbour, as a kiosk starting a video). `follow`: the same
+memory arrives over the next 16 tokens (`Squeeze`), so the kernel must take back 40 % of the
+model's unlocked mapped pages (a limit cut below what a process holds is refused with EBUSY
+while its pages are in use, so the squeeze comes from a neighbour, as a kiosk starting a
+video). `follow`: the same
 PressureFollower `serve --follow-pressure` runs (every 0.2 s here) shrinks the budget by expert
 heat; `kernel`: the budget stays and the kernel reclaims pages by its LRU. Printed per mode:
 hit rate, storage read per token and decode tok/s after the squeeze, budget changes, OOM kills
@@ -103,14 +104,16 @@ def cgroup_child(spec: dict) -> dict:
             b = m.budget
             follower = PressureFollower(lambda: m, lambda _m: b.expert_bytes_total // 8,
                                         interval_s=0.2).start()
-        times, before, read0 = [], None, 0
+        times, before, read0, squeeze = [], None, 0, None
         for ev in m.stream_events(PROMPT, max_tokens=spec["n"], temperature=0.0):
             if ev.token is None:
                 continue
             times.append(time.perf_counter())
             if len(times) == spec["cut_at"]:
                 before, read0 = m.stats(), _read_bytes()
-                hog = squeeze(m, spec)  # noqa: F841 (held until the run ends)
+                squeeze = Squeeze(spec)
+            if squeeze is not None:
+                squeeze.step()
         s = m.stats()
         if follower is not None:
             follower.stop()
@@ -120,25 +123,39 @@ def cgroup_child(spec: dict) -> dict:
             "read_kib_per_token": (_read_bytes() - read0) / 1024 / (len(times) - k),
             "decode": (len(times) - k - 1) / (times[-1] - times[k]),
             "changes": s["budget_changes"], "capacity": s["expert_capacity_bytes"],
-            "cut_share": spec.get("squeezed", 0.0)}
+            "cut_share": squeeze.size if squeeze is not None else 0}
 
 
-def squeeze(model, spec: dict) -> bytearray:  # type: ignore[no-untyped-def]
-    """Another tenant arrives: the cgroup's limit is set just above what it holds now (plus a
-    quarter of the resident experts and 8 MiB), then anonymous memory is allocated and touched
-    so that the kernel must take back 40 % of the unpinned resident experts' pages. Returns it
-    (to be held); `spec["squeezed"]` says how much."""
-    usage = int(Path(spec["usage"]).read_text())
-    s = model.stats()
-    resident, pinned = s["resident_expert_bytes"], s["pinned_bytes"]
-    room = resident // 4 + (8 << 20)  # and 8 MiB for the process's own allocations
-    Path(spec["limit"]).write_text(str(usage + room))
-    size = room + int(0.4 * (resident - pinned))
-    hog = bytearray(size)
-    for i in range(0, size, 4096):
-        hog[i] = 1
-    spec["squeezed"] = size
-    return hog
+class Squeeze:
+    """Another tenant arrives in the cgroup: the limit is set 16 MiB above what it holds now,
+    then, one slice per token over 16 tokens, anonymous memory is allocated and touched: the
+    16 MiB, the unmapped page cache and 40 % of the mapped, unlocked file pages (resident
+    experts beyond the pinned ones, and dense), so the kernel must take pages back from the
+    model while it decodes. `size` says how much in all."""
+
+    SLICES = 16
+
+    def __init__(self, spec: dict) -> None:
+        stat = dict(ln.split() for ln in Path(spec["stat"]).read_text().splitlines())
+
+        def get(*names: str) -> int:
+            return next((int(stat[n]) for n in names if n in stat), 0)
+
+        mapped = get("total_mapped_file", "file_mapped")
+        cache = get("total_cache", "file")
+        locked = get("total_unevictable", "unevictable")
+        slack = 16 << 20
+        Path(spec["limit"]).write_text(str(int(Path(spec["usage"]).read_text()) + slack))
+        self.size = slack + max(0, cache - mapped) + int(0.4 * max(0, mapped - locked))
+        self.held: list[bytearray] = []
+
+    def step(self) -> None:
+        """One more slice, until all of it is held."""
+        if len(self.held) < self.SLICES:
+            piece = bytearray(self.size // self.SLICES)
+            for i in range(0, len(piece), 4096):
+                piece[i] = 1
+            self.held.append(piece)
 
 
 def _read_bytes() -> int:

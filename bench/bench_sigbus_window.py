@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_budget import squeeze
+from bench_budget import Squeeze
 from bench_memory_cap import MemoryCgroup, cgroup_problem
 from common import REPO, resolve_bundle
 
@@ -90,7 +90,7 @@ def child(spec: dict) -> dict:
         from runtime.backends.llama_cpp.lazy_load import complement
 
         holes = complement(dense, size)
-        n = 0
+        n, squeeze = 0, None
         for ev in m.stream_events(PROMPT, max_tokens=spec["n"], temperature=0.0):
             if ev.token is None:
                 continue
@@ -103,7 +103,9 @@ def child(spec: dict) -> dict:
             dropped = sum(1 for was, is_ in zip(baseline, now, strict=True) if was and not is_)
             counts["dense_out"] = max(counts["dense_out"], dropped)
             if n == spec["cut_at"] and spec.get("limit"):
-                hog = squeeze(m, spec)  # noqa: F841 (held until the run ends)
+                squeeze = Squeeze(spec)
+            if squeeze is not None:
+                squeeze.step()
         if follower is not None:
             follower.stop()
         changes = m.stats()["budget_changes"]
@@ -116,7 +118,7 @@ def run(bundle: Path, args: argparse.Namespace, capped: bool, follow: bool) -> d
             "follow": follow}
     group = MemoryCgroup(8 << 30) if capped else None
     if group is not None:
-        spec.update(procs=str(group.path / "cgroup.procs"),
+        spec.update(procs=str(group.path / "cgroup.procs"), stat=str(group.path / "memory.stat"),
                     usage=str(group.path / ("memory.usage_in_bytes" if group.v1
                                             else "memory.current")),
                     limit=str(group.path / ("memory.limit_in_bytes" if group.v1

@@ -112,7 +112,9 @@ class BudgetResponse(BaseModel):
 @router.post("/budget", response_model=BudgetResponse, responses={
     status: {"model": ErrorResponse, "description": text} for status, text in (
         (400, "Bad body, a budget below the model's minimum, or a model that pages nothing"),
-        (401, "Missing or wrong API key"), (503, "Model loading or server stopping"))})
+        (401, "Missing or wrong API key"), (503, "Model loading or server stopping"))},
+             openapi_extra={"requestBody": {"required": True, "content": {"application/json": {
+                 "schema": BudgetRequest.model_json_schema()}}}})
 async def budget(request: Request) -> Response:
     """Change the served model's memory budget without a reload: the coldest experts are
     released at the next step boundary (never mid-token); tokens do not change."""

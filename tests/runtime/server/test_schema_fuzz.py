@@ -30,6 +30,7 @@ OPERATIONS = [
     ("GET", "/health"), ("GET", "/v1/models"), ("GET", "/v1/models/{model_id}"),
     ("GET", "/metrics"), ("POST", "/v1/chat/completions"), ("POST", "/v1/completions"),
     ("POST", "/tokenize"), ("POST", "/detokenize"), ("POST", "/admin/reload"),
+    ("POST", "/admin/budget"),
 ]
 
 
