@@ -12,14 +12,14 @@ experts released, decode tok/s before and after, tokens identical to a run witho
 
 Part 2, a cgroup squeezed: each run is a fresh process (cold) in a new memory cgroup; after
 `--cut-at` tokens the limit is set just above what it holds and another tenant's anonymous
-memory arrives over the next 16 tokens (`Squeeze`), so the kernel must take back 40 % of the
-model's unlocked mapped pages (a limit cut below what a process holds is refused with EBUSY
-while its pages are in use, so the squeeze comes from a neighbour, as a kiosk starting a
-video). `follow`: the same
-PressureFollower `serve --follow-pressure` runs (every 0.2 s here) shrinks the budget by expert
-heat; `kernel`: the budget stays and the kernel reclaims pages by its LRU. Printed per mode:
-hit rate, storage read per token and decode tok/s after the squeeze, budget changes, OOM kills
-(paired rounds, order alternating).
+memory arrives over the next second (`Squeeze`: 16 MiB + 30 % of the model's resident expert
+bytes; tokens are paced 5 ms apart, a kiosk streaming to a screen), so memory must come back
+from the model (a limit cut below what a process holds is refused with EBUSY while its pages
+are in use, so the squeeze comes from a neighbour, as a kiosk starting a video). `follow`: the
+same PressureFollower `serve --follow-pressure` runs (every 0.1 s here) shrinks the budget by
+expert heat; `kernel`: the budget stays and the kernel reclaims pages by its LRU. Printed per
+mode: hit rate, storage read per token and decode tok/s after the squeeze, budget changes, OOM
+kills (paired rounds, order alternating).
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ def cgroup_child(spec: dict) -> dict:
         if spec["follow"]:
             b = m.budget
             follower = PressureFollower(lambda: m, lambda _m: b.expert_bytes_total // 8,
-                                        interval_s=0.2).start()
+                                        interval_s=0.1).start()
         times, before, read0, squeeze = [], None, 0, None
         for ev in m.stream_events(PROMPT, max_tokens=spec["n"], temperature=0.0):
             if ev.token is None:
@@ -111,9 +111,10 @@ def cgroup_child(spec: dict) -> dict:
             times.append(time.perf_counter())
             if len(times) == spec["cut_at"]:
                 before, read0 = m.stats(), _read_bytes()
-                squeeze = Squeeze(spec)
+                squeeze = Squeeze(spec, before["resident_expert_bytes"])
             if squeeze is not None:
                 squeeze.step()
+            time.sleep(0.005)
         s = m.stats()
         if follower is not None:
             follower.stop()
@@ -127,35 +128,31 @@ def cgroup_child(spec: dict) -> dict:
 
 
 class Squeeze:
-    """Another tenant arrives in the cgroup: the limit is set 16 MiB above what it holds now,
-    then, one slice per token over 16 tokens, anonymous memory is allocated and touched: the
-    16 MiB, the unmapped page cache and 40 % of the mapped, unlocked file pages (resident
-    experts beyond the pinned ones, and dense), so the kernel must take pages back from the
-    model while it decodes. `size` says how much in all."""
+    """Another tenant arrives in the cgroup: the limit is set 16 MiB above what the cgroup
+    holds now, then, over RAMP_S seconds (checked at each token), anonymous memory is allocated
+    and touched: those 16 MiB plus `spec["squeeze"]` of the model's resident expert bytes, so
+    memory must come back from the model while it decodes. The kernel can take back only
+    unlocked file pages (its pinned experts are mlocked); the pressure follower can release and
+    unpin experts. `size` says how much in all."""
 
-    SLICES = 16
+    RAMP_S = 1.0  # the tenant's memory arrives over this long (a page touched at a time)
 
-    def __init__(self, spec: dict) -> None:
-        stat = dict(ln.split() for ln in Path(spec["stat"]).read_text().splitlines())
-
-        def get(*names: str) -> int:
-            return next((int(stat[n]) for n in names if n in stat), 0)
-
-        mapped = get("total_mapped_file", "file_mapped")
-        cache = get("total_cache", "file")
-        locked = get("total_unevictable", "unevictable")
+    def __init__(self, spec: dict, resident_expert_bytes: int) -> None:
         slack = 16 << 20
         Path(spec["limit"]).write_text(str(int(Path(spec["usage"]).read_text()) + slack))
-        self.size = slack + max(0, cache - mapped) + int(0.4 * max(0, mapped - locked))
+        self.size = slack + int(spec.get("squeeze", 0.3) * resident_expert_bytes)
         self.held: list[bytearray] = []
+        self._t0, self._got = time.perf_counter(), 0
 
     def step(self) -> None:
-        """One more slice, until all of it is held."""
-        if len(self.held) < self.SLICES:
-            piece = bytearray(self.size // self.SLICES)
+        """Allocate what the ramp has reached by now."""
+        want = int(self.size * min(1.0, (time.perf_counter() - self._t0) / self.RAMP_S))
+        if want > self._got:
+            piece = bytearray(want - self._got)
             for i in range(0, len(piece), 4096):
                 piece[i] = 1
             self.held.append(piece)
+            self._got = want
 
 
 def _read_bytes() -> int:
@@ -172,6 +169,7 @@ def run_cgroup(bundle: Path, args: argparse.Namespace, follow: bool) -> dict:
         v1 = group.v1
         spec = {"bundle": str(bundle), "budget": args.budget, "threads": args.threads,
                 "n": args.decode, "cut_at": args.cut_at, "follow": follow,
+                "squeeze": args.squeeze,
                 "procs": str(group.path / "cgroup.procs"),
                 "limit": str(group.path / ("memory.limit_in_bytes" if v1 else "memory.max")),
                 "stat": str(group.path / "memory.stat"),
@@ -200,22 +198,28 @@ def main() -> None:
     ap.add_argument("--decode", type=int, default=96)
     ap.add_argument("--cut-at", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--squeeze", type=float, default=0.3,
+                    help="share of the model's resident expert bytes another tenant takes")
+    ap.add_argument("--no-settle", action="store_true", help="only the cgroup part")
     add_thread_options(ap)
     args = ap.parse_args()
     print(f"bench_budget: {thread_setup(args)}", flush=True)
     with tempfile.TemporaryDirectory(prefix="edgemoe-bench-") as tmp:
         bundle = resolve_bundle(args, Path(tmp), args.quant)
         print(f"{bundle.name} at {args.budget}, {args.decode} tokens, cut after {args.cut_at}")
-        runs = [settle(bundle, args.budget, args.decode, args.cut_at, args.threads)
-                for _ in range(args.rounds)]
+        runs = [] if args.no_settle else [
+            settle(bundle, args.budget, args.decode, args.cut_at, args.threads)
+            for _ in range(args.rounds)]
         med = {k: statistics.median(r[k] for r in runs) for k in runs[0]
-               if all(isinstance(r[k], int | float) for r in runs)}
-        print(f"30 % cut: settles in {med.get('settle_tokens')} token(s), "
-              f"{med.get('settle_ms', float('nan')):.1f} ms after the call; mapping RSS "
-              f"{med['rss_before'] / 2**20:.1f} -> {med['rss_after'] / 2**20:.1f} MiB (dense + "
-              f"new capacity {med['fit'] / 2**20:.1f} MiB), {med['released']:.0f} experts "
-              f"released; decode {med['decode_before']:.1f} -> {med['decode_after']:.1f} tok/s; "
-              f"tokens identical: {all(r['identical'] for r in runs)}", flush=True)
+               if all(isinstance(r[k], int | float) for r in runs)} if runs else {}
+        if runs:
+            print(f"30 % cut: settles in {med.get('settle_tokens')} token(s), "
+                  f"{med.get('settle_ms', float('nan')):.1f} ms after the call; mapping RSS "
+                  f"{med['rss_before'] / 2**20:.1f} -> {med['rss_after'] / 2**20:.1f} MiB (dense + "
+                  f"new capacity {med['fit'] / 2**20:.1f} MiB), {med['released']:.0f} experts "
+                  f"released; decode {med['decode_before']:.1f} -> "
+                  f"{med['decode_after']:.1f} tok/s; "
+                  f"tokens identical: {all(r['identical'] for r in runs)}", flush=True)
         problem = cgroup_problem()
         if problem:
             print(f"cgroup part skipped: {problem}")

@@ -103,7 +103,7 @@ def child(spec: dict) -> dict:
             dropped = sum(1 for was, is_ in zip(baseline, now, strict=True) if was and not is_)
             counts["dense_out"] = max(counts["dense_out"], dropped)
             if n == spec["cut_at"] and spec.get("limit"):
-                squeeze = Squeeze(spec)
+                squeeze = Squeeze(spec, m.stats()["resident_expert_bytes"])
             if squeeze is not None:
                 squeeze.step()
         if follower is not None:

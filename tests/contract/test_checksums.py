@@ -119,3 +119,22 @@ def test_verify_fast_falls_back_to_sha256_without_checksums(bundle_factory, tmp_
     (bundle / "manifest.json").write_text(json.dumps(d))
     report = verify_bundle(bundle, fast=True)
     assert report.ok and "no checksums" in report.notes[0]
+
+
+@pytest.mark.engine
+def test_cli_verify_fast_exits_1_naming_the_tensor(bundle_factory, tmp_path):
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    bundle = tmp_path / "b"
+    shutil.copytree(bundle_factory("qwen3moe-tiny", "F16"), bundle)
+    m = manifest_from_dict(json.loads((bundle / "manifest.json").read_text()))
+    tensor = m.build().expert_layers[0].tensors[1]
+    _flip(bundle / "model.gguf", tensor.offset + 2 * tensor.stride + 7)
+    r = subprocess.run([sys.executable, "-m", "apps.cli.main", "verify", "--fast", str(bundle)],
+                       capture_output=True, text=True, timeout=120,
+                       cwd=Path(__file__).resolve().parents[2])
+    assert r.returncode == 1
+    assert f"FAILED   model.gguf: {tensor.name} expert 2 [" in r.stderr
