@@ -164,6 +164,11 @@ def _read_bytes() -> int:
 
 
 def run_cgroup(bundle: Path, args: argparse.Namespace, follow: bool) -> dict:
+    from runtime.experts.residency import drop_file_cache
+
+    # Page cache is charged to the cgroup that first read it: dropped, the model's pages are
+    # read again from inside the new group and count against its limit.
+    drop_file_cache(bundle / "model.gguf")
     group = MemoryCgroup(8 << 30)
     try:
         v1 = group.v1

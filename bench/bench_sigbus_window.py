@@ -116,6 +116,9 @@ def child(spec: dict) -> dict:
 def run(bundle: Path, args: argparse.Namespace, capped: bool, follow: bool) -> dict:
     spec = {"bundle": str(bundle), "budget": args.budget, "n": args.decode, "cut_at": 16,
             "follow": follow}
+    from runtime.experts.residency import drop_file_cache
+
+    drop_file_cache(bundle / "model.gguf")  # so its pages are charged to the new cgroup
     group = MemoryCgroup(8 << 30) if capped else None
     if group is not None:
         spec.update(procs=str(group.path / "cgroup.procs"), stat=str(group.path / "memory.stat"),
