@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
@@ -45,6 +46,7 @@ from runtime.generation.request import (
 from runtime.integrity import BackgroundCheck, ExpertReader, integrity_for, ranges_to_check
 from runtime.options import LoadOptions
 from runtime.procfs import mapping_rss, process_rss
+from runtime.recurrent import recurrent_shape, speculation_refusal
 from runtime.speculative.draft_budget import minimum_total, split_budget
 from runtime.speculative.drafting import NGRAM, ModelDrafter, NgramDrafter, check_vocabularies
 from runtime.speculative.speculator import DEFAULT_DRAFT_TOKENS, Speculator
@@ -67,6 +69,8 @@ __all__ = [
     "minimum_budget",
     "open_model",
 ]
+
+log = logging.getLogger(__name__)
 
 
 def _profile_value(bundle: OpenBundle, key: str, default: Any) -> Any:
@@ -115,17 +119,23 @@ def open_model(bundle: str | Path, options: LoadOptions) -> Model:
     spec = parse_budget(o.budget)
     if spec is None and m.profile.model_memory_bytes:
         spec = parse_budget(m.profile.model_memory_bytes)
-    if o.draft is None or o.draft == NGRAM:
-        plan = plan_budget(spec, **_budget_inputs(opened, n_ctx))
-        model = Model(opened, plan, n_ctx, threads, o)
+    draft_opened = None if o.draft is None or o.draft == NGRAM else \
+        open_bundle(o.draft, verify=o.verify, fmt=format_for(o.backend))
+    snapshots, off = _rollback_snapshots(opened, o.draft, draft_opened, o.draft_tokens)
+    if off is not None:  # recurrent state that cannot roll back: plain decoding, said so
+        log.warning("%s: %s", opened.name, off)
+        o, draft_opened = replace(o, draft=None), None
+    if draft_opened is None:
+        plan = plan_budget(spec, **_budget_inputs(opened, n_ctx, snapshots))
+        model = Model(opened, plan, n_ctx, threads, o, rollback=snapshots)
+        model.speculation_off = off
         if o.draft is not None:
             model.speculation = Speculator(NgramDrafter(), o.draft_tokens)
         return model
-    draft_opened = open_bundle(o.draft, verify=o.verify, fmt=format_for(o.backend))
     plan, draft_plan = split_budget(
-        spec, _budget_inputs(opened, n_ctx), _budget_inputs(draft_opened, n_ctx)
+        spec, _budget_inputs(opened, n_ctx, snapshots), _budget_inputs(draft_opened, n_ctx)
     )
-    model = Model(opened, plan, n_ctx, threads, o)
+    model = Model(opened, plan, n_ctx, threads, o, rollback=snapshots)
     try:
         drafter = ModelDrafter(Model(draft_opened, draft_plan, n_ctx, threads,
                                      replace(o, record_routing=False, prefetch=None)))
@@ -148,15 +158,19 @@ def _kv_cache_type(opened: OpenBundle) -> str:
     return str(_profile_value(opened, "kv_cache_type", "f16"))
 
 
-def _budget_inputs(opened: OpenBundle, n_ctx: int) -> dict[str, int]:
+def _budget_inputs(opened: OpenBundle, n_ctx: int, snapshots: int = 0) -> dict[str, int]:
+    """The budget's parts; "kv_bytes" holds the KV cache and any recurrent state (with
+    `snapshots` rollback copies of it: runtime/recurrent.py)."""
     m, build = opened.manifest, opened.build
     per_layer = sum(x.expert_bytes for x in build.expert_layers)
     # llama.cpp stores the KV cache in the profile's type; the ONNX graph in its float type.
     kv_type = _kv_cache_type(opened) if build.format == "gguf" else "f32"
     per_value = kv_bytes_per_element(kv_type)
+    recurrent = recurrent_shape(opened.model_path)
+    state = recurrent.state_bytes(snapshots) if recurrent is not None else 0
     return {
         "dense_bytes": build.dense_bytes,
-        "kv_bytes": attention_shape(opened.model_path).kv_bytes(n_ctx, per_value),
+        "kv_bytes": attention_shape(opened.model_path).kv_bytes(n_ctx, per_value) + state,
         "expert_bytes_total": opened.expert_bytes_total,
         "one_token_expert_bytes": m.shape.top_k * per_layer,
     }
@@ -167,16 +181,36 @@ def minimum_budget(
     n_ctx: int | None = None,
     backend: str | None = None,
     draft: str | Path | None = None,
+    draft_tokens: int = DEFAULT_DRAFT_TOKENS,
 ) -> int:
-    """The smallest budget `load` accepts: dense weights + KV cache + one token's experts; with
-    a draft bundle, both models' at one expert fraction (runtime/speculative/draft_budget.py)."""
+    """The smallest budget `load` accepts: dense weights + KV cache (and recurrent state) + one
+    token's experts; with a draft bundle, both models' at one expert fraction
+    (runtime/speculative/draft_budget.py)."""
     opened = open_bundle(bundle, fmt=format_for(backend))
     n_ctx = _context(opened, n_ctx)
-    b = _budget_inputs(opened, n_ctx)
-    if draft is not None and str(draft) != NGRAM:
-        d = _budget_inputs(open_bundle(draft, fmt=format_for(backend)), n_ctx)
-        return minimum_total(b, d)
+    draft_opened = None if draft is None or str(draft) == NGRAM else \
+        open_bundle(draft, fmt=format_for(backend))
+    snapshots = _rollback_snapshots(opened, draft, draft_opened, draft_tokens)[0]
+    b = _budget_inputs(opened, n_ctx, snapshots)
+    if draft_opened is not None:
+        return minimum_total(b, _budget_inputs(draft_opened, n_ctx))
     return b["dense_bytes"] + b["kv_bytes"] + b["one_token_expert_bytes"]
+
+
+def _rollback_snapshots(opened: OpenBundle, draft: str | Path | None,
+                        draft_opened: OpenBundle | None, k: int) -> tuple[int, str | None]:
+    """(recurrent-state snapshots the target's context keeps, why drafting is off or None).
+
+    A recurrent target that speculates keeps k snapshots so a verify batch of k drafts can be
+    rolled back (runtime/recurrent.py); a pair that cannot roll back does not speculate."""
+    if draft is None:
+        return 0, None
+    target = recurrent_shape(opened.model_path)
+    other = recurrent_shape(draft_opened.model_path) if draft_opened is not None else None
+    off = speculation_refusal(target, other, draft_opened is not None)
+    if off is not None:
+        return 0, off
+    return (k if target is not None else 0), None
 
 
 class Model:
@@ -189,7 +223,10 @@ class Model:
         n_ctx: int,
         threads: int,
         options: LoadOptions,
+        *,
+        rollback: int = 0,
     ) -> None:
+        """rollback: recurrent-state snapshots the engine keeps for speculative decoding."""
         self.bundle = opened
         self.manifest = opened.manifest
         self.budget = plan
@@ -209,6 +246,9 @@ class Model:
         self._background: BackgroundCheck | None = None
         self._expert_bytes = {x.layer: x.expert_bytes for x in self.build.expert_layers}
         self.speculation: Speculator | None = None  # drafting (load(draft=...))
+        self.speculation_off: str | None = None  # why a draft was asked for but is not used
+        self.recurrent = recurrent_shape(opened.model_path)  # None: attention layers only
+        self.engine_rollback = rollback
         self.options = options
         self.prefetch = "off"
         self.latency = LatencyRecorder()
@@ -231,6 +271,7 @@ class Model:
                 kv_cache_type=_kv_cache_type(opened),
                 lazy_load=plan.offloading,
                 wait_policy=options.wait_policy,
+                rollback_tokens=rollback,
             ),
             self.pager.on_routing,
             kind=backend_for(self.build.format),
@@ -518,6 +559,11 @@ class Model:
         }
         if self.speculation is not None:
             s.update(self.speculation.stats())
+        if self.speculation_off is not None:
+            s["speculation_off"] = self.speculation_off
+        if self.recurrent is not None:  # hybrid: the state is part of kv_bytes
+            s["recurrent_state_bytes"] = self.recurrent.state_bytes(self.engine_rollback)
+            s["recurrent_layers"] = len(self.recurrent.layers)
         s.update(self.latency.stats())
         if self.cache is None:
             s.update(

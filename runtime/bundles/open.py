@@ -14,6 +14,7 @@ from contract.gguf_layout import open_reader, read_layout
 from contract.integrity import check_build
 from contract.manifest import Build, Manifest, read_manifest
 from runtime.bundles.versions import VersionLease, hold
+from runtime.recurrent import recurrent_layers
 
 
 @dataclass(frozen=True)
@@ -145,14 +146,20 @@ def attention_shape(model_path: Path) -> AttentionShape:
 
     try:
         arch = get("general.architecture")
-        n_head = int(get(f"{arch}.attention.head_count"))
+        n_head = get(f"{arch}.attention.head_count")
+        n_head = int(max(n_head) if isinstance(n_head, list) else n_head)
         n_embd = int(get(f"{arch}.embedding_length"))
         head = n_embd // n_head
+        n_layers = int(get(f"{arch}.block_count"))
         n_head_kv = get(f"{arch}.attention.head_count_kv", n_head)
-        n_head_kv = int(n_head_kv[0] if isinstance(n_head_kv, list) else n_head_kv)
+        per_layer = n_head_kv if isinstance(n_head_kv, list) else [n_head_kv] * n_layers
+        # Hybrid models cache K and V in their attention layers only (runtime/recurrent.py).
+        recurrent = set(recurrent_layers(get, n_layers))
+        kv_heads = [int(h) for i, h in enumerate(per_layer[:n_layers])
+                    if int(h) > 0 and i not in recurrent]
         shape = AttentionShape(
-            n_layers=int(get(f"{arch}.block_count")),
-            n_head_kv=n_head_kv,
+            n_layers=len(kv_heads),
+            n_head_kv=max(kv_heads, default=0),
             key_length=int(get(f"{arch}.attention.key_length", head)),
             value_length=int(get(f"{arch}.attention.value_length", head)),
         )

@@ -2,13 +2,14 @@
 choices token by token, as StreamEvents.
 
 Choice 0 samples from the prompt's logits right after prefill. Every further choice truncates the
-KV cache back to the prompt (`Backend.truncate`) and samples its first token from the same saved
-logits, so the prompt is never recomputed and choice i of a request is exactly what a request
-with n=1 and seed `choice_seed(seed, i)` would answer. Per token: logit_bias is added, log-probs
-are read (before any grammar or temperature, as OpenAI reports them), and the sampler picks; a
-constrained choice picks through its `OutputTracker` (`runtime.structured`: the library's mask,
-then the sampler, steered to a valid end near max_tokens), which also splits content from tool
-calls and ends the choice once its grammar is complete.
+KV cache back to the prompt (`Backend.truncate`; a model with recurrent layers recomputes the
+prompt instead, runtime/recurrent.py) and samples its first token from the same saved logits,
+so choice i of a request is exactly what a request with n=1 and seed `choice_seed(seed, i)`
+would answer. Per token: logit_bias is added, log-probs are read (before any grammar or
+temperature, as OpenAI reports them), and the sampler picks; a constrained choice picks through
+its `OutputTracker` (`runtime.structured`: the library's mask, then the sampler, steered to a
+valid end near max_tokens), which also splits content from tool calls and ends the choice once
+its grammar is complete.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from runtime.generation.request import (
     Usage,
     choice_seed,
 )
+from runtime.recurrent import rewind_to_prompt
 from runtime.structured.constraint import OutputTracker
 from runtime.structured.tools import ToolCall
 
@@ -76,7 +78,7 @@ def run(model: Model, prepared: PreparedRequest, cancel: threading.Event | None
     ends: list[_End] = []
     for index in range(params.n):
         if index:
-            engine.truncate(len(prompt_ids))
+            rewind_to_prompt(model, prompt_ids)  # a recurrent state recomputes the prompt
         steps = _choice(model, prepared, index, choice_seed(seed, index), prompt_logits, bias,
                         cancel, clock)
         end = yield from steps

@@ -165,6 +165,7 @@ class LlamaBackend:
         cparams.n_threads = cfg.n_threads
         cparams.n_threads_batch = cfg.n_threads
         cparams.no_perf = True
+        cparams.n_rs_seq = cfg.rollback_tokens  # llama.cpp clamps it to 0 where unsupported
         kv = _ggml_type(cfg.kv_cache_type)
         cparams.type_k = cparams.type_v = kv
         if cfg.kv_cache_type.lower() not in ("f16", "f32", "bf16"):
@@ -199,6 +200,14 @@ class LlamaBackend:
         self.n_past = 0
         self._piece = ctypes.create_string_buffer(64)
         self._batch_shape: tuple[int, bool] | None = None
+        # Recurrent layers keep one state, not a per-token cache: `truncate` may only go back
+        # into the last decoded batch, as far as the context's snapshots reach, once per batch.
+        m = self.model.model
+        self.recurrent = bool(llama_cpp.llama_model_is_recurrent(m)
+                              or llama_cpp.llama_model_is_hybrid(m))
+        self.rollback_depth = int(llama_cpp.llama_n_rs_seq(self.ctx.ctx)) if self.recurrent \
+            else None  # None: a KV cache truncates anywhere
+        self._rollback_room = 0  # positions the last batch may still be rolled back by
 
     @staticmethod
     def _mapping_mode(cfg: EngineConfig) -> AbstractContextManager[LazyLoad]:
@@ -296,6 +305,7 @@ class LlamaBackend:
     def reset(self) -> None:
         self.ctx.kv_cache_clear()
         self.n_past = 0
+        self._rollback_room = 0
         self._pending.clear()
 
     def truncate(self, n_past: int) -> None:
@@ -305,10 +315,18 @@ class LlamaBackend:
             raise EdgemoeError(f"cannot truncate {self.n_past} positions to {n_past}")
         if n_past == self.n_past:
             return
+        if self.recurrent and self.n_past - n_past > self._rollback_room:
+            # Refused before llama.cpp is asked: it would restore a stale snapshot.
+            raise EdgemoeError(
+                f"cannot roll the recurrent state back {self.n_past - n_past} positions "
+                f"(this context keeps {self.rollback_depth} snapshots, "
+                f"{self._rollback_room} usable now)"
+            )
         mem = self.ctx.memory
         if mem is None or not self._llama_cpp.llama_memory_seq_rm(mem, 0, n_past, -1):
             raise EdgemoeError(f"llama.cpp could not remove positions {n_past}.. from its cache")
         self.n_past = n_past
+        self._rollback_room = 0  # llama.cpp's pending rollback is single-use
 
     @property
     def last_logits(self) -> np.ndarray:
@@ -337,6 +355,8 @@ class LlamaBackend:
             self.batch.set_batch(chunk, n_past=self.n_past, logits_all=all_outputs)
             self.ctx.decode(self.batch)
             self.n_past += len(chunk)
+            # A batch's snapshots are the states after each of its last tokens.
+            self._rollback_room = min(self.rollback_depth or 0, len(chunk) - 1)
         ptr = self.ctx.get_logits_ith(-1)
         return np.ctypeslib.as_array(ptr, shape=(self.n_vocab,)).copy()
 

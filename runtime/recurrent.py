@@ -1,0 +1,131 @@
+"""Recurrent state of hybrid models (gated DeltaNet, short convolutions, Mamba2 beside attention):
+what it costs, and what may be rolled back.
+
+A recurrent layer keeps a fixed-size state per sequence instead of a per-token KV cache, so
+"forget the last r tokens" is not a cache truncation: llama.cpp can do it only for the
+architectures it keeps per-token snapshots for (`llm_arch_supports_rs_rollback`; the context is
+created with `n_rs_seq` snapshots), only back into the last decoded batch, and only once per batch.
+So:
+- the budget counts the state, f32 in llama.cpp, times (1 + snapshots) (`RecurrentShape`);
+- speculative decoding runs only where the target can roll back a verify batch and the drafter
+  never needs a rollback across separate decodes (n-gram lookup, or a draft model without
+  recurrent layers); elsewhere it is switched off at load with the reason (`speculation_refusal`);
+- the further choices of an `n > 1` request recompute the prompt instead of truncating back to it
+  (`rewind_to_prompt`): prefill is deterministic, so each choice sees the same prompt logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from contract.errors import BundleError
+from contract.gguf_layout import open_reader
+
+if TYPE_CHECKING:
+    from runtime.api import Model
+
+# llama.cpp's llm_arch_supports_rs_rollback (src/llama-arch.cpp), for the architectures that
+# have recurrent layers; the context reports what it granted (llama_n_rs_seq) and the backend
+# trusts that, so this table only decides up front whether to plan for speculation.
+ROLLBACK_ARCHS = frozenset({
+    "qwen35", "qwen35moe", "lfm2", "lfm2moe", "nemotron_h", "nemotron_h_moe", "kimi_k3",
+    "glm5_next", "qwen4exp", "bailingmoe3",
+})
+STATE_BYTES_PER_VALUE = 4  # llama.cpp keeps recurrent state in f32 (type_r, type_s)
+
+Get = Callable[..., Any]
+
+
+@dataclass(frozen=True)
+class RecurrentShape:
+    """The recurrent layers of a model file and the state one sequence keeps in each."""
+
+    arch: str
+    layers: tuple[int, ...]
+    conv_values: int  # llama.cpp's n_embd_r: the convolution's last (kernel - 1) inputs
+    state_values: int  # n_embd_s: the SSM / delta-rule matrix (0 for short convolutions)
+
+    @property
+    def rollback(self) -> bool:
+        """Whether llama.cpp keeps per-token snapshots of this architecture's state."""
+        return self.arch in ROLLBACK_ARCHS
+
+    def state_bytes(self, snapshots: int = 0, n_seq: int = 1) -> int:
+        """The state of `n_seq` sequences, each with `snapshots` rollback copies beside it."""
+        per_layer = (self.conv_values + self.state_values) * STATE_BYTES_PER_VALUE
+        return len(self.layers) * per_layer * n_seq * (1 + snapshots)
+
+
+def recurrent_layers(get: Get, n_layers: int) -> tuple[int, ...]:
+    """Which layers are recurrent: the explicit pattern, else the layers without KV heads."""
+    arch = get("general.architecture")
+    pattern = get(f"{arch}.attention.recurrent_layers")
+    if isinstance(pattern, list):
+        return tuple(i for i, r in enumerate(pattern[:n_layers]) if r)
+    kv = get(f"{arch}.attention.head_count_kv")
+    if isinstance(kv, list):
+        return tuple(i for i, h in enumerate(kv[:n_layers]) if int(h) == 0)
+    return ()
+
+
+def shape_from_header(get: Get) -> RecurrentShape | None:
+    """The recurrent state a GGUF header describes (llama_hparams::n_embd_r / n_embd_s); None
+    for a model with attention layers only."""
+    arch = str(get("general.architecture"))
+    n_layers = int(get(f"{arch}.block_count"))
+    layers = recurrent_layers(get, n_layers)
+    if not layers:
+        return None
+    l_cache = get(f"{arch}.shortconv.l_cache")
+    d_conv = int(get(f"{arch}.ssm.conv_kernel", 0))
+    d_inner = int(get(f"{arch}.ssm.inner_size", 0))
+    d_state = int(get(f"{arch}.ssm.state_size", 0))
+    n_group = int(get(f"{arch}.ssm.group_count", 0))
+    if l_cache is not None:
+        conv = int(get(f"{arch}.embedding_length")) * (int(l_cache) - 1)
+    else:
+        conv = max(d_conv - 1, 0) * (d_inner + 2 * n_group * d_state)
+    return RecurrentShape(arch, layers, conv, d_state * d_inner)
+
+
+def recurrent_shape(model_path: Path) -> RecurrentShape | None:
+    """`shape_from_header` of a GGUF file; None for ONNX builds (none export recurrent layers)."""
+    if model_path.suffix == ".onnx":
+        return None
+    reader = open_reader(model_path)
+
+    def get(key: str, default: Any = None) -> Any:
+        field = reader.fields.get(key)
+        return field.contents() if field is not None else default
+
+    try:
+        return shape_from_header(get)
+    except (TypeError, ValueError, UnicodeDecodeError) as e:
+        raise BundleError(f"{model_path}: recurrent-state metadata unreadable ({e})") from None
+
+
+def speculation_refusal(target: RecurrentShape | None, draft: RecurrentShape | None,
+                        draft_is_model: bool) -> str | None:
+    """Why speculative decoding cannot run on this pair without risking a wrong token; None
+    when it can (no recurrent layers, or rollback the drafter never outruns)."""
+    if target is not None and not target.rollback:
+        return (f"llama.cpp cannot roll back the recurrent state of '{target.arch}' past a "
+                "rejected draft, so drafting is off (tokens are the target's own)")
+    if draft_is_model and draft is not None:
+        return (f"the draft model '{draft.arch}' has recurrent layers, which cannot roll back "
+                "drafts decoded one token at a time, so drafting is off")
+    return None
+
+
+def rewind_to_prompt(model: Model, prompt_ids: list[int]) -> None:
+    """Bring the engine back to the end of the prompt for another choice: truncate a KV cache;
+    recompute the prompt where the state is recurrent (it cannot be truncated that far)."""
+    engine = model.engine
+    if getattr(engine, "recurrent", False):
+        engine.reset()
+        model._decode(prompt_ids)
+    else:
+        engine.truncate(len(prompt_ids))
