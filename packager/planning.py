@@ -32,6 +32,8 @@ def model_shape(ckpt: Checkpoint) -> ModelShape:
         n_kv_heads=n_kv,
         head_dim_k=head_k,
         head_dim_v=head_v,
+        kv_layers=adapter.kv_layers(),
+        recurrent_state_values=adapter.recurrent_state_values(),
     )
 
 

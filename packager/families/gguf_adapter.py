@@ -96,6 +96,14 @@ class GGUFAdapter:
         head = self.config.head_dim
         return self.n_head_kv(), head, head
 
+    def kv_layers(self) -> int | None:
+        """Layers that keep a KV cache; None: every layer (hybrids count attention only)."""
+        return None
+
+    def recurrent_state_values(self) -> int:
+        """f32 values of recurrent state one sequence keeps (hybrid models); 0: none."""
+        return 0
+
     def _check_rope(self) -> None:
         rope = self.config.rope
         if rope.kind not in ROPE_KINDS:

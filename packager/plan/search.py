@@ -143,8 +143,11 @@ def _suggest(c: _Ctx, s: Sizes, fits: bool) -> list[Suggestion]:
 def _context_fix(c: _Ctx, q: QuantType) -> Suggestion | None:
     """The longest context (a multiple of 256) at which quant q fits one token's experts."""
     s = c.sizes(q)
-    per_token = kv_cache_bytes(c.shape, 1, c.profile.kv_cache_type)
-    n = (c.budget - s.dense - s.stream) // per_token // 256 * 256
+    fixed = kv_cache_bytes(c.shape, 0, c.profile.kv_cache_type)  # recurrent state, if any
+    per_token = kv_cache_bytes(c.shape, 1, c.profile.kv_cache_type) - fixed
+    if per_token <= 0:
+        return None
+    n = (c.budget - s.dense - s.stream - fixed) // per_token // 256 * 256
     if n < 256 or n >= c.ctx:
         return None
     kv = kv_cache_bytes(c.shape, n, c.profile.kv_cache_type)

@@ -32,6 +32,10 @@ class ModelShape:
     dense_params: int  # every weight outside the routed experts (embeddings, attention, shared)
     expert_params_per_layer: dict[int, int]  # params of ONE routed expert in that layer
     expert_row_len: int  # row length of ffn_down_exps (the expert's intermediate size)
+    # Hybrid models: layers that keep a KV cache (None: all), and the f32 values of recurrent
+    # state (convolution + SSM/delta-rule) one sequence keeps across the other layers.
+    kv_layers: int | None = None
+    recurrent_state_values: int = 0
 
     def validate(self) -> None:
         positive = ("n_layers", "n_experts", "top_k", "hidden_size", "vocab_size", "n_kv_heads",
@@ -64,7 +68,8 @@ class ModelShape:
 def shape_from_tensors(
     tensors: Iterable[tuple[str, Sequence[int], bool]], *, n_layers: int,
     moe_layers: Sequence[int], n_experts: int, top_k: int, hidden_size: int, vocab_size: int,
-    n_kv_heads: int, head_dim_k: int, head_dim_v: int,
+    n_kv_heads: int, head_dim_k: int, head_dim_v: int, kv_layers: int | None = None,
+    recurrent_state_values: int = 0,
 ) -> ModelShape:
     """Build a ModelShape from (name, numpy-order shape, is_expert) triples, e.g. an adapter's
     planned tensors: GGUF names (`blk.N.ffn_down_exps.weight`), experts stacked as
@@ -82,6 +87,7 @@ def shape_from_tensors(
         if "down" in name:
             rows = int(shape[-1])
     shape = ModelShape(n_layers, tuple(moe_layers), n_experts, top_k, hidden_size, vocab_size,
-                       n_kv_heads, head_dim_k, head_dim_v, dense, per_layer, rows or hidden_size)
+                       n_kv_heads, head_dim_k, head_dim_v, dense, per_layer, rows or hidden_size,
+                       kv_layers, recurrent_state_values)
     shape.validate()
     return shape

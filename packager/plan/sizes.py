@@ -58,10 +58,17 @@ def expert_bytes(shape: ModelShape, q: QuantType) -> dict[int, int]:
             for layer, n in sorted(shape.expert_params_per_layer.items())}
 
 
+# llama.cpp keeps recurrent state in f32 whatever the KV cache type.
+RECURRENT_BYTES_PER_VALUE = 4
+
+
 def kv_cache_bytes(shape: ModelShape, context_length: int, cache_type: str) -> int:
-    """K and V for every layer: n_layers x n_kv_heads x (head_dim_k + head_dim_v) x context."""
-    per_token = shape.n_layers * shape.n_kv_heads * (shape.head_dim_k + shape.head_dim_v)
-    return math.ceil(per_token * context_length * kv_bytes_per_element(cache_type))
+    """K and V for every attention layer: layers x n_kv_heads x (head_dim_k + head_dim_v) x
+    context; plus a hybrid model's recurrent state, whose size does not grow with the context."""
+    layers = shape.n_layers if shape.kv_layers is None else shape.kv_layers
+    per_token = layers * shape.n_kv_heads * (shape.head_dim_k + shape.head_dim_v)
+    state = shape.recurrent_state_values * RECURRENT_BYTES_PER_VALUE
+    return math.ceil(per_token * context_length * kv_bytes_per_element(cache_type)) + state
 
 
 def gib(n: float) -> str:

@@ -5,8 +5,9 @@ layer L's hidden state guesses L+1's experts before L+1 computes them (the idea 
 MoE). The router input is RMSNorm(x) * w_norm; RMSNorm's 1/rms is one positive number per token
 and softmax and sigmoid are increasing, so the ranking of experts only needs
 `(G * w_norm) @ x`: the norm weight is folded into the router matrix once, and a guess is one
-small matrix-vector product per layer. Weights come from the GGUF (`ffn_gate_inp`, `ffn_norm`,
-and `exp_probs_b` where a model adds a selection bias); this module is pure numpy otherwise.
+small matrix-vector product per layer. Weights come from the GGUF (`ffn_gate_inp`, `ffn_norm` or
+`post_attention_norm`, and `exp_probs_b` where a model adds a selection bias); this module is
+pure numpy otherwise.
 """
 
 from __future__ import annotations
@@ -51,7 +52,10 @@ def read_routers(model_path: str | Path, moe_layers: Sequence[int]) -> dict[int,
     out: dict[int, RouterWeights] = {}
     for layer in moe_layers:
         gate = tensors.get(f"blk.{layer}.ffn_gate_inp.weight")
-        norm = tensors.get(f"blk.{layer}.ffn_norm.weight")
+        # The norm in front of the router: ffn_norm, or post_attention_norm where a graph
+        # (qwen35moe, qwen3next) names the pre-MoE norm so.
+        norm = tensors.get(f"blk.{layer}.ffn_norm.weight") \
+            or tensors.get(f"blk.{layer}.post_attention_norm.weight")
         if gate is None or norm is None:
             raise BundleError(f"{model_path}: layer {layer} has no ffn_gate_inp/ffn_norm weight")
         g = _array(gate).reshape(-1, _array(norm).size)

@@ -71,6 +71,31 @@ CONFIGS["deepseek3"] = {  # V3 names no topk_method: its router is always noaux_
                         "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0},
 }
 
+CONFIGS["qwen35moe"] = {  # one gated-DeltaNet layer, then one gated full-attention layer
+    **{k: v for k, v in _BASE.items() if k != "intermediate_size"},
+    "architectures": ["Qwen3_5MoeForCausalLM"], "model_type": "qwen3_5_moe_text",
+    "layer_types": ["linear_attention", "full_attention"], "num_experts": EXPERTS,
+    "moe_intermediate_size": EXPERT_FF, "shared_expert_intermediate_size": 64,
+    "linear_conv_kernel_dim": 4, "linear_key_head_dim": 8, "linear_value_head_dim": 8,
+    "linear_num_key_heads": 2, "linear_num_value_heads": 4,
+    "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default",
+                        "partial_rotary_factor": 0.5, "mrope_section": [1, 1, 0]},
+}
+
+
+def _linear_attention(cfg: dict[str, Any], p: str) -> dict[str, tuple[int, ...]]:
+    """A gated-DeltaNet layer as transformers' Qwen3.5 saves it."""
+    kd = cfg["linear_key_head_dim"] * cfg["linear_num_key_heads"]
+    nv = cfg["linear_num_value_heads"]
+    vd = cfg["linear_value_head_dim"] * nv
+    conv = 2 * kd + vd
+    return {f"{p}.in_proj_qkv.weight": (conv, HIDDEN), f"{p}.in_proj_z.weight": (vd, HIDDEN),
+            f"{p}.in_proj_a.weight": (nv, HIDDEN), f"{p}.in_proj_b.weight": (nv, HIDDEN),
+            f"{p}.conv1d.weight": (conv, 1, cfg["linear_conv_kernel_dim"]),
+            f"{p}.A_log": (nv,), f"{p}.dt_bias": (nv,),
+            f"{p}.norm.weight": (cfg["linear_value_head_dim"],),
+            f"{p}.out_proj.weight": (HIDDEN, vd)}  # fmt: skip
+
 
 def _attention(cfg: dict[str, Any], p: str) -> dict[str, tuple[int, ...]]:
     h = HIDDEN
@@ -89,10 +114,12 @@ def _attention(cfg: dict[str, Any], p: str) -> dict[str, tuple[int, ...]]:
     out = {f"{p}.q_proj.weight": (HEADS * HEAD_DIM, h), f"{p}.k_proj.weight": (kv * HEAD_DIM, h),
            f"{p}.v_proj.weight": (kv * HEAD_DIM, h), f"{p}.o_proj.weight": (h, HEADS * HEAD_DIM)}
     kind = cfg["model_type"]
+    if kind == "qwen3_5_moe_text":  # the query projection carries each head's output gate
+        out[f"{p}.q_proj.weight"] = (2 * HEADS * HEAD_DIM, h)
     if kind == "qwen2_moe":
         widths = (("q", HEADS), ("k", kv), ("v", kv))
         out |= {f"{p}.{x}_proj.bias": (n * HEAD_DIM,) for x, n in widths}
-    if kind == "qwen3_moe":
+    if kind in ("qwen3_moe", "qwen3_5_moe_text"):
         out |= {f"{p}.q_norm.weight": (HEAD_DIM,), f"{p}.k_norm.weight": (HEAD_DIM,)}
     if kind == "olmoe":
         out |= {f"{p}.q_norm.weight": (HEADS * HEAD_DIM,), f"{p}.k_norm.weight": (kv * HEAD_DIM,)}
@@ -130,7 +157,10 @@ def tensor_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
         p = f"model.layers.{i}"
         shapes |= {f"{p}.input_layernorm.weight": (HIDDEN,),
                    f"{p}.post_attention_layernorm.weight": (HIDDEN,)}  # fmt: skip
-        shapes |= _attention(cfg, f"{p}.self_attn")
+        if cfg.get("layer_types", ["full_attention"] * LAYERS)[i] == "linear_attention":
+            shapes |= _linear_attention(cfg, f"{p}.linear_attn")
+        else:
+            shapes |= _attention(cfg, f"{p}.self_attn")
         if i < int(cfg.get("first_k_dense_replace", 0)):
             shapes |= _mlp(f"{p}.mlp", DENSE_FF, proj)
             continue
@@ -140,7 +170,7 @@ def tensor_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
             shapes[f"{m}.gate.e_score_correction_bias"] = (EXPERTS,)
         for e in range(EXPERTS):
             shapes |= _mlp(f"{m}.experts.{e}", EXPERT_FF, proj)
-        if kind == "qwen2_moe":
+        if kind in ("qwen2_moe", "qwen3_5_moe_text"):
             shapes |= _mlp(f"{m}.shared_expert", cfg["shared_expert_intermediate_size"], proj)
             shapes[f"{m}.shared_expert_gate.weight"] = (1, HIDDEN)
         if cfg.get("n_shared_experts"):

@@ -20,7 +20,7 @@ from packager.fidelity import token_chunks
 from packager.onnx_export import OPSET, export_onnx
 from packager.onnx_export.quant import quantize
 from packager.source import open_checkpoint
-from tests.conftest import ARCH_FIXTURES
+from tests.conftest import ONNX_FIXTURES
 
 pytestmark = [pytest.mark.engine]
 PROMPT = "def read_config(path):\n    "
@@ -151,7 +151,7 @@ def _top1_kl(ref: np.ndarray, cand: np.ndarray) -> tuple[float, float]:
 
 # ----- fidelity ------------------------------------------------------------------------------
 @pytest.mark.reference
-@pytest.mark.parametrize("name", ARCH_FIXTURES)
+@pytest.mark.parametrize("name", ONNX_FIXTURES)
 def test_fp32_export_matches_transformers(name, exported, reference):
     import onnx
 
@@ -175,7 +175,7 @@ def test_fp32_export_matches_transformers(name, exported, reference):
 
 
 @pytest.mark.reference
-@pytest.mark.parametrize("name", ARCH_FIXTURES)
+@pytest.mark.parametrize("name", ONNX_FIXTURES)
 def test_greedy_with_kv_cache_matches_transformers(name, exported, reference):
     _, _, _, prompt, greedy = reference(name)
     m = OnnxModel(exported(name))
@@ -189,7 +189,7 @@ def test_greedy_with_kv_cache_matches_transformers(name, exported, reference):
 
 @pytest.mark.reference
 @pytest.mark.parametrize("quant", ["fp16", "int8", "int4"])
-@pytest.mark.parametrize("name", ARCH_FIXTURES)
+@pytest.mark.parametrize("name", ONNX_FIXTURES)
 def test_quantized_export_divergence(name, quant, exported, reference):
     x = exported(name, quant)
     assert x.quant == quant and x.block_size == 32
@@ -230,7 +230,7 @@ def _stored(mat: np.ndarray, bits: int | None) -> dict[str, bytes]:
 
 
 @pytest.mark.parametrize("quant", ["fp32", "int4"])
-@pytest.mark.parametrize("name", ARCH_FIXTURES)
+@pytest.mark.parametrize("name", ONNX_FIXTURES)
 def test_expert_table_points_at_each_experts_bytes(name, quant, exported, fixture_checkpoint):
     x = exported(name, quant)
     ckpt = open_checkpoint(fixture_checkpoint(name))

@@ -21,6 +21,8 @@ from tests.packager.synthetic import CONFIGS, write_checkpoint
 pytestmark = pytest.mark.engine
 
 BUILDS = (("gguf", "F16"), ("onnx", "fp32"), ("onnx", "int8"))
+# Families whose ONNX export refuses (no recurrent layers in the exporter): GGUF only.
+GGUF_ONLY = ("qwen35moe",)
 FILES = ("model.gguf", "model.onnx", "model.onnx.data", "genai_config.json", "manifest.json")
 
 GOLDEN: dict[str, dict[str, str]] = {
@@ -112,6 +114,12 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-int8/manifest.json":
             "6996e89e3be28a2ac59168754f1c24c0f2480c2546622faf95b795c9b34f41aa",
     },
+    "qwen35moe": {
+        "gguf-F16/model.gguf":
+            "a86b56a510e3bbb8eeed47ee320e42243d8520096d4f4472258e13096eb2c34b",
+        "gguf-F16/manifest.json":
+            "06be3912b0892c31f1e45bc94aff361e55c129934dac6fec32b8d89f5fe26b22",
+    },
     "qwen2moe": {
         "gguf-F16/model.gguf":
             "b65e9317b85ec10e58608f93f754be0adf6abdb4607caf8fe4cdacaf7c687f28",
@@ -175,7 +183,7 @@ def pack_hashes(family: str, root: Path) -> dict[str, str]:
     """sha256 of every build file of `family`'s checkpoint packed each way in `BUILDS`."""
     src = write_checkpoint(family, root / family)  # its folder name is the GGUF's general.name
     out: dict[str, str] = {}
-    for fmt, quant in BUILDS:
+    for fmt, quant in BUILDS[:1] if family in GGUF_ONLY else BUILDS:
         bundle = root / f"{family}-{fmt}-{quant}"
         pack(PackOptions(src=str(src), out_dir=bundle, format=fmt, quant=quant,
                          reference=False))  # fmt: skip

@@ -118,6 +118,16 @@ class QwenHybridGGUF(GGUFAdapter):
     def kv_dims(self) -> tuple[int, int, int]:
         return self.config.n_kv_heads, self.config.head_dim, self.config.head_dim
 
+    def kv_layers(self) -> int:
+        return len(self.config.attention_layers)
+
+    def recurrent_state_values(self) -> int:
+        # llama.cpp's n_embd_r (the conv's last kernel-1 inputs of q, k, v) + n_embd_s (one
+        # head_k x head_v delta-rule matrix per value head), per DeltaNet layer.
+        c = self.config
+        conv = (c.conv_kernel - 1) * (c.value_dim + 2 * c.key_dim)
+        return len(c.recurrent_layers) * (conv + c.key_head_dim * c.value_dim)
+
     # ----- tensors ------------------------------------------------------------------------
     def plan(self, shapes: dict[str, tuple[int, ...]], read: Reader) -> list[PlannedTensor]:
         main = {n: s for n, s in shapes.items() if not _MTP.match(n)}

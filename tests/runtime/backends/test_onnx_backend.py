@@ -17,7 +17,7 @@ import pytest
 import runtime
 from contract.errors import BundleError, EdgemoeError
 from runtime.bundles.open import open_bundle
-from tests.conftest import ARCH_FIXTURES
+from tests.conftest import ONNX_FIXTURES
 
 pytestmark = pytest.mark.engine
 
@@ -31,7 +31,7 @@ def _tokens(bundle: Path, budget: str, backend: str = "onnx", **kw) -> list[int]
 
 
 @pytest.mark.parametrize("quant", ["fp32", "int4"])  # int4: codes, scales, zero points paged
-@pytest.mark.parametrize("name", ARCH_FIXTURES)
+@pytest.mark.parametrize("name", ONNX_FIXTURES)
 def test_tokens_identical_at_every_budget(name, quant, bundle_factory):
     bundle = bundle_factory(name, quant, format="onnx")
     full = _tokens(bundle, "100%")

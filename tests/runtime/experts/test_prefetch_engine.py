@@ -59,8 +59,13 @@ def test_tokens_identical_with_and_without_prefetch(name, bundle_factory, capfd)
     assert "Traceback" not in capfd.readouterr().err  # no error swallowed in a callback
 
 
+# Graphs that name no `ffn_inp` node (qwen35moe: `attn_residual`); their prefetch reads each
+# layer's output (`l_out`), which test_tokens_identical_with_and_without_prefetch covers.
+NO_FFN_INP = ("qwen35moe-tiny",)
+
+
 @needs_native
-@pytest.mark.parametrize("name", ARCH_FIXTURES)
+@pytest.mark.parametrize("name", [f for f in ARCH_FIXTURES if f not in NO_FFN_INP])
 def test_tap_guesses_are_pregating_of_the_real_hidden_state(name, bundle_factory):
     """The C tap reads each layer's residual input at its routing event (a watched node, not a
     stop) and ranks the next layers' experts; both must equal Python's pre-gating of the

@@ -13,7 +13,7 @@ import pytest
 import runtime
 from runtime.api import minimum_budget
 from runtime.errors import BudgetError, EdgemoeError
-from tests.conftest import ARCH_FIXTURES
+from tests.conftest import ARCH_FIXTURES, ONNX_FIXTURES
 
 pytestmark = pytest.mark.engine
 
@@ -39,6 +39,9 @@ def _check_identical(target: Path, drafts: dict[str, Path | str], backend: str |
             tokens, stats = _generate(target, budget, backend=backend, draft=draft,
                                       draft_tokens=4)
             assert tokens == reference, f"{label} draft at {budget}"
+            if "speculation_off" in stats:  # a recurrent draft model cannot roll back its drafts
+                assert label != "ngram" and "recurrent" in stats["speculation_off"]
+                continue
             assert stats["drafted_tokens"] > 0 and stats["verify_steps"] > 0, label
             assert stats["acceptance_rate"] == pytest.approx(
                 stats["accepted_tokens"] / stats["drafted_tokens"])
@@ -53,7 +56,7 @@ def test_greedy_output_is_the_targets_llama_cpp(name, bundle_factory):
     )
 
 
-@pytest.mark.parametrize("name", ARCH_FIXTURES)
+@pytest.mark.parametrize("name", ONNX_FIXTURES)
 def test_greedy_output_is_the_targets_onnx(name, bundle_factory):
     _check_identical(
         bundle_factory(name, "fp32", format="onnx"),

@@ -1,0 +1,154 @@
+"""The hybrid recurrent families (Qwen3.5-MoE): config namings, the GGUF llama.cpp reads, the
+variants refused in one line, ONNX refused naming the missing piece, the planner's state."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from packager.errors import UnsupportedArchitectureError
+from packager.families import family_for
+from tests.packager.synthetic import CONFIGS, write_checkpoint
+
+pytestmark = pytest.mark.unit
+
+
+def _q35(**change):
+    return {**CONFIGS["qwen35moe"], **change}
+
+
+def test_qwen35moe_reads_layer_kinds_from_the_list_or_the_interval():
+    c = family_for(_q35()).config
+    assert (c.recurrent_layers, c.attention_layers) == ((0,), (1,))
+    no_list = {k: v for k, v in _q35(num_hidden_layers=8).items() if k != "layer_types"}
+    c = family_for(no_list | {"full_attention_interval": 4}).config
+    assert c.attention_layers == (3, 7)
+    assert family_for(_q35()).experts.n_shared_experts == 1
+
+
+def test_qwen35moe_v_heads_go_from_grouped_to_tiled_order():
+    # 2 key heads, 2 value heads each: transformers' heads (k0v0, k0v1, k1v0, k1v1) are read by
+    # ggml's broadcast as (k0, k1, k0, k1), so the order written is k0v0, k1v0, k0v1, k1v1.
+    adapter = family_for(_q35()).gguf
+    assert adapter.v_order(1).tolist() == [0, 2, 1, 3]
+    assert adapter.v_order(2).tolist() == [0, 1, 4, 5, 2, 3, 6, 7]
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"linear_value_head_dim": 16}, "'linear_value_head_dim' is 16"),
+        ({"linear_num_value_heads": 3}, "'linear_num_value_heads' is 3"),
+        ({"norm_topk_prob": False}, "'norm_topk_prob' is False"),
+        ({"layer_types": ["linear_attention", "sliding_attention"]}, "'layer_types' must list"),
+        ({"mlp_only_layers": [0]}, "mlp_only_layers"),
+        ({"rope_parameters": {"rope_type": "longrope", "factor": 2.0}},
+         "rope_parameters.rope_type 'longrope' is not supported"),
+        ({"rope_parameters": {"rope_type": "default", "partial_rotary_factor": 0.5,
+                              "mrope_section": [11, 11, 10]}}, "mrope_section"),
+        ({"linear_conv_kernel_dim": None}, "missing 'linear_conv_kernel_dim'"),
+    ],
+)
+def test_qwen35moe_variants_llama_cpp_cannot_run_are_named(change, message):
+    with pytest.raises(UnsupportedArchitectureError, match=message) as err:
+        _ = family_for(_q35(**change)).gguf
+    assert "\n" not in str(err.value)
+
+
+def test_qwen35moe_onnx_is_refused_naming_the_recurrent_layers(tmp_path):
+    from packager.source import open_checkpoint
+
+    family = family_for(_q35())
+    ckpt = open_checkpoint(write_checkpoint("qwen35moe", tmp_path / "ck"))
+    with pytest.raises(UnsupportedArchitectureError, match="gated-DeltaNet") as err:
+        family.check(ckpt, ("gguf", "onnx"))
+    assert "\n" not in str(err.value)
+    family.check(ckpt, ("gguf",))  # GGUF alone is fine
+
+
+def test_qwen35moe_mtp_weights_are_skipped_and_mtp_only_is_refused():
+    from tests.packager.synthetic import tensor_shapes
+
+    adapter = family_for(_q35(mtp_num_hidden_layers=1)).gguf
+    mtp = {"mtp.fc.weight": (32, 64), "mtp.layers.0.input_layernorm.weight": (32,)}
+    planned = adapter.plan(tensor_shapes(_q35()) | mtp, lambda n: np.zeros(1))
+    assert not any("mtp" in t.name or t.name.startswith("blk.2.") for t in planned)
+    with pytest.raises(UnsupportedArchitectureError, match="only multi-token-prediction"):
+        adapter.plan(mtp | {"model.embed_tokens.weight": (16, 32)}, lambda n: np.zeros(1))
+
+
+def test_qwen35moe_plan_counts_recurrent_state_and_attention_kv_only(tmp_path):
+    from packager.plan.sizes import kv_cache_bytes
+    from packager.planning import model_shape
+    from packager.source import open_checkpoint
+
+    shape = model_shape(open_checkpoint(write_checkpoint("qwen35moe", tmp_path / "ck")))
+    assert (shape.n_layers, shape.kv_layers) == (2, 1)
+    # One DeltaNet layer: conv (4 - 1) x (q 16 + k 16 + v 32) values, state 8 x 32 values.
+    assert shape.recurrent_state_values == 3 * 64 + 8 * 32
+    # f16 KV for 1 layer x 2 heads x (8 + 8) per token, plus the f32 state whatever the context.
+    assert kv_cache_bytes(shape, 100, "f16") == 100 * 2 * 16 * 2 + 4 * (3 * 64 + 8 * 32)
+
+
+@pytest.mark.engine
+def test_qwen35moe_gguf_loads_in_llama_cpp_with_its_keys(tmp_path):
+    import gguf
+    import llama_cpp
+    from llama_cpp import _internals as li
+
+    from packager.gguf_build import write_gguf
+    from packager.source import open_checkpoint
+
+    src = write_checkpoint("qwen35moe", tmp_path / "ck")
+    path = write_gguf(open_checkpoint(src), tmp_path / "m.gguf", "F16").path
+    reader = gguf.GGUFReader(path)
+    field = {k.removeprefix("qwen35moe."): v.contents() for k, v in reader.fields.items()}
+    assert field["attention.recurrent_layers"] == [True, False]
+    assert (field["ssm.conv_kernel"], field["ssm.state_size"], field["ssm.group_count"],
+            field["ssm.time_step_rank"], field["ssm.inner_size"]) == (4, 8, 2, 4, 32)
+    assert field["rope.dimension_count"] == 4
+    assert field["rope.dimension_sections"] == [1, 1, 0, 0]
+    names = {t.name: t for t in reader.tensors}
+    assert {"blk.0.ssm_a", "blk.0.ssm_dt.bias", "blk.0.attn_qkv.weight",
+            "blk.1.attn_gate.weight"} - set(names) == {"blk.1.attn_gate.weight"}
+    a_log = np.asarray(open_checkpoint(src).read("model.layers.0.linear_attn.A_log"))
+    got = np.asarray(names["blk.0.ssm_a"].data)
+    assert np.allclose(got, -np.exp(a_log[[0, 2, 1, 3]]))  # A = -exp(A_log), tiled heads
+    params = llama_cpp.llama_model_default_params()
+    model = li.LlamaModel(path_model=str(path), params=params, verbose=False)
+    try:
+        assert llama_cpp.llama_model_is_hybrid(model.model)
+    finally:
+        model.close()
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize(
+    ("variant", "needle"),
+    [
+        ("mtp-only", "only multi-token-prediction weights"),
+        ("dt-split", "'linear_value_head_dim' is 16"),
+    ],
+)
+def test_qwen35moe_bad_variant_is_one_line_and_nothing_is_written(variant, needle, tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    from tests.packager.test_bad_input import assert_clean_failure, run_pack
+
+    src = tmp_path / "src"
+    if variant == "mtp-only":
+        write_checkpoint("qwen35moe", src, mtp_num_hidden_layers=1)
+        weights = load_file(str(src / "model.safetensors"))
+        keep = {"model.embed_tokens.weight", "lm_head.weight", "model.norm.weight"}
+        only = {("mtp." + k.removeprefix("model.") if k.startswith("model.layers.") else k): v
+                for k, v in weights.items() if k.startswith("model.layers.0.") or k in keep}
+        save_file(only, str(src / "model.safetensors"), metadata={"format": "pt"})
+    else:
+        write_checkpoint("qwen35moe", src)
+        cfg = json.loads((src / "config.json").read_text())
+        (src / "config.json").write_text(json.dumps(cfg | {"linear_value_head_dim": 16}))
+    proc = run_pack(src, tmp_path / "out", "--quant", "F16", "--format", "gguf")
+    assert_clean_failure(proc, tmp_path / "out", needle)
+    assert not (tmp_path / "out").exists()
