@@ -11,7 +11,8 @@ So:
   never needs a rollback across separate decodes (n-gram lookup, or a draft model without
   recurrent layers); elsewhere it is switched off at load with the reason (`speculation_refusal`);
 - the further choices of an `n > 1` request recompute the prompt instead of truncating back to it
-  (`rewind_to_prompt`): prefill is deterministic, so each choice sees the same prompt logits.
+  (runtime/generation/decoding.py): prefill is deterministic, so each choice sees the same
+  prompt logits.
 """
 
 from __future__ import annotations
@@ -19,13 +20,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from contract.errors import BundleError
 from contract.gguf_layout import open_reader
-
-if TYPE_CHECKING:
-    from runtime.api import Model
 
 # llama.cpp's llm_arch_supports_rs_rollback (src/llama-arch.cpp), for the architectures that
 # have recurrent layers; the context reports what it granted (llama_n_rs_seq) and the backend
@@ -118,14 +116,3 @@ def speculation_refusal(target: RecurrentShape | None, draft: RecurrentShape | N
         return (f"the draft model '{draft.arch}' has recurrent layers, which cannot roll back "
                 "drafts decoded one token at a time, so drafting is off")
     return None
-
-
-def rewind_to_prompt(model: Model, prompt_ids: list[int]) -> None:
-    """Bring the engine back to the end of the prompt for another choice: truncate a KV cache;
-    recompute the prompt where the state is recurrent (it cannot be truncated that far)."""
-    engine = model.engine
-    if getattr(engine, "recurrent", False):
-        engine.reset()
-        model._decode(prompt_ids)
-    else:
-        engine.truncate(len(prompt_ids))

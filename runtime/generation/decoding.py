@@ -32,7 +32,6 @@ from runtime.generation.request import (
     Usage,
     choice_seed,
 )
-from runtime.recurrent import rewind_to_prompt
 from runtime.structured.constraint import OutputTracker
 from runtime.structured.tools import ToolCall
 
@@ -78,7 +77,7 @@ def run(model: Model, prepared: PreparedRequest, cancel: threading.Event | None
     ends: list[_End] = []
     for index in range(params.n):
         if index:
-            rewind_to_prompt(model, prompt_ids)  # a recurrent state recomputes the prompt
+            _rewind(model, prompt_ids)
         steps = _choice(model, prepared, index, choice_seed(seed, index), prompt_logits, bias,
                         cancel, clock)
         end = yield from steps
@@ -103,6 +102,17 @@ def run(model: Model, prepared: PreparedRequest, cancel: threading.Event | None
     yield StreamEvent(last.text, None, last.choice.finish_reason, usage, timings,
                       ends[0].choice.tokens, index=last.choice.index, logprobs=last.logprobs,
                       choice=last.choice, choices=tuple(e.choice for e in ends))
+
+
+def _rewind(model: Model, prompt_ids: list[int]) -> None:
+    """Back to the end of the prompt for another choice: truncate a KV cache; recompute the
+    prompt where the engine keeps recurrent state (it cannot be truncated that far back)."""
+    engine = model.engine
+    if getattr(engine, "recurrent", False):
+        engine.reset()
+        model._decode(prompt_ids)
+    else:
+        engine.truncate(len(prompt_ids))
 
 
 def _choice(

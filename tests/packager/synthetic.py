@@ -157,7 +157,7 @@ def tensor_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
         p = f"model.layers.{i}"
         shapes |= {f"{p}.input_layernorm.weight": (HIDDEN,),
                    f"{p}.post_attention_layernorm.weight": (HIDDEN,)}  # fmt: skip
-        if cfg.get("layer_types", ["full_attention"] * LAYERS)[i] == "linear_attention":
+        if (cfg.get("layer_types") or {}) and cfg["layer_types"][i] == "linear_attention":
             shapes |= _linear_attention(cfg, f"{p}.linear_attn")
         else:
             shapes |= _attention(cfg, f"{p}.self_attn")
