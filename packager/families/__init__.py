@@ -3,7 +3,15 @@
 from __future__ import annotations
 
 # Importing each family's folder runs its @register.
-from packager.families import deepseek2, deepseek3, mixtral, olmoe, qwen35moe, qwen_moe  # noqa: E402,F401,I001
+from packager.families import (  # noqa: E402,F401,I001
+    deepseek2,
+    deepseek3,
+    glm4moe,
+    mixtral,
+    olmoe,
+    qwen35moe,
+    qwen_moe,
+)
 from packager.families.config import EXPERT_COUNT_KEYS, ExpertLayout, ModelConfig
 from packager.families.family import Family
 from packager.families.registry import (

@@ -38,6 +38,8 @@ class OnnxAdapter:
     proj: ClassVar[tuple[str, str, str]] = ("gate_proj", "up_proj", "down_proj")
     moe_modules: ClassVar[tuple[str, ...]] = ("mlp",)
     norm_topk: ClassVar[bool] = False
+    # Whether `rotate` handles a rotary width below the head size (GLM's partial rotary).
+    partial_rotary: ClassVar[bool] = False
 
     def __init__(self, config: ModelConfig, ckpt: Checkpoint) -> None:
         self.ckpt = ckpt
@@ -67,7 +69,7 @@ class OnnxAdapter:
             self.refuse(f"hidden_act '{c.hidden_act}' (only silu is exported)")
         if c.use_sliding_window or any(t != "full_attention" for t in c.layer_types):
             self.refuse("sliding-window attention layers are not exported")
-        if c.rope.partial_rotary_factor != 1.0:
+        if c.rope.partial_rotary_factor != 1.0 and not self.partial_rotary:
             self.refuse("partial_rotary_factor != 1 is not exported")
         if self.n_heads % self.n_kv:
             self.refuse(f"{self.n_heads} heads are not a multiple of {self.n_kv} KV heads")
@@ -114,8 +116,8 @@ class OnnxAdapter:
         k = heads(s, k, self.n_kv, self.head_dim, "k_heads")
         v = heads(s, v, self.n_kv, self.head_dim, "v_heads")
         q, k = self.per_head_norm(ctx, s, pre, q, k)
-        q = apply_rope(s.child("q_rope"), q, ctx.rope, self.head_dim)
-        k = apply_rope(s.child("k_rope"), k, ctx.rope, self.head_dim)
+        q = self.rotate(ctx, s, q, "q_rope")
+        k = self.rotate(ctx, s, k, "k_rope")
         k_all = with_past(s, past[0], k, "key")
         v_all = with_past(s, past[1], v, "value")
         dims = (self.head_dim, self.head_dim)
@@ -125,6 +127,10 @@ class OnnxAdapter:
         y = w.linear(s.child("o_proj"), out, f"{pre}.o_proj.weight",
                      bias=bias if w.has(bias) else None)  # fmt: skip
         return y, k_all, v_all
+
+    def rotate(self, ctx: Context, s: Scope, x: str, name: str) -> str:
+        """Rotary embedding of heads x [1, heads, S, head_dim] (hook: partial rotary)."""
+        return apply_rope(s.child(name), x, ctx.rope, self.head_dim)
 
     def pre_heads(self, ctx: Context, s: Scope, pre: str, q: str, k: str, v: str):
         """Hook for full-width q/k transforms (OLMoE's norms and clipping)."""

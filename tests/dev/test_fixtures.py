@@ -47,7 +47,7 @@ pytestmark = pytest.mark.unit
 
 MOE_TINY = (
     "qwen3moe-tiny", "qwen2moe-tiny", "mixtral-tiny", "olmoe-tiny", "deepseek2-tiny",
-    "deepseek3-tiny",
+    "deepseek3-tiny", "glm4moe-tiny",
 )  # fmt: skip
 EXPERT_KEY = {
     "qwen3moe-tiny": "model.layers.0.mlp.experts.7.gate_proj.weight",
@@ -56,6 +56,7 @@ EXPERT_KEY = {
     "olmoe-tiny": "model.layers.0.mlp.experts.7.gate_proj.weight",
     "deepseek2-tiny": "model.layers.1.mlp.experts.7.gate_proj.weight",  # layer 0 is dense
     "deepseek3-tiny": "model.layers.1.mlp.experts.15.gate_proj.weight",
+    "glm4moe-tiny": "model.layers.1.mlp.experts.7.gate_proj.weight",  # layer 0 is dense
 }
 
 
@@ -90,6 +91,7 @@ def test_registry_has_the_promised_fixtures():
     assert set(FIXTURES) == {
         "qwen3moe-tiny", "qwen2moe-tiny", "mixtral-tiny", "olmoe-tiny", "deepseek2-tiny",
         "deepseek3-tiny", "dense-tiny", "qwen3moe-medium", "qwen3moe-trained", "qwen3moe-large",
+        "glm4moe-tiny",
     }  # fmt: skip
     assert set(TINY_FIXTURES) == {*MOE_TINY, "dense-tiny"}
     assert all(spec.is_moe for n, spec in FIXTURES.items() if n != "dense-tiny")
@@ -352,6 +354,23 @@ def test_deepseek3_fixture_has_a_nonzero_selection_bias_and_groups():
     with safe_open(str(ckpt / "model.safetensors"), "np") as f:
         bias = f.get_tensor("model.layers.1.mlp.gate.e_score_correction_bias")
     assert bias.shape == (16,) and 0.05 < float(abs(bias).mean()) < 0.2
+
+
+@pytest.mark.reference
+def test_glm4moe_fixture_switches_on_every_router_feature():
+    from safetensors import safe_open
+
+    ckpt = cached_fixture("glm4moe-tiny")
+    c = json.loads((ckpt / "config.json").read_text())
+    assert (c["n_group"], c["topk_group"], c["n_routed_experts"], c["n_shared_experts"]) == (
+        2, 1, 8, 1)
+    assert c["routed_scaling_factor"] == 2.5 and c["first_k_dense_replace"] == 1
+    assert c["use_qk_norm"] and c["attention_bias"] and c["norm_topk_prob"]
+    assert c["rope_parameters"]["partial_rotary_factor"] == 0.5
+    with safe_open(str(ckpt / "model.safetensors"), "np") as f:
+        bias = f.get_tensor("model.layers.1.mlp.gate.e_score_correction_bias")
+        assert "model.layers.1.self_attn.q_norm.weight" in f.keys()
+    assert bias.shape == (8,) and 0.05 < float(abs(bias).mean()) < 0.2
 
 
 @pytest.mark.reference

@@ -70,6 +70,15 @@ CONFIGS["deepseek3"] = {  # V3 names no topk_method: its router is always noaux_
                         "original_max_position_embeddings": 128, "beta_fast": 32.0,
                         "beta_slow": 1.0, "mscale": 1.0, "mscale_all_dim": 1.0},
 }
+CONFIGS["glm4moe"] = {  # every router feature on: groups, selection bias, scaling, shared expert
+    **_BASE, "architectures": ["Glm4MoeForCausalLM"], "model_type": "glm4_moe",
+    "n_routed_experts": EXPERTS, "n_shared_experts": 1, "first_k_dense_replace": 1,
+    "moe_intermediate_size": EXPERT_FF, "n_group": 2, "topk_group": 1,
+    "routed_scaling_factor": 2.5, "norm_topk_prob": True, "use_qk_norm": True,
+    "attention_bias": True, "num_nextn_predict_layers": 0,
+    "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default",
+                        "partial_rotary_factor": 0.5},
+}
 
 CONFIGS["qwen35moe"] = {  # one gated-DeltaNet layer, then one gated full-attention layer
     **{k: v for k, v in _BASE.items() if k != "intermediate_size"},
@@ -116,10 +125,10 @@ def _attention(cfg: dict[str, Any], p: str) -> dict[str, tuple[int, ...]]:
     kind = cfg["model_type"]
     if kind == "qwen3_5_moe_text":  # the query projection carries each head's output gate
         out[f"{p}.q_proj.weight"] = (2 * HEADS * HEAD_DIM, h)
-    if kind == "qwen2_moe":
+    if kind in ("qwen2_moe", "glm4_moe"):
         widths = (("q", HEADS), ("k", kv), ("v", kv))
         out |= {f"{p}.{x}_proj.bias": (n * HEAD_DIM,) for x, n in widths}
-    if kind in ("qwen3_moe", "qwen3_5_moe_text"):
+    if kind in ("qwen3_moe", "qwen3_5_moe_text") or cfg.get("use_qk_norm"):
         out |= {f"{p}.q_norm.weight": (HEAD_DIM,), f"{p}.k_norm.weight": (HEAD_DIM,)}
     if kind == "olmoe":
         out |= {f"{p}.q_norm.weight": (HEADS * HEAD_DIM,), f"{p}.k_norm.weight": (kv * HEAD_DIM,)}
@@ -133,8 +142,9 @@ def _mlp(p: str, ff: int, names: tuple[str, str, str]) -> dict[str, tuple[int, .
 
 
 def mtp_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
-    """A multi-token-prediction block as DeepSeek-V3's released checkpoints store it: one more
-    decoder layer (numbered after the main ones) plus its embedding projection and head."""
+    """A multi-token-prediction block as DeepSeek-V3's and GLM-4.5's released checkpoints store
+    it: one more decoder layer (numbered after the main ones) plus its embedding projection and
+    head."""
     layer = dict(cfg, num_hidden_layers=LAYERS + 1, first_k_dense_replace=0)
     p = f"model.layers.{LAYERS}"
     out = {n: s for n, s in tensor_shapes(layer).items() if n.startswith(f"{p}.")}
@@ -166,7 +176,7 @@ def tensor_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
             continue
         m = f"{p}.{module}"
         shapes[f"{m}.gate.weight"] = (EXPERTS, HIDDEN)
-        if kind == "deepseek_v3":
+        if kind in ("deepseek_v3", "glm4_moe"):
             shapes[f"{m}.gate.e_score_correction_bias"] = (EXPERTS,)
         for e in range(EXPERTS):
             shapes |= _mlp(f"{m}.experts.{e}", EXPERT_FF, proj)

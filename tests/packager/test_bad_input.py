@@ -193,3 +193,20 @@ def test_deepseek3_variant_is_one_line_and_nothing_is_written(variant, needles, 
     proc = run_pack(src, tmp_path / "out", "--quant", "F16", "--format", "gguf,onnx")
     assert_clean_failure(proc, tmp_path / "out", *needles)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("variant", "needles"),
+    [
+        ({"mtp": "only"}, ("num_nextn_predict_layers=1", "only multi-token-prediction")),
+        ({"n_shared_experts": 0}, ("'n_shared_experts' is 0",)),
+    ],
+)
+def test_glm4moe_variant_is_one_line_and_nothing_is_written(variant, needles, tmp_path):
+    """GLM-4.5 NextN weights alone, or no shared expert (llama.cpp's glm4moe always adds one)."""
+    from tests.packager.synthetic import write_checkpoint
+
+    src = write_checkpoint("glm4moe", tmp_path / "src", **variant)
+    proc = run_pack(src, tmp_path / "out", "--quant", "F16", "--format", "gguf,onnx")
+    assert_clean_failure(proc, tmp_path / "out", *needles)
+    assert not (tmp_path / "out").exists()

@@ -273,3 +273,90 @@ def test_expert_groups_are_written_for_v3_and_as_read_when_single(tmp_path):
         "expert_group_count": 2, "expert_group_used_count": 1}  # fmt: skip
     assert _group_fields(_v2(), tmp_path) == {  # n_group=1: nothing is grouped
         "expert_group_count": 1, "expert_group_used_count": 1}  # fmt: skip
+# ----- GLM-4.5 MoE ------------------------------------------------------------------------------
+def _glm(**change):
+    from tests.packager.synthetic import CONFIGS
+
+    return {**CONFIGS["glm4moe"], **change}
+
+
+def test_glm4moe_reads_released_and_transformers_namings():
+    """Released configs keep partial_rotary_factor and rope_theta at the top level (0.5 when
+    absent) and may call the expert count num_local_experts; transformers 5 nests the rotary
+    fields in rope_parameters."""
+    gone = ("rope_parameters", "n_routed_experts", "num_nextn_predict_layers")
+    released = {k: v for k, v in _glm().items() if k not in gone}
+    released |= {"num_local_experts": 4, "rope_theta": 1e6, "num_mtp_layers": 1}
+    c = family_for(released).config
+    assert (c.n_experts, c.partial_rotary_factor, c.rotary_dim, c.rope.theta) == (4, 0.5, 4, 1e6)
+    assert (c.mtp_layers, c.mtp_key) == (1, "num_mtp_layers")
+    quarter = family_for({**released, "partial_rotary_factor": 0.25}).config
+    assert quarter.rotary_dim == 2
+    c = family_for(_glm()).config
+    assert (c.router_scoring, c.n_shared_experts, c.experts.moe_layers) == ("sigmoid", 1, (1,))
+
+
+def test_glm4moe_gguf_carries_its_router_and_skips_the_nextn_layer(tmp_path):
+    import gguf
+
+    from packager.gguf_build import write_gguf
+    from packager.source import open_checkpoint
+    from tests.packager.synthetic import write_checkpoint
+
+    src = write_checkpoint("glm4moe", tmp_path / "ck", mtp="with")
+    reader = gguf.GGUFReader(write_gguf(open_checkpoint(src), tmp_path / "m.gguf", "F16").path)
+    field = {k.removeprefix("glm4moe."): v.contents() for k, v in reader.fields.items()}
+    assert field["expert_gating_func"] == gguf.ExpertGatingFuncType.SIGMOID
+    assert (field["expert_group_count"], field["expert_group_used_count"]) == (2, 1)
+    assert field["expert_weights_norm"] is True
+    assert field["expert_weights_scale"] == pytest.approx(2.5)
+    assert (field["rope.dimension_count"], field["attention.key_length"]) == (4, 8)
+    assert (field["leading_dense_block_count"], field["expert_shared_count"]) == (1, 1)
+    assert field["block_count"] == 2 and "nextn_predict_layers" not in field
+    names = {t.name for t in reader.tensors}
+    assert {"blk.1.exp_probs_b.bias", "blk.1.post_attention_norm.weight",
+            "blk.1.ffn_gate_shexp.weight", "blk.0.attn_q.bias", "blk.0.attn_k_norm.weight",
+            "blk.0.ffn_gate.weight"} <= names  # fmt: skip
+    assert not any(n.startswith("blk.2.") for n in names)  # the NextN block is not written
+
+
+def test_glm4moe_keeping_every_group_writes_no_group_keys(tmp_path):
+    """topk_group == n_group keeps every group (no-op in transformers); llama.cpp asserts fewer
+    used groups than groups, so no group keys are written."""
+    import gguf
+
+    from packager.families.expert_groups import limits_groups
+
+    assert limits_groups(family_for(_glm()).config)
+    assert not limits_groups(family_for(_glm(topk_group=2)).config)
+    assert not limits_groups(family_for(_glm(n_group=1)).config)
+    w = gguf.GGUFWriter(tmp_path / "x.gguf", "glm4moe")
+    family_for(_glm(topk_group=2)).gguf.write_hparams(w)
+    assert not any("group" in k for k in w.kv_data[0])
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"n_shared_experts": 0}, "'n_shared_experts' is 0"),
+        ({"n_group": 3}, "n_group=3 must split the 4 experts"),
+        ({"topk_group": 3}, "'topk_group' is 3"),
+        ({"first_k_dense_replace": 2}, "'first_k_dense_replace' is 2"),
+        ({"rope_parameters": {"rope_theta": 1e4, "partial_rotary_factor": 0.1}},
+         "partial_rotary_factor=0.1 gives 0 rotary dims"),
+        ({"rope_parameters": {"rope_type": "longrope", "factor": 2.0}},
+         "rope_parameters.rope_type 'longrope' is not supported"),
+    ],
+)
+def test_glm4moe_variants_llama_cpp_cannot_run_are_named(change, message):
+    with pytest.raises(UnsupportedArchitectureError, match=message) as err:
+        _ = family_for(_glm(**change)).gguf
+    assert "\n" not in str(err.value)
+
+
+def test_glm4moe_nextn_only_checkpoint_is_refused():
+    from tests.packager.synthetic import mtp_shapes
+
+    adapter = family_for(_glm(num_nextn_predict_layers=1)).gguf
+    with pytest.raises(UnsupportedArchitectureError, match="only multi-token-prediction"):
+        adapter.plan(mtp_shapes(_glm()), lambda n: np.zeros(1))

@@ -70,6 +70,28 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-int8/manifest.json":
             "46a24ddbbf87f81068ae89508acf08bcd52878ed2105704dcc6c7a54427c5db5",
     },
+    "glm4moe": {
+        "gguf-F16/model.gguf":
+            "fa352d1de6b2598d2771a0519269cc45e4b6b175d48de006e7e961dd289ffb59",
+        "gguf-F16/manifest.json":
+            "5c1d8a1e84b455517cc2861fbc884dd36b5d97a9a031ee325ccbdeb7dbfbc674",
+        "onnx-fp32/model.onnx":
+            "9c4c95a66113558ba7ab67619bc9f2251860d8e679c4df42f42ce81d7d436e7f",
+        "onnx-fp32/model.onnx.data":
+            "9c49a8155c94e4f3e4429fab6697d7137b4cdb33a1fb7774d174dd9c089146e6",
+        "onnx-fp32/genai_config.json":
+            "d1649cd6b198923b28f9a3efb7c63e2e5a72d7c7cf6d8a99f5ec139f623504ae",
+        "onnx-fp32/manifest.json":
+            "18477b2253ccc46b82bc761ad782e129a47eb0dbc5c5cfca202ce58b9d595e95",
+        "onnx-int8/model.onnx":
+            "9f59f6a21b2785f513284010602fe50f557c79096053b0f5d8764d9e8064458c",
+        "onnx-int8/model.onnx.data":
+            "f0ecae2e5d38ed7dcbd33381889c851e10526cc6cdd03089c5481467d8d2d162",
+        "onnx-int8/genai_config.json":
+            "d1649cd6b198923b28f9a3efb7c63e2e5a72d7c7cf6d8a99f5ec139f623504ae",
+        "onnx-int8/manifest.json":
+            "30a3d1ef16c8ed9d957daed3fdad5ce7429d3211a4f7656606e60df994bd28ef",
+    },
     "mixtral": {
         "gguf-F16/model.gguf":
             "d4e2a496ef825256127f59639fb8cda03849bd7b5415f297af86c806f095584a",

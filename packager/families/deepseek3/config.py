@@ -13,6 +13,7 @@ from typing import Any, ClassVar
 
 from packager.families.config import ConfigReader
 from packager.families.deepseek2.config import DeepseekV2Config
+from packager.families.expert_groups import check_prune
 
 MTP_KEYS = ("num_nextn_predict_layers", "num_mtp_layers")
 
@@ -47,10 +48,5 @@ class DeepseekV3Config(DeepseekV2Config):
         return next((k for k in MTP_KEYS if self.raw.get(k) is not None), MTP_KEYS[0])
 
     def with_experts(self, n_keep: int) -> dict[str, Any]:
-        groups = self.n_group or 1
-        if n_keep // groups < 2:
-            raise self.refuse(
-                f"keeping {n_keep} experts leaves {n_keep // groups} per group of n_group="
-                f"{groups}; the router ranks groups by their two best experts (keep 2+ each)"
-            )
+        check_prune(self, n_keep)
         return super().with_experts(n_keep)

@@ -11,16 +11,14 @@ layers) are not written: llama.cpp runs the main model, and the runtime does not
 
 from __future__ import annotations
 
-import re
-
 import gguf
 
-from packager.errors import UnsupportedArchitectureError
 from packager.families.deepseek2.gguf import DeepseekV2GGUF
 from packager.families.deepseek3.config import DeepseekV3Config
+from packager.families.expert_groups import check_groups, refuse_field
 from packager.families.gguf_adapter import PlannedTensor, Reader
+from packager.families.mtp import main_layers
 
-_LAYER = re.compile(r"^model\.layers\.(\d+)\.")
 _BIAS = "e_score_correction_bias"
 
 
@@ -38,21 +36,10 @@ class DeepseekV3GGUF(DeepseekV2GGUF):
             self._refuse("rope_interleave", False, "true: llama.cpp rotates adjacent pairs")
         if c.attention_bias:
             self._refuse("attention_bias", True, "false: llama.cpp's deepseek2 has none")
-        groups = c.require(c.n_group, "n_group")
-        if groups < 1 or c.n_experts % groups or c.n_experts // groups < 2:
-            raise UnsupportedArchitectureError(
-                f"{self.architecture}: n_group={groups} must split the {c.n_experts} experts "
-                "into equal groups of at least 2 (groups are ranked by their two best scores)"
-            )
-        if not 1 <= c.require(c.topk_group, "topk_group") <= groups:
-            self._refuse("topk_group", c.topk_group, f"between 1 and n_group={groups}")
-        if c.top_k > c.topk_group * (c.n_experts // groups):
-            self._refuse("num_experts_per_tok", c.top_k, "at most the experts of topk_group groups")
+        check_groups(c)
 
     def _refuse(self, key: str, got: object, expected: str) -> None:
-        raise UnsupportedArchitectureError(
-            f"config.json: '{key}' is {got!r} for {self.architecture}; expected {expected}"
-        )
+        raise refuse_field(self.config, key, got, expected)
 
     def write_hparams(self, w: gguf.GGUFWriter) -> None:
         super().write_hparams(w)
@@ -76,22 +63,6 @@ class DeepseekV3GGUF(DeepseekV2GGUF):
         return super().gguf_name(hf_name)
 
     def plan(self, shapes: dict[str, tuple[int, ...]], read: Reader) -> list[PlannedTensor]:
-        return super().plan(self._main_layers(shapes), read)
-
-    def _main_layers(self, shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]]:
-        """The checkpoint without its MTP layers; refused when those are all it holds."""
-        c, n = self.config, self.n_layers
-        layer = {name: int(m.group(1)) for name in shapes if (m := _LAYER.match(name))}
-        extra = sorted({i for i in layer.values() if i >= n})
-        if extra and extra[-1] >= n + c.mtp_layers:
-            raise UnsupportedArchitectureError(
-                f"{self.architecture}: the checkpoint has layer {extra[-1]} but config.json "
-                f"declares num_hidden_layers={n} and {c.mtp_key}={c.mtp_layers}"
-            )
-        if not any(i < n for i in layer.values()):
-            raise UnsupportedArchitectureError(
-                f"{self.architecture}: the checkpoint holds only multi-token-prediction "
-                f"weights ({c.mtp_key}={c.mtp_layers}, layers {n}+), not the "
-                f"{n} main layers edgemoe packs"
-            )
-        return {name: s for name, s in shapes.items() if layer.get(name, 0) < n}
+        c = self.config
+        main = main_layers(shapes, self.n_layers, c.mtp_layers, c.mtp_key, self.architecture)
+        return super().plan(main, read)
