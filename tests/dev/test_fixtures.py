@@ -47,7 +47,7 @@ pytestmark = pytest.mark.unit
 
 MOE_TINY = (
     "qwen3moe-tiny", "qwen2moe-tiny", "mixtral-tiny", "olmoe-tiny", "deepseek2-tiny",
-    "deepseek3-tiny", "glm4moe-tiny",
+    "deepseek3-tiny", "qwen35moe-tiny", "glm4moe-tiny",
 )  # fmt: skip
 EXPERT_KEY = {
     "qwen3moe-tiny": "model.layers.0.mlp.experts.7.gate_proj.weight",
@@ -56,6 +56,7 @@ EXPERT_KEY = {
     "olmoe-tiny": "model.layers.0.mlp.experts.7.gate_proj.weight",
     "deepseek2-tiny": "model.layers.1.mlp.experts.7.gate_proj.weight",  # layer 0 is dense
     "deepseek3-tiny": "model.layers.1.mlp.experts.15.gate_proj.weight",
+    "qwen35moe-tiny": "model.layers.0.mlp.experts.15.gate_proj.weight",
     "glm4moe-tiny": "model.layers.1.mlp.experts.7.gate_proj.weight",  # layer 0 is dense
 }
 
@@ -91,7 +92,7 @@ def test_registry_has_the_promised_fixtures():
     assert set(FIXTURES) == {
         "qwen3moe-tiny", "qwen2moe-tiny", "mixtral-tiny", "olmoe-tiny", "deepseek2-tiny",
         "deepseek3-tiny", "dense-tiny", "qwen3moe-medium", "qwen3moe-trained", "qwen3moe-large",
-        "glm4moe-tiny",
+        "qwen35moe-tiny", "glm4moe-tiny",
     }  # fmt: skip
     assert set(TINY_FIXTURES) == {*MOE_TINY, "dense-tiny"}
     assert all(spec.is_moe for n, spec in FIXTURES.items() if n != "dense-tiny")
