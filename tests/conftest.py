@@ -23,11 +23,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 ARCH_FIXTURES = (
     "qwen3moe-tiny", "qwen2moe-tiny", "mixtral-tiny", "olmoe-tiny", "deepseek2-tiny",
-    "deepseek3-tiny", "qwen35moe-tiny", "glm4moe-tiny",
+    "deepseek3-tiny", "qwen35moe-tiny", "glm4moe-tiny", "lfm2moe-tiny",
 )
 # Families whose `--format onnx` refuses (the exporter has no recurrent layer): their refusal is
 # tested in tests/packager/test_hybrid_families.py, the ONNX tests run over the others.
-NO_ONNX = ("qwen35moe-tiny",)
+NO_ONNX = ("qwen35moe-tiny", "lfm2moe-tiny")
 ONNX_FIXTURES = tuple(f for f in ARCH_FIXTURES if f not in NO_ONNX)
 NEEDS = ("unit", "engine", "reference", "endpoint")
 HEAVY = ("engine", "reference", "endpoint")

@@ -7,6 +7,7 @@ from packager.families import (  # noqa: E402,F401,I001
     deepseek2,
     deepseek3,
     glm4moe,
+    lfm2moe,
     mixtral,
     olmoe,
     qwen35moe,
