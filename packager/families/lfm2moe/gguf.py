@@ -4,9 +4,10 @@ conversion/lfm2.py for what its converter writes).
 Convolution layers are the ones whose `attention.head_count_kv` entry is 0 (llama.cpp reads the
 pattern from that array); the kernel length is `shortconv.l_cache`; leading dense layers are
 `leading_dense_block_count`; the router is a sigmoid (`expert_gating_func`) with the selection
-bias `blk.N.exp_probs_b.bias`, top-k weights renormalised (hard-coded in the graph); it reads no
-expert weight scale, so a `routed_scaling_factor` other than 1 is refused. The conv kernel is stored without its singleton axis. transformers'
-final `embedding_norm` is llama.cpp's `token_embd_norm`, applied after the last layer as well.
+bias `blk.N.exp_probs_b.bias` and top-k weights renormalised (hard-coded in the graph). It reads
+no expert weight scale, so a `routed_scaling_factor` other than 1 is refused. The conv kernel is
+stored without its singleton axis; transformers' final `embedding_norm` is llama.cpp's
+`token_embd_norm`, applied after the last layer as well.
 """
 
 from __future__ import annotations
