@@ -152,3 +152,43 @@ def test_qwen35moe_bad_variant_is_one_line_and_nothing_is_written(variant, needl
     proc = run_pack(src, tmp_path / "out", "--quant", "F16", "--format", "gguf")
     assert_clean_failure(proc, tmp_path / "out", needle)
     assert not (tmp_path / "out").exists()
+
+
+# ----- LFM2-MoE ---------------------------------------------------------------------------------
+_LFM2 = {
+    "architectures": ["Lfm2MoeForCausalLM"], "model_type": "lfm2_moe", "hidden_size": 32,
+    "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
+    "vocab_size": 300, "intermediate_size": 64, "moe_intermediate_size": 16, "num_experts": 4,
+    "num_experts_per_tok": 2, "num_dense_layers": 1, "conv_L_cache": 3, "norm_eps": 1e-5,
+    "layer_types": ["conv", "full_attention", "conv"], "use_expert_bias": True,
+    "routed_scaling_factor": 1.0, "norm_topk_prob": True,
+}
+
+
+def test_lfm2moe_reads_released_and_transformers_namings():
+    released = {k: v for k, v in _LFM2.items() if k != "layer_types"} | {"full_attn_idxs": [1]}
+    for raw in (_LFM2, released):
+        family = family_for(raw)
+        c = family.config
+        assert (c.conv_layers, c.moe_layers, c.rms_norm_eps) == ((0, 2), (1, 2), 1e-5)
+        assert c.router_scoring == "sigmoid"
+        assert family.gguf.kv_layers() == 1
+        assert family.gguf.recurrent_state_values() == 2 * 32 * 2  # 2 conv layers x (L - 1) x H
+    assert "short-convolution" in family_for(_LFM2).onnx_missing
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"routed_scaling_factor": 2.5}, "'routed_scaling_factor' is 2.5"),
+        ({"conv_bias": True}, "'conv_bias' is True"),
+        ({"use_expert_bias": False}, "'use_expert_bias' is False"),
+        ({"norm_topk_prob": False}, "'norm_topk_prob' is False"),
+        ({"layer_types": ["conv", "sliding_attention", "conv"]}, "'layer_types'"),
+        ({"num_dense_layers": 3}, "'num_dense_layers' is 3"),
+    ],
+)
+def test_lfm2moe_variants_llama_cpp_cannot_run_are_named(change, message):
+    with pytest.raises(UnsupportedArchitectureError, match=message) as err:
+        _ = family_for({**_LFM2, **change}).gguf
+    assert "\n" not in str(err.value)
