@@ -79,10 +79,13 @@ class Lfm2MoeGGUF(GGUFAdapter):
         c = self.config
         return len(c.conv_layers) * c.hidden_size * (c.conv_cache - 1)
 
-    def expand(self, hf_name: str, shape: tuple[int, ...], read: Reader) -> list[PlannedTensor]:
+    def gguf_name(self, hf_name: str) -> str:
+        # The selection bias is a buffer without a suffix; pruning finds it by this name too.
         if hf_name.endswith("feed_forward.expert_bias"):
-            layer = hf_name.split(".")[2]
-            return [PlannedTensor(f"blk.{layer}.exp_probs_b.bias", shape, lambda: read(hf_name))]
+            return f"blk.{hf_name.split('.')[2]}.exp_probs_b.bias"
+        return super().gguf_name(hf_name)
+
+    def expand(self, hf_name: str, shape: tuple[int, ...], read: Reader) -> list[PlannedTensor]:
         if hf_name == "lm_head.weight":
             return [PlannedTensor("output.weight", shape, lambda: read(hf_name))]
         new = self.gguf_name(hf_name)
