@@ -9,7 +9,9 @@ in by MADV_POPULATE_READ, dense tensors verified in a background thread; at 100 
 background thread verifies every expert too) against `check_reads=False` (the path before),
 in paired rounds with the order alternating, printed as the median of the paired ratios. Also
 per budget: the time spent verifying experts per generated token (first reads only, so it falls
-as the run goes on), experts verified, and the background check's time. Tokens must match.
+as the run goes on; wall time with storage waits, and the decoding thread's CPU time for
+bringing experts in, checks and page-in, also as a share of the run), experts verified, and the
+background check's time. Tokens must match.
 """
 
 from __future__ import annotations
@@ -36,8 +38,11 @@ def measure(bundle: Path, budget: str, checks: bool, n: int, threads: int) -> di
             model._background.wait(600)
         s = model.stats()
     tokens = len(r.tokens) + r.usage.prompt_tokens
+    wall = r.timings["prefill_s"] + r.timings["decode_s"]
     return {"decode": r.timings["decode_tok_s"], "prefill": r.timings["prefill_tok_s"],
             "tokens": r.tokens, "verify_us_per_token": 1e6 * s["expert_verify_s"] / tokens,
+            "cpu_us_per_token": 1e6 * s["bring_in_cpu_s"] / tokens,
+            "cpu_share": s["bring_in_cpu_s"] / wall,
             "experts": s["experts_verified"], "dense_s": s["dense_verify_s"],
             "dense_mb": s["dense_bytes_verified"] / 1e6, "misses": s["misses"]}
 
@@ -59,7 +64,8 @@ def main() -> None:
         print(f"{bundle.name}: {size / 2**20:.0f} MiB, cold, {args.decode} tokens, "
               f"{args.rounds} paired rounds")
         print(f"{'budget':>7} {'decode on/off':>13} {'prefill on/off':>14} "
-              f"{'verify us/token':>15} {'experts verified':>16} {'background':>18}")
+              f"{'check wall us/tok':>17} {'CPU us/tok':>10} {'CPU share':>9} "
+              f"{'experts checked':>15} {'background':>18}")
         for budget in args.budgets.split(","):
             ratios, pre, on_runs = [], [], []
             for i in range(args.rounds):
@@ -70,11 +76,14 @@ def main() -> None:
                 pre.append(got[True]["prefill"] / got[False]["prefill"])
                 on_runs.append(got[True])
             us = statistics.median(r["verify_us_per_token"] for r in on_runs)
+            cpu = statistics.median(r["cpu_us_per_token"] for r in on_runs)
+            share = statistics.median(r["cpu_share"] for r in on_runs)
             experts = statistics.median(r["experts"] for r in on_runs)
             dense = (f"{statistics.median(r['dense_mb'] for r in on_runs):.0f} MB in "
                      f"{statistics.median(r['dense_s'] for r in on_runs):.2f} s")
             print(f"{budget:>7} {statistics.median(ratios):13.3f} {statistics.median(pre):14.3f} "
-                  f"{us:15.1f} {experts:16.0f} {dense:>18}", flush=True)
+                  f"{us:17.1f} {cpu:10.1f} {share:9.2%} {experts:15.0f} {dense:>18}",
+                  flush=True)
 
 
 if __name__ == "__main__":

@@ -349,7 +349,11 @@ class ExpertCache:
             self.capacity_bytes = int(capacity_bytes)
             released = 0
             while self._used > self.capacity_bytes:
-                self._evict(self._policy.victim(self._held | self._pinned))
+                try:
+                    victim = self._policy.victim(self._held | self._pinned)
+                except LookupError:  # the rest is held by this step: it goes at the next access
+                    break
+                self._evict(victim)
                 released += 1
             return released
 
