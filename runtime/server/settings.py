@@ -100,8 +100,13 @@ class ServerSettings:
             raise bad("on_model_change", "'reload' or 'exit'")
         if self.pressure_floor is not None:
             from runtime.budget import parse_budget
+            from runtime.errors import BudgetError
 
-            parse_budget(self.pressure_floor)  # BudgetError names the value
+            try:
+                parse_budget(self.pressure_floor)
+            except BudgetError:
+                raise bad("pressure_floor", "a percentage ('10%'), a size ('300MB') or "
+                                            "bytes") from None
         if self.api_key is not None and not self.api_key.strip():
             raise bad("api_key", "a non-empty string or None")
         for name in ("model_alias", "cors_origins"):  # one string is a list of one

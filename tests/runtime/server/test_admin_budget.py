@@ -4,10 +4,13 @@ the minimum is a 400 naming it; answers are the same tokens before and after."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import httpx
 import pytest
 
-from tests.runtime.server.conftest import start_server
+from tests.runtime.server.conftest import REPO, start_server
 
 pytestmark = [pytest.mark.endpoint, pytest.mark.engine]
 
@@ -45,3 +48,24 @@ def test_admin_budget_changes_the_served_budget(bundle_factory, tmp_path):
                           timeout=30).status_code == 400
     finally:
         s.stop()
+
+
+def test_follow_pressure_serves_a_full_budget_that_can_shrink(bundle_factory, tmp_path):
+    """--follow-pressure loads the model resizable, so even a full budget pages experts and a
+    cut (the follower's or an operator's) applies."""
+    bundle = bundle_factory("qwen3moe-trained", "Q8_0")
+    s = start_server(bundle, tmp_path, "--budget", "100%", "--follow-pressure",
+                     "--pressure-floor", "20%")
+    try:
+        before = _ask(s)
+        r = httpx.post(f"{s.base_url}/admin/budget", json={"budget": "30%"}, timeout=30)
+        assert r.status_code == 200, r.text
+        assert s.metrics()["edgemoe_expert_offloading"] == 1
+        assert _ask(s) == before
+    finally:
+        s.stop()
+    bad = subprocess.run(
+        [sys.executable, "-m", "runtime.server", str(bundle), "--pressure-floor", "lots"],
+        capture_output=True, text=True, timeout=60, cwd=REPO)
+    assert bad.returncode != 0 and "pressure_floor" in bad.stderr and "lots" in bad.stderr
+    assert "Traceback" not in bad.stderr
