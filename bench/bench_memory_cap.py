@@ -233,7 +233,7 @@ def _edgemoe(bundle: Path, prompt_ids: list[int], n: int, threads: int, budget: 
     with runtime.load(bundle, budget=budget, cold=True, n_ctx=1024, threads=threads,
                       prefetch=prefetch) as model:
         t0 = time.perf_counter()
-        logits = model._decode(prompt_ids)
+        logits = model.step(prompt_ids)
         prefill_s = time.perf_counter() - t0
         tokens: list[int] = []
         t0 = time.perf_counter()
@@ -243,7 +243,7 @@ def _edgemoe(bundle: Path, prompt_ids: list[int], n: int, threads: int, budget: 
                 t0 = time.perf_counter()
                 at_decode = _decode_counters(model)
             if i < n - 1:
-                logits = model._decode([tokens[-1]])
+                logits = model.step([tokens[-1]])
         decode_s = time.perf_counter() - t0
         during = {k: v - at_decode[k] for k, v in _decode_counters(model).items()}
         stats = model.stats()

@@ -115,12 +115,12 @@ def tap_overhead(bundle: Path, prompt_ids: list[int], threads: int, rounds: int,
             toks, cpu, wall = [], [0.0, 0.0], [0.0, 0.0]
             for m in models:
                 m.engine.reset()
-                m._decode(prompt_ids[:128])
+                m.step(prompt_ids[:128])
                 toks.append(prompt_ids[128])
             for i in range(n):
                 for j in ((0, 1) if i % 2 == 0 else (1, 0)):
                     w0, c0 = time.perf_counter(), time.thread_time()
-                    logits = models[j]._decode([toks[j]])
+                    logits = models[j].step([toks[j]])
                     cpu[j] += time.thread_time() - c0
                     wall[j] += time.perf_counter() - w0
                     toks[j] = int(np.argmax(logits))

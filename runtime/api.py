@@ -33,6 +33,7 @@ from runtime.experts.policy import DEFAULT_POLICY
 from runtime.experts.prefetcher import PrefetchSettings
 from runtime.experts.residency import MadviseResidency
 from runtime.experts.resize import BudgetChange, BudgetHistory, apply_budget
+from runtime.generation.decoding import run
 from runtime.generation.latency import LatencyRecorder
 from runtime.generation.preparation import prepare_request
 from runtime.generation.request import (
@@ -460,9 +461,13 @@ class Model:
         """
         with self._lock:
             if self.speculation is not None and self.speculation.serves(prepared):
-                yield from self.speculation.run(self, prepared, cancel)
+                events = self.speculation.run(self, prepared, cancel)
             else:
-                yield from self._run(prepared, cancel)
+                events = run(self, prepared, cancel)
+            for ev in events:
+                if ev.timings is not None:
+                    self._timings = ev.timings
+                yield ev
 
     # --- the budget while loaded ------------------------------------------------------------
     def set_budget(self, budget: str | int, *, reason: str = "api") -> BudgetPlan:
@@ -508,25 +513,30 @@ class Model:
                                              plan.budget_bytes, plan.expert_capacity_bytes,
                                              released, reason))
 
-    def _decode(self, tokens: list[int]) -> np.ndarray:
+    @property
+    def lock(self) -> threading.Lock:
+        """Held while this model decodes: its generations, and a speculator's proposals."""
+        return self._lock
+
+    def step(self, tokens: list[int], *, all_outputs: bool = False,
+             timed: bool = True) -> np.ndarray:
+        """The one paged decode step every loop runs (plain, speculative verify, a draft's
+        proposals): the engine computes `tokens` after its current position while the pager
+        keeps the experts they route to resident; the weights' integrity is checked around it.
+        Returns the last position's logits (all of them are in `engine.last_logits` with
+        all_outputs); timed: the step counts in the TTFT / inter-token histograms."""
         if self._pending_budget is not None:
             self._apply_budget()  # a step boundary
         start, empty = time.perf_counter(), self.engine.n_past == 0
         self._tokens_decoded += len(tokens)
         self.integrity.check()  # a known fault: this model answers nothing more
         self.pager.begin_batch()
-        logits = self.engine.decode(tokens)
+        logits = self.engine.decode(tokens, all_outputs=all_outputs)
         self.pager.reconcile()
         self.integrity.check()  # found during this step: its logits are not an answer
-        self.latency.step(len(tokens), empty, start)  # TTFT / inter-token histograms
+        if timed:
+            self.latency.step(len(tokens), empty, start)
         return logits
-
-    def _run(
-        self, prepared: PreparedRequest, cancel: threading.Event | None
-    ) -> Iterator[StreamEvent]:
-        from runtime.generation.decoding import run
-
-        return run(self, prepared, cancel)
 
     # --- introspection -------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:

@@ -107,6 +107,7 @@ class Backend(Protocol):
     name: str
     cfg: EngineConfig
     wait_policy: str  # how its threads wait for each other (runtime/threads.py), as in effect
+    recurrent: bool  # keeps recurrent state, which truncate cannot take far back (recurrent.py)
     n_vocab: int
     n_past: int
 

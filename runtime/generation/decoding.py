@@ -1,28 +1,36 @@
-"""The decoding loop of one prepared request: its prompt computed once, then each of its `n`
-choices token by token, as StreamEvents.
+"""The decoding loop: what plain and speculative decoding share, from a token picked to the
+events a caller streams.
 
-Choice 0 samples from the prompt's logits right after prefill. Every further choice truncates the
-KV cache back to the prompt (`Backend.truncate`; a model with recurrent layers recomputes the
-prompt instead, runtime/recurrent.py) and samples its first token from the same saved logits,
-so choice i of a request is exactly what a request with n=1 and seed `choice_seed(seed, i)`
-would answer. Per token: logit_bias is added, log-probs are read (before any grammar or
-temperature, as OpenAI reports them), and the sampler picks; a constrained choice picks through
-its `OutputTracker` (`runtime.structured`: the library's mask, then the sampler, steered to a
-valid end near max_tokens), which also splits content from tool calls and ends the choice once
-its grammar is complete.
+A loop takes tokens from a source (`Pick`s: a sampled token, or the tokens a verify step kept)
+and writes one choice: end-of-generation and stop strings end it, text is assembled in whole
+UTF-8 characters, log-probs and tool calls are split out, `max_tokens` and `cancel` are
+honoured, and timings are kept the same way for every source. Every engine step goes through
+the model's one paged decode step (`Decoder.step`: the pager keeps what it routes to resident).
+
+Plain decoding (`run`): the prompt is computed once; choice 0 samples from its logits right
+after prefill, and every further choice of an `n` request truncates the KV cache back to the
+prompt (`Backend.truncate`; a model with recurrent layers recomputes the prompt instead,
+runtime/recurrent.py) and samples its first token from the same saved logits, so choice i is
+exactly what a request with n=1 and seed `choice_seed(seed, i)` would answer. Per token:
+logit_bias is added, log-probs are read (before any grammar or temperature, as OpenAI reports
+them), and the sampler picks; a constrained choice picks through its `OutputTracker`
+(`runtime.structured`: the library's mask, then the sampler, steered to a valid end near
+max_tokens), which also splits content from tool calls and ends the choice once its grammar is
+complete.
 """
 
 from __future__ import annotations
 
-import os
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Generator, Iterator
 from dataclasses import dataclass, replace
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import numpy as np
 
+from runtime.backends.base import Backend, Sampler
+from runtime.generation.latency import LatencyRecorder
 from runtime.generation.logprobs import TokenLogprob, token_logprob
 from runtime.generation.request import (
     Choice,
@@ -35,12 +43,36 @@ from runtime.generation.request import (
 from runtime.structured.constraint import OutputTracker
 from runtime.structured.tools import ToolCall
 
-if TYPE_CHECKING:
-    from runtime.api import Model
+
+class Decoder(Protocol):
+    """What the decode loops need of a loaded model (`runtime.api.Model` is the one)."""
+
+    engine: Backend
+    latency: LatencyRecorder
+
+    def step(self, tokens: list[int], *, all_outputs: bool = False,
+             timed: bool = True) -> np.ndarray:
+        """One paged decode step: the last position's logits (every position's are then in
+        `engine.last_logits` with all_outputs); timed: it counts in the latency histograms."""
+        ...
+
+    def logit_bias_vector(self, bias: tuple[tuple[int, float], ...],
+                          n_vocab: int) -> np.ndarray | None: ...
+
+
+
+@dataclass(frozen=True)
+class Pick:
+    """A token a source picked, and the logits it was picked from (for log-probs)."""
+
+    token: int
+    logits: np.ndarray | None = None
 
 
 @dataclass
-class _Clock:
+class Clock:
+    """When a generation started and when its first token came."""
+
     t0: float
     ttft: float | None = None
     tokens: int = 0
@@ -52,7 +84,7 @@ class _Clock:
 
 
 @dataclass
-class _End:
+class ChoiceEnd:
     """How a choice ended: its last piece of text (held back until the end), the log-probs not
     yet sent, and the Choice itself."""
 
@@ -61,76 +93,20 @@ class _End:
     choice: Choice
 
 
-def run(model: Model, prepared: PreparedRequest, cancel: threading.Event | None
-        ) -> Iterator[StreamEvent]:
-    """Every StreamEvent of `prepared`; the last one carries finish_reason, usage, timings and
-    all choices."""
-    engine, params = model.engine, prepared.params
-    prompt_ids = list(prepared.prompt_ids)
-    engine.reset()
-    t0 = time.perf_counter()
-    prompt_logits = model._decode(prompt_ids)
-    t_prefill = time.perf_counter() - t0
-    bias = model.logit_bias_vector(params.logit_bias, prompt_logits.size)
-    seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(4), "little")
-    clock, t1 = _Clock(t0), time.perf_counter()
-    ends: list[_End] = []
-    for index in range(params.n):
-        if index:
-            _rewind(model, prompt_ids)
-        steps = _choice(model, prepared, index, choice_seed(seed, index), prompt_logits, bias,
-                        cancel, clock)
-        end = yield from steps
-        ends.append(end)
-        cancelled = end.choice.finish_reason == "cancelled"
-        if index + 1 < params.n and not cancelled:
-            yield StreamEvent(end.text, None, index=index, logprobs=end.logprobs,
-                              choice=end.choice)
-        else:
-            break
-    t_decode = time.perf_counter() - t1
-    timings = {
-        "prefill_s": t_prefill,
-        "decode_s": t_decode,
-        "ttft_s": clock.ttft if clock.ttft is not None else t_prefill,
-        "prefill_tok_s": len(prompt_ids) / t_prefill if t_prefill > 0 else 0.0,
-        "decode_tok_s": clock.tokens / t_decode if t_decode > 0 and clock.tokens else 0.0,
-    }
-    model._timings = timings
-    last = ends[-1]
-    usage = Usage(len(prompt_ids), sum(len(e.choice.tokens) for e in ends))
-    yield StreamEvent(last.text, None, last.choice.finish_reason, usage, timings,
-                      ends[0].choice.tokens, index=last.choice.index, logprobs=last.logprobs,
-                      choice=last.choice, choices=tuple(e.choice for e in ends))
-
-
-def _rewind(model: Model, prompt_ids: list[int]) -> None:
-    """Back to the end of the prompt for another choice: truncate a KV cache; recompute the
-    prompt where the engine keeps recurrent state (it cannot be truncated that far back)."""
-    engine = model.engine
-    if getattr(engine, "recurrent", False):
-        engine.reset()
-        model._decode(prompt_ids)
-    else:
-        engine.truncate(len(prompt_ids))
-
-
-def _choice(
-    model: Model,
+def write_choice(
+    engine: Backend,
     prepared: PreparedRequest,
     index: int,
-    seed: int,
-    logits: np.ndarray,
-    bias: np.ndarray | None,
+    picks: Iterator[Pick],
     cancel: threading.Event | None,
-    clock: _Clock,
-) -> Iterator[StreamEvent]:
-    """One choice's events (all but its last piece, which the caller sends as the choice's end);
-    returns the _End."""
-    engine, params, max_tokens = model.engine, prepared.params, prepared.max_tokens
-    sampler = engine.sampler(replace(params, seed=seed))
-    tracker = OutputTracker(prepared.constraint, engine, max_tokens) \
-        if prepared.constraint.active else None
+    clock: Clock,
+    tracker: OutputTracker | None = None,
+) -> Generator[StreamEvent, None, ChoiceEnd]:
+    """One choice's events from its picks (all but its last piece, which the caller sends as
+    the choice's end); returns the ChoiceEnd. A source is advanced only after its last pick was
+    taken, so it never computes a token nobody will use; a source that ends early (a grammar
+    that allows no token of this vocabulary) ends the choice at "length"."""
+    params, max_tokens = prepared.params, prepared.max_tokens
     text = TextAssembler(prepared.stop)
     want_lp = params.logprobs is not None
     out: list[int] = []
@@ -138,42 +114,34 @@ def _choice(
     pending: list[TokenLogprob] = []
     emitted: list[str] = []
     finish = "length"
-    try:
-        for step in range(max_tokens):
-            if cancel is not None and cancel.is_set():
-                finish = "cancelled"
-                break
-            x = logits if bias is None else logits + bias
-            picked = sampler.sample(x) if tracker is None else \
-                tracker.pick(x, sampler.sample, max_tokens - step)
-            if picked is None:  # the grammar allows no token of this vocabulary here
-                break
-            tok = picked
-            if engine.is_eog(tok):
-                finish = "stop"
-                break
-            out.append(tok)
-            clock.token()
-            if want_lp:
-                assert params.logprobs is not None
-                lp = token_logprob(x, tok, params.logprobs, engine.token_bytes)
-                all_lp.append(lp)
-                pending.append(lp)
-            piece, deltas = text.feed(engine.token_bytes(tok)), []
-            if tracker is not None and piece:
-                piece, deltas = tracker.feed(piece, max_tokens - step - 1)
-            if piece or deltas:
-                emitted.append(piece)
-                yield StreamEvent(piece, tok, index=index, logprobs=tuple(pending),
-                                  tool_calls=tuple(deltas))
-                pending = []
-            if text.stopped or (tracker is not None and tracker.done):
-                finish = "stop"
-                break
-            if step + 1 < max_tokens:
-                logits = model._decode([tok])
-    finally:
-        sampler.close()
+    for pick in picks:
+        if cancel is not None and cancel.is_set():
+            finish = "cancelled"
+            break
+        tok = pick.token
+        if engine.is_eog(tok):
+            finish = "stop"
+            break
+        out.append(tok)
+        clock.token()
+        if want_lp:
+            assert params.logprobs is not None and pick.logits is not None
+            lp = token_logprob(pick.logits, tok, params.logprobs, engine.token_bytes)
+            all_lp.append(lp)
+            pending.append(lp)
+        piece, deltas = text.feed(engine.token_bytes(tok)), []
+        if tracker is not None and piece:
+            piece, deltas = tracker.feed(piece, max_tokens - len(out))
+        if piece or deltas:
+            emitted.append(piece)
+            yield StreamEvent(piece, tok, index=index, logprobs=tuple(pending),
+                              tool_calls=tuple(deltas))
+            pending = []
+        if text.stopped or (tracker is not None and tracker.done):
+            finish = "stop"
+            break
+        if len(out) >= max_tokens:
+            break
     tail = text.flush()
     calls: tuple[ToolCall, ...] = ()
     if tracker is None or tracker.reader is None:
@@ -186,4 +154,81 @@ def _choice(
     if calls and finish == "stop":
         finish = "tool_calls"
     choice = Choice(index, content, tuple(out), finish, tuple(all_lp) if want_lp else None, calls)
-    return _End(tail, tuple(pending), choice)
+    return ChoiceEnd(tail, tuple(pending), choice)
+
+
+def final_event(ends: list[ChoiceEnd], n_prompt: int, t_prefill: float, t1: float,
+                clock: Clock) -> StreamEvent:
+    """The last event of a generation: its last choice's end, usage, timings, every choice."""
+    t_decode = time.perf_counter() - t1
+    timings = {
+        "prefill_s": t_prefill,
+        "decode_s": t_decode,
+        "ttft_s": clock.ttft if clock.ttft is not None else t_prefill,
+        "prefill_tok_s": n_prompt / t_prefill if t_prefill > 0 else 0.0,
+        "decode_tok_s": clock.tokens / t_decode if t_decode > 0 and clock.tokens else 0.0,
+    }
+    last = ends[-1]
+    usage = Usage(n_prompt, sum(len(e.choice.tokens) for e in ends))
+    return StreamEvent(last.text, None, last.choice.finish_reason, usage, timings,
+                       ends[0].choice.tokens, index=last.choice.index, logprobs=last.logprobs,
+                       choice=last.choice, choices=tuple(e.choice for e in ends))
+
+
+# --- plain decoding ----------------------------------------------------------------------
+def run(decoder: Decoder, prepared: PreparedRequest, cancel: threading.Event | None
+        ) -> Iterator[StreamEvent]:
+    """Every StreamEvent of `prepared`; the last one carries finish_reason, usage, timings and
+    all choices."""
+    engine, params = decoder.engine, prepared.params
+    assert params.seed is not None, "a prepared request has its seed resolved"
+    prompt_ids = list(prepared.prompt_ids)
+    engine.reset()
+    t0 = time.perf_counter()
+    prompt_logits = decoder.step(prompt_ids)
+    t_prefill = time.perf_counter() - t0
+    bias = decoder.logit_bias_vector(params.logit_bias, prompt_logits.size)
+    clock, t1 = Clock(t0), time.perf_counter()
+    ends: list[ChoiceEnd] = []
+    for index in range(params.n):
+        if index:
+            _rewind(decoder, prompt_ids)
+        sampler = engine.sampler(replace(params, seed=choice_seed(params.seed, index)))
+        tracker = OutputTracker(prepared.constraint, engine, prepared.max_tokens) \
+            if prepared.constraint.active else None
+        try:
+            picks = _sampled(decoder, sampler, prompt_logits, bias, tracker, prepared.max_tokens)
+            end = yield from write_choice(engine, prepared, index, picks, cancel, clock, tracker)
+        finally:
+            sampler.close()
+        ends.append(end)
+        if index + 1 < params.n and end.choice.finish_reason != "cancelled":
+            yield StreamEvent(end.text, None, index=index, logprobs=end.logprobs,
+                              choice=end.choice)
+        else:
+            break
+    yield final_event(ends, len(prompt_ids), t_prefill, t1, clock)
+
+
+def _rewind(decoder: Decoder, prompt_ids: list[int]) -> None:
+    """Back to the end of the prompt for another choice: truncate a KV cache; recompute the
+    prompt where the engine keeps recurrent state (it cannot be truncated that far back)."""
+    if decoder.engine.recurrent:
+        decoder.engine.reset()
+        decoder.step(prompt_ids, timed=False)
+    else:
+        decoder.engine.truncate(len(prompt_ids))
+
+
+def _sampled(decoder: Decoder, sampler: Sampler, logits: np.ndarray, bias: np.ndarray | None,
+             tracker: OutputTracker | None, max_tokens: int) -> Iterator[Pick]:
+    """Sample a token (through the tracker's mask when constrained), then compute it to get
+    the next logits; ends when the grammar allows no token of this vocabulary."""
+    for step in range(max_tokens):
+        x = logits if bias is None else logits + bias
+        token = sampler.sample(x) if tracker is None else \
+            tracker.pick(x, sampler.sample, max_tokens - step)
+        if token is None:
+            return
+        yield Pick(token, x)
+        logits = decoder.step([token])

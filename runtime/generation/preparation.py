@@ -1,4 +1,4 @@
-"""A request made ready to run, once: chat template, tokens, context check, grammar.
+"""A request made ready to run, once: chat template, tokens, context check, grammar, seed.
 
 Every generation goes through `prepare_request` before it runs (or waits in a server's queue),
 so a request that cannot run fails early (ChatTemplateError, PromptTooLongError, or a
@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import replace
 
 from runtime.backends.base import Backend
+from runtime.backends.sampling import fresh_seed
 from runtime.errors import PromptTooLongError, SamplingError
 from runtime.generation.request import (
     DEFAULT_MAX_TOKENS,
@@ -36,6 +37,8 @@ def prepare_request(
         prompt = request.prompt
     ids = engine.tokenize(prompt) or [engine.eos_token()]
     params = _fit_context(request.params, len(ids), n_ctx)
+    if params.seed is None:  # resolved here, once: every loop and sampler then uses it
+        params = replace(params, seed=fresh_seed())
     for token, _ in params.logit_bias:
         if token >= engine.n_vocab:
             raise SamplingError(f"logit_bias names token {token}, outside the vocabulary of "

@@ -6,7 +6,8 @@ is the target's own greedy output token for token. Sampled: the standard specula
 rule (Leviathan et al. 2023; Chen et al. 2023): keep drafted token x with probability
 min(1, p(x) / q(x)), else draw from the normalised residual max(0, p - q) and stop; when every
 drafted token is kept, draw one more from the target's next row. Each emitted token is then
-distributed exactly as the target's sampler would draw it, whatever the draft proposes.
+distributed exactly as the target's sampler would draw it, whatever the draft proposes. The
+target's distribution and the draw are the one sampling chain (runtime/backends/sampling.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from runtime.generation.request import SamplingParams
+from runtime.backends.sampling import draw
 
 
 @dataclass(frozen=True)
@@ -26,38 +27,6 @@ class Verdict:
 
     accepted: int
     token: int
-
-
-def sampling_distribution(logits: np.ndarray, params: SamplingParams) -> np.ndarray:
-    """The probabilities the target's sampler draws from for these logits, over the vocabulary.
-
-    The same chain, in the same order, as runtime/backends/sampling.py and llama.cpp's sampler:
-    top-k, then top-p on the untempered softmax, then temperature. Greedy (temperature 0) is a point
-    mass on the argmax. Tokens the chain cuts get probability 0.
-    """
-    x = np.asarray(logits, dtype=np.float64)
-    out = np.zeros(x.shape[0], dtype=np.float64)
-    if params.temperature <= 0:
-        out[int(np.argmax(x))] = 1.0
-        return out
-    order = np.argsort(-x, kind="stable")
-    if params.top_k > 0:
-        order = order[: params.top_k]
-    z = x[order] - x[order[0]]
-    if params.top_p < 1.0:
-        probs = np.exp(z)
-        probs /= probs.sum()
-        keep = int(np.searchsorted(np.cumsum(probs), params.top_p) + 1)
-        order, z = order[:keep], z[:keep]
-    probs = np.exp(z / params.temperature)
-    out[order] = probs / probs.sum()
-    return out
-
-
-def draw(probs: np.ndarray, rng: np.random.Generator) -> int:
-    """One token from a probability vector (inverse CDF: one uniform, no re-normalising copy)."""
-    cdf = np.cumsum(probs)
-    return int(min(np.searchsorted(cdf, rng.random() * cdf[-1], side="right"), len(probs) - 1))
 
 
 def accept_greedy(draft: Sequence[int], target_rows: np.ndarray) -> Verdict:

@@ -10,18 +10,34 @@ truncation (`Backend.truncate`), so a rejection costs no re-prefill.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import Any, Protocol
 
 import numpy as np
 
+from runtime.backends.sampling import draw, sampling_distribution
+from runtime.bundles.open import OpenBundle
 from runtime.errors import EdgemoeError
+from runtime.generation.decoding import Decoder
 from runtime.generation.request import SamplingParams
-from runtime.speculative.acceptance import draw, sampling_distribution
 
-if TYPE_CHECKING:
-    from runtime.api import Model
+
+class DraftModel(Decoder, Protocol):
+    """What a model drafter needs of the smaller model (`runtime.api.Model` is the one)."""
+
+    @property
+    def lock(self) -> threading.Lock:
+        """Held while the model decodes (its own generations, and these proposals)."""
+        ...
+
+    @property
+    def bundle(self) -> OpenBundle: ...
+
+    def stats(self) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
 
 NGRAM = "ngram"  # `load(draft=...)` value that selects prompt lookup instead of a bundle
 NGRAM_MAX = 4  # longest suffix looked up; longer matches predict better, shorter match more
@@ -139,24 +155,22 @@ class ModelDrafter:
 
     kind = "model"
 
-    def __init__(self, model: Model) -> None:
+    def __init__(self, model: DraftModel) -> None:
         self.model = model
         self._fed: list[int] = []  # tokens in the draft's KV cache, in order
 
     def start(self, prompt: Sequence[int]) -> None:
         # The draft model's lock, as its own generations would hold it: Model.stats() from
         # another thread then never replays the engine's routing log while this one decodes.
-        with self.model._lock:
+        with self.model.lock:
             self.model.engine.reset()
             self._fed = []
             if prompt:
                 self._decode(list(prompt))
 
     def _decode(self, tokens: list[int]) -> np.ndarray:
-        pager = self.model.pager
-        pager.begin_batch()
-        logits = self.model.engine.decode(tokens)
-        pager.reconcile()
+        """The draft model's paged decode step (not timed: its tokens are not the answer's)."""
+        logits = self.model.step(tokens, timed=False)
         self._fed.extend(tokens)
         return logits
 
@@ -165,7 +179,7 @@ class ModelDrafter:
     ) -> Draft:
         if k <= 0 or not history:
             return EMPTY
-        with self.model._lock:
+        with self.model.lock:
             return self._propose(history, k, params, rng)
 
     def _propose(
@@ -211,7 +225,7 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
-def check_vocabularies(target: Model, draft: Model) -> None:
+def check_vocabularies(target: DraftModel, draft: DraftModel) -> None:
     """Refuse a draft whose token ids do not mean what the target's mean: same vocabulary size,
     same bytes for every token, same end-of-sequence token."""
     t, d = target.engine, draft.engine

@@ -16,29 +16,22 @@ until speculation learns them.
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import MISSING, Field, fields
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
+from runtime.backends.sampling import sampling_distribution
+from runtime.generation.decoding import Clock, Decoder, Pick, final_event, write_choice
 from runtime.generation.request import (
-    Choice,
     PreparedRequest,
     SamplingParams,
     StreamEvent,
-    TextAssembler,
-    Usage,
 )
-from runtime.speculative.acceptance import (
-    Verdict,
-    accept_greedy,
-    accept_sampled,
-    sampling_distribution,
-)
+from runtime.speculative.acceptance import Verdict, accept_greedy, accept_sampled
 from runtime.speculative.drafting import EMPTY, Draft, Drafter
 from runtime.speculative.switch import (
     DEFAULT_DRAFT_TOKENS,
@@ -46,9 +39,6 @@ from runtime.speculative.switch import (
     AutoSwitch,
     check_draft_tokens,
 )
-
-if TYPE_CHECKING:
-    from runtime.api import Model
 
 __all__ = ["DEFAULT_DRAFT_TOKENS", "MAX_DRAFT_TOKENS", "Speculator", "check_draft_tokens"]
 
@@ -98,71 +88,48 @@ class Speculator:
 
     # --- one generation ------------------------------------------------------------------
     def run(
-        self, model: Model, prepared: PreparedRequest, cancel: threading.Event | None
+        self, model: Decoder, prepared: PreparedRequest, cancel: threading.Event | None
     ) -> Iterator[StreamEvent]:
-        """The Model's generation loop with drafting: the same events, usage and timings.
+        """The Model's generation with drafting: the one decoding loop, its tokens taken from
+        verify steps; the same events, usage and timings.
 
         Latency: a verify step that emits m tokens in d seconds records m inter-token
         latencies of d / m (tokens arrive in bursts; the histogram shows the rate)."""
-        engine, params, max_tokens = model.engine, prepared.params, prepared.max_tokens
-        seed = params.seed if params.seed is not None else int.from_bytes(os.urandom(4), "little")
-        rng = np.random.default_rng(seed % 2**32)
+        engine, params = model.engine, prepared.params
+        assert params.seed is not None, "a prepared request has its seed resolved"
+        rng = np.random.default_rng(params.seed % 2**32)
         prompt = list(prepared.prompt_ids)
-        out: list[int] = []
         engine.reset()
         t0 = time.perf_counter()
         self.drafter.start(prompt)
         rows = _verify(model, prompt, all_outputs=False)
         t_prefill = time.perf_counter() - t0
-        new = [_judge(EMPTY, rows, params, rng).token]
-        text = TextAssembler(prepared.stop)
-        emitted: list[str] = []
-        finish, t1 = "length", time.perf_counter()
+        first = _judge(EMPTY, rows, params, rng).token
+        clock, t1 = Clock(t0), time.perf_counter()
         model.latency.ttft.observe(t1 - t0)
+        picks = self._verified(model, prompt, first, prepared, rng)
+        end = yield from write_choice(engine, prepared, 0, picks, cancel, clock)
+        yield final_event([end], len(prompt), t_prefill, t1, clock)
+
+    def _verified(self, model: Decoder, prompt: list[int], first: int,
+                  prepared: PreparedRequest, rng: np.random.Generator) -> Iterator[Pick]:
+        """The tokens the target keeps, a verify step's worth at a time (each taken before the
+        next step runs, so `out` is what the loop has accepted)."""
+        out = [first]
+        yield Pick(first)
         while True:
-            for tok in new:
-                if cancel is not None and cancel.is_set():
-                    finish = "cancelled"
-                    break
-                if engine.is_eog(tok):
-                    finish = "stop"
-                    break
-                out.append(tok)
-                piece = text.feed(engine.token_bytes(tok))
-                if piece:
-                    emitted.append(piece)
-                    yield StreamEvent(piece, tok)
-                if text.stopped:
-                    finish = "stop"
-                    break
-                if len(out) >= max_tokens:
-                    finish = "length"
-                    break
-            else:
-                t = time.perf_counter()
-                new = self._step(model, prompt, out, prepared, rng)
-                gap = (time.perf_counter() - t) / len(new)
-                for _ in new:
-                    model.latency.itl.observe(gap)
-                continue
-            break
-        t_decode = time.perf_counter() - t1
-        timings = {
-            "prefill_s": t_prefill,
-            "decode_s": t_decode,
-            "ttft_s": t1 - t0,
-            "prefill_tok_s": len(prompt) / t_prefill if t_prefill > 0 else 0.0,
-            "decode_tok_s": len(out) / t_decode if t_decode > 0 and out else 0.0,
-        }
-        model._timings = timings
-        tail = text.flush()
-        choice = Choice(0, "".join(emitted) + tail, tuple(out), finish)
-        yield StreamEvent(tail, None, finish, Usage(len(prompt), len(out)), timings, tuple(out),
-                          choice=choice, choices=(choice,))
+            t = time.perf_counter()
+            new = self._step(model, prompt, out, prepared, rng)
+            gap = (time.perf_counter() - t) / len(new)
+            for _ in new:
+                model.latency.itl.observe(gap)
+            for token in new:
+                out.append(token)
+                yield Pick(token)
 
     def _step(
         self,
-        model: Model,
+        model: Decoder,
         prompt: list[int],
         out: list[int],
         prepared: PreparedRequest,
@@ -225,10 +192,8 @@ def _judge(
     return accept_sampled(draft.tokens, draft.probs, target, rng)
 
 
-def _verify(model: Model, tokens: list[int], *, all_outputs: bool) -> np.ndarray:
-    """Feed the target through its expert pager; every position's logits, or the last one's."""
-    pager, engine = model.pager, model.engine
-    pager.begin_batch()
-    last = engine.decode(tokens, all_outputs=all_outputs)
-    pager.reconcile()
-    return engine.last_logits if all_outputs else last[None, :]
+def _verify(model: Decoder, tokens: list[int], *, all_outputs: bool) -> np.ndarray:
+    """Feed the target through its paged decode step; every position's logits, or the last
+    one's (a verify step's bursts are timed by `run`, not as single steps)."""
+    last = model.step(tokens, all_outputs=all_outputs, timed=False)
+    return model.engine.last_logits if all_outputs else last[None, :]

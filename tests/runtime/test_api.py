@@ -139,7 +139,9 @@ def test_generation_runs_the_prepared_tokens(tiny_bundle):
         request = GenerationRequest(prompt=PROMPT, params=SamplingParams(max_tokens=12))
         prepared = model.prepare(request)
         assert prepared.prompt == PROMPT and prepared.prompt_ids == tuple(model.tokenize(PROMPT))
-        assert prepared.params == request.params
+        # The seed is resolved once, here (a fresh one when none was given).
+        assert replace(prepared.params, seed=None) == request.params
+        assert isinstance(prepared.params.seed, int)
         direct = model.generate(PROMPT, max_tokens=12)
         relabelled = model.generate_prepared(replace(prepared, prompt="not what runs"))
     assert relabelled.tokens == direct.tokens and relabelled.text == direct.text

@@ -9,7 +9,6 @@ madvise can give back. Routing is observed through llama.cpp's eval callback on 
 from __future__ import annotations
 
 import ctypes
-import os
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -20,6 +19,7 @@ from runtime.backends.base import EngineConfig, RoutingEvent, RoutingObserver, S
 from runtime.backends.llama_cpp.lazy_load import LazyLoad, lazy_mapping
 from runtime.backends.llama_cpp.tap import NodeTap, RoutingLog
 from runtime.backends.mapping import FileMapping
+from runtime.backends.sampling import fresh_seed
 from runtime.errors import BundleError, EdgemoeError
 from runtime.procfs import file_regions
 from runtime.threads import apply_wait_policy
@@ -406,10 +406,8 @@ class LlamaSampler:
                 self._chain.add_top_p(params.top_p, 1)
             self._chain.add_temp(params.temperature)
             # llama.cpp takes a 32-bit seed and reads 0xFFFFFFFF as "random": fold, never collide.
-            seed = params.seed
-            self._chain.add_dist(
-                seed % 0xFFFFFFFF if seed is not None else int.from_bytes(os.urandom(3), "little")
-            )
+            seed = params.seed if params.seed is not None else fresh_seed()
+            self._chain.add_dist(seed % 0xFFFFFFFF)
         self._cells = np.empty(backend.n_vocab, dtype=_TOKEN_DATA)
         self._ids = np.arange(backend.n_vocab, dtype=np.int32)
 

@@ -57,6 +57,7 @@ class OnnxBackend:
 
     name = "onnx"
     wait_policy = "onnxruntime, spinning off"  # its own pool; see allow_spinning below
+    recurrent = False  # the exported families are attention-only
 
     def __init__(self, cfg: EngineConfig, observer: RoutingObserver | None = None) -> None:
         import onnxruntime as ort

@@ -10,15 +10,9 @@ from collections.abc import Callable
 import numpy as np
 import pytest
 
-from runtime.backends.sampling import NumpySampler
+from runtime.backends.sampling import NumpySampler, draw, sampling_distribution
 from runtime.generation.request import SamplingParams
-from runtime.speculative.acceptance import (
-    Verdict,
-    accept_greedy,
-    accept_sampled,
-    draw,
-    sampling_distribution,
-)
+from runtime.speculative.acceptance import Verdict, accept_greedy, accept_sampled
 
 pytestmark = pytest.mark.unit
 
