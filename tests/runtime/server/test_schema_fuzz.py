@@ -55,9 +55,11 @@ def test_schema_lists_every_operation(fuzz_schema) -> None:
 # Request fields that a random value almost never satisfies beyond the schema.
 CONSTRAINING = ("response_format", "tools", "tool_choice", "grammar", "logit_bias", "n",
                 "top_logprobs")
-# Invalid data exists only where there is a body to break (a GET here takes any path string).
+# Invalid data exists only where there is a body to break (a GET here takes any path string;
+# /admin/budget's body schema takes any JSON value, so schemathesis can make none invalid).
 CASES = [(m, p, GenerationMode.POSITIVE) for m, p in OPERATIONS] + [
-    (m, p, GenerationMode.NEGATIVE) for m, p in OPERATIONS if m == "POST"
+    (m, p, GenerationMode.NEGATIVE) for m, p in OPERATIONS
+    if m == "POST" and p != "/admin/budget"
 ]
 
 
