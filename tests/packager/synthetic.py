@@ -90,6 +90,14 @@ CONFIGS["qwen35moe"] = {  # one gated-DeltaNet layer, then one gated full-attent
     "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default",
                         "partial_rotary_factor": 0.5, "mrope_section": [1, 1, 0]},
 }
+CONFIGS["lfm2moe"] = {  # conv (dense), attention (MoE), conv (MoE); tied output, selection bias
+    **{k: v for k, v in _BASE.items() if k not in ("rms_norm_eps", "head_dim")},
+    "architectures": ["Lfm2MoeForCausalLM"], "model_type": "lfm2_moe", "num_hidden_layers": 3,
+    "layer_types": ["conv", "full_attention", "conv"], "num_dense_layers": 1,
+    "num_experts": EXPERTS, "moe_intermediate_size": EXPERT_FF, "conv_L_cache": 3,
+    "conv_bias": False, "norm_eps": 1e-5, "use_expert_bias": True, "routed_scaling_factor": 1.0,
+    "norm_topk_prob": True, "tie_word_embeddings": True,
+}
 
 
 def _linear_attention(cfg: dict[str, Any], p: str) -> dict[str, tuple[int, ...]]:
@@ -104,6 +112,29 @@ def _linear_attention(cfg: dict[str, Any], p: str) -> dict[str, tuple[int, ...]]
             f"{p}.A_log": (nv,), f"{p}.dt_bias": (nv,),
             f"{p}.norm.weight": (cfg["linear_value_head_dim"],),
             f"{p}.out_proj.weight": (HIDDEN, vd)}  # fmt: skip
+
+
+def _lfm2_layer(cfg: dict[str, Any], i: int) -> dict[str, tuple[int, ...]]:
+    """One LFM2-MoE layer as transformers saves it: a gated short convolution or attention with
+    q/k norms, then a dense feed-forward (leading layers) or routed experts."""
+    p, h = f"model.layers.{i}", HIDDEN
+    out = {f"{p}.operator_norm.weight": (h,), f"{p}.ffn_norm.weight": (h,)}
+    if cfg["layer_types"][i] == "conv":
+        out |= {f"{p}.conv.in_proj.weight": (3 * h, h), f"{p}.conv.out_proj.weight": (h, h),
+                f"{p}.conv.conv.weight": (h, 1, cfg["conv_L_cache"])}  # fmt: skip
+    else:
+        kv = cfg["num_key_value_heads"] * HEAD_DIM
+        a = f"{p}.self_attn"
+        out |= {f"{a}.q_proj.weight": (HEADS * HEAD_DIM, h), f"{a}.k_proj.weight": (kv, h),
+                f"{a}.v_proj.weight": (kv, h), f"{a}.out_proj.weight": (h, HEADS * HEAD_DIM),
+                f"{a}.q_layernorm.weight": (HEAD_DIM,), f"{a}.k_layernorm.weight": (HEAD_DIM,)}
+    f = f"{p}.feed_forward"
+    if i < cfg["num_dense_layers"]:
+        return out | _mlp(f, DENSE_FF, ("w1", "w3", "w2"))
+    out |= {f"{f}.gate.weight": (EXPERTS, h), f"{f}.expert_bias": (EXPERTS,)}
+    for e in range(EXPERTS):
+        out |= _mlp(f"{f}.experts.{e}", EXPERT_FF, ("w1", "w3", "w2"))
+    return out
 
 
 def _attention(cfg: dict[str, Any], p: str) -> dict[str, tuple[int, ...]]:
@@ -157,6 +188,12 @@ def mtp_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
 def tensor_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     """Every tensor a transformers checkpoint of `cfg` saves, with its shape."""
     kind = cfg["model_type"]
+    if kind == "lfm2_moe":  # its final norm is `embedding_norm`; the output is tied
+        shapes = {"model.embed_tokens.weight": (VOCAB, HIDDEN),
+                  "model.embedding_norm.weight": (HIDDEN,)}  # fmt: skip
+        for i in range(cfg["num_hidden_layers"]):
+            shapes |= _lfm2_layer(cfg, i)
+        return shapes
     shapes: dict[str, tuple[int, ...]] = {
         "model.embed_tokens.weight": (VOCAB, HIDDEN), "lm_head.weight": (VOCAB, HIDDEN),
         "model.norm.weight": (HIDDEN,),

@@ -155,14 +155,7 @@ def test_qwen35moe_bad_variant_is_one_line_and_nothing_is_written(variant, needl
 
 
 # ----- LFM2-MoE ---------------------------------------------------------------------------------
-_LFM2 = {
-    "architectures": ["Lfm2MoeForCausalLM"], "model_type": "lfm2_moe", "hidden_size": 32,
-    "num_hidden_layers": 3, "num_attention_heads": 4, "num_key_value_heads": 2,
-    "vocab_size": 300, "intermediate_size": 64, "moe_intermediate_size": 16, "num_experts": 4,
-    "num_experts_per_tok": 2, "num_dense_layers": 1, "conv_L_cache": 3, "norm_eps": 1e-5,
-    "layer_types": ["conv", "full_attention", "conv"], "use_expert_bias": True,
-    "routed_scaling_factor": 1.0, "norm_topk_prob": True,
-}
+_LFM2 = CONFIGS["lfm2moe"]
 
 
 def test_lfm2moe_reads_released_and_transformers_namings():
@@ -175,6 +168,33 @@ def test_lfm2moe_reads_released_and_transformers_namings():
         assert family.gguf.kv_layers() == 1
         assert family.gguf.recurrent_state_values() == 2 * 32 * 2  # 2 conv layers x (L - 1) x H
     assert "short-convolution" in family_for(_LFM2).onnx_missing
+
+
+@pytest.mark.engine
+def test_lfm2moe_gguf_loads_in_llama_cpp_with_its_keys(tmp_path):
+    import gguf
+    import llama_cpp
+    from llama_cpp import _internals as li
+
+    from packager.gguf_build import write_gguf
+    from packager.source import open_checkpoint
+
+    src = write_checkpoint("lfm2moe", tmp_path / "ck")
+    path = write_gguf(open_checkpoint(src), tmp_path / "m.gguf", "F16").path
+    reader = gguf.GGUFReader(path)
+    field = {k.removeprefix("lfm2moe."): v.contents() for k, v in reader.fields.items()}
+    assert field["attention.head_count_kv"] == [0, 2, 0]  # conv layers keep no KV
+    assert (field["shortconv.l_cache"], field["leading_dense_block_count"]) == (3, 1)
+    names = {t.name for t in reader.tensors}
+    assert {"blk.1.exp_probs_b.bias", "blk.0.shortconv.conv.weight", "token_embd_norm.weight",
+            "blk.0.ffn_gate.weight", "blk.2.ffn_gate_exps.weight"} <= names
+    assert "output.weight" not in names  # tied: llama.cpp reads the embedding
+    model = li.LlamaModel(path_model=str(path), params=llama_cpp.llama_model_default_params(),
+                          verbose=False)
+    try:
+        assert llama_cpp.llama_model_is_hybrid(model.model)
+    finally:
+        model.close()
 
 
 @pytest.mark.parametrize(

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.engine
 
 BUILDS = (("gguf", "F16"), ("onnx", "fp32"), ("onnx", "int8"))
 # Families whose ONNX export refuses (no recurrent layers in the exporter): GGUF only.
-GGUF_ONLY = ("qwen35moe",)
+GGUF_ONLY = ("lfm2moe", "qwen35moe")
 FILES = ("model.gguf", "model.onnx", "model.onnx.data", "genai_config.json", "manifest.json")
 
 GOLDEN: dict[str, dict[str, str]] = {
@@ -91,6 +91,12 @@ GOLDEN: dict[str, dict[str, str]] = {
             "d1649cd6b198923b28f9a3efb7c63e2e5a72d7c7cf6d8a99f5ec139f623504ae",
         "onnx-int8/manifest.json":
             "30a3d1ef16c8ed9d957daed3fdad5ce7429d3211a4f7656606e60df994bd28ef",
+    },
+    "lfm2moe": {
+        "gguf-F16/model.gguf":
+            "aa67b7bf7841f0769c9d201947f2e059fb503408e4ffd231dbad3b75ce3c6f9e",
+        "gguf-F16/manifest.json":
+            "54ba6a5c83154740ac42f790116c7ca25576d4a0e0644b779096aee4fafdd8e3",
     },
     "mixtral": {
         "gguf-F16/model.gguf":
