@@ -145,7 +145,9 @@ def pull(
 ) -> Installed:
     """Install or update DEST from a bundle folder or a Hub repo id (offline from the local Hub
     cache when HF_HUB_OFFLINE=1); verified in full before DEST points at it. Keeps `keep`
-    versions (at least 2: the new one and the one it replaced, for `rollback`)."""
+    versions (at least 2: the new one and the one it replaced, for `rollback`). Pulling the
+    version already installed re-checks it (`verify --fast`) and installs a fresh copy when
+    its files were damaged (a served model with damaged weights then reloads from it)."""
     dest = _dest(dest)
     if keep < 2:
         raise StoreError(f"keep={keep}: at least 2 (the new version and the one to roll back to)")
@@ -153,7 +155,10 @@ def pull(
         cur = _current(dest, strict=False)
         folder, commit = _fetch(source, revision, cache_dir, endpoint, [MANIFEST_NAME])
         digest = _sha256(folder / MANIFEST_NAME, str(source))
-        if cur is not None and _sha256(cur.path / MANIFEST_NAME, cur.id) == digest:
+        if cur is not None and _sha256(cur.path / MANIFEST_NAME, cur.id) == digest and \
+                verify_bundle(cur.path, fast=True).ok:
+            # The same version, intact (its weights re-hashed by their checksums): nothing to
+            # do. A damaged install of the same version is repaired by a fresh copy below.
             return Installed(dest, cur, None, changed=False)
         manifest = _source_manifest(folder, str(source))
         if commit is not None:  # now the files, at the very commit the manifest came from

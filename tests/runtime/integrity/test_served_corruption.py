@@ -81,3 +81,34 @@ def test_cli_run_exits_1_with_one_line(damaged):
     lines = [x for x in r.stderr.splitlines() if x.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: "), r.stderr
     assert d.tensor in lines[0] and "does not match the manifest's checksum" in lines[0]
+
+
+def test_edgemoe_pull_repairs_a_rotten_install(damaged, tmp_path):
+    """A pulled install whose expert rots in place: 503 model_corrupt until `pull` installs a
+    good version beside it; the server then reloads the destination (its symlink) and answers."""
+    from runtime.bundles.store import pull
+
+    src, d, first, later = damaged
+    dest = tmp_path / "kiosk" / "model"
+    dest.parent.mkdir()
+    pull(src, dest)
+    installed = dest.resolve() / d.file
+    with open(installed, "r+b") as f:  # the same byte as in `damaged`, rotted on the device
+        f.seek(d.offset)
+        byte = f.read(1)
+        f.seek(d.offset)
+        f.write(bytes([byte[0] ^ 0x5A]))
+    s = start_server(dest, tmp_path, "--budget", BUDGET)
+    try:
+        base = s.base_url
+        assert _ask(base, first).status_code == 200
+        r = _ask(base, later)
+        assert r.status_code == 503 and r.json()["error"]["code"] == "model_corrupt"
+        pull(src, dest)  # a new version beside the rotten one, swapped in atomically
+        deadline = time.monotonic() + 90
+        while httpx.get(f"{base}/health", timeout=10).status_code != 200:
+            assert time.monotonic() < deadline, s.log()[-2000:]
+            time.sleep(0.2)
+        assert _ask(base, later).status_code == 200
+    finally:
+        s.stop()
