@@ -176,11 +176,19 @@ def plan_tensor(name: str, shape: tuple[int, ...], kept: Mapping[int, tuple[int,
             return None
         return f"{pe.group(1)}.{keep.index(old)}.{pe.group(3)}", None
     if _FUSED.match(name) or name in router_names:
+        if _expert_axis(shape) == 1 and shape[1] == n_experts:
+            return name, keep
         if not shape or shape[0] != n_experts:
             raise PruneError(f"{name}: expected {n_experts} experts along the first axis, "
                              f"got shape {shape}")
         return name, keep
     return name, None
+
+
+def _expert_axis(shape: Sequence[int]) -> int:
+    """The axis experts run along: the first, or the second behind a leading 1 (ERNIE keeps its
+    selection bias as [1, experts]; the bytes are laid out as [experts] either way)."""
+    return 1 if len(shape) == 2 and shape[0] == 1 else 0
 
 
 def _router_names(adapter, names: Sequence[str]) -> set[str]:
@@ -220,8 +228,9 @@ def _write_shard(src: Path, dst: Path, plans: dict[str, tuple[str, tuple[int, ..
             raw = np.frombuffer(f.read(end - start), dtype=np.uint8)
             shape = list(info["shape"])
             if rows is not None:
-                raw = raw.reshape(shape[0], -1)[list(rows)].ravel()
-                shape[0] = len(rows)
+                axis = _expert_axis(shape)
+                raw = raw.reshape(shape[axis], -1)[list(rows)].ravel()
+                shape[axis] = len(rows)
             raw = np.ascontiguousarray(raw)
             keep_alive.append(raw)
             dtype = _SPEC_DTYPES.get(info["dtype"])

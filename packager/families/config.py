@@ -111,14 +111,14 @@ class Rope:
     truncate: bool = True
 
     @classmethod
-    def read(cls, r: ConfigReader) -> Rope:
+    def read(cls, r: ConfigReader, default_theta: float = 10000.0) -> Rope:
         # transformers 5 writes rope_parameters (theta included); older configs rope_scaling.
         name = "rope_parameters" if r.raw.get("rope_parameters") else "rope_scaling"
         p = r.nested(name)
         kind = p.raw.get("rope_type", p.raw.get("type", "default")) or "default"
         return cls(
             field_name=name,
-            theta=p.float("rope_theta", default=r.float("rope_theta", default=10000.0)),
+            theta=p.float("rope_theta", default=r.float("rope_theta", default=default_theta)),
             kind=str(kind),
             factor=p.float("factor", default=None),
             original_context=p.int("original_max_position_embeddings", default=None),
@@ -148,6 +148,10 @@ class ModelConfig:
 
     # Names this family's checkpoints give the expert count, in the order they are tried.
     expert_count_keys: ClassVar[tuple[str, ...]] = EXPERT_COUNT_KEYS
+    # ... and top-k (experts per token).
+    top_k_keys: ClassVar[tuple[str, ...]] = ("num_experts_per_tok",)
+    # The rotary base transformers assumes when a config names none.
+    default_theta: ClassVar[float] = 10000.0
 
     architecture: str
     n_layers: int
@@ -197,7 +201,7 @@ class ModelConfig:
             context_length=r.int("max_position_embeddings", default=4096),
             rms_norm_eps=r.float("rms_norm_eps", default=1e-6),
             hidden_act=str(r.first("hidden_act", default="silu")),
-            rope=Rope.read(r),
+            rope=Rope.read(r, cls.default_theta),
             sliding_window=window if isinstance(window, int) and window else None,
             use_sliding_window=bool(r.raw.get("use_sliding_window")),
             layer_types=tuple(r.raw.get("layer_types") or ()),
@@ -205,7 +209,7 @@ class ModelConfig:
             eos_token_id=r.raw.get("eos_token_id"),
             pad_token_id=r.raw.get("pad_token_id"),
             n_experts=r.int(*cls.expert_count_keys),
-            top_k=r.int("num_experts_per_tok"),
+            top_k=r.int(*cls.top_k_keys),
             moe_intermediate_size=r.int("moe_intermediate_size", default=None),
             n_shared_experts=0,
             norm_topk_prob=bool(r.raw.get("norm_topk_prob") or False),
@@ -248,7 +252,9 @@ class ModelConfig:
             if self.raw.get(key) is not None:
                 new[key] = n_keep
         if self.top_k > n_keep:
-            new["num_experts_per_tok"] = n_keep
+            named = [k for k in self.top_k_keys if self.raw.get(k) is not None]
+            for key in named or self.top_k_keys[:1]:
+                new[key] = n_keep
         groups = self.n_group or 1
         if groups > 1 and (self.topk_group or 0) > groups:
             new["topk_group"] = groups

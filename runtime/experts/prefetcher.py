@@ -173,7 +173,8 @@ class PrefetchLog(Protocol):
     max_guess: int
 
     def configure_prefetch(self, routers: np.ndarray, next_layers: np.ndarray,
-                           spans: np.ndarray, source: str, page: int) -> None: ...
+                           spans: np.ndarray, biases: np.ndarray | None,
+                           softmax_bias: bool = False, *, source: str, page: int) -> None: ...
 
     def set_prefetch(self, depth: int, width: int) -> None: ...
 
@@ -183,9 +184,10 @@ class PrefetchLog(Protocol):
 
 def tap_tables(
     pregate: Pregate, layers: Mapping[int, LayerExperts], n_experts: int, mapping: FileMapping
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None] | str:
-    """(routers, the next MoE layers after each layer, expert spans, selection biases or None)
-    for the tap, or why they cannot be built.
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, bool] | str:
+    """(routers, the next MoE layers after each layer, expert spans, selection biases or None,
+    whether the biases add to softmax probabilities rather than sigmoids) for the tap, or why
+    they cannot be built.
 
     Each stacked expert tensor must lie in one mapped region: the tap adds e * stride to the
     address of expert 0, so the whole [offset, offset + n_experts * stride) is checked here.
@@ -200,6 +202,9 @@ def tap_tables(
     if any(biased) and not all(biased):
         return "a selection bias on some MoE layers only is not supported by the tap"
     biases = np.zeros((n_layers, n_experts), dtype=np.float32) if any(biased) else None
+    gatings = {pregate.routers[x].gating for x in moe if x in pregate.routers}
+    if biases is not None and len(gatings) > 1:
+        return "selection biases after both softmax and sigmoid are not supported by the tap"
     for layer in range(n_layers):  # from any layer: a dense one's output guesses too
         for i, t in enumerate([x for x in moe if x > layer][:2]):
             nxt[layer, i] = t
@@ -220,7 +225,7 @@ def tap_tables(
             if pieces is None or len(pieces) != 1:
                 return f"layer {layer}: {t.name} is not one mapped range"
             spans[layer, i] = (pieces[0][0], t.stride)
-    return routers, nxt, spans, biases
+    return routers, nxt, spans, biases, biases is not None and gatings == {"softmax"}
 
 
 class Prefetcher:

@@ -27,7 +27,10 @@ class RouterWeights:
 
     layer: int
     matrix: np.ndarray  # float32 [n_experts, n_embd] = ffn_gate_inp * ffn_norm
-    bias: np.ndarray | None = None  # selection bias added after a sigmoid (DeepSeek-V3 style)
+    bias: np.ndarray | None = None  # selection bias added to the router's scores
+    # What the bias is added to: sigmoids (DeepSeek-V3, GLM-4.5) or softmax probabilities
+    # (ERNIE-4.5), as the GGUF's expert_gating_func says.
+    gating: str = "sigmoid"
 
 
 def _array(tensor: object) -> np.ndarray:
@@ -49,6 +52,7 @@ def read_routers(model_path: str | Path, moe_layers: Sequence[int]) -> dict[int,
     except (OSError, ValueError) as e:
         raise BundleError(f"{model_path}: cannot read router weights ({e})") from None
     tensors = {t.name: t for t in reader.tensors}
+    gating = _gating(reader)
     out: dict[int, RouterWeights] = {}
     for layer in moe_layers:
         gate = tensors.get(f"blk.{layer}.ffn_gate_inp.weight")
@@ -64,8 +68,20 @@ def read_routers(model_path: str | Path, moe_layers: Sequence[int]) -> dict[int,
             layer,
             np.ascontiguousarray(g * _array(norm).reshape(1, -1), dtype=np.float32),
             None if bias is None else _array(bias).reshape(-1),
+            gating,
         )
     return out
+
+
+def _gating(reader: object) -> str:
+    """ "softmax" when the GGUF records a softmax gating function, else "sigmoid"."""
+    import gguf
+
+    fields = reader.fields  # type: ignore[attr-defined]
+    arch = fields.get("general.architecture")
+    key = f"{arch.contents()}.expert_gating_func" if arch is not None else ""
+    value = fields[key].contents() if key in fields else None
+    return "softmax" if value == gguf.ExpertGatingFuncType.SOFTMAX else "sigmoid"
 
 
 class Pregate:
@@ -78,7 +94,10 @@ class Pregate:
         """[n_tokens, n_experts] selection scores (ordered like the router's) for `target`."""
         r = self.routers[target]
         logits = hidden.reshape(-1, r.matrix.shape[1]) @ r.matrix.T
-        if r.bias is not None:
+        if r.bias is not None and r.gating == "softmax":
+            e = np.exp(logits - logits.max(axis=1, keepdims=True))
+            logits = e / e.sum(axis=1, keepdims=True) + r.bias
+        elif r.bias is not None:
             logits = 1.0 / (1.0 + np.exp(-logits)) + r.bias
         return logits
 

@@ -47,7 +47,7 @@ pytestmark = pytest.mark.unit
 
 MOE_TINY = (
     "qwen3moe-tiny", "qwen2moe-tiny", "mixtral-tiny", "olmoe-tiny", "deepseek2-tiny",
-    "deepseek3-tiny", "qwen35moe-tiny", "glm4moe-tiny",
+    "deepseek3-tiny", "qwen35moe-tiny", "glm4moe-tiny", "ernie45moe-tiny",
 )  # fmt: skip
 EXPERT_KEY = {
     "qwen3moe-tiny": "model.layers.0.mlp.experts.7.gate_proj.weight",
@@ -58,6 +58,7 @@ EXPERT_KEY = {
     "deepseek3-tiny": "model.layers.1.mlp.experts.15.gate_proj.weight",
     "qwen35moe-tiny": "model.layers.0.mlp.experts.15.gate_proj.weight",
     "glm4moe-tiny": "model.layers.1.mlp.experts.7.gate_proj.weight",  # layer 0 is dense
+    "ernie45moe-tiny": "model.layers.1.mlp.experts.7.gate_proj.weight",  # layer 0 is dense
 }
 
 
@@ -92,7 +93,7 @@ def test_registry_has_the_promised_fixtures():
     assert set(FIXTURES) == {
         "qwen3moe-tiny", "qwen2moe-tiny", "mixtral-tiny", "olmoe-tiny", "deepseek2-tiny",
         "deepseek3-tiny", "dense-tiny", "qwen3moe-medium", "qwen3moe-trained", "qwen3moe-large",
-        "qwen35moe-tiny", "glm4moe-tiny",
+        "qwen35moe-tiny", "glm4moe-tiny", "ernie45moe-tiny",
     }  # fmt: skip
     assert set(TINY_FIXTURES) == {*MOE_TINY, "dense-tiny"}
     assert all(spec.is_moe for n, spec in FIXTURES.items() if n != "dense-tiny")
@@ -372,6 +373,21 @@ def test_glm4moe_fixture_switches_on_every_router_feature():
         bias = f.get_tensor("model.layers.1.mlp.gate.e_score_correction_bias")
         assert "model.layers.1.self_attn.q_norm.weight" in f.keys()
     assert bias.shape == (8,) and 0.05 < float(abs(bias).mean()) < 0.2
+
+
+@pytest.mark.reference
+def test_ernie45moe_fixture_has_its_own_names_and_a_selection_bias():
+    from safetensors import safe_open
+
+    ckpt = cached_fixture("ernie45moe-tiny")
+    c = json.loads((ckpt / "config.json").read_text())
+    assert (c["moe_num_experts"], c["moe_k"], c["moe_num_shared_experts"]) == (8, 2, 2)
+    assert (c["moe_layer_start_index"], c["moe_layer_interval"]) == (1, 1)
+    assert c["tie_word_embeddings"] and "num_experts" not in c
+    with safe_open(str(ckpt / "model.safetensors"), "np") as f:
+        bias = f.get_tensor("model.layers.1.mlp.moe_statics.e_score_correction_bias")
+        assert "lm_head.weight" not in f.keys()
+    assert bias.shape == (1, 8) and 0.02 < float(abs(bias).mean()) < 0.1
 
 
 @pytest.mark.reference

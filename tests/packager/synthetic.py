@@ -113,6 +113,14 @@ def _linear_attention(cfg: dict[str, Any], p: str) -> dict[str, tuple[int, ...]]
             f"{p}.norm.weight": (cfg["linear_value_head_dim"],),
             f"{p}.out_proj.weight": (HIDDEN, vd)}  # fmt: skip
 
+CONFIGS["ernie45moe"] = {  # ERNIE's own names: moe_num_experts, moe_k, moe_layer_*
+    **{k: v for k, v in _BASE.items() if k != "num_experts_per_tok"},
+    "architectures": ["Ernie4_5_MoeForCausalLM"], "model_type": "ernie4_5_moe",
+    "moe_num_experts": EXPERTS, "moe_k": TOP_K, "moe_num_shared_experts": 2,
+    "moe_intermediate_size": EXPERT_FF, "moe_layer_start_index": 1, "moe_layer_end_index": 1,
+    "moe_layer_interval": 1, "use_bias": False, "tie_word_embeddings": True,
+    "rope_parameters": {"rope_theta": 500000.0, "rope_type": "default"},
+}
 
 def _lfm2_layer(cfg: dict[str, Any], i: int) -> dict[str, tuple[int, ...]]:
     """One LFM2-MoE layer as transformers saves it: a gated short convolution or attention with
@@ -175,10 +183,16 @@ def _mlp(p: str, ff: int, names: tuple[str, str, str]) -> dict[str, tuple[int, .
 def mtp_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     """A multi-token-prediction block as DeepSeek-V3's and GLM-4.5's released checkpoints store
     it: one more decoder layer (numbered after the main ones) plus its embedding projection and
-    head."""
-    layer = dict(cfg, num_hidden_layers=LAYERS + 1, first_k_dense_replace=0)
+    head; ERNIE-4.5 stores it as `model.mtp_block.0` with its own norms and projection."""
+    layer = dict(cfg, num_hidden_layers=LAYERS + 1, first_k_dense_replace=0,
+                 moe_layer_start_index=0)  # fmt: skip
     p = f"model.layers.{LAYERS}"
     out = {n: s for n, s in tensor_shapes(layer).items() if n.startswith(f"{p}.")}
+    if cfg["model_type"] == "ernie4_5_moe":
+        block = {n.replace(p, "model.mtp_block.0"): s for n, s in out.items()}
+        return block | {"model.mtp_emb_norm.0.weight": (HIDDEN,),
+                        "model.mtp_hidden_norm.0.weight": (HIDDEN,),
+                        "model.mtp_linear_proj.0.weight": (HIDDEN, 2 * HIDDEN)}  # fmt: skip
     return out | {f"{p}.enorm.weight": (HIDDEN,), f"{p}.hnorm.weight": (HIDDEN,),
                   f"{p}.eh_proj.weight": (HIDDEN, 2 * HIDDEN),
                   f"{p}.shared_head.norm.weight": (HIDDEN,),
@@ -208,20 +222,24 @@ def tensor_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
             shapes |= _linear_attention(cfg, f"{p}.linear_attn")
         else:
             shapes |= _attention(cfg, f"{p}.self_attn")
-        if i < int(cfg.get("first_k_dense_replace", 0)):
+        if i < int(cfg.get("first_k_dense_replace", cfg.get("moe_layer_start_index", 0))):
             shapes |= _mlp(f"{p}.mlp", DENSE_FF, proj)
             continue
         m = f"{p}.{module}"
         shapes[f"{m}.gate.weight"] = (EXPERTS, HIDDEN)
         if kind in ("deepseek_v3", "glm4_moe"):
             shapes[f"{m}.gate.e_score_correction_bias"] = (EXPERTS,)
+        if kind == "ernie4_5_moe":  # one row per modality; text-only checkpoints have one
+            shapes[f"{m}.moe_statics.e_score_correction_bias"] = (1, EXPERTS)
         for e in range(EXPERTS):
             shapes |= _mlp(f"{m}.experts.{e}", EXPERT_FF, proj)
         if kind in ("qwen2_moe", "qwen3_5_moe_text"):
             shapes |= _mlp(f"{m}.shared_expert", cfg["shared_expert_intermediate_size"], proj)
             shapes[f"{m}.shared_expert_gate.weight"] = (1, HIDDEN)
-        if cfg.get("n_shared_experts"):
-            shapes |= _mlp(f"{m}.shared_experts", EXPERT_FF * cfg["n_shared_experts"], proj)
+        if shared := cfg.get("n_shared_experts") or cfg.get("moe_num_shared_experts"):
+            shapes |= _mlp(f"{m}.shared_experts", EXPERT_FF * shared, proj)
+    if cfg.get("tie_word_embeddings"):
+        del shapes["lm_head.weight"]
     return shapes
 
 

@@ -210,3 +210,21 @@ def test_glm4moe_variant_is_one_line_and_nothing_is_written(variant, needles, tm
     proc = run_pack(src, tmp_path / "out", "--quant", "F16", "--format", "gguf,onnx")
     assert_clean_failure(proc, tmp_path / "out", *needles)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("variant", "needles"),
+    [
+        ({"mtp": "only"}, ("only multi-token-prediction", "model.mtp_")),
+        ({"moe_layer_interval": 2}, ("'moe_layer_interval' is 2",)),
+    ],
+)
+def test_ernie45moe_variant_is_one_line_and_nothing_is_written(variant, needles, tmp_path):
+    """ERNIE-4.5 MTP weights alone, or MoE layers every other layer (llama.cpp's loader makes
+    every layer after the dense lead an MoE layer)."""
+    from tests.packager.synthetic import write_checkpoint
+
+    src = write_checkpoint("ernie45moe", tmp_path / "src", **variant)
+    proc = run_pack(src, tmp_path / "out", "--quant", "F16", "--format", "gguf,onnx")
+    assert_clean_failure(proc, tmp_path / "out", *needles)
+    assert not (tmp_path / "out").exists()

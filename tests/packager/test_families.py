@@ -113,9 +113,13 @@ def test_mixtral_interleaves_rope_halves():
 
 
 def test_ernie_expert_count_is_recognised_as_moe():
-    """ERNIE-4.5 names its expert count moe_num_experts: an MoE not yet supported, not "dense"."""
-    cfg = {"architectures": ["Ernie4_5_MoeForCausalLM"], "moe_num_experts": 64}
-    with pytest.raises(UnsupportedArchitectureError, match="Ernie4_5_MoeForCausalLM is not supp"):
+    """ERNIE-4.5 names its expert count moe_num_experts (and top-k moe_k): an MoE, not "dense";
+    an architecture that is not registered is still refused as an MoE."""
+    from packager.families import is_moe_config
+
+    cfg = {"architectures": ["Ernie4_5_VLMoeForConditionalGeneration"], "moe_num_experts": 64}
+    assert is_moe_config(cfg)
+    with pytest.raises(UnsupportedArchitectureError, match="Ernie4_5_VLMoe.* is not supported"):
         family_for(cfg)
 
 
@@ -360,3 +364,75 @@ def test_glm4moe_nextn_only_checkpoint_is_refused():
     adapter = family_for(_glm(num_nextn_predict_layers=1)).gguf
     with pytest.raises(UnsupportedArchitectureError, match="only multi-token-prediction"):
         adapter.plan(mtp_shapes(_glm()), lambda n: np.zeros(1))
+
+
+# ----- ERNIE-4.5-MoE ----------------------------------------------------------------------------
+def _ernie(**change):
+    from tests.packager.synthetic import CONFIGS
+
+    return {**CONFIGS["ernie45moe"], **change}
+
+
+def test_ernie45moe_reads_its_own_names():
+    c = family_for(_ernie()).config
+    assert (c.n_experts, c.top_k, c.n_shared_experts, c.shared_intermediate_size) == (4, 2, 2, 64)
+    assert c.experts.moe_layers == (1,) and c.rope.theta == 500000.0
+    renamed = {k: v for k, v in _ernie().items() if k not in ("moe_num_experts", "moe_k")}
+    renamed |= {"num_experts": 4, "num_experts_per_tok": 2}
+    assert family_for(renamed).experts.n_experts == 4
+    # transformers' defaults for what a config leaves out: theta 500000, end -1 (the last layer)
+    bare = {k: v for k, v in _ernie().items()
+            if k not in ("rope_parameters", "moe_layer_end_index")}  # fmt: skip
+    assert family_for(bare).config.rope.theta == 500000.0
+    assert family_for(bare).experts.moe_layers == (1,)
+    pruned = family_for(_ernie()).config.with_experts(1)
+    assert (pruned["moe_num_experts"], pruned["moe_k"]) == (1, 1)
+    assert "num_experts_per_tok" not in pruned
+
+
+def test_ernie45moe_gguf_carries_its_layout(tmp_path):
+    import gguf
+
+    from packager.gguf_build import write_gguf
+    from packager.source import open_checkpoint
+    from tests.packager.synthetic import write_checkpoint
+
+    src = write_checkpoint("ernie45moe", tmp_path / "ck", mtp="with")
+    reader = gguf.GGUFReader(write_gguf(open_checkpoint(src), tmp_path / "m.gguf", "F16").path)
+    field = {k.removeprefix("ernie4_5-moe."): v.contents() for k, v in reader.fields.items()}
+    assert (field["expert_count"], field["expert_used_count"]) == (4, 2)
+    assert (field["leading_dense_block_count"], field["interleave_moe_layer_step"]) == (1, 1)
+    assert (field["expert_shared_count"], field["expert_shared_feed_forward_length"]) == (2, 64)
+    assert field["expert_gating_func"] == gguf.ExpertGatingFuncType.SOFTMAX
+    tensors = {t.name: t for t in reader.tensors}
+    assert list(tensors["blk.1.exp_probs_b.bias"].shape) == [4]  # [1, E] written as [E]
+    assert "output.weight" not in tensors  # tied: llama.cpp reuses token_embd
+    assert not any("mtp" in n or n.startswith("blk.2.") for n in tensors)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"moe_layer_interval": 2}, "'moe_layer_interval' is 2"),
+        ({"moe_layer_end_index": 0}, "'moe_layer_end_index' is 0"),
+        ({"moe_layer_start_index": 2}, "'moe_layer_start_index' is 2"),
+        ({"use_bias": True}, "'use_bias' is True"),
+        ({"moe_k": "two"}, "field 'moe_k' must be an integer"),
+    ],
+)
+def test_ernie45moe_variants_llama_cpp_cannot_run_are_named(change, message):
+    with pytest.raises(UnsupportedArchitectureError, match=message) as err:
+        _ = family_for(_ernie(**change)).gguf
+    assert "\n" not in str(err.value)
+
+
+def test_ernie45moe_mtp_only_and_multimodal_routers_are_refused():
+    from tests.packager.synthetic import mtp_shapes, tensor_shapes
+
+    adapter = family_for(_ernie(num_nextn_predict_layers=1)).gguf
+    with pytest.raises(UnsupportedArchitectureError, match="only multi-token-prediction"):
+        adapter.plan(mtp_shapes(_ernie()), lambda n: np.zeros(1))
+    two_rows = {**tensor_shapes(_ernie()),
+                "model.layers.1.mlp.moe_statics.e_score_correction_bias": (2, 4)}  # fmt: skip
+    with pytest.raises(UnsupportedArchitectureError, match="2 rows .one per modality"):
+        adapter.plan(two_rows, lambda n: np.zeros(1))

@@ -70,6 +70,28 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-int8/manifest.json":
             "46a24ddbbf87f81068ae89508acf08bcd52878ed2105704dcc6c7a54427c5db5",
     },
+    "ernie45moe": {
+        "gguf-F16/model.gguf":
+            "cc486058e8d0f2cce8d235fc60f9f7972d03d0ff156812dac09d2075410332aa",
+        "gguf-F16/manifest.json":
+            "28effeefbbd632b052832dbf04a8cd0af958d091cdd05dac94b5de86c02ca7b2",
+        "onnx-fp32/model.onnx":
+            "6ab2ef1a63995a54d3a344ac430adc607a33a479b3e9070bf9828479df6557f9",
+        "onnx-fp32/model.onnx.data":
+            "f13ea50b9c8fd096b6ed1b8744991c396eeaaece959d5c9d41c780c62ef6a8d4",
+        "onnx-fp32/genai_config.json":
+            "7ff954374498b43d58ff8148431cfb29342b9341362ae56652f873c05c464668",
+        "onnx-fp32/manifest.json":
+            "ed468d777f3213db4316c74cb82b350f2b05a7c9d76795533279ebc5d6a649f2",
+        "onnx-int8/model.onnx":
+            "e3329aef5e48506d1a5de8f98e74a08884d886ad038da70eb52a7e68c49fd65c",
+        "onnx-int8/model.onnx.data":
+            "9982963e9920cfc76cef6e00f10c3d198957be5e989ceadabd8b5d35bf12344b",
+        "onnx-int8/genai_config.json":
+            "7ff954374498b43d58ff8148431cfb29342b9341362ae56652f873c05c464668",
+        "onnx-int8/manifest.json":
+            "26d9862d1619b199dfb7f9272b15b4c7e709f29bec2a043205ba3d3d01f322e0",
+    },
     "glm4moe": {
         "gguf-F16/model.gguf":
             "fa352d1de6b2598d2771a0519269cc45e4b6b175d48de006e7e961dd289ffb59",

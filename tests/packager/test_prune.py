@@ -58,6 +58,14 @@ def test_group_limited_routers_keep_as_many_experts_in_every_group():
     assert all(sorted(e // 4 for e in v) == [0, 0, 1, 1, 2, 2, 3, 3] for v in picked.values())
 
 
+def test_a_router_row_vector_is_pruned_along_its_expert_axis():
+    """ERNIE keeps its selection bias as [1, experts]: the experts run along the second axis."""
+    name = "model.layers.1.mlp.moe_statics.e_score_correction_bias"
+    assert plan_tensor(name, (1, 8), {1: (2, 5)}, 8, {name}) == (name, (2, 5))
+    with pytest.raises(PruneError, match="expected 8 experts"):
+        plan_tensor(name, (2, 8), {1: (2, 5)}, 8, {name})
+
+
 def test_random_strategy_is_seeded_and_per_layer():
     a = choose_survivors(None, [0, 1, 2], 16, 8, "random", seed=3)
     assert a == choose_survivors(None, [0, 1, 2], 16, 8, "random", seed=3)

@@ -152,14 +152,14 @@ class RoutingLog:
 
     # --- prefetch ----------------------------------------------------------------------------
     def configure_prefetch(self, routers: np.ndarray, next_layers: np.ndarray,
-                           spans: np.ndarray, biases: np.ndarray | None, source: str,
-                           page: int) -> None:
+                           spans: np.ndarray, biases: np.ndarray | None,
+                           softmax_bias: bool = False, *, source: str, page: int) -> None:
         """Hand the tap what pre-gating needs: folded routers [layers, experts, n_embd] (f32),
         the next MoE layers after each layer [layers, 2] (i32, -1: none), each layer's expert
         tensors as (address of expert 0, stride) [layers, MAX_TENSORS, 2] (u64, checked
         against the mapping by the caller), the selection biases [layers, experts] (f32) of
-        routers that add one to a sigmoid (None: none do), and which hidden state to read
-        (`sources`)."""
+        routers that add one to a sigmoid (None: none do) or, with `softmax_bias`, to the
+        softmax probabilities (ERNIE), and which hidden state to read (`sources`)."""
         if source not in self.sources:
             raise ValueError(f"hidden state '{source}' is not tapped (have: {list(self.sources)})")
         kind, index = self.sources[source]
@@ -186,6 +186,7 @@ class RoutingLog:
         st.n_embd, st.page, st.pidfd = n_embd, page, self._pidfd
         st.routers, st.next = routers.ctypes.data, next_layers.ctypes.data
         st.biases = None if biases is None else biases.ctypes.data
+        st.softmax_bias = int(bool(softmax_bias) and biases is not None)
         st.spans, st.scratch = spans.ctypes.data, scratch.ctypes.data
 
     def set_prefetch(self, depth: int, width: int) -> None:

@@ -81,7 +81,8 @@ struct edgemoe_tap {
     int32_t n_embd;
     const float *routers;   /* [layer][expert][n_embd], norm folded in */
     const float *biases;    /* [layer][expert]: selection bias added to the sigmoid of the
-                               logit (DeepSeek-V3's routers); NULL: rank the raw logits */
+                               logit (DeepSeek-V3's routers), or to the softmax probability
+                               when softmax_bias is set (ERNIE's); NULL: rank the raw logits */
     const int32_t *next;    /* [layer][2]: the next MoE layers, -1: none */
     const uint64_t *spans;  /* [layer][MAX_TENSORS][2]: address of expert 0, stride; 0: none */
     float *scratch;         /* n_embd + n_experts floats */
@@ -93,7 +94,7 @@ struct edgemoe_tap {
     int64_t pf_calls;
     int64_t pf_bytes;
     uint32_t epoch;         /* Python bumps it when the batch shape changes (new node layout) */
-    uint32_t pad;
+    uint32_t softmax_bias;  /* biases add to softmax probabilities, not to sigmoids */
     void *watched[MAX_WATCH][MAX_LAYERS];
     /* Answers per node address for the current layout: reading a node's name costs a cache
        miss per node per token, a lookup here does not. Deliveries re-check the name. */
@@ -147,13 +148,23 @@ static void prefetch(struct edgemoe_tap *s, int32_t layer, const struct head *h)
         const float *w = s->routers + (size_t)t * s->n_experts * s->n_embd;
         int32_t top[MAX_WIDTH];
         int n_top = 0;
+        float hi = -INFINITY, sum = 0.0f;
         for (int32_t e = 0; e < s->n_experts; e++) {
             const float *row = w + (size_t)e * s->n_embd;
             float acc = 0.0f;
             for (int32_t j = 0; j < s->n_embd; j++) acc += row[j] * x[j];
-            if (s->biases != NULL)
-                acc = 1.0f / (1.0f + expf(-acc)) + s->biases[(size_t)t * s->n_experts + e];
             score[e] = acc;
+            if (acc > hi) hi = acc;
+        }
+        if (s->biases != NULL && s->softmax_bias)
+            for (int32_t e = 0; e < s->n_experts; e++) sum += expf(score[e] - hi);
+        for (int32_t e = 0; e < s->n_experts; e++) {
+            float acc = score[e];
+            if (s->biases != NULL) {
+                float p = s->softmax_bias ? expf(acc - hi) / sum : 1.0f / (1.0f + expf(-acc));
+                acc = p + s->biases[(size_t)t * s->n_experts + e];
+                score[e] = acc;
+            }
             if (n_top == width && !(acc > score[top[width - 1]])) continue;
             int at = n_top < width ? n_top++ : width - 1;
             while (at > 0 && score[top[at - 1]] < acc) {
@@ -314,7 +325,7 @@ class TapState(ctypes.Structure):
         ("pf_calls", ctypes.c_int64),
         ("pf_bytes", ctypes.c_int64),
         ("epoch", ctypes.c_uint32),
-        ("pad", ctypes.c_uint32),
+        ("softmax_bias", ctypes.c_uint32),
         ("watched", (ctypes.c_void_p * MAX_LAYERS) * MAX_WATCH),
         ("slots", _Slot * SLOTS),
     ]

@@ -122,6 +122,22 @@ def test_folded_router_ranks_like_rmsnorm_then_router():
     assert (pg.rank(3, x, 4) == expected).all()
 
 
+def test_selection_bias_goes_on_the_gating_functions_output():
+    """A bias added to softmax probabilities (ERNIE-4.5) ranks differently from one added to
+    sigmoids (DeepSeek-V3): expert 1's logit is lower but its bias lifts it only in one."""
+    logits = np.array([[2.0, 1.0, -3.0]], np.float32)
+    bias = np.array([0.0, 0.3, 0.0], np.float32)
+    eye = np.eye(3, dtype=np.float32)
+    softmax = Pregate({0: RouterWeights(0, eye, bias, "softmax")})
+    sigmoid = Pregate({0: RouterWeights(0, eye, bias, "sigmoid")})
+    p = np.exp(logits - logits.max()) / np.exp(logits - logits.max()).sum()
+    np.testing.assert_allclose(softmax.scores(0, logits), p + bias, rtol=1e-6)
+    np.testing.assert_allclose(sigmoid.scores(0, logits), 1 / (1 + np.exp(-logits)) + bias,
+                               rtol=1e-6)  # fmt: skip
+    assert softmax.rank(0, logits, 1)[0, 0] == 0  # 0.71 vs 0.26 + 0.3
+    assert sigmoid.rank(0, logits, 1)[0, 0] == 1  # 0.88 vs 0.73 + 0.3
+
+
 def test_next_layers_follow_the_moe_order():
     assert next_layers([1, 2, 5, 7], 2, 2) == [5, 7]
     assert next_layers([1, 2, 5, 7], 7, 2) == []
@@ -143,7 +159,7 @@ def test_tap_tables_point_inside_the_mapping():
     layers = _layers()
     routers = {x: RouterWeights(x, np.ones((8, 4), np.float32)) for x in layers}
     mapping = FileMapping.whole(0x7F0000000000, 8 << 20)
-    r, nxt, spans, biases = tap_tables(Pregate(routers), layers, 8, mapping)
+    r, nxt, spans, biases, _ = tap_tables(Pregate(routers), layers, 8, mapping)
     assert r.shape == (3, 8, 4) and nxt.tolist() == [[1, 2], [2, -1], [-1, -1]]
     assert biases is None  # no selection bias: the tap ranks raw logits
     t = layers[1].tensors[2]
@@ -157,8 +173,10 @@ def test_tap_tables_carry_selection_biases():
     bias = np.linspace(-0.1, 0.1, 8, dtype=np.float32)
     routers = {x: RouterWeights(x, np.ones((8, 4), np.float32), bias) for x in layers}
     mapping = FileMapping.whole(0x7F0000000000, 8 << 20)
-    *_, biases = tap_tables(Pregate(routers), layers, 8, mapping)
-    assert biases.shape == (3, 8) and np.array_equal(biases[1], bias)
+    *_, biases, softmax_bias = tap_tables(Pregate(routers), layers, 8, mapping)
+    assert biases.shape == (3, 8) and np.array_equal(biases[1], bias) and not softmax_bias
+    softmax = {x: RouterWeights(x, np.ones((8, 4), np.float32), bias, "softmax") for x in layers}
+    assert tap_tables(Pregate(softmax), layers, 8, mapping)[-1] is True  # ERNIE-style
     routers[2] = RouterWeights(2, np.ones((8, 4), np.float32))
     reason = tap_tables(Pregate(routers), layers, 8, mapping)
     assert isinstance(reason, str) and "some MoE layers only" in reason
