@@ -47,7 +47,7 @@ pytestmark = pytest.mark.unit
 
 MOE_TINY = (
     "qwen3moe-tiny", "qwen2moe-tiny", "mixtral-tiny", "olmoe-tiny", "deepseek2-tiny",
-    "deepseek3-tiny", "qwen35moe-tiny", "glm4moe-tiny", "ernie45moe-tiny",
+    "deepseek3-tiny", "qwen35moe-tiny", "glm4moe-tiny", "lfm2moe-tiny", "ernie45moe-tiny",
 )  # fmt: skip
 EXPERT_KEY = {
     "qwen3moe-tiny": "model.layers.0.mlp.experts.7.gate_proj.weight",
@@ -58,6 +58,7 @@ EXPERT_KEY = {
     "deepseek3-tiny": "model.layers.1.mlp.experts.15.gate_proj.weight",
     "qwen35moe-tiny": "model.layers.0.mlp.experts.15.gate_proj.weight",
     "glm4moe-tiny": "model.layers.1.mlp.experts.7.gate_proj.weight",  # layer 0 is dense
+    "lfm2moe-tiny": "model.layers.1.feed_forward.experts.15.w1.weight",  # layer 0 is dense
     "ernie45moe-tiny": "model.layers.1.mlp.experts.7.gate_proj.weight",  # layer 0 is dense
 }
 
@@ -93,7 +94,7 @@ def test_registry_has_the_promised_fixtures():
     assert set(FIXTURES) == {
         "qwen3moe-tiny", "qwen2moe-tiny", "mixtral-tiny", "olmoe-tiny", "deepseek2-tiny",
         "deepseek3-tiny", "dense-tiny", "qwen3moe-medium", "qwen3moe-trained", "qwen3moe-large",
-        "qwen35moe-tiny", "glm4moe-tiny", "ernie45moe-tiny",
+        "qwen35moe-tiny", "glm4moe-tiny", "lfm2moe-tiny", "ernie45moe-tiny",
     }  # fmt: skip
     assert set(TINY_FIXTURES) == {*MOE_TINY, "dense-tiny"}
     assert all(spec.is_moe for n, spec in FIXTURES.items() if n != "dense-tiny")
