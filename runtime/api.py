@@ -338,7 +338,8 @@ class Model:
             sums = self.manifest.checksums.get(self.build.expert_file)
             self._reader = ExpertReader(
                 self.bundle.expert_path, layers, sums.experts if self.integrity.checksums and sums
-                else None, self.manifest.shape.n_experts, self.integrity, self.residency.populate)
+                else None, self.manifest.shape.n_experts, self.integrity, self.residency.populate,
+                self.residency.view)
             for layer, experts in self._pins.items():  # the hot set is read now, so now checked
                 for e in experts:
                     self._reader.bring_in(layer, e)

@@ -323,6 +323,18 @@ class MadviseResidency:
                 return err
         return 0
 
+    def view(self, start: int, end: int) -> list[memoryview] | None:
+        """The engine's mapped memory holding file bytes [start, end), read-only, without a
+        copy (for hashing pages just populated); None when any byte is not mapped, or when
+        pages cannot be populated here (the caller reads with pread instead)."""
+        if self._no_populate or MADV_POPULATE_READ is None:
+            return None  # nothing was populated: reading the mapping could raise SIGBUS
+        pieces = self.mapping.pieces(start, end)
+        if pieces is None:
+            return None
+        return [memoryview((ctypes.c_char * length).from_address(addr)).cast("B")
+                for addr, length in pieces]
+
     def _unlock(self, key: tuple[int, int]) -> None:
         for addr, length in self._locked.pop(key, []):
             if _LIBC is not None and _LIBC.munlock(addr, length) != 0:
