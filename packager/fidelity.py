@@ -70,49 +70,37 @@ def reference_logits(checkpoint_dir: Path, chunks: list[list[int]]) -> list[np.n
     return out
 
 
-def gguf_logits(gguf_path: Path, chunks: list[list[int]], threads: int = 2) -> list[np.ndarray]:
-    import llama_cpp
-
-    n_ctx = max(len(c) for c in chunks)
-    llm = llama_cpp.Llama(
-        str(gguf_path),
-        n_ctx=n_ctx,
-        n_batch=n_ctx,
-        n_ubatch=n_ctx,
-        logits_all=True,
-        n_threads=threads,
-        verbose=False,
-    )
-    try:
-        out = []
-        for ids in chunks:
-            llm.reset()
-            llm.eval(ids[:-1])
-            out.append(np.array(llm.scores[: len(ids) - 1], dtype=np.float32))
-        return out
-    finally:
-        llm.close()
-
-
-def onnx_logits(model_path: Path, chunks: list[list[int]], threads: int = 2) -> list[np.ndarray]:
-    """Every position's logits from stock onnxruntime, through the runtime's ONNX backend."""
+def engine_logits(model_path: Path, chunks: list[list[int]], kind: str,
+                  threads: int = 2) -> list[np.ndarray]:
+    """Every position's logits of each chunk (its last token only a target), computed by the
+    runtime's engine `kind` through the Backend seam: what a device would compute."""
     from runtime.backends.base import EngineConfig
     from runtime.backends.registry import open_backend
 
     n_ctx = max(len(c) for c in chunks)
     engine = open_backend(
         EngineConfig(model_path, n_ctx, threads, n_batch=n_ctx, observe_routing=False),
-        kind="onnx",
+        kind=kind,
     )
     try:
         out = []
         for ids in chunks:
             engine.reset()
             engine.decode(ids[:-1], all_outputs=True)
-            out.append(np.array(engine.last_logits, dtype=np.float32))  # type: ignore[attr-defined]
+            out.append(np.array(engine.last_logits, dtype=np.float32))
         return out
     finally:
         engine.close()
+
+
+def gguf_logits(gguf_path: Path, chunks: list[list[int]], threads: int = 2) -> list[np.ndarray]:
+    """Every position's logits from stock llama.cpp (the runtime's llama.cpp backend)."""
+    return engine_logits(gguf_path, chunks, "llama.cpp", threads)
+
+
+def onnx_logits(model_path: Path, chunks: list[list[int]], threads: int = 2) -> list[np.ndarray]:
+    """Every position's logits from stock onnxruntime (the runtime's ONNX backend)."""
+    return engine_logits(model_path, chunks, "onnx", threads)
 
 
 def measure(

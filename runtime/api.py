@@ -278,7 +278,7 @@ class Model:
             kind=backend_for(self.build.format),
         )
         self.pager.attach_engine(self.engine)  # hits stay in the engine's C tap when it can
-        self.lazy_load = getattr(self.engine, "lazy_load", None)
+        self.lazy_load = self.engine.lazy_load
         if self.lazy_load is not None and self.lazy_load.active:
             self._read_dense_only()
         self.cache: ExpertCache | None = None
@@ -513,6 +513,16 @@ class Model:
         self.budget_history.add(BudgetChange(time.monotonic(), self._tokens_decoded,
                                              plan.budget_bytes, plan.expert_capacity_bytes,
                                              released, reason))
+
+    @property
+    def closed(self) -> bool:
+        return self.engine is None
+
+    @property
+    def draft_model(self) -> Model | None:
+        """The smaller model speculative decoding drafts with (None: none, or n-gram lookup)."""
+        drafter = self.speculation.drafter if self.speculation is not None else None
+        return drafter.model if isinstance(drafter, ModelDrafter) else None  # type: ignore
 
     @property
     def lock(self) -> threading.Lock:

@@ -63,6 +63,50 @@ class EngineConfig:
     verbose: bool = False
 
 
+@dataclass(frozen=True)
+class LazyLoad:
+    """What a lazy load did (EngineConfig.lazy_load): active (mapped without reading the whole
+    file), or why not."""
+
+    active: bool
+    reason: str = ""
+    slots: tuple[str, ...] = ()
+
+
+class RoutingLog(Protocol):
+    """Events an engine answered without calling Python (llama.cpp's C tap), for the pager to
+    replay in order, and the prefetch the tap can issue on its own (runtime/experts/)."""
+
+    resident: np.ndarray  # uint8 [layers, experts]: 1 = counted in the books (kept exact)
+    python_needed: bool  # True: deliver the next event to Python (transients to release)
+    sources: dict[str, tuple[str, int]]  # hidden states it can read: name -> (kind, index)
+    max_guess: int  # experts a prefetch may guess per layer at most
+
+    def __len__(self) -> int: ...
+
+    def drain(self) -> np.ndarray:
+        """[n, width] records, oldest first (runtime/backends/llama_cpp/tap_source.py): a routing
+        hit (layer, k, ids), a batch MARK, or a prefetch (PREFETCH_BASE - layer, n, ids)."""
+        ...
+
+    def mark(self) -> bool:
+        """Note a batch start in the log; False when full (then nothing was noted)."""
+        ...
+
+    def configure_prefetch(self, routers: np.ndarray, next_layers: np.ndarray,
+                           spans: np.ndarray, biases: np.ndarray | None,
+                           softmax_bias: bool = False, *, source: str, page: int) -> None: ...
+
+    def set_prefetch(self, depth: int, width: int) -> None: ...
+
+    @property
+    def prefetch_issued(self) -> tuple[int, int]:
+        """(batched WILLNEED calls, bytes advised) so far."""
+        ...
+
+    def close(self) -> None: ...
+
+
 class SamplerSettings(Protocol):
     """What an engine's sampler reads of a request's sampling parameters.
 
@@ -137,12 +181,20 @@ class Backend(Protocol):
 
     def sampler(self, params: SamplerSettings) -> Sampler: ...
 
-    def sample(self, sampler: Sampler) -> int: ...
-
     def close(self) -> None: ...
 
     def file_mapping(self) -> FileMapping | None:
         """Where the expert file is mapped (residency hook); None: it is not mapped."""
+        ...
+
+    # What a lazy load did (None: the engine has no such load); where the model file's one
+    # mapping starts (None: it is not mapped in one piece).
+    lazy_load: LazyLoad | None
+    mapping_base: int | None
+
+    def routing_log(self, n_layers: int, n_experts: int, top_k: int) -> RoutingLog | None:
+        """A log of the routing events the engine answers itself (hits never reach Python);
+        None when every event comes to the observer."""
         ...
 
 

@@ -24,8 +24,9 @@ from typing import Any, Protocol
 import numpy as np
 
 from contract.manifest import LayerExperts
-from runtime.backends.base import RoutingEvent
+from runtime.backends.base import Backend, RoutingEvent, RoutingLog
 from runtime.backends.llama_cpp.tap_source import MARK, PREFETCH_BASE
+from runtime.backends.mapping import FileMapping
 from runtime.errors import ModelCorruptError
 from runtime.experts.cache import ExpertCache, ExpertState, Residency
 from runtime.experts.prefetcher import (
@@ -67,21 +68,18 @@ class ExpertReader(Protocol):
     def state(self) -> Any: ...
 
 
-class RoutingLog(Protocol):
-    """Events an engine kept from Python because all their experts were resident."""
+class PagingResidency(Residency, Protocol):
+    """The cache's hands as the pager uses them beyond the cache's own calls
+    (runtime/experts/residency.py: MadviseResidency)."""
 
-    resident: np.ndarray  # uint8 [layers, experts]: 1 = counted in the books (kept exact here)
-    python_needed: bool  # True: deliver the next event to Python (transients to release)
+    mapping: FileMapping  # where the expert file is mapped (prefetch addresses)
 
-    def __len__(self) -> int: ...
-
-    def drain(self) -> np.ndarray:
-        """[n, width] records, oldest first (runtime/backends/llama_cpp/tap_source.py): a routing
-        hit (layer, k, ids), a batch MARK, or a prefetch (PREFETCH_BASE - layer, n, ids)."""
+    def forget(self, layer: int, expert: int) -> None:
+        """Drop an expert read in vain from the page cache too (cold prefetch)."""
         ...
 
-    def mark(self) -> bool:
-        """Note a batch start in the log; False when full (then nothing was noted)."""
+    def release_spans(self, spans: list[tuple[int, int]]) -> None:
+        """Give back the pages inside these file ranges (neighbours a fault swept in)."""
         ...
 
 
@@ -92,7 +90,7 @@ class ExpertPager:
     def __init__(
         self,
         cache: ExpertCache | None,
-        residency: Residency | None,
+        residency: PagingResidency | None,
         expert_bytes: dict[int, int],
         top_k: int,
         record: bool = False,
@@ -124,11 +122,10 @@ class ExpertPager:
         self._cache = cache
         self._mirror()
 
-    def attach_engine(self, engine: object) -> None:
+    def attach_engine(self, engine: Backend) -> None:
         """Use the engine's routing log if it has one (llama.cpp with the C tap)."""
-        make = getattr(engine, "routing_log", None)
-        if make is not None and self.layers and self.n_experts:
-            self.attach_log(make(max(self.layers) + 1, self.n_experts, self.top_k))
+        if self.layers and self.n_experts:
+            self.attach_log(engine.routing_log(max(self.layers) + 1, self.n_experts, self.top_k))
 
     def attach_log(self, log: RoutingLog | None) -> None:
         """Let the engine keep all-resident one-token events in its log (see module doc)."""
@@ -160,12 +157,12 @@ class ExpertPager:
             return "off"
         if self._cache is None or self.residency is None:
             return "off: nothing is paged (full budget)"
-        if self._log is None or not hasattr(self._log, "configure_prefetch"):
+        if self._log is None:
             return "off: the engine has no native routing tap (llama.cpp and a C compiler)"
         pregate = Pregate(read_routers(model_path, sorted(self.layers)))
-        forget = getattr(self.residency, "forget", None) if cold else None
+        forget = self.residency.forget if cold else None
         got = start_prefetch(self._log, settings, pregate, self.layers, self.n_experts,
-                             self.top_k, getattr(self.residency, "mapping", None), forget)
+                             self.top_k, self.residency.mapping, forget)
         if isinstance(got, str):
             return f"off: {got}"
         self.prefetcher = got
@@ -317,7 +314,7 @@ class ExpertPager:
             if self.cache.state(layer, e) == ExpertState.RELEASED:
                 self.residency.release(layer, e)
         self._transient.clear()
-        if self._fresh and self.layers and hasattr(self.residency, "release_spans"):
+        if self._fresh and self.layers:
             self.residency.release_spans(self._neighbour_spans(self._fresh))
         self._fresh.clear()
 

@@ -12,11 +12,11 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
 
 import numpy as np
 
 from contract.manifest import LayerExperts
+from runtime.backends.base import RoutingLog
 from runtime.backends.llama_cpp.tap_source import MAX_TENSORS
 from runtime.backends.mapping import FileMapping
 from runtime.experts.pregate import Pregate
@@ -167,21 +167,6 @@ class PrefetchGovernor:
         return False
 
 
-class PrefetchLog(Protocol):
-    """The engine side (runtime.backends.llama_cpp.tap.RoutingLog)."""
-
-    max_guess: int
-
-    def configure_prefetch(self, routers: np.ndarray, next_layers: np.ndarray,
-                           spans: np.ndarray, biases: np.ndarray | None,
-                           softmax_bias: bool = False, *, source: str, page: int) -> None: ...
-
-    def set_prefetch(self, depth: int, width: int) -> None: ...
-
-    @property
-    def prefetch_issued(self) -> tuple[int, int]: ...
-
-
 def tap_tables(
     pregate: Pregate, layers: Mapping[int, LayerExperts], n_experts: int, mapping: FileMapping
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, bool] | str:
@@ -231,7 +216,7 @@ def tap_tables(
 class Prefetcher:
     """The pager's side of prefetching: accounting, the governor, and the tap's width."""
 
-    def __init__(self, log: PrefetchLog, settings: PrefetchSettings, top_k: int,
+    def __init__(self, log: RoutingLog, settings: PrefetchSettings, top_k: int,
                  expert_bytes: Mapping[int, int], forget: Forget | None = None) -> None:
         self.log = log
         self.settings = settings
@@ -288,20 +273,17 @@ class Prefetcher:
         }
 
 
-def start_prefetch(log: object, settings: PrefetchSettings, pregate: Pregate,
+def start_prefetch(log: RoutingLog, settings: PrefetchSettings, pregate: Pregate,
                    layers: Mapping[int, LayerExperts], n_experts: int, top_k: int,
                    mapping: FileMapping | None, forget: Forget | None = None) -> Prefetcher | str:
     """A running Prefetcher on the engine's log, or why prefetching cannot run."""
-    if log is None or not hasattr(log, "configure_prefetch"):
-        return "the engine has no native routing tap (needs llama.cpp and a C compiler)"
     if mapping is None:
         return "the expert file is not mapped"
     tables = tap_tables(pregate, layers, n_experts, mapping)
     if isinstance(tables, str):
         return tables
-    sources = getattr(log, "sources", {})
-    if settings.source not in sources:
+    if settings.source not in log.sources:
         return f"the engine does not tap '{settings.source}'"
-    log.configure_prefetch(*tables, source=settings.source, page=PAGE_SIZE)  # type: ignore
+    log.configure_prefetch(*tables, source=settings.source, page=PAGE_SIZE)
     sizes = {layer: x.expert_bytes for layer, x in layers.items()}
-    return Prefetcher(log, settings, top_k, sizes, forget)  # type: ignore[arg-type]
+    return Prefetcher(log, settings, top_k, sizes, forget)

@@ -228,7 +228,7 @@ class Engine:
         """The runtime's figures: fresh when idle, else the snapshot from before this generation."""
         if self._model_lock.acquire(blocking=False):
             try:
-                if self.model.engine is not None:
+                if not self.model.closed:
                     self._stats = self.model.stats()
             finally:
                 self._model_lock.release()

@@ -60,10 +60,7 @@ SETTLE_S = 1.0
 def mapped_files(model: Model) -> list[Path]:
     """The files whose pages `model` maps: its bundle's model (and expert) file, and those of
     its draft model when it decodes speculatively with one."""
-    models = [model]
-    drafter = getattr(getattr(model, "speculation", None), "drafter", None)
-    if isinstance(getattr(drafter, "model", None), Model):
-        models.append(drafter.model)  # type: ignore[union-attr]
+    models = [model] if model.draft_model is None else [model, model.draft_model]
     return list(dict.fromkeys(p for m in models
                               for p in (m.bundle.model_path, m.bundle.expert_path)))
 

@@ -15,8 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.backends.base import EngineConfig, RoutingEvent, RoutingObserver, SamplerSettings
-from runtime.backends.llama_cpp.lazy_load import LazyLoad, lazy_mapping
+from runtime.backends.base import (
+    EngineConfig,
+    LazyLoad,
+    RoutingEvent,
+    RoutingObserver,
+    SamplerSettings,
+)
+from runtime.backends.llama_cpp.lazy_load import lazy_mapping
 from runtime.backends.llama_cpp.tap import NodeTap, RoutingLog
 from runtime.backends.mapping import FileMapping
 from runtime.backends.sampling import fresh_seed

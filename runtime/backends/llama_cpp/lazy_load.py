@@ -28,8 +28,9 @@ import struct
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
 from pathlib import Path
+
+from runtime.backends.base import LazyLoad
 
 MAP_POPULATE = getattr(_mmap, "MAP_POPULATE", 0x8000)
 POSIX_MADV_WILLNEED = 3
@@ -38,15 +39,6 @@ POSIX_FADV_RANDOM, POSIX_FADV_SEQUENTIAL = 1, 2
 _R_JUMP_SLOT = {62: 7, 183: 1026}  # x86_64, aarch64
 _R_GLOB_DAT = {62: 6, 183: 1025}
 _HOOKED = ("mmap", "mmap64", "posix_madvise", "posix_fadvise", "posix_fadvise64")
-
-
-@dataclass(frozen=True)
-class LazyLoad:
-    """What happened: active (slots rewritten), or why not."""
-
-    active: bool
-    reason: str = ""
-    slots: tuple[str, ...] = ()
 
 
 def _got_slots(lib_path: Path) -> dict[str, list[int]]:

@@ -20,7 +20,13 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime.backends.base import EngineConfig, RoutingEvent, RoutingObserver, SamplerSettings
+from runtime.backends.base import (
+    EngineConfig,
+    RoutingEvent,
+    RoutingLog,
+    RoutingObserver,
+    SamplerSettings,
+)
 from runtime.backends.mapping import FileMapping
 from runtime.backends.onnx.tokenizer import HFTokenizer
 from runtime.backends.sampling import NumpySampler
@@ -58,6 +64,8 @@ class OnnxBackend:
     name = "onnx"
     wait_policy = "onnxruntime, spinning off"  # its own pool; see allow_spinning below
     recurrent = False  # the exported families are attention-only
+    lazy_load = None  # onnxruntime maps each initializer itself: nothing to read lazily
+    mapping_base = None  # ... in many pieces (file_mapping() lists them)
 
     def __init__(self, cfg: EngineConfig, observer: RoutingObserver | None = None) -> None:
         import onnxruntime as ort
@@ -121,6 +129,10 @@ class OnnxBackend:
             (r.offset, r.offset + (r.end - r.start), r.start) for r in file_regions(self.data_path)
         )
         return FileMapping(regions) if regions else None
+
+    def routing_log(self, n_layers: int, n_experts: int, top_k: int) -> RoutingLog | None:
+        """None: routing comes back as graph outputs after each run, every event to Python."""
+        return None
 
     # --- tokens ----------------------------------------------------------------------------
     @property
