@@ -37,13 +37,25 @@ class GGUFBuild:
 
 
 def _target_type(adapter: GGUFAdapter, t: PlannedTensor, base: gguf.GGMLQuantizationType):
+    if t.storage is not None:
+        return t.storage
     # 1-D tensors (norms, biases) and routers stay F32: llama.cpp expects them so.
     if len(t.shape) <= 1 or adapter.keep_f32(t.name):
         return gguf.GGMLQuantizationType.F32
     return base
 
 
+# Types stored as plain numpy arrays (everything else is quantized by gguf.quants).
+_PLAIN = {
+    gguf.GGMLQuantizationType.F32: np.float32,
+    gguf.GGMLQuantizationType.F16: np.float16,
+    gguf.GGMLQuantizationType.I32: np.int32,
+}
+
+
 def _encode(data: np.ndarray, qtype: gguf.GGMLQuantizationType) -> np.ndarray:
+    if qtype == gguf.GGMLQuantizationType.I32:
+        return np.ascontiguousarray(data, dtype=np.int32)
     data = np.ascontiguousarray(data, dtype=np.float32)
     if qtype == gguf.GGMLQuantizationType.F32:
         return data
@@ -67,7 +79,7 @@ def write_gguf(
     adapter = family.gguf
     shapes = {n: t.shape for n, t in ckpt.tensors.items()}
     plan = adapter.plan(shapes, ckpt.read)
-    arch_name = gguf.MODEL_ARCH_NAMES[adapter.gguf_arch]
+    arch_name = adapter.arch_name()
     w = gguf.GGUFWriter(out_path, arch_name)
     w.add_name(ckpt.path.name)
     w.add_file_type(ftype)
@@ -76,11 +88,7 @@ def write_gguf(
     write_vocab(w, ckpt.path, family.config.vocab_size)
     types = [_target_type(adapter, t, qbase) for t in plan]
     for t, qt in zip(plan, types, strict=True):
-        np_dtype = (
-            np.float32
-            if qt == gguf.GGMLQuantizationType.F32
-            else (np.float16 if qt == gguf.GGMLQuantizationType.F16 else np.uint16)
-        )
+        np_dtype = _PLAIN.get(qt, np.uint16)
         w.add_tensor_info(t.name, t.shape, np.dtype(np_dtype), _nbytes(t.shape, qt), raw_dtype=qt)
     w.write_header_to_file()
     w.write_kv_data_to_file()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from packager.families import (  # noqa: E402,F401,I001
     deepseek2,
     deepseek3,
+    deepseek4,
     ernie45moe,
     glm4moe,
     lfm2moe,

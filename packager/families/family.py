@@ -64,14 +64,12 @@ class Family:
 
     def manifest_shape(self) -> MoEShape:
         """The manifest's `shape`: the contract's record of this model's expert layout."""
-        import gguf
-
         from contract.manifest import MoEShape
 
         c, moe = self.config, self.experts
         return MoEShape(
             hf_architecture=c.architecture,
-            gguf_arch=gguf.MODEL_ARCH_NAMES[self.gguf_type.gguf_arch],
+            gguf_arch=self.gguf_type.arch_name(),
             n_layers=c.n_layers,
             moe_layers=moe.moe_layers,
             n_experts=moe.n_experts,

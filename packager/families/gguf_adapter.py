@@ -12,6 +12,7 @@ import re
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, ClassVar
 
 import gguf
@@ -39,6 +40,8 @@ class PlannedTensor:
     shape: tuple[int, ...]
     build: Callable[[], np.ndarray]
     is_expert: bool = False
+    # A type the tensor keeps whatever the build's precision (an integer table); None: the build's.
+    storage: gguf.GGMLQuantizationType | None = None
 
 
 # Rope scalings llama.cpp's graphs compute as transformers does.
@@ -49,6 +52,8 @@ class GGUFAdapter:
     """Base adapter: generic renaming through gguf's TensorNameMap plus expert stacking."""
 
     gguf_arch: ClassVar[gguf.MODEL_ARCH]
+    # llama.cpp's name for an architecture gguf's MODEL_ARCH does not know yet (else derived).
+    gguf_arch_name: ClassVar[str] = ""
     # Expert projection names in the checkpoint -> canonical gate/up/down.
     expert_proj: ClassVar[dict[str, str]] = {
         "gate_proj": "gate_proj",
@@ -61,11 +66,19 @@ class GGUFAdapter:
         self.n_layers = config.n_layers
         self._check_rope()
         self.validate()
-        self._names = gguf.get_tensor_name_map(self.gguf_arch, self.n_layers)
 
     @property
     def architecture(self) -> str:
         return self.config.architecture
+
+    @classmethod
+    def arch_name(cls) -> str:
+        """The GGUF's `general.architecture`: what llama.cpp's LLM_ARCH_NAMES calls it."""
+        return cls.gguf_arch_name or gguf.MODEL_ARCH_NAMES[cls.gguf_arch]
+
+    @cached_property
+    def _names(self) -> gguf.TensorNameMap:
+        return gguf.get_tensor_name_map(self.gguf_arch, self.n_layers)
 
     # ----- hook 1: hyper-parameters -------------------------------------------------------
     def validate(self) -> None:
