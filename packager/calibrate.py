@@ -265,10 +265,16 @@ def _router_hook(layer: int, acc: UsageAccumulator, scoring: str = "softmax"):
 
     def hook(_module, _args, out) -> None:
         # Every family's router returns (logits, mixing weights, chosen ids); the scores are
-        # what llama.cpp's graph calls ffn_moe_probs (softmax, or DeepSeek-V3's sigmoid).
+        # what llama.cpp's graph calls ffn_moe_probs (softmax, DeepSeek-V3's sigmoid, V4's
+        # sqrt-softplus).
         logits, _weights, ids = out
         logits = logits.float().reshape(-1, acc.n_experts)
-        probs = torch.sigmoid(logits) if scoring == "sigmoid" else torch.softmax(logits, dim=-1)
+        if scoring == "sigmoid":
+            probs = torch.sigmoid(logits)
+        elif scoring == "sqrtsoftplus":  # DeepSeek-V4
+            probs = torch.sqrt(torch.nn.functional.softplus(logits))
+        else:
+            probs = torch.softmax(logits, dim=-1)
         acc.add(layer, ids.reshape(-1, acc.top_k).numpy(), probs.numpy())
 
     return hook

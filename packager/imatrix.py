@@ -106,6 +106,26 @@ def _linear_hook(col: _Collector, name: str):
     return hook
 
 
+def _mixer_hook(col: _Collector, name: str, norm):
+    """A hyper-connection mixer (DeepSeek-V4): its matrix multiplies the RMS-normed streams of
+    the residual, flattened into one row per token."""
+
+    def hook(_module, args) -> None:
+        x = norm(args[0].flatten(2).float())
+        x = x.reshape(-1, x.shape[-1])
+        col.add(name, 0, 1, _sq_sum(x), x.shape[0])
+
+    return hook
+
+
+def _mixer(module) -> tuple[str, object] | None:
+    """(parameter name, norm) of a module that mixes hyper-connection streams, else None."""
+    for attr in ("fn", "hc_fn"):
+        if hasattr(module, "input_norm") and getattr(module, attr, None) is not None:
+            return attr, module.input_norm
+    return None
+
+
 def _experts_hook(col: _Collector, names: tuple[str, str, str]):
     """Per expert: gate/up see the routed hidden states, down sees act(gate) * up."""
     import torch
@@ -153,6 +173,11 @@ def _attach(model, adapter, col: _Collector, output: bool) -> tuple[list, list[s
     for name, module in model.named_modules():
         if output and name == "lm_head" and isinstance(module, torch.nn.Linear):
             handles.append(module.register_forward_pre_hook(_linear_hook(col, "output.weight")))
+            continue
+        if (mixer := _mixer(module)) is not None:
+            gguf = _gguf_name(adapter, f"{name}.{mixer[0]}")
+            if gguf is not None:
+                handles.append(module.register_forward_pre_hook(_mixer_hook(col, gguf, mixer[1])))
             continue
         if not _LAYER_MODULE.match(name):
             continue

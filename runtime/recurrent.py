@@ -30,7 +30,7 @@ from contract.gguf_layout import open_reader
 # trusts that, so this table only decides up front whether to plan for speculation.
 ROLLBACK_ARCHS = frozenset({
     "qwen35", "qwen35moe", "lfm2", "lfm2moe", "nemotron_h", "nemotron_h_moe", "kimi_k3",
-    "glm5_next", "qwen4exp", "bailingmoe3",
+    "glm5_next", "qwen4exp", "bailingmoe3", "deepseek4",
 })
 STATE_BYTES_PER_VALUE = 4  # llama.cpp keeps recurrent state in f32 (type_r, type_s)
 
@@ -45,6 +45,8 @@ class RecurrentShape:
     layers: tuple[int, ...]
     conv_values: int  # llama.cpp's n_embd_r: the convolution's last (kernel - 1) inputs
     state_values: int  # n_embd_s: the SSM / delta-rule matrix (0 for short convolutions)
+    # state not alike in every listed layer, counted once (DeepSeek-V4's compressor windows)
+    other_values: int = 0
 
     @property
     def rollback(self) -> bool:
@@ -53,8 +55,8 @@ class RecurrentShape:
 
     def state_bytes(self, snapshots: int = 0, n_seq: int = 1) -> int:
         """The state of `n_seq` sequences, each with `snapshots` rollback copies beside it."""
-        per_layer = (self.conv_values + self.state_values) * STATE_BYTES_PER_VALUE
-        return len(self.layers) * per_layer * n_seq * (1 + snapshots)
+        values = len(self.layers) * (self.conv_values + self.state_values) + self.other_values
+        return values * STATE_BYTES_PER_VALUE * n_seq * (1 + snapshots)
 
 
 def recurrent_layers(get: Get, n_layers: int) -> tuple[int, ...]:
@@ -74,6 +76,8 @@ def shape_from_header(get: Get) -> RecurrentShape | None:
     for a model with attention layers only."""
     arch = str(get("general.architecture"))
     n_layers = int(get(f"{arch}.block_count"))
+    if arch == "deepseek4":
+        return _compressor_shape(get, arch, n_layers)
     layers = recurrent_layers(get, n_layers)
     if not layers:
         return None
@@ -87,6 +91,20 @@ def shape_from_header(get: Get) -> RecurrentShape | None:
     else:
         conv = max(d_conv - 1, 0) * (d_inner + 2 * n_group * d_state)
     return RecurrentShape(arch, layers, conv, d_state * d_inner)
+
+
+def _compressor_shape(get: Get, arch: str, n_layers: int) -> RecurrentShape:
+    """DeepSeek-V4: beside its KV caches, each compressed layer keeps the tokens of its open
+    window (f32 keys and gate scores; llama_kv_cache_dsv4's llama_dsv4_comp_state), which
+    llama.cpp counts as recurrent state and snapshots for rollback: ratio-4 layers keep 8 rows
+    of twice the head for the attention and for the indexer, ratio-128 layers 128 rows."""
+    ratios = list(get(f"{arch}.attention.compress_ratios") or [])[:n_layers]
+    head = int(get(f"{arch}.attention.key_length"))
+    index = int(get(f"{arch}.attention.indexer.key_length", 0))
+    csa = sum(1 for r in ratios if r == 4)
+    hca = sum(1 for r in ratios if r == 128)
+    values = 2 * (csa * 8 * 2 * (head + index) + hca * 128 * head)  # kv and score tensors
+    return RecurrentShape(arch, tuple(i for i, r in enumerate(ratios) if r), 0, 0, values)
 
 
 def recurrent_shape(model_path: Path) -> RecurrentShape | None:

@@ -17,11 +17,11 @@ from runtime.backends.base import EngineConfig
 from runtime.backends.registry import backend_for, format_for, open_backend
 from runtime.budget import parse_budget
 from runtime.bundles.open import open_bundle
-from runtime.errors import BudgetError
+from runtime.errors import BudgetError, BundleError
 from runtime.experts.pinning import pinned_set
 from runtime.experts.policy import DEFAULT_POLICY
 from runtime.experts.prefetch import Guesses, PrefetchTrace
-from runtime.experts.pregate import Pregate, next_layers, read_routers
+from runtime.experts.pregate import Pregate, next_layers, pregate_refusal, read_routers
 from runtime.experts.replay import Row, render_replay, replay
 from runtime.experts.routing_probe import RoutingProbe
 from runtime.experts.routing_trace import RoutingTrace, TraceError
@@ -95,6 +95,9 @@ def record_prefetch_trace(
     opened = open_bundle(bundle, fmt="gguf")
     m = opened.manifest
     layers = list(m.shape.moe_layers)
+    refused = pregate_refusal(opened.model_path)
+    if refused is not None:
+        raise BundleError(f"{opened.model_path}: no prefetch trace: {refused}")
     pregate = Pregate(read_routers(opened.model_path, layers))
     keep = 2 * m.shape.top_k
     guesses: Guesses = {src: {d: [] for d in range(1, depth + 1)} for src in sources}

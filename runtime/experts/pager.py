@@ -35,7 +35,7 @@ from runtime.experts.prefetcher import (
     prefetch_settings,
     start_prefetch,
 )
-from runtime.experts.pregate import Pregate, read_routers
+from runtime.experts.pregate import Pregate, pregate_refusal, read_routers
 from runtime.experts.routing_probe import RoutingProbe
 
 # A fault maps the whole page-cache folio around the faulting page (large folios: up to a PMD),
@@ -159,6 +159,9 @@ class ExpertPager:
             return "off: nothing is paged (full budget)"
         if self._log is None:
             return "off: the engine has no native routing tap (llama.cpp and a C compiler)"
+        refused = pregate_refusal(model_path)
+        if refused is not None:
+            return f"off: {refused}"
         pregate = Pregate(read_routers(model_path, sorted(self.layers)))
         forget = self.residency.forget if cold else None
         got = start_prefetch(self._log, settings, pregate, self.layers, self.n_experts,

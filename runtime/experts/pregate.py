@@ -43,6 +43,38 @@ def _array(tensor: object) -> np.ndarray:
     return gguf.quants.dequantize(data, kind).astype(np.float32)
 
 
+# llama.cpp's gating functions (LLAMA_EXPERT_GATING_FUNC_TYPE_*) whose ranking pre-gating
+# reproduces: softmax (the default when a GGUF names none) and sigmoid (plus a selection bias).
+PREGATED = {1: "softmax", 2: "sigmoid"}
+_GATING_NAMES = {3: "softmax over the chosen experts", 4: "sqrt-softplus"}
+
+
+def pregate_refusal(model_path: str | Path) -> str | None:
+    """Why pre-gating cannot guess this GGUF's experts (one line), or None when it can: a
+    gating function the guess does not compute, or a residual stream split into several
+    hyper-connection streams (what the next router reads is not one layer's hidden state)."""
+    from contract.gguf_layout import open_reader
+
+    try:
+        fields = open_reader(Path(model_path)).fields
+    except BundleError as e:
+        return str(e)
+
+    def get(key: str) -> object:
+        field = fields.get(key)
+        return field.contents() if field is not None else None
+
+    arch = get("general.architecture")
+    gating = get(f"{arch}.expert_gating_func")
+    if gating is not None and int(gating) not in PREGATED:
+        name = _GATING_NAMES.get(int(gating), f"gating function {gating}")
+        return f"pre-gating ranks softmax and sigmoid routers, not {name} ones"
+    streams = get(f"{arch}.hyper_connection.count")
+    if streams is not None and int(streams) > 1:
+        return f"the residual stream is {streams} hyper-connection streams"
+    return None
+
+
 def read_routers(model_path: str | Path, moe_layers: Sequence[int]) -> dict[int, RouterWeights]:
     """Every MoE layer's folded router from a GGUF (a few KiB per layer: read once)."""
     import gguf

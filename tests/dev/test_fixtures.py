@@ -16,6 +16,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from edgemoe_fixtures import (
@@ -48,6 +49,7 @@ pytestmark = pytest.mark.unit
 MOE_TINY = (
     "qwen3moe-tiny", "qwen2moe-tiny", "mixtral-tiny", "olmoe-tiny", "deepseek2-tiny",
     "deepseek3-tiny", "qwen35moe-tiny", "glm4moe-tiny", "lfm2moe-tiny", "ernie45moe-tiny",
+    "deepseek4-tiny",
 )  # fmt: skip
 EXPERT_KEY = {
     "qwen3moe-tiny": "model.layers.0.mlp.experts.7.gate_proj.weight",
@@ -60,6 +62,7 @@ EXPERT_KEY = {
     "glm4moe-tiny": "model.layers.1.mlp.experts.7.gate_proj.weight",  # layer 0 is dense
     "lfm2moe-tiny": "model.layers.1.feed_forward.experts.15.w1.weight",  # layer 0 is dense
     "ernie45moe-tiny": "model.layers.1.mlp.experts.7.gate_proj.weight",  # layer 0 is dense
+    "deepseek4-tiny": "model.layers.0.ffn.experts.7.w1.weight",  # saved in the released naming
 }
 
 
@@ -95,6 +98,7 @@ def test_registry_has_the_promised_fixtures():
         "qwen3moe-tiny", "qwen2moe-tiny", "mixtral-tiny", "olmoe-tiny", "deepseek2-tiny",
         "deepseek3-tiny", "dense-tiny", "qwen3moe-medium", "qwen3moe-trained", "qwen3moe-large",
         "qwen35moe-tiny", "glm4moe-tiny", "lfm2moe-tiny", "ernie45moe-tiny",
+        "deepseek4-tiny",
     }  # fmt: skip
     assert set(TINY_FIXTURES) == {*MOE_TINY, "dense-tiny"}
     assert all(spec.is_moe for n, spec in FIXTURES.items() if n != "dense-tiny")
@@ -389,6 +393,23 @@ def test_ernie45moe_fixture_has_its_own_names_and_a_selection_bias():
         bias = f.get_tensor("model.layers.1.mlp.moe_statics.e_score_correction_bias")
         assert "lm_head.weight" not in f.keys()
     assert bias.shape == (1, 8) and 0.02 < float(abs(bias).mean()) < 0.1
+
+
+@pytest.mark.reference
+def test_deepseek4_fixture_has_a_hash_table_and_every_attention_kind():
+    from safetensors import safe_open
+
+    ckpt = cached_fixture("deepseek4-tiny")
+    config = json.loads((ckpt / "config.json").read_text())
+    assert config["mlp_layer_types"][0] == "hash_moe" and config["hc_mult"] == 4
+    assert set(config["layer_types"]) == {"sliding_attention", "compressed_sparse_attention",
+                                          "heavily_compressed_attention"}
+    with safe_open(str(ckpt / "model.safetensors"), "np") as f:
+        table = f.get_tensor("model.layers.0.ffn.gate.tid2eid")
+        bias = f.get_tensor("model.layers.1.ffn.gate.bias")
+    assert table.shape == (VOCAB_SIZE, 2) and (table[:, 0] != table[:, 1]).all()
+    assert set(np.unique(table)) == set(range(8))  # every expert is some token's
+    assert 0.05 < float(abs(bias).mean()) < 0.2
 
 
 @pytest.mark.reference

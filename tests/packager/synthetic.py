@@ -61,6 +61,24 @@ CONFIGS: dict[str, dict[str, Any]] = {
                   "n_group": 1, "topk_group": 1, "topk_method": "greedy",
                   "routed_scaling_factor": 1.0, "norm_topk_prob": False},
 }
+# DeepSeek-V4 as the released checkpoints name it (config and tensors): compress_ratios,
+# num_hash_layers, qk_rope_head_dim, rope_scaling + compress_rope_theta; `layers.N.attn.wq_a`.
+CONFIGS["deepseek4"] = {
+    **{k: v for k, v in _BASE.items() if k not in ("intermediate_size", "rope_parameters")},
+    "architectures": ["DeepseekV4ForCausalLM"], "model_type": "deepseek_v4",
+    "num_hidden_layers": 3, "num_key_value_heads": 1, "head_dim": 16, "qk_rope_head_dim": 8,
+    "q_lora_rank": 16, "n_routed_experts": EXPERTS, "n_shared_experts": 1,
+    "moe_intermediate_size": EXPERT_FF, "scoring_func": "sqrtsoftplus", "norm_topk_prob": True,
+    "routed_scaling_factor": 1.5, "swiglu_limit": 10.0, "compress_ratios": [0, 4, 128],
+    "num_hash_layers": 1, "rope_theta": 10000.0, "compress_rope_theta": 160000.0,
+    "rope_scaling": {"type": "yarn", "factor": 4.0, "original_max_position_embeddings": 128,
+                     "beta_fast": 32, "beta_slow": 1},
+    "hc_mult": 4, "hc_sinkhorn_iters": 20, "hc_eps": 1e-6, "sliding_window": 16,
+    "o_groups": 2, "o_lora_rank": 8, "index_n_heads": 2, "index_head_dim": 64,
+    "index_topk": 4, "num_nextn_predict_layers": 0,
+}  # fmt: skip
+
+
 CONFIGS["deepseek3"] = {  # V3 names no topk_method: its router is always noaux_tc
     **{k: v for k, v in CONFIGS["deepseek2"].items() if k != "topk_method"},
     "architectures": ["DeepseekV3ForCausalLM"],
@@ -199,9 +217,55 @@ def mtp_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
                   f"{p}.shared_head.head.weight": (VOCAB, HIDDEN)}  # fmt: skip
 
 
+def _deepseek4_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """DeepSeek-V4's tensors in the released naming (no `model.` prefix)."""
+    h, hc, head = HIDDEN, cfg["hc_mult"], cfg["head_dim"]
+    mix, q, idx = (2 + hc) * hc, cfg["q_lora_rank"], cfg["index_head_dim"]
+    groups, rank = cfg["o_groups"], cfg["o_lora_rank"]
+    shapes: dict[str, tuple[int, ...]] = {
+        "embed.weight": (VOCAB, h), "head.weight": (VOCAB, h), "norm.weight": (h,),
+        "hc_head_fn": (hc, hc * h), "hc_head_base": (hc,), "hc_head_scale": (1,)}
+    for i, ratio in enumerate(cfg["compress_ratios"]):
+        p = f"layers.{i}"
+        shapes |= {f"{p}.attn_norm.weight": (h,), f"{p}.ffn_norm.weight": (h,),
+                   f"{p}.attn.attn_sink": (HEADS,), f"{p}.attn.wq_a.weight": (q, h),
+                   f"{p}.attn.q_norm.weight": (q,), f"{p}.attn.wq_b.weight": (HEADS * head, q),
+                   f"{p}.attn.wkv.weight": (head, h), f"{p}.attn.kv_norm.weight": (head,),
+                   f"{p}.attn.wo_a.weight": (groups * rank, HEADS * head // groups),
+                   f"{p}.attn.wo_b.weight": (h, groups * rank)}
+        for part, n in (("attn", 3), ("ffn", 3)):
+            shapes |= {f"{p}.hc_{part}_fn": (mix, hc * h), f"{p}.hc_{part}_base": (mix,),
+                       f"{p}.hc_{part}_scale": (n,)}
+        if ratio:
+            c = f"{p}.attn.compressor"
+            width = (2 if ratio == 4 else 1) * head
+            shapes |= {f"{c}.wkv.weight": (width, h), f"{c}.wgate.weight": (width, h),
+                       f"{c}.ape": (ratio, width), f"{c}.norm.weight": (head,)}
+        if ratio == 4:
+            x = f"{p}.attn.indexer"
+            shapes |= {f"{x}.wq_b.weight": (cfg["index_n_heads"] * idx, q),
+                       f"{x}.weights_proj.weight": (cfg["index_n_heads"], h),
+                       f"{x}.compressor.wkv.weight": (2 * idx, h),
+                       f"{x}.compressor.wgate.weight": (2 * idx, h),
+                       f"{x}.compressor.ape": (ratio, 2 * idx),
+                       f"{x}.compressor.norm.weight": (idx,)}
+        m = f"{p}.ffn"
+        shapes[f"{m}.gate.weight"] = (EXPERTS, h)
+        if i < cfg["num_hash_layers"]:
+            shapes[f"{m}.gate.tid2eid"] = (VOCAB, TOP_K)
+        else:
+            shapes[f"{m}.gate.bias"] = (EXPERTS,)
+        for e in range(EXPERTS):
+            shapes |= _mlp(f"{m}.experts.{e}", EXPERT_FF, ("w1", "w3", "w2"))
+        shapes |= _mlp(f"{m}.shared_experts", EXPERT_FF, ("w1", "w3", "w2"))
+    return shapes  # fmt: skip
+
+
 def tensor_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     """Every tensor a transformers checkpoint of `cfg` saves, with its shape."""
     kind = cfg["model_type"]
+    if kind == "deepseek_v4":
+        return _deepseek4_shapes(cfg)
     if kind == "lfm2_moe":  # its final norm is `embedding_norm`; the output is tied
         shapes = {"model.embed_tokens.weight": (VOCAB, HIDDEN),
                   "model.embedding_norm.weight": (HIDDEN,)}  # fmt: skip
@@ -301,6 +365,9 @@ def write_checkpoint(family: str, folder: Path, seed: int = 0, *, mtp: str = "no
     for name, shape in sorted(shapes.items()):
         if name.endswith(("norm.weight", "layernorm.weight")):
             tensors[name] = (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
+        elif name.endswith("tid2eid"):  # a hash router's token -> expert table
+            tensors[name] = np.stack([rng.permutation(EXPERTS)[: shape[1]]
+                                      for _ in range(shape[0])]).astype(np.int64)
         else:
             tensors[name] = (0.1 * rng.standard_normal(shape)).astype(np.float32)
     save_file(tensors, str(folder / "model.safetensors"), metadata={"format": "pt"})

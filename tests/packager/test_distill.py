@@ -12,7 +12,7 @@ import pytest
 from edgemoe_fixtures.corpus import calibration_text, heldout_text
 from packager.distill import DistillError, DistillOptions, distill, tensor_specs
 from packager.distill_cache import TeacherCache, WindowTargets
-from tests.conftest import ARCH_FIXTURES
+from tests.conftest import PRUNE_FIXTURES
 
 pytestmark = pytest.mark.unit
 
@@ -318,7 +318,7 @@ def test_existing_output_is_refused_before_any_work(teacher, pruned, tmp_path):
 
 
 @pytest.mark.reference
-@pytest.mark.parametrize("name", ARCH_FIXTURES)
+@pytest.mark.parametrize("name", PRUNE_FIXTURES)
 def test_every_family_keeps_its_layout_and_trains_only_routers_and_experts(
         name, fixture_checkpoint, tmp_path):
     from packager.prune import prune_checkpoint

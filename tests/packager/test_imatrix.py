@@ -189,12 +189,15 @@ def test_every_family_quantizes_with_its_imatrix(name, fixture_checkpoint, tmp_p
     matrices = {t.name for t in gguf.GGUFReader(out).tensors
                 if t.name.startswith("blk.") and len(t.shape) >= 2}
     # Routers and recurrent layers' conv kernels stay F32 (never quantized, no matmul);
-    # DeepSeek's k_b/v_b are split from kv_b and skipped.
+    # DeepSeek's k_b/v_b are split from kv_b and skipped; DeepSeek-V4's token-id table is
+    # integers and its compressors' position biases are added, never multiplied.
     uncovered = {n for n in matrices - set(stats.sums)
                  if "ffn_gate_inp." not in n and not n.endswith(("attn_k_b.weight",
                                                                   "attn_v_b.weight",
                                                                   "ssm_conv1d.weight",
-                                                                  "shortconv.conv.weight"))}
+                                                                  "shortconv.conv.weight",
+                                                                  "ffn_gate_tid2eid.weight",
+                                                                  "_ape.weight"))}
     assert not uncovered
     assert all("kv_b_proj" in s for s in stats.skipped)
 

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.engine
 
 BUILDS = (("gguf", "F16"), ("onnx", "fp32"), ("onnx", "int8"))
 # Families whose ONNX export refuses (no recurrent layers in the exporter): GGUF only.
-GGUF_ONLY = ("lfm2moe", "qwen35moe")
+GGUF_ONLY = ("lfm2moe", "qwen35moe", "deepseek4")
 FILES = ("model.gguf", "model.onnx", "model.onnx.data", "genai_config.json", "manifest.json")
 
 GOLDEN: dict[str, dict[str, str]] = {
@@ -69,6 +69,12 @@ GOLDEN: dict[str, dict[str, str]] = {
             "35b1f8c9db90b40181e52c7a8898ab926c340c3bdf4f5ca93f276aa1816c012d",
         "onnx-int8/manifest.json":
             "46a24ddbbf87f81068ae89508acf08bcd52878ed2105704dcc6c7a54427c5db5",
+    },
+    "deepseek4": {
+        "gguf-F16/model.gguf":
+            "d7012e8cb7fa27612cbf0d46cb7338b4aca90df310f384b496605a4ecf0d860f",
+        "gguf-F16/manifest.json":
+            "abbc743c03ec0936ba5241a037744ae7219e7c4cee87efc193d19b7501caf706",
     },
     "ernie45moe": {
         "gguf-F16/model.gguf":

@@ -19,7 +19,7 @@ from packager.prune import (
     pruned_config,
 )
 from packager.usage import from_routing
-from tests.conftest import ARCH_FIXTURES
+from tests.conftest import PRUNE_FIXTURES
 
 pytestmark = pytest.mark.unit
 
@@ -261,7 +261,7 @@ def test_usage_guided_beats_random_pruning(fraction, ckpt, usage, evaluator, tmp
 
 
 @pytest.mark.engine
-@pytest.mark.parametrize("name", ARCH_FIXTURES)
+@pytest.mark.parametrize("name", PRUNE_FIXTURES)
 def test_every_family_prunes_to_a_loadable_gguf(name, fixture_checkpoint, tmp_path):
     import gguf
     import llama_cpp

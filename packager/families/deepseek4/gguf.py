@@ -187,6 +187,15 @@ class DeepseekV4GGUF(GGUFAdapter):
         head = self.config.head_dim
         return 1, head, head
 
+    def recurrent_state_values(self) -> int:
+        """The compressors' open windows (f32 keys and gate scores per compressed layer) that
+        llama.cpp keeps beside the KV caches: 8 rows of twice the head for the attention and
+        for the indexer in ratio-4 layers, 128 rows of the head in ratio-128 layers."""
+        c = self.config
+        csa = sum(1 for r in c.compress_ratios if r == 4)
+        hca = sum(1 for r in c.compress_ratios if r == 128)
+        return 2 * (csa * 8 * 2 * (c.head_dim + c.index_head_dim) + hca * 128 * c.head_dim)
+
     def write_hparams(self, w: gguf.GGUFWriter) -> None:
         c, n = self.config, self.n_layers
         w.add_context_length(c.context_length)

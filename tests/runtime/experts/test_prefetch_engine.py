@@ -33,6 +33,11 @@ def _native() -> bool:
 needs_native = pytest.mark.skipif(not _native(), reason="no C compiler for the routing tap")
 
 
+# Families pre-gating cannot guess for (a sqrt-softplus router over hyper-connection streams):
+# prefetch reports itself off with the reason; tokens are checked all the same.
+NO_PREGATE = {"deepseek4-tiny": "not sqrt-softplus ones"}
+
+
 def _generate(bundle, budget, **kw):
     import runtime
 
@@ -53,9 +58,12 @@ def test_tokens_identical_with_and_without_prefetch(name, bundle_factory, capfd)
         from_output, _, _ = _generate(bundle, budget, cold=True, prefetch=FROM_OUTPUT)
         assert plain == fetched == from_output == reference, f"{name} at {budget}"
         assert off == "off"
+        if name in NO_PREGATE and budget != "100%":
+            assert on.startswith("off: ") and NO_PREGATE[name] in on, on
+            continue
         assert on == "on" if budget != "100%" else on.startswith("off")  # nothing is paged
         issued += stats.get("prefetch_used_experts", 0) + stats.get("prefetch_unused_experts", 0)
-    assert issued > 0, f"{name}: prefetch never guessed a missing expert"
+    assert issued > 0 or name in NO_PREGATE, f"{name}: prefetch never guessed a missing expert"
     assert "Traceback" not in capfd.readouterr().err  # no error swallowed in a callback
 
 
@@ -65,7 +73,8 @@ NO_FFN_INP = ("qwen35moe-tiny", "lfm2moe-tiny")
 
 
 @needs_native
-@pytest.mark.parametrize("name", [f for f in ARCH_FIXTURES if f not in NO_FFN_INP])
+@pytest.mark.parametrize("name", [f for f in ARCH_FIXTURES
+                                  if f not in NO_FFN_INP and f not in NO_PREGATE])
 def test_tap_guesses_are_pregating_of_the_real_hidden_state(name, bundle_factory):
     """The C tap reads each layer's residual input at its routing event (a watched node, not a
     stop) and ranks the next layers' experts; both must equal Python's pre-gating of the
