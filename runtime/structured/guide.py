@@ -36,6 +36,7 @@ log = logging.getLogger(__name__)
 WAY_CAP = 128
 # Tokens of slack: the way is written once it needs all but SLACK of the tokens left.
 SLACK = 2
+TRY_FIRST = 4  # closing tokens tried one by one before the way computes a whole mask
 COMPILED_CACHE = 16  # compiled grammars kept per vocabulary (a camera sends one schema all day)
 
 
@@ -77,6 +78,7 @@ class Vocabulary:
         # What a way to an end may write when no closing token fits: text, not whitespace.
         self.plain = np.array([bool(p.strip()) for p in tokens], dtype=bool) & ~self.eog
         self.order = closing_order(tokens)
+        self.order_head = {place: ids[:TRY_FIRST].tolist() for place, ids in self.order.items()}
         self.tokenizer = llguidance.LLTokenizer(
             _Tokens(tokens, eos, lambda text: list(tokenized(text))))
         self._compiled: OrderedDict[str, Any] = OrderedDict()
@@ -199,19 +201,24 @@ class Guide:
         return allowed
 
     # --- the way to an end ------------------------------------------------------------------
-    def _next_on_way(self, m: Any, place: Place, used: set[int]) -> int | None:
-        """The token the way to an end takes next from the matcher's state (closing.py); of
-        the other tokens, one the way has not written yet, so it does not go round in circles
-        where an end needs some particular character (an email's `@`)."""
+    def _advance(self, m: Any, place: Place, used: set[int]) -> int | None:
+        """Take the way's next token on matcher `m` (closing.py's order); None when nothing
+        can follow. Of the other tokens, one the way has not written yet, so it does not go
+        round in circles where an end needs some particular character (an email's `@`)."""
+        order = self.vocab.order[place.name]
+        for token in self.vocab.order_head[place.name]:  # usually one of these, without a mask
+            if m.try_consume_tokens([token]) == 1:
+                return token
         m.unsafe_compute_mask_ptr(*self._words_at)
-        words, order = self._words, self.vocab.order[place.name]
-        hits = np.flatnonzero((words[order >> 5] >> (order & 31)) & 1)
+        hits = np.flatnonzero((self._words[order >> 5] >> (order & 31)) & 1)
         if hits.size:
-            return int(order[hits[0]])
-        allowed = np.unpackbits(self._bytes, bitorder="little", count=self.vocab.n_vocab)
-        rest = np.flatnonzero(allowed.view(bool) & self.vocab.plain)
-        fresh = [t for t in rest[:256].tolist() if t not in used]
-        return fresh[0] if fresh else int(rest[0]) if rest.size else None
+            token = int(order[hits[0]])
+        else:
+            allowed = np.unpackbits(self._bytes, bitorder="little", count=self.vocab.n_vocab)
+            rest = np.flatnonzero(allowed.view(bool) & self.vocab.plain)
+            fresh = [t for t in rest[:256].tolist() if t not in used]
+            token = fresh[0] if fresh else int(rest[0]) if rest.size else -1
+        return token if token >= 0 and m.try_consume_tokens([token]) == 1 else None
 
     def _way(self, limit: int) -> list[int] | None:
         """The tokens of the way to an end from here (ending with an end-of-generation token
@@ -228,8 +235,8 @@ class Guide:
             if forced:
                 forced = forced[: m.try_consume_tokens(forced)]
             else:
-                token = self._next_on_way(m, place, used)
-                if token is None or m.try_consume_tokens([token]) != 1:
+                token = self._advance(m, place, used)
+                if token is None:
                     return None
                 forced = [token]
             if not forced or m.is_error():
@@ -242,9 +249,10 @@ class Guide:
 
     @staticmethod
     def _next_check(left: int, way: list[int] | None) -> int:
-        """When (in tokens left) to look for the way again: halfway to where it would have to
-        be written, so the search runs a handful of times per choice; a way not found is looked
-        for again after a quarter of what is left."""
+        """When (in tokens left) to look for the way again: three quarters of the way to where
+        it would have to be written (the way grows slowly while the model writes), so the
+        search runs a few times per choice; a way not found is looked for again after a
+        quarter of what is left."""
         if way is None:
             return left - max(1, left // 4)
-        return left - max(1, (left - len(way) - SLACK) // 2)
+        return left - max(1, (left - len(way) - SLACK) * 3 // 4)
