@@ -1,20 +1,14 @@
-"""What the API features cost: constrained decoding per token, and `n` choices vs n requests.
+"""What the API features cost: `n` choices vs n requests.
 
 Run:  .venv/bin/python bench/bench_api.py [--bundle DIR | --fixture qwen3moe-trained]
                                          [--rounds 9] [--threads 2]
 
-1. Grammar on vs off: the same prompt generated unconstrained and under a response_format
-   (a JSON schema, and free-form json_object), compared per generated token, since the two
-   answers differ in length.
-2. n=4 vs four requests: one request with n=4 against four n=1 requests with the seeds its
-   choices use (`choice_seed`), so both produce exactly the same tokens (checked); the ratio is
-   of wall time (and of CPU time), with a long prompt (where computing it once matters) and a
-   short one.
-Baseline and candidate alternate order in paired rounds (drift on a busy machine hits both
-alike) and each line prints the median of the paired ratios candidate/baseline. `--clock cpu`
-(the default) times with the process's CPU time, which other processes on a shared machine
-disturb far less than wall time; use --threads 1 with it so no llama.cpp thread spins waiting
-for a preempted sibling.
+n=4 vs four requests: one request with n=4 against four n=1 requests with the seeds its
+choices use (`choice_seed`), so both produce exactly the same tokens (checked); the ratio is of
+wall time (and of CPU time), with a long prompt (where computing it once matters) and a short
+one. Baseline and candidate alternate order in paired rounds (drift on a busy machine hits both
+alike) and each line prints the median of the paired ratios candidate/baseline. What
+constrained decoding costs per token is bench/bench_structured.py.
 """
 
 from __future__ import annotations
@@ -29,12 +23,6 @@ from pathlib import Path
 from common import resolve_bundle
 
 N_CTX = 1024
-PERSON = {"type": "json_schema", "json_schema": {"name": "person", "schema": {
-    "type": "object",
-    "properties": {"name": {"type": "string"}, "age": {"type": "integer"},
-                   "city": {"type": "string"}, "tags": {"type": "array",
-                                                        "items": {"type": "string"}}},
-    "required": ["name", "age", "city", "tags"], "additionalProperties": False}}}
 SHORT = "def parse(line):\n    "
 LONG = "".join(f"def step_{i}(value):\n    return value * {i} + {i % 7}\n\n" for i in range(24))
 
@@ -58,15 +46,6 @@ def paired(rounds: int, base: Callable[[], float], cand: Callable[[], float]
     return ratios, bs, cs
 
 
-CLOCK: Callable[[], float] = time.process_time
-
-
-def per_token(model, prompt: str, **kw) -> float:
-    t0 = CLOCK()
-    r = model.generate(prompt, **kw)
-    return (CLOCK() - t0) / max(len(r.tokens), 1)
-
-
 def timed(fn: Callable[[], object], clock: Callable[[], float]) -> float:
     t0 = clock()
     fn()
@@ -78,17 +57,6 @@ def line(name: str, runs: tuple[list[float], list[float], list[float]], unit: st
     print(f"{name:<52} {statistics.median(ratios):>6.3f}x  "
           f"[{statistics.median(base) * 1e3:.2f} -> {statistics.median(cand) * 1e3:.2f} ms "
           f"{unit}; pairs {min(ratios):.2f}..{max(ratios):.2f}, n={len(ratios)}]")
-
-
-def bench_grammar(model, rounds: int) -> None:
-    kw = dict(max_tokens=64, temperature=0.8, seed=1)
-    plain = lambda: per_token(model, SHORT, **kw)  # noqa: E731
-    for name, fmt in (("json_schema (4 properties)", PERSON),
-                      ("json_object (free-form, bounded depth)", {"type": "json_object"})):
-        per_token(model, SHORT, response_format=fmt, **kw)  # warm: closing table, grammar
-        runs = paired(rounds, plain,
-                      lambda f=fmt: per_token(model, SHORT, response_format=f, **kw))
-        line(f"grammar on / off per token: {name}", runs, f"{CLOCK.__name__}/token")
 
 
 def bench_n(model, rounds: int) -> None:
@@ -118,11 +86,7 @@ def main() -> None:
     ap.add_argument("--fixture", default="qwen3moe-trained")
     ap.add_argument("--rounds", type=int, default=9)
     ap.add_argument("--threads", type=int, default=1)
-    ap.add_argument("--clock", choices=("cpu", "wall"), default="cpu",
-                    help="how the per-token grammar cost is timed")
     args = ap.parse_args()
-    global CLOCK
-    CLOCK = time.process_time if args.clock == "cpu" else time.perf_counter
     import runtime
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -130,7 +94,6 @@ def main() -> None:
         with runtime.load(bundle, n_ctx=N_CTX, threads=args.threads) as model:
             print(f"bundle {bundle.name}, vocabulary {model.engine.n_vocab} tokens, "
                   f"{args.threads} threads")
-            bench_grammar(model, args.rounds)
             bench_n(model, args.rounds)
 
 

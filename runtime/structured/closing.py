@@ -10,7 +10,9 @@ Which tokens close depends on where the text stands (`Place`):
 - elsewhere: tokens made of `}` / `]`, then `,` / `:` (on to the next required property), then
   a whole short value (`0`, `null`, `""`, `[]`, ...: a value the grammar demands, at once) or
   the beginning of `null` / `true` / `false`, then `"` (a key, or a string value).
-Within a tier, tokens that write more of the closers come first (`}}` closes two levels in one
+In a raw grammar (not JSON) the way first tries a token that ends a line or a sentence and
+keeps it if the grammar may end there, and takes no closing token twice. Within a tier, tokens
+that write more of the closers come first (`}}` closes two levels in one
 token), and of those the ones with less whitespace. When the grammar allows none of them (a
 pattern, a minimum, an enum still being spelled), the way takes the lowest-numbered token it
 allows, whitespace last.
@@ -73,6 +75,33 @@ def closing_order(tokens: Sequence[bytes]) -> dict[str, np.ndarray]:
             ranked[STRUCTURE].append((-outside, -solid, len(piece), token))
     return {place: np.array([r[-1] for r in sorted(rs)], dtype=np.int64)
             for place, rs in ranked.items()}
+
+
+_HEAD = {STRING: ('"',), STRUCTURE: ("}", "]", ",", ":")}
+
+
+def first_tries(tokens: Sequence[bytes]) -> dict[str, list[int]]:
+    """Per place, the one-character closers the way tries one by one before it computes a
+    whole mask (most steps of a way are one of these)."""
+    ids = {piece: token for token, piece in reversed(list(enumerate(tokens)))}
+    return {place: [ids[c.encode()] for c in chars if c.encode() in ids]
+            for place, chars in _HEAD.items()}
+
+
+_STOPS = frozenset(".!?;")
+
+
+def ending_tokens(tokens: Sequence[bytes], limit: int = 16) -> list[int]:
+    """Tokens that end a line or a sentence (a newline, `.`, `!`, `?`, `;`), shortest first:
+    what the way tries first in a raw grammar, keeping one that lets the text end."""
+    found = []
+    for token, piece in enumerate(tokens):
+        text = piece.decode("utf-8", "replace")
+        if not text:
+            continue
+        if ("\n" in text and not text.strip()) or (text.rstrip("\n") in _STOPS):
+            found.append((len(piece), token))
+    return [t for _, t in sorted(found)[:limit]]
 
 
 class Place:

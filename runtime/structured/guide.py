@@ -28,7 +28,7 @@ import numpy as np
 
 from runtime.backends.base import Backend
 from runtime.errors import SamplingError
-from runtime.structured.closing import Place, closing_order
+from runtime.structured.closing import Place, closing_order, ending_tokens, first_tries
 from runtime.structured.grammar import problem
 
 log = logging.getLogger(__name__)
@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 WAY_CAP = 128
 # Tokens of slack: the way is written once it needs all but SLACK of the tokens left.
 SLACK = 2
-TRY_FIRST = 4  # closing tokens tried one by one before the way computes a whole mask
 COMPILED_CACHE = 16  # compiled grammars kept per vocabulary (a camera sends one schema all day)
 
 
@@ -78,7 +77,8 @@ class Vocabulary:
         # What a way to an end may write when no closing token fits: text, not whitespace.
         self.plain = np.array([bool(p.strip()) for p in tokens], dtype=bool) & ~self.eog
         self.order = closing_order(tokens)
-        self.order_head = {place: ids[:TRY_FIRST].tolist() for place, ids in self.order.items()}
+        self.order_head = first_tries(tokens)
+        self.enders = ending_tokens(tokens)
         self.tokenizer = llguidance.LLTokenizer(
             _Tokens(tokens, eos, lambda text: list(tokenized(text))))
         self._compiled: OrderedDict[str, Any] = OrderedDict()
@@ -143,6 +143,7 @@ class Guide:
         """`left`: tokens the choice may still write; `written`: text before the grammar's
         start (an auto-mode tool call's opening), for knowing where the text stands."""
         self.vocab = vocab
+        self.text = source == "grammar"  # a raw grammar, not a JSON document or tool call
         self.matcher = vocab.matcher(grammar, source)
         self.place = Place()
         self.place.feed(written.encode("utf-8"))
@@ -206,9 +207,17 @@ class Guide:
         can follow. Of the other tokens, one the way has not written yet, so it does not go
         round in circles where an end needs some particular character (an email's `@`)."""
         order = self.vocab.order[place.name]
-        for token in self.vocab.order_head[place.name]:  # usually one of these, without a mask
-            if m.try_consume_tokens([token]) == 1:
-                return token
+        if self.text:  # a raw grammar: first a token after which it may end (a newline)
+            for token in self.vocab.enders:
+                if m.try_consume_tokens([token]) == 1:
+                    if m.is_accepting():
+                        return token
+                    m.rollback(1)
+            order = np.array([t for t in order.tolist() if t not in used], dtype=np.int64)
+        else:
+            for token in self.vocab.order_head[place.name]:  # usually one of these: no mask
+                if m.try_consume_tokens([token]) == 1:
+                    return token
         m.unsafe_compute_mask_ptr(*self._words_at)
         hits = np.flatnonzero((self._words[order >> 5] >> (order & 31)) & 1)
         if hits.size:
@@ -255,4 +264,4 @@ class Guide:
         quarter of what is left."""
         if way is None:
             return left - max(1, left // 4)
-        return left - max(1, (left - len(way) - SLACK) * 3 // 4)
+        return left - max(1, -(-(left - len(way) - SLACK) * 3 // 4))

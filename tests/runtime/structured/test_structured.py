@@ -73,11 +73,11 @@ def vocab() -> Vocabulary:
     return Vocabulary(TOKENS, [EOS], EOS, _tokenize)
 
 
-def _run(vocab: Vocabulary, grammar: str, max_tokens: int, seed: int,
-         favour: bytes = b"") -> tuple[bytes, str]:
+def _run(vocab: Vocabulary, grammar: str, max_tokens: int, seed: int, favour: bytes = b"",
+         source: str = "response_format") -> tuple[bytes, str]:
     """A generation loop over random logits (tokens in `favour` boosted): (text, finish)."""
     rng = random.Random(seed)
-    guide = Guide(vocab, grammar, "response_format", max_tokens)
+    guide = Guide(vocab, grammar, source, max_tokens)
     out = b""
     for step in range(max_tokens):
         logits = np.array([rng.gauss(0, 1) + (4 if p and p in favour else 0) for p in TOKENS],
@@ -200,15 +200,24 @@ def test_every_answer_validates_and_ends_in_time(vocab) -> None:
         assert check.is_valid(json.loads(text)), text
 
 
+def test_a_raw_grammar_ends_where_it_may(vocab) -> None:
+    """Lines of words, boosted toward writing commas and letters forever: the way ends the
+    line it is in and stops there, in time."""
+    grammar = user_grammar('root ::= line+\nline ::= [a-z] [a-z ,]* "\\n"')
+    for seed in range(6):
+        text, finish = _run(vocab, grammar, 12, seed, favour=b"abc,", source="grammar")
+        assert finish == "stop" and text.endswith(b"\n"), (seed, text)
+
+
 def test_below_the_shortest_document_the_answer_is_cut(vocab) -> None:
     text, finish = _run(vocab, schema_grammar(PERSON), 6, 0)
     assert finish == "length" and text.startswith(b"{") and len(text) >= 6
 
 
 def test_a_grammar_with_no_end_in_reach_is_cut_not_hung(vocab) -> None:
-    text, finish = _run(vocab, user_grammar('root ::= [a-z]{50} "."'), 10, 1)
+    text, finish = _run(vocab, user_grammar('root ::= [a-z]{50} "."'), 10, 1, source="grammar")
     assert finish == "length" and 10 <= len(text) < 50
-    text, finish = _run(vocab, user_grammar('root ::= "a" root'), 10, 1)  # never complete
+    text, finish = _run(vocab, user_grammar('root ::= "a" root'), 10, 1, source="grammar")
     assert finish == "length"
 
 
