@@ -6,8 +6,9 @@ Run:  .venv/bin/python bench/bench_structured.py [--bundle DIR | --fixture qwen3
 Packs one checkpoint as `gguf,onnx` (Q8_0 and int8) unless --bundle names a bundle holding both,
 then, per backend, generates the same prompt unconstrained and under each constraint: a JSON
 schema (with `pattern`, numeric bounds and `anyOf`), `json_object`, a raw GBNF grammar, and a
-required tool call. The answers differ in length, so each is timed per generated token (the
-request's CPU time over its tokens: prefill included, the same prompt on both sides). Baseline
+required tool call. The answers differ in length, so each is timed per generated token: the
+request's CPU time less the prompt's (measured apart: the same prompt on both sides, generating
+one token), over the tokens after the first. Baseline
 and candidate alternate order in paired rounds (drift on a busy machine hits both alike) and each
 line prints the median of the paired ratios constrained/unconstrained. CPU time is what other
 processes on a shared machine disturb least; keep --threads 1 with it so no engine thread spins
@@ -53,10 +54,17 @@ def paired(rounds: int, base: Callable[[], float], cand: Callable[[], float]) ->
     return ratios
 
 
-def per_token(run: Callable[[], object]) -> float:
+def cpu(run: Callable[[], object]) -> tuple[float, int]:
     t0 = time.process_time()
     r = run()
-    return (time.process_time() - t0) / max(len(r.tokens), 1)  # type: ignore[attr-defined]
+    return time.process_time() - t0, len(r.tokens)  # type: ignore[attr-defined]
+
+
+def per_token(run: Callable[[], object], prompt_cpu: float) -> float:
+    """CPU per decoded token: the request's CPU less its prompt's, over the tokens after the
+    first (which the prompt's logits give)."""
+    spent, tokens = cpu(run)
+    return max(spent - prompt_cpu, 0.0) / max(tokens - 1, 1)
 
 
 def bench_backend(model, rounds: int, tokens: int, only: list[str]) -> dict[str, float]:
@@ -82,10 +90,12 @@ def bench_backend(model, rounds: int, tokens: int, only: list[str]) -> dict[str,
             return model.generate(p, **kw)
 
         constrained()  # warm: the vocabulary for the library, the compiled grammar
-        ratios = paired(rounds, lambda f=plain: per_token(f),
-                        lambda f=constrained: per_token(f))
+        prompt_cpu = statistics.median(
+            cpu(lambda p=prompt: model.generate(p, max_tokens=1))[0] for _ in range(5))
+        ratios = paired(rounds, lambda f=plain, c=prompt_cpu: per_token(f, c),
+                        lambda f=constrained, c=prompt_cpu: per_token(f, c))
         out[name] = statistics.median(ratios)
-        base = statistics.median(per_token(plain) for _ in range(3))
+        base = statistics.median(per_token(plain, prompt_cpu) for _ in range(3))
         print(f"  {name:<18} {out[name]:6.3f}x  [unconstrained {base * 1e3:.3f} ms/token; "
               f"pairs {min(ratios):.2f}..{max(ratios):.2f}, n={len(ratios)}]", flush=True)
     return out

@@ -35,6 +35,7 @@ from runtime.generation.logprobs import TokenLogprob, token_logprob
 from runtime.generation.request import (
     Choice,
     PreparedRequest,
+    SamplingParams,
     StreamEvent,
     TextAssembler,
     Usage,
@@ -194,8 +195,8 @@ def run(decoder: Decoder, prepared: PreparedRequest, cancel: threading.Event | N
         if index:
             _rewind(decoder, prompt_ids)
         sampler = engine.sampler(replace(params, seed=choice_seed(params.seed, index)))
-        tracker = OutputTracker(prepared.constraint, engine, prepared.max_tokens) \
-            if prepared.constraint.active else None
+        tracker = OutputTracker(prepared.constraint, engine, prepared.max_tokens,
+                                _whole_softmax(params)) if prepared.constraint.active else None
         try:
             picks = _sampled(decoder, sampler, prompt_logits, bias, tracker, prepared.max_tokens)
             end = yield from write_choice(engine, prepared, index, picks, cancel, clock, tracker)
@@ -218,6 +219,12 @@ def _rewind(decoder: Decoder, prompt_ids: list[int]) -> None:
         decoder.step(prompt_ids, timed=False)
     else:
         decoder.engine.truncate(len(prompt_ids))
+
+
+def _whole_softmax(params: SamplingParams) -> bool:
+    """Whether the sampler is greedy or draws from the whole softmax (no top-k, no top-p), so
+    a constrained choice may draw first and mask only on a refusal (runtime.structured.guide)."""
+    return params.temperature <= 0 or (params.top_k == 0 and params.top_p >= 1.0)
 
 
 def _sampled(decoder: Decoder, sampler: Sampler, logits: np.ndarray, bias: np.ndarray | None,

@@ -27,7 +27,8 @@ import numpy as np
 STRING, STRUCTURE = "string", "structure"
 _SPACE = frozenset(" \t\n")
 _CLOSERS = frozenset("\"}],:") | _SPACE
-SHORT_VALUES = frozenset({"0", "null", '""', "[]", "{}", "true", "false"})
+# Whole short values, in the order the way prefers them.
+SHORT_VALUES = ("0", '""', "null", "[]", "{}", "false", "true")
 # Beginnings of the words among them: `n` may be all of `null` a vocabulary has.
 _WORD_STARTS = frozenset(w[:i] for w in ("null", "true", "false") for i in range(1, len(w)))
 
@@ -43,7 +44,7 @@ def tiers(piece: bytes) -> tuple[int, int]:
     except UnicodeDecodeError:
         return 0, 0
     word = text.strip()
-    if word in SHORT_VALUES - {'""'}:
+    if word in SHORT_VALUES and word != '""':
         return 0, 3
     if word in _WORD_STARTS:
         return 0, 2
@@ -63,29 +64,34 @@ def tiers(piece: bytes) -> tuple[int, int]:
 
 
 def closing_order(tokens: Sequence[bytes]) -> dict[str, np.ndarray]:
-    """Per place, the ids of the closing tokens, best first (tier, then closers written, then
-    fewest bytes, then id)."""
-    ranked: dict[str, list[tuple[int, int, int, int]]] = {STRING: [], STRUCTURE: []}
+    """Per place, the ids of the closing tokens, best first (tier, then among short values
+    SHORT_VALUES' order, then closers written, then fewest bytes, then id)."""
+    ranked: dict[str, list[tuple[int, int, int, int, int]]] = {STRING: [], STRUCTURE: []}
     for token, piece in enumerate(tokens):
         inside, outside = tiers(piece)
         solid = len(piece) - sum(piece.count(c) for c in b" \t\n")
+        word = piece.decode("utf-8", "replace").strip()
+        value = SHORT_VALUES.index(word) if word in SHORT_VALUES else 0
         if inside:
-            ranked[STRING].append((-inside, -solid, len(piece), token))
+            ranked[STRING].append((-inside, 0, -solid, len(piece), token))
         if outside:
-            ranked[STRUCTURE].append((-outside, -solid, len(piece), token))
+            ranked[STRUCTURE].append((-outside, value, -solid, len(piece), token))
     return {place: np.array([r[-1] for r in sorted(rs)], dtype=np.int64)
             for place, rs in ranked.items()}
 
 
-_HEAD = {STRING: ('"',), STRUCTURE: ("}", "]", ",", ":")}
+# What the way tries one by one before it computes a whole mask, by where the text stands
+# (`Place.at`): the likely next token there, in the order of the tiers (closing first).
+KEY, COLON, VALUE, AFTER = "key", "colon", "value", "after"
+_TRIES = {STRING: ('"',), KEY: ("}", '"'), COLON: (":",), AFTER: ("}", "]", ","),
+          VALUE: ("]", "0", '""', "null", "n", '"')}
 
 
 def first_tries(tokens: Sequence[bytes]) -> dict[str, list[int]]:
-    """Per place, the one-character closers the way tries one by one before it computes a
-    whole mask (most steps of a way are one of these)."""
+    """Per `Place.at`, the ids of the tokens the way tries first (those the vocabulary has)."""
     ids = {piece: token for token, piece in reversed(list(enumerate(tokens)))}
-    return {place: [ids[c.encode()] for c in chars if c.encode() in ids]
-            for place, chars in _HEAD.items()}
+    return {at: [ids[t.encode()] for t in texts if t.encode() in ids]
+            for at, texts in _TRIES.items()}
 
 
 _STOPS = frozenset(".!?;")
@@ -105,26 +111,54 @@ def ending_tokens(tokens: Sequence[bytes], limit: int = 16) -> list[int]:
 
 
 class Place:
-    """Whether text written so far ends inside a JSON string, fed byte by byte (a raw grammar's
-    quotes are read the same way, which only changes the order of preference)."""
+    """Where JSON text written so far stands, fed byte by byte: inside a string or not, and
+    outside one what comes next (a key, a colon, a value, or what follows a value). A raw
+    grammar's text is read the same way, which only changes the order of preference."""
 
-    __slots__ = ("in_string", "escaped")
+    __slots__ = ("in_string", "escaped", "expect", "stack", "key")
 
-    def __init__(self, in_string: bool = False, escaped: bool = False) -> None:
-        self.in_string, self.escaped = in_string, escaped
+    def __init__(self) -> None:
+        self.in_string, self.escaped, self.key = False, False, False
+        self.expect = VALUE
+        self.stack: list[int] = []
 
     def copy(self) -> Place:
-        return Place(self.in_string, self.escaped)
+        other = Place()
+        other.in_string, other.escaped, other.key = self.in_string, self.escaped, self.key
+        other.expect, other.stack = self.expect, self.stack.copy()
+        return other
 
     def feed(self, data: bytes) -> None:
         for b in data:
-            if self.escaped:
-                self.escaped = False
-            elif b == 0x5C and self.in_string:  # backslash
-                self.escaped = True
-            elif b == 0x22:  # quote
-                self.in_string = not self.in_string
+            if self.in_string:
+                if self.escaped:
+                    self.escaped = False
+                elif b == 0x5C:  # backslash
+                    self.escaped = True
+                elif b == 0x22:  # the closing quote
+                    self.in_string = False
+                    self.expect = COLON if self.key else AFTER
+            elif b == 0x22:
+                self.in_string, self.key = True, self.expect == KEY
+            elif b in b"{[":
+                self.stack.append(b)
+                self.expect = KEY if b == 0x7B else VALUE
+            elif b in b"}]":
+                if self.stack:
+                    self.stack.pop()
+                self.expect = AFTER
+            elif b == 0x3A:  # colon
+                self.expect = VALUE
+            elif b == 0x2C:  # comma
+                self.expect = KEY if self.stack and self.stack[-1] == 0x7B else VALUE
+            elif b not in b" \t\r\n":
+                self.expect = AFTER  # a number or a word (true, false, null) under way
 
     @property
     def name(self) -> str:
         return STRING if self.in_string else STRUCTURE
+
+    @property
+    def at(self) -> str:
+        """STRING, or what comes next outside a string (KEY, COLON, VALUE, AFTER)."""
+        return STRING if self.in_string else self.expect

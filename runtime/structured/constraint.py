@@ -162,8 +162,11 @@ class OutputTracker:
     """One choice's constrained output as it is generated: the guide that masks each token
     (none while an auto-mode answer is free text), and content and tool calls apart."""
 
-    def __init__(self, constraint: Constraint, engine: Backend, max_tokens: int) -> None:
+    def __init__(self, constraint: Constraint, engine: Backend, max_tokens: int,
+                 draw_first: bool = False) -> None:
+        """`draw_first`: the sampler is greedy or samples the whole softmax (see Guide.step)."""
         self.constraint = constraint
+        self.draw_first = draw_first
         self.vocab = vocabulary(engine)
         self.guide = None if constraint.grammar is None else \
             Guide(self.vocab, constraint.grammar, constraint.source, max_tokens)
@@ -174,7 +177,7 @@ class OutputTracker:
         """The next token (`left` tokens left, this one included); None: none can follow."""
         if self.guide is None:
             return int(sample(logits))
-        return self.guide.step(logits, sample, left)
+        return self.guide.step(logits, sample, left, self.draw_first)
 
     @property
     def done(self) -> bool:

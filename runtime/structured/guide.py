@@ -34,8 +34,9 @@ from runtime.structured.grammar import problem
 log = logging.getLogger(__name__)
 # The longest way to an end the guide looks for; a longer one is not steered to.
 WAY_CAP = 128
-# Tokens of slack: the way is written once it needs all but SLACK of the tokens left.
-SLACK = 2
+# Tokens of slack: the way is written once it needs all but SLACK (and an eighth of its
+# length: a long way is looked for again less often near the end) of the tokens left.
+SLACK = 3
 COMPILED_CACHE = 16  # compiled grammars kept per vocabulary (a camera sends one schema all day)
 
 
@@ -53,6 +54,20 @@ class _Tokens:
 
     def __call__(self, text: str) -> list[int]:
         return self._tokenize(text)
+
+
+class _Bounded(OrderedDict):  # type: ignore[type-arg]
+    """A dict that forgets its oldest entries beyond `size` (entries are plain values, so
+    threads racing on one key at worst compute it twice)."""
+
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self.size = size
+
+    def __setitem__(self, key: Any, value: Any) -> None:
+        super().__setitem__(key, value)
+        while len(self) > self.size:
+            self.popitem(last=False)
 
 
 class Vocabulary:
@@ -77,12 +92,19 @@ class Vocabulary:
         # What a way to an end may write when no closing token fits: text, not whitespace.
         self.plain = np.array([bool(p.strip()) for p in tokens], dtype=bool) & ~self.eog
         self.order = closing_order(tokens)
-        self.order_head = first_tries(tokens)
+        self.order_word = {place: ids >> 5 for place, ids in self.order.items()}
+        self.order_bit = {place: (ids & 31).astype(np.int32) for place, ids in self.order.items()}
+        self.tries = first_tries(tokens)
+        bits = np.zeros(((self.n_vocab + 31) // 32) * 32, dtype=np.uint8)
+        bits[: self.n_vocab] = self.plain
+        self.plain_words = np.packbits(bits, bitorder="little").view(np.int32)
         self.enders = ending_tokens(tokens)
         self.tokenizer = llguidance.LLTokenizer(
             _Tokens(tokens, eos, lambda text: list(tokenized(text))))
         self._compiled: OrderedDict[str, Any] = OrderedDict()
         self._lock = threading.Lock()
+        # The way to an end from a grammar's start (and the text before it), by grammar.
+        self.first_ways: _Bounded = _Bounded(COMPILED_CACHE * 4)
 
     @classmethod
     def of(cls, engine: Backend) -> Vocabulary:
@@ -122,6 +144,10 @@ class Vocabulary:
             return template.deep_copy()
 
 
+def _slack(way: list[int]) -> int:
+    return SLACK + len(way) // 8
+
+
 _VOCABULARIES: weakref.WeakKeyDictionary[Any, Vocabulary] = weakref.WeakKeyDictionary()
 _BUILDING = threading.Lock()
 
@@ -154,21 +180,38 @@ class Guide:
         self._masked = np.empty(vocab.n_vocab, dtype=np.float32)
         self._way_out: deque[int] = deque()  # the way to an end, once it is being written
         self._check_at = left  # the tokens left at which to look for the way next
+        self._first: tuple[str, str] | None = (grammar, written)  # the start, for its way
+        self._restart = 0  # tokens within which a token after a possible end is checked
 
     # --- one step ---------------------------------------------------------------------------
-    def step(self, logits: np.ndarray, sample: Callable[[np.ndarray], int], left: int
-             ) -> int | None:
+    def step(self, logits: np.ndarray, sample: Callable[[np.ndarray], int], left: int,
+             draw_first: bool = False) -> int | None:
         """The next token among those the grammar allows (`left` tokens left, this one
         included), consumed by the matcher unless it ends the generation; None when no token
-        can continue. Near the end, the way to a valid end instead of the model's choice."""
+        can continue. Near the end, the way to a valid end instead of the model's choice.
+
+        `draw_first`: the sampler is greedy or draws from the whole softmax (no top-k/top-p),
+        so drawing from the unmasked logits and keeping the token when the grammar allows it
+        (else drawing again from the masked ones) picks each allowed token with exactly the
+        masked probability — and most steps need no mask."""
         if not self._way_out and left <= self._check_at:
-            way = self._way(min(left, WAY_CAP))
-            if way is not None and len(way) + SLACK >= left:
+            way = self._first_way(left) if self._first else self._way(min(left, WAY_CAP))
+            if way is not None and len(way) + _slack(way) >= left:
                 self._way_out.extend(way)
             else:
                 self._check_at = self._next_check(left, way)
         if self._way_out:
             token = self._way_out.popleft()
+            if not self.vocab.eog[token] and not self._consume(token):
+                return None
+            return token
+        # Where the output may end but need not (between tool calls, after a line), a token
+        # can open something long: near the end it must leave a way that fits, else it ends.
+        was_accepting = self.matcher.is_accepting()
+        guard = was_accepting and left - 1 < self._restart
+        before = self.place.copy() if guard else self.place
+        if draw_first and (token := self._drawn(logits, sample)) is not None:
+            pass
         else:
             allowed = self._allowed()
             if not self._words.any() and not self.matcher.is_accepting():
@@ -177,8 +220,25 @@ class Guide:
             masked.fill(-np.inf)
             np.copyto(masked, logits, where=allowed)
             token = int(sample(masked))
-        if not self.vocab.eog[token] and not self._consume(token):
+            if not self.vocab.eog[token] and not self._consume(token):
+                return None
+        if guard and not self.vocab.eog[token] and self._way(min(left - 1, WAY_CAP)) is None:
+            self.matcher.rollback(1)
+            self.place, self.done = before, False
+            return self.vocab.eos
+        if was_accepting and not self.vocab.eog[token]:  # went on past a possible end:
+            self._check_at = max(self._check_at, left - 1)  # what is left to do is new
+        return token
+
+    def _drawn(self, logits: np.ndarray, sample: Callable[[np.ndarray], int]) -> int | None:
+        """The token drawn from the unmasked logits when the grammar allows it (consumed)."""
+        token = int(sample(logits))
+        if self.vocab.eog[token]:
+            return token if self.matcher.is_accepting() else None
+        if self.matcher.try_consume_tokens([token]) != 1:
             return None
+        self.place.feed(self.vocab.tokens[token])
+        self.done = self.matcher.is_stopped()
         return token
 
     def _consume(self, token: int) -> bool:
@@ -206,28 +266,52 @@ class Guide:
         """Take the way's next token on matcher `m` (closing.py's order); None when nothing
         can follow. Of the other tokens, one the way has not written yet, so it does not go
         round in circles where an end needs some particular character (an email's `@`)."""
-        order = self.vocab.order[place.name]
+        vocab, name = self.vocab, place.name
+        order, word_of, bit_of = vocab.order[name], vocab.order_word[name], vocab.order_bit[name]
         if self.text:  # a raw grammar: first a token after which it may end (a newline)
-            for token in self.vocab.enders:
+            for token in vocab.enders:
                 if m.try_consume_tokens([token]) == 1:
                     if m.is_accepting():
                         return token
                     m.rollback(1)
-            order = np.array([t for t in order.tolist() if t not in used], dtype=np.int64)
+            fresh = np.array([t not in used for t in order.tolist()], dtype=bool)
+            order, word_of, bit_of = order[fresh], word_of[fresh], bit_of[fresh]
         else:
-            for token in self.vocab.order_head[place.name]:  # usually one of these: no mask
+            for token in vocab.tries[place.at]:  # usually one of these: no mask needed
                 if m.try_consume_tokens([token]) == 1:
                     return token
         m.unsafe_compute_mask_ptr(*self._words_at)
-        hits = np.flatnonzero((self._words[order >> 5] >> (order & 31)) & 1)
-        if hits.size:
-            token = int(order[hits[0]])
-        else:
-            allowed = np.unpackbits(self._bytes, bitorder="little", count=self.vocab.n_vocab)
-            rest = np.flatnonzero(allowed.view(bool) & self.vocab.plain)
-            fresh = [t for t in rest[:256].tolist() if t not in used]
-            token = fresh[0] if fresh else int(rest[0]) if rest.size else -1
+        words = self._words
+        hits = np.flatnonzero((words[word_of] >> bit_of) & 1)
+        token = int(order[hits[0]]) if hits.size else self._first_fresh(words, used)
         return token if token >= 0 and m.try_consume_tokens([token]) == 1 else None
+
+    def _first_fresh(self, words: np.ndarray, used: set[int]) -> int:
+        """The lowest allowed text token (not whitespace) the way has not written yet, else
+        the lowest allowed one; -1 when none is allowed."""
+        first = -1
+        candidates = words & self.vocab.plain_words
+        for index in np.flatnonzero(candidates).tolist():
+            word = int(candidates[index]) & 0xFFFFFFFF
+            while word:
+                token = index * 32 + (word & -word).bit_length() - 1
+                if token not in used:
+                    return token
+                first = token if first < 0 else first
+                word &= word - 1
+        return first
+
+    def _first_way(self, left: int) -> list[int] | None:
+        """The way from the grammar's start: the same for every request with this grammar,
+        so it is looked for once (up to WAY_CAP tokens) and kept with the compiled grammar."""
+        key, self._first = self._first, None
+        assert key is not None
+        way = self.vocab.first_ways.get(key, False)
+        if way is False:
+            way = self.vocab.first_ways[key] = self._way(WAY_CAP)
+        # what a fresh start of the grammar (another tool call) would need
+        self._restart = WAY_CAP if way is None else len(way) + _slack(way)
+        return way if way is not None and len(way) <= left else None
 
     def _way(self, limit: int) -> list[int] | None:
         """The tokens of the way to an end from here (ending with an end-of-generation token
@@ -259,9 +343,10 @@ class Guide:
     @staticmethod
     def _next_check(left: int, way: list[int] | None) -> int:
         """When (in tokens left) to look for the way again: three quarters of the way to where
-        it would have to be written (the way grows slowly while the model writes), so the
-        search runs a few times per choice; a way not found is looked for again after a
-        quarter of what is left."""
+        it would have to be written (the way grows slowly while the model writes; going on
+        past a possible end, where it may grow a lot, looks again at once), so the search
+        runs a few times per choice; a way not found is looked for again after a quarter of
+        what is left."""
         if way is None:
             return left - max(1, left // 4)
-        return left - max(1, -(-(left - len(way) - SLACK) * 3 // 4))
+        return left - max(1, -(-(left - len(way) - _slack(way)) * 3 // 4))

@@ -277,6 +277,22 @@ def test_the_call_grammar_takes_calls_and_only_calls() -> None:
     assert not _matches(c.grammar, CALL.replace("get_weather", "get_time"))
 
 
+def test_calls_end_in_time_rather_than_open_one_more(vocab) -> None:
+    """Parallel calls, logits pushing toward opening call after call: near max_tokens the
+    answer ends after a complete call instead of opening one that cannot finish."""
+    grammar = _required().grammar
+    for seed in range(6):
+        for max_tokens in (70, 90, 120):
+            text, finish = _run(vocab, grammar, max_tokens, seed,
+                                favour=b"<tool_call>\nOslo", source="tools")
+            assert finish == "stop", (seed, max_tokens, text)
+            reader = ToolCallReader(_required().tools)
+            reader.feed(text.decode())
+            content, calls = reader.finish()
+            assert content == "" and calls, text
+            assert all(json.loads(c.arguments).keys() >= {"city"} for c in calls)
+
+
 def test_reader_streams_call_deltas_that_add_up() -> None:
     reader = ToolCallReader(_required().tools)
     text = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "O}s\\"lo"} }\n</tool_call>'
