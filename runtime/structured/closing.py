@@ -10,12 +10,14 @@ Which tokens close depends on where the text stands (`Place`):
 - elsewhere: tokens made of `}` / `]`, then `,` / `:` (on to the next required property), then
   a whole short value (`0`, `null`, `""`, `[]`, ...: a value the grammar demands, at once) or
   the beginning of `null` / `true` / `false`, then `"` (a key, or a string value).
-In a raw grammar (not JSON) the way first tries a token that ends a line or a sentence and
-keeps it if the grammar may end there, and takes no closing token twice. Within a tier, tokens
-that write more of the closers come first (`}}` closes two levels in one
+Within a tier, tokens that write more of the closers come first (`}}` closes two levels in one
 token), and of those the ones with less whitespace. When the grammar allows none of them (a
 pattern, a minimum, an enum still being spelled), the way takes the lowest-numbered token it
-allows, whitespace last.
+allows that it has not written yet (so it does not go round in circles), whitespace last. In a
+raw grammar (not JSON) the way first tries a token that ends a line or a sentence, keeping it
+if the grammar may end there, and takes no closing token twice. Most steps of a way are one
+likely token where the text stands (`first_tries`: a string's closing quote, a key's colon, a
+short value, ...), tried before the guide computes a whole mask.
 """
 
 from __future__ import annotations

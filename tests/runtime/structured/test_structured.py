@@ -178,6 +178,12 @@ def test_closing_order_and_place() -> None:
     assert place.name == STRING
     place.feed(b'", "b": 1')
     assert place.name == STRUCTURE
+    for text, at in (("", "value"), ("{", "key"), ('{"a"', "colon"), ('{"a": ', "value"),
+                     ('{"a": [1', "after"), ('{"a": [1,', "value"), ('{"a": [], ', "key"),
+                     ('{"a": "}"', "after"), ('{"a": "x', STRING), ('{"a": nul', "after")):
+        place = Place()
+        place.feed(text.encode())
+        assert place.at == at, text
 
 
 @pytest.mark.parametrize("piece,expected", [
