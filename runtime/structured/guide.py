@@ -28,7 +28,7 @@ import numpy as np
 
 from runtime.backends.base import Backend
 from runtime.errors import SamplingError
-from runtime.structured.closing import Place, closing_order, ending_tokens, first_tries
+from runtime.structured.closing import KEY, Place, closing_order, ending_tokens, first_tries
 from runtime.structured.grammar import problem
 
 log = logging.getLogger(__name__)
@@ -182,6 +182,7 @@ class Guide:
         self._check_at = left  # the tokens left at which to look for the way next
         self._first: tuple[str, str] | None = (grammar, written)  # the start, for its way
         self._restart = 0  # tokens within which a token after a possible end is checked
+        self._last_way: tuple[list[int], list[int]] | None = None  # and its members' starts
 
     # --- one step ---------------------------------------------------------------------------
     def step(self, logits: np.ndarray, sample: Callable[[np.ndarray], int], left: int,
@@ -316,14 +317,25 @@ class Guide:
     def _way(self, limit: int) -> list[int] | None:
         """The tokens of the way to an end from here (ending with an end-of-generation token
         when the grammar needs one), or None when none of at most `limit` tokens is found.
-        Walked on a copy of the matcher, so a failed search leaves the choice as it was."""
+        Walked on a copy of the matcher, so a failed search leaves the choice as it was.
+
+        At the start of an object member the rest of the previous way is tried first: while
+        the model writes the members that way would have written, what follows is the same,
+        and one check of it replaces walking it again."""
         m, place, way, used = self.matcher.deep_copy(), self.place.copy(), [], set()
+        members: list[int] = []  # where in `way` an object member starts
         while not m.is_stopped():
             if m.is_accepting():
                 way.append(self.vocab.eos)
                 break
             if len(way) >= limit:
                 return None
+            if place.at == KEY:
+                members.append(len(way))
+                rest = self._rest_of_last_way(m)
+                if rest is not None:
+                    way.extend(rest)
+                    break
             forced = m.compute_ff_tokens()  # what the grammar allows alone (a key's text)
             if forced:
                 forced = forced[: m.try_consume_tokens(forced)]
@@ -338,7 +350,25 @@ class Guide:
                 place.feed(self.vocab.tokens[token])
             way.extend(forced)
             used.update(forced)
-        return way if len(way) <= limit else None
+        if len(way) > limit:
+            return None
+        self._last_way = (way, members)
+        return way
+
+    def _rest_of_last_way(self, m: Any) -> list[int] | None:
+        """The shortest tail of the last way, from one of its object members on, that leads
+        from `m`'s state to an end (None when none does)."""
+        if self._last_way is None:
+            return None
+        way, members = self._last_way
+        end = len(way) - 1 if way and self.vocab.eog[way[-1]] else len(way)
+        for start in reversed(members):
+            tail = way[start:end]
+            trial = m.deep_copy()
+            if tail and trial.try_consume_tokens(tail) == len(tail) and (
+                    trial.is_stopped() or (end < len(way) and trial.is_accepting())):
+                return way[start:]
+        return None
 
     @staticmethod
     def _next_check(left: int, way: list[int] | None) -> int:
