@@ -29,6 +29,7 @@ from packager.onnx_export.model import OPSET, build_model
 from packager.onnx_export.moe import EXPERT_MODES
 from packager.onnx_export.precision import precision_for
 from packager.onnx_export.quant import scheme
+from packager.onnx_export.qmoe import FusedProjection
 from packager.onnx_export.weights import DEQUANT_MODES, ExpertStack
 from packager.source import open_checkpoint
 
@@ -41,10 +42,12 @@ GENAI_CONFIG = "genai_config.json"
 class OnnxExpertTensor:
     """One stacked expert tensor in the data file: expert e lives at [offset + e*stride, +stride).
 
-    `stride` is page-aligned (4096); the first `used_bytes` of each stride are the expert's
-    matrix in the checkpoint's [out, in] layout (int8/int4: unsigned codes, int4 two per byte;
-    scales: float32 per block of the in axis; zero points: uint8, int4 two per byte, see
-    quant.py); the rest is zero rows.
+    `offset` is page-aligned (4096). Gathered layouts (float builds) pad each expert to whole
+    pages: `stride` is a page multiple and its first `used_bytes` are the expert's matrix in the
+    checkpoint's [out, in] layout, the rest zero rows. The fused layout (QMoE, int8/int4) is
+    unpadded: `stride == used_bytes` and neighbours may share a page (qmoe.py). Quantized:
+    unsigned codes (int4 two per byte), float32 scales per block of the in axis, uint8 zero
+    points (int4 two per byte), see quant.py.
     """
 
     name: str
@@ -107,7 +110,7 @@ def export_onnx(
     quant: str = "fp32",
     block_size: int = 32,
     *,
-    expert_mode: str = "unique",
+    expert_mode: str | None = None,
     dequant: str = "gbq",
     method: str = "search",
     importance: Mapping[str, np.ndarray] | None = None,
@@ -119,11 +122,15 @@ def export_onnx(
     tensors at 8 bits, see precision.py). `importance`: llama.cpp's importance matrix (GGUF
     tensor name -> per-column values, `packager.imatrix`) to weight int4's error by.
     `expert_mode` and `dequant` choose between measured graph layouts of the expert
-    computation (see moe.py and weights.py); the defaults are the faster ones on CPU.
+    computation (see moe.py, qmoe.py and weights.py); the defaults are the faster ones on CPU:
+    `fused` (QMoE) for int8/int4, `unique` for float builds.
     """
     q = scheme(quant, block_size, method)
+    expert_mode = expert_mode or ("fused" if q.is_int else "unique")
     if expert_mode not in EXPERT_MODES:
         raise PackError(f"expert_mode '{expert_mode}' is not one of {EXPERT_MODES}")
+    if expert_mode == "fused" and not q.is_int:
+        raise PackError(f"expert_mode 'fused' needs int8 or int4 experts, not {quant}")
     if dequant not in DEQUANT_MODES:
         raise PackError(f"dequant '{dequant}' is not one of {DEQUANT_MODES}")
     checkpoint_dir, out_dir = Path(checkpoint_dir), Path(out_dir)
@@ -178,7 +185,7 @@ def export_onnx(
     )
 
 
-def _tables(stack: ExpertStack, role: str) -> list[OnnxExpertTensor]:
+def _tables(stack: ExpertStack | FusedProjection, role: str) -> list[OnnxExpertTensor]:
     return [_entry(info, role + suffix) for info, suffix in stack.tensors()]
 
 

@@ -143,6 +143,34 @@ class DataWriter:
         info = StackedInfo(name, first.dtype.name, offset, stride, count, tuple(first.shape), used)
         return proto, info
 
+    def add_contiguous(
+        self, name: str, mats: Iterable[np.ndarray], n: int
+    ) -> tuple[TensorProto, StackedInfo]:
+        """Write one matrix per expert back to back, unpadded: a [n, R, C] tensor that starts on
+        a page (the layout fused MoE kernels index as expert * R * C). An expert's bytes may
+        share a page with its neighbour's; the runtime pages such ranges as it pages GGUF's.
+        `mats` is consumed lazily."""
+        self._check_open()
+        offset = self._seek_aligned()
+        first: np.ndarray | None = None
+        count = 0
+        for mat in mats:
+            m = np.ascontiguousarray(mat)
+            if first is None:
+                first = m
+            elif m.dtype != first.dtype or m.shape != first.shape:
+                raise PackError(f"{name}: expert {count} differs in shape or type from expert 0")
+            self._f.write(m.tobytes())
+            count += 1
+        if count != n or first is None:
+            raise PackError(f"{name}: wrote {count} experts, expected {n}")
+        self.bytes_written += first.nbytes * count
+        dims = [count, *first.shape]
+        proto = self._proto(name, first.dtype, dims, offset, first.nbytes * count)
+        info = StackedInfo(name, first.dtype.name, offset, first.nbytes, count,
+                           tuple(first.shape), first.nbytes)  # fmt: skip
+        return proto, info
+
     def close(self) -> int:
         """Flush to disk; returns the file size."""
         if self._state is _State.OPEN:

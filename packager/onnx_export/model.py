@@ -18,6 +18,7 @@ from packager.onnx_export.external_data import DataWriter
 from packager.onnx_export.graph import MS_DOMAIN, Graph, Scope
 from packager.onnx_export.moe import LayerStacks, moe_experts
 from packager.onnx_export.precision import Precision
+from packager.onnx_export.qmoe import FusedStacks, fused_stacks, qmoe
 from packager.onnx_export.quant import QuantScheme
 from packager.onnx_export.weights import Weights
 from packager.source import Checkpoint
@@ -34,7 +35,7 @@ S, T, P = "sequence_length", "total_sequence_length", "past_sequence_length"
 @dataclass(frozen=True)
 class BuiltModel:
     model: ModelProto
-    stacks: dict[int, LayerStacks]
+    stacks: dict[int, LayerStacks | FusedStacks]
     dense_bytes: int
     input_names: tuple[str, ...]
     output_names: tuple[str, ...]
@@ -67,7 +68,7 @@ def build_model(
     ctx = Context(g, w, mask, rotary(root.child("rotary_emb"), "position_ids", fam.rope()))
     presents: list[tuple[str, str]] = []
     routing: dict[int, str] = {}
-    stacks: dict[int, LayerStacks] = {}
+    stacks: dict[int, LayerStacks | FusedStacks] = {}
     moe_layers = set(fam.moe_layers)
     for i in range(fam.n_layers):
         ls, pre = root.child(f"layers.{i}"), f"model.layers.{i}"
@@ -118,17 +119,23 @@ def build_model(
 
 def _moe_layer(
     ctx: Context, fam: OnnxAdapter, s: Scope, i: int, x: str, mode: str
-) -> tuple[str, str, LayerStacks]:
+) -> tuple[str, str, LayerStacks | FusedStacks]:
     w, pre = ctx.weights, fam.moe_prefix(i)
     x2d = s.reshape(x, [-1, fam.hidden], "Flatten")
     logits = w.linear(s.child("router"), x2d, f"{pre}.gate.weight", keep_fp32=True)
     weights, ids = fam.route(ctx, s.child("router"), i, logits)
     read_gate_up, read_down = fam.expert_readers(i)
-    stacks = LayerStacks(
-        gate_up=w.expert_stack(f"{pre}.experts.gate_up", fam.n_experts, read_gate_up),
-        down=w.expert_stack(f"{pre}.experts.down", fam.n_experts, read_down),
-    )
-    y = moe_experts(ctx, s.child("experts"), x2d, weights, ids, stacks, fam.top_k, mode)
+    stacks: LayerStacks | FusedStacks
+    if mode == "fused":
+        stacks = fused_stacks(w, f"{pre}.experts", fam.n_experts, read_gate_up, read_down)
+        y = qmoe(s.child("experts"), x2d, weights, ids, stacks, fam.n_experts, fam.top_k,
+                 w.q.block_size)  # fmt: skip
+    else:
+        stacks = LayerStacks(
+            gate_up=w.expert_stack(f"{pre}.experts.gate_up", fam.n_experts, read_gate_up),
+            down=w.expert_stack(f"{pre}.experts.down", fam.n_experts, read_down),
+        )
+        y = moe_experts(ctx, s.child("experts"), x2d, weights, ids, stacks, fam.top_k, mode)
     shared = fam.shared(ctx, s, i, x2d)
     if shared is not None:
         y = s.op("Add", [y, shared], "AddShared")

@@ -22,7 +22,9 @@ from packager.onnx_export.blocks import Context
 from packager.onnx_export.graph import Scope
 from packager.onnx_export.weights import ExpertStack
 
-EXPERT_MODES = ("pairs", "unique")
+# "fused": one QMoE node per layer (qmoe.py), the default for int8/int4; the gather graphs
+# here serve float builds (onnxruntime's float MoE kernel packs every expert into a private copy).
+EXPERT_MODES = ("pairs", "unique", "fused")
 
 
 @dataclass(frozen=True)

@@ -103,7 +103,7 @@ def test_damaged_onnx_builds_are_one_clear_error(bundle_factory, tmp_path):
     with open(truncated / "model.onnx.data", "r+b") as f:
         f.truncate((truncated / "model.onnx.data").stat().st_size // 2)
     _sync(truncated, "model.onnx.data")
-    with pytest.raises(BundleError, match="page-aligned inside model.onnx.data"):
+    with pytest.raises(BundleError, match="start on a page inside model.onnx.data"):
         open_bundle(truncated)
     disagree = _copy(src, tmp_path / "d")
     d = json.loads((disagree / "manifest.json").read_text())

@@ -1,0 +1,158 @@
+"""Quantized experts as one fused onnxruntime `QMoE` node per layer, read where they lie.
+
+Layout (onnxruntime's raw QMoE layout, `weights_prepacked=0`): per layer and projection three
+tensors, each expert-major and unpadded, so expert e of every tensor is one contiguous byte range
+of the external-data file (the runtime pages it as it pages a GGUF's experts):
+
+* `experts.gate_up.q{bits}` [E, 2F, H*bits/8]: gate and up rows *interleaved* (gate row i, then up
+  row i), the only SwiGLU layout the CPU kernel takes; `experts.down.q{bits}` [E, H, F*bits/8];
+* `.scales` float32 [E, rows, in/block] and `.zero_points` uint8 [E, rows, ceil(blocks*bits/8)],
+  the same asymmetric blocks MatMulNBits reads (quant.py).
+
+Why the stacks are also declared graph inputs: onnxruntime "pre-packs" constant weights of
+kernels that can use a faster layout, into a private heap copy made at load. For QMoE that is a
+copy of *every* expert, which would end the expert budget. An initializer that is also a graph
+input can be overridden at run time, so onnxruntime treats it as not constant and never packs it;
+nobody feeds it, so the kernel reads the initializer, i.e. the file's mapped pages. Prepacking
+stays on for everything else (the dense MatMulNBits, where it is what makes them fast).
+
+Routing stays the family's (`route` hook): the chosen ids and weights are scattered into two
+[T, E] rows — a selection score (k for a token's first choice down to 1, 0 elsewhere) that makes
+the kernel's own top-k pick exactly those experts, and the weights (`router_weights`, taken as
+given: `normalize_routing_weights=0`) — so the `routing.i` outputs are what the kernel used.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+from onnx import TensorProto
+
+from packager.errors import PackError
+from packager.onnx_export.external_data import StackedInfo, onnx_type
+from packager.onnx_export.graph import MS_DOMAIN, Scope
+from packager.onnx_export.weights import Weights
+
+
+@dataclass(frozen=True)
+class FusedProjection:
+    """One projection's stacked codes, scales and zero points, as written."""
+
+    codes: StackedInfo
+    scales: StackedInfo
+    zero_points: StackedInfo
+    bits: int
+
+    def tensors(self) -> list[tuple[StackedInfo, str]]:
+        """(tensor, role suffix) in manifest order: codes, scales, zero points."""
+        return [(self.codes, ""), (self.scales, ".scales"), (self.zero_points, ".zero_points")]
+
+
+@dataclass(frozen=True)
+class FusedStacks:
+    gate_up: FusedProjection  # per expert [2F, H], rows interleaved
+    down: FusedProjection  # per expert [H, F]
+    ff: int  # F, the expert's intermediate size
+
+
+def interleave_rows(ff: int) -> np.ndarray:
+    """Row order that turns transformers' [gate; up] ([2F, H]) into [g0, u0, g1, u1, ...]."""
+    return np.stack([np.arange(ff), np.arange(ff) + ff], axis=1).reshape(-1)
+
+
+def write_fused(
+    w: Weights,
+    name: str,
+    n_experts: int,
+    read: Callable[[int], np.ndarray],
+    interleave: bool,
+    bits: int | None = None,
+) -> FusedProjection:
+    """Quantize and write experts [n, out, in] of `name` one at a time (rows interleaved for
+    gate_up) at `bits` (default: the precision plan's); declare the three stacks as overridable
+    initializers (see the module doc)."""
+    first = read(0)
+    out_dim, in_dim = int(first.shape[0]), int(first.shape[1])
+    planned, imp = w.precision.experts(name, n_experts, in_dim)
+    bits = bits or planned
+    assert bits is not None
+    bs = w.q.block_size
+    if in_dim % bs:
+        raise PackError(f"{name}: input size {in_dim} is not a multiple of block_size {bs}")
+    order = interleave_rows(out_dim // 2) if interleave else None
+    params: list[tuple[np.ndarray, np.ndarray]] = []  # (scales, zero points) per expert
+
+    def codes() -> Iterator[np.ndarray]:
+        for e in range(n_experts):
+            m = first if e == 0 else read(e)
+            bq = w._quantize(f"{name}[{e}]", m, bits, None if imp is None else imp[e])
+            packed, scales, zeros = bq.packed.reshape(out_dim, -1), bq.scales, bq.zero_points
+            if order is not None:
+                packed, scales, zeros = packed[order], scales[order], zeros[order]
+            params.append((scales, zeros))
+            yield packed
+
+    written = [w.w.add_contiguous(f"{name}.q{bits}", codes(), n_experts)]
+    for i, suffix in enumerate((".scales", ".zero_points")):
+        written.append(w.w.add_contiguous(f"{name}{suffix}", (p[i] for p in params), n_experts))
+    for proto, info in written:
+        w.g.add_initializer(proto)
+        w.g.add_input(info.name, onnx_type(np.dtype(info.dtype)), [n_experts, *info.shape])
+    infos = [info for _, info in written]
+    return FusedProjection(infos[0], infos[1], infos[2], bits)
+
+
+def fused_stacks(
+    w: Weights,
+    prefix: str,
+    n_experts: int,
+    read_gate_up: Callable[[int], np.ndarray],
+    read_down: Callable[[int], np.ndarray],
+) -> FusedStacks:
+    """Both projections of one layer. onnxruntime's CPU QMoE takes one width per node, so where
+    the precision plan widens the down projection (int4's Q4_K_M exceptions), it follows
+    gate_up's width here; the package README measures what that costs."""
+    gate_up = write_fused(w, f"{prefix}.gate_up", n_experts, read_gate_up, interleave=True)
+    down = write_fused(w, f"{prefix}.down", n_experts, read_down, interleave=False,
+                       bits=gate_up.bits)  # fmt: skip
+    return FusedStacks(gate_up, down, gate_up.codes.shape[0] // 2)
+
+
+def qmoe(
+    s: Scope,
+    x2d: str,
+    weights: str,
+    ids: str,
+    stacks: FusedStacks,
+    n_experts: int,
+    top_k: int,
+    block_size: int,
+) -> str:
+    """sum_j weights[t, j] * expert_{ids[t, j]}(x2d[t]) for x2d [T, H] -> [T, H] in one node."""
+    tokens = s.op("Gather", [s.op("Shape", [ids], "IdsShape"), s.const([0])], "Tokens", axis=0)
+    rows = s.op("Concat", [tokens, s.const([n_experts])], "RowsShape", axis=0)
+    zeros = s.op("ConstantOfShape", [rows], "Zeros",
+                 value=_scalar(0.0))  # fmt: skip
+    rank = s.op("Expand", [s.f32(np.arange(top_k, 0, -1, dtype=np.float32)[None, :]),
+                           s.op("Shape", [ids], "RankShape")], "Rank")  # fmt: skip
+    select = s.op("ScatterElements", [zeros, ids, rank], "SelectScores", axis=1)
+    route = s.op("ScatterElements", [zeros, ids, weights], "RouteWeights", axis=1)
+    gu, dn = stacks.gate_up, stacks.down
+    inputs = [x2d, select, gu.codes.name, gu.scales.name, "", dn.codes.name, dn.scales.name,
+              "", "", "", "", gu.zero_points.name, dn.zero_points.name, "", route]  # fmt: skip
+    attrs = {}
+    if dn.bits != gu.bits:
+        attrs["fc2_expert_weight_bits"] = dn.bits
+    return s.op(
+        "QMoE", inputs, "QMoE", domain=MS_DOMAIN, k=top_k, expert_weight_bits=gu.bits,
+        block_size=block_size, activation_type="swiglu", swiglu_fusion=1, activation_alpha=1.0,
+        activation_beta=0.0, normalize_routing_weights=0, weights_prepacked=0, **attrs,
+    )  # fmt: skip
+
+
+def _scalar(value: float):  # type: ignore[no-untyped-def]
+    from onnx import helper
+
+    return helper.make_tensor("value", TensorProto.FLOAT, [1], [value])
