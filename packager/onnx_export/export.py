@@ -28,8 +28,8 @@ from packager.onnx_export.genai_config import genai_config
 from packager.onnx_export.model import OPSET, build_model
 from packager.onnx_export.moe import EXPERT_MODES
 from packager.onnx_export.precision import precision_for
-from packager.onnx_export.quant import scheme
 from packager.onnx_export.qmoe import FusedProjection
+from packager.onnx_export.quant import scheme
 from packager.onnx_export.weights import DEQUANT_MODES, ExpertStack
 from packager.source import open_checkpoint
 

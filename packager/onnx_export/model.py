@@ -108,11 +108,13 @@ def build_model(
         producer_name="edgemoe",
         ir_version=IR_VERSION,
     )
+    # Fused expert stacks are graph inputs only so onnxruntime never packs them (qmoe.py).
+    overridable = {t.name for t in g.initializers}
     return BuiltModel(
         model,
         stacks,
         w.dense_bytes,
-        tuple(v.name for v in g.inputs),
+        tuple(v.name for v in g.inputs if v.name not in overridable),
         tuple(v.name for v in g.outputs),
     )
 
@@ -128,7 +130,7 @@ def _moe_layer(
     stacks: LayerStacks | FusedStacks
     if mode == "fused":
         stacks = fused_stacks(w, f"{pre}.experts", fam.n_experts, read_gate_up, read_down)
-        y = qmoe(s.child("experts"), x2d, weights, ids, stacks, fam.n_experts, fam.top_k,
+        y = qmoe(s.child("experts"), x2d, logits, weights, ids, stacks, fam.top_k,
                  w.q.block_size)  # fmt: skip
     else:
         stacks = LayerStacks(

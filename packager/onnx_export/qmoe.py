@@ -17,9 +17,9 @@ nobody feeds it, so the kernel reads the initializer, i.e. the file's mapped pag
 stays on for everything else (the dense MatMulNBits, where it is what makes them fast).
 
 Routing stays the family's (`route` hook): the chosen ids and weights are scattered into two
-[T, E] rows — a selection score (k for a token's first choice down to 1, 0 elsewhere) that makes
-the kernel's own top-k pick exactly those experts, and the weights (`router_weights`, taken as
-given: `normalize_routing_weights=0`) — so the `routing.i` outputs are what the kernel used.
+[T, E] rows — a selection score (weight + 1 at the chosen experts, 0 elsewhere) that makes the
+kernel's own top-k pick exactly those experts, and the weights (`router_weights`, taken as given:
+`normalize_routing_weights=0`) — so the `routing.i` outputs are what the kernel used.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from onnx import TensorProto
 
 from packager.errors import PackError
 from packager.onnx_export.external_data import StackedInfo, onnx_type
@@ -123,36 +122,30 @@ def fused_stacks(
 def qmoe(
     s: Scope,
     x2d: str,
+    logits: str,
     weights: str,
     ids: str,
     stacks: FusedStacks,
-    n_experts: int,
     top_k: int,
     block_size: int,
 ) -> str:
-    """sum_j weights[t, j] * expert_{ids[t, j]}(x2d[t]) for x2d [T, H] -> [T, H] in one node."""
-    tokens = s.op("Gather", [s.op("Shape", [ids], "IdsShape"), s.const([0])], "Tokens", axis=0)
-    rows = s.op("Concat", [tokens, s.const([n_experts])], "RowsShape", axis=0)
-    zeros = s.op("ConstantOfShape", [rows], "Zeros",
-                 value=_scalar(0.0))  # fmt: skip
-    rank = s.op("Expand", [s.f32(np.arange(top_k, 0, -1, dtype=np.float32)[None, :]),
-                           s.op("Shape", [ids], "RankShape")], "Rank")  # fmt: skip
-    select = s.op("ScatterElements", [zeros, ids, rank], "SelectScores", axis=1)
+    """sum_j weights[t, j] * expert_{ids[t, j]}(x2d[t]) for x2d [T, H] -> [T, H] in one node.
+
+    `logits` [T, E] only lends its shape (zeros = logits * 0: one node where Shape, Gather,
+    Concat and ConstantOfShape would be four; per-node cost is most of a small model's decode).
+    Mixture weights are never negative, so weights + 1 > 0 marks exactly the chosen experts.
+    """
+    zeros = s.op("Mul", [logits, s.f32(0.0)], "Zeros")
+    marks = s.op("Add", [weights, s.f32(1.0)], "Marks")
+    select = s.op("ScatterElements", [zeros, ids, marks], "SelectScores", axis=1)
     route = s.op("ScatterElements", [zeros, ids, weights], "RouteWeights", axis=1)
     gu, dn = stacks.gate_up, stacks.down
     inputs = [x2d, select, gu.codes.name, gu.scales.name, "", dn.codes.name, dn.scales.name,
               "", "", "", "", gu.zero_points.name, dn.zero_points.name, "", route]  # fmt: skip
-    attrs = {}
-    if dn.bits != gu.bits:
-        attrs["fc2_expert_weight_bits"] = dn.bits
     return s.op(
         "QMoE", inputs, "QMoE", domain=MS_DOMAIN, k=top_k, expert_weight_bits=gu.bits,
         block_size=block_size, activation_type="swiglu", swiglu_fusion=1, activation_alpha=1.0,
-        activation_beta=0.0, normalize_routing_weights=0, weights_prepacked=0, **attrs,
+        activation_beta=0.0, normalize_routing_weights=0, weights_prepacked=0,
     )  # fmt: skip
 
 
-def _scalar(value: float):  # type: ignore[no-untyped-def]
-    from onnx import helper
-
-    return helper.make_tensor("value", TensorProto.FLOAT, [1], [value])

@@ -38,7 +38,7 @@ DEQUANT_MODES = ("gbq", "dq")
 # blocks and use integer dot products, as llama.cpp's Q8_0/Q4_K kernels do. 8-bit weights have
 # no other fast CPU kernel (level 0 dequantizes the matrix to float32 on every call: 35x slower
 # on a [1024, 512] matrix); 4-bit weights measured in the package README.
-ACCURACY_LEVEL = {8: 4, 4: 4}
+ACCURACY_LEVEL = {8: 4, 4: 0}
 
 
 @dataclass(frozen=True)

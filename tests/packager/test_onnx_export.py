@@ -18,6 +18,7 @@ from edgemoe_fixtures.corpus import heldout_text
 from packager.errors import PackError, UnsupportedArchitectureError
 from packager.fidelity import token_chunks
 from packager.onnx_export import OPSET, export_onnx
+from packager.onnx_export.qmoe import interleave_rows
 from packager.onnx_export.quant import quantize
 from packager.source import open_checkpoint
 from tests.conftest import ONNX_FIXTURES
@@ -201,14 +202,22 @@ def test_quantized_export_divergence(name, quant, exported, reference):
     assert top1 >= min_top1 and kl <= max_kl
 
 
-@pytest.mark.parametrize("opts", [{"expert_mode": "pairs"}, {"dequant": "dq"}])
-def test_expert_graph_variants_compute_the_same(opts, exported, fixture_checkpoint):
+@pytest.mark.parametrize(
+    ("quant", "opts"),
+    [("int4", {"expert_mode": "pairs"}), ("int4", {"dequant": "dq"}),
+     ("int8", {"expert_mode": "fused"})],  # int8: every layout stores the same widths
+)
+def test_expert_graph_variants_compute_the_same(quant, opts, exported, fixture_checkpoint):
     ids = token_chunks(fixture_checkpoint("qwen2moe-tiny"), heldout_text(), 64, 64)[0]
-    base = OnnxModel(exported("qwen2moe-tiny", "int4"))
-    other = OnnxModel(exported("qwen2moe-tiny", "int4", **opts))
+    base = OnnxModel(exported("qwen2moe-tiny", quant, expert_mode="unique"))
+    other = OnnxModel(exported("qwen2moe-tiny", quant, **opts))
     a = base.step(ids, base.empty_past())
     b = other.step(ids, other.empty_past())
-    np.testing.assert_allclose(a["logits"], b["logits"], atol=1e-4)
+    # 8-bit dense matrices quantize their activations to int8 blocks (accuracy_level 4, as
+    # llama.cpp's Q8_0 does), which turns a last-bit difference upstream into a rounding step:
+    # the layouts agree to that step, not to float32's last bits.
+    np.testing.assert_allclose(a["logits"], b["logits"], atol=5e-2)
+    assert (a["logits"].argmax(-1) == b["logits"].argmax(-1)).mean() > 0.98
     for layer in range(3):
         np.testing.assert_array_equal(a[f"routing.{layer}"], b[f"routing.{layer}"])
 
@@ -221,12 +230,15 @@ def _expert_matrices(ckpt, name: str, layer: int, e: int) -> tuple[np.ndarray, n
     return np.concatenate([g, u], axis=0), d  # the checkpoint's [out, in], gate rows first
 
 
-def _stored(mat: np.ndarray, bits: int | None) -> dict[str, bytes]:
+def _stored(mat: np.ndarray, bits: int | None, rows: np.ndarray | None = None) -> dict[str, bytes]:
+    """What the export stores for one expert matrix; `rows` reorders rows (fused gate_up)."""
     if bits is None:
         return {"": mat.astype(np.float32).tobytes()}
     bq = quantize(mat, bits, 32, None, "search" if bits == 4 else "rtn")
-    return {"": bq.packed.tobytes(), ".scales": bq.scales.tobytes(),
-            ".zero_points": bq.zero_points.tobytes()}  # fmt: skip
+    order = slice(None) if rows is None else rows
+    packed = bq.packed.reshape(bq.n, -1)
+    return {"": packed[order].tobytes(), ".scales": bq.scales[order].tobytes(),
+            ".zero_points": bq.zero_points[order].tobytes()}  # fmt: skip
 
 
 @pytest.mark.parametrize("quant", ["fp32", "int4"])
@@ -237,18 +249,24 @@ def test_expert_table_points_at_each_experts_bytes(name, quant, exported, fixtur
     data = x.data_file.read_bytes()
     assert x.expert_layers and all(len(layer.tensors) == (2 if quant == "fp32" else 6)
                                    for layer in x.expert_layers)  # fmt: skip
+    fused = x.expert_mode == "fused"  # int4 by default: QMoE's unpadded, interleaved layout
+    assert fused == (quant != "fp32")
     for layer in x.expert_layers:
         for t in layer.tensors:
-            assert t.offset % 4096 == 0 and t.stride % 4096 == 0 and t.used_bytes <= t.stride
+            # Every stack starts on a page; gathered experts are padded to whole pages, fused
+            # ones lie back to back as GGUF's do.
+            assert t.offset % 4096 == 0 and t.used_bytes <= t.stride
+            assert (t.stride == t.used_bytes) if fused else (t.stride % 4096 == 0)
             assert t.offset + t.n_experts * t.stride <= len(data)
-        # int4 keeps some down projections at 8 bits (Q4_K_M's recipe); the name says which.
+        # The name carries the width (int4's QMoE layers store one width per layer).
         bits = {t.role: int(t.name.rsplit(".q", 1)[1]) for t in layer.tensors
                 if quant != "fp32" and "." not in t.role}  # fmt: skip
         for e in range(x.n_experts):
             expected = {}
             for role, mat in zip(("gate_up", "down"), _expert_matrices(ckpt, name, layer.layer, e),
                                  strict=True):  # fmt: skip
-                stored = _stored(mat, bits.get(role))
+                rows = interleave_rows(mat.shape[0] // 2) if fused and role == "gate_up" else None
+                stored = _stored(mat, bits.get(role), rows)
                 expected.update({role + k: v for k, v in stored.items()})
             for t in layer.tensors:
                 row = data[t.offset + e * t.stride : t.offset + (e + 1) * t.stride]

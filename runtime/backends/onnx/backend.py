@@ -3,9 +3,15 @@
 The graph has the conventional decoder-only interface (input_ids, attention_mask, position_ids,
 past_key_values.i.key/value -> logits, present.i.key/value) plus `routing.i` outputs: the experts
 each MoE layer's router chose. Expert weights are stacked initializers in the external-data file,
-which onnxruntime memory-maps (one mapping per initializer) and, with prepacking disabled, never
-copies: a token's Gather touches only its experts' pages, so the same madvise-based residency
-that pages llama.cpp's mapping pages this one.
+which onnxruntime memory-maps (one mapping per initializer).
+
+A quantized build runs each MoE layer's experts as one fused QMoE node whose stacks the export
+declares as overridable initializers (packager/onnx_export/qmoe.py): onnxruntime never packs
+them, so the kernel reads a token's experts from the mapped file pages (dequantizing them into
+bounded per-thread scratch) at every budget, and the same madvise-based residency that pages
+llama.cpp's mapping pages this one. Dense weights are packed at load (a private copy of tensors
+that are resident anyway; it is what makes MatMulNBits fast). Float and older gathered builds run
+with prepacking off, so no expert is ever copied.
 
 Routing is read back after each run (onnxruntime has no mid-graph callback), so the expert cache
 admits a layer's experts just after they were used rather than just before; the budget is then
@@ -28,6 +34,7 @@ from runtime.backends.base import (
     SamplerSettings,
 )
 from runtime.backends.mapping import FileMapping
+from runtime.backends.onnx.stages import StagedRunner, Stopped, staged_runner
 from runtime.backends.onnx.tokenizer import HFTokenizer
 from runtime.backends.sampling import NumpySampler
 from runtime.errors import BundleError, EdgemoeError
@@ -35,6 +42,8 @@ from runtime.procfs import file_regions
 
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
 _ROUTING = re.compile(r"^routing\.(\d+)$")
+# The export's stacked expert tensors (packager/onnx_export: gathered and fused layouts).
+_EXPERT_TENSOR = re.compile(r"\.experts\.(gate_up|down)(\.|$)")
 DATA_SUFFIX = ".data"
 
 
@@ -58,6 +67,59 @@ def _eog_ids(bundle: Path, tok: HFTokenizer) -> set[int]:
     return ids
 
 
+def _read_graph(model_path: Path):  # type: ignore[no-untyped-def]
+    """model.onnx without its weights, or None (the session's own error names the problem)."""
+    import onnx
+
+    try:
+        return onnx.load(str(model_path), load_external_data=False)
+    except Exception:
+        return None
+
+
+def _has_fused_experts(model) -> bool:  # type: ignore[no-untyped-def]
+    """Whether the graph declares overridable initializers: the fused QMoE stacks of a quantized
+    build (packager/onnx_export/qmoe.py), which onnxruntime never packs."""
+    if model is None:
+        return False
+    inits = {t.name for t in model.graph.initializer}
+    return any(i.name in inits for i in model.graph.input)
+
+
+_SHARED_ARENA: list[bool] = []  # registered once per process
+
+
+def _shared_arena(ort) -> bool:  # type: ignore[no-untyped-def]
+    """Register one CPU arena in onnxruntime's environment for sessions that opt in."""
+    if not _SHARED_ARENA:
+        try:
+            info = ort.OrtMemoryInfo(
+                "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
+            )
+            # max memory 0 (no cap), extend strategy 1 (kSameAsRequested), defaults otherwise
+            ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, 1, -1, -1))
+            _SHARED_ARENA.append(True)
+        except Exception:  # already registered by someone else, or not supported: per session
+            _SHARED_ARENA.append(False)
+    return _SHARED_ARENA[0]
+
+
+def _options(ort, cfg: EngineConfig, fused: bool, shared_arena: bool = False):  # type: ignore[no-untyped-def]
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = cfg.n_threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    if not fused:
+        # Gathered experts are constants a kernel could copy: keep them file pages.
+        so.add_session_config_entry("session.disable_prepacking", "1")
+    shared = shared_arena and _shared_arena(ort)
+    so.add_session_config_entry("session.use_env_allocators", "1" if shared else "0")
+    # Spinning workers burn the core a busy neighbour needs, and on small models cost more
+    # than they save (measured: 2 threads 4.6 ms/token without spinning, 11.8 ms with).
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return so
+
+
 class OnnxBackend:
     """One onnxruntime session decoding a single sequence (the `Backend` protocol)."""
 
@@ -75,31 +137,38 @@ class OnnxBackend:
         self._bundle = cfg.model_path.parent
         self._tokenizer: HFTokenizer | None = None  # read on first use (logits need none)
         self._eog_set: set[int] | None = None
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = cfg.n_threads
-        so.inter_op_num_threads = 1
-        so.log_severity_level = 3
-        # Weights must stay pages of the external-data mapping, never private copies.
-        so.add_session_config_entry("session.disable_prepacking", "1")
-        so.add_session_config_entry("session.use_env_allocators", "0")
-        # Spinning workers burn the core a busy neighbour needs, and on small models cost more
-        # than they save (measured: 2 threads 4.6 ms/token without spinning, 11.8 ms with).
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        try:
-            self.session = ort.InferenceSession(
-                str(cfg.model_path), so, providers=["CPUExecutionProvider"]
-            )
-        except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
-            first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
-            raise BundleError(
-                f"{cfg.model_path}: onnxruntime could not load it ({first})"
-            ) from None
-        self._inputs = {i.name: i for i in self.session.get_inputs()}
+        model = _read_graph(cfg.model_path)
+        fused = _has_fused_experts(model)
+        so = _options(ort, cfg, fused)
+        # When the runtime acts on routing, the graph runs in stages cut before each layer's
+        # experts (stages.py), so they are admitted before their kernel reads them. The stages
+        # share one arena, growing only by what is asked (kSameAsRequested): an arena keeps its
+        # high-water mark, and one per stage would hold several.
+        self._staged: StagedRunner | None = None
+        if self._observer is not None and model is not None:
+            self._staged = self._stages(ort, _options(ort, cfg, fused, shared_arena=True), model)
+        if self._staged is None:
+            try:
+                self.session = ort.InferenceSession(
+                    str(cfg.model_path), so, providers=["CPUExecutionProvider"]
+                )
+            except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
+                first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+                raise BundleError(
+                    f"{cfg.model_path}: onnxruntime could not load it ({first})"
+                ) from None
+            self._inputs = {i.name: i for i in self.session.get_inputs()}
+            graph_outputs = self.session.get_outputs()
+        else:
+            self.session = None  # type: ignore[assignment]
+            self._inputs = self._staged.inputs()
+            graph_outputs = self._staged.outputs()
+        outputs = [o.name for o in graph_outputs]
+        self.n_vocab = int(next(o for o in graph_outputs if o.name == "logits").shape[-1] or 0)
         self._past_names = sorted(
             (n for n in self._inputs if _PAST.match(n)),
             key=lambda n: (int(_PAST.match(n).group(1)), n),  # type: ignore[union-attr]
         )
-        outputs = [o.name for o in self.session.get_outputs()]
         self._routing = {int(m.group(1)): n for n in outputs if (m := _ROUTING.match(n))}
         # Fetched every run, in this order: logits, each layer's present K/V, each MoE layer's ids.
         self._outputs = [
@@ -108,7 +177,6 @@ class OnnxBackend:
             *(self._routing[k] for k in sorted(self._routing)),
         ]
         self._kv_dtype = np.float16 if "float16" in self._first_past_type() else np.float32
-        self.n_vocab = int(self.session.get_outputs()[0].shape[-1] or 0)
         self.n_past = 0
         self._past: dict[str, np.ndarray] = {}
         data = Path(str(cfg.model_path) + DATA_SUFFIX)
@@ -116,6 +184,24 @@ class OnnxBackend:
         self._logits: np.ndarray | None = None
         self._batch = cfg.n_batch
         self.reset()
+
+    def _stages(self, ort, so, model) -> StagedRunner | None:  # type: ignore[no-untyped-def]
+        """The graph's stages as sessions (weights read from the bundle folder), or None when
+        it has no experts to cut before."""
+        experts = [t.name for t in model.graph.initializer if _EXPERT_TENSOR.search(t.name)]
+        so.add_session_config_entry(
+            "session.model_external_initializers_file_folder_path", str(self._bundle)
+        )
+        try:
+            return staged_runner(
+                model, experts,
+                lambda stage: ort.InferenceSession(stage, so, providers=["CPUExecutionProvider"]),
+            )  # fmt: skip
+        except Exception as e:  # onnxruntime's own types
+            first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            raise BundleError(
+                f"{self.cfg.model_path}: cannot run it in stages for paging ({first})"
+            ) from None
 
     def _first_past_type(self) -> str:
         return self._inputs[self._past_names[0]].type if self._past_names else "tensor(float)"
@@ -203,9 +289,10 @@ class OnnxBackend:
             "position_ids": np.arange(self.n_past, self.n_past + n, dtype=np.int64)[None, :],
             **self._past,
         }
-        results = self.session.run(
-            self._outputs, {k: v for k, v in feeds.items() if k in self._inputs}
-        )
+        feeds = {k: v for k, v in feeds.items() if k in self._inputs}
+        if self._staged is not None:
+            return self._run_staged(feeds, n)
+        results = self.session.run(self._outputs, feeds)
         logits, rest = results[0], results[1:]
         for past, present in zip(self._past_names, rest[: len(self._past_names)], strict=True):
             self._past[past] = present
@@ -215,6 +302,27 @@ class OnnxBackend:
             for layer, ids in zip(sorted(self._routing), routed, strict=True):
                 self._observer(RoutingEvent(layer, np.asarray(ids, dtype=np.int32).reshape(n, -1)))
         return np.asarray(logits[0], dtype=np.float32)
+
+    def _run_staged(self, feeds: dict[str, np.ndarray], n: int) -> np.ndarray:
+        """Each layer's routing goes to the observer before that layer's experts run; if it
+        asks to stop (an expert could not be brought in), the step ends with no logits and the
+        position does not advance (the runtime reports the fault)."""
+        assert self._staged is not None and self._observer is not None
+        observe = self._observer
+
+        def admit(layer: int, ids: np.ndarray) -> bool:
+            return bool(observe(RoutingEvent(layer, np.asarray(ids, np.int32).reshape(n, -1))))
+
+        n_past = len(self._past_names)
+        fetch = [o for o in self._outputs if not _ROUTING.match(o)]
+        try:
+            results = self._staged.run(fetch, feeds, admit)
+        except Stopped:
+            return np.zeros((n, self.n_vocab), dtype=np.float32)
+        for past, present in zip(self._past_names, results[1 : 1 + n_past], strict=True):
+            self._past[past] = present
+        self.n_past += n
+        return np.asarray(results[0][0], dtype=np.float32)
 
     def sampler(self, params: SamplerSettings) -> NumpySampler:
         """numpy sampling (runtime/backends/sampling.py); constrained output is masked above
