@@ -126,10 +126,14 @@ class Scope:
         return self.op("Mul", [x, sig], f"{name}/Mul")
 
     def rms_norm(self, x: str, weight: str, eps: float, name: str = "norm") -> str:
-        """weight * x / sqrt(mean(x^2) + eps), in the order transformers computes it."""
-        sq = self.op("Mul", [x, x], f"{name}/Square")
+        """x / sqrt(mean(x^2) + eps) * weight: transformers' RMSNorm, written in the form
+        onnxruntime's optimizer fuses into one SimplifiedLayerNormalization node (with the
+        residual Add before it, SkipSimplifiedLayerNormalization): seven nodes become one, and
+        per-node cost is a large share of a small model's decode (695 -> 505 nodes on
+        qwen3moe-medium)."""
+        sq = self.op("Pow", [x, self.f32(2.0)], f"{name}/Square")
         mean = self.op("ReduceMean", [sq, self.const([-1])], f"{name}/ReduceMean", keepdims=1)
         var = self.op("Add", [mean, self.f32(eps)], f"{name}/AddEps")
-        inv = self.op("Reciprocal", [self.op("Sqrt", [var], f"{name}/Sqrt")], f"{name}/Rsqrt")
-        normed = self.op("Mul", [x, inv], f"{name}/Normalize")
-        return self.op("Mul", [weight, normed], f"{name}/Scale")
+        std = self.op("Sqrt", [var], f"{name}/Sqrt")
+        normed = self.op("Div", [x, std], f"{name}/Normalize")
+        return self.op("Mul", [normed, weight], f"{name}/Scale")

@@ -241,7 +241,7 @@ def _stored(mat: np.ndarray, bits: int | None, rows: np.ndarray | None = None) -
             ".zero_points": bq.zero_points[order].tobytes()}  # fmt: skip
 
 
-@pytest.mark.parametrize("quant", ["fp32", "int4"])
+@pytest.mark.parametrize("quant", ["fp32", "int4", "int8"])
 @pytest.mark.parametrize("name", ONNX_FIXTURES)
 def test_expert_table_points_at_each_experts_bytes(name, quant, exported, fixture_checkpoint):
     x = exported(name, quant)
@@ -249,8 +249,8 @@ def test_expert_table_points_at_each_experts_bytes(name, quant, exported, fixtur
     data = x.data_file.read_bytes()
     assert x.expert_layers and all(len(layer.tensors) == (2 if quant == "fp32" else 6)
                                    for layer in x.expert_layers)  # fmt: skip
-    fused = x.expert_mode == "fused"  # int4 by default: QMoE's unpadded, interleaved layout
-    assert fused == (quant != "fp32")
+    fused = x.expert_mode == "fused"  # int8 by default: QMoE's unpadded, interleaved layout
+    assert fused == (quant == "int8")
     for layer in x.expert_layers:
         for t in layer.tensors:
             # Every stack starts on a page; gathered experts are padded to whole pages, fused

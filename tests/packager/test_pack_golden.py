@@ -32,21 +32,21 @@ GOLDEN: dict[str, dict[str, str]] = {
         "gguf-F16/manifest.json":
             "f09f06240be9ba3e886cc07489d3cd0a2378285767042e275e51710481003d9c",
         "onnx-fp32/model.onnx":
-            "b872db865cbcae3af7964f9a3ddb7d3caa6eaa61d7e26a041abd51e7d7a94c2d",
+            "ae662e797339e0243fb4bf9f1027cc33ce5d29fa64f331a8f58e24912068464c",
         "onnx-fp32/model.onnx.data":
             "c77f72b53cfd8f553212cef56ff2c7fe40108e7623ee974e012b8eb808718bb7",
         "onnx-fp32/genai_config.json":
             "5635deffb3d0e2e93ae45a6c65f215394b2fffa6f47bc915bd18b8296cfb3388",
         "onnx-fp32/manifest.json":
-            "6ab54901eaee38e82e420b7e7346490ebad0ef3e6a24367d9de2aef4781db059",
+            "41544da7182d1ff21a6c2868ed8e9359eeb21829bbc3a5702746d0a5a47ca37b",
         "onnx-int8/model.onnx":
-            "4349e8b31ad6839765f1a52086394a53760dfb5e94f21d8c236127a8871d0709",
+            "5c940d2355cbb05749523352639af540d164e8bab1a7ae04442c4dfb77360935",
         "onnx-int8/model.onnx.data":
-            "e4c5545d49fdbafe213b6c902fd7b05cd3cb5f8204890554732a3674cdb58389",
+            "2b7f35ed0e74cf1fda3fe226fa342bac562c0d30297053c102bfc0b0c289ab65",
         "onnx-int8/genai_config.json":
             "5635deffb3d0e2e93ae45a6c65f215394b2fffa6f47bc915bd18b8296cfb3388",
         "onnx-int8/manifest.json":
-            "77ac1016dc03c81fec39d2b5fbcf4e92c3c3382e3aa6c65c901c6f05ceac75d9",
+            "df0758bf278e96289b3cec9d80c7950fedac0218104d3f0154fc7269b1232bac",
     },
     "deepseek3": {
         "gguf-F16/model.gguf":
@@ -54,21 +54,21 @@ GOLDEN: dict[str, dict[str, str]] = {
         "gguf-F16/manifest.json":
             "34c4cdeb4d6ba0014cecff2f2d3d5d0dd4c572288ed87235a9978034a42dffe1",
         "onnx-fp32/model.onnx":
-            "8b4c70cf4fc19babbab581dadcb1d78b0c360219bac3beaf36e73926ac13ae91",
+            "7153923a32b2ee22b888072e60a9757bb1775d3a0a47952691ac21c30d68b67f",
         "onnx-fp32/model.onnx.data":
             "6ee8073bf89cbf2beeb55848a0abcf9fddc139baa73b16c44db00a223a63ac7d",
         "onnx-fp32/genai_config.json":
             "35b1f8c9db90b40181e52c7a8898ab926c340c3bdf4f5ca93f276aa1816c012d",
         "onnx-fp32/manifest.json":
-            "96ad64002bef6eda414d04dc82816a6f96fea66b50703ed8b0f45f4e03ab01bb",
+            "39bc30fbb3891ce2aef14a8af563526a9efe0231ce4a5872321028292dda9eff",
         "onnx-int8/model.onnx":
-            "b8e4f96474459db3dbc5ec12c4cc2b834f3b8c9d000d3cd49dc1d2d480d8e660",
+            "f3cb0ee68bc5a921afb0a8b44a2bb115867298f060e7a1fd80f9008a1e4c8775",
         "onnx-int8/model.onnx.data":
-            "16afc6fee762ae25c3fcaad2522f4f7f87cb9dd36de830049e1da802accc203c",
+            "8371c68d7a9ca9ffaff7a5a1e6447956e6346dc42827dbe23b4fdc1bad74a42c",
         "onnx-int8/genai_config.json":
             "35b1f8c9db90b40181e52c7a8898ab926c340c3bdf4f5ca93f276aa1816c012d",
         "onnx-int8/manifest.json":
-            "46a24ddbbf87f81068ae89508acf08bcd52878ed2105704dcc6c7a54427c5db5",
+            "bdd4097ca03db1ee786e9c9d21f6f3f37adb62aa8db7e9f9172f21dcf671c45f",
     },
     "deepseek4": {
         "gguf-F16/model.gguf":
@@ -132,21 +132,21 @@ GOLDEN: dict[str, dict[str, str]] = {
         "gguf-F16/manifest.json":
             "beaf9cbb08d915ae2be6cf7eeacc32d6aa2f01544edee477212938ca25fb1b5d",
         "onnx-fp32/model.onnx":
-            "57c043f12912ec89de5de8d7bc0b827dcf8aa4d9a7e07b10c305ae08c6a0d920",
+            "503f4bbb396cdf0ed6bce0772fe2354b735b1c41fa3d46311a2129d5a19b26b8",
         "onnx-fp32/model.onnx.data":
             "f7d1c3d7c39fda010f7e641c89932bb13dafbb9b0e62538bbe97622e8e4f98cf",
         "onnx-fp32/genai_config.json":
             "f7980204670e69f691c34658d036de771ae834830083efa67b63e0bac88c08d8",
         "onnx-fp32/manifest.json":
-            "cabc3fc6dd7e574ae57f80762cb39b5dac7fe17d8a617b9bf2b27cf51f75af2c",
+            "ee3dcd5ef3435ece9ebfc1f4f14d33808fa14f4cfbc3b10b31a14934d5021434",
         "onnx-int8/model.onnx":
-            "c33fb3efb01084fa7b0b7f8357168ca95516cbbd336b464a8ce4b1f83a8e508f",
+            "44e8b61d3f01432a7ced18cecf7457e5c277f0cea53c34a2ddcdaa444d2d51a4",
         "onnx-int8/model.onnx.data":
-            "6f4f4a6c465a6d35ba4ff4b9812f8320a658982660f27cb0142c71b109eed26d",
+            "444b92dc6ee264cdec12655cabe5d781e71b8367bb345518b30cc7d3f689c8af",
         "onnx-int8/genai_config.json":
             "f7980204670e69f691c34658d036de771ae834830083efa67b63e0bac88c08d8",
         "onnx-int8/manifest.json":
-            "ca549050939b4a7844a257621ca790d3a6055fbe8be0b242f4b90ee26f04d482",
+            "7866d5117f1bcc2f74e145e8d613bee3d3db393aa8e3acf07eb25d227e38bf78",
     },
     "olmoe": {
         "gguf-F16/model.gguf":
@@ -154,21 +154,21 @@ GOLDEN: dict[str, dict[str, str]] = {
         "gguf-F16/manifest.json":
             "fd9f602c34141c861e6100bdbb7c175c08a15bac637eb9137c27e6d962e49048",
         "onnx-fp32/model.onnx":
-            "6f46d4b91f775794f95eaee344fd749a5130fea6c6e18e58773203f4562e4e9b",
+            "088397391fba93df4ac8713ccf490ba7c4e2a396819019df90247f727426e870",
         "onnx-fp32/model.onnx.data":
             "e3dd32ef6cafe01c546b7f5c60f1a522061825904a0ade37ed4e38d3123cbf5c",
         "onnx-fp32/genai_config.json":
             "8deba0911cb998699f7d8bbc1ed0931dcb616f31824df42977f5c12590dc6ba6",
         "onnx-fp32/manifest.json":
-            "0a9aa57ff6b93f7e46726457eff4d2b8e7a5391067f0d007d4e84006b1ec9dff",
+            "b51ac82334e7e110c6367c46794b6603c017ce55812ca1441585ec8633cab089",
         "onnx-int8/model.onnx":
-            "7dc5d070b04567ac2541fdd7f84f55c0b969ef513e5a5f4cb400738e3c0b57ca",
+            "81965c03ababf828ec628fda4ee2585d5d352ed79438dfa836a562d61ce70a06",
         "onnx-int8/model.onnx.data":
-            "2ed4f27e99d428e8090231c90d7a024062922f7d9605b8d2b65c5c5c41b22774",
+            "08127851d0fde5145fe741f085626f12042d979c17e8fa3e3ce2307a387ddde5",
         "onnx-int8/genai_config.json":
             "8deba0911cb998699f7d8bbc1ed0931dcb616f31824df42977f5c12590dc6ba6",
         "onnx-int8/manifest.json":
-            "6996e89e3be28a2ac59168754f1c24c0f2480c2546622faf95b795c9b34f41aa",
+            "794187b53637601c075c21bb29cfd878cad6568d887a0ca9f690b0af05a3b47a",
     },
     "qwen35moe": {
         "gguf-F16/model.gguf":
@@ -182,21 +182,21 @@ GOLDEN: dict[str, dict[str, str]] = {
         "gguf-F16/manifest.json":
             "3ecfa0a8aa6aa5d3a58f2e433928413f84446a236e7d1744c3ce8c891f63aa91",
         "onnx-fp32/model.onnx":
-            "aa13e1d62a451c123d38a59003455d3daf2608781cfeff1b70f73151e73af52e",
+            "51f303ac48fb2c9b3d22961a1b38d4083e3c744ce71963b4135a78962d803ab9",
         "onnx-fp32/model.onnx.data":
             "a9cb4282d0ea9ef24e5dfc2bf09a408076f9b9bfd2ea6a67daa9c65284749412",
         "onnx-fp32/genai_config.json":
             "f82b3d3a7bcb21d38b948c2131fce8e67957a82de2531af263616551df7c5a1b",
         "onnx-fp32/manifest.json":
-            "61cf3aefdc97a055f0abe4acc293ca983bce4cd5e1194e2d753a41359e7d3c2c",
+            "e244cf108768625cebea9f24d1e3bf89aa5b0303a2e481a86377a1a64fa53d1a",
         "onnx-int8/model.onnx":
-            "d601e58e0483be75dab334f75caa455fec574069bcb22036e1f27619a4c32dd7",
+            "9ad72ea3acd4877787c588ffb152f56ee8af4f5c2a63902b15d4dc8a9a58cd26",
         "onnx-int8/model.onnx.data":
-            "d94223a86661b58918bcd23a72f62d6b7c0411a83847c5bc1f65eed022407dfb",
+            "59cc3ef281f3edaf646b242d2a024779eb12d02f95449400e1e0688d24af5e34",
         "onnx-int8/genai_config.json":
             "f82b3d3a7bcb21d38b948c2131fce8e67957a82de2531af263616551df7c5a1b",
         "onnx-int8/manifest.json":
-            "a8a2d4a1dd7867b6496b03c1a6e0a34be34afdfb4b611e8fff59126034104314",
+            "a4ccfa94dbefd277984f40c5c058a322b2adf892874fb544b62f9be7484df50a",
     },
     "qwen3moe": {
         "gguf-F16/model.gguf":
@@ -204,21 +204,21 @@ GOLDEN: dict[str, dict[str, str]] = {
         "gguf-F16/manifest.json":
             "205d77e7d8e5b20952f860850f9239b570b2a4c4842d456e9d0ab747f8e2639f",
         "onnx-fp32/model.onnx":
-            "9bcf0a04d5f7a3a5966238664fed5f24a5ad4ed055855600dceef519e74382b0",
+            "dbfd31dbe8f5737c69b4a8e238fadae580ad677bc009fa0b50156987dee38b96",
         "onnx-fp32/model.onnx.data":
             "d1f76a89d83f38fdb2101cbdb8890ca15f9a2a5895ff9a24853e24a9d58b40bd",
         "onnx-fp32/genai_config.json":
             "18f95ce5f2fd5f3cefe9b32e7c26ca57bf4701f8fa461543f41b3063e9b037f1",
         "onnx-fp32/manifest.json":
-            "d7cc2676750965ab94a31a2507ee467a5c078d64658d2a73dda7917bb150179a",
+            "644fb9437d2f033df3dbb2ddcbfdc08f1bd28f5aec68ca373cc307a3902ea7e6",
         "onnx-int8/model.onnx":
-            "107c57cd874b53857b87e3bfe7d8657e2ccc04996b9a9107023f4dff68ca3b30",
+            "afec6f06e648abbc9a727fe921348cc7695647830822e62b32ea724e6f7756f9",
         "onnx-int8/model.onnx.data":
-            "7ce8c4db5acc4bf9bf40e83cbb6e35b4f9ffeb4c2c878d6c812ece0fd5f40e3c",
+            "95bdc5eb6d8126757ac1ee68da18b7675acb730084d0ff0395845a766f5a56e0",
         "onnx-int8/genai_config.json":
             "18f95ce5f2fd5f3cefe9b32e7c26ca57bf4701f8fa461543f41b3063e9b037f1",
         "onnx-int8/manifest.json":
-            "c1ec3aeb55aae07a112e042d71f850d15fce9cbf23ef34cd92569d6a7e831b3e",
+            "c7d192f6166fe7a16922a76cb5d746b271ee494db3a96e8f1ad45064b5ef3f27",
     },
 }
 

@@ -86,6 +86,15 @@ def _has_fused_experts(model) -> bool:  # type: ignore[no-untyped-def]
     return any(i.name in inits for i in model.graph.input)
 
 
+def _read_only(addr: int, length: int) -> None:
+    """mprotect(PROT_READ) a mapping of weights; a refusal leaves it as it was."""
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    libc.mprotect(ctypes.c_void_p(addr), ctypes.c_size_t(length), 1)  # PROT_READ
+
+
 _SHARED_ARENA: list[bool] = []  # registered once per process
 
 
@@ -208,12 +217,19 @@ class OnnxBackend:
 
     # --- residency hook ------------------------------------------------------------------
     def file_mapping(self) -> FileMapping | None:
-        """onnxruntime maps each external initializer on its own: one region per mapping."""
+        """onnxruntime maps each external initializer on its own: one region per mapping.
+
+        It maps them private and writable, though it never writes a weight; the regions are
+        made read-only here, because mlock (how the runtime pins its hot experts) on a writable
+        private mapping breaks copy-on-write and pins an anonymous copy of every page instead
+        of the file's own (measured: 55 MiB of copies for a 25 % budget's hot set)."""
         if self.data_path is None:
             return None
-        regions = tuple(
-            (r.offset, r.offset + (r.end - r.start), r.start) for r in file_regions(self.data_path)
-        )
+        found = file_regions(self.data_path)
+        for r in found:
+            if "w" in r.perms:
+                _read_only(r.start, r.end - r.start)
+        regions = tuple((r.offset, r.offset + (r.end - r.start), r.start) for r in found)
         return FileMapping(regions) if regions else None
 
     def routing_log(self, n_layers: int, n_experts: int, top_k: int) -> RoutingLog | None:

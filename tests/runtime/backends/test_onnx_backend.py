@@ -126,13 +126,18 @@ def test_damaged_onnx_builds_are_one_clear_error(bundle_factory, tmp_path):
 ONNX_CHILD = """
 import json, sys
 from pathlib import Path
+import numpy, onnx, onnxruntime  # the libraries an ONNX model needs, loaded before it
 import runtime
+def rss():
+    return int(open("/proc/self/status").read().split("VmRSS:")[1].split()[0]) * 1024
 bundle, budget, text = sys.argv[1], sys.argv[2], Path(sys.argv[3]).read_text()
+start = rss()  # the interpreter and the libraries, before any model
 with runtime.load(bundle, budget=budget, backend="onnx") as m:
     r = m.generate(text, max_tokens=24)
     s = m.stats()
-    print(json.dumps({"tokens": r.tokens, "cap": s["expert_capacity_bytes"],
-                      "dense": s["dense_bytes"], "experts": s["expert_bytes_total"]}), flush=True)
+    print(json.dumps({"tokens": r.tokens, "cap": s["expert_capacity_bytes"], "start": start,
+                      "dense": s["dense_bytes"], "experts": s["expert_bytes_total"],
+                      "kv": s.get("kv_bytes", 0), "prompt": r.usage.prompt_tokens}), flush=True)
     sys.stdin.readline()
 """
 
@@ -166,28 +171,50 @@ def _onnx_child(bundle: Path, budget: str, text_file: Path) -> dict:
     return out
 
 
+# What running in stages adds to the process (one session per stage, their shared arena's
+# activations for a prompt batch): measured 7-15 MiB on qwen3moe-medium.
+STAGES_ALLOWANCE = 24 * 2**20
+
+
+def _layer_experts(bundle: Path) -> int:
+    """One layer's experts, all of them: what a prompt batch may hold beyond the cache while
+    that layer runs (its surplus is released at the next layer's routing, pager.py)."""
+    m = json.loads((bundle / "manifest.json").read_text())
+    build = next(b for b in [m, *m.get("builds", [])] if b["format"] == "onnx")
+    n = m["shape"]["n_experts"]
+    return max(sum(t["stride"] for t in x["tensors"]) for x in build["expert_layers"]) * n
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("quant", ["fp32", "int4"])
-def test_expert_budget_holds_on_onnx_measured_from_outside(quant, bundle_factory, tmp_path):
-    """onnxruntime maps experts lazily, so at 100 % only the experts a text touches become
-    resident; a long varied prompt touches most. At 25 % the kernel's count of the data file's
-    resident bytes stays within dense + the expert capacity, and the process ends smaller."""
+def test_expert_budget_holds_on_onnx_measured_from_outside(bundle_factory, tmp_path):
+    """A ~600-token prompt and 24 tokens on an int8 build whose experts are ~95 % of its bytes,
+    in two children, measured by the kernel from outside. The 100 % run gives the process's
+    own overhead: its peak RSS less the expert pages it mapped (nothing is released at 100 %).
+    At 25 % the peak must stay under that overhead + the manifest's expert capacity + one
+    layer's experts (a prompt batch's surplus, released at the next layer's routing) + what
+    running in stages adds; the data file's resident bytes end within dense + capacity; the
+    tokens are those of 100 %."""
     from edgemoe_fixtures.corpus import heldout_text
 
-    bundle = bundle_factory("qwen3moe-trained", quant, format="onnx")
+    bundle = bundle_factory("qwen3moe-medium", "int8", format="onnx")
     text = tmp_path / "prompt.txt"
     text.write_text(heldout_text()[:1500])
     full = _onnx_child(bundle, "100%", text)
     quarter = _onnx_child(bundle, "25%", text)
+    layer = _layer_experts(bundle)
+    overhead = full["peak"] - full["data_rss"]
+    bound = overhead + quarter["cap"] + layer + STAGES_ALLOWANCE
     mib = 2**20
     print(
-        f"onnx data-file RSS 100% {full['data_rss'] / mib:.1f} MiB, 25% "
-        f"{quarter['data_rss'] / mib:.1f} MiB (cap {quarter['cap'] / mib:.1f}); process RSS "
-        f"{full['rss'] / mib:.0f} -> {quarter['rss'] / mib:.0f} MiB; peak {full['peak'] / mib:.0f}"
-        f" -> {quarter['peak'] / mib:.0f} MiB"
+        f"onnx int8 {quarter['prompt']}-token prompt: peak RSS 100% {full['peak'] / mib:.0f} "
+        f"MiB (experts mapped {full['data_rss'] / mib:.0f}), 25% {quarter['peak'] / mib:.0f} MiB"
+        f" (bound {bound / mib:.0f}: overhead {overhead / mib:.0f} + cap "
+        f"{quarter['cap'] / mib:.1f} + layer {layer / mib:.1f} + stages "
+        f"{STAGES_ALLOWANCE / mib:.0f}); data file RSS at 25% {quarter['data_rss'] / mib:.1f} "
+        f"MiB of {quarter['experts'] / mib:.0f} MiB experts"
     )
     assert quarter["tokens"] == full["tokens"]
-    assert full["data_rss"] > 0.6 * full["experts"]  # the prompt touched most experts
+    assert quarter["peak"] <= bound
+    # The bound leaves most experts out: a run that kept every one resident would break it.
+    assert overhead + quarter["experts"] > bound
     assert quarter["data_rss"] <= quarter["dense"] + quarter["cap"] + 0.05 * quarter["experts"]
-    saved = full["data_rss"] - quarter["data_rss"]
-    assert quarter["rss"] <= full["rss"] - saved // 2
