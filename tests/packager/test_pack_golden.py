@@ -82,21 +82,21 @@ GOLDEN: dict[str, dict[str, str]] = {
         "gguf-F16/manifest.json":
             "28effeefbbd632b052832dbf04a8cd0af958d091cdd05dac94b5de86c02ca7b2",
         "onnx-fp32/model.onnx":
-            "6ab2ef1a63995a54d3a344ac430adc607a33a479b3e9070bf9828479df6557f9",
+            "d0878879d1fb6ac61ed06be28ca20d4670f79a2674d2fe8e36bed986150eff8f",
         "onnx-fp32/model.onnx.data":
             "f13ea50b9c8fd096b6ed1b8744991c396eeaaece959d5c9d41c780c62ef6a8d4",
         "onnx-fp32/genai_config.json":
             "7ff954374498b43d58ff8148431cfb29342b9341362ae56652f873c05c464668",
         "onnx-fp32/manifest.json":
-            "ed468d777f3213db4316c74cb82b350f2b05a7c9d76795533279ebc5d6a649f2",
+            "8293fb577aa6c1e5d3282406bda6ff337086e98e22eaf4434230493077651b9b",
         "onnx-int8/model.onnx":
-            "e3329aef5e48506d1a5de8f98e74a08884d886ad038da70eb52a7e68c49fd65c",
+            "ca3dc1009deaaec04e33047119bddb6c2edd2dbcc31f6a1c922c511a721b5858",
         "onnx-int8/model.onnx.data":
-            "9982963e9920cfc76cef6e00f10c3d198957be5e989ceadabd8b5d35bf12344b",
+            "4eb2921e07b170c7c4de18101f6805e8c57d66d4e978a14253128f4d15639c5a",
         "onnx-int8/genai_config.json":
             "7ff954374498b43d58ff8148431cfb29342b9341362ae56652f873c05c464668",
         "onnx-int8/manifest.json":
-            "26d9862d1619b199dfb7f9272b15b4c7e709f29bec2a043205ba3d3d01f322e0",
+            "c86f601142be020b463b6258ed4d7dedcdda2b997aa247b6847bcf40e6dc3d77",
     },
     "glm4moe": {
         "gguf-F16/model.gguf":
@@ -104,21 +104,21 @@ GOLDEN: dict[str, dict[str, str]] = {
         "gguf-F16/manifest.json":
             "5c1d8a1e84b455517cc2861fbc884dd36b5d97a9a031ee325ccbdeb7dbfbc674",
         "onnx-fp32/model.onnx":
-            "9c4c95a66113558ba7ab67619bc9f2251860d8e679c4df42f42ce81d7d436e7f",
+            "9d886dac432614e04a7c4b69fe08680275d38c446d27820845b4e994e55bad37",
         "onnx-fp32/model.onnx.data":
             "9c49a8155c94e4f3e4429fab6697d7137b4cdb33a1fb7774d174dd9c089146e6",
         "onnx-fp32/genai_config.json":
             "d1649cd6b198923b28f9a3efb7c63e2e5a72d7c7cf6d8a99f5ec139f623504ae",
         "onnx-fp32/manifest.json":
-            "18477b2253ccc46b82bc761ad782e129a47eb0dbc5c5cfca202ce58b9d595e95",
+            "1d7f78a58ab3426610eb16a0b6f17abb5541d05487573e2338aaee9eab034b7e",
         "onnx-int8/model.onnx":
-            "9f59f6a21b2785f513284010602fe50f557c79096053b0f5d8764d9e8064458c",
+            "cc093875e7de960d724f936a57ce78e313b35baa7f139eb818c3dde50e1d3759",
         "onnx-int8/model.onnx.data":
-            "f0ecae2e5d38ed7dcbd33381889c851e10526cc6cdd03089c5481467d8d2d162",
+            "6a929857f864b2166a671db3a63a62582157c430a45f8d9f131358c34c9a20c0",
         "onnx-int8/genai_config.json":
             "d1649cd6b198923b28f9a3efb7c63e2e5a72d7c7cf6d8a99f5ec139f623504ae",
         "onnx-int8/manifest.json":
-            "30a3d1ef16c8ed9d957daed3fdad5ce7429d3211a4f7656606e60df994bd28ef",
+            "e2b5a0f850b8211efda575369151c797785bee86b72cb6d3d0c194fd6618344f",
     },
     "lfm2moe": {
         "gguf-F16/model.gguf":
