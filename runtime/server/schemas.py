@@ -210,7 +210,8 @@ class _GenerationRequest(_Strict):
         None, description="json_object or json_schema: the output is enforced while sampling."
     )
     grammar: Text | None = Field(
-        None, description="Extension (llama.cpp server): a GBNF grammar the output must match."
+        None, description="Extension (llama.cpp server): a grammar the output must match, GBNF or "
+        "llguidance's Lark (JSON Schemas inline as %json {...})."
     )
     user: str | None = None
 
