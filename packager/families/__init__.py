@@ -10,6 +10,7 @@ from packager.families import (  # noqa: E402,F401,I001
     ernie45moe,
     glm4moe,
     lfm2moe,
+    mimo2,
     mixtral,
     olmoe,
     qwen35moe,

@@ -49,7 +49,7 @@ pytestmark = pytest.mark.unit
 MOE_TINY = (
     "qwen3moe-tiny", "qwen2moe-tiny", "mixtral-tiny", "olmoe-tiny", "deepseek2-tiny",
     "deepseek3-tiny", "qwen35moe-tiny", "glm4moe-tiny", "lfm2moe-tiny", "ernie45moe-tiny",
-    "deepseek4-tiny",
+    "deepseek4-tiny", "mimo2-tiny",
 )  # fmt: skip
 EXPERT_KEY = {
     "qwen3moe-tiny": "model.layers.0.mlp.experts.7.gate_proj.weight",
@@ -63,6 +63,7 @@ EXPERT_KEY = {
     "lfm2moe-tiny": "model.layers.1.feed_forward.experts.15.w1.weight",  # layer 0 is dense
     "ernie45moe-tiny": "model.layers.1.mlp.experts.7.gate_proj.weight",  # layer 0 is dense
     "deepseek4-tiny": "model.layers.0.ffn.experts.7.w1.weight",  # saved in the released naming
+    "mimo2-tiny": "model.layers.1.mlp.experts.7.gate_proj.weight",  # layer 0 is dense
 }
 
 
@@ -98,7 +99,7 @@ def test_registry_has_the_promised_fixtures():
         "qwen3moe-tiny", "qwen2moe-tiny", "mixtral-tiny", "olmoe-tiny", "deepseek2-tiny",
         "deepseek3-tiny", "dense-tiny", "qwen3moe-medium", "qwen3moe-trained", "qwen3moe-large",
         "qwen35moe-tiny", "glm4moe-tiny", "lfm2moe-tiny", "ernie45moe-tiny",
-        "deepseek4-tiny",
+        "deepseek4-tiny", "mimo2-tiny",
     }  # fmt: skip
     assert set(TINY_FIXTURES) == {*MOE_TINY, "dense-tiny"}
     assert all(spec.is_moe for n, spec in FIXTURES.items() if n != "dense-tiny")
@@ -409,6 +410,24 @@ def test_deepseek4_fixture_has_a_hash_table_and_every_attention_kind():
         bias = f.get_tensor("model.layers.1.ffn.gate.bias")
     assert table.shape == (VOCAB_SIZE, 2) and (table[:, 0] != table[:, 1]).all()
     assert set(np.unique(table)) == set(range(8))  # every expert is some token's
+    assert 0.05 < float(abs(bias).mean()) < 0.2
+
+
+@pytest.mark.reference
+def test_mimo2_fixture_has_both_attention_kinds_sinks_and_groups():
+    from safetensors import safe_open
+
+    ckpt = cached_fixture("mimo2-tiny")
+    c = json.loads((ckpt / "config.json").read_text())
+    assert c["layer_types"][:2] == ["full_attention", "sliding_attention"]
+    assert (c["n_group"], c["topk_group"], c["head_dim"], c["v_head_dim"]) == (2, 1, 48, 32)
+    with safe_open(str(ckpt / "model.safetensors"), "np") as f:
+        k_full = f.get_slice("model.layers.0.self_attn.k_proj.weight").get_shape()
+        k_swa = f.get_slice("model.layers.1.self_attn.k_proj.weight").get_shape()
+        sinks = f.get_tensor("model.layers.1.self_attn.attention_sink_bias")
+        bias = f.get_tensor("model.layers.1.mlp.gate.e_score_correction_bias")
+    assert (k_full[0], k_swa[0]) == (48, 96)  # sliding layers: twice the KV heads
+    assert sinks.shape == (4,) and float(abs(sinks).max()) > 0
     assert 0.05 < float(abs(bias).mean()) < 0.2
 
 

@@ -79,6 +79,22 @@ CONFIGS["deepseek4"] = {
 }  # fmt: skip
 
 
+# MiMo-V2-Flash as the released checkpoint's config names it: hybrid_layer_pattern,
+# swa_num_key_value_heads, swa_rope_theta, sliding_window_size, layernorm_epsilon.
+CONFIGS["mimo2"] = {
+    **{k: v for k, v in _BASE.items() if k not in ("rope_parameters", "rms_norm_eps")},
+    "architectures": ["MiMoV2FlashForCausalLM"], "model_type": "mimo_v2_flash",
+    "num_hidden_layers": 3, "num_key_value_heads": 1, "swa_num_key_value_heads": 2,
+    "head_dim": 12, "v_head_dim": 8, "swa_head_dim": 12, "swa_v_head_dim": 8,
+    "swa_num_attention_heads": HEADS, "hybrid_layer_pattern": [0, 1, 1],
+    "moe_layer_freq": [0, 1, 1], "sliding_window_size": 8, "rope_theta": 5000000.0,
+    "swa_rope_theta": 10000.0, "partial_rotary_factor": 0.334, "layernorm_epsilon": 1e-5,
+    "attention_value_scale": 0.707, "n_routed_experts": EXPERTS,
+    "moe_intermediate_size": EXPERT_FF, "n_group": 2, "topk_group": 1, "norm_topk_prob": True,
+    "routed_scaling_factor": None, "scoring_func": "sigmoid", "topk_method": "noaux_tc",
+}  # fmt: skip
+
+
 CONFIGS["deepseek3"] = {  # V3 names no topk_method: its router is always noaux_tc
     **{k: v for k, v in CONFIGS["deepseek2"].items() if k != "topk_method"},
     "architectures": ["DeepseekV3ForCausalLM"],
@@ -261,9 +277,39 @@ def _deepseek4_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     return shapes  # fmt: skip
 
 
+def _mimo2_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
+    """MiMo-V2-Flash: sliding layers with twice the KV heads and sinks, V narrower than Q/K."""
+    h, head, v = HIDDEN, cfg["head_dim"], cfg["v_head_dim"]
+    shapes: dict[str, tuple[int, ...]] = {
+        "model.embed_tokens.weight": (VOCAB, h), "lm_head.weight": (VOCAB, h),
+        "model.norm.weight": (h,)}
+    for i, slides in enumerate(cfg["hybrid_layer_pattern"]):
+        p = f"model.layers.{i}"
+        kv = cfg["swa_num_key_value_heads"] if slides else cfg["num_key_value_heads"]
+        shapes |= {f"{p}.input_layernorm.weight": (h,),
+                   f"{p}.post_attention_layernorm.weight": (h,),
+                   f"{p}.self_attn.q_proj.weight": (HEADS * head, h),
+                   f"{p}.self_attn.k_proj.weight": (kv * head, h),
+                   f"{p}.self_attn.v_proj.weight": (kv * v, h),
+                   f"{p}.self_attn.o_proj.weight": (h, HEADS * v)}
+        if slides:
+            shapes[f"{p}.self_attn.attention_sink_bias"] = (HEADS,)
+        if not cfg["moe_layer_freq"][i]:
+            shapes |= _mlp(f"{p}.mlp", DENSE_FF, ("gate_proj", "up_proj", "down_proj"))
+            continue
+        shapes |= {f"{p}.mlp.gate.weight": (EXPERTS, h),
+                   f"{p}.mlp.gate.e_score_correction_bias": (EXPERTS,)}
+        for e in range(EXPERTS):
+            shapes |= _mlp(f"{p}.mlp.experts.{e}", EXPERT_FF, ("gate_proj", "up_proj",
+                                                               "down_proj"))
+    return shapes  # fmt: skip
+
+
 def tensor_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
     """Every tensor a transformers checkpoint of `cfg` saves, with its shape."""
     kind = cfg["model_type"]
+    if kind == "mimo_v2_flash":
+        return _mimo2_shapes(cfg)
     if kind == "deepseek_v4":
         return _deepseek4_shapes(cfg)
     if kind == "lfm2_moe":  # its final norm is `embedding_norm`; the output is tied

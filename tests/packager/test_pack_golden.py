@@ -22,7 +22,7 @@ pytestmark = pytest.mark.engine
 
 BUILDS = (("gguf", "F16"), ("onnx", "fp32"), ("onnx", "int8"))
 # Families whose ONNX export refuses (no recurrent layers in the exporter): GGUF only.
-GGUF_ONLY = ("lfm2moe", "qwen35moe", "deepseek4")
+GGUF_ONLY = ("lfm2moe", "qwen35moe", "deepseek4", "mimo2")
 FILES = ("model.gguf", "model.onnx", "model.onnx.data", "genai_config.json", "manifest.json")
 
 GOLDEN: dict[str, dict[str, str]] = {
@@ -125,6 +125,12 @@ GOLDEN: dict[str, dict[str, str]] = {
             "aa67b7bf7841f0769c9d201947f2e059fb503408e4ffd231dbad3b75ce3c6f9e",
         "gguf-F16/manifest.json":
             "54ba6a5c83154740ac42f790116c7ca25576d4a0e0644b779096aee4fafdd8e3",
+    },
+    "mimo2": {
+        "gguf-F16/model.gguf":
+            "8a520e00238c3cd2a7e3b8f075f6f46cc4bd6399e8a51baa1102c3fc42fdb4bd",
+        "gguf-F16/manifest.json":
+            "8cc15d7ae0044253d5d190b9e57d73168d8b45906b3d4e882b176be929e2d275",
     },
     "mixtral": {
         "gguf-F16/model.gguf":

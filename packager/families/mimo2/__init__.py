@@ -1,0 +1,20 @@
+"""MiMo-V2-Flash: hybrid sliding-window / full attention with sinks, a narrower V head and a
+scaled value, dense leading layers, a sigmoid router with a selection bias and expert groups;
+multi-token-prediction blocks are skipped."""
+
+from __future__ import annotations
+
+from packager.families.family import Family
+from packager.families.mimo2.config import MiMoV2Config
+from packager.families.mimo2.gguf import MiMoV2GGUF
+from packager.families.registry import register
+
+
+@register
+class MiMoV2(Family):
+    hf_architectures = ("MiMoV2FlashForCausalLM",)
+    config_type = MiMoV2Config
+    gguf_type = MiMoV2GGUF
+    onnx_missing = (
+        "sliding-window attention with per-head sinks (MiMo's sliding layers) is not exported"
+    )
