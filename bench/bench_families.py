@@ -9,6 +9,8 @@ Per fixture, on the same held-out tokens (1,024 in chunks of 128):
   the same quantizer (bench_pack.py's pipeline) where that converter accepts the checkpoint;
 - whether runtime.load gives the same greedy tokens at 100/50/25 % expert budgets (cold);
 - ONNX fp32 through onnxruntime: top-1 and mean KL, or the one-line refusal.
+A family whose GGUF is refused (Phi-MoE) gets its ONNX int8/int4 KL in the quant columns and
+its budgets run on onnxruntime.
 """
 
 from __future__ import annotations
@@ -55,12 +57,12 @@ def _greedy_equal(ckpt: Path, gguf: Path) -> bool:
     return out == ref
 
 
-def _budgets_identical(bundle: Path) -> bool:
+def _budgets_identical(bundle: Path, backend: str | None = None) -> bool:
     import runtime
 
     runs = []
     for budget, cold in (("100%", False), ("50%", True), ("25%", True)):
-        with runtime.load(bundle, budget=budget, cold=cold, threads=2) as m:
+        with runtime.load(bundle, budget=budget, cold=cold, threads=2, backend=backend) as m:
             runs.append(m.generate(PROMPT, max_tokens=32, temperature=0.0).tokens)
     return all(r == runs[0] for r in runs)
 
@@ -89,6 +91,8 @@ def measure_family(fixture: str, work: Path) -> dict[str, str]:
     chunks = token_chunks(ckpt, heldout_text(), n_tokens=1024, chunk=128)
     ref = reference_logits(ckpt, chunks)
     row: dict[str, str] = {"fixture": fixture}
+    if _gguf_refusal(ckpt):
+        return _onnx_only_row(row, ckpt, work, ref, chunks)
     bundles = {}
     for quant in ("F16", "Q8_0", "Q4_K_M"):
         bundles[quant] = work / quant
@@ -107,6 +111,35 @@ def measure_family(fixture: str, work: Path) -> dict[str, str]:
             why = (e.stderr or b"").decode(errors="replace").strip().splitlines() or ["?"]
             row[f"{quant} KL (llama.cpp)"] = f"{ours:.1e} (converter fails: {why[-1][:60]})"
     row["100/50/25 % tokens"] = "identical" if _budgets_identical(bundles["Q8_0"]) else "DIFFER"
+    row["ONNX fp32 top-1 / KL"] = _onnx(ckpt, work, heldout_text())
+    return row
+
+
+def _gguf_refusal(ckpt: Path) -> str:
+    import json
+
+    from packager.families import family_for
+
+    return family_for(json.loads((ckpt / "config.json").read_text())).gguf_missing
+
+
+def _onnx_only_row(row: dict[str, str], ckpt: Path, work: Path, ref: Any, chunks: Any
+                   ) -> dict[str, str]:
+    """A family whose GGUF is refused: the ONNX builds in the quant columns, budgets on ONNX."""
+    from edgemoe_fixtures.corpus import heldout_text
+    from packager.api import PackOptions, pack
+    from packager.fidelity import onnx_logits
+
+    row["F16 top-1 / KL / greedy"] = "GGUF refused (ONNX only)"
+    bundles = {}
+    for quant in ("int8", "int4"):
+        bundles[quant] = work / quant
+        pack(PackOptions(src=str(ckpt), out_dir=bundles[quant], format="onnx", quant=quant,
+                         reference=False, follow_plan=False))  # fmt: skip
+        _, kl = _divergence(ref, onnx_logits(bundles[quant] / "model.onnx", chunks), chunks)
+        row[f"{'Q8_0' if quant == 'int8' else 'Q4_K_M'} KL (llama.cpp)"] = f"ONNX {quant} {kl:.1e}"
+    same = _budgets_identical(bundles["int8"], backend="onnx")
+    row["100/50/25 % tokens"] = "identical (ONNX)" if same else "DIFFER"
     row["ONNX fp32 top-1 / KL"] = _onnx(ckpt, work, heldout_text())
     return row
 

@@ -230,12 +230,28 @@ def _route_transformers(ckpt_dir: Path, chunks: Sequence[Sequence[int]],
     model = load_reference_model(ckpt_dir)
     handles = []
     for name, module in model.named_modules():
-        if hasattr(module, "gate") and hasattr(module, "experts") and (m := _LAYER.search(name)):
+        router = router_of(module)
+        if router is not None and (m := _LAYER.search(name)):
             hook = _router_hook(int(m.group(1)), acc, scoring)
-            handles.append(module.gate.register_forward_hook(hook))
+            handles.append(router[1].register_forward_hook(hook))
     if not handles:
         raise UsageError(f"{ckpt_dir}: no MoE router modules found in the transformers model")
     run_with_hooks(model, chunks, handles)
+
+
+# What transformers' MoE blocks call their router module (Phi-MoE and Llama 4: `router`).
+ROUTER_ATTRS = ("gate", "router")
+
+
+def router_of(module: object) -> tuple[str, object] | None:
+    """(attribute, router) of a transformers MoE block (a module with routed `experts`)."""
+    if not hasattr(module, "experts"):
+        return None
+    for attr in ROUTER_ATTRS:
+        router = getattr(module, attr, None)
+        if router is not None and hasattr(router, "register_forward_hook"):
+            return attr, router
+    return None
 
 
 def load_reference_model(ckpt_dir: Path):
@@ -264,10 +280,14 @@ def _router_hook(layer: int, acc: UsageAccumulator, scoring: str = "softmax"):
     import torch
 
     def hook(_module, _args, out) -> None:
-        # Every family's router returns (logits, mixing weights, chosen ids); the scores are
-        # what llama.cpp's graph calls ffn_moe_probs (softmax, DeepSeek-V3's sigmoid, V4's
-        # sqrt-softplus).
-        logits, _weights, ids = out
+        # Routers return (logits, mixing weights, chosen ids), or (scores, logits) with the
+        # choice left to top-k of the logits (Llama 4); the scores are what llama.cpp's graph
+        # calls ffn_moe_probs (softmax, DeepSeek-V3's sigmoid, V4's sqrt-softplus).
+        if len(out) == 2:
+            logits = out[1].float().reshape(-1, acc.n_experts)
+            ids = torch.topk(logits, acc.top_k, dim=-1).indices
+        else:
+            logits, _weights, ids = out
         logits = logits.float().reshape(-1, acc.n_experts)
         if scoring == "sigmoid":
             probs = torch.sigmoid(logits)

@@ -59,9 +59,11 @@ class TrainOutcome:
 
 # --- what is trained -----------------------------------------------------------------------
 def moe_blocks(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
-    """Modules with a router (`gate`) and routed experts (`experts`): calibration's rule too."""
+    """Modules with a router (`gate` or `router`) and routed experts: calibration's rule."""
+    from packager.calibrate import router_of
+
     return [(name, m) for name, m in model.named_modules()
-            if hasattr(m, "gate") and hasattr(m, "experts") and _LAYER.search(name)]
+            if router_of(m) is not None and _LAYER.search(name)]
 
 
 def lora_adapter(shape: Sequence[int], rank: int, alpha: float,
@@ -126,16 +128,20 @@ def select_trainable(model: torch.nn.Module, mode: str, rank: int,
 
     blocks = moe_blocks(model)
     if not blocks:
-        raise DistillError("the student has no MoE blocks (a module with `gate` and `experts`)")
+        raise DistillError("the student has no MoE blocks (a module with a `gate` or `router` "
+                           "and `experts`)")
     for p in model.parameters():
         p.requires_grad_(False)
     params: dict[str, torch.nn.Parameter] = {}
     adapted: list[tuple[torch.nn.Module, str]] = []
     routers: set[str] = set()
+    from packager.calibrate import router_of
+
     for block_name, block in blocks:
-        for n, p in block.gate.named_parameters():
-            params[f"{block_name}.gate.{n}"] = p.requires_grad_(True)
-            routers.add(f"{block_name}.gate.{n}")
+        attr, router = router_of(block)  # type: ignore[misc]
+        for n, p in router.named_parameters():  # type: ignore[attr-defined]
+            params[f"{block_name}.{attr}.{n}"] = p.requires_grad_(True)
+            routers.add(f"{block_name}.{attr}.{n}")
         for owner_name, owner in list(block.experts.named_modules()):
             for n, p in list(owner.named_parameters(recurse=False)):
                 full = f"{block_name}.experts.{owner_name + '.' if owner_name else ''}{n}"

@@ -76,6 +76,7 @@ def write_gguf(
     """Convert `ckpt` to a GGUF of precision `base` at `out_path`."""
     qbase, ftype = BASE_TYPES[base]
     family = family_for(ckpt.config)
+    family.require_gguf()
     adapter = family.gguf
     shapes = {n: t.shape for n, t in ckpt.tensors.items()}
     plan = adapter.plan(shapes, ckpt.read)

@@ -13,6 +13,7 @@ from packager.families import (  # noqa: E402,F401,I001
     mimo2,
     mixtral,
     olmoe,
+    phimoe,
     qwen35moe,
     qwen_moe,
 )

@@ -29,6 +29,9 @@ class Family:
     gguf_type: ClassVar[type[GGUFAdapter]]
     # Why `--format onnx` cannot build this family, in one line; empty when it can.
     onnx_missing: ClassVar[str] = ""
+    # Why no GGUF is written (llama.cpp's graph would compute another model), in one line;
+    # empty when one is. The GGUF mapping still names tensors for the planner and pruning.
+    gguf_missing: ClassVar[str] = ""
 
     def __init__(self, raw: Mapping[str, Any]) -> None:
         self.config = self.config_type.read(raw)
@@ -59,8 +62,15 @@ class Family:
     def check(self, ckpt: Checkpoint, formats: Iterable[str]) -> None:
         """Refuse now, before any work, what building `formats` would refuse later."""
         _ = self.gguf  # the planner reads the GGUF mapping whatever the format
+        if "gguf" in formats:
+            self.require_gguf()
         if "onnx" in formats:
             self.onnx(ckpt)
+
+    def require_gguf(self) -> None:
+        """Refuse, in one line, to write a GGUF llama.cpp would run as another model."""
+        if self.gguf_missing:
+            raise UnsupportedArchitectureError(f"{self.architecture} (GGUF): {self.gguf_missing}")
 
     def manifest_shape(self) -> MoEShape:
         """The manifest's `shape`: the contract's record of this model's expert layout."""

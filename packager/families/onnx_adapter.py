@@ -74,6 +74,10 @@ class OnnxAdapter:
         if self.n_heads % self.n_kv:
             self.refuse(f"{self.n_heads} heads are not a multiple of {self.n_kv} KV heads")
 
+    def norm(self, ctx: Context, s: Scope, x: str, prefix: str, name: str) -> str:
+        """The layer norm whose weights are `{prefix}.*` (RMSNorm; Phi-MoE's is a LayerNorm)."""
+        return s.rms_norm(x, ctx.weights.vector(f"{prefix}.weight"), self.eps, name)
+
     @property
     def moe_layers(self) -> tuple[int, ...]:
         return self.config.moe_layers

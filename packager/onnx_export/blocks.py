@@ -25,6 +25,10 @@ class RopeSpec:
     inv_freq: np.ndarray  # float32 [rotary_dim / 2]
     attention_scaling: float
     interleaved: bool  # DeepSeek rotates adjacent pairs; the others rotate the two halves
+    # Phi-MoE's LongRoPE: once the sequence (largest position + 1) is longer than `long_after`,
+    # cos/sin are scaled by `long_scaling` instead of `attention_scaling`.
+    long_scaling: float | None = None
+    long_after: int = 0
 
 
 @dataclass(frozen=True)
@@ -65,7 +69,14 @@ def rotary(s: Scope, position_ids: str, spec: RopeSpec) -> Rope:
     if not spec.interleaved:
         freqs = s.op("Concat", [freqs, freqs], "Emb", axis=-1)
     cos, sin = s.op("Cos", [freqs], "Cos"), s.op("Sin", [freqs], "Sin")
-    if spec.attention_scaling != 1.0:
+    if spec.long_scaling is not None:
+        last = s.op("ReduceMax", [position_ids], "LastPosition", keepdims=0)
+        long = s.op("GreaterOrEqual", [last, s.const(spec.long_after)], "IsLong")
+        scale = s.op("Where", [long, s.f32(spec.long_scaling), s.f32(spec.attention_scaling)],
+                     "Scaling")  # fmt: skip
+        cos = s.op("Mul", [cos, scale], "ScaleCos")
+        sin = s.op("Mul", [sin, scale], "ScaleSin")
+    elif spec.attention_scaling != 1.0:
         cos = s.op("Mul", [cos, s.f32(spec.attention_scaling)], "ScaleCos")
         sin = s.op("Mul", [sin, s.f32(spec.attention_scaling)], "ScaleSin")
     cos = s.unsqueeze(cos, [1], "CosHeads")

@@ -72,25 +72,24 @@ def build_model(
     moe_layers = set(fam.moe_layers)
     for i in range(fam.n_layers):
         ls, pre = root.child(f"layers.{i}"), f"model.layers.{i}"
-        x = ls.rms_norm(h, w.vector(f"{pre}.input_layernorm.weight"), fam.eps, "input_layernorm")
+        x = fam.norm(ctx, ls, h, f"{pre}.input_layernorm", "input_layernorm")
         a, pk, pv = fam.attention(ctx, ls.child("attn"), i, x, past[i])
         presents.append((pk, pv))
         h = ls.op("Add", [h, a], "residual_attn")
-        x = ls.rms_norm(
-            h, w.vector(f"{pre}.post_attention_layernorm.weight"), fam.eps,
-            "post_attention_layernorm",
-        )  # fmt: skip
+        x = fam.norm(ctx, ls, h, f"{pre}.post_attention_layernorm", "post_attention_layernorm")
         if i in moe_layers:
             m, routing[i], stacks[i] = _moe_layer(ctx, fam, ls.child("moe"), i, x, expert_mode)
         else:
             m = fam.dense_mlp(ctx, ls.child("mlp"), i, x)
         h = ls.op("Add", [h, m], "residual_mlp")
 
-    h = root.rms_norm(h, w.vector("model.norm.weight"), fam.eps, "norm")
+    h = fam.norm(ctx, root, h, "model.norm", "norm")
     head = "lm_head.weight" if w.has("lm_head.weight") else "model.embed_tokens.weight"
     # Under int4 the LM head stays 8-bit (llama.cpp's Q4 mixes keep the output tensor wider),
     # also when it is the tied embedding table.
-    logits = w.linear(root.child("lm_head"), h, head, bits=8 if quant.bits == 4 else None)
+    bias = "lm_head.bias" if w.has("lm_head.bias") else None  # Phi-MoE's
+    logits = w.linear(root.child("lm_head"), h, head, bits=8 if quant.bits == 4 else None,
+                      bias=bias)  # fmt: skip
 
     g.add_output("logits", logits, TensorProto.FLOAT, [1, S, fam.vocab])
     for i, (pk, pv) in enumerate(presents):

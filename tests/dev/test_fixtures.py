@@ -50,6 +50,7 @@ MOE_TINY = (
     "qwen3moe-tiny", "qwen2moe-tiny", "mixtral-tiny", "olmoe-tiny", "deepseek2-tiny",
     "deepseek3-tiny", "qwen35moe-tiny", "glm4moe-tiny", "lfm2moe-tiny", "ernie45moe-tiny",
     "deepseek4-tiny", "mimo2-tiny",
+    "phimoe-tiny",
 )  # fmt: skip
 EXPERT_KEY = {
     "qwen3moe-tiny": "model.layers.0.mlp.experts.7.gate_proj.weight",
@@ -64,6 +65,7 @@ EXPERT_KEY = {
     "ernie45moe-tiny": "model.layers.1.mlp.experts.7.gate_proj.weight",  # layer 0 is dense
     "deepseek4-tiny": "model.layers.0.ffn.experts.7.w1.weight",  # saved in the released naming
     "mimo2-tiny": "model.layers.1.mlp.experts.7.gate_proj.weight",  # layer 0 is dense
+    "phimoe-tiny": "model.layers.0.block_sparse_moe.experts.7.w1.weight",
 }
 
 
@@ -100,6 +102,7 @@ def test_registry_has_the_promised_fixtures():
         "deepseek3-tiny", "dense-tiny", "qwen3moe-medium", "qwen3moe-trained", "qwen3moe-large",
         "qwen35moe-tiny", "glm4moe-tiny", "lfm2moe-tiny", "ernie45moe-tiny",
         "deepseek4-tiny", "mimo2-tiny",
+            "phimoe-tiny",
     }  # fmt: skip
     assert set(TINY_FIXTURES) == {*MOE_TINY, "dense-tiny"}
     assert all(spec.is_moe for n, spec in FIXTURES.items() if n != "dense-tiny")

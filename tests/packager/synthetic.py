@@ -178,6 +178,15 @@ def _lfm2_layer(cfg: dict[str, Any], i: int) -> dict[str, tuple[int, ...]]:
         out |= _mlp(f"{f}.experts.{e}", EXPERT_FF, ("w1", "w3", "w2"))
     return out
 
+CONFIGS["phimoe"] = {  # ONNX only: sparsemixer, LayerNorm, biases everywhere, LongRoPE
+    **_BASE, "architectures": ["PhimoeForCausalLM"], "model_type": "phimoe",
+    "num_local_experts": EXPERTS, "intermediate_size": EXPERT_FF, "router_jitter_noise": 0.01,
+    "attention_bias": True, "lm_head_bias": True,
+    "rope_parameters": {"rope_type": "longrope", "rope_theta": 10000.0,
+                        "original_max_position_embeddings": 64,
+                        "short_factor": [1.0, 1.1, 1.3, 1.6], "long_factor": [1.0, 2.0, 4.0, 8.0],
+                        "short_mscale": 1.05, "long_mscale": 1.2},
+}
 
 def _attention(cfg: dict[str, Any], p: str) -> dict[str, tuple[int, ...]]:
     h = HIDDEN
@@ -198,9 +207,11 @@ def _attention(cfg: dict[str, Any], p: str) -> dict[str, tuple[int, ...]]:
     kind = cfg["model_type"]
     if kind == "qwen3_5_moe_text":  # the query projection carries each head's output gate
         out[f"{p}.q_proj.weight"] = (2 * HEADS * HEAD_DIM, h)
-    if kind in ("qwen2_moe", "glm4_moe"):
+    if kind in ("qwen2_moe", "glm4_moe", "phimoe"):
         widths = (("q", HEADS), ("k", kv), ("v", kv))
         out |= {f"{p}.{x}_proj.bias": (n * HEAD_DIM,) for x, n in widths}
+    if kind == "phimoe":
+        out[f"{p}.o_proj.bias"] = (h,)
     if kind in ("qwen3_moe", "qwen3_5_moe_text") or cfg.get("use_qk_norm"):
         out |= {f"{p}.q_norm.weight": (HEAD_DIM,), f"{p}.k_norm.weight": (HEAD_DIM,)}
     if kind == "olmoe":
@@ -322,8 +333,9 @@ def tensor_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
         "model.embed_tokens.weight": (VOCAB, HIDDEN), "lm_head.weight": (VOCAB, HIDDEN),
         "model.norm.weight": (HIDDEN,),
     }  # fmt: skip
-    proj = ("w1", "w3", "w2") if kind == "mixtral" else ("gate_proj", "up_proj", "down_proj")
-    module = "block_sparse_moe" if kind == "mixtral" else "mlp"
+    mixtral_like = kind in ("mixtral", "phimoe")
+    proj = ("w1", "w3", "w2") if mixtral_like else ("gate_proj", "up_proj", "down_proj")
+    module = "block_sparse_moe" if mixtral_like else "mlp"
     for i in range(cfg["num_hidden_layers"]):
         p = f"model.layers.{i}"
         shapes |= {f"{p}.input_layernorm.weight": (HIDDEN,),
@@ -350,6 +362,10 @@ def tensor_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
             shapes |= _mlp(f"{m}.shared_experts", EXPERT_FF * shared, proj)
     if cfg.get("tie_word_embeddings"):
         del shapes["lm_head.weight"]
+    if kind == "phimoe":  # LayerNorms with biases, and a biased LM head
+        norms = [n for n in shapes if n.endswith(("layernorm.weight", "model.norm.weight"))]
+        shapes |= {n.replace(".weight", ".bias"): (HIDDEN,) for n in norms}
+        shapes["lm_head.bias"] = (VOCAB,)
     return shapes
 
 

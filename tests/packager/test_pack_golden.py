@@ -23,6 +23,7 @@ pytestmark = pytest.mark.engine
 BUILDS = (("gguf", "F16"), ("onnx", "fp32"), ("onnx", "int8"))
 # Families whose ONNX export refuses (no recurrent layers in the exporter): GGUF only.
 GGUF_ONLY = ("lfm2moe", "qwen35moe", "deepseek4", "mimo2")
+ONNX_ONLY = ("phimoe",)  # llama.cpp's graph would run another model: no GGUF is written
 FILES = ("model.gguf", "model.onnx", "model.onnx.data", "genai_config.json", "manifest.json")
 
 GOLDEN: dict[str, dict[str, str]] = {
@@ -182,6 +183,24 @@ GOLDEN: dict[str, dict[str, str]] = {
         "gguf-F16/manifest.json":
             "06be3912b0892c31f1e45bc94aff361e55c129934dac6fec32b8d89f5fe26b22",
     },
+    "phimoe": {
+        "onnx-fp32/model.onnx":
+            "7123cf6a85b315fa84c2e276f12ec3a070be7ae3dc62e49507e6867834024e64",
+        "onnx-fp32/model.onnx.data":
+            "700c913876baaf14effeb24de1c4d77dd11fd6d182f708f13d3a795ffdda19c4",
+        "onnx-fp32/genai_config.json":
+            "b90530ab86b096e923812cfe11a56d19bae2de14cac53e947c1b832c23f9c212",
+        "onnx-fp32/manifest.json":
+            "5eb0e6aa15b94c88b3c3e8b4dd72bec5a2d88e81d0628406706336d801c53388",
+        "onnx-int8/model.onnx":
+            "5307e4c6e598eda653ed26b57319b03ebf3b5d7070708d02fc31c34ef350cccd",
+        "onnx-int8/model.onnx.data":
+            "a5dbc691c0ec59a039d30cd4df5a0b66af42bd525fbd5a96c03b9e01c9384e05",
+        "onnx-int8/genai_config.json":
+            "b90530ab86b096e923812cfe11a56d19bae2de14cac53e947c1b832c23f9c212",
+        "onnx-int8/manifest.json":
+            "3ffb3ccacf31b4e56d66505de4566fc9b81413d53a2668755707ed0764d7cb15",
+    },
     "qwen2moe": {
         "gguf-F16/model.gguf":
             "b65e9317b85ec10e58608f93f754be0adf6abdb4607caf8fe4cdacaf7c687f28",
@@ -245,7 +264,8 @@ def pack_hashes(family: str, root: Path) -> dict[str, str]:
     """sha256 of every build file of `family`'s checkpoint packed each way in `BUILDS`."""
     src = write_checkpoint(family, root / family)  # its folder name is the GGUF's general.name
     out: dict[str, str] = {}
-    for fmt, quant in BUILDS[:1] if family in GGUF_ONLY else BUILDS:
+    builds = BUILDS[:1] if family in GGUF_ONLY else BUILDS[1:] if family in ONNX_ONLY else BUILDS
+    for fmt, quant in builds:
         bundle = root / f"{family}-{fmt}-{quant}"
         pack(PackOptions(src=str(src), out_dir=bundle, format=fmt, quant=quant,
                          reference=False))  # fmt: skip
