@@ -193,13 +193,13 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-fp32/manifest.json":
             "5eb0e6aa15b94c88b3c3e8b4dd72bec5a2d88e81d0628406706336d801c53388",
         "onnx-int8/model.onnx":
-            "5307e4c6e598eda653ed26b57319b03ebf3b5d7070708d02fc31c34ef350cccd",
+            "688d600e5d74814c9e08198ad891cbbb0e630d523d59319cb9f2204abc65592d",
         "onnx-int8/model.onnx.data":
-            "a5dbc691c0ec59a039d30cd4df5a0b66af42bd525fbd5a96c03b9e01c9384e05",
+            "1a8c1a43d25ff245e479f106f9b848a757fb2d3f8a889a4d28ccc6cdb07e4528",
         "onnx-int8/genai_config.json":
             "b90530ab86b096e923812cfe11a56d19bae2de14cac53e947c1b832c23f9c212",
         "onnx-int8/manifest.json":
-            "3ffb3ccacf31b4e56d66505de4566fc9b81413d53a2668755707ed0764d7cb15",
+            "1dd9c0425e516b073c33eac4c8f3606d02949c4ebf0b59e6d10514456d04d35e",
     },
     "qwen2moe": {
         "gguf-F16/model.gguf":
