@@ -111,10 +111,6 @@ def ggml_type_name(member: str) -> str:
     return low[:-2] + "_K" if low.endswith("_k") else low
 
 
-def quant_names() -> list[str]:
-    return list(QUANT_TYPES)
-
-
 def get_quant(name: str | QuantType) -> QuantType:
     """Look a file type up by name (case-insensitive; llama-quantize's aliases accepted)."""
     if isinstance(name, QuantType):

@@ -15,7 +15,7 @@ import shutil
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
@@ -24,7 +24,6 @@ from packager.families import ModelConfig, family_for
 from packager.source import Checkpoint
 from packager.usage import UsageProfile
 
-Strategy = Literal["usage", "random"]
 STRATEGIES = ("usage", "random")
 RECORD_FILE = "edgemoe_prune.json"
 _LAYER = re.compile(r"\blayers\.(\d+)\.")

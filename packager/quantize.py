@@ -8,15 +8,13 @@ from __future__ import annotations
 
 import ctypes
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from packager.errors import PackError
-
-FULL_PRECISION = ("F32", "F16", "BF16")
 
 
 @dataclass(frozen=True)
@@ -25,7 +23,6 @@ class QuantizeOptions:
     threads: int = 0
     imatrix: Mapping[str, np.ndarray] | None = None  # GGUF tensor name -> importance (float32)
     tensor_types: Mapping[str, str] = field(default_factory=dict)  # regex -> ggml type name
-    prune_layers: Sequence[int] = ()
 
 
 def llama_ftype(name: str) -> int:
@@ -92,10 +89,6 @@ def quantize(src: Path, dst: Path, opts: QuantizeOptions) -> Path:
         params.imatrix = _imatrix_array(opts.imatrix, keep)
     if opts.tensor_types:
         params.tt_overrides = _overrides_array(opts.tensor_types, keep)
-    if opts.prune_layers:
-        layers = (ctypes.c_int32 * (len(opts.prune_layers) + 1))(*opts.prune_layers, -1)
-        keep.append(layers)
-        params.prune_layers = layers
     rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
     if rc != 0 or not dst.is_file():
         raise PackError(f"llama.cpp failed to quantize {src.name} to {opts.ftype} (code {rc})")

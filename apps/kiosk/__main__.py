@@ -10,7 +10,7 @@ import sys
 
 from apps.kiosk.page import KioskPage, page_url
 from runtime.errors import EdgemoeError
-from runtime.server.__main__ import build_parser
+from runtime.server.__main__ import build_parser, serve_until_stopped
 from runtime.server.settings import ServerSettings, settings_from_options
 
 # A kiosk has one screen: a visitor who cannot be served at once is told "busy" (the page
@@ -48,8 +48,6 @@ def parse_args(argv: list[str] | None = None) -> tuple[str, ServerSettings, Kios
 
 def main(argv: list[str] | None = None) -> int:
     bundle, settings, kiosk = parse_args(argv)
-    from runtime.errors import EdgemoeError
-    from runtime.server import serve
 
     host = "127.0.0.1" if settings.host in ("0.0.0.0", "::") else settings.host
     port = str(settings.port) if settings.port else "PORT"  # 0: the server's log names it
@@ -57,12 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"kiosk: open {url} in a full-screen browser, e.g.\n"
           f"  chromium --kiosk --noerrdialogs --disable-pinch '{url}'", file=sys.stderr,
           flush=True)
-    try:
-        serve(bundle, settings)
-    except EdgemoeError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    return serve_until_stopped(bundle, settings)
 
 
 if __name__ == "__main__":

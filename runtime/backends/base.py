@@ -1,9 +1,12 @@
 """The engine seam: what the runtime, calibration and tracing need from an inference engine.
 
-An engine (llama.cpp today, onnxruntime next) loads one model file, decodes one sequence, and
-reports each MoE layer's routing *before* that layer's expert matmuls run, which is when the
-expert cache must admit what the layer needs. Everything above this seam (budget, cache,
-residency, sampling parameters, the request path) is engine-independent.
+An engine (llama.cpp, onnxruntime) loads one model file, decodes one sequence, and reports each
+MoE layer's routing *before* that layer's expert matmuls run (llama.cpp's eval callback), or
+right after its run (onnxruntime's routing outputs), which is when the expert cache must admit
+what the layer needs. The protocol here is everything the runtime uses of an engine; this module
+imports nothing of the runtime above it, and engines are opened by name in registry.py.
+Everything above the seam (budget, cache, residency, sampling parameters, the request path) is
+engine-independent.
 """
 
 from __future__ import annotations

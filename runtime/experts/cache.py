@@ -17,7 +17,7 @@ from runtime.errors import BudgetError
 from runtime.experts.policy import DEFAULT_POLICY, Key, Policy, make_policy
 
 if TYPE_CHECKING:
-    from contract.manifest import Manifest
+    pass
 
 
 class ExpertState(Enum):
@@ -130,25 +130,6 @@ class ExpertCache:
         self._hits = self._misses = self._loaded = self._prefetched = self._evictions = 0
         self._pinned_hits = 0
         self._steps = 0
-
-    @classmethod
-    def from_manifest(
-        cls,
-        manifest: Manifest,
-        capacity_bytes: int,
-        policy: str | Policy = DEFAULT_POLICY,
-        residency: Residency | None = None,
-        pinned: Mapping[int, Iterable[int]] | None = None,
-    ) -> ExpertCache:
-        """Sizes and expert count from the bundle; pinned defaults to its hot experts."""
-        return cls(
-            expert_bytes={x.layer: x.expert_bytes for x in manifest.expert_layers},
-            n_experts=manifest.shape.n_experts,
-            capacity_bytes=capacity_bytes,
-            pinned=manifest.hot_experts if pinned is None else pinned,
-            policy=policy,
-            residency=residency,
-        )
 
     # --- helpers -------------------------------------------------------------------------------
     def _key(self, layer: int, expert: int) -> Key:

@@ -1,5 +1,6 @@
-"""Expert prefetch: predictors of the next MoE layers' experts, their scores on traces, and the
-governor that turns prefetching down when it reads bytes nobody uses. Pure (no engine).
+"""Expert prefetch, offline: predictors of the next MoE layers' experts and their scores on
+recorded traces (why the runtime pre-gates). Pure (no engine); the prefetch that runs, with its
+governor, is runtime/experts/prefetcher.py.
 
 A prefetch is worth its bytes only for experts that are *not* resident when the guess is made:
 guessing a resident expert costs nothing and saves nothing. So besides plain recall and
@@ -20,7 +21,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
-from contract.files import atomic_write_text
+from contract.files import atomic_write_text, read_json
 from runtime.experts.cache import ExpertCache, ExpertState
 from runtime.experts.policy import DEFAULT_POLICY
 from runtime.experts.pregate import next_layers
@@ -74,7 +75,7 @@ class PrefetchTrace:
 
     @classmethod
     def load(cls, path: str | Path) -> PrefetchTrace:
-        return cls.from_dict(json.loads(Path(path).read_text()), str(path))
+        return cls.from_dict(read_json(Path(path), TraceError, "prefetch trace"), str(path))
 
 
 # --- predictors ---------------------------------------------------------------------------------

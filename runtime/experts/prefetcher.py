@@ -261,7 +261,7 @@ class Prefetcher:
             self.log.set_prefetch(self.settings.depth, self.governor.width)
 
     def stats(self) -> dict[str, int]:
-        calls, advised = self.log.prefetch_issued
+        calls, _ = self.log.prefetch_issued
         return {
             "prefetch_width": self.governor.width,
             "prefetch_calls": calls,

@@ -141,10 +141,6 @@ class Pregate:
         order = np.take_along_axis(s, top, axis=1).argsort(axis=1)[:, ::-1]
         return np.take_along_axis(top, order, axis=1)
 
-    def folded(self, layers: Sequence[int]) -> np.ndarray:
-        """The routers of `layers` stacked [len(layers), n_experts, n_embd] (for the C tap)."""
-        return np.ascontiguousarray(np.stack([self.routers[x].matrix for x in layers]))
-
 
 def next_layers(moe_layers: Sequence[int], layer: int, depth: int) -> list[int]:
     """The MoE layers 1..depth after `layer` (fewer at the end of the stack)."""

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from collections.abc import Set as AbstractSet
 from dataclasses import dataclass
 
+from device_profiles import format_bytes
 from runtime.errors import BudgetError
 from runtime.experts.cache import ExpertCache, Hold
 from runtime.experts.policy import BeladyPolicy, Key, Policy, make_policy
@@ -134,13 +135,6 @@ def replay(
     return rows
 
 
-def _fmt_bytes(n: int) -> str:
-    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
-        if n >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{n} B"
-
-
 def render_replay(rows: Sequence[Row]) -> str:
     """A table: one line per capacity, hit rate per policy and (ratio to Belady)."""
     names = list(dict.fromkeys(r.policy for r in rows))
@@ -149,7 +143,7 @@ def render_replay(rows: Sequence[Row]) -> str:
     header = ["capacity"] + names
     lines = []
     for cap in caps:
-        line = [_fmt_bytes(cap)]
+        line = [format_bytes(cap)]
         for name in names:
             r = cell.get((cap, name))
             if r is None:

@@ -49,7 +49,11 @@ def parse_args(argv: list[str] | None = None) -> tuple[str, ServerSettings]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    bundle, settings = parse_args(argv)
+    return serve_until_stopped(*parse_args(argv))
+
+
+def serve_until_stopped(bundle: str, settings: ServerSettings) -> int:
+    """Serve; a deliberate error is one `error:` line and exit status 1, never a traceback."""
     from runtime.errors import EdgemoeError
     from runtime.server import serve
 

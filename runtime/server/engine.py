@@ -21,7 +21,8 @@ import math
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import replace
 from typing import Any
 
@@ -203,6 +204,15 @@ class Engine:
             self._borrowed[id(model)] = self._borrowed.get(id(model), 0) + 1
             return model
 
+    @contextmanager
+    def borrowed(self) -> Iterator[Model]:
+        """`borrow` ... `give_back` around a block."""
+        model = self.borrow()
+        try:
+            yield model
+        finally:
+            self.give_back(model)
+
     def give_back(self, model: Model) -> None:
         with self._cond:
             left = self._borrowed.get(id(model), 0) - 1
@@ -258,10 +268,6 @@ class Engine:
         for job in doomed:
             job.cancel.set()
             job.push(_fresh(error))
-
-    def in_use(self, model: Model) -> bool:
-        with self._cond:
-            return self._in_use(model)
 
     def _in_use(self, model: Model) -> bool:
         current = self._current

@@ -160,15 +160,11 @@ async def completions(body: CompletionRequest, request: Request) -> Response:
 @router.post("/tokenize", response_model=TokenizeResponse, responses=_ERRORS)
 async def tokenize(body: TokenizeRequest, request: Request) -> Response:
     """The ids a prompt of this text gets (llama.cpp server's /tokenize)."""
-    engine = _state(request).ready()
-    model = engine.borrow()
-    try:
+    with _state(request).ready().borrowed() as model:
         ids = await run_in_threadpool(model.tokenize, body.content)
         if not body.with_pieces:
             return _respond(TokenizeResponse(tokens=ids))
         pieces = await run_in_threadpool(lambda: [model.token_piece(t) for t in ids])
-    finally:
-        engine.give_back(model)
     return _respond(TokenizeResponse(tokens=[TokenPiece(id=t, piece=_piece(b))
                                              for t, b in zip(ids, pieces, strict=True)]))
 
@@ -183,12 +179,8 @@ def _piece(data: bytes) -> str | list[int]:
 @router.post("/detokenize", response_model=DetokenizeResponse, responses=_ERRORS)
 async def detokenize(body: DetokenizeRequest, request: Request) -> Response:
     """The text of token ids (llama.cpp server's /detokenize)."""
-    engine = _state(request).ready()
-    model = engine.borrow()
-    try:
+    with _state(request).ready().borrowed() as model:
         text = await run_in_threadpool(model.detokenize, body.tokens)
-    finally:
-        engine.give_back(model)
     return _respond(DetokenizeResponse(content=text))
 
 

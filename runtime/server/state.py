@@ -164,11 +164,8 @@ class ServerState:
         loop only, so the caller's `engine.submit` right after this runs on the same model."""
         loop = asyncio.get_running_loop()
         while True:
-            model = engine.borrow()
-            try:
+            with engine.borrowed() as model:
                 prepared = await loop.run_in_executor(self._preparers, model.prepare, request)
-            finally:
-                engine.give_back(model)
             if engine.model is model:
                 return prepared
 

@@ -338,8 +338,3 @@ class NodeTap:
         if self.kind == "native":
             return self._state.watched[index][layer] or None
         return self._watched.get((index, layer))
-
-    @property
-    def questions(self) -> int:
-        """Nodes asked about so far (native only; 0 for the Python answer)."""
-        return int(self._state.asked) if self.kind == "native" else 0

@@ -20,12 +20,13 @@ exceeded by at most one batch's experts during the run, and restored before the 
 
 from __future__ import annotations
 
-import json
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
+from contract.files import read_json
 from runtime.backends.base import (
     EngineConfig,
     RoutingEvent,
@@ -51,20 +52,23 @@ def _eog_ids(bundle: Path, tok: HFTokenizer) -> set[int]:
     """End-of-generation ids: generation_config's eos ids and the tokenizer's eos token."""
     ids: set[int] = set()
     for name, key in (("generation_config.json", "eos_token_id"), ("config.json", "eos_token_id")):
-        try:
-            value = json.loads((bundle / name).read_text(encoding="utf-8")).get(key)
-        except (OSError, ValueError):
-            continue
+        value = _optional_json(bundle / name).get(key)
         ids.update(v for v in (value if isinstance(value, list) else [value]) if isinstance(v, int))
-    try:
-        cfg = json.loads((bundle / "tokenizer_config.json").read_text(encoding="utf-8"))
-        eos = cfg.get("eos_token")
-        eos = eos.get("content") if isinstance(eos, dict) else eos
-        if isinstance(eos, str) and (i := tok.token_id(eos)) is not None:
-            ids.add(i)
-    except (OSError, ValueError):
-        pass
+    eos = _optional_json(bundle / "tokenizer_config.json").get("eos_token")
+    eos = eos.get("content") if isinstance(eos, dict) else eos
+    if isinstance(eos, str) and (i := tok.token_id(eos)) is not None:
+        ids.add(i)
     return ids
+
+
+def _optional_json(path: Path) -> dict[str, Any]:
+    """A config file's object, or {} when it is absent or unreadable (the ids it may add are
+    extra end-of-generation ids; the tokenizer's own come first)."""
+    try:
+        value = read_json(path, BundleError)
+    except BundleError:
+        return {}
+    return value if isinstance(value, dict) else {}
 
 
 def _read_graph(model_path: Path):  # type: ignore[no-untyped-def]

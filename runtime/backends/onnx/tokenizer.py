@@ -15,6 +15,7 @@ from functools import cache
 from pathlib import Path
 
 from contract.errors import BundleError
+from contract.files import read_json
 
 
 @cache
@@ -36,9 +37,9 @@ class HFTokenizer:
         from tokenizers import Tokenizer
 
         path = bundle_dir / "tokenizer.json"
+        spec = read_json(path, BundleError, "tokenizer")
         try:
             self._tok = Tokenizer.from_file(str(path))
-            spec = json.loads(path.read_text(encoding="utf-8"))
         except Exception as e:  # the library raises its own exception types
             raise BundleError(f"{path}: unreadable tokenizer ({e})") from None
         self._byte_level = "ByteLevel" in json.dumps(spec.get("decoder") or {})

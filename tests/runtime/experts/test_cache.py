@@ -190,14 +190,3 @@ def test_replay_counts_what_the_runtime_path_counts(policy: str, hold: Hold) -> 
         sim.hits, sim.misses, sim.bytes_loaded, sim.evictions, sim.pinned_hits,
     )
     assert s.steps == len(trace) - 1  # the last token has not ended: nothing came after it
-
-
-def test_from_manifest_uses_sizes_and_hot_experts() -> None:
-    from types import SimpleNamespace
-
-    layer = SimpleNamespace(layer=3, expert_bytes=64)
-    manifest = SimpleNamespace(expert_layers=(layer,), shape=SimpleNamespace(n_experts=4),
-                               hot_experts={3: (1,)})
-    cache = ExpertCache.from_manifest(manifest, 256)  # type: ignore[arg-type]
-    assert cache.state(3, 1) is ExpertState.PINNED
-    assert cache.stats().pinned_bytes == 64
