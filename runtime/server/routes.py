@@ -112,11 +112,19 @@ def metrics(request: Request) -> Response:
 
 
 # --- generation endpoints ------------------------------------------------------------------------
-def _check_n(st: ServerState, n: int | None) -> None:
-    if n is not None and n > st.settings.max_n:
+def _admit(request: Request, body: ChatCompletionRequest | CompletionRequest
+           ) -> tuple[ServerState, Engine, str]:
+    """(state, engine, the model id answers carry) for a generation request: the model is
+    ready, the request names it (or none), and `n` is within --max-n."""
+    st = _state(request)
+    engine = st.ready()
+    st.check_model(body.model)
+    if body.n is not None and body.n > st.settings.max_n:
         raise APIError(400, f"Invalid value for 'n': at most {st.settings.max_n} choices per "
                             "request on this server (--max-n).", param="n",
                        code="invalid_value")
+    assert st.model_id is not None
+    return st, engine, st.model_id
 
 
 @router.post(
@@ -124,18 +132,14 @@ def _check_n(st: ServerState, n: int | None) -> None:
     responses={200: _STREAM_DOC, **_ERRORS},
 )
 async def chat_completions(body: ChatCompletionRequest, request: Request) -> Response:
-    st = _state(request)
-    engine = st.ready()
-    st.check_model(body.model)
-    _check_n(st, body.n)
-    assert st.model_id is not None
+    st, engine, model_id = _admit(request, body)
     generation = GenerationRequest(
         messages=body.message_dicts(), params=body.sampling_params(),
         response_format=body.response_format_dict(), tools=body.tool_dicts(),
         tool_choice=body.tool_choice_value(),
         parallel_tool_calls=body.parallel_tool_calls is not False,
     )
-    answer = ChatAnswer(st.model_id, body.include_usage, bool(body.logprobs))
+    answer = ChatAnswer(model_id, body.include_usage, bool(body.logprobs))
     return await _answer(request, st, engine, generation, body.stream, answer)
 
 
@@ -143,15 +147,11 @@ async def chat_completions(body: ChatCompletionRequest, request: Request) -> Res
     "/v1/completions", response_model=Completion, responses={200: _STREAM_DOC, **_ERRORS},
 )
 async def completions(body: CompletionRequest, request: Request) -> Response:
-    st = _state(request)
-    engine = st.ready()
-    st.check_model(body.model)
-    _check_n(st, body.n)
-    assert st.model_id is not None
+    st, engine, model_id = _admit(request, body)
     prompt = body.prompt_text()
     generation = GenerationRequest(prompt=prompt, params=body.sampling_params(),
                                    response_format=body.response_format_dict())
-    answer = CompletionAnswer(st.model_id, body.include_usage, body.logprobs is not None,
+    answer = CompletionAnswer(model_id, body.include_usage, body.logprobs is not None,
                               prompt if body.echo else "")
     return await _answer(request, st, engine, generation, body.stream, answer)
 
