@@ -29,6 +29,7 @@ app.command()(bench.bench)
 app.add_typer(profiles.app, name="profiles")
 app.command()(profiles.calibrate)
 app.command()(profiles.plan)
+app.command()(profiles.fits)
 app.add_typer(fixtures.app, name="fixtures")
 
 

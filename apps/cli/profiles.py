@@ -1,4 +1,5 @@
-"""`edgemoe profiles [show] | calibrate | plan`: device profiles and planning a build for one."""
+"""`edgemoe profiles [show] | calibrate | plan | fits`: device profiles, and planning a build for
+one (from a checkpoint or from a config alone)."""
 
 from __future__ import annotations
 
@@ -53,7 +54,9 @@ def calibrate(
 
 @friendly
 def plan(
-    src: Annotated[str, typer.Argument(help="Checkpoint folder or Hub repo id.")],
+    src: Annotated[str, typer.Argument(
+        help="Checkpoint folder or Hub repo id; or, without weights, a config.json, a Hub id "
+        "whose config.json is cached, or a known model (`edgemoe fits --list`).")],
     profile: Annotated[
         str, typer.Option(help="Device profile name or .toml path.")
     ] = "laptop-16gb",
@@ -62,6 +65,9 @@ def plan(
     prune: Annotated[float, typer.Option(help="Fraction of experts to prune per layer.")] = 0.0,
     context: Annotated[
         int | None, typer.Option(help="Context length (default: profile's).")
+    ] = None,
+    budget: Annotated[str | None, typer.Option(
+        help="Plan at a runtime expert budget ('25%', '1.5GB'), as `edgemoe run --budget`.")
     ] = None,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
@@ -76,5 +82,41 @@ def plan(
         quant=quant,
         prune_fraction=prune,
         context_length=context,
+        budget=budget,
     )
     typer.echo(json.dumps(p.to_dict(), indent=2) if as_json else render_plan(p))
+
+
+@friendly
+def fits(
+    models: Annotated[list[str] | None, typer.Argument(
+        help="Known models (default: all of them).")] = None,
+    profile: Annotated[list[str] | None, typer.Option(
+        "--profile", help="Device profile (repeatable; default: every built-in one).")] = None,
+    quant: Annotated[str | None, typer.Option(help="Force a quant type.")] = None,
+    budget: Annotated[str | None, typer.Option(help="Runtime expert budget ('25%').")] = None,
+    markdown: Annotated[bool, typer.Option("--markdown")] = False,
+    list_known: Annotated[bool, typer.Option("--list", help="List the known models.")] = False,
+) -> None:
+    """What fits where: published MoE configurations against device profiles, from configs
+    alone (sizes per quant, minimum budget, the planner's quant and decode/prefill tok/s)."""
+    from device_profiles import list_profiles, load_profile
+    from packager.plan.errors import PlanError
+    from packager.plan.fit_table import fit_rows, render_markdown, render_text
+    from packager.plan.known import find_known, known_models, known_names
+
+    if list_known:
+        for m in known_models():
+            typer.echo(f"{m.name:<20} {m.hub_id:<36} {m.total_params / 1e9:.3g}B total, "
+                       f"{m.active_params / 1e9:.3g}B active")
+        return
+    chosen = []
+    for name in models or [m.name for m in known_models()]:
+        m = find_known(name)
+        if m is None:
+            raise PlanError(f"{name}: not a known model ({known_names()})")
+        chosen.append(m)
+    devices = [load_profile(p) for p in profile] if profile else list_profiles()
+    rows = fit_rows(chosen, devices, quant=quant, budget=budget)
+    typer.echo(render_markdown(rows, devices) if markdown else render_text(rows, devices),
+               nl=False)

@@ -25,9 +25,10 @@ Reader = Callable[[str], np.ndarray]
 
 # Per-expert checkpoints: model.layers.3.mlp.experts.7.gate_proj.weight (or Mixtral's w1/w2/w3).
 _EXPERT = re.compile(r"^(model\.layers\.(\d+)\.[\w.]*?experts)\.(\d+)\.(\w+)\.weight$")
-# Fused checkpoints (transformers v5 style): model.layers.3.mlp.experts.gate_up_proj
+# Fused checkpoints (transformers v5 style): model.layers.3.mlp.experts.gate_up_proj; never a
+# shared expert's projection (`mlp.shared_experts.down_proj.weight` is one dense matrix).
 _FUSED = re.compile(
-    r"^(model\.layers\.(\d+)\.[\w.]*?experts)\.(gate_up_proj|down_proj)(\.weight)?$"
+    r"^(model\.layers\.(\d+)\.[\w.]*?(?<=\.)experts)\.(gate_up_proj|down_proj)(\.weight)?$"
 )
 _SKIP = re.compile(r"rotary_emb\.inv_freq$")
 
