@@ -243,8 +243,12 @@ def _quantize(inputs: PackInputs, base: Path, model: Path, progress: Progress) -
     """llama.cpp's quantizer from the F32 intermediate, which is then deleted to free its space."""
     plan = inputs.plan
     progress.stage(f"quantize ({plan.quant})", 1)
+    # What the checkpoint already holds in a GGML block format stays as it is (gpt-oss's MXFP4
+    # experts): the family's fixed types win over the plan's.
+    fixed = family_for(inputs.checkpoint.config).gguf.fixed_types()
     options = QuantizeOptions(
-        plan.quant, inputs.options.threads, inputs.prepared.imatrix, plan.tensor_types
+        plan.quant, inputs.options.threads, inputs.prepared.imatrix,
+        {**plan.tensor_types, **fixed},
     )
     quantize(base, model, options)
     base.unlink()

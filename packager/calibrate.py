@@ -21,6 +21,7 @@ from typing import Literal
 
 import numpy as np
 
+from contract.files import read_json
 from packager.errors import PackError
 from packager.source import Checkpoint
 from packager.usage import UsageAccumulator, UsageError, UsageProfile
@@ -255,11 +256,21 @@ def router_of(module: object) -> tuple[str, object] | None:
 
 
 def load_reference_model(ckpt_dir: Path):
-    """The checkpoint in transformers, float32, eval mode (what the fidelity reference runs)."""
+    """The checkpoint in transformers, float32, eval mode (what the fidelity reference runs).
+
+    A checkpoint published with MXFP4 experts (gpt-oss) is dequantized, as transformers does
+    on a CPU: exactly, since every MXFP4 weight is a float32."""
     import torch
     from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(ckpt_dir, dtype=torch.float32)
+    kwargs = {}
+    config = read_json(Path(ckpt_dir) / "config.json", UsageError, "config.json")
+    quant = config.get("quantization_config") if isinstance(config, dict) else None
+    if isinstance(quant, dict) and quant.get("quant_method") == "mxfp4":
+        from transformers import Mxfp4Config
+
+        kwargs["quantization_config"] = Mxfp4Config(dequantize=True)
+    model = AutoModelForCausalLM.from_pretrained(ckpt_dir, dtype=torch.float32, **kwargs)
     return model.eval()
 
 

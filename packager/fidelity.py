@@ -59,10 +59,10 @@ def token_chunks(checkpoint_dir: Path, text: str, n_tokens: int, chunk: int) -> 
 
 def reference_logits(checkpoint_dir: Path, chunks: list[list[int]]) -> list[np.ndarray]:
     import torch
-    from transformers import AutoModelForCausalLM
 
-    model = AutoModelForCausalLM.from_pretrained(checkpoint_dir, dtype=torch.float32)
-    model.eval()
+    from packager.calibrate import load_reference_model
+
+    model = load_reference_model(checkpoint_dir)
     out = []
     with torch.no_grad():
         for ids in chunks:

@@ -96,9 +96,16 @@ def write_gguf(
     w.write_ti_data_to_file()
     for i, (t, qt) in enumerate(zip(plan, types, strict=True)):
         data = t.build()
-        if tuple(data.shape) != tuple(t.shape):
+        if data.dtype == np.uint8 and qt not in _PLAIN:  # GGML blocks the checkpoint holds
+            encoded = np.ascontiguousarray(data)
+            if encoded.nbytes != _nbytes(t.shape, qt):
+                raise ValueError(f"{t.name}: {encoded.nbytes} bytes, {qt.name} {t.shape} needs "
+                                 f"{_nbytes(t.shape, qt)}")
+        elif tuple(data.shape) != tuple(t.shape):
             raise ValueError(f"{t.name}: planned shape {t.shape}, built {data.shape}")
-        w.write_tensor_data(_encode(data, qt))
+        else:
+            encoded = _encode(data, qt)
+        w.write_tensor_data(encoded)
         if progress:
             progress(t.name, i + 1, len(plan))
     w.close()

@@ -51,12 +51,15 @@ class Checkpoint:
         return archs[0] if archs else str(self.config.get("model_type", "unknown"))
 
     def read(self, name: str) -> np.ndarray:
-        """One tensor as float32 (BF16 widened exactly; numpy has no bfloat16)."""
+        """One tensor as float32 (BF16 widened exactly; numpy has no bfloat16); packed bytes
+        (U8, e.g. gpt-oss's MXFP4 blocks and scales) as they are stored."""
         info = self.tensors[name]
         try:
             with safe_open(str(info.file), framework="np") as f:
                 if info.dtype == "BF16":
                     return _bf16_tensor(info, f.metadata())
+                if info.dtype == "U8":
+                    return np.asarray(f.get_tensor(name), dtype=np.uint8)
                 return np.asarray(f.get_tensor(name), dtype=np.float32)
         except (SafetensorError, OSError) as e:
             raise CheckpointError(f"{info.file.name}: cannot read tensor '{name}': {e}") from e

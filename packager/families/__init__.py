@@ -9,6 +9,7 @@ from packager.families import (  # noqa: E402,F401,I001
     deepseek4,
     ernie45moe,
     glm4moe,
+    gpt_oss,
     lfm2moe,
     mimo2,
     mixtral,

@@ -41,7 +41,9 @@ class PlannedTensor:
     shape: tuple[int, ...]
     build: Callable[[], np.ndarray]
     is_expert: bool = False
-    # A type the tensor keeps whatever the build's precision (an integer table); None: the build's.
+    # A type the tensor keeps whatever the build's precision: an integer table, or bytes the
+    # checkpoint already holds in a GGML block format (gpt-oss's MXFP4 experts), which build()
+    # returns as uint8 and which are written as they are. None: the build's.
     storage: gguf.GGMLQuantizationType | None = None
 
 
@@ -159,6 +161,11 @@ class GGUFAdapter:
             ("ffn_gate_inp.weight", "ffn_gate_inp_shexp.weight", "_norm.weight")
         )
 
+    def fixed_types(self) -> dict[str, str]:
+        """Tensors a quantized build leaves in the type the checkpoint holds them in (regex ->
+        ggml type name): none, unless the family reads tensors already in a GGML format."""
+        return {}
+
     # ----- shared machinery ---------------------------------------------------------------
     def gguf_name(self, hf_name: str) -> str:
         new = self._names.get_name(hf_name, try_suffixes=(".weight", ".bias"))
@@ -172,7 +179,7 @@ class GGUFAdapter:
         """Every output tensor in a stable order; experts stacked per layer and projection."""
         out: list[PlannedTensor] = []
         experts: dict[tuple[str, int, str], dict[int, str]] = defaultdict(dict)
-        for name in sorted(shapes, key=_natural_key):
+        for name in sorted(shapes, key=natural_key):
             if _SKIP.search(name):
                 continue
             if m := _EXPERT.match(name):
@@ -187,7 +194,7 @@ class GGUFAdapter:
             else:
                 out.extend(self.expand(name, shapes[name], read))
         out.extend(self._stacked(experts, shapes, read))
-        return sorted(out, key=lambda t: _natural_key(t.name))
+        return sorted(out, key=lambda t: natural_key(t.name))
 
     def _stacked(self, groups, shapes, read) -> list[PlannedTensor]:
         n = self.moe().n_experts
@@ -222,5 +229,5 @@ def _stack(names: list[str], read: Reader) -> Callable[[], np.ndarray]:
     return lambda: np.stack([read(n) for n in names], axis=0)
 
 
-def _natural_key(name: str) -> list[Any]:
+def natural_key(name: str) -> list[Any]:
     return [int(p) if p.isdigit() else p for p in re.split(r"(\d+)", name)]

@@ -52,6 +52,8 @@ MOE_TINY = (
     "deepseek4-tiny", "mimo2-tiny",
     "phimoe-tiny",
 )  # fmt: skip
+# gpt-oss fixtures: their own tokenizer (tests/dev/test_gptoss_fixtures.py checks them).
+HARMONY_TINY = ("gptoss-tiny", "gptoss-mxfp4-tiny")
 EXPERT_KEY = {
     "qwen3moe-tiny": "model.layers.0.mlp.experts.7.gate_proj.weight",
     "qwen2moe-tiny": "model.layers.0.mlp.experts.7.gate_proj.weight",
@@ -103,8 +105,9 @@ def test_registry_has_the_promised_fixtures():
         "qwen35moe-tiny", "glm4moe-tiny", "lfm2moe-tiny", "ernie45moe-tiny",
         "deepseek4-tiny", "mimo2-tiny",
             "phimoe-tiny",
+        *HARMONY_TINY, "gptoss-large",
     }  # fmt: skip
-    assert set(TINY_FIXTURES) == {*MOE_TINY, "dense-tiny"}
+    assert set(TINY_FIXTURES) == {*MOE_TINY, "dense-tiny", *HARMONY_TINY}
     assert all(spec.is_moe for n, spec in FIXTURES.items() if n != "dense-tiny")
     assert not FIXTURES["dense-tiny"].is_moe
 
@@ -291,7 +294,7 @@ def test_hub_cache_rejects_bad_repo_ids(small_checkpoint, tmp_path):
 
 
 @pytest.mark.reference
-@pytest.mark.parametrize("name", TINY_FIXTURES)
+@pytest.mark.parametrize("name", [n for n in TINY_FIXTURES if n not in HARMONY_TINY])
 def test_tiny_fixture_loads_and_generates(name):
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer

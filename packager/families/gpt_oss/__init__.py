@@ -1,0 +1,26 @@
+"""gpt-oss (OpenAI's open-weight MoE): attention sinks, alternate sliding-window layers, a biased
+router softmaxed over its top-k, expert biases, the clamped SwiGLU; experts read as published
+(MXFP4 blocks and scales) and written to GGUF as MXFP4 bytes unchanged."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from packager.families.family import Family
+from packager.families.gpt_oss.config import GptOssConfig
+from packager.families.gpt_oss.gguf import GptOssGGUF
+from packager.families.registry import register
+
+if TYPE_CHECKING:
+    from packager.families.onnx_adapter import OnnxAdapter
+
+
+@register
+class GptOss(Family):
+    hf_architectures = ("GptOssForCausalLM",)
+    config_type = GptOssConfig
+    gguf_type = GptOssGGUF
+    onnx_missing = "not yet"
+
+    def onnx_type(self) -> type[OnnxAdapter]:
+        return super().onnx_type()
