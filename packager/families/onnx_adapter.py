@@ -26,7 +26,7 @@ from packager.onnx_export.blocks import (
     with_past,
 )
 from packager.onnx_export.graph import Scope
-from packager.onnx_export.moe import normalize, topk
+from packager.onnx_export.moe import ExpertExtras, normalize, topk
 from packager.source import Checkpoint
 
 
@@ -163,6 +163,14 @@ class OnnxAdapter:
         raise UnsupportedArchitectureError(
             f"{self.architecture}: layer {i} has no router weight (looked for {looked})"
         )
+
+    def router_tensors(self, i: int) -> tuple[str, str | None]:
+        """The checkpoint names of layer `i`'s router weight and bias (None: no bias)."""
+        return f"{self.moe_prefix(i)}.gate.weight", None
+
+    def expert_extras(self, ctx: Context, i: int) -> ExpertExtras | None:
+        """Expert biases and another activation than silu(gate) * up (None: neither)."""
+        return None
 
     def shared(self, ctx: Context, s: Scope, i: int, x2d: str) -> str | None:
         return None

@@ -48,8 +48,10 @@ class Context:
     rope: Rope
 
 
-def causal_mask(s: Scope, input_ids: str, attention_mask: str) -> str:
-    """Additive [S, T] mask: query i (absolute position T-S+i) sees key j <= it, if unpadded."""
+def causal_mask(s: Scope, input_ids: str, attention_mask: str, window: int | None = None) -> str:
+    """Additive [S, T] mask: query i (absolute position T-S+i) sees key j <= it, if unpadded;
+    with a `window`, only the last `window` positions (j > i - window, as transformers'
+    sliding-window layers and llama.cpp's standard SWA)."""
     zero, one = s.const(0), s.const(1)
     seq = s.op("Gather", [s.op("Shape", [input_ids], "ShapeIds"), one], "SeqLen", axis=0)
     total = s.op("Gather", [s.op("Shape", [attention_mask], "ShapeMask"), one], "TotalLen", axis=0)
@@ -57,6 +59,10 @@ def causal_mask(s: Scope, input_ids: str, attention_mask: str) -> str:
     keys = s.unsqueeze(s.op("Range", [zero, total, one], "KeyPos"), [0], "KeyRow")
     queries = s.unsqueeze(s.op("Range", [past, total, one], "QueryPos"), [1], "QueryCol")
     causal = s.op("LessOrEqual", [keys, queries], "Causal")
+    if window is not None:
+        recent = s.op("Greater", [keys, s.op("Sub", [queries, s.const(window)], "WindowStart")],
+                      "InWindow")  # fmt: skip
+        causal = s.op("And", [causal, recent], "CausalWindow")
     padded = s.op("Cast", [attention_mask], "KeepKeys", to=TensorProto.BOOL)
     allowed = s.op("And", [causal, padded], "Allowed")
     return s.op("Where", [allowed, s.f32(0.0), s.f32(_MASKED)], "Additive")
@@ -124,11 +130,16 @@ def attend(
     n_kv: int,
     dims: tuple[int, int],
     scale: float,
+    mask: str | None = None,
+    sinks: str | None = None,
 ) -> str:
     """Scaled dot-product attention with GQA; q [1,H,S,D], k/v [1,Hkv,T,*] -> [1, S, H*Dv].
 
     GQA groups query heads as [Hkv, rep] and broadcasts each K/V head over its group (the
     5-D MatMul batch dims), the same head order as transformers' repeat_kv, without copying K.
+    `mask` replaces the shared causal mask (a sliding-window layer's); `sinks` [H] are
+    per-head logits of a virtual key with no value (gpt-oss): a column the softmax normalises
+    over and that is then dropped.
     """
     rep = n_heads // n_kv
     d_qk, d_v = dims
@@ -139,8 +150,18 @@ def attend(
     perm = [0, 1, 2, 4, 3] if rep > 1 else [0, 1, 3, 2]
     scores = s.op("MatMul", [q, s.transpose(k, perm, "KeysT")], "QK")
     scores = s.op("Mul", [scores, s.f32(scale)], "Scale")
-    scores = s.op("Add", [scores, ctx.mask], "Mask")
-    probs = s.op("Softmax", [scores], "Softmax", axis=-1)
+    scores = s.op("Add", [scores, mask or ctx.mask], "Mask")
+    if sinks is None:
+        probs = s.op("Softmax", [scores], "Softmax", axis=-1)
+    else:
+        sink = s.reshape(sinks, [1, n_kv, rep, 1, 1] if rep > 1 else [1, n_heads, 1, 1],
+                         "SinkHeads")  # fmt: skip
+        col = s.op("ReduceMax", [scores, s.const([-1])], "RowMax", keepdims=1)
+        sink = s.op("Expand", [sink, s.op("Shape", [col], "ColShape")], "SinkColumn")
+        joined = s.op("Concat", [scores, sink], "WithSink", axis=-1)
+        probs = s.op("Softmax", [joined], "Softmax", axis=-1)
+        keys = s.op("Shape", [scores], "ScoreShape", start=-1)
+        probs = s.op("Slice", [probs, s.const([0]), keys, s.const([-1])], "DropSink")
     out = s.op("MatMul", [probs, v], "PV")
     if rep > 1:
         out = s.reshape(out, [0, n_heads, -1, d_v], "UngroupHeads")

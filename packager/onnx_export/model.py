@@ -123,9 +123,13 @@ def _moe_layer(
 ) -> tuple[str, str, LayerStacks | FusedStacks]:
     w, pre = ctx.weights, fam.moe_prefix(i)
     x2d = s.reshape(x, [-1, fam.hidden], "Flatten")
-    logits = w.linear(s.child("router"), x2d, f"{pre}.gate.weight", keep_fp32=True)
+    router, bias = fam.router_tensors(i)
+    logits = w.linear(s.child("router"), x2d, router, bias=bias, keep_fp32=True)
     weights, ids = fam.route(ctx, s.child("router"), i, logits)
     read_gate_up, read_down = fam.expert_readers(i)
+    extras = fam.expert_extras(ctx, i)
+    if extras is not None and mode == "fused":  # QMoE's bias and clamp inputs are not wired
+        mode = "unique"
     stacks: LayerStacks | FusedStacks
     if mode == "fused":
         stacks = fused_stacks(w, f"{pre}.experts", fam.n_experts, read_gate_up, read_down)
@@ -136,7 +140,8 @@ def _moe_layer(
             gate_up=w.expert_stack(f"{pre}.experts.gate_up", fam.n_experts, read_gate_up),
             down=w.expert_stack(f"{pre}.experts.down", fam.n_experts, read_down),
         )
-        y = moe_experts(ctx, s.child("experts"), x2d, weights, ids, stacks, fam.top_k, mode)
+        y = moe_experts(ctx, s.child("experts"), x2d, weights, ids, stacks, fam.top_k, mode,
+                        extras)  # fmt: skip
     shared = fam.shared(ctx, s, i, x2d)
     if shared is not None:
         y = s.op("Add", [y, shared], "AddShared")

@@ -14,6 +14,7 @@ At decode (T = 1) both gather exactly k experts. Measurements are in the package
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from onnx import TensorProto
@@ -33,6 +34,16 @@ class LayerStacks:
     down: ExpertStack  # per expert [H, F]
 
 
+@dataclass(frozen=True)
+class ExpertExtras:
+    """What some families add to the plain SwiGLU experts (gpt-oss)."""
+
+    gate_up_bias: str | None = None  # [E, 2F] float32: gate biases first, then up
+    down_bias: str | None = None  # [E, H]
+    # (scope, gate, up) -> activation; None: silu(gate) * up
+    act: Callable[[Scope, str, str], str] | None = None
+
+
 def moe_experts(
     ctx: Context,
     s: Scope,
@@ -42,6 +53,7 @@ def moe_experts(
     stacks: LayerStacks,
     top_k: int,
     mode: str,
+    extras: ExpertExtras | None = None,
 ) -> str:
     """Weighted sum over each token's chosen experts: x2d [T, H] -> [T, H].
 
@@ -61,11 +73,14 @@ def moe_experts(
                      "Tile")  # fmt: skip
         x_in = s.reshape(tiled, [-1, hidden, 1], "PairCols")  # [T*k, H, 1]
     gate_up = w.gather_experts(s.child("gate_up"), stacks.gate_up, chosen)
+    extras = extras or ExpertExtras()
     gu = s.op("MatMul", [gate_up, x_in], "gate_up/MatMul")  # [n, 2F, cols]
+    gu = _expert_bias(s, gu, extras.gate_up_bias, chosen, "gate_up")
     g, u = s.split(gu, [ff, ff], 1, "gate_up/Split")
-    h = s.op("Mul", [s.silu(g), u], "GateTimesUp")
+    h = extras.act(s, g, u) if extras.act else s.op("Mul", [s.silu(g), u], "GateTimesUp")
     down = w.gather_experts(s.child("down"), stacks.down, chosen)
     y = s.op("MatMul", [down, h], "down/MatMul")  # [n, H, cols]
+    y = _expert_bias(s, y, extras.down_bias, chosen, "down")
     if mode == "unique":
         y = s.transpose(y, [0, 2, 1], "ExpertTokenRows")  # [U, T, H]
         # Row of pair p: (position of its expert among the unique ids, its token).
@@ -81,6 +96,14 @@ def moe_experts(
     y = s.reshape(y, [-1, top_k, hidden], "PerToken")
     scaled = s.op("Mul", [y, s.unsqueeze(weights, [-1], "WeightCol")], "Weigh")
     return s.op("ReduceSum", [scaled, s.const([1])], "SumSlots", keepdims=0)
+
+
+def _expert_bias(s: Scope, y: str, table: str | None, chosen: str, name: str) -> str:
+    """y [n, rows, cols] plus each chosen expert's bias row [rows] (none: y as it is)."""
+    if table is None:
+        return y
+    rows = s.op("Gather", [table, chosen], f"{name}/GatherBias", axis=0)  # [n, rows]
+    return s.op("Add", [y, s.unsqueeze(rows, [-1], f"{name}/BiasCol")], f"{name}/AddBias")
 
 
 def topk(s: Scope, scores: str, k: int, name: str = "TopK") -> tuple[str, str]:

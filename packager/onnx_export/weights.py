@@ -102,6 +102,13 @@ class Weights:
             self._cache[name] = self._add(name, self.ckpt.read(name).astype(np.float32))
         return self._cache[name]
 
+    def table(self, name: str, array: np.ndarray) -> str:
+        """A small float32 constant a family derives from checkpoint tensors (reordered expert
+        biases): kept whatever the scheme, like `vector`."""
+        if name not in self._cache:
+            self._cache[name] = self._add(name, np.ascontiguousarray(array, dtype=np.float32))
+        return self._cache[name]
+
     def embedding(self, s: Scope, ids: str, name: str) -> str:
         """Gather token rows; fp32 stays fp32, every other scheme stores fp16 rows."""
         table = self.ckpt.read(name)

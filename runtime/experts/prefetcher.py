@@ -169,10 +169,11 @@ class PrefetchGovernor:
 
 def tap_tables(
     pregate: Pregate, layers: Mapping[int, LayerExperts], n_experts: int, mapping: FileMapping
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, bool] | str:
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None, bool, np.ndarray | None,
+           float] | str:
     """(routers, the next MoE layers after each layer, expert spans, selection biases or None,
-    whether the biases add to softmax probabilities rather than sigmoids) for the tap, or why
-    they cannot be built.
+    whether the biases add to softmax probabilities rather than sigmoids, the routers' own
+    logit biases or None, the norm's epsilon) for the tap, or why they cannot be built.
 
     Each stacked expert tensor must lie in one mapped region: the tap adds e * stride to the
     address of expert 0, so the whole [offset, offset + n_experts * stride) is checked here.
@@ -187,6 +188,11 @@ def tap_tables(
     if any(biased) and not all(biased):
         return "a selection bias on some MoE layers only is not supported by the tap"
     biases = np.zeros((n_layers, n_experts), dtype=np.float32) if any(biased) else None
+    with_logit = [pregate.routers[x].logit_bias is not None for x in moe if x in pregate.routers]
+    if any(with_logit) and not all(with_logit):
+        return "a router bias on some MoE layers only is not supported by the tap"
+    logit_biases = np.zeros((n_layers, n_experts), dtype=np.float32) if any(with_logit) else None
+    eps = next(iter(pregate.routers.values())).eps
     gatings = {pregate.routers[x].gating for x in moe if x in pregate.routers}
     if biases is not None and len(gatings) > 1:
         return "selection biases after both softmax and sigmoid are not supported by the tap"
@@ -202,6 +208,10 @@ def tap_tables(
             if r.bias is None or r.bias.shape != (n_experts,):
                 return f"layer {layer}: selection bias shape not supported by the tap"
             biases[layer] = r.bias
+        if logit_biases is not None:
+            if r.logit_bias is None or r.logit_bias.shape != (n_experts,):
+                return f"layer {layer}: router bias shape not supported by the tap"
+            logit_biases[layer] = r.logit_bias
         tensors = layers[layer].tensors
         if len(tensors) > MAX_TENSORS:
             return f"layer {layer}: more than {MAX_TENSORS} expert tensors"
@@ -210,7 +220,8 @@ def tap_tables(
             if pieces is None or len(pieces) != 1:
                 return f"layer {layer}: {t.name} is not one mapped range"
             spans[layer, i] = (pieces[0][0], t.stride)
-    return routers, nxt, spans, biases, biases is not None and gatings == {"softmax"}
+    softmax_bias = biases is not None and gatings == {"softmax"}
+    return routers, nxt, spans, biases, softmax_bias, logit_biases, eps
 
 
 class Prefetcher:

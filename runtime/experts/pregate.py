@@ -5,7 +5,9 @@ layer L's hidden state guesses L+1's experts before L+1 computes them (the idea 
 MoE). The router input is RMSNorm(x) * w_norm; RMSNorm's 1/rms is one positive number per token
 and softmax and sigmoid are increasing, so the ranking of experts only needs
 `(G * w_norm) @ x`: the norm weight is folded into the router matrix once, and a guess is one
-small matrix-vector product per layer. Weights come from the GGUF (`ffn_gate_inp`, `ffn_norm` or
+small matrix-vector product per layer. A router with its own bias (gpt-oss: `ffn_gate_inp.bias`,
+added to the logits) breaks that: the 1/rms no longer cancels, so those logits are taken of the
+normalised state. Weights come from the GGUF (`ffn_gate_inp`, `ffn_norm` or
 `post_attention_norm`, and `exp_probs_b` where a model adds a selection bias); this module is
 pure numpy otherwise.
 """
@@ -31,6 +33,8 @@ class RouterWeights:
     # What the bias is added to: sigmoids (DeepSeek-V3, GLM-4.5) or softmax probabilities
     # (ERNIE-4.5), as the GGUF's expert_gating_func says.
     gating: str = "sigmoid"
+    logit_bias: np.ndarray | None = None  # the router's own bias, added to its logits (gpt-oss)
+    eps: float = 1e-6  # the norm's epsilon (matters only with a logit bias)
 
 
 def _array(tensor: object) -> np.ndarray:
@@ -85,22 +89,27 @@ def read_routers(model_path: str | Path, moe_layers: Sequence[int]) -> dict[int,
         raise BundleError(f"{model_path}: cannot read router weights ({e})") from None
     tensors = {t.name: t for t in reader.tensors}
     gating = _gating(reader)
+    eps = next((float(f.contents()) for k, f in reader.fields.items()
+                if k.endswith(".attention.layer_norm_rms_epsilon")), 1e-6)
     out: dict[int, RouterWeights] = {}
     for layer in moe_layers:
         gate = tensors.get(f"blk.{layer}.ffn_gate_inp.weight")
         # The norm in front of the router: ffn_norm, or post_attention_norm where a graph
-        # (qwen35moe, qwen3next) names the pre-MoE norm so.
+        # (qwen35moe, qwen3next, gpt-oss) names the pre-MoE norm so.
         norm = tensors.get(f"blk.{layer}.ffn_norm.weight") \
             or tensors.get(f"blk.{layer}.post_attention_norm.weight")
         if gate is None or norm is None:
             raise BundleError(f"{model_path}: layer {layer} has no ffn_gate_inp/ffn_norm weight")
         g = _array(gate).reshape(-1, _array(norm).size)
         bias = tensors.get(f"blk.{layer}.exp_probs_b.bias")
+        logit_bias = tensors.get(f"blk.{layer}.ffn_gate_inp.bias")
         out[layer] = RouterWeights(
             layer,
             np.ascontiguousarray(g * _array(norm).reshape(1, -1), dtype=np.float32),
             None if bias is None else _array(bias).reshape(-1),
             gating,
+            None if logit_bias is None else _array(logit_bias).reshape(-1),
+            eps,
         )
     return out
 
@@ -125,7 +134,11 @@ class Pregate:
     def scores(self, target: int, hidden: np.ndarray) -> np.ndarray:
         """[n_tokens, n_experts] selection scores (ordered like the router's) for `target`."""
         r = self.routers[target]
-        logits = hidden.reshape(-1, r.matrix.shape[1]) @ r.matrix.T
+        x = hidden.reshape(-1, r.matrix.shape[1])
+        logits = x @ r.matrix.T
+        if r.logit_bias is not None:
+            rms = np.sqrt(np.mean(np.square(x, dtype=np.float32), axis=1, keepdims=True) + r.eps)
+            logits = logits / rms + r.logit_bias
         if r.bias is not None and r.gating == "softmax":
             e = np.exp(logits - logits.max(axis=1, keepdims=True))
             logits = e / e.sum(axis=1, keepdims=True) + r.bias

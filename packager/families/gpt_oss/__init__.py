@@ -20,7 +20,8 @@ class GptOss(Family):
     hf_architectures = ("GptOssForCausalLM",)
     config_type = GptOssConfig
     gguf_type = GptOssGGUF
-    onnx_missing = "not yet"
 
     def onnx_type(self) -> type[OnnxAdapter]:
-        return super().onnx_type()
+        from packager.families.gpt_oss.onnx import GptOssOnnx
+
+        return GptOssOnnx

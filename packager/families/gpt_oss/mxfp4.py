@@ -45,3 +45,18 @@ def to_ggml(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
     packed = codes[..., :CODE_BYTES] | (codes[..., CODE_BYTES:] << 4)
     out = np.concatenate([np.asarray(scales, dtype=np.uint8)[..., None], packed], axis=-1)
     return np.ascontiguousarray(out.reshape(*blocks.shape[:-2], -1))
+
+
+# E2M1 values of the 16 codes (the sign is the high bit).
+_FP4 = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0, -0.0, -0.5, -1.0, -1.5, -2.0, -3.0, -4.0,
+                 -6.0], dtype=np.float32)  # fmt: skip
+
+
+def dequantize(blocks: np.ndarray, scales: np.ndarray) -> np.ndarray:
+    """The checkpoint's MXFP4 as float32 [..., n_blocks * 32] (exact), for the ONNX exporter,
+    which writes experts in its own precision."""
+    blocks = np.asarray(blocks, dtype=np.uint8)
+    codes = np.stack([blocks & 0x0F, blocks >> 4], axis=-1).reshape(*blocks.shape[:-1], BLOCK)
+    scale = np.ldexp(np.float32(1.0), np.asarray(scales, dtype=np.int32) - 127)
+    values = _FP4[codes] * scale[..., None].astype(np.float32)
+    return values.reshape(*blocks.shape[:-2], -1)

@@ -153,13 +153,16 @@ class RoutingLog:
     # --- prefetch ----------------------------------------------------------------------------
     def configure_prefetch(self, routers: np.ndarray, next_layers: np.ndarray,
                            spans: np.ndarray, biases: np.ndarray | None,
-                           softmax_bias: bool = False, *, source: str, page: int) -> None:
+                           softmax_bias: bool = False, logit_biases: np.ndarray | None = None,
+                           eps: float = 1e-6, *, source: str, page: int) -> None:
         """Hand the tap what pre-gating needs: folded routers [layers, experts, n_embd] (f32),
         the next MoE layers after each layer [layers, 2] (i32, -1: none), each layer's expert
         tensors as (address of expert 0, stride) [layers, MAX_TENSORS, 2] (u64, checked
         against the mapping by the caller), the selection biases [layers, experts] (f32) of
         routers that add one to a sigmoid (None: none do) or, with `softmax_bias`, to the
-        softmax probabilities (ERNIE), and which hidden state to read (`sources`)."""
+        softmax probabilities (ERNIE), the routers' own logit biases [layers, experts] (f32;
+        None: none have one; with them the hidden state is RMS-normalised with `eps` first,
+        gpt-oss), and which hidden state to read (`sources`)."""
         if source not in self.sources:
             raise ValueError(f"hidden state '{source}' is not tapped (have: {list(self.sources)})")
         kind, index = self.sources[source]
@@ -175,7 +178,11 @@ class RoutingLog:
             biases = np.ascontiguousarray(biases, dtype=np.float32)
             if biases.shape != (n_layers, n_experts):
                 raise ValueError("prefetch biases do not match the routing log's shape")
-        self._keep = [routers, next_layers, spans, scratch, biases]
+        if logit_biases is not None:
+            logit_biases = np.ascontiguousarray(logit_biases, dtype=np.float32)
+            if logit_biases.shape != (n_layers, n_experts):
+                raise ValueError("prefetch router biases do not match the routing log's shape")
+        self._keep = [routers, next_layers, spans, scratch, biases, logit_biases]
         if self._pidfd < 0 and hasattr(os, "pidfd_open"):
             try:
                 self._pidfd = os.pidfd_open(os.getpid())
@@ -187,6 +194,8 @@ class RoutingLog:
         st.routers, st.next = routers.ctypes.data, next_layers.ctypes.data
         st.biases = None if biases is None else biases.ctypes.data
         st.softmax_bias = int(bool(softmax_bias) and biases is not None)
+        st.logit_biases = None if logit_biases is None else logit_biases.ctypes.data
+        st.norm_eps = float(eps)
         st.spans, st.scratch = spans.ctypes.data, scratch.ctypes.data
 
     def set_prefetch(self, depth: int, width: int) -> None:

@@ -83,6 +83,10 @@ struct edgemoe_tap {
     const float *biases;    /* [layer][expert]: selection bias added to the sigmoid of the
                                logit (DeepSeek-V3's routers), or to the softmax probability
                                when softmax_bias is set (ERNIE's); NULL: rank the raw logits */
+    const float *logit_biases;  /* [layer][expert]: the router's own bias, added to the logits
+                               of the RMS-normalised state (gpt-oss); NULL: none */
+    float norm_eps;
+    int32_t pad0;
     const int32_t *next;    /* [layer][2]: the next MoE layers, -1: none */
     const uint64_t *spans;  /* [layer][MAX_TENSORS][2]: address of expert 0, stride; 0: none */
     float *scratch;         /* n_embd + n_experts floats */
@@ -140,6 +144,12 @@ static void prefetch(struct edgemoe_tap *s, int32_t layer, const struct head *h)
     if (h == NULL || h->type != 0 || h->ne[0] != s->n_embd || h->nb[0] != 4) return;
     float *x = s->scratch, *score = s->scratch + s->n_embd;
     s->tensor_get(h, x, 0, (size_t)s->n_embd * 4);  /* row 0: the one token */
+    float inv_rms = 1.0f;
+    if (s->logit_biases != NULL) {
+        float ss = 0.0f;
+        for (int32_t j = 0; j < s->n_embd; j++) ss += x[j] * x[j];
+        inv_rms = 1.0f / sqrtf(ss / (float)s->n_embd + s->norm_eps);
+    }
     int width = s->pf_width < s->n_experts ? s->pf_width : s->n_experts;
     if (width > MAX_WIDTH) width = MAX_WIDTH;
     for (int d = 0; d < s->pf_depth && d < 2; d++) {
@@ -153,6 +163,8 @@ static void prefetch(struct edgemoe_tap *s, int32_t layer, const struct head *h)
             const float *row = w + (size_t)e * s->n_embd;
             float acc = 0.0f;
             for (int32_t j = 0; j < s->n_embd; j++) acc += row[j] * x[j];
+            if (s->logit_biases != NULL)
+                acc = acc * inv_rms + s->logit_biases[(size_t)t * s->n_experts + e];
             score[e] = acc;
             if (acc > hi) hi = acc;
         }
@@ -314,6 +326,9 @@ class TapState(ctypes.Structure):
         ("n_embd", ctypes.c_int32),
         ("routers", ctypes.c_void_p),
         ("biases", ctypes.c_void_p),
+        ("logit_biases", ctypes.c_void_p),
+        ("norm_eps", ctypes.c_float),
+        ("pad0", ctypes.c_int32),
         ("next", ctypes.c_void_p),
         ("spans", ctypes.c_void_p),
         ("scratch", ctypes.c_void_p),

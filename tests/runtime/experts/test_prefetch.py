@@ -159,9 +159,10 @@ def test_tap_tables_point_inside_the_mapping():
     layers = _layers()
     routers = {x: RouterWeights(x, np.ones((8, 4), np.float32)) for x in layers}
     mapping = FileMapping.whole(0x7F0000000000, 8 << 20)
-    r, nxt, spans, biases, _ = tap_tables(Pregate(routers), layers, 8, mapping)
+    r, nxt, spans, biases, _, logit_biases, _ = tap_tables(Pregate(routers), layers, 8, mapping)
     assert r.shape == (3, 8, 4) and nxt.tolist() == [[1, 2], [2, -1], [-1, -1]]
     assert biases is None  # no selection bias: the tap ranks raw logits
+    assert logit_biases is None  # no router bias: no normalisation either
     t = layers[1].tensors[2]
     assert spans[1, 2].tolist() == [0x7F0000000000 + t.offset, t.stride]
     assert spans[1, 3].tolist() == [0, 0]  # unused slot
@@ -173,13 +174,41 @@ def test_tap_tables_carry_selection_biases():
     bias = np.linspace(-0.1, 0.1, 8, dtype=np.float32)
     routers = {x: RouterWeights(x, np.ones((8, 4), np.float32), bias) for x in layers}
     mapping = FileMapping.whole(0x7F0000000000, 8 << 20)
-    *_, biases, softmax_bias = tap_tables(Pregate(routers), layers, 8, mapping)
+    biases, softmax_bias = tap_tables(Pregate(routers), layers, 8, mapping)[3:5]
     assert biases.shape == (3, 8) and np.array_equal(biases[1], bias) and not softmax_bias
     softmax = {x: RouterWeights(x, np.ones((8, 4), np.float32), bias, "softmax") for x in layers}
-    assert tap_tables(Pregate(softmax), layers, 8, mapping)[-1] is True  # ERNIE-style
+    assert tap_tables(Pregate(softmax), layers, 8, mapping)[4] is True  # ERNIE-style
     routers[2] = RouterWeights(2, np.ones((8, 4), np.float32))
     reason = tap_tables(Pregate(routers), layers, 8, mapping)
     assert isinstance(reason, str) and "some MoE layers only" in reason
+
+
+def test_tap_tables_carry_router_logit_biases():
+    """gpt-oss-style routers (their own bias on the logits) go to the tap with it and the
+    norm's epsilon; a bias on some layers only is refused."""
+    layers = _layers()
+    bias = np.linspace(-1.0, 1.0, 8, dtype=np.float32)
+    routers = {x: RouterWeights(x, np.ones((8, 4), np.float32), logit_bias=bias, eps=1e-5)
+               for x in layers}  # fmt: skip
+    mapping = FileMapping.whole(0x7F0000000000, 8 << 20)
+    *_, logit_biases, eps = tap_tables(Pregate(routers), layers, 8, mapping)
+    assert logit_biases.shape == (3, 8) and np.array_equal(logit_biases[2], bias)
+    assert eps == 1e-5
+    routers[1] = RouterWeights(1, np.ones((8, 4), np.float32))
+    reason = tap_tables(Pregate(routers), layers, 8, mapping)
+    assert isinstance(reason, str) and "router bias on some MoE layers only" in reason
+
+
+def test_pregate_ranks_a_biased_router_on_the_normalised_state():
+    """With a logit bias the hidden state's scale matters: x and 10x rank the same experts
+    (as the model's RMSNorm makes them), and the bias can outweigh a small logit."""
+    m = np.eye(4, dtype=np.float32)
+    bias = np.array([0.0, 0.0, 0.0, 0.9], dtype=np.float32)
+    pre = Pregate({0: RouterWeights(0, m, logit_bias=bias, eps=0.0)})
+    x = np.array([1.0, 0.1, 0.0, 0.0], dtype=np.float32)  # rms 0.5025: logits 1.99, 0.2, 0, 0
+    assert pre.rank(0, x, 2).tolist() == [[0, 3]]
+    assert pre.rank(0, 10 * x, 2).tolist() == [[0, 3]]
+    np.testing.assert_allclose(pre.scores(0, x)[0], x / np.sqrt(np.mean(x**2)) + bias, rtol=1e-6)
 
 
 def test_tap_tables_refuse_a_tensor_outside_the_mapping():

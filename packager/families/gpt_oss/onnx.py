@@ -1,0 +1,119 @@
+"""gpt-oss in ONNX: sinks, sliding-window masks, the biased router, expert biases, clamped SwiGLU.
+
+Every piece is standard ONNX: a sliding-window layer gets its own additive mask (the last
+`sliding_window` positions), the sinks are a per-head column the softmax normalises over and
+that is dropped after it (transformers' eager attention), the router's bias is added to its
+logits and its top-k values softmaxed (the same weights as softmax-then-renormalise), and the
+experts add their biases and compute `(clamp(up, ±limit) + 1) * g * sigmoid(alpha * g)` with
+`g = min(gate, limit)`. MXFP4 experts are dequantized exactly (every MXFP4 weight is a
+float32) before the exporter writes them in the build's precision.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from packager.families.gpt_oss import mxfp4
+from packager.families.gpt_oss.config import GptOssConfig
+from packager.families.onnx_adapter import OnnxAdapter
+from packager.onnx_export.blocks import (
+    Context,
+    apply_rope,
+    attend,
+    causal_mask,
+    heads,
+    with_past,
+)
+from packager.onnx_export.graph import Scope
+from packager.onnx_export.moe import ExpertExtras
+
+
+class GptOssOnnx(OnnxAdapter):
+    config: GptOssConfig
+    genai_type = "gpt_oss"
+    norm_topk = True  # softmax over the top-k logits = softmax, then renormalise the top-k
+
+    def validate(self) -> None:
+        c = self.config
+        if c.rope.partial_rotary_factor != 1.0:
+            self.refuse("partial_rotary_factor != 1 is not exported")
+        if self.n_heads % self.n_kv:
+            self.refuse(f"{self.n_heads} heads are not a multiple of {self.n_kv} KV heads")
+        self._window_mask: tuple[int, str] | None = None
+
+    def moe_prefix(self, i: int) -> str:
+        return f"model.layers.{i}.mlp"
+
+    def router_tensors(self, i: int) -> tuple[str, str | None]:
+        return f"model.layers.{i}.mlp.router.weight", f"model.layers.{i}.mlp.router.bias"
+
+    # ----- attention --------------------------------------------------------------------------
+    def attention(self, ctx: Context, s: Scope, i: int, x: str, past: tuple[str, str]):
+        w, pre = ctx.weights, f"model.layers.{i}.self_attn"
+        q, k, v = (w.linear(s.child(f"{p}_proj"), x, f"{pre}.{p}_proj.weight",
+                            bias=f"{pre}.{p}_proj.bias") for p in ("q", "k", "v"))  # fmt: skip
+        q = apply_rope(s.child("q_rope"), heads(s, q, self.n_heads, self.head_dim, "q_heads"),
+                       ctx.rope, self.head_dim)  # fmt: skip
+        k = apply_rope(s.child("k_rope"), heads(s, k, self.n_kv, self.head_dim, "k_heads"),
+                       ctx.rope, self.head_dim)  # fmt: skip
+        v = heads(s, v, self.n_kv, self.head_dim, "v_heads")
+        k_all = with_past(s, past[0], k, "key")
+        v_all = with_past(s, past[1], v, "value")
+        mask = self._sliding_mask(ctx) if self.config.sliding()[i] else None
+        out = attend(s.child("sdpa"), ctx, q, k_all, v_all, self.n_heads, self.n_kv,
+                     (self.head_dim, self.head_dim), self.head_dim**-0.5, mask=mask,
+                     sinks=w.vector(f"{pre}.sinks"))  # fmt: skip
+        y = w.linear(s.child("o_proj"), out, f"{pre}.o_proj.weight", bias=f"{pre}.o_proj.bias")
+        return y, k_all, v_all
+
+    def _sliding_mask(self, ctx: Context) -> str:
+        """The sliding-window layers' mask, built once per graph."""
+        if self._window_mask is None or self._window_mask[0] != id(ctx):
+            scope = ctx.graph.scope("/model/sliding_mask")
+            window = int(self.config.require(self.config.sliding_window, "sliding_window"))
+            self._window_mask = (id(ctx), causal_mask(scope, "input_ids", "attention_mask",
+                                                      window))  # fmt: skip
+        return self._window_mask[1]
+
+    # ----- experts ----------------------------------------------------------------------------
+    def expert_readers(self, i: int):
+        """(gate_up(e) -> [2F, H], gate rows first, then up; down(e) -> [H, F])."""
+        pre, c = f"model.layers.{i}.mlp.experts", self.config
+        whole: dict[str, np.ndarray] = {}  # each tensor is read (and dequantized) once
+
+        def weight(proj: str) -> np.ndarray:  # [E, out, in], the checkpoint's numbers
+            if proj not in whole:
+                whole.clear()
+                if c.mxfp4:
+                    whole[proj] = mxfp4.dequantize(self.ckpt.read(f"{pre}.{proj}_blocks"),
+                                                   self.ckpt.read(f"{pre}.{proj}_scales"))
+                else:
+                    whole[proj] = self.ckpt.read(f"{pre}.{proj}").transpose(0, 2, 1)
+            return whole[proj]
+
+        def gate_up(e: int) -> np.ndarray:
+            rows = weight("gate_up_proj")[e]  # gate and up interleaved by row
+            return np.concatenate([rows[0::2], rows[1::2]], axis=0)
+
+        return gate_up, (lambda e: weight("down_proj")[e])
+
+    def expert_extras(self, ctx: Context, i: int) -> ExpertExtras:
+        pre, c = f"model.layers.{i}.mlp.experts", self.config
+        gub = self.ckpt.read(f"{pre}.gate_up_proj_bias")
+        limit, alpha = float(c.swiglu_limit), float(c.swiglu_alpha)
+
+        def act(s: Scope, gate: str, up: str) -> str:
+            g = s.op("Min", [gate, s.f32(limit)], "ClampGate")
+            u = s.op("Clip", [up, s.f32(-limit), s.f32(limit)], "ClampUp")
+            glu = s.op("Mul", [g, s.op("Sigmoid", [s.op("Mul", [g, s.f32(alpha)], "Alpha")],
+                                       "Sigmoid")], "Glu")  # fmt: skip
+            return s.op("Mul", [s.op("Add", [u, s.f32(1.0)], "UpPlusOne"), glu], "GateTimesUp")
+
+        return ExpertExtras(
+            gate_up_bias=ctx.weights.table(
+                f"{pre}.gate_up_proj_bias.split",
+                np.concatenate([gub[:, 0::2], gub[:, 1::2]], axis=1),
+            ),
+            down_bias=ctx.weights.vector(f"{pre}.down_proj_bias"),
+            act=act,
+        )
