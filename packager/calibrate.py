@@ -46,6 +46,9 @@ class CalibrationSource:
     top_k: int
     gguf: Path | None = None
     scoring: str = "softmax"  # how the router turns logits into scores (the family's rule)
+    # llama.cpp's graph reports the raw logits as the router's probabilities (gpt-oss's
+    # softmax over the top-k): the scores are the softmax of what it reports.
+    llama_logits: bool = False
 
     @property
     def tokenizer_json(self) -> Path | None:
@@ -60,7 +63,7 @@ def checkpoint_source(ckpt: Checkpoint, gguf: Path | None = None) -> Calibration
     family = family_for(ckpt.config)
     moe = family.experts
     return CalibrationSource("checkpoint", ckpt.path, moe.n_experts, moe.top_k, gguf,
-                             family.config.router_scoring)
+                             family.config.router_scoring, family.gguf_type.probs_are_logits)
 
 
 Source = str | Path | Checkpoint | CalibrationSource
@@ -75,9 +78,13 @@ def resolve(src: Source) -> CalibrationSource:
     path = Path(src).expanduser()
     if (path / "manifest.json").is_file():
         from contract.manifest import read_manifest
+        from packager.families import family_class
 
         m = read_manifest(path)
-        return CalibrationSource("bundle", path.resolve(), m.shape.n_experts, m.shape.top_k)
+        family = family_class(m.shape.hf_architecture)
+        logits = family is not None and family.gguf_type.probs_are_logits
+        return CalibrationSource("bundle", path.resolve(), m.shape.n_experts, m.shape.top_k,
+                                 llama_logits=logits)
     from packager.source import open_checkpoint
 
     return checkpoint_source(open_checkpoint(src))
@@ -174,7 +181,7 @@ def route(source: CalibrationSource, chunks: Sequence[Sequence[int]], engine: st
         _route_transformers(source.path, chunks, acc, source.scoring)
     elif engine == "llama.cpp":
         with _gguf_for(source) as gguf_path:
-            _route_llama(gguf_path, chunks, acc, threads)
+            _route_llama(gguf_path, chunks, acc, threads, source.llama_logits)
     else:
         raise PackError(f"unknown calibration engine '{engine}'")
     return acc
@@ -201,7 +208,7 @@ def _gguf_for(source: CalibrationSource) -> Iterator[Path]:
 
 
 def _route_llama(gguf_path: Path, chunks: Sequence[Sequence[int]], acc: UsageAccumulator,
-                 threads: int) -> None:
+                 threads: int, logits: bool = False) -> None:
     import os
 
     from runtime.backends.base import EngineConfig, RoutingEvent
@@ -210,7 +217,12 @@ def _route_llama(gguf_path: Path, chunks: Sequence[Sequence[int]], acc: UsageAcc
     n_ctx = max(len(c) for c in chunks)
 
     def observe(ev: RoutingEvent) -> None:
-        acc.add(ev.layer, ev.ids, ev.probs, ev.weights)
+        if logits:  # the scores are their softmax; the weights those of the chosen experts
+            x = np.asarray(ev.probs, dtype=np.float64).reshape(-1, acc.n_experts)
+            e = np.exp(x - x.max(axis=1, keepdims=True))
+            acc.add(ev.layer, ev.ids, e / e.sum(axis=1, keepdims=True))
+        else:
+            acc.add(ev.layer, ev.ids, ev.probs, ev.weights)
 
     cfg = EngineConfig(gguf_path, n_ctx=n_ctx, n_threads=threads or os.cpu_count() or 1,
                        n_batch=n_ctx, n_ubatch=n_ctx, routing_detail=True)

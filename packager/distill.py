@@ -221,7 +221,12 @@ def _check_pair(teacher_dir: Path, student_dir: Path) -> None:
         path = Path(folder) / "config.json"
         if not path.is_file():
             raise DistillError(f"{path}: the {role} checkpoint has no config.json")
-        vocab[role] = read_family(Path(folder)).config.vocab_size
+        config = read_family(Path(folder)).config
+        if config.packed_weights and role == "student":
+            raise DistillError(f"{folder}: the student stores its experts as "
+                               f"{config.packed_weights}, which training cannot write back "
+                               "unchanged; distill a checkpoint with float experts")
+        vocab[role] = config.vocab_size
     if not (Path(teacher_dir) / "tokenizer.json").is_file():
         raise DistillError(f"{teacher_dir}: no tokenizer.json to tokenize calibration text with")
     vt, vs = vocab["teacher"], vocab["student"]

@@ -147,7 +147,8 @@ def select_trainable(model: torch.nn.Module, mode: str, rank: int,
                 full = f"{block_name}.experts.{owner_name + '.' if owner_name else ''}{n}"
                 if mode == "full":
                     params[full] = p.requires_grad_(True)
-                elif p.ndim >= 2:  # projections; expert biases stay frozen under LoRA
+                elif p.ndim >= 2 and not n.endswith("bias"):  # expert biases (gpt-oss's
+                    # are [experts, width]) stay frozen under LoRA
                     lora = lora_adapter(tuple(p.shape), rank, float(rank), generator)
                     parametrize.register_parametrization(owner, n, lora)
                     adapted.append((owner, n))

@@ -135,7 +135,11 @@ def _experts_hook(col: _Collector, names: tuple[str, str, str]):
     def hook(module, args) -> None:
         hidden, idx = args[0], args[1]
         hidden = hidden.reshape(-1, hidden.shape[-1])
-        n_exp, two_ff, _ = module.gate_up_proj.shape
+        # transformers' experts say their layout: [E, 2F, H] gate rows then up, or transposed
+        # [E, H, 2F] with biases and the module's own gate (gpt-oss: interleaved, clamped).
+        transposed = bool(getattr(module, "is_transposed", False))
+        n_exp = module.gate_up_proj.shape[0]
+        two_ff = module.gate_up_proj.shape[2 if transposed else 1]
         ff = two_ff // 2
         with torch.no_grad():
             # One row per (token, chosen expert), grouped by expert.
@@ -155,7 +159,13 @@ def _experts_hook(col: _Collector, names: tuple[str, str, str]):
             for e, n in enumerate(counts.tolist()):
                 if n:
                     xe, w = x[start : start + n], module.gate_up_proj[e]
-                    h = module.act_fn(xe @ w[:ff].T) * (xe @ w[ff:].T)
+                    if transposed:
+                        gate_up = xe @ w
+                        if getattr(module, "has_bias", False):
+                            gate_up = gate_up + module.gate_up_proj_bias[e]
+                        h = module._apply_gate(gate_up)
+                    else:
+                        h = module.act_fn(xe @ w[:ff].T) * (xe @ w[ff:].T)
                     down[e] = (h.double() ** 2).sum(dim=0)
                 start += n
         c = counts.numpy()

@@ -28,7 +28,10 @@ STRATEGIES = ("usage", "random")
 RECORD_FILE = "edgemoe_prune.json"
 _LAYER = re.compile(r"\blayers\.(\d+)\.")
 _PER_EXPERT = re.compile(r"^(.*\.experts)\.(\d+)\.(.+)$")  # ...experts.7.gate_proj.weight
-_FUSED = re.compile(r"^.*\.experts\.(gate_up_proj|down_proj|gate_proj|up_proj)(\.weight)?$")
+# ...experts.gate_up_proj, and gpt-oss's expert biases and MXFP4 blocks/scales beside it.
+_FUSED = re.compile(
+    r"^.*\.experts\.(gate_up_proj|down_proj|gate_proj|up_proj)(_bias|_blocks|_scales)?(\.weight)?$"
+)
 # GGUF names of per-expert rows outside the expert tensors: the router and its selection bias.
 _ROUTER_GGUF = re.compile(r"\.(ffn_gate_inp\.weight|ffn_gate_inp\.bias|exp_probs_b\.bias)$")
 _SPEC_DTYPES = {

@@ -24,7 +24,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 ARCH_FIXTURES = (
     "qwen3moe-tiny", "qwen2moe-tiny", "mixtral-tiny", "olmoe-tiny", "deepseek2-tiny",
     "deepseek3-tiny", "qwen35moe-tiny", "glm4moe-tiny", "lfm2moe-tiny", "ernie45moe-tiny",
-    "deepseek4-tiny", "mimo2-tiny",
+    "deepseek4-tiny", "mimo2-tiny", "gptoss-tiny",
 )
 # Families whose `--format onnx` refuses (the exporter has no recurrent layer, compressed
 # attention or sliding window with sinks): each family's test file checks its refusal, the ONNX

@@ -21,6 +21,7 @@ from packager.families import (  # noqa: E402,F401,I001
 from packager.families.config import EXPERT_COUNT_KEYS, ExpertLayout, ModelConfig
 from packager.families.family import Family
 from packager.families.registry import (
+    family_class,
     family_for,
     is_moe_config,
     read_family,
@@ -33,6 +34,7 @@ __all__ = [
     "ExpertLayout",
     "Family",
     "ModelConfig",
+    "family_class",
     "family_for",
     "is_moe_config",
     "read_family",

@@ -236,6 +236,12 @@ class ModelConfig:
         return tuple(range(self.n_layers))
 
     @property
+    def packed_weights(self) -> str | None:
+        """The block format the checkpoint stores its experts in (e.g. "MXFP4"), when float
+        training cannot write them back; None: plain float tensors."""
+        return None
+
+    @property
     def router_scoring(self) -> str:
         """How the router turns logits into scores: "softmax" or "sigmoid"."""
         return "softmax"

@@ -57,6 +57,9 @@ class GGUFAdapter:
     gguf_arch: ClassVar[gguf.MODEL_ARCH]
     # llama.cpp's name for an architecture gguf's MODEL_ARCH does not know yet (else derived).
     gguf_arch_name: ClassVar[str] = ""
+    # llama.cpp's graph names the router's raw logits ffn_moe_probs (its softmax-over-top-k
+    # gating, gpt-oss): routing observers take their softmax.
+    probs_are_logits: ClassVar[bool] = False
     # Expert projection names in the checkpoint -> canonical gate/up/down.
     expert_proj: ClassVar[dict[str, str]] = {
         "gate_proj": "gate_proj",

@@ -27,6 +27,11 @@ def supported_architectures() -> list[str]:
     return sorted(_REGISTRY)
 
 
+def family_class(architecture: str) -> type[Family] | None:
+    """The family registered for an HF architecture string (a manifest's), if any."""
+    return _REGISTRY.get(architecture)
+
+
 def is_moe_config(config: Mapping[str, Any]) -> bool:
     return any(_count(config.get(k)) > 1 for k in EXPERT_COUNT_KEYS)
 

@@ -2,11 +2,13 @@
 
 Messages are OpenAI's: system (or developer), user, assistant (possibly with `tool_calls`) and
 tool results (`role: "tool"` with `tool_call_id`); `content` is a string or a list of text parts,
-joined with newlines. A template that renders tools itself in edgemoe's call syntax
-(`supports_tools`: it uses `tools` and `<tool_call>`, as Qwen2/Qwen3/Hermes templates do) gets
-`tools=` and the messages as they are. Any other template sees plain messages only: the
-functions are described in a system message, earlier calls are written back in the call syntax
-and tool results become user messages in <tool_response> blocks (`runtime.structured.tools`).
+joined with newlines. A harmony template (gpt-oss) gets `tools=` and the messages, an assistant's
+`reasoning_content` as its `thinking` (runtime.structured.harmony). A template that renders
+tools itself in edgemoe's call syntax (`supports_tools`: it uses `tools` and `<tool_call>`, as
+Qwen2/Qwen3/Hermes templates do) gets `tools=` and the messages as they are. Any other template
+sees plain messages only: the functions are described in a system message, earlier calls are
+written back in the call syntax and tool results become user messages in <tool_response>
+blocks (`runtime.structured.tools`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import Any
 
 from runtime.errors import ChatTemplateError
 from runtime.generation.template_sandbox import TemplateTooCostly, render_bounded
+from runtime.structured.harmony import harmony_messages, is_harmony
 from runtime.structured.tools import (
     ToolChoice,
     ToolSpec,
@@ -115,6 +118,10 @@ def render_chat(
     if not template:
         raise ChatTemplateError("this bundle has no chat template; use a plain prompt")
     shown = tuple(tools) if tool_choice is None or tool_choice.mode != "none" else ()
+    if is_harmony(template):  # gpt-oss: the template writes the functions and calls itself
+        extra = {"tools": [t.as_openai() for t in shown]} if shown else {}
+        return _render(template, harmony_messages(msgs, messages), add_generation_prompt,
+                       **extra)
     if supports_tools(template):
         extra = {"tools": [t.as_openai() for t in shown]} if shown else {}
         return _render(template, msgs, add_generation_prompt, **extra)

@@ -42,6 +42,7 @@ from runtime.generation.request import (
     choice_seed,
 )
 from runtime.structured.constraint import OutputTracker
+from runtime.structured.harmony import HarmonyReader
 from runtime.structured.tools import ToolCall
 
 
@@ -109,6 +110,7 @@ def write_choice(
     that allows no token of this vocabulary) ends the choice at "length"."""
     params, max_tokens = prepared.params, prepared.max_tokens
     text = TextAssembler(prepared.stop)
+    harmony = HarmonyReader(prepared.harmony, engine.token_bytes) if prepared.harmony else None
     want_lp = params.logprobs is not None
     out: list[int] = []
     all_lp: list[TokenLogprob] = []
@@ -120,6 +122,7 @@ def write_choice(
             finish = "cancelled"
             break
         tok = pick.token
+        said = harmony.feed(tok) if harmony is not None else None  # <|call|> ends a call
         if engine.is_eog(tok):
             finish = "stop"
             break
@@ -130,13 +133,18 @@ def write_choice(
             lp = token_logprob(pick.logits, tok, params.logprobs, engine.token_bytes)
             all_lp.append(lp)
             pending.append(lp)
-        piece, deltas = text.feed(engine.token_bytes(tok)), []
+        reasoning = ""
+        if said is not None:  # harmony: stop strings apply to the answer only
+            piece, deltas = text.feed(said.content.encode()), list(said.tool_calls)
+            reasoning = said.reasoning
+        else:
+            piece, deltas = text.feed(engine.token_bytes(tok)), []
         if tracker is not None and piece:
             piece, deltas = tracker.feed(piece, max_tokens - len(out))
-        if piece or deltas:
+        if piece or deltas or reasoning:
             emitted.append(piece)
             yield StreamEvent(piece, tok, index=index, logprobs=tuple(pending),
-                              tool_calls=tuple(deltas))
+                              tool_calls=tuple(deltas), reasoning=reasoning)
             pending = []
         if text.stopped or (tracker is not None and tracker.done):
             finish = "stop"
@@ -145,7 +153,13 @@ def write_choice(
             break
     tail = text.flush()
     calls: tuple[ToolCall, ...] = ()
-    if tracker is None or tracker.reader is None:
+    reasoning = ""
+    if harmony is not None:
+        content, reasoning, calls = harmony.finish()
+        if text.stopped:  # the answer ends before its stop string
+            content = "".join(emitted) + tail
+        tail = content[len("".join(emitted)):]
+    elif tracker is None or tracker.reader is None:
         content = "".join(emitted) + tail
     else:  # the reader decides what is content (it may hold back a possible call opening)
         if tail:
@@ -154,7 +168,8 @@ def write_choice(
         tail = content[len("".join(emitted)):]
     if calls and finish == "stop":
         finish = "tool_calls"
-    choice = Choice(index, content, tuple(out), finish, tuple(all_lp) if want_lp else None, calls)
+    choice = Choice(index, content, tuple(out), finish, tuple(all_lp) if want_lp else None, calls,
+                    reasoning)
     return ChoiceEnd(tail, tuple(pending), choice)
 
 

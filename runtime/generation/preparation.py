@@ -20,7 +20,9 @@ from runtime.generation.request import (
     PreparedRequest,
     SamplingParams,
 )
-from runtime.structured.constraint import build_constraint, check_constraint
+from runtime.structured.constraint import ResponseFormat, build_constraint, check_constraint
+from runtime.structured.harmony import HarmonyTokens, is_harmony
+from runtime.structured.tools import ToolChoice
 
 
 def prepare_request(
@@ -43,6 +45,9 @@ def prepare_request(
         if token >= engine.n_vocab:
             raise SamplingError(f"logit_bias names token {token}, outside the vocabulary of "
                                 f"{engine.n_vocab} tokens")
+    harmony = _harmony(engine, chat_template, request, params)
+    if harmony is not None:  # its own reader splits answer, reasoning and calls
+        return PreparedRequest(prompt, tuple(ids), params, harmony=harmony)
     constraint = build_constraint(
         request.response_format,  # type: ignore[arg-type]  # checked by GenerationRequest
         params.grammar,
@@ -53,6 +58,27 @@ def prepare_request(
     if constraint.active:
         check_constraint(engine, constraint)
     return PreparedRequest(prompt, tuple(ids), params, constraint)
+
+
+def _harmony(engine: Backend, chat_template: str | None, request: GenerationRequest,
+             params: SamplingParams) -> HarmonyTokens | None:
+    """The harmony tokens when a chat is answered in gpt-oss's harmony format; a request whose
+    output a grammar would shape is refused (a grammar would replace the channels)."""
+    if request.messages is None or not is_harmony(chat_template):
+        return None
+    tokens = HarmonyTokens.find(lambda text: engine.tokenize(text, special=True))
+    if tokens is None:
+        return None
+    choice = request.tool_choice
+    mode = choice.mode if isinstance(choice, ToolChoice) else None
+    fmt = request.response_format
+    if params.grammar or (isinstance(fmt, ResponseFormat) and fmt.constrains) or \
+            mode in ("required", "function"):
+        what = "a grammar" if params.grammar else "response_format" if fmt and \
+            isinstance(fmt, ResponseFormat) and fmt.constrains else f"tool_choice {mode!r}"
+        raise SamplingError(f"{what} cannot be enforced on a harmony (gpt-oss) chat: a grammar "
+                            "would replace its channels; use tool_choice 'auto' and the tools")
+    return tokens
 
 
 def _fit_context(params: SamplingParams, n_prompt: int, n_ctx: int) -> SamplingParams:

@@ -24,6 +24,7 @@ from runtime.structured.constraint import (
     check_grammar_text,
     parse_response_format,
 )
+from runtime.structured.harmony import HarmonyTokens
 from runtime.structured.tools import (
     ToolCall,
     ToolCallDelta,
@@ -65,6 +66,7 @@ class Choice:
     finish_reason: str
     logprobs: tuple[TokenLogprob, ...] | None = None
     tool_calls: tuple[ToolCall, ...] = ()
+    reasoning: str = ""  # the model's reasoning apart from its answer (harmony's analysis)
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,11 @@ class GenerationResult:
         return self.choices[0].tool_calls if self.choices else ()
 
     @property
+    def reasoning(self) -> str:
+        """Choice 0's reasoning, apart from its text (gpt-oss's analysis channel)."""
+        return self.choices[0].reasoning if self.choices else ""
+
+    @property
     def logprobs(self) -> tuple[TokenLogprob, ...] | None:
         return self.choices[0].logprobs if self.choices else None
 
@@ -93,7 +100,8 @@ class StreamEvent:
     stop string).
 
     logprobs: the tokens this event covers, when asked for; tool_calls: pieces of calls being
-    written (their text is never in `text`); choice: set on the event that ends a choice (with
+    written (their text is never in `text`); reasoning: a piece of the model's reasoning (a
+    harmony chat's analysis channel); choice: set on the event that ends a choice (with
     n > 1 several events do, and only the last event has `finish_reason`); choices: every
     choice, on the last event."""
 
@@ -108,6 +116,7 @@ class StreamEvent:
     tool_calls: tuple[ToolCallDelta, ...] = ()
     choice: Choice | None = None
     choices: tuple[Choice, ...] = ()
+    reasoning: str = ""  # a piece of reasoning (never in `text`)
 
 
 @dataclass(frozen=True)
@@ -267,6 +276,8 @@ class PreparedRequest:
     prompt_ids: tuple[int, ...]
     params: SamplingParams
     constraint: Constraint = NO_CONSTRAINT  # the grammar's plan (params.grammar is its start)
+    # Set for a chat in gpt-oss's harmony format: its reader splits answer, reasoning, calls.
+    harmony: HarmonyTokens | None = None
 
     def __post_init__(self) -> None:
         if self.params.max_tokens is None:

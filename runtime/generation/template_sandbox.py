@@ -15,6 +15,7 @@ import re
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextvars import ContextVar
+from datetime import datetime
 from functools import lru_cache, wraps
 from typing import Any
 
@@ -255,6 +256,10 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
         self.globals.pop("lipsum", None)  # lipsum(10**9): no chat template needs lorem ipsum
+        # What transformers gives every chat template (gpt-oss's uses all three): tojson as
+        # json.dumps (keys in their order, no HTML escaping), raise_exception, strftime_now.
+        self.globals.update(raise_exception=_raise_exception, strftime_now=_strftime_now)
+        self.filters["tojson"] = _tojson
         self.filters = {name: _guarded_filter(name, fn) for name, fn in self.filters.items()}
 
     def call_binop(self, context: Context, operator: str, left: Any, right: Any) -> Any:
@@ -271,6 +276,23 @@ class _BoundedSandbox(ImmutableSandboxedEnvironment):
             args = _listed(name, args, 0)
             _check_op(name, owner, args, kwargs)
         return super().call(context, obj, *args, **kwargs)
+
+
+def _raise_exception(message: Any) -> None:
+    raise TemplateError(str(message))
+
+
+def _strftime_now(fmt: Any) -> str:
+    return datetime.now().strftime(str(fmt))
+
+
+def _tojson(value: Any, ensure_ascii: bool = False, indent: int | None = None,
+            separators: Any = None, sort_keys: bool = False) -> str:
+    if isinstance(indent, int) and indent > MAX_WIDTH:
+        raise TemplateTooCostly(f"chat template failed: tojson indent {indent:,} exceeds "
+                                f"{MAX_WIDTH:,}")
+    return json.dumps(value, ensure_ascii=ensure_ascii, indent=indent, separators=separators,
+                      sort_keys=sort_keys)
 
 
 class _Guard(Extension):

@@ -73,8 +73,8 @@ class Answer:
             self._started.add(ev.index)
             out += self.start(ev.index)
         lps = ev.logprobs if self.logprobs else ()
-        if ev.text or ev.tool_calls or lps:
-            out.append(self.piece(ev.index, ev.text, ev.tool_calls, lps))
+        if ev.text or ev.tool_calls or lps or ev.reasoning:
+            out.append(self.piece(ev.index, ev.text, ev.tool_calls, lps, ev.reasoning))
         ended = ev.choice or (final_choices(ev)[-1] if ev.finish_reason is not None else None)
         if ended is not None and ended.finish_reason != "cancelled":
             out.append(self.end(ended.index, ended.finish_reason))
@@ -84,7 +84,7 @@ class Answer:
         return []
 
     def piece(self, index: int, text: str, calls: Sequence[ToolCallDelta],
-              logprobs: Sequence[TokenLogprob]) -> str:
+              logprobs: Sequence[TokenLogprob], reasoning: str = "") -> str:
         raise NotImplementedError
 
     def end(self, index: int, reason: str) -> str:
@@ -124,13 +124,14 @@ class ChatAnswer(Answer):
                                              delta=ChatDelta(role="assistant", content=""))])]
 
     def piece(self, index: int, text: str, calls: Sequence[ToolCallDelta],
-              logprobs: Sequence[TokenLogprob]) -> str:
+              logprobs: Sequence[TokenLogprob], reasoning: str = "") -> str:
         deltas = [
             ToolCallDeltaOut(index=c.index, id=c.id, type="function" if c.id else None,
                              function=FunctionDeltaOut(name=c.name, arguments=c.arguments))
             for c in calls
         ]
-        delta = ChatDelta(content=text if text or not deltas else None, tool_calls=deltas or None)
+        delta = ChatDelta(content=text if text or not (deltas or reasoning) else None,
+                          reasoning_content=reasoning or None, tool_calls=deltas or None)
         lp = _chat_logprobs(logprobs) if logprobs else None
         return self._chunk([ChatChunkChoice(index=index, delta=delta, logprobs=lp)])
 
@@ -149,6 +150,7 @@ class ChatAnswer(Answer):
                                                                    arguments=t.arguments))
                      for t in c.tool_calls]
             message = AssistantMessage(content=c.text if c.text or not calls else None,
+                                       reasoning_content=c.reasoning or None,
                                        tool_calls=calls or None)
             lp = _chat_logprobs(c.logprobs or ()) if self.logprobs else None
             out.append(ChatChoice(index=c.index, message=message, logprobs=lp,
@@ -189,7 +191,7 @@ class CompletionAnswer(Answer):
         return [self._chunk(index, self.echo)] if self.echo else []
 
     def piece(self, index: int, text: str, calls: Sequence[ToolCallDelta],
-              logprobs: Sequence[TokenLogprob]) -> str:
+              logprobs: Sequence[TokenLogprob], reasoning: str = "") -> str:
         return self._chunk(index, text, None, self._logprobs(index, logprobs) if logprobs else None)
 
     def end(self, index: int, reason: str) -> str:

@@ -97,6 +97,10 @@ class ChatMessage(_Strict):
     tool_call_id: str | None = Field(
         None, validate_default=True, description="For role tool: the call answered."
     )
+    reasoning_content: str | None = Field(
+        None, description="An assistant's earlier reasoning, as answers carry it (a harmony "
+        "chat template renders it as the analysis channel; others ignore it)."
+    )
     content: Text | list[TextPart] | None = Field(
         None, validate_default=True, description="Text, or a list of text parts; null only for "
         "an assistant message with tool_calls."
@@ -368,13 +372,17 @@ class ToolCallOut(BaseModel):
 class AssistantMessage(BaseModel):
     role: Literal["assistant"] = "assistant"
     content: str | None
+    # The model's reasoning apart from its answer (gpt-oss's analysis channel), under the name
+    # llama.cpp's server and other OpenAI-compatible servers give it.
+    reasoning_content: str | None = None
     tool_calls: list[ToolCallOut] | None = None
 
     @model_serializer(mode="wrap")
     def _calls_if_any(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
         out = handler(self)
-        if out.get("tool_calls") is None:
-            out.pop("tool_calls", None)
+        for key in ("tool_calls", "reasoning_content"):
+            if out.get(key) is None:
+                out.pop(key, None)
         return out
 
 
@@ -440,6 +448,7 @@ class ChatDelta(_NoNulls):
 
     role: Literal["assistant"] | None = None
     content: str | None = None
+    reasoning_content: str | None = None
     tool_calls: list[ToolCallDeltaOut] | None = None
 
 

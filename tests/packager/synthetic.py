@@ -134,6 +134,49 @@ CONFIGS["lfm2moe"] = {  # conv (dense), attention (MoE), conv (MoE); tied output
 }
 
 
+CONFIGS["gptoss"] = {  # sinks, a sliding and a full layer, biased router, expert biases, YaRN
+    **_BASE, "architectures": ["GptOssForCausalLM"], "model_type": "gpt_oss",
+    "num_local_experts": EXPERTS, "intermediate_size": EXPERT_FF, "sliding_window": 4,
+    "layer_types": ["sliding_attention", "full_attention"], "attention_bias": True,
+    "swiglu_limit": 7.0, "rope_parameters": {
+        "rope_type": "yarn", "rope_theta": 150000.0, "factor": 32.0, "beta_fast": 32.0,
+        "beta_slow": 1.0, "original_max_position_embeddings": 4096, "truncate": False},
+}  # fmt: skip
+# As OpenAI publishes gpt-oss: MXFP4 expert blocks and scales, the release's field names.
+CONFIGS["gptoss_mxfp4"] = {
+    **{k: v for k, v in CONFIGS["gptoss"].items()
+       if k not in ("rope_parameters", "num_experts_per_tok")},
+    "experts_per_token": TOP_K, "rope_theta": 150000.0,
+    "rope_scaling": {k: v for k, v in CONFIGS["gptoss"]["rope_parameters"].items()
+                     if k != "rope_theta"},
+    "quantization_config": {"quant_method": "mxfp4"},
+}  # fmt: skip
+
+
+def _gptoss_layer(cfg: dict[str, Any], i: int) -> dict[str, tuple[int, ...]]:
+    """One gpt-oss layer as transformers saves it (fused experts [E, in, out], gate and up
+    interleaved) or, with quantization_config mxfp4, as OpenAI publishes it (blocks and scales
+    of 32 weights along the input, uint8)."""
+    p, h, f = f"model.layers.{i}", HIDDEN, EXPERT_FF
+    a, m = f"{p}.self_attn", f"{p}.mlp"
+    kv = cfg["num_key_value_heads"] * HEAD_DIM
+    out = {f"{p}.input_layernorm.weight": (h,), f"{p}.post_attention_layernorm.weight": (h,),
+           f"{a}.q_proj.weight": (HEADS * HEAD_DIM, h), f"{a}.q_proj.bias": (HEADS * HEAD_DIM,),
+           f"{a}.k_proj.weight": (kv, h), f"{a}.k_proj.bias": (kv,),
+           f"{a}.v_proj.weight": (kv, h), f"{a}.v_proj.bias": (kv,),
+           f"{a}.o_proj.weight": (h, HEADS * HEAD_DIM), f"{a}.o_proj.bias": (h,),
+           f"{a}.sinks": (HEADS,), f"{m}.router.weight": (EXPERTS, h),
+           f"{m}.router.bias": (EXPERTS,), f"{m}.experts.gate_up_proj_bias": (EXPERTS, 2 * f),
+           f"{m}.experts.down_proj_bias": (EXPERTS, h)}  # fmt: skip
+    if "quantization_config" in cfg:
+        return out | {f"{m}.experts.gate_up_proj_blocks": (EXPERTS, 2 * f, h // 32, 16),
+                      f"{m}.experts.gate_up_proj_scales": (EXPERTS, 2 * f, h // 32),
+                      f"{m}.experts.down_proj_blocks": (EXPERTS, h, f // 32, 16),
+                      f"{m}.experts.down_proj_scales": (EXPERTS, h, f // 32)}  # fmt: skip
+    return out | {f"{m}.experts.gate_up_proj": (EXPERTS, h, 2 * f),
+                  f"{m}.experts.down_proj": (EXPERTS, f, h)}
+
+
 def _linear_attention(cfg: dict[str, Any], p: str) -> dict[str, tuple[int, ...]]:
     """A gated-DeltaNet layer as transformers' Qwen3.5 saves it."""
     kd = cfg["linear_key_head_dim"] * cfg["linear_num_key_heads"]
@@ -333,6 +376,10 @@ def tensor_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
         "model.embed_tokens.weight": (VOCAB, HIDDEN), "lm_head.weight": (VOCAB, HIDDEN),
         "model.norm.weight": (HIDDEN,),
     }  # fmt: skip
+    if kind == "gpt_oss":
+        for i in range(cfg["num_hidden_layers"]):
+            shapes |= _gptoss_layer(cfg, i)
+        return shapes
     mixtral_like = kind in ("mixtral", "phimoe")
     proj = ("w1", "w3", "w2") if mixtral_like else ("gate_proj", "up_proj", "down_proj")
     module = "block_sparse_moe" if mixtral_like else "mlp"
@@ -425,7 +472,11 @@ def write_checkpoint(family: str, folder: Path, seed: int = 0, *, mtp: str = "no
     rng = np.random.default_rng(seed)
     tensors = {}
     for name, shape in sorted(shapes.items()):
-        if name.endswith(("norm.weight", "layernorm.weight")):
+        if name.endswith("_blocks"):  # MXFP4 codes, two a byte
+            tensors[name] = rng.integers(0, 256, shape, dtype=np.uint8)
+        elif name.endswith("_scales"):  # E8M0: 2^-7 .. 2^-3
+            tensors[name] = rng.integers(120, 125, shape, dtype=np.uint8)
+        elif name.endswith(("norm.weight", "layernorm.weight")):
             tensors[name] = (1.0 + 0.1 * rng.standard_normal(shape)).astype(np.float32)
         elif name.endswith("tid2eid"):  # a hash router's token -> expert table
             tensors[name] = np.stack([rng.permutation(EXPERTS)[: shape[1]]

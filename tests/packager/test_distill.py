@@ -335,9 +335,11 @@ def test_every_family_keeps_its_layout_and_trains_only_routers_and_experts(
         assert tensor_specs(tmp_path / mode) == tensor_specs(student)
         new = _weights(tmp_path / mode)
         changed = {n for n in new if not np.array_equal(new[n], old[n])}
-        # Routed experts (and, in full mode, routers) only; never a shared expert or its gate.
+        # Routed experts (and, in full mode, routers: gpt-oss's has a bias) only; never a
+        # shared expert or its gate.
         assert any("experts" in n for n in changed)
-        assert all(("experts" in n or n.endswith("gate.weight")) and "shared" not in n
+        routers = ("gate.weight", "router.weight", "router.bias")
+        assert all(("experts" in n or n.endswith(routers)) and "shared" not in n
                    for n in changed), sorted(changed)
 
 

@@ -188,11 +188,12 @@ def test_every_family_quantizes_with_its_imatrix(name, fixture_checkpoint, tmp_p
     out = quantize(base, tmp_path / "q.gguf", QuantizeOptions("Q4_K_M", imatrix=stats.importance()))
     matrices = {t.name for t in gguf.GGUFReader(out).tensors
                 if t.name.startswith("blk.") and len(t.shape) >= 2}
-    # Routers and recurrent layers' conv kernels stay F32 (never quantized, no matmul);
-    # DeepSeek's k_b/v_b are split from kv_b and skipped; DeepSeek-V4's token-id table is
-    # integers and its compressors' position biases are added, never multiplied.
+    # Routers, recurrent layers' conv kernels and gpt-oss's 2-D expert biases stay F32 (never
+    # quantized, no matmul); DeepSeek's k_b/v_b are split from kv_b and skipped; DeepSeek-V4's
+    # token-id table is integers and its compressors' position biases are added, never
+    # multiplied.
     uncovered = {n for n in matrices - set(stats.sums)
-                 if "ffn_gate_inp." not in n and not n.endswith(("attn_k_b.weight",
+                 if "ffn_gate_inp." not in n and not n.endswith((".bias", "attn_k_b.weight",
                                                                   "attn_v_b.weight",
                                                                   "ssm_conv1d.weight",
                                                                   "shortconv.conv.weight",

@@ -229,6 +229,10 @@ def test_expert_graph_variants_compute_the_same(quant, opts, exported, fixture_c
 
 # ----- the expert table -------------------------------------------------------------------
 def _expert_matrices(ckpt, name: str, layer: int, e: int) -> tuple[np.ndarray, np.ndarray]:
+    if name.startswith("gptoss"):  # fused [E, in, out], gate and up interleaved on `out`
+        pre = f"model.layers.{layer}.mlp.experts"
+        gu, d = ckpt.read(f"{pre}.gate_up_proj")[e], ckpt.read(f"{pre}.down_proj")[e]
+        return np.concatenate([gu[:, 0::2].T, gu[:, 1::2].T], axis=0), d.T
     module, gate, up, down = EXPERT_NAMES.get(name, ("mlp", "gate_proj", "up_proj", "down_proj"))
     pre = f"model.layers.{layer}.{module}.experts.{e}"
     g, u, d = (ckpt.read(f"{pre}.{p}.weight") for p in (gate, up, down))

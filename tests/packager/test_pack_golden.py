@@ -245,6 +245,50 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-int8/manifest.json":
             "c7d192f6166fe7a16922a76cb5d746b271ee494db3a96e8f1ad45064b5ef3f27",
     },
+    "gptoss": {
+        "gguf-F16/model.gguf":
+            "cefc93f822e0f2569839fda0f9189ecf9115eabfc142e695e0b874b817bba62d",
+        "gguf-F16/manifest.json":
+            "053ab4dc57bfe6fb950950f1a892cba13b6cde8c660bd44ed297216a04a6d5cd",
+        "onnx-fp32/model.onnx":
+            "ac07f7b0697cbeabd3b9c606468880055dc1682d8ba736cdcedaea27e53f559b",
+        "onnx-fp32/model.onnx.data":
+            "874e57db2378d958268a300e79243c05a92f3b81db56694dd02bccfcead8bc89",
+        "onnx-fp32/genai_config.json":
+            "90ad126c2b1e7ea75e9f967b9adadae20b614b56bd7bea655cd77b72ec3a0879",
+        "onnx-fp32/manifest.json":
+            "f026a6838fd1bba2a12773805ac8cf614187a12ebf27eb4f919ffbced6206545",
+        "onnx-int8/model.onnx":
+            "494f791dc98916814b09f6164a98076194e8bf92f77b6cb1a241d99902d49d5b",
+        "onnx-int8/model.onnx.data":
+            "1a8dd364f52d5dc2aa908e16913cc40a2203cd1ffacf95f69397f0d641749a1f",
+        "onnx-int8/genai_config.json":
+            "90ad126c2b1e7ea75e9f967b9adadae20b614b56bd7bea655cd77b72ec3a0879",
+        "onnx-int8/manifest.json":
+            "06c1e51861aba7dc68f112e60ac1a64a6f345eec99a197e29b1c09024e1d6518",
+    },
+    "gptoss_mxfp4": {
+        "gguf-F16/model.gguf":
+            "c4509834464af0c559d95c5ea405b08b0ad0b0b80d839af72e603458be6f4e01",
+        "gguf-F16/manifest.json":
+            "78aa45f57cdfa7455c357e485e8991ccabd7815d3099e193c336acd6a1d10099",
+        "onnx-fp32/model.onnx":
+            "ac07f7b0697cbeabd3b9c606468880055dc1682d8ba736cdcedaea27e53f559b",
+        "onnx-fp32/model.onnx.data":
+            "9bb0a50da47d6c1ac5e88fdf2e05847776375294fd5981610be185ab6b91740c",
+        "onnx-fp32/genai_config.json":
+            "90ad126c2b1e7ea75e9f967b9adadae20b614b56bd7bea655cd77b72ec3a0879",
+        "onnx-fp32/manifest.json":
+            "d95008d69e3fbf77931fc87a8ea046f52e5617b60c78d823b54b7ca2d73a9e10",
+        "onnx-int8/model.onnx":
+            "494f791dc98916814b09f6164a98076194e8bf92f77b6cb1a241d99902d49d5b",
+        "onnx-int8/model.onnx.data":
+            "82390e504d8fa61c4c733b6291eeafa5acb4ead5c0c833c445bc13958db81501",
+        "onnx-int8/genai_config.json":
+            "90ad126c2b1e7ea75e9f967b9adadae20b614b56bd7bea655cd77b72ec3a0879",
+        "onnx-int8/manifest.json":
+            "15b28f912a17bfc214fa1d1736b2172e29d5eaffe22e997f732266b0ddd6bb5d",
+    },
 }
 
 

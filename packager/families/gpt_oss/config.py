@@ -9,14 +9,13 @@ scales (`*_blocks`, `*_scales`), which the GGUF keeps as they are.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 from packager.families.config import ConfigReader, ModelConfig
 
 SLIDING, FULL = "sliding_attention", "full_attention"
 # transformers' GptOssConfig defaults, for configs that leave a field out.
-DEFAULT_THETA = 150000.0
 DEFAULT_ALPHA = 1.702
 DEFAULT_LIMIT = 7.0
 
@@ -24,6 +23,8 @@ DEFAULT_LIMIT = 7.0
 @dataclass(frozen=True, kw_only=True)
 class GptOssConfig(ModelConfig):
     expert_count_keys: ClassVar[tuple[str, ...]] = ("num_local_experts", "num_experts")
+    top_k_keys: ClassVar[tuple[str, ...]] = ("num_experts_per_tok", "experts_per_token")
+    default_theta: ClassVar[float] = 150000.0
 
     swiglu_alpha: float
     swiglu_limit: float
@@ -37,18 +38,12 @@ class GptOssConfig(ModelConfig):
         n = base["n_layers"]
         # transformers: even layers slide, odd layers attend to everything.
         default_types = tuple(SLIDING if (i + 1) % 2 else FULL for i in range(n))
-        rope = base["rope"]
-        if r.nested(rope.field_name).raw.get("rope_theta") is None and \
-                r.raw.get("rope_theta") is None:
-            rope = replace(rope, theta=DEFAULT_THETA)
         quant = r.section("quantization_config")
         method = quant.get("quant_method")
         return {
             **base,
-            "top_k": r.int("num_experts_per_tok", "experts_per_token"),
             "context_length": r.int("max_position_embeddings", default=131072),
             "rms_norm_eps": r.float("rms_norm_eps", default=1e-5),
-            "rope": rope,
             "layer_types": base["layer_types"] or default_types,
             "swiglu_alpha": r.float("swiglu_alpha", default=DEFAULT_ALPHA),
             "swiglu_limit": r.float("swiglu_limit", default=DEFAULT_LIMIT),
@@ -65,6 +60,10 @@ class GptOssConfig(ModelConfig):
     @property
     def mxfp4(self) -> bool:
         return self.quant_method == "mxfp4"
+
+    @property
+    def packed_weights(self) -> str | None:
+        return "MXFP4" if self.mxfp4 else None
 
     def sliding(self) -> list[bool]:
         """Per layer: does it attend through the sliding window?"""

@@ -37,6 +37,7 @@ MXFP4_EXPERTS = r"\.ffn_(gate|up|down)_exps\.weight$"
 
 class GptOssGGUF(GGUFAdapter):
     gguf_arch = gguf.MODEL_ARCH.GPT_OSS
+    probs_are_logits = True
     config: GptOssConfig
 
     def validate(self) -> None:
