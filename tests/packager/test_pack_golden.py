@@ -251,21 +251,21 @@ GOLDEN: dict[str, dict[str, str]] = {
         "gguf-F16/manifest.json":
             "053ab4dc57bfe6fb950950f1a892cba13b6cde8c660bd44ed297216a04a6d5cd",
         "onnx-fp32/model.onnx":
-            "ac07f7b0697cbeabd3b9c606468880055dc1682d8ba736cdcedaea27e53f559b",
+            "61ca6d89d06bd467d890bf90155d6a7ed936a8cc4f5f0a30f01da272d0fcdd72",
         "onnx-fp32/model.onnx.data":
-            "874e57db2378d958268a300e79243c05a92f3b81db56694dd02bccfcead8bc89",
+            "6bf60e8f16b6e0ea667482b01c6a1251cc1044341da2cc6b796c7f450de349f2",
         "onnx-fp32/genai_config.json":
             "90ad126c2b1e7ea75e9f967b9adadae20b614b56bd7bea655cd77b72ec3a0879",
         "onnx-fp32/manifest.json":
-            "f026a6838fd1bba2a12773805ac8cf614187a12ebf27eb4f919ffbced6206545",
+            "9e127e7acd69709368888a995613d2579937b82d339c1a35f255fd20a41e7c9a",
         "onnx-int8/model.onnx":
-            "494f791dc98916814b09f6164a98076194e8bf92f77b6cb1a241d99902d49d5b",
+            "36ff00411b5ef97f9320ed8d72dcaf3423943b6ab77277b7ee0805e184af4d36",
         "onnx-int8/model.onnx.data":
-            "1a8dd364f52d5dc2aa908e16913cc40a2203cd1ffacf95f69397f0d641749a1f",
+            "55f64634a8a5bc9d0f61975448b95a8b852d77076786d3fe642cadc1abed75b1",
         "onnx-int8/genai_config.json":
             "90ad126c2b1e7ea75e9f967b9adadae20b614b56bd7bea655cd77b72ec3a0879",
         "onnx-int8/manifest.json":
-            "06c1e51861aba7dc68f112e60ac1a64a6f345eec99a197e29b1c09024e1d6518",
+            "4d3baba5501ed8fe3b06107859e6a9420333538645a8bc7fa42a596b6000c410",
     },
     "gptoss_mxfp4": {
         "gguf-F16/model.gguf":
@@ -273,21 +273,21 @@ GOLDEN: dict[str, dict[str, str]] = {
         "gguf-F16/manifest.json":
             "78aa45f57cdfa7455c357e485e8991ccabd7815d3099e193c336acd6a1d10099",
         "onnx-fp32/model.onnx":
-            "ac07f7b0697cbeabd3b9c606468880055dc1682d8ba736cdcedaea27e53f559b",
+            "61ca6d89d06bd467d890bf90155d6a7ed936a8cc4f5f0a30f01da272d0fcdd72",
         "onnx-fp32/model.onnx.data":
-            "9bb0a50da47d6c1ac5e88fdf2e05847776375294fd5981610be185ab6b91740c",
+            "0333ed05b036de917f9cffd71a08dcb5c5dde7293b15f76ef4d388486c5ed766",
         "onnx-fp32/genai_config.json":
             "90ad126c2b1e7ea75e9f967b9adadae20b614b56bd7bea655cd77b72ec3a0879",
         "onnx-fp32/manifest.json":
-            "d95008d69e3fbf77931fc87a8ea046f52e5617b60c78d823b54b7ca2d73a9e10",
+            "cb1f09937fc7c4ac15666468667ad183b5fb12ed9204c10a40595b4277c8a149",
         "onnx-int8/model.onnx":
-            "494f791dc98916814b09f6164a98076194e8bf92f77b6cb1a241d99902d49d5b",
+            "36ff00411b5ef97f9320ed8d72dcaf3423943b6ab77277b7ee0805e184af4d36",
         "onnx-int8/model.onnx.data":
-            "82390e504d8fa61c4c733b6291eeafa5acb4ead5c0c833c445bc13958db81501",
+            "738aac064bfd2b77b636cc719e658cdb2335e73637c072e621ec7bfb84feab20",
         "onnx-int8/genai_config.json":
             "90ad126c2b1e7ea75e9f967b9adadae20b614b56bd7bea655cd77b72ec3a0879",
         "onnx-int8/manifest.json":
-            "15b28f912a17bfc214fa1d1736b2172e29d5eaffe22e997f732266b0ddd6bb5d",
+            "fc552d80e033dd8df79f93a0108d5f56890e4ea4e65cb7f22486471b388469b6",
     },
 }
 
