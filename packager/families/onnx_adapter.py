@@ -169,7 +169,7 @@ class OnnxAdapter:
         return f"{self.moe_prefix(i)}.gate.weight", None
 
     def expert_extras(self, ctx: Context, i: int) -> ExpertExtras | None:
-        """Expert biases and another activation than silu(gate) * up (None: neither)."""
+        """Expert biases and a clamped SwiGLU instead of silu(gate) * up (None: neither)."""
         return None
 
     def shared(self, ctx: Context, s: Scope, i: int, x2d: str) -> str | None:

@@ -128,13 +128,11 @@ def _moe_layer(
     weights, ids = fam.route(ctx, s.child("router"), i, logits)
     read_gate_up, read_down = fam.expert_readers(i)
     extras = fam.expert_extras(ctx, i)
-    if extras is not None and mode == "fused":  # QMoE's bias and clamp inputs are not wired
-        mode = "unique"
     stacks: LayerStacks | FusedStacks
     if mode == "fused":
         stacks = fused_stacks(w, f"{pre}.experts", fam.n_experts, read_gate_up, read_down)
         y = qmoe(s.child("experts"), x2d, logits, weights, ids, stacks, fam.top_k,
-                 w.q.block_size)  # fmt: skip
+                 w.q.block_size, w, extras)  # fmt: skip
     else:
         stacks = LayerStacks(
             gate_up=w.expert_stack(f"{pre}.experts.gate_up", fam.n_experts, read_gate_up),

@@ -14,9 +14,9 @@ At decode (T = 1) both gather exactly k experts. Measurements are in the package
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
+import numpy as np
 from onnx import TensorProto
 
 from packager.onnx_export.blocks import Context
@@ -36,12 +36,23 @@ class LayerStacks:
 
 @dataclass(frozen=True)
 class ExpertExtras:
-    """What some families add to the plain SwiGLU experts (gpt-oss)."""
+    """What some families add to plain SwiGLU experts (gpt-oss): per-expert biases and a
+    clamped SwiGLU, given as data so both expert graphs (gathered MatMuls, QMoE) use them."""
 
-    gate_up_bias: str | None = None  # [E, 2F] float32: gate biases first, then up
-    down_bias: str | None = None  # [E, H]
-    # (scope, gate, up) -> activation; None: silu(gate) * up
-    act: Callable[[Scope, str, str], str] | None = None
+    name: str  # prefix of the constants written for them
+    gate_up_bias: np.ndarray | None = None  # [E, 2F] float32: gate biases first, then up
+    down_bias: np.ndarray | None = None  # [E, H]
+    # (alpha, beta, limit): (clamp(up, ±limit) + beta) * g * sigmoid(alpha * g), g = min(gate,
+    # limit) (onnxruntime QMoE's swiglu with swiglu_limit); None: silu(gate) * up.
+    swiglu: tuple[float, float, float] | None = None
+
+
+def clamped_swiglu(s: Scope, gate: str, up: str, alpha: float, beta: float, limit: float) -> str:
+    g = s.op("Min", [gate, s.f32(limit)], "ClampGate")
+    u = s.op("Clip", [up, s.f32(-limit), s.f32(limit)], "ClampUp")
+    glu = s.op("Mul", [g, s.op("Sigmoid", [s.op("Mul", [g, s.f32(alpha)], "Alpha")], "Sigmoid")],
+               "Glu")  # fmt: skip
+    return s.op("Mul", [s.op("Add", [u, s.f32(beta)], "UpPlusBeta"), glu], "GateTimesUp")
 
 
 def moe_experts(
@@ -73,14 +84,20 @@ def moe_experts(
                      "Tile")  # fmt: skip
         x_in = s.reshape(tiled, [-1, hidden, 1], "PairCols")  # [T*k, H, 1]
     gate_up = w.gather_experts(s.child("gate_up"), stacks.gate_up, chosen)
-    extras = extras or ExpertExtras()
     gu = s.op("MatMul", [gate_up, x_in], "gate_up/MatMul")  # [n, 2F, cols]
-    gu = _expert_bias(s, gu, extras.gate_up_bias, chosen, "gate_up")
+    if extras is not None and extras.gate_up_bias is not None:
+        table = w.table(f"{extras.name}.gate_up_bias", extras.gate_up_bias)
+        gu = _expert_bias(s, gu, table, chosen, "gate_up")
     g, u = s.split(gu, [ff, ff], 1, "gate_up/Split")
-    h = extras.act(s, g, u) if extras.act else s.op("Mul", [s.silu(g), u], "GateTimesUp")
+    if extras is not None and extras.swiglu is not None:
+        h = clamped_swiglu(s, g, u, *extras.swiglu)
+    else:
+        h = s.op("Mul", [s.silu(g), u], "GateTimesUp")
     down = w.gather_experts(s.child("down"), stacks.down, chosen)
     y = s.op("MatMul", [down, h], "down/MatMul")  # [n, H, cols]
-    y = _expert_bias(s, y, extras.down_bias, chosen, "down")
+    if extras is not None and extras.down_bias is not None:
+        y = _expert_bias(s, y, w.table(f"{extras.name}.down_bias", extras.down_bias), chosen,
+                         "down")  # fmt: skip
     if mode == "unique":
         y = s.transpose(y, [0, 2, 1], "ExpertTokenRows")  # [U, T, H]
         # Row of pair p: (position of its expert among the unique ids, its token).
@@ -98,10 +115,8 @@ def moe_experts(
     return s.op("ReduceSum", [scaled, s.const([1])], "SumSlots", keepdims=0)
 
 
-def _expert_bias(s: Scope, y: str, table: str | None, chosen: str, name: str) -> str:
-    """y [n, rows, cols] plus each chosen expert's bias row [rows] (none: y as it is)."""
-    if table is None:
-        return y
+def _expert_bias(s: Scope, y: str, table: str, chosen: str, name: str) -> str:
+    """y [n, rows, cols] plus each chosen expert's bias row [rows]."""
     rows = s.op("Gather", [table, chosen], f"{name}/GatherBias", axis=0)  # [n, rows]
     return s.op("Add", [y, s.unsqueeze(rows, [-1], f"{name}/BiasCol")], f"{name}/AddBias")
 

@@ -32,6 +32,7 @@ import numpy as np
 from packager.errors import PackError
 from packager.onnx_export.external_data import StackedInfo, onnx_type
 from packager.onnx_export.graph import MS_DOMAIN, Scope
+from packager.onnx_export.moe import ExpertExtras
 from packager.onnx_export.weights import Weights
 
 
@@ -128,6 +129,8 @@ def qmoe(
     stacks: FusedStacks,
     top_k: int,
     block_size: int,
+    w: Weights | None = None,
+    extras: ExpertExtras | None = None,
 ) -> str:
     """sum_j weights[t, j] * expert_{ids[t, j]}(x2d[t]) for x2d [T, H] -> [T, H] in one node.
 
@@ -140,12 +143,25 @@ def qmoe(
     select = s.op("ScatterElements", [zeros, ids, marks], "SelectScores", axis=1)
     route = s.op("ScatterElements", [zeros, ids, weights], "RouteWeights", axis=1)
     gu, dn = stacks.gate_up, stacks.down
-    inputs = [x2d, select, gu.codes.name, gu.scales.name, "", dn.codes.name, dn.scales.name,
-              "", "", "", "", gu.zero_points.name, dn.zero_points.name, "", route]  # fmt: skip
+    fc1_bias = fc2_bias = ""
+    act = {"activation_alpha": 1.0, "activation_beta": 0.0}
+    if extras is not None:  # gpt-oss: biases (gate/up interleaved as the codes) and the clamp
+        assert w is not None
+        if extras.gate_up_bias is not None:
+            fc1_bias = w.table(f"{extras.name}.gate_up_bias.interleaved",
+                               extras.gate_up_bias[:, interleave_rows(stacks.ff)])
+        if extras.down_bias is not None:
+            fc2_bias = w.table(f"{extras.name}.down_bias", extras.down_bias)
+        if extras.swiglu is not None:
+            alpha, beta, limit = extras.swiglu
+            act = {"activation_alpha": alpha, "activation_beta": beta, "swiglu_limit": limit}
+    inputs = [x2d, select, gu.codes.name, gu.scales.name, fc1_bias, dn.codes.name,
+              dn.scales.name, fc2_bias, "", "", "", gu.zero_points.name, dn.zero_points.name, "",
+              route]  # fmt: skip
     return s.op(
         "QMoE", inputs, "QMoE", domain=MS_DOMAIN, k=top_k, expert_weight_bits=gu.bits,
-        block_size=block_size, activation_type="swiglu", swiglu_fusion=1, activation_alpha=1.0,
-        activation_beta=0.0, normalize_routing_weights=0, weights_prepacked=0,
+        block_size=block_size, activation_type="swiglu", swiglu_fusion=1,
+        normalize_routing_weights=0, weights_prepacked=0, **act,
     )  # fmt: skip
 
 

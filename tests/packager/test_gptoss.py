@@ -218,3 +218,59 @@ def test_pack_of_a_bad_mxfp4_checkpoint_is_one_line_and_writes_nothing(tmp_path)
     proc = run_pack(src, tmp_path / "out", "--quant", "Q8_0", "--format", "gguf,onnx")
     assert_clean_failure(proc, tmp_path / "out", "gate_up_proj_blocks", "MXFP4 blocks")
     assert not (tmp_path / "out").exists()
+
+
+def _loud_experts(src: Path, scale: float) -> None:
+    """Experts `scale` times louder, so the SwiGLU's gate and up pass its clamp at 7."""
+    from safetensors.numpy import load_file
+
+    w = load_file(str(src / "model.safetensors"))
+    _rewrite(src, **{n: (t * scale).astype(np.float32) for n, t in w.items()
+                     if n.endswith(("gate_up_proj", "gate_up_proj_bias"))})  # fmt: skip
+
+
+@pytest.mark.engine
+@pytest.mark.reference
+def test_both_engines_clamp_the_swiglu_as_transformers_does(tmp_path):
+    """With loud experts (gate and up far past ±7), llama.cpp (ggml_swiglu_oai) and fp32 ONNX
+    (standard ops) follow transformers, and int8's QMoE node (its bias inputs and
+    swiglu_limit) follows the gathered int8 graph built from the same codes."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from packager.fidelity import gguf_logits
+    from packager.gguf_build import write_gguf
+    from packager.onnx_export import export_onnx
+    from packager.source import open_checkpoint
+    from tests.packager.test_onnx_export import OnnxModel
+
+    src = write_checkpoint("gptoss", tmp_path / "ck")
+    _loud_experts(src, 60.0)
+    ids = [5, 70, 200, 13, 99, 140, 31, 7, 255, 64]
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    experts = model.model.layers[0].mlp.experts
+    seen = []
+    handle = experts.register_forward_pre_hook(lambda m, args: seen.append(
+        args[0] @ m.gate_up_proj + m.gate_up_proj_bias[:, None, :]))
+    with torch.no_grad():
+        ref = model(torch.tensor([ids])).logits[0].numpy()
+    handle.remove()
+    gate_up = seen[0]
+    assert (gate_up[..., 0::2] > 7).float().mean() > 0.1  # gates clamped from above
+    assert (gate_up[..., 1::2].abs() > 7).float().mean() > 0.1  # ups from both sides
+    gguf = write_gguf(open_checkpoint(src), tmp_path / "m.gguf", "F32").path
+    # llama.cpp keeps its KV cache in F16: ~1e-3 apart; an unclamped SwiGLU would be units.
+    got = gguf_logits(gguf, [[*ids, 0]])[0]
+    np.testing.assert_allclose(got, ref, rtol=0, atol=2e-2)
+    assert (got.argmax(-1) == ref.argmax(-1)).all()
+    fp32 = OnnxModel(export_onnx(src, tmp_path / "fp32", "fp32"))
+    got = fp32.step(ids, fp32.empty_past())["logits"][0]
+    np.testing.assert_allclose(got, ref, rtol=1e-4, atol=1e-4)
+    fused = OnnxModel(export_onnx(src, tmp_path / "q8", "int8"))
+    gathered = OnnxModel(export_onnx(src, tmp_path / "q8u", "int8", expert_mode="unique"))
+    assert fused.x.expert_mode == "fused" and gathered.x.expert_mode == "unique"
+    a = fused.step(ids, fused.empty_past())
+    b = gathered.step(ids, gathered.empty_past())
+    np.testing.assert_allclose(a["logits"], b["logits"], rtol=1e-3, atol=1e-3)
+    for layer in range(2):
+        np.testing.assert_array_equal(a[f"routing.{layer}"], b[f"routing.{layer}"])

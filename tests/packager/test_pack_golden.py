@@ -251,21 +251,21 @@ GOLDEN: dict[str, dict[str, str]] = {
         "gguf-F16/manifest.json":
             "053ab4dc57bfe6fb950950f1a892cba13b6cde8c660bd44ed297216a04a6d5cd",
         "onnx-fp32/model.onnx":
-            "61ca6d89d06bd467d890bf90155d6a7ed936a8cc4f5f0a30f01da272d0fcdd72",
+            "52ce679a1e931edbca62b98528a1eccd5cbfea3d4a76ac595df7d2793569e196",
         "onnx-fp32/model.onnx.data":
-            "6bf60e8f16b6e0ea667482b01c6a1251cc1044341da2cc6b796c7f450de349f2",
+            "874e57db2378d958268a300e79243c05a92f3b81db56694dd02bccfcead8bc89",
         "onnx-fp32/genai_config.json":
             "90ad126c2b1e7ea75e9f967b9adadae20b614b56bd7bea655cd77b72ec3a0879",
         "onnx-fp32/manifest.json":
-            "9e127e7acd69709368888a995613d2579937b82d339c1a35f255fd20a41e7c9a",
+            "080cfb021b50d5691dbb8de46b157da7fd935816c37f1a4fb3283291f2913d9f",
         "onnx-int8/model.onnx":
-            "36ff00411b5ef97f9320ed8d72dcaf3423943b6ab77277b7ee0805e184af4d36",
+            "ea62112d2733bf550fe13891292f1c22ed6fd9fb7b10a5cfb0214d77a2210a9b",
         "onnx-int8/model.onnx.data":
-            "55f64634a8a5bc9d0f61975448b95a8b852d77076786d3fe642cadc1abed75b1",
+            "a5aaed5596bc4d02a0143d8c000d75a3ea60cf467bb72f8bd697cbbe89cdd34e",
         "onnx-int8/genai_config.json":
             "90ad126c2b1e7ea75e9f967b9adadae20b614b56bd7bea655cd77b72ec3a0879",
         "onnx-int8/manifest.json":
-            "4d3baba5501ed8fe3b06107859e6a9420333538645a8bc7fa42a596b6000c410",
+            "f054460980854c82c3385a40611002ed296494e23c35d19c690e68aabdc37ce4",
     },
     "gptoss_mxfp4": {
         "gguf-F16/model.gguf":
@@ -273,21 +273,21 @@ GOLDEN: dict[str, dict[str, str]] = {
         "gguf-F16/manifest.json":
             "78aa45f57cdfa7455c357e485e8991ccabd7815d3099e193c336acd6a1d10099",
         "onnx-fp32/model.onnx":
-            "61ca6d89d06bd467d890bf90155d6a7ed936a8cc4f5f0a30f01da272d0fcdd72",
+            "52ce679a1e931edbca62b98528a1eccd5cbfea3d4a76ac595df7d2793569e196",
         "onnx-fp32/model.onnx.data":
-            "0333ed05b036de917f9cffd71a08dcb5c5dde7293b15f76ef4d388486c5ed766",
+            "9bb0a50da47d6c1ac5e88fdf2e05847776375294fd5981610be185ab6b91740c",
         "onnx-fp32/genai_config.json":
             "90ad126c2b1e7ea75e9f967b9adadae20b614b56bd7bea655cd77b72ec3a0879",
         "onnx-fp32/manifest.json":
-            "cb1f09937fc7c4ac15666468667ad183b5fb12ed9204c10a40595b4277c8a149",
+            "a10ecbbf34332f792e3e47735851cd2066945f5b5cb72a56dfe34586efa03782",
         "onnx-int8/model.onnx":
-            "36ff00411b5ef97f9320ed8d72dcaf3423943b6ab77277b7ee0805e184af4d36",
+            "ea62112d2733bf550fe13891292f1c22ed6fd9fb7b10a5cfb0214d77a2210a9b",
         "onnx-int8/model.onnx.data":
-            "738aac064bfd2b77b636cc719e658cdb2335e73637c072e621ec7bfb84feab20",
+            "776c0163fe9189962b3585944afd8f1140752b51e6ccf202520bde9914845cec",
         "onnx-int8/genai_config.json":
             "90ad126c2b1e7ea75e9f967b9adadae20b614b56bd7bea655cd77b72ec3a0879",
         "onnx-int8/manifest.json":
-            "fc552d80e033dd8df79f93a0108d5f56890e4ea4e65cb7f22486471b388469b6",
+            "c473dfc46d6516e7b56e6454e40f86168813cb57538eb5ac95f5840f1eb32b43",
     },
 }
 

@@ -5,8 +5,10 @@ Every piece is standard ONNX: a sliding-window layer gets its own additive mask 
 that is dropped after it (transformers' eager attention), the router's bias is added to its
 logits and its top-k values softmaxed (the same weights as softmax-then-renormalise), and the
 experts add their biases and compute `(clamp(up, ±limit) + 1) * g * sigmoid(alpha * g)` with
-`g = min(gate, limit)`. MXFP4 experts are dequantized exactly (every MXFP4 weight is a
-float32) before the exporter writes them in the build's precision.
+`g = min(gate, limit)` (standard ops in float and int4 builds; in int8 builds onnxruntime's QMoE
+node, whose bias inputs, activation_alpha/beta and swiglu_limit are exactly this). MXFP4 experts
+are dequantized exactly (every MXFP4 weight is a float32) before the exporter writes them in the
+build's precision.
 """
 
 from __future__ import annotations
@@ -99,21 +101,10 @@ class GptOssOnnx(OnnxAdapter):
 
     def expert_extras(self, ctx: Context, i: int) -> ExpertExtras:
         pre, c = f"model.layers.{i}.mlp.experts", self.config
-        gub = self.ckpt.read(f"{pre}.gate_up_proj_bias")
-        limit, alpha = float(c.swiglu_limit), float(c.swiglu_alpha)
-
-        def act(s: Scope, gate: str, up: str) -> str:
-            g = s.op("Min", [gate, s.f32(limit)], "ClampGate")
-            u = s.op("Clip", [up, s.f32(-limit), s.f32(limit)], "ClampUp")
-            glu = s.op("Mul", [g, s.op("Sigmoid", [s.op("Mul", [g, s.f32(alpha)], "Alpha")],
-                                       "Sigmoid")], "Glu")  # fmt: skip
-            return s.op("Mul", [s.op("Add", [u, s.f32(1.0)], "UpPlusOne"), glu], "GateTimesUp")
-
+        gub = self.ckpt.read(f"{pre}.gate_up_proj_bias")  # gate and up interleaved
         return ExpertExtras(
-            gate_up_bias=ctx.weights.table(
-                f"{pre}.gate_up_proj_bias.split",
-                np.concatenate([gub[:, 0::2], gub[:, 1::2]], axis=1),
-            ),
-            down_bias=ctx.weights.vector(f"{pre}.down_proj_bias"),
-            act=act,
+            name=pre,
+            gate_up_bias=np.concatenate([gub[:, 0::2], gub[:, 1::2]], axis=1),
+            down_bias=self.ckpt.read(f"{pre}.down_proj_bias"),
+            swiglu=(float(c.swiglu_alpha), 1.0, float(c.swiglu_limit)),
         )
