@@ -37,10 +37,12 @@ def _divergence(ref: list[np.ndarray], cand: list[np.ndarray], chunks: Any) -> t
 def _greedy_equal(ckpt: Path, gguf: Path) -> bool:
     import llama_cpp
     import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
+
+    from packager.calibrate import load_reference_model  # MXFP4 checkpoints dequantized
 
     ids = AutoTokenizer.from_pretrained(ckpt)(PROMPT)["input_ids"]
-    model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32)
+    model = load_reference_model(ckpt)
     with torch.no_grad():
         ref = model.generate(torch.tensor([ids]), max_new_tokens=N_GREEDY, do_sample=False,
                              eos_token_id=None, pad_token_id=0)[0, len(ids):].tolist()  # fmt: skip
