@@ -83,13 +83,13 @@ class ExpertReader:
     def bring_in(self, layer: int, expert: int) -> None:
         """Map the expert's pages in, then verify it if it has not been yet; raises
         ModelCorruptError (the caller records it in the state)."""
-        cpu = time.thread_time()
-        try:
-            populated = self._populate_all(layer, expert)
-            if self._checks and not self._verified[layer][expert]:
+        populated = self._populate_all(layer, expert)  # the reads the engine's faults did before
+        if self._checks and not self._verified[layer][expert]:
+            cpu = time.thread_time()
+            try:
                 self.verify(layer, expert, in_place=populated)
-        finally:  # CPU spent here, storage waits excluded: what the checks cost the decoder
-            self.state.bring_in_cpu_s += time.thread_time() - cpu
+            finally:  # the CPU the checks add to the decoding thread (hashing, pread fallback)
+                self.state.verify_cpu_s += time.thread_time() - cpu
 
     def _populate_all(self, layer: int, expert: int) -> bool:
         if self._populate is None:

@@ -33,7 +33,7 @@ class IntegrityState:
         self.experts_verified = 0
         self.expert_bytes_verified = 0
         self.expert_verify_s = 0.0  # wall time of first-read checks, storage waits included
-        self.bring_in_cpu_s = 0.0  # CPU time of bringing experts in (checks and page-in)
+        self.verify_cpu_s = 0.0  # CPU time of first-read checks on the decoding thread
         self.dense = "pending" if checksums else "none"  # pending | ok | failed | off | none
         self.dense_bytes_verified = 0
         self.dense_verify_s = 0.0
@@ -77,7 +77,7 @@ class IntegrityState:
             "experts_verified": self.experts_verified,
             "expert_bytes_verified": self.expert_bytes_verified,
             "expert_verify_s": self.expert_verify_s,
-            "bring_in_cpu_s": self.bring_in_cpu_s,
+            "verify_cpu_s": self.verify_cpu_s,
             "dense_check": self.dense,
             "dense_bytes_verified": self.dense_bytes_verified,
             "dense_verify_s": self.dense_verify_s,
