@@ -84,6 +84,7 @@ def _onnx(ckpt: Path, work: Path, text: str) -> str:
 
 def measure_family(fixture: str, work: Path) -> dict[str, str]:
     from bench.bench_pack import llama_cpp_pipeline
+    from contract.errors import BundleError
     from edgemoe_fixtures import cached_fixture
     from edgemoe_fixtures.corpus import heldout_text
     from packager.api import PackOptions, pack
@@ -112,6 +113,8 @@ def measure_family(fixture: str, work: Path) -> dict[str, str]:
         except subprocess.CalledProcessError as e:  # the converter's refusal is a result here
             why = (e.stderr or b"").decode(errors="replace").strip().splitlines() or ["?"]
             row[f"{quant} KL (llama.cpp)"] = f"{ours:.1e} (converter fails: {why[-1][:60]})"
+        except BundleError:  # so is a GGUF from it that llama.cpp cannot load
+            row[f"{quant} KL (llama.cpp)"] = f"{ours:.1e} (converter's GGUF does not load)"
     row["100/50/25 % tokens"] = "identical" if _budgets_identical(bundles["Q8_0"]) else "DIFFER"
     row["ONNX fp32 top-1 / KL"] = _onnx(ckpt, work, heldout_text())
     return row

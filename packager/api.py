@@ -25,6 +25,7 @@ from packager.bundle import (
     work_dir,
 )
 from packager.bundle_writer import write_bundle
+from packager.composite import composite_note
 from packager.errors import PackError
 from packager.families import family_for
 from packager.gguf_build import BASE_TYPES, write_gguf
@@ -158,6 +159,8 @@ def pack(opts: PackOptions, progress: Progress | None = None) -> PackResult:
                 )
                 progress.advance()
         report = dict(prepared.report) or None
+        if (note := composite_note(opened.checkpoint)) is not None:
+            report = {"text_model": note, **(report or {})}
         if opened.reference:
             with _timed(seconds, "reference"):
                 progress.stage("measure divergence", 1)

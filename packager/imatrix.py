@@ -195,11 +195,12 @@ def _attach(model, adapter, col: _Collector, output: bool) -> tuple[list, list[s
             if _COLUMN_CHANGING.search(name):
                 skipped.append(f"{name}: split and transposed in the GGUF")
                 continue
-            gguf = _gguf_name(adapter, f"{name}.weight")
-            if gguf is None:
+            targets = _gguf_names(adapter, f"{name}.weight")
+            if not targets:
                 skipped.append(f"{name}: no GGUF counterpart")
                 continue
-            handles.append(module.register_forward_pre_hook(_linear_hook(col, gguf)))
+            for gguf in targets:  # a fused projection split into several GGUF tensors
+                handles.append(module.register_forward_pre_hook(_linear_hook(col, gguf)))
         elif hasattr(module, "gate_up_proj") and hasattr(module, "down_proj"):
             names = tuple(_gguf_name(adapter, f"{name}.{p}.weight") for p in EXPERT_PROJ)
             if None in names or module.gate_up_proj.dim() != 3:
@@ -207,6 +208,15 @@ def _attach(model, adapter, col: _Collector, output: bool) -> tuple[list, list[s
                 continue
             handles.append(module.register_forward_pre_hook(_experts_hook(col, names)))
     return handles, skipped
+
+
+def _gguf_names(adapter, hf_name: str) -> tuple[str, ...]:
+    from packager.errors import UnsupportedArchitectureError
+
+    try:
+        return adapter.gguf_names(hf_name)
+    except UnsupportedArchitectureError:
+        return ()
 
 
 def _gguf_name(adapter, hf_name: str) -> str | None:
@@ -262,6 +272,9 @@ def collect_imatrix_ids(
     if not handles:
         raise ImatrixError(f"{checkpoint_dir}: found no weight matrices to collect")
     run_with_hooks(model, chunks, handles)
+    for name, sums in col.sums.items():  # columns a family reorders in the GGUF
+        if (order := adapter.input_order(name)) is not None:
+            col.sums[name] = sums[:, order]
     return ImatrixStats(
         sums=col.sums,
         counts=col.counts,

@@ -32,8 +32,12 @@ _PER_EXPERT = re.compile(r"^(.*\.experts)\.(\d+)\.(.+)$")  # ...experts.7.gate_p
 _FUSED = re.compile(
     r"^.*\.experts\.(gate_up_proj|down_proj|gate_proj|up_proj)(_bias|_blocks|_scales)?(\.weight)?$"
 )
-# GGUF names of per-expert rows outside the expert tensors: the router and its selection bias.
-_ROUTER_GGUF = re.compile(r"\.(ffn_gate_inp\.weight|ffn_gate_inp\.bias|exp_probs_b\.bias)$")
+# GGUF names of tensors with one row block per routed expert along the first axis: the router,
+# its selection bias, and stacked expert tensors a checkpoint stores under a family's own name
+# (Granite's block_sparse_moe.input_linear, ...).
+_PER_EXPERT_GGUF = re.compile(
+    r"\.(ffn_gate_inp\.weight|ffn_gate_inp\.bias|exp_probs_b\.bias|ffn_\w+_exps\.weight)$"
+)
 _SPEC_DTYPES = {
     "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
     "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
@@ -194,15 +198,17 @@ def _expert_axis(shape: Sequence[int]) -> int:
 
 
 def _router_names(adapter, names: Sequence[str]) -> set[str]:
+    """Checkpoint tensors the family maps to per-expert rows (routers, stacked experts)."""
     from packager.errors import UnsupportedArchitectureError
 
     out = set()
     for n in names:
         try:
-            if _ROUTER_GGUF.search(adapter.gguf_name(n)) and "shexp" not in adapter.gguf_name(n):
-                out.add(n)
+            targets = adapter.gguf_names(n)
         except UnsupportedArchitectureError:
             continue
+        if all(_PER_EXPERT_GGUF.search(t) and "shexp" not in t for t in targets):
+            out.add(n)
     return out
 
 
@@ -277,7 +283,7 @@ def prune_checkpoint(
     for name, info in ckpt.tensors.items():
         p = plan_tensor(name, info.shape, kept, moe.n_experts, routers)
         if p is not None:
-            plans[name] = p
+            plans[info.name] = p  # by its stored name: a composite's text view renames it
     with staging_dir(Path(out_dir), force) as stage:
         weight_map, params_after = {}, 0
         for shard in ckpt.weight_files:

@@ -29,7 +29,7 @@ _REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 @dataclass(frozen=True)
 class TensorInfo:
-    name: str
+    name: str  # as stored in its file (a composite's text view renames the key, not this)
     file: Path
     shape: tuple[int, ...]
     dtype: str  # safetensors dtype string: F32, F16, BF16, ...
@@ -44,6 +44,10 @@ class Checkpoint:
     tensors: dict[str, TensorInfo]
     weight_files: tuple[Path, ...]
     source: SourceInfo
+    # Opened from a vision+text checkpoint (packager/composite.py): its architecture, and the
+    # stored tensors the text model does not use (the vision tower).
+    composite: str | None = None
+    left_out: tuple[str, ...] = ()
 
     @property
     def architecture(self) -> str:
@@ -59,8 +63,8 @@ class Checkpoint:
                 if info.dtype == "BF16":
                     return _bf16_tensor(info, f.metadata())
                 if info.dtype == "U8":
-                    return np.asarray(f.get_tensor(name), dtype=np.uint8)
-                return np.asarray(f.get_tensor(name), dtype=np.float32)
+                    return np.asarray(f.get_tensor(info.name), dtype=np.uint8)
+                return np.asarray(f.get_tensor(info.name), dtype=np.float32)
         except (SafetensorError, OSError) as e:
             raise CheckpointError(f"{info.file.name}: cannot read tensor '{name}': {e}") from e
 
@@ -196,7 +200,19 @@ def open_checkpoint(
         revision=rev,
         files={p.name: sha256_file(p) for p in hashed},
     )
-    return Checkpoint(folder, config, tensors, files, source)
+    return _text_model(Checkpoint(folder, config, tensors, files, source))
+
+
+def _text_model(ckpt: Checkpoint) -> Checkpoint:
+    """A vision+text checkpoint a family packs the text model of, or a text model stored under
+    a composite's tensor names, seen as that text model."""
+    from packager.composite import has_text_prefix, text_view
+    from packager.families.registry import composite_text_architecture
+
+    text_arch = composite_text_architecture(ckpt.config)
+    if text_arch is None and not has_text_prefix(ckpt.tensors):
+        return ckpt
+    return text_view(ckpt, text_arch)
 
 
 def open_derived(folder: Path, source: SourceInfo) -> Checkpoint:

@@ -76,6 +76,8 @@ def pack(
         builds = ", ".join(f"{b.format} {b.quant}" for b in m.all_builds())
         typer.echo(f"bundle: {result.bundle}  ({builds}; {m.profile.name})")
         report = result.report or {}
+        if "text_model" in report:
+            typer.echo(report["text_model"])
         if "calibration_text" in report:
             typer.echo(f"calibration text: {report['calibration_text']}")
         for name, part in (("", report), *((f" [{f}]", report.get(f) or {}) for f in m.formats)):

@@ -10,11 +10,13 @@ from packager.families import (  # noqa: E402,F401,I001
     ernie45moe,
     glm4moe,
     gpt_oss,
+    granitehybrid,
     lfm2moe,
     mimo2,
     mixtral,
     olmoe,
     phimoe,
+    qwen3next,
     qwen35moe,
     qwen_moe,
 )

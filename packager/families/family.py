@@ -25,6 +25,9 @@ class Family:
     """One family, bound to one checkpoint's config (read and typed at construction)."""
 
     hf_architectures: ClassVar[tuple[str, ...]] = ()
+    # Vision+text architectures whose text model is this family's first `hf_architectures`
+    # (packager/composite.py packs that text model).
+    composite_architectures: ClassVar[tuple[str, ...]] = ()
     config_type: ClassVar[type[ModelConfig]]
     gguf_type: ClassVar[type[GGUFAdapter]]
     # Why `--format onnx` cannot build this family, in one line; empty when it can.

@@ -178,6 +178,16 @@ class GGUFAdapter:
             )
         return new
 
+    def gguf_names(self, hf_name: str) -> tuple[str, ...]:
+        """Every GGUF tensor a checkpoint weight becomes, each taking its input columns as they
+        are (the importance matrix records the same statistics for each); one for most."""
+        return (self.gguf_name(hf_name),)
+
+    def input_order(self, gguf_name: str) -> np.ndarray | None:
+        """Where a GGUF tensor's input columns come from in the checkpoint's (a family that
+        reorders them says so, and the importance matrix follows); None: the same order."""
+        return None
+
     def plan(self, shapes: dict[str, tuple[int, ...]], read: Reader) -> list[PlannedTensor]:
         """Every output tensor in a stable order; experts stacked per layer and projection."""
         out: list[PlannedTensor] = []

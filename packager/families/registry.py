@@ -12,19 +12,30 @@ from packager.families.config import EXPERT_COUNT_KEYS
 from packager.families.family import Family
 
 _REGISTRY: dict[str, type[Family]] = {}
+_COMPOSITES: dict[str, type[Family]] = {}  # vision+text architecture -> its text model's family
 
 
 def register(cls: type[Family]) -> type[Family]:
-    """Class decorator: make a family available for its `hf_architectures`."""
-    for arch in cls.hf_architectures:
-        if arch in _REGISTRY:
-            raise ValueError(f"{arch} is registered twice ({_REGISTRY[arch].__name__})")
-        _REGISTRY[arch] = cls
+    """Class decorator: make a family available for its `hf_architectures` (and the vision+text
+    `composite_architectures` whose text model it is)."""
+    for arch in (*cls.hf_architectures, *cls.composite_architectures):
+        if arch in _REGISTRY or arch in _COMPOSITES:
+            owner = _REGISTRY.get(arch) or _COMPOSITES[arch]
+            raise ValueError(f"{arch} is registered twice ({owner.__name__})")
+        (_REGISTRY if arch in cls.hf_architectures else _COMPOSITES)[arch] = cls
     return cls
 
 
 def supported_architectures() -> list[str]:
-    return sorted(_REGISTRY)
+    return sorted([*_REGISTRY, *_COMPOSITES])
+
+
+def composite_text_architecture(config: Mapping[str, Any]) -> str | None:
+    """The text model's architecture when `config` is a vision+text checkpoint a family packs
+    the text model of; None otherwise."""
+    archs = config.get("architectures") or []
+    cls = _COMPOSITES.get(archs[0]) if archs else None
+    return cls.hf_architectures[0] if cls is not None else None
 
 
 def family_class(architecture: str) -> type[Family] | None:
@@ -33,7 +44,10 @@ def family_class(architecture: str) -> type[Family] | None:
 
 
 def is_moe_config(config: Mapping[str, Any]) -> bool:
-    return any(_count(config.get(k)) > 1 for k in EXPERT_COUNT_KEYS)
+    """An expert count under any of its names, at the top or in a composite's `text_config`."""
+    text = config.get("text_config")
+    inner = text if isinstance(text, Mapping) else {}
+    return any(_count(c.get(k)) > 1 for c in (config, inner) for k in EXPERT_COUNT_KEYS)
 
 
 def _count(value: Any) -> int:
@@ -42,6 +56,10 @@ def _count(value: Any) -> int:
 
 def family_for(config: Mapping[str, Any]) -> Family:
     """The family of a checkpoint's config.json, its config read; or a one-line error."""
+    if (text_arch := composite_text_architecture(config)) is not None:
+        from packager.composite import text_config
+
+        config = text_config(config, text_arch)
     archs = config.get("architectures") or []
     arch = archs[0] if archs else f"model_type={config.get('model_type', '?')}"
     if arch in _REGISTRY:

@@ -49,8 +49,8 @@ pytestmark = pytest.mark.unit
 MOE_TINY = (
     "qwen3moe-tiny", "qwen2moe-tiny", "mixtral-tiny", "olmoe-tiny", "deepseek2-tiny",
     "deepseek3-tiny", "qwen35moe-tiny", "glm4moe-tiny", "lfm2moe-tiny", "ernie45moe-tiny",
-    "deepseek4-tiny", "mimo2-tiny",
-    "phimoe-tiny",
+    "deepseek4-tiny", "mimo2-tiny", "phimoe-tiny", "qwen3next-tiny", "granitehybrid-tiny",
+    "qwen35moe-vl-tiny",
 )  # fmt: skip
 # gpt-oss fixtures: their own tokenizer (tests/dev/test_gptoss_fixtures.py checks them).
 HARMONY_TINY = ("gptoss-tiny", "gptoss-mxfp4-tiny")
@@ -68,6 +68,11 @@ EXPERT_KEY = {
     "deepseek4-tiny": "model.layers.0.ffn.experts.7.w1.weight",  # saved in the released naming
     "mimo2-tiny": "model.layers.1.mlp.experts.7.gate_proj.weight",  # layer 0 is dense
     "phimoe-tiny": "model.layers.0.block_sparse_moe.experts.7.w1.weight",
+    "qwen3next-tiny": "model.layers.0.mlp.experts.15.gate_proj.weight",
+    # Granite saves its experts stacked (gate and up rows fused), as its released checkpoints.
+    "granitehybrid-tiny": "model.layers.0.block_sparse_moe.input_linear.weight",
+    # The released Qwen3.5 layout: the text model under model.language_model.
+    "qwen35moe-vl-tiny": "model.language_model.layers.0.mlp.experts.15.gate_proj.weight",
 }
 
 
@@ -103,9 +108,8 @@ def test_registry_has_the_promised_fixtures():
         "qwen3moe-tiny", "qwen2moe-tiny", "mixtral-tiny", "olmoe-tiny", "deepseek2-tiny",
         "deepseek3-tiny", "dense-tiny", "qwen3moe-medium", "qwen3moe-trained", "qwen3moe-large",
         "qwen35moe-tiny", "glm4moe-tiny", "lfm2moe-tiny", "ernie45moe-tiny",
-        "deepseek4-tiny", "mimo2-tiny",
-            "phimoe-tiny",
-        *HARMONY_TINY, "gptoss-large",
+        "deepseek4-tiny", "mimo2-tiny", "phimoe-tiny", "qwen3next-tiny", "granitehybrid-tiny",
+        "qwen35moe-vl-tiny", *HARMONY_TINY, "gptoss-large",
     }  # fmt: skip
     assert set(TINY_FIXTURES) == {*MOE_TINY, "dense-tiny", *HARMONY_TINY}
     assert all(spec.is_moe for n, spec in FIXTURES.items() if n != "dense-tiny")
@@ -315,7 +319,13 @@ def test_tiny_fixture_loads_and_generates(name):
     tcfg = json.loads((ckpt / "tokenizer_config.json").read_text())
     assert tcfg["chat_template"] == CHAT_TEMPLATE and tcfg["add_bos_token"] is False
 
-    model = AutoModelForCausalLM.from_pretrained(ckpt, dtype=torch.float32)
+    if spec.is_composite:  # AutoModelForCausalLM would load its text model alone
+        import transformers
+
+        model_type = getattr(transformers, spec.architecture)
+    else:
+        model_type = AutoModelForCausalLM
+    model = model_type.from_pretrained(ckpt, dtype=torch.float32)
     assert type(model).__name__ == spec.architecture
     prompt = tok.apply_chat_template(
         [{"role": "user", "content": "def add(a, b):"}],

@@ -124,6 +124,24 @@ CONFIGS["qwen35moe"] = {  # one gated-DeltaNet layer, then one gated full-attent
     "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default",
                         "partial_rotary_factor": 0.5, "mrope_section": [1, 1, 0]},
 }
+CONFIGS["qwen3next"] = {  # as qwen35moe, with fused DeltaNet projections and plain rotary
+    **{k: v for k, v in CONFIGS["qwen35moe"].items() if k != "rope_parameters"},
+    "architectures": ["Qwen3NextForCausalLM"], "model_type": "qwen3_next",
+    "norm_topk_prob": True, "decoder_sparse_step": 1, "mlp_only_layers": [],
+    "rope_parameters": {"rope_theta": 10000.0, "rope_type": "default",
+                        "partial_rotary_factor": 0.5},
+}
+CONFIGS["granitehybrid"] = {  # released naming: "mamba" / "attention", no rotary, tied output
+    **{k: v for k, v in _BASE.items() if k not in ("head_dim", "intermediate_size")},
+    "architectures": ["GraniteMoeHybridForCausalLM"], "model_type": "granitemoehybrid",
+    "layer_types": ["mamba", "attention"], "num_local_experts": EXPERTS,
+    "intermediate_size": EXPERT_FF, "shared_intermediate_size": 64,
+    "embedding_multiplier": 12.0, "attention_multiplier": 0.125, "residual_multiplier": 0.22,
+    "logits_scaling": 6.0, "position_embedding_type": "nope", "mamba_n_heads": 4,
+    "mamba_n_groups": 2, "mamba_d_state": 8, "mamba_d_head": 16, "mamba_d_conv": 4,
+    "mamba_expand": 2, "mamba_conv_bias": True, "mamba_proj_bias": False,
+    "tie_word_embeddings": True,
+}
 CONFIGS["lfm2moe"] = {  # conv (dense), attention (MoE), conv (MoE); tied output, selection bias
     **{k: v for k, v in _BASE.items() if k not in ("rms_norm_eps", "head_dim")},
     "architectures": ["Lfm2MoeForCausalLM"], "model_type": "lfm2_moe", "num_hidden_layers": 3,
@@ -199,6 +217,41 @@ CONFIGS["ernie45moe"] = {  # ERNIE's own names: moe_num_experts, moe_k, moe_laye
     "rope_parameters": {"rope_theta": 500000.0, "rope_type": "default"},
 }
 
+def _qwen3next_linear(cfg: dict[str, Any], p: str) -> dict[str, tuple[int, ...]]:
+    """A gated-DeltaNet layer as transformers' Qwen3-Next saves it: q, k, v and z fused per key
+    head in `in_proj_qkvz`, b and a in `in_proj_ba`."""
+    out = _linear_attention(cfg, p)
+    qkv, _ = out.pop(f"{p}.in_proj_qkv.weight")
+    z, _ = out.pop(f"{p}.in_proj_z.weight")
+    a, _ = out.pop(f"{p}.in_proj_a.weight")
+    b, _ = out.pop(f"{p}.in_proj_b.weight")
+    return out | {f"{p}.in_proj_qkvz.weight": (qkv + z, HIDDEN),
+                  f"{p}.in_proj_ba.weight": (a + b, HIDDEN)}  # fmt: skip
+
+
+def _granite_layer(cfg: dict[str, Any], i: int) -> dict[str, tuple[int, ...]]:
+    """One Granite-4.0-H layer as saved: Mamba2 or attention, then fused routed experts and the
+    shared MLP (gate and up rows stacked in each input_linear)."""
+    p, h = f"model.layers.{i}", HIDDEN
+    out = {f"{p}.input_layernorm.weight": (h,), f"{p}.post_attention_layernorm.weight": (h,)}
+    if cfg["layer_types"][i] == "mamba":
+        m, heads = f"{p}.mamba", cfg["mamba_n_heads"]
+        inner = cfg["mamba_expand"] * h
+        conv = inner + 2 * cfg["mamba_n_groups"] * cfg["mamba_d_state"]
+        out |= {f"{m}.in_proj.weight": (inner + conv + heads, h),
+                f"{m}.conv1d.weight": (conv, 1, cfg["mamba_d_conv"]), f"{m}.conv1d.bias": (conv,),
+                f"{m}.dt_bias": (heads,), f"{m}.A_log": (heads,), f"{m}.D": (heads,),
+                f"{m}.norm.weight": (inner,), f"{m}.out_proj.weight": (h, inner)}  # fmt: skip
+    else:
+        out |= _attention(cfg, f"{p}.self_attn")
+    moe, shared = f"{p}.block_sparse_moe", cfg["shared_intermediate_size"]
+    return out | {f"{moe}.router.layer.weight": (EXPERTS, h),
+                  f"{moe}.input_linear.weight": (EXPERTS, 2 * EXPERT_FF, h),
+                  f"{moe}.output_linear.weight": (EXPERTS, h, EXPERT_FF),
+                  f"{p}.shared_mlp.input_linear.weight": (2 * shared, h),
+                  f"{p}.shared_mlp.output_linear.weight": (h, shared)}  # fmt: skip
+
+
 def _lfm2_layer(cfg: dict[str, Any], i: int) -> dict[str, tuple[int, ...]]:
     """One LFM2-MoE layer as transformers saves it: a gated short convolution or attention with
     q/k norms, then a dense feed-forward (leading layers) or routed experts."""
@@ -248,14 +301,14 @@ def _attention(cfg: dict[str, Any], p: str) -> dict[str, tuple[int, ...]]:
     out = {f"{p}.q_proj.weight": (HEADS * HEAD_DIM, h), f"{p}.k_proj.weight": (kv * HEAD_DIM, h),
            f"{p}.v_proj.weight": (kv * HEAD_DIM, h), f"{p}.o_proj.weight": (h, HEADS * HEAD_DIM)}
     kind = cfg["model_type"]
-    if kind == "qwen3_5_moe_text":  # the query projection carries each head's output gate
+    if kind in ("qwen3_5_moe_text", "qwen3_next"):  # q carries each head's output gate
         out[f"{p}.q_proj.weight"] = (2 * HEADS * HEAD_DIM, h)
     if kind in ("qwen2_moe", "glm4_moe", "phimoe"):
         widths = (("q", HEADS), ("k", kv), ("v", kv))
         out |= {f"{p}.{x}_proj.bias": (n * HEAD_DIM,) for x, n in widths}
     if kind == "phimoe":
         out[f"{p}.o_proj.bias"] = (h,)
-    if kind in ("qwen3_moe", "qwen3_5_moe_text") or cfg.get("use_qk_norm"):
+    if kind in ("qwen3_moe", "qwen3_5_moe_text", "qwen3_next") or cfg.get("use_qk_norm"):
         out |= {f"{p}.q_norm.weight": (HEAD_DIM,), f"{p}.k_norm.weight": (HEAD_DIM,)}
     if kind == "olmoe":
         out |= {f"{p}.q_norm.weight": (HEADS * HEAD_DIM,), f"{p}.k_norm.weight": (kv * HEAD_DIM,)}
@@ -372,6 +425,11 @@ def tensor_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
         for i in range(cfg["num_hidden_layers"]):
             shapes |= _lfm2_layer(cfg, i)
         return shapes
+    if kind == "granitemoehybrid":  # tied output
+        shapes = {"model.embed_tokens.weight": (VOCAB, HIDDEN), "model.norm.weight": (HIDDEN,)}
+        for i in range(cfg["num_hidden_layers"]):
+            shapes |= _granite_layer(cfg, i)
+        return shapes
     shapes: dict[str, tuple[int, ...]] = {
         "model.embed_tokens.weight": (VOCAB, HIDDEN), "lm_head.weight": (VOCAB, HIDDEN),
         "model.norm.weight": (HIDDEN,),
@@ -388,7 +446,8 @@ def tensor_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
         shapes |= {f"{p}.input_layernorm.weight": (HIDDEN,),
                    f"{p}.post_attention_layernorm.weight": (HIDDEN,)}  # fmt: skip
         if (cfg.get("layer_types") or {}) and cfg["layer_types"][i] == "linear_attention":
-            shapes |= _linear_attention(cfg, f"{p}.linear_attn")
+            linear = _qwen3next_linear if kind == "qwen3_next" else _linear_attention
+            shapes |= linear(cfg, f"{p}.linear_attn")
         else:
             shapes |= _attention(cfg, f"{p}.self_attn")
         if i < int(cfg.get("first_k_dense_replace", cfg.get("moe_layer_start_index", 0))):
@@ -402,7 +461,7 @@ def tensor_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
             shapes[f"{m}.moe_statics.e_score_correction_bias"] = (1, EXPERTS)
         for e in range(EXPERTS):
             shapes |= _mlp(f"{m}.experts.{e}", EXPERT_FF, proj)
-        if kind in ("qwen2_moe", "qwen3_5_moe_text"):
+        if kind in ("qwen2_moe", "qwen3_5_moe_text", "qwen3_next"):
             shapes |= _mlp(f"{m}.shared_expert", cfg["shared_expert_intermediate_size"], proj)
             shapes[f"{m}.shared_expert_gate.weight"] = (1, HIDDEN)
         if shared := cfg.get("n_shared_experts") or cfg.get("moe_num_shared_experts"):

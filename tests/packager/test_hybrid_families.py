@@ -212,3 +212,14 @@ def test_lfm2moe_variants_llama_cpp_cannot_run_are_named(change, message):
     with pytest.raises(UnsupportedArchitectureError, match=message) as err:
         _ = family_for({**_LFM2, **change}).gguf
     assert "\n" not in str(err.value)
+
+
+def test_qwen35moe_importance_follows_the_reordered_ssm_out_columns():
+    # ssm_out's input columns are the value heads, written in ggml's tiled order: the
+    # importance matrix (collected in transformers' grouped order) is taken the same way.
+    adapter = family_for(_q35()).gguf
+    order = adapter.input_order("blk.0.ssm_out.weight")
+    assert order.tolist() == [0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23,
+                              8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31]
+    assert adapter.input_order("blk.0.attn_qkv.weight") is None
+    assert family_for(CONFIGS["qwen3next"]).gguf.input_order("blk.0.ssm_out.weight") is None

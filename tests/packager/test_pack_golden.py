@@ -22,7 +22,7 @@ pytestmark = pytest.mark.engine
 
 BUILDS = (("gguf", "F16"), ("onnx", "fp32"), ("onnx", "int8"))
 # Families whose ONNX export refuses (no recurrent layers in the exporter): GGUF only.
-GGUF_ONLY = ("lfm2moe", "qwen35moe", "deepseek4", "mimo2")
+GGUF_ONLY = ("deepseek4", "granitehybrid", "lfm2moe", "mimo2", "qwen35moe", "qwen3next")
 ONNX_ONLY = ("phimoe",)  # llama.cpp's graph would run another model: no GGUF is written
 FILES = ("model.gguf", "model.onnx", "model.onnx.data", "genai_config.json", "manifest.json")
 
@@ -121,6 +121,12 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-int8/manifest.json":
             "e2b5a0f850b8211efda575369151c797785bee86b72cb6d3d0c194fd6618344f",
     },
+    "granitehybrid": {
+        "gguf-F16/model.gguf":
+            "8e539ac78f9428376a1524ebf3584340495370586b03c5c9e5c3d487179ec8ab",
+        "gguf-F16/manifest.json":
+            "8587a303bd9107ae18264948b9bcd2d2188beb013f1141cb3fd4bc571118735f",
+    },
     "lfm2moe": {
         "gguf-F16/model.gguf":
             "aa67b7bf7841f0769c9d201947f2e059fb503408e4ffd231dbad3b75ce3c6f9e",
@@ -200,6 +206,12 @@ GOLDEN: dict[str, dict[str, str]] = {
             "b90530ab86b096e923812cfe11a56d19bae2de14cac53e947c1b832c23f9c212",
         "onnx-int8/manifest.json":
             "1dd9c0425e516b073c33eac4c8f3606d02949c4ebf0b59e6d10514456d04d35e",
+    },
+    "qwen3next": {
+        "gguf-F16/model.gguf":
+            "8cfb017e0c9e117da0045560c58d5a7fee2031a4127ee75caf3557c6208a46e1",
+        "gguf-F16/manifest.json":
+            "0a31a89a15fcdea31ec21a5181fcd44b70128911f9b9c6eb8f89855d910b3984",
     },
     "qwen2moe": {
         "gguf-F16/model.gguf":

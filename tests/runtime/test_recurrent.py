@@ -137,3 +137,42 @@ def test_truncate_rolls_back_only_what_the_snapshots_hold(hybrid):
     finally:
         engine.close()
         fresh.close()
+
+
+# Hybrids whose recurrent state llama.cpp keeps no per-token snapshots of
+# (llm_arch_supports_rs_rollback): a draft is refused with the reason, decoding is plain.
+NO_ROLLBACK = {"qwen3next-tiny": "qwen3next", "granitehybrid-tiny": "granitehybrid"}
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("name", sorted(NO_ROLLBACK))
+def test_speculation_is_off_with_the_reason_where_llama_cpp_cannot_roll_back(
+        name, bundle_factory, fixture_checkpoint):
+    from packager.families import read_family
+
+    bundle = bundle_factory(name, "F16")
+    with runtime.load(bundle, budget="50%") as plain:
+        reference = plain.generate(PROMPT, max_tokens=32).tokens
+        s = plain.stats()
+    with runtime.load(bundle, budget="50%", draft="ngram", draft_tokens=4) as drafted:
+        assert drafted.speculation is None and drafted.engine.rollback_depth == 0
+        tokens = drafted.generate(PROMPT, max_tokens=32).tokens
+        d = drafted.stats()
+    assert d["speculation_off"].startswith(
+        f"llama.cpp cannot roll back the recurrent state of '{NO_ROLLBACK[name]}'")
+    assert tokens == reference and d.get("drafted_tokens", 0) == 0
+    # One state, no snapshots: what the packager's planner counts for the family.
+    state = 4 * read_family(fixture_checkpoint(name)).gguf.recurrent_state_values()
+    assert d["recurrent_state_bytes"] == s["recurrent_state_bytes"] == state > 0
+    assert minimum_budget(bundle, draft="ngram", draft_tokens=4) == minimum_budget(bundle)
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("name", sorted(NO_ROLLBACK))
+def test_n_choices_recompute_the_prompt_where_nothing_rolls_back(name, bundle_factory):
+    with runtime.load(bundle_factory(name, "F16")) as model:
+        many = model.generate(PROMPT, max_tokens=12, n=2, temperature=0.9, seed=3)
+        for i, choice in enumerate(many.choices):
+            one = model.generate(PROMPT, max_tokens=12, temperature=0.9,
+                                 seed=choice_seed(3, i))
+            assert list(choice.tokens) == list(one.tokens), f"choice {i}"

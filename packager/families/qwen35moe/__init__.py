@@ -19,6 +19,7 @@ ONNX_MISSING = (
 @register
 class Qwen35Moe(Family):
     hf_architectures = ("Qwen3_5MoeForCausalLM",)
+    composite_architectures = ("Qwen3_5MoeForConditionalGeneration",)  # the released form
     config_type = QwenHybridConfig
     gguf_type = Qwen35MoeGGUF
     onnx_missing = ONNX_MISSING

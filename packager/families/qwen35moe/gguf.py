@@ -181,6 +181,13 @@ class QwenHybridGGUF(GGUFAdapter):
             f"{self.architecture}: checkpoint tensor '{hf_name}' has no llama.cpp counterpart"
         )
 
+    def input_order(self, gguf_name: str) -> np.ndarray | None:
+        # ssm_out reads the value heads in ggml's tiled order (its columns reordered above).
+        if gguf_name.endswith("ssm_out.weight"):
+            order = self.v_order(self.config.value_head_dim)
+            return None if np.array_equal(order, np.arange(order.size)) else order
+        return None
+
     def v_order(self, width: int) -> np.ndarray:
         """Indices taking value-head-major rows (head h = key head h // r, r value heads per
         key head, `width` rows each) from transformers' grouped order to ggml's tiled one."""

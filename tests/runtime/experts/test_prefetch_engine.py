@@ -67,9 +67,10 @@ def test_tokens_identical_with_and_without_prefetch(name, bundle_factory, capfd)
     assert "Traceback" not in capfd.readouterr().err  # no error swallowed in a callback
 
 
-# Graphs that name no `ffn_inp` node (qwen35moe: `attn_residual`; lfm2moe): their prefetch reads
-# each layer's output (`l_out`), which test_tokens_identical_with_and_without_prefetch covers.
-NO_FFN_INP = ("qwen35moe-tiny", "lfm2moe-tiny")
+# Graphs that name no `ffn_inp` node (qwen35moe, qwen3next: `attn_residual`; lfm2moe): their
+# prefetch reads each layer's output (`l_out`), which
+# test_tokens_identical_with_and_without_prefetch covers.
+NO_FFN_INP = ("qwen35moe-tiny", "lfm2moe-tiny", "qwen3next-tiny")
 
 
 @needs_native

@@ -39,8 +39,10 @@ def _check_identical(target: Path, drafts: dict[str, Path | str], backend: str |
             tokens, stats = _generate(target, budget, backend=backend, draft=draft,
                                       draft_tokens=4)
             assert tokens == reference, f"{label} draft at {budget}"
-            if "speculation_off" in stats:  # a recurrent draft model cannot roll back its drafts
-                assert label != "ngram" and "recurrent" in stats["speculation_off"]
+            if "speculation_off" in stats:  # a recurrent draft model cannot roll back its
+                why = stats["speculation_off"]  # drafts; nor can llama.cpp some targets' state
+                assert why.startswith("llama.cpp cannot roll back the recurrent state") or (
+                    label != "ngram" and "has recurrent layers" in why), why
                 continue
             assert stats["drafted_tokens"] > 0 and stats["verify_steps"] > 0, label
             assert stats["acceptance_rate"] == pytest.approx(
