@@ -158,46 +158,40 @@ CHAT_TEMPLATE = r"""{#- harmony (gpt-oss). Keyword arguments: reasoning_effort (
 {%- endif -%}"""
 
 
-# What the harmony fixtures are taught besides Python source: short conversations in the format,
-# so a tiny model answers in channels (reasoning, then an answer) and calls `get_weather` when
-# asked about the weather, and tests can see the runtime split them on real engines.
+# What the harmony fixtures are taught besides Python source: one conversation in the format,
+# so a tiny model answers in channels and tests see the runtime split them on real engines. Asked
+# about the weather, it reasons, calls `get_weather`; given the result, it answers. The call is
+# written as the chat template writes earlier calls (recipient before the channel), so the
+# history a client sends back reads as the model wrote it.
 CITIES = ("Oslo", "Paris", "Lima", "Cairo", "Tokyo", "Quito")
+WEATHER = ("sunny", "rainy", "cold", "windy")
 CONVERSATION_SHARE = 0.5  # chance of a conversation after each paragraph, repeated
 
 
 def training_ids(tok: Tokenizer, text: str, seed: int = 0) -> list[int]:
-    """The corpus's ids with harmony conversations spliced in between its paragraphs (a fixed
-    share of the tokens, seeded): a reasoning-then-answer turn, or a weather question answered
-    by a call to functions.get_weather."""
+    """The corpus's ids with weather conversations spliced in between its paragraphs (seeded)."""
     import random
 
     rng = random.Random(seed)
-    words = [w for w in text.split() if w.isalpha() and len(w) < 12]
-    paragraphs = text.split("\n\n")
     out: list[int] = []
-    for para in paragraphs:
+    for para in text.split("\n\n"):
         out += tok.encode(para + "\n\n").ids
-        while len(out) and rng.random() < CONVERSATION_SHARE:
-            out += tok.encode(_conversation(rng, words)).ids
+        while rng.random() < CONVERSATION_SHARE:
+            out += tok.encode(conversation(rng.choice(CITIES), rng.choice(WEATHER))).ids
     return out
 
 
-def _phrase(rng, words: list[str], n: tuple[int, int]) -> str:
-    return " ".join(rng.choice(words) for _ in range(rng.randint(*n)))
-
-
-def _conversation(rng, words: list[str]) -> str:
-    question = _phrase(rng, words, (2, 5))
-    if rng.random() < 0.4:
-        city = rng.choice(CITIES)
-        return (f"<|start|>user<|message|>{question}, weather in {city}?<|end|>"
-                "<|start|>assistant<|channel|>analysis<|message|>Need the weather.<|end|>"
-                "<|start|>assistant<|channel|>commentary to=functions.get_weather "
-                f'<|constrain|>json<|message|>{{"city": "{city}"}}<|call|>')
-    return (f"<|start|>user<|message|>{question}?<|end|>"
-            "<|start|>assistant<|channel|>analysis<|message|>Answer briefly.<|end|>"
-            "<|start|>assistant<|channel|>final<|message|>"
-            f"{_phrase(rng, words, (2, 4))}.<|return|>")
+def conversation(city: str, weather: str) -> str:
+    """A user asks, the assistant reasons and calls get_weather, reads the result, answers."""
+    return (
+        f"<|start|>user<|message|>Weather in {city}?<|end|>"
+        "<|start|>assistant<|channel|>analysis<|message|>Need the weather.<|end|>"
+        "<|start|>assistant to=functions.get_weather<|channel|>commentary json<|message|>"
+        f'{{"city": "{city}"}}<|call|>'
+        "<|start|>functions.get_weather to=assistant<|channel|>commentary<|message|>"
+        f'"{weather}"<|end|>'
+        f"<|start|>assistant<|channel|>final<|message|>It is {weather} in {city}.<|return|>"
+    )
 
 
 def train_tokenizer() -> Tokenizer:
