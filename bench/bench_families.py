@@ -88,6 +88,7 @@ def measure_family(fixture: str, work: Path) -> dict[str, str]:
     from edgemoe_fixtures import cached_fixture
     from edgemoe_fixtures.corpus import heldout_text
     from packager.api import PackOptions, pack
+    from packager.errors import PackError
     from packager.fidelity import gguf_logits, reference_logits, token_chunks
 
     ckpt = cached_fixture(fixture)
@@ -115,6 +116,8 @@ def measure_family(fixture: str, work: Path) -> dict[str, str]:
             row[f"{quant} KL (llama.cpp)"] = f"{ours:.1e} (converter fails: {why[-1][:60]})"
         except BundleError:  # so is a GGUF from it that llama.cpp cannot load
             row[f"{quant} KL (llama.cpp)"] = f"{ours:.1e} (converter's GGUF does not load)"
+        except PackError:  # its GGUF converted, then llama.cpp's quantizer refused it
+            row[f"{quant} KL (llama.cpp)"] = f"{ours:.1e} (quantizer refuses its GGUF)"
     row["100/50/25 % tokens"] = "identical" if _budgets_identical(bundles["Q8_0"]) else "DIFFER"
     row["ONNX fp32 top-1 / KL"] = _onnx(ckpt, work, heldout_text())
     return row

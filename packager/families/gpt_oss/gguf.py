@@ -11,7 +11,8 @@ The checkpoint's experts are fused and transposed (`gate_up_proj` [experts, hidd
 intermediate, hidden]), or, as released, MXFP4 blocks and scales, which are written as GGML
 MXFP4 bytes unchanged (`mxfp4.py`) whatever the build type: quantized builds keep them
 (`fixed_types`). YaRN is written as llama.cpp's converter writes it; llama.cpp always truncates
-YaRN's correction range, which the release's `truncate: false` does not (README measures it).
+YaRN's correction range, which the release's `truncate: false` does not (a small difference,
+README's family table includes it; refusing it would refuse the released model).
 """
 
 from __future__ import annotations
