@@ -1,7 +1,8 @@
 """What fits where: published MoE configurations against the named device profiles.
 
 One row per model (the model card's total and active parameters, experts and top-k, the size of
-its experts and dense weights at a few quants, the smallest budget the runtime accepts) and one
+its experts and dense weights at a few quants, the smallest budget the runtime accepts, the
+values no public source confirmed) and one
 planner verdict per (model, profile): the quant the profile's preferences choose, how much of the
 experts stay resident, and the forecast decode and prefill speeds. `edgemoe fits` prints it;
 README's "What fits where" is its output.
@@ -66,14 +67,15 @@ def render_markdown(rows: Sequence[FitRow], profiles: Sequence[DeviceProfile]) -
     """Two tables: the models, then each model's verdict per profile."""
     out = ["| model | total / active (card) | experts, top-k | GiB at "
            + " / ".join(SIZE_QUANTS) + f" | minimum budget, GiB ({MIN_CONTEXT // 1024}k "
-           f"{MIN_KV_TYPE} KV) |",
-           "| --- | --- | --- | --- | --- |"]
+           f"{MIN_KV_TYPE} KV) | unverified values |",
+           "| --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         m, s = r.model, r.model.estimate().shape
         out.append(f"| {m.name} | {m.total_params / 1e9:.3g}B / {m.active_params / 1e9:.3g}B | "
                    f"{s.n_experts}, {s.top_k} | "
                    + " / ".join(_gb(r.sizes[q]) for q in SIZE_QUANTS)
-                   + " | " + " / ".join(_gb(r.minimum[q]) for q in SIZE_QUANTS) + " |")
+                   + " | " + " / ".join(_gb(r.minimum[q]) for q in SIZE_QUANTS)
+                   + f" | {', '.join(m.unverified) or 'none'} |")
     out += ["", "| model | " + " | ".join(p.name for p in profiles) + " |",
             "| --- |" + " --- |" * len(profiles)]
     for r in rows:
@@ -85,8 +87,10 @@ def render_markdown(rows: Sequence[FitRow], profiles: Sequence[DeviceProfile]) -
 def render_text(rows: Sequence[FitRow], profiles: Sequence[DeviceProfile]) -> str:
     lines = []
     for r in rows:
+        unverified = f" (unverified: {', '.join(r.model.unverified)})" if r.model.unverified \
+            else ""
         lines.append(f"{r.model.name} ({r.model.hub_id}): "
-                     + ", ".join(f"{q} {_gb(r.sizes[q])} GiB" for q in SIZE_QUANTS))
+                     + ", ".join(f"{q} {_gb(r.sizes[q])} GiB" for q in SIZE_QUANTS) + unverified)
         for p in profiles:
             lines.append(f"  {p.name:<15} {_cell(r.plans[p.name])}")
     return "\n".join(lines) + "\n"

@@ -110,6 +110,8 @@ def _dense_from_fields(c: Mapping[str, Any], n: int, hidden: int, vocab: int, mo
     shared_ff = int(_get(c, "shared_expert_intermediate_size", default=0) or 0) or (
         int(_get(c, "n_shared_experts", "moe_num_shared_experts", "num_shared_experts",
                  default=0) or 0) * expert_ff)  # fmt: skip
+    if c.get("model_type") == "llama4_text":  # one shared expert per MoE layer, no field for it
+        shared_ff = expert_ff
     ffn_dense = (n - moe) * 3 * hidden * dense_ff
     shared = moe * (3 * hidden * shared_ff + hidden * n_experts)  # and each router
     return vocab * hidden * (1 if tied else 2) + n * (attn + 2 * hidden) + ffn_dense + shared

@@ -1,9 +1,11 @@
 """Published MoE configurations the planner knows by name, for `edgemoe plan` and `edgemoe fits`.
 
 Each file in known_configs/ holds the config.json fields the planner reads plus the model card's
-total and active parameter counts, with the address it was copied from (`source`). `use_total`
-says whether the card's total is precise enough to fix the dense part (config-only estimates
-are used otherwise; packager/plan/from_config.py).
+total and active parameter counts. `source` lists the public addresses each value was checked
+against and which fields each one confirms; `unverified` names the values no source confirmed
+(README's table prints them), so a reader knows which numbers to trust. `use_total` says
+whether the card's total is precise enough to fix the dense part (config-only estimates are
+used otherwise; packager/plan/from_config.py).
 """
 
 from __future__ import annotations
@@ -19,14 +21,23 @@ from packager.plan.from_config import ConfigEstimate, estimate
 
 
 @dataclass(frozen=True)
+class Source:
+    """A public address and the fields ('total_params', config keys) it was seen to confirm."""
+
+    url: str
+    confirms: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class KnownModel:
     name: str
     hub_id: str
-    source: str
+    source: tuple[Source, ...]
     total_params: float  # as the model card states them
     active_params: float
     use_total: bool
     config: dict[str, Any]
+    unverified: tuple[str, ...] = ()  # fields no source confirmed
 
     def estimate(self) -> ConfigEstimate:
         return estimate(self.config, int(self.total_params) if self.use_total else None)
@@ -50,8 +61,10 @@ def known_models() -> tuple[KnownModel, ...]:
             continue
         d = json.loads(entry.read_text(encoding="utf-8"))
         try:
-            out.append(KnownModel(d["name"], d["hub_id"], d["source"], float(d["total_params"]),
-                                  float(d["active_params"]), bool(d["use_total"]), d["config"]))
+            sources = tuple(Source(s["url"], tuple(s["confirms"])) for s in d["source"])
+            out.append(KnownModel(d["name"], d["hub_id"], sources, float(d["total_params"]),
+                                  float(d["active_params"]), bool(d["use_total"]), d["config"],
+                                  tuple(d.get("unverified", ()))))  # fmt: skip
         except (KeyError, TypeError, ValueError) as e:
             raise PlanError(f"known_configs/{entry.name}: malformed ({e})") from None
     return tuple(sorted(out, key=lambda m: m.total_params))

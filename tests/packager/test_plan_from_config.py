@@ -39,8 +39,20 @@ def test_known_configs_agree_with_their_model_cards(model):
     table prints rest on the right shapes (the card's total fixes the dense part where exact)."""
     fields_only = estimate(model.config)
     assert fields_only.total_params == pytest.approx(model.total_params, rel=0.05)
-    assert model.source.startswith("https://huggingface.co/") and model.hub_id in model.source
     assert find_known(model.hub_id) is find_known(model.name.upper()) is model
+
+
+@pytest.mark.parametrize("model", known_models(), ids=lambda m: m.name)
+def test_every_known_value_is_sourced_or_marked_unverified(model):
+    """Each value names an address that confirmed it, or is listed as unverified (and then
+    printed in README's table); no source claims a field the file does not have."""
+    inner = model.config.get("text_config", {})
+    fields = {"total_params", "active_params"} | (set(model.config) - {"text_config"}) \
+        | set(inner)
+    confirmed = {f for s in model.source for f in s.confirms}
+    assert all(s.url.startswith("https://") for s in model.source)
+    assert confirmed | set(model.unverified) <= fields
+    assert fields - confirmed == set(model.unverified)
 
 
 def test_bad_configs_are_one_line():
@@ -116,6 +128,10 @@ def test_fit_table_rows_and_cells():
     table = render_markdown(rows, profiles)
     assert "| MiMo-V2-Flash | 309B / 15B | 256, 8 |" in table
     assert "| MiMo-V2-Flash | no |" in table
+    models_table = table.split("\n\n")[0]
+    lines = {line.split(" | ")[0]: line for line in models_table.splitlines()}
+    assert lines["| OLMoE-1B-7B"].endswith(" | none |")  # every value confirmed
+    assert lines["| MiMo-V2-Flash"].endswith(" | layer_types |")
     assert math.isfinite(rows[0].plans["phone-8gb"].est_decode_tok_s)
 
 
