@@ -102,13 +102,13 @@ def fits(
     alone (sizes per quant, minimum budget, the planner's quant and decode/prefill tok/s)."""
     from device_profiles import list_profiles, load_profile
     from packager.plan.errors import PlanError
-    from packager.plan.fit_table import fit_rows, render_markdown, render_text
+    from packager.plan.fit_table import fit_rows, param_count, render_markdown, render_text
     from packager.plan.known import find_known, known_models, known_names
 
     if list_known:
         for m in known_models():
-            typer.echo(f"{m.name:<20} {m.hub_id:<36} {m.total_params / 1e9:.3g}B total, "
-                       f"{m.active_params / 1e9:.3g}B active")
+            typer.echo(f"{m.name:<20} {m.hub_id:<36} {param_count(m.total_params)} total, "
+                       f"{param_count(m.active_params)} active")
         return
     chosen = []
     for name in models or [m.name for m in known_models()]:

@@ -50,6 +50,11 @@ def fit_rows(models: Sequence[KnownModel], profiles: Sequence[DeviceProfile],
     return rows
 
 
+def param_count(n: float) -> str:
+    """'20.9B', '1T': three significant digits, trillions past 999B."""
+    return f"{n / 1e12:.3g}T" if n >= 999.5e9 else f"{n / 1e9:.3g}B"
+
+
 def _gb(n: float) -> str:
     return f"{n / 2**30:.1f}" if n >= 2**30 else f"{n / 2**30:.2f}"
 
@@ -71,7 +76,7 @@ def render_markdown(rows: Sequence[FitRow], profiles: Sequence[DeviceProfile]) -
            "| --- | --- | --- | --- | --- | --- |"]
     for r in rows:
         m, s = r.model, r.model.estimate().shape
-        out.append(f"| {m.name} | {m.total_params / 1e9:.3g}B / {m.active_params / 1e9:.3g}B | "
+        out.append(f"| {m.name} | {param_count(m.total_params)} / {param_count(m.active_params)} | "
                    f"{s.n_experts}, {s.top_k} | "
                    + " / ".join(_gb(r.sizes[q]) for q in SIZE_QUANTS)
                    + " | " + " / ".join(_gb(r.minimum[q]) for q in SIZE_QUANTS)

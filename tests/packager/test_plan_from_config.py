@@ -117,7 +117,7 @@ def test_a_checkpoint_of_an_unpackable_mixture_is_still_sized(tmp_path):
 
 def test_fit_table_rows_and_cells():
     from device_profiles import load_profile
-    from packager.plan.fit_table import fit_rows, render_markdown
+    from packager.plan.fit_table import fit_rows, param_count, render_markdown
 
     profiles = [load_profile("phone-8gb"), load_profile("laptop-16gb")]
     models = [find_known("OLMoE-1B-7B"), find_known("MiMo-V2-Flash")]
@@ -132,6 +132,8 @@ def test_fit_table_rows_and_cells():
     lines = {line.split(" | ")[0]: line for line in models_table.splitlines()}
     assert lines["| OLMoE-1B-7B"].endswith(" | none |")  # every value confirmed
     assert lines["| MiMo-V2-Flash"].endswith(" | layer_types |")
+    assert (param_count(1.0e12), param_count(999.4e9), param_count(20.91e9)) == \
+        ("1T", "999B", "20.9B")
     assert math.isfinite(rows[0].plans["phone-8gb"].est_decode_tok_s)
 
 
