@@ -271,9 +271,13 @@ def load_reference_model(ckpt_dir: Path):
     """The checkpoint in transformers, float32, eval mode (what the fidelity reference runs).
 
     A checkpoint published with MXFP4 experts (gpt-oss) is dequantized, as transformers does
-    on a CPU: exactly, since every MXFP4 weight is a float32."""
+    on a CPU: exactly, since every MXFP4 weight is a float32. A vision+text composite loads as
+    its text model; transformers' load report listing the vision weights it skipped is expected
+    then, so only errors are shown while loading.
+    """
     import torch
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
     kwargs = {}
     config = read_json(Path(ckpt_dir) / "config.json", UsageError, "config.json")
@@ -282,7 +286,12 @@ def load_reference_model(ckpt_dir: Path):
         from transformers import Mxfp4Config
 
         kwargs["quantization_config"] = Mxfp4Config(dequantize=True)
-    model = AutoModelForCausalLM.from_pretrained(ckpt_dir, dtype=torch.float32, **kwargs)
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        model = AutoModelForCausalLM.from_pretrained(ckpt_dir, dtype=torch.float32, **kwargs)
+    finally:
+        hf_logging.set_verbosity(level)
     return model.eval()
 
 

@@ -206,7 +206,8 @@ def _attach(model, adapter, col: _Collector, output: bool) -> tuple[list, list[s
             if None in names or module.gate_up_proj.dim() != 3:
                 skipped.append(f"{name}: expert layout not recognised")
                 continue
-            handles.append(module.register_forward_pre_hook(_experts_hook(col, names)))
+            hook = (_routed_input_hook if _input_major(module) else _experts_hook)(col, names)
+            handles.append(module.register_forward_pre_hook(hook))
     return handles, skipped
 
 
@@ -217,6 +218,40 @@ def _gguf_names(adapter, hf_name: str) -> tuple[str, ...]:
         return adapter.gguf_names(hf_name)
     except UnsupportedArchitectureError:
         return ()
+
+
+def _input_major(module) -> bool:
+    """Llama 4's experts: their forward takes only each expert's already weighted input
+    ([E * tokens, hidden], zero rows for tokens routed elsewhere; no routing indices), and
+    gate_up_proj is input-major [E, hidden, 2F]."""
+    import inspect
+
+    return len(inspect.signature(module.forward).parameters) == 1
+
+
+def _routed_input_hook(col: _Collector, names: tuple[str, str, str]):
+    """Per expert: its input rows (what llama.cpp's experts see too, weighted before the FFN);
+    a token routed elsewhere has an all-zero row and is not counted."""
+    import torch
+
+    gate_name, up_name, down_name = names
+
+    def hook(module, args) -> None:
+        n_exp, hidden, two_ff = module.gate_up_proj.shape
+        ff = two_ff // 2
+        with torch.no_grad():
+            x = args[0].reshape(n_exp, -1, hidden)
+            chosen = (x != 0).any(dim=-1)  # [E, tokens]
+            counts = chosen.sum(dim=1).numpy()
+            sq = (x.double() ** 2).sum(dim=1).numpy()
+            w = module.gate_up_proj
+            h = module.act_fn(torch.bmm(x, w[:, :, :ff])) * torch.bmm(x, w[:, :, ff:])
+            down = (h.double() ** 2 * chosen[..., None]).sum(dim=1).numpy()
+        col.add_all(gate_name, sq, counts)
+        col.add_all(up_name, sq, counts)
+        col.add_all(down_name, down, counts)
+
+    return hook
 
 
 def _gguf_name(adapter, hf_name: str) -> str | None:

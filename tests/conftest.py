@@ -25,12 +25,13 @@ ARCH_FIXTURES = (
     "qwen3moe-tiny", "qwen2moe-tiny", "mixtral-tiny", "olmoe-tiny", "deepseek2-tiny",
     "deepseek3-tiny", "qwen35moe-tiny", "glm4moe-tiny", "lfm2moe-tiny", "ernie45moe-tiny",
     "deepseek4-tiny", "mimo2-tiny", "gptoss-tiny", "qwen3next-tiny", "granitehybrid-tiny",
+    "llama4-tiny",
 )
 # Families whose `--format onnx` refuses (the exporter has no recurrent layer, compressed
 # attention or sliding window with sinks): each family's test file checks its refusal, the ONNX
 # tests run over the others.
 NO_ONNX = ("qwen35moe-tiny", "lfm2moe-tiny", "deepseek4-tiny", "mimo2-tiny", "qwen3next-tiny",
-           "granitehybrid-tiny")
+           "granitehybrid-tiny", "llama4-tiny")
 # Families packed as ONNX only (llama.cpp's graph computes another model; the GGUF refusal is
 # tested in tests/packager/test_onnx_only_families.py).
 ONNX_ONLY = ("phimoe-tiny",)

@@ -12,6 +12,7 @@ from packager.families import (  # noqa: E402,F401,I001
     gpt_oss,
     granitehybrid,
     lfm2moe,
+    llama4,
     mimo2,
     mixtral,
     olmoe,

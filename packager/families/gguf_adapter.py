@@ -98,7 +98,7 @@ class GGUFAdapter:
         w.add_context_length(c.context_length)
         w.add_embedding_length(c.hidden_size)
         w.add_block_count(self.n_layers)
-        w.add_feed_forward_length(c.require(c.intermediate_size, "intermediate_size"))
+        w.add_feed_forward_length(self.feed_forward_length())
         w.add_head_count(c.n_heads)
         w.add_head_count_kv(self.n_head_kv())
         w.add_rope_freq_base(c.rope.theta)
@@ -106,6 +106,11 @@ class GGUFAdapter:
         w.add_expert_count(moe.n_experts)
         w.add_expert_used_count(moe.top_k)
         self.write_rope_scaling(w)
+
+    def feed_forward_length(self) -> int:
+        """The dense layers' FFN width (`feed_forward_length`)."""
+        c = self.config
+        return c.require(c.intermediate_size, "intermediate_size")
 
     def n_head_kv(self) -> int:
         return self.config.n_kv_heads

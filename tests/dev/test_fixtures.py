@@ -51,6 +51,7 @@ MOE_TINY = (
     "deepseek3-tiny", "qwen35moe-tiny", "glm4moe-tiny", "lfm2moe-tiny", "ernie45moe-tiny",
     "deepseek4-tiny", "mimo2-tiny", "phimoe-tiny", "qwen3next-tiny", "granitehybrid-tiny",
     "qwen35moe-vl-tiny",
+    "llama4-tiny", "llama4-vision-tiny",
 )  # fmt: skip
 # gpt-oss fixtures: their own tokenizer (tests/dev/test_gptoss_fixtures.py checks them).
 HARMONY_TINY = ("gptoss-tiny", "gptoss-mxfp4-tiny")
@@ -73,6 +74,8 @@ EXPERT_KEY = {
     "granitehybrid-tiny": "model.layers.0.block_sparse_moe.input_linear.weight",
     # The released Qwen3.5 layout: the text model under model.language_model.
     "qwen35moe-vl-tiny": "model.language_model.layers.0.mlp.experts.15.gate_proj.weight",
+    "llama4-tiny": "model.layers.1.feed_forward.experts.gate_up_proj",  # fused, input-major
+    "llama4-vision-tiny": "language_model.model.layers.1.feed_forward.experts.gate_up_proj",
 }
 
 
@@ -109,7 +112,7 @@ def test_registry_has_the_promised_fixtures():
         "deepseek3-tiny", "dense-tiny", "qwen3moe-medium", "qwen3moe-trained", "qwen3moe-large",
         "qwen35moe-tiny", "glm4moe-tiny", "lfm2moe-tiny", "ernie45moe-tiny",
         "deepseek4-tiny", "mimo2-tiny", "phimoe-tiny", "qwen3next-tiny", "granitehybrid-tiny",
-        "qwen35moe-vl-tiny", *HARMONY_TINY, "gptoss-large",
+        "qwen35moe-vl-tiny", *HARMONY_TINY, "gptoss-large", "llama4-tiny", "llama4-vision-tiny",
     }  # fmt: skip
     assert set(TINY_FIXTURES) == {*MOE_TINY, "dense-tiny", *HARMONY_TINY}
     assert all(spec.is_moe for n, spec in FIXTURES.items() if n != "dense-tiny")
@@ -309,6 +312,7 @@ def test_tiny_fixture_loads_and_generates(name):
         assert (ckpt / f).is_file(), f
     config = json.loads((ckpt / "config.json").read_text())
     assert config["architectures"] == [spec.architecture]
+    config = config.get("text_config") or config  # a composite's language model has the ids
     assert config["vocab_size"] == VOCAB_SIZE and config.get("bos_token_id") is None
     tok = AutoTokenizer.from_pretrained(ckpt)
     assert len(tok) == VOCAB_SIZE and tok.bos_token is None
@@ -343,9 +347,12 @@ def test_tiny_fixture_loads_and_generates(name):
 @pytest.mark.reference
 @pytest.mark.parametrize("name", MOE_TINY)
 def test_experts_are_saved_one_tensor_per_expert(name):
+    """As released checkpoints store them: one tensor per expert, except Llama 4, whose
+    released weights are fused per layer (and transformers saves them so)."""
     keys = _weight_keys(cached_fixture(name))
     assert EXPERT_KEY[name] in keys
-    assert not any(k.endswith(("experts.gate_up_proj", "experts.down_proj")) for k in keys)
+    fused = any(k.endswith(("experts.gate_up_proj", "experts.down_proj")) for k in keys)
+    assert fused == name.startswith("llama4")
 
 
 @pytest.mark.reference

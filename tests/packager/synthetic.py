@@ -283,6 +283,27 @@ CONFIGS["phimoe"] = {  # ONNX only: sparsemixer, LayerNorm, biases everywhere, L
                         "short_factor": [1.0, 1.1, 1.3, 1.6], "long_factor": [1.0, 2.0, 4.0, 8.0],
                         "short_mscale": 1.05, "long_mscale": 1.2},
 }
+CONFIGS["llama4"] = {  # Llama 4's text model: MoE on layers 1 and 3, layer 3 without rope
+    **_BASE, "architectures": ["Llama4ForCausalLM"], "model_type": "llama4_text",
+    "num_hidden_layers": 4, "num_local_experts": EXPERTS, "num_experts_per_tok": 1,
+    "intermediate_size": EXPERT_FF, "intermediate_size_mlp": DENSE_FF,
+    "interleave_moe_layer_step": 2, "use_qk_norm": True, "no_rope_layer_interval": 4,
+    "attention_chunk_size": 8192, "attn_temperature_tuning": True, "floor_scale": 8192,
+    "attn_scale": 0.1,
+    "rope_parameters": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
+                        "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+                        "original_max_position_embeddings": 64},
+}
+
+
+def _llama4_ffn(cfg: dict[str, Any], i: int, p: str) -> dict[str, tuple[int, ...]]:
+    """Llama 4's feed-forward: dense, or fused input-major experts with router and shared."""
+    if (i + 1) % cfg["interleave_moe_layer_step"]:
+        return _mlp(p, cfg["intermediate_size_mlp"], ("gate_proj", "up_proj", "down_proj"))
+    return {f"{p}.router.weight": (EXPERTS, HIDDEN),
+            f"{p}.experts.gate_up_proj": (EXPERTS, HIDDEN, 2 * EXPERT_FF),
+            f"{p}.experts.down_proj": (EXPERTS, EXPERT_FF, HIDDEN),
+            **_mlp(f"{p}.shared_expert", EXPERT_FF, ("gate_proj", "up_proj", "down_proj"))}
 
 def _attention(cfg: dict[str, Any], p: str) -> dict[str, tuple[int, ...]]:
     h = HIDDEN
@@ -308,7 +329,8 @@ def _attention(cfg: dict[str, Any], p: str) -> dict[str, tuple[int, ...]]:
         out |= {f"{p}.{x}_proj.bias": (n * HEAD_DIM,) for x, n in widths}
     if kind == "phimoe":
         out[f"{p}.o_proj.bias"] = (h,)
-    if kind in ("qwen3_moe", "qwen3_5_moe_text", "qwen3_next") or cfg.get("use_qk_norm"):
+    if kind in ("qwen3_moe", "qwen3_5_moe_text", "qwen3_next") or (
+            kind == "glm4_moe" and cfg["use_qk_norm"]):
         out |= {f"{p}.q_norm.weight": (HEAD_DIM,), f"{p}.k_norm.weight": (HEAD_DIM,)}
     if kind == "olmoe":
         out |= {f"{p}.q_norm.weight": (HEADS * HEAD_DIM,), f"{p}.k_norm.weight": (kv * HEAD_DIM,)}
@@ -450,6 +472,9 @@ def tensor_shapes(cfg: dict[str, Any]) -> dict[str, tuple[int, ...]]:
             shapes |= linear(cfg, f"{p}.linear_attn")
         else:
             shapes |= _attention(cfg, f"{p}.self_attn")
+        if kind == "llama4_text":
+            shapes |= _llama4_ffn(cfg, i, f"{p}.feed_forward")
+            continue
         if i < int(cfg.get("first_k_dense_replace", cfg.get("moe_layer_start_index", 0))):
             shapes |= _mlp(f"{p}.mlp", DENSE_FF, proj)
             continue

@@ -228,3 +228,20 @@ def test_ernie45moe_variant_is_one_line_and_nothing_is_written(variant, needles,
     proc = run_pack(src, tmp_path / "out", "--quant", "F16", "--format", "gguf,onnx")
     assert_clean_failure(proc, tmp_path / "out", *needles)
     assert not (tmp_path / "out").exists()
+
+
+@pytest.mark.parametrize(
+    ("variant", "needles"),
+    [
+        ({"attention_chunk_size": 4096}, ("'attention_chunk_size' is 4096",)),
+        ({"no_rope_layers": [1, 0, 1, 1]}, ("'no_rope_layers' is [1, 0, 1, 1]",)),
+    ],
+)
+def test_llama4_variant_is_one_line_and_nothing_is_written(variant, needles, tmp_path):
+    """Llama 4 with a chunk size or no-rope layers llama.cpp's llama4 graph does not compute."""
+    from tests.packager.synthetic import write_checkpoint
+
+    src = write_checkpoint("llama4", tmp_path / "src", **variant)
+    proc = run_pack(src, tmp_path / "out", "--quant", "F16")
+    assert_clean_failure(proc, tmp_path / "out", *needles)
+    assert not (tmp_path / "out").exists()

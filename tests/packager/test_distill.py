@@ -328,11 +328,12 @@ def test_every_family_keeps_its_layout_and_trains_only_routers_and_experts(
     family = read_family(teacher)
     student = prune_checkpoint(teacher, None, 0.25, tmp_path / "p", "random").out_dir
     old = _weights(student)
-    for mode in ("full", "lora"):
-        # 3e-4: glm4moe-tiny's pruned student starts 8.7e-4 nats from its teacher, and two
-        # full-mode steps at 1e-3 overshoot it (every family improves at 3e-4).
+    # Full mode at 3e-4: glm4moe-tiny's pruned student starts 8.7e-4 nats from its teacher,
+    # and two full steps at 1e-3 overshoot it; LoRA at 1e-3: two steps at 3e-4 leave
+    # llama4-tiny's adapters too small to move the held-out KL (every family improves so).
+    for mode, lr in (("full", 3e-4), ("lora", 1e-3)):
         result = distill(teacher, student, tmp_path / mode, [calibration_text()], steps=2,
-                         eval_every=1, lr=3e-4, mode=mode, **{**TINY, "seq_len": 32})
+                         eval_every=1, lr=lr, mode=mode, **{**TINY, "seq_len": 32})
         assert result.best_step > 0
         assert tensor_specs(tmp_path / mode) == tensor_specs(student)
         new = _weights(tmp_path / mode)

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.engine
 
 BUILDS = (("gguf", "F16"), ("onnx", "fp32"), ("onnx", "int8"))
 # Families whose ONNX export refuses (no recurrent layers in the exporter): GGUF only.
-GGUF_ONLY = ("deepseek4", "granitehybrid", "lfm2moe", "mimo2", "qwen35moe", "qwen3next")
+GGUF_ONLY = ("deepseek4", "granitehybrid", "lfm2moe", "mimo2", "qwen35moe", "qwen3next", "llama4")
 ONNX_ONLY = ("phimoe",)  # llama.cpp's graph would run another model: no GGUF is written
 FILES = ("model.gguf", "model.onnx", "model.onnx.data", "genai_config.json", "manifest.json")
 
@@ -138,6 +138,12 @@ GOLDEN: dict[str, dict[str, str]] = {
             "8a520e00238c3cd2a7e3b8f075f6f46cc4bd6399e8a51baa1102c3fc42fdb4bd",
         "gguf-F16/manifest.json":
             "8cc15d7ae0044253d5d190b9e57d73168d8b45906b3d4e882b176be929e2d275",
+    },
+    "llama4": {
+        "gguf-F16/model.gguf":
+            "38464187d1487058e8fc6637cb0f8da37b0fc5f2a700888c75f5a1f003542971",
+        "gguf-F16/manifest.json":
+            "19b1ad6cc068984719892abbd1eb261686559fbd1a7cedd1788d210735203dc8",
     },
     "mixtral": {
         "gguf-F16/model.gguf":
