@@ -29,6 +29,8 @@ def model_shape(ckpt: Checkpoint) -> ModelShape:
     adapter, moe = family.gguf, family.experts
     planned = adapter.plan({n: t.shape for n, t in ckpt.tensors.items()}, ckpt.read)
     n_kv, head_k, head_v = adapter.kv_dims()
+    # Experts whose bytes the checkpoint already holds in a ggml type (gpt-oss's MXFP4).
+    stored = {t.storage for t in planned if t.is_expert}
     return shape_from_tensors(
         ((t.name, t.shape, t.is_expert) for t in planned),
         n_layers=adapter.n_layers,
@@ -42,6 +44,8 @@ def model_shape(ckpt: Checkpoint) -> ModelShape:
         head_dim_v=head_v,
         kv_layers=adapter.kv_layers(),
         recurrent_state_values=adapter.recurrent_state_values(),
+        expert_storage=next(iter(stored)).name if len(stored) == 1 and None not in stored
+        else None,
     )
 
 

@@ -144,8 +144,13 @@ def estimate(config: Mapping[str, Any], total_params: int | None = None) -> Conf
         dense = _dense_from_fields(c, n, hidden, vocab, len(layers), expert_ff, n_experts)
         notes.append("dense part estimated from the config's fields")
     kv_heads, head_k, head_v, kv_layers = _kv(c, n, hidden)
+    quant = c.get("quantization_config")
+    storage = "MXFP4" if isinstance(quant, Mapping) and quant.get("quant_method") == "mxfp4" \
+        else None
+    if storage:
+        notes.append("experts stay MXFP4, as the checkpoint stores them, whatever the quant")
     shape = ModelShape(n, layers, n_experts, top_k, hidden, vocab, kv_heads, head_k,
                        max(head_v, 1), dense, dict.fromkeys(layers, per_expert), expert_ff,
-                       kv_layers, 0)
+                       kv_layers, 0, storage)
     shape.validate()
     return ConfigEstimate(shape, dense + experts, shape.active_params, tuple(notes))

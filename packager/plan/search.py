@@ -255,6 +255,10 @@ def _explain(c: _Ctx, s: Sizes, hot: HotSet, fits: bool, resident: bool,
     rows = {"ffn_down_exps": (c.shape.expert_row_len, s.q_experts),
             "ffn_gate/up_exps": (c.shape.hidden_size, s.q_experts),
             "dense weights": (c.shape.hidden_size, s.q_dense)}
+    if c.shape.expert_storage is not None:
+        rows = {"dense weights": rows["dense weights"]}
+        why.append(f"experts stay {c.shape.expert_storage}, as the checkpoint stores them; "
+                   f"{s.q_experts.name} applies to the rest")
     for what, (row, q) in rows.items():
         stored = stored_type(q, row)
         if stored != q.ggml:

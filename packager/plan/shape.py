@@ -36,6 +36,9 @@ class ModelShape:
     # state (convolution + SSM/delta-rule) one sequence keeps across the other layers.
     kv_layers: int | None = None
     recurrent_state_values: int = 0
+    # A ggml type the experts keep whatever the build's quant, because the checkpoint already
+    # stores them so (gpt-oss's MXFP4); None: the build's expert quant.
+    expert_storage: str | None = None
 
     def validate(self) -> None:
         positive = ("n_layers", "n_experts", "top_k", "hidden_size", "vocab_size", "n_kv_heads",
@@ -69,7 +72,7 @@ def shape_from_tensors(
     tensors: Iterable[tuple[str, Sequence[int], bool]], *, n_layers: int,
     moe_layers: Sequence[int], n_experts: int, top_k: int, hidden_size: int, vocab_size: int,
     n_kv_heads: int, head_dim_k: int, head_dim_v: int, kv_layers: int | None = None,
-    recurrent_state_values: int = 0,
+    recurrent_state_values: int = 0, expert_storage: str | None = None,
 ) -> ModelShape:
     """Build a ModelShape from (name, numpy-order shape, is_expert) triples, e.g. an adapter's
     planned tensors: GGUF names (`blk.N.ffn_down_exps.weight`), experts stacked as
@@ -88,6 +91,6 @@ def shape_from_tensors(
             rows = int(shape[-1])
     shape = ModelShape(n_layers, tuple(moe_layers), n_experts, top_k, hidden_size, vocab_size,
                        n_kv_heads, head_dim_k, head_dim_v, dense, per_layer, rows or hidden_size,
-                       kv_layers, recurrent_state_values)
+                       kv_layers, recurrent_state_values, expert_storage)
     shape.validate()
     return shape

@@ -9,6 +9,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import gguf
+
 from contract.quant_types import QuantType, bytes_for, kv_bytes_per_element
 from packager.plan.shape import ModelShape
 
@@ -51,7 +53,12 @@ def sizes_for(shape: ModelShape, q_dense: QuantType, q_experts: QuantType, kept:
 
 def expert_bytes(shape: ModelShape, q: QuantType) -> dict[int, int]:
     """Bytes of one expert per MoE layer: the down projection has rows of expert_row_len, the
-    other projections (gate, up) rows of hidden_size; each may hit llama.cpp's block fallback."""
+    other projections (gate, up) rows of hidden_size; each may hit llama.cpp's block fallback.
+    Experts the checkpoint stores in a ggml type (`expert_storage`) keep its exact size."""
+    if shape.expert_storage is not None:
+        block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[shape.expert_storage]]
+        return {layer: -(-n // block) * size
+                for layer, n in sorted(shape.expert_params_per_layer.items())}
     down = shape.hidden_size * shape.expert_row_len
     return {layer: bytes_for(n - down, shape.hidden_size, q)
             + bytes_for(down, shape.expert_row_len, q)

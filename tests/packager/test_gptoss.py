@@ -274,3 +274,22 @@ def test_both_engines_clamp_the_swiglu_as_transformers_does(tmp_path):
     np.testing.assert_allclose(a["logits"], b["logits"], rtol=1e-3, atol=1e-3)
     for layer in range(2):
         np.testing.assert_array_equal(a[f"routing.{layer}"], b[f"routing.{layer}"])
+
+
+def test_the_planner_counts_mxfp4_experts_at_their_size(tmp_path):
+    """A published checkpoint's experts stay MXFP4 at every quant: 17 bytes per 32 weights,
+    from its tensors or from its config.json alone."""
+    from packager.planning import plan_for
+    from tests.packager.synthetic import EXPERT_FF, EXPERTS, HIDDEN, LAYERS
+
+    src = write_checkpoint("gptoss_mxfp4", tmp_path / "ck")
+    mxfp4_bytes = LAYERS * EXPERTS * 3 * HIDDEN * EXPERT_FF // 32 * 17
+    for quant in ("Q8_0", "Q4_K_M", "F16"):
+        plan = plan_for(str(src), "laptop-16gb", quant=quant)
+        assert plan.expert_bytes_total == mxfp4_bytes, quant
+        assert any("experts stay MXFP4" in line for line in plan.rationale)
+    assert plan_for(str(src / "config.json"), "laptop-16gb", quant="Q8_0"
+                    ).expert_bytes_total == mxfp4_bytes  # fmt: skip
+    float_src = write_checkpoint("gptoss", tmp_path / "f")
+    assert plan_for(str(float_src), "laptop-16gb", quant="Q8_0").expert_bytes_total == \
+        LAYERS * EXPERTS * 3 * HIDDEN * EXPERT_FF // 32 * 34
