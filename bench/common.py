@@ -85,3 +85,23 @@ def thread_setup(args: argparse.Namespace) -> str:
     policy = apply_wait_policy(args.wait_policy)
     args.wait_policy = None if policy.startswith("environment") else policy
     return f"{args.threads} threads (wait policy {policy})"
+
+
+def cpu_window() -> tuple[float, float, float]:
+    """(every CPU's busy seconds, this process's CPU seconds, monotonic seconds) now; with a
+    later call, `others_busy` says how much of a core other processes kept busy between."""
+    import resource
+
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return ((sum(fields) - fields[3] - fields[4]) / tick, r.ru_utime + r.ru_stime,
+            time.monotonic())
+
+
+def others_busy(since: tuple[float, float, float]) -> float:
+    """Cores other processes kept busy on average since `since` (a `cpu_window()`): a
+    measurement on a shared machine is only quiet when this is small."""
+    now = cpu_window()
+    seconds = now[2] - since[2]
+    return max(0.0, (now[0] - since[0] - (now[1] - since[1])) / seconds) if seconds > 0 else 0.0

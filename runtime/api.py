@@ -343,6 +343,16 @@ class Model:
             for layer, experts in self._pins.items():  # the hot set is read now, so now checked
                 for e in experts:
                     self._reader.bring_in(layer, e)
+        # A capacity that holds every expert (a full budget loaded resizable) holds them from
+        # the start: no misses, and no layer needs the engine to stop (runtime/experts/quiet.py).
+        rest: list[tuple[int, int]] = []
+        if self.budget.expert_capacity_bytes >= self.budget.expert_bytes_total:
+            rest = [(layer, e) for layer in sorted(layers)
+                    for e in range(self.manifest.shape.n_experts)
+                    if e not in self._pins.get(layer, ())]
+            if self._reader is not None:
+                for layer, e in rest:
+                    self._reader.bring_in(layer, e)
         self.cache = ExpertCache(
             expert_bytes=self._expert_bytes,
             n_experts=self.manifest.shape.n_experts,
@@ -351,7 +361,7 @@ class Model:
             policy=policy,
             residency=self.residency,
         )
-        self.cache.warm()  # release what llama.cpp populated at load, pin the hot set
+        self.cache.warm(rest)  # release what llama.cpp populated beyond it, pin the hot set
         self.pager.cache, self.pager.residency = self.cache, self.residency
         self.pager.reader = self._reader
         # Expert prefetch by pre-gating (runtime/experts/prefetcher.py): "on", "off" or why not.
@@ -599,11 +609,13 @@ class Model:
             )
             return s
         cs = self.cache.stats()
+        quiet_hits, _ = self.pager.quiet_hits()  # layers run through without a stop
         s.update(self.pager.prefetch_stats(), prefetch=self.prefetch)
         s.update(
             resident_expert_bytes=cs.resident_bytes,
             pinned_bytes=cs.pinned_bytes,
-            hits=cs.hits,
+            hits=cs.hits + quiet_hits,
+            unobserved_hits=quiet_hits,
             misses=cs.misses + self.pager.stats.transient_loads,
             bytes_loaded=cs.bytes_loaded + self.pager.stats.transient_bytes,
             evictions=cs.evictions,

@@ -84,6 +84,8 @@ class RoutingLog(Protocol):
     python_needed: bool  # True: deliver the next event to Python (transients to release)
     sources: dict[str, tuple[str, int]]  # hidden states it can read: name -> (kind, index)
     max_guess: int  # experts a prefetch may guess per layer at most
+    known: np.ndarray  # uint8 [layers]: 2 all pinned, 1 all resident and never evicted, 0 not
+    sample: int  # this step stops at layers whose `known` is at most this (0 or 1)
 
     def __len__(self) -> int: ...
 
@@ -101,6 +103,15 @@ class RoutingLog(Protocol):
                            softmax_bias: bool = False, *, source: str, page: int) -> None: ...
 
     def set_prefetch(self, depth: int, width: int) -> None: ...
+
+    def use_known(self, on: bool) -> None:
+        """One-token steps skip the stop at `known` layers (counted, not logged), or not."""
+        ...
+
+    @property
+    def quiet_counts(self) -> tuple[int, int]:
+        """One-token events not stopped at: (known level 1, known level 2)."""
+        ...
 
     @property
     def prefetch_issued(self) -> tuple[int, int]:

@@ -8,7 +8,7 @@ same whatever the number of experts.
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from enum import Enum
 from typing import TYPE_CHECKING, Protocol
@@ -251,30 +251,54 @@ class ExpertCache:
         """Make memory match the books: release unpinned, pin pinned, then prefetch in order.
 
         `prefetch` lists (layer, expert) keys, most wanted first (e.g. by usage frequency);
-        they are admitted while they fit, without evicting. Returns the number prefetched.
+        they are admitted while they fit, without evicting. Their pages are not released
+        first (llama.cpp may have read them at load). Returns the number prefetched.
         """
         with self._lock:
             self._open("warm")
-            self.release_all_unpinned()
+            self._release_unpinned()
+            room = self.capacity_bytes - self._used
+            admit: dict[Key, None] = {}
+            for layer, expert in prefetch:
+                key = self._key(layer, expert)
+                if key in self._pinned or key in admit:
+                    continue
+                if self._sizes[layer] > room:
+                    break
+                room -= self._sizes[layer]
+                admit[key] = None
+            self._release_pages(keep=admit.keys())
             if self._residency is not None:
                 for key in sorted(self._pinned):
                     self._residency.pin(*key)
-            count = 0
-            for layer, expert in prefetch:
-                key = self._key(layer, expert)
-                size = self._sizes[layer]
-                if key in self._states:
-                    continue
-                if self._used + size > self.capacity_bytes:
-                    break
+            for key in admit:
+                size = self._sizes[key[0]]
                 self._policy.on_insert(key)
                 self._set(key, ExpertState.RESIDENT)
                 self._used += size
                 self._prefetched += size
-                count += 1
                 if self._residency is not None:
                     self._residency.load(*key)
-            return count
+            return len(admit)
+
+    def _release_unpinned(self) -> int:
+        """The books' part of release_all_unpinned: how many were resident."""
+        resident = [k for k, s in self._states.items() if s is ExpertState.RESIDENT]
+        for key in resident:
+            self._policy.on_remove(key)
+            self._set(key, ExpertState.RELEASED)
+            self._used -= self._sizes[key[0]]
+        self._held.clear()
+        return len(resident)
+
+    def _release_pages(self, keep: Collection[Key] = ()) -> None:
+        """Tell the Residency to release every unpinned expert not in `keep`."""
+        if self._residency is None:
+            return
+        for layer in sorted(self._sizes):
+            for e in range(self.n_experts):
+                if (layer, e) not in self._pinned and (layer, e) not in keep:
+                    self._residency.release(layer, e)
 
     def release_all_unpinned(self) -> int:
         """Release every unpinned expert; returns how many the books had resident.
@@ -284,18 +308,9 @@ class ExpertCache:
         """
         with self._lock:
             self._open("release_all_unpinned")
-            resident = [k for k, s in self._states.items() if s is ExpertState.RESIDENT]
-            for key in resident:
-                self._policy.on_remove(key)
-                self._set(key, ExpertState.RELEASED)
-                self._used -= self._sizes[key[0]]
-            if self._residency is not None:
-                for layer in sorted(self._sizes):
-                    for e in range(self.n_experts):
-                        if (layer, e) not in self._pinned:
-                            self._residency.release(layer, e)
-            self._held.clear()
-            return len(resident)
+            released = self._release_unpinned()
+            self._release_pages()
+            return released
 
     def resize(self, capacity_bytes: int, pinned: Mapping[int, Iterable[int]]) -> int:
         """A new budget between steps: experts no longer pinned become ordinary residents (the

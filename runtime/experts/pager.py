@@ -36,6 +36,7 @@ from runtime.experts.prefetcher import (
     start_prefetch,
 )
 from runtime.experts.pregate import Pregate, pregate_refusal, read_routers
+from runtime.experts.quiet import QuietLayers
 from runtime.experts.routing_probe import RoutingProbe
 
 # A fault maps the whole page-cache folio around the faulting page (large folios: up to a PMD),
@@ -98,6 +99,7 @@ class ExpertPager:
         n_experts: int = 0,
     ) -> None:
         self._log: RoutingLog | None = None
+        self._quiet: QuietLayers | None = None  # layers a one-token step need not stop at
         self.layers = layers or {}
         self.n_experts = n_experts
         self._fresh: list[tuple[int, int]] = []
@@ -136,16 +138,32 @@ class ExpertPager:
         log = self._log
         if log is None:
             return
+        if self._quiet is not None:
+            self._quiet.close()
+            self._quiet = None
         if self._cache is None:
             log.resident[:] = 1  # nothing is paged: every expert is in memory
             return
         log.resident[:] = 0
-        resident = log.resident
+        resident, cache = log.resident, self._cache
+        # A routing trace needs every event: then every layer stops (runtime/experts/quiet.py).
+        quiet = None if self._probe is not None else QuietLayers(
+            log, sum(self.expert_bytes.values()) * cache.n_experts)
+        self._quiet = quiet
+        pinned_state = ExpertState.PINNED
 
         def on_change(layer: int, expert: int, counted: bool) -> None:
             resident[layer, expert] = counted
+            if quiet is not None:
+                quiet.on_change(layer, expert, counted,
+                                counted and cache.state(layer, expert) is pinned_state)
 
-        self._cache.watch(on_change)
+        cache.watch(on_change)
+
+    def quiet_hits(self) -> tuple[int, int]:
+        """(hits, pinned hits) of one-token events the engine ran through without a stop
+        (runtime/experts/quiet.py); the cache's books do not hold them."""
+        return self._quiet.hits(self.top_k) if self._quiet is not None else (0, 0)
 
     def start_prefetch(self, setting: PrefetchSettings | bool | None, cold: bool,
                        model_path: Path) -> str:
@@ -212,6 +230,8 @@ class ExpertPager:
         return self._probe
 
     def begin_batch(self) -> None:
+        if self._quiet is not None and self._cache is not None:
+            self._quiet.begin_step(self._cache.capacity_bytes)
         if self._probe is None:
             return
         if self._log is not None:

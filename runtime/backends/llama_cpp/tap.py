@@ -112,6 +112,9 @@ class RoutingLog:
         self.max_guess = min(MAX_WIDTH, max(top_k, 2 * top_k))
         self.width = 2 + self.max_guess
         self.resident = np.zeros((n_layers, n_experts), dtype=np.uint8)
+        # Per layer, what a one-token step knows without stopping (tap_source.py: `known`);
+        # all zero until the pager says otherwise with `use_known`.
+        self.known = np.zeros(n_layers, dtype=np.uint8)
         self._log = np.zeros(capacity * self.width, dtype=np.int32)
         self._mark = np.zeros(self.width, dtype=np.int32)
         self._mark[0] = MARK
@@ -141,6 +144,27 @@ class RoutingLog:
         self._log[n * self.width : (n + 1) * self.width] = self._mark
         self._state.log_len = n + 1
         return True
+
+    # --- quiet layers ------------------------------------------------------------------------
+    def use_known(self, on: bool) -> None:
+        """Let one-token steps run through layers whose `known` level says every expert they
+        can pick is resident (no stop, no log record; counted in `quiet_counts`), or stop at
+        every layer again (a caller that needs every event: routing traces)."""
+        self._state.known = self.known.ctypes.data if on else None
+
+    @property
+    def sample(self) -> int:
+        return int(self._state.sample)
+
+    @sample.setter
+    def sample(self, level: int) -> None:
+        """Stop at layers whose `known` level is at most `level` (0: only unknown ones)."""
+        self._state.sample = int(level)
+
+    @property
+    def quiet_counts(self) -> tuple[int, int]:
+        """One-token events not stopped at so far: (every expert resident, every pinned)."""
+        return int(self._state.quiet_by[1]), int(self._state.quiet_by[2])
 
     @property
     def python_needed(self) -> bool:
@@ -213,6 +237,7 @@ class RoutingLog:
     def close(self) -> None:
         """Stop logging and prefetching (the C side sees neither any more)."""
         self._state.pf_depth = self._state.pf_width = 0
+        self._state.known = None
         self._state.log = None
         self._state.ids_tap = -1
         if self._pidfd >= 0:

@@ -21,6 +21,7 @@ MAX_LAYERS = 4096
 MAX_TENSORS = 4  # stacked expert tensors per layer (gate, up, down; gate_up fused: fewer)
 MAX_WIDTH = 64  # experts guessed per target layer, at most
 SLOTS = 8192  # cached answers per node address
+SEQ = 4096  # the same answers in asking order
 
 # Log record kinds (first int32 of a record): >= 0 a routing event of that layer, MARK a batch
 # start, <= PREFETCH_BASE a prefetch issued for layer PREFETCH_BASE - kind.
@@ -44,6 +45,7 @@ SOURCE = r"""
 #define MAX_TENSORS 4
 #define MAX_WIDTH 64
 #define SLOTS 8192  /* answer cache: a power of two above the node count of one graph */
+#define SEQ 4096    /* answers kept in asking order */
 
 typedef const char *(*name_fn)(const void *tensor);
 typedef void (*get_fn)(const void *tensor, void *data, size_t offset, size_t size);
@@ -97,12 +99,26 @@ struct edgemoe_tap {
     int64_t logged;
     int64_t pf_calls;
     int64_t pf_bytes;
+    /* quiet layers: a one-token routing event whose answer is known needs no stop */
+    const uint8_t *known;   /* [layer]: 2 every expert pinned, 1 every expert resident in a
+                               cache that evicts nothing, 0 unknown; NULL: always stop */
+    int32_t sample;         /* this step stops where known[layer] <= sample (Python: 0 or 1) */
+    int32_t quiet_pad;
+    int64_t quiet;          /* one-token events not stopped at, per level: [1], [2] */
+    int64_t quiet_by[3];
     uint32_t epoch;         /* Python bumps it when the batch shape changes (new node layout) */
     uint32_t softmax_bias;  /* biases add to softmax probabilities, not to sigmoids */
     void *watched[MAX_WATCH][MAX_LAYERS];
     /* Answers per node address for the current layout: reading a node's name costs a cache
        miss per node per token, a lookup here does not. Deliveries re-check the name. */
     struct { const void *key; int32_t code; uint32_t epoch; } slots[SLOTS];
+    /* The same answers in the order the scheduler asks (one graph, then the same graph again):
+       a step reads them front to back, a few cache lines, where the slots above are scattered
+       over 128 KiB that the matmuls have pushed out of cache. */
+    uint32_t seq_epoch;
+    int32_t seq_len;        /* answers recorded for this epoch; -1 - n: sealed at n */
+    int32_t seq_pos;
+    struct { const void *key; int32_t code; int32_t pad; } seq[SEQ];
 };
 
 static int match(const struct edgemoe_tap *s, const char *name, int n, int32_t *layer) {
@@ -234,8 +250,34 @@ static bool log_hit(struct edgemoe_tap *s, const void *tensor, int32_t layer) {
     return true;
 }
 
+/* Whether a target layer of prefetching from `layer` could still read something. */
+static bool pf_wanted(const struct edgemoe_tap *s, int32_t layer) {
+    if (s->pf_depth <= 0 || s->pf_width <= 0 || s->next == NULL) return false;
+    if (s->known == NULL || layer >= s->n_layers) return true;
+    for (int d = 0; d < s->pf_depth && d < 2; d++) {
+        int32_t t = s->next[layer * 2 + d];
+        if (t >= 0 && t < s->n_layers && s->known[t] == 0) return true;
+    }
+    return false;
+}
+
+/* A one-token routing node whose answer Python knows (every expert it can pick is resident and
+   stays so) and whose step needs nothing else from the stop: no prefetch from here could read,
+   and Python does not want events delivered. Counted instead of logged. */
+static bool quiet(struct edgemoe_tap *s, const void *tensor, int32_t layer) {
+    const struct head *h = (const struct head *)tensor;
+    if (s->known == NULL || s->python_needed || layer >= s->n_layers || s->log == NULL)
+        return false;
+    uint8_t level = s->known[layer];
+    if (level <= s->sample || level > 2 || h->ne[1] * h->ne[2] * h->ne[3] != 1) return false;
+    if (pf_wanted(s, layer)) return false;
+    s->quiet++;
+    s->quiet_by[level]++;
+    return true;
+}
+
 /* The tap index (or -1) and layer of a node, cached per address for the current epoch. */
-static int lookup(struct edgemoe_tap *s, const void *tensor, int32_t *layer) {
+static int lookup_slot(struct edgemoe_tap *s, const void *tensor, int32_t *layer) {
     uintptr_t h = ((uintptr_t)tensor >> 4) * (uintptr_t)0x9E3779B97F4A7C15ull;
     for (uint32_t probe = 0; probe < 16; probe++) {
         uint32_t at = (uint32_t)((h >> 40) + probe) & (SLOTS - 1);
@@ -255,6 +297,42 @@ static int lookup(struct edgemoe_tap *s, const void *tensor, int32_t *layer) {
     return match(s, s->get_name(tensor), s->n_taps + s->n_watch, layer);
 }
 
+static int decode_code(int32_t code, int32_t *layer) {
+    *layer = code < 0 ? 0 : code % MAX_LAYERS;
+    return code < 0 ? -1 : code / MAX_LAYERS;
+}
+
+/* lookup_slot, read in asking order when the graph is the one seen before (the usual case:
+   llama.cpp reuses a graph of the same shape). The first pass of an epoch records; a pass
+   starts over where the first node comes again. Keys are always compared, so a graph that
+   differs only falls back to the slots. */
+static int lookup(struct edgemoe_tap *s, const void *tensor, int32_t *layer) {
+    if (s->seq_epoch != s->epoch) {
+        s->seq_epoch = s->epoch;
+        s->seq_len = 0;
+        s->seq_pos = 0;
+    }
+    int32_t len = s->seq_len < 0 ? -1 - s->seq_len : s->seq_len;
+    int32_t pos = s->seq_pos;
+    if (pos < len && s->seq[pos].key == tensor) {
+        s->seq_pos = pos + 1;
+        return decode_code(s->seq[pos].code, layer);
+    }
+    if (len > 0 && s->seq[0].key == tensor) {  /* the graph again, from its first node */
+        if (s->seq_len > 0) s->seq_len = -1 - s->seq_len;  /* first pass over: sealed */
+        s->seq_pos = 1;
+        return decode_code(s->seq[0].code, layer);
+    }
+    int i = lookup_slot(s, tensor, layer);
+    if (s->seq_len >= 0 && s->seq_len < SEQ) {  /* still recording the first pass */
+        s->seq[s->seq_len].key = tensor;
+        s->seq[s->seq_len].code = i < 0 ? -1 : i * MAX_LAYERS + *layer;
+        s->seq_len++;
+        s->seq_pos = s->seq_len;
+    }
+    return i;
+}
+
 bool edgemoe_tap_eval(void *tensor, bool ask, void *user) {
     struct edgemoe_tap *s = (struct edgemoe_tap *)user;
     int32_t layer = 0;
@@ -263,7 +341,8 @@ bool edgemoe_tap_eval(void *tensor, bool ask, void *user) {
         s->asked++;
         if (i >= s->n_taps) s->watched[i - s->n_taps][layer] = tensor;
         if (i >= s->n_deliver && i < s->n_taps)  /* C's own stop: only while prefetching */
-            return i == s->pf_tap && s->pf_depth > 0 && s->pf_width > 0;
+            return i == s->pf_tap && pf_wanted(s, layer);
+        if (i == s->ids_tap && quiet(s, tensor, layer)) return false;
         return i >= 0 && i < s->n_taps;
     }
     int i = match(s, s->get_name(tensor), s->n_taps + s->n_watch, &layer);
@@ -296,6 +375,10 @@ bool edgemoe_tap_eval(void *tensor, bool ask, void *user) {
 
 class _Slot(ctypes.Structure):
     _fields_ = [("key", ctypes.c_void_p), ("code", ctypes.c_int32), ("epoch", ctypes.c_uint32)]
+
+
+class _Seq(ctypes.Structure):
+    _fields_ = [("key", ctypes.c_void_p), ("code", ctypes.c_int32), ("pad", ctypes.c_int32)]
 
 
 class TapState(ctypes.Structure):
@@ -339,8 +422,17 @@ class TapState(ctypes.Structure):
         ("logged", ctypes.c_int64),
         ("pf_calls", ctypes.c_int64),
         ("pf_bytes", ctypes.c_int64),
+        ("known", ctypes.c_void_p),
+        ("sample", ctypes.c_int32),
+        ("quiet_pad", ctypes.c_int32),
+        ("quiet", ctypes.c_int64),
+        ("quiet_by", ctypes.c_int64 * 3),
         ("epoch", ctypes.c_uint32),
         ("softmax_bias", ctypes.c_uint32),
         ("watched", (ctypes.c_void_p * MAX_LAYERS) * MAX_WATCH),
         ("slots", _Slot * SLOTS),
+        ("seq_epoch", ctypes.c_uint32),
+        ("seq_len", ctypes.c_int32),
+        ("seq_pos", ctypes.c_int32),
+        ("seq", _Seq * SEQ),
     ]

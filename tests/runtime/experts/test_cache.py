@@ -131,8 +131,10 @@ def test_warm_releases_pins_and_prefetches_in_order() -> None:
     assert [c for c in res.calls if c[0] != "release"] == [
         ("pin", 0, 0), ("load", 1, 5), ("load", 0, 3),
     ]
+    # What it admits is not released first (llama.cpp may have read it at load already).
     released = {(layer, e) for op, layer, e in res.calls if op == "release"}
-    assert len(released) == 2 * 8 - 1 and (0, 0) not in released
+    assert len(released) == 2 * 8 - 3
+    assert not released & {(0, 0), (1, 5), (0, 3)}
     s = cache.stats()
     assert (s.resident_bytes, s.bytes_prefetched, s.bytes_loaded) == (500, 400, 0)
 
