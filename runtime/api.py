@@ -14,7 +14,11 @@ import numpy as np
 
 from contract.quant_types import kv_bytes_per_element
 from runtime.backends.base import Backend, EngineConfig
-from runtime.backends.llama_cpp.lazy_load import advise_random_except, complement
+from runtime.backends.llama_cpp.lazy_load import (
+    advise_random_except,
+    complement,
+    pending_bytes,
+)
 from runtime.backends.mapping import FileMapping
 from runtime.backends.registry import backend_for, format_for, open_backend
 from runtime.budget import BudgetPlan, parse_budget, plan_budget
@@ -34,7 +38,7 @@ from runtime.experts.prefetcher import PrefetchSettings
 from runtime.experts.residency import MadviseResidency
 from runtime.experts.resize import BudgetChange, BudgetHistory, apply_budget
 from runtime.generation.decoding import run
-from runtime.generation.latency import LatencyRecorder
+from runtime.generation.latency import LatencyRecorder, PromptTiming
 from runtime.generation.preparation import prepare_request
 from runtime.generation.request import (
     GenerationRequest,
@@ -279,6 +283,8 @@ class Model:
         )
         self.pager.attach_engine(self.engine)  # hits stay in the engine's C tap when it can
         self.lazy_load = self.engine.lazy_load
+        self._dense_spans: list[tuple[int, int]] = []  # file ranges of the dense weights
+        self.dense_read_s: float | None = None  # a lazy load's wait for them
         if self.lazy_load is not None and self.lazy_load.active:
             self._read_dense_only()
         self.cache: ExpertCache | None = None
@@ -320,7 +326,10 @@ class Model:
             for x in self.build.expert_layers
             for t in x.tensors
         ]
-        advise_random_except(base, size, complement(experts, size))
+        self._dense_spans = complement(experts, size)
+        t0 = time.perf_counter()
+        advise_random_except(base, size, self._dense_spans)
+        self.dense_read_s = time.perf_counter() - t0
 
     def _start_paging(self, policy: str, cold: bool, mapping: FileMapping) -> None:
         layers = {x.layer: x for x in self.build.expert_layers}
@@ -551,13 +560,45 @@ class Model:
         start, empty = time.perf_counter(), self.engine.n_past == 0
         self._tokens_decoded += len(tokens)
         self.integrity.check()  # a known fault: this model answers nothing more
+        prompt = timed and (empty or len(tokens) > 1)
+        before = self._prompt_counters(dense=True) if prompt else None
         self.pager.begin_batch()
         logits = self.engine.decode(tokens, all_outputs=all_outputs)
         self.pager.reconcile()
         self.integrity.check()  # found during this step: its logits are not an answer
         if timed:
-            self.latency.step(len(tokens), empty, start)
+            self.latency.step(len(tokens), empty, start,
+                              self._prompt_timing(before, len(tokens), start)
+                              if before is not None else None)
         return logits
+
+    def _prompt_counters(self, dense: bool = False) -> dict[str, Any]:
+        """What a prompt step's breakdown is measured against (runtime/generation/latency.py:
+        PromptTiming); dense: also the dense bytes not in memory now (mincore)."""
+        base = self.engine.mapping_base if dense and self._dense_spans else None
+        cs = self.cache.stats() if self.cache is not None else None
+        return {"graph": getattr(self.engine, "graph_build_s", None),
+                "routing": self.pager.stats.routing_s,
+                "verify": self.integrity.expert_verify_s,
+                "bytes": (cs.bytes_loaded if cs is not None else 0)
+                + self.pager.stats.transient_bytes,
+                "dense_pending": (pending_bytes(base, self._dense_spans)
+                                  if base is not None else None)}
+
+    def _prompt_timing(self, before: dict[str, Any], n_tokens: int,
+                       start: float) -> PromptTiming:
+        step_ms = (time.perf_counter() - start) * 1e3
+        after = self._prompt_counters()
+        graph = None if before["graph"] is None else (after["graph"] - before["graph"]) * 1e3
+        return PromptTiming(
+            tokens=n_tokens,
+            step_ms=step_ms,
+            graph_ms=graph or None,
+            experts_ms=(after["routing"] - before["routing"]) * 1e3,
+            verify_ms=(after["verify"] - before["verify"]) * 1e3,
+            expert_bytes=int(after["bytes"] - before["bytes"]),
+            dense_pending_bytes=before["dense_pending"],
+        )
 
     # --- introspection -------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:
@@ -581,6 +622,7 @@ class Model:
             "offloading": b.offloading,
             "n_ctx": self.n_ctx,
             **{k: v for k, v in self._timings.items()},
+            "dense_read_s": self.dense_read_s,
             "transient_loads": self.pager.stats.transient_loads,
             "process_rss_bytes": process_rss(),
             "mapping_rss_bytes": mapping_rss(self.bundle.expert_path),

@@ -81,6 +81,10 @@ class BenchReport:
     ttft_ms_target: float
     itl_ms_target: float
     ceiling: Ceiling
+    load_s: float | None = None  # runtime.load, wall
+    dense_read_ms: float | None = None  # a lazy load's wait for the dense weights
+    # Where the time to first token went (runtime/generation/latency.py: PromptTiming).
+    ttft_breakdown: dict[str, Any] | None = None
 
     @property
     def ttft_ok(self) -> bool:
@@ -159,8 +163,9 @@ def run_benchmark(opts: BenchOptions) -> BenchReport:
     cold = opts.load.cold
     if cold:
         drop_file_cache(opened.model_path)
-    read0 = io_read_bytes()
+    read0, t0 = io_read_bytes(), time.perf_counter()
     with runtime.load(opts.bundle, options=opts.load) as model:
+        load_s = time.perf_counter() - t0
         read1, lifetime = io_read_bytes(), peak_rss()
         peak_rss_reset()
         result = model.generate(opts.prompt, max_tokens=opts.max_tokens, temperature=0.0)
@@ -209,6 +214,10 @@ def run_benchmark(opts: BenchOptions) -> BenchReport:
         ttft_ms_target=profile.ttft_ms_target,
         itl_ms_target=profile.itl_ms_target,
         ceiling=ceiling,
+        load_s=load_s,
+        dense_read_ms=(stats["dense_read_s"] * 1e3
+                       if stats.get("dense_read_s") is not None else None),
+        ttft_breakdown=stats.get("ttft_breakdown"),
     )
 
 
@@ -249,7 +258,28 @@ def render_report(r: BenchReport) -> str:
         f"machine's memory bandwidth ({c.memory_gb_s:.1f} GB/s, numpy copy): "
         f"memory-bound limit {c.memory_bound_tok_s:.0f} tok/s",
     ]
+    lines.extend(_breakdown_lines(r))
     if r.cold:
         lines.append(f"  storage: decode read {_rate(c.decode_storage_mb_s, '.1f')} MB/s; this "
                      f"machine reads {_rate(c.storage_mb_s, '.0f')} MB/s (4 MiB reads, cold)")
     return "\n".join(lines) + "\n"
+
+
+def _breakdown_lines(r: BenchReport) -> list[str]:
+    """Where the first token's time went, and what loading did before it."""
+    out = []
+    load = f"  load {r.load_s * 1e3:.0f} ms" if r.load_s is not None else "  load n/a"
+    if r.dense_read_ms is not None:
+        load += f" (dense weights read and waited for: {r.dense_read_ms:.1f} ms)"
+    b = r.ttft_breakdown
+    if not b:
+        return [load]
+    graph = "n/a" if b.get("graph_ms") is None else f"{b['graph_ms']:.1f}"
+    pending = b.get("dense_pending_bytes")
+    out.append(f"  first token          prompt step {b['step_ms']:.1f} ms = graph build {graph} + "
+               f"compute {b['compute_ms']:.1f} + expert reads and checks {b['experts_ms']:.1f} "
+               f"(verify {b['verify_ms']:.1f}; {b['expert_bytes'] / 1e6:.1f} MB of experts), "
+               f"then first sample {_rate(b.get('first_sample_ms'), '.1f')} ms")
+    out.append(load + ("" if pending is None else
+                       f"; dense bytes not yet in memory at the prompt {pending / 1e6:.1f} MB"))
+    return out

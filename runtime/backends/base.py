@@ -104,6 +104,11 @@ class RoutingLog(Protocol):
 
     def set_prefetch(self, depth: int, width: int) -> None: ...
 
+    def hidden(self, layer: int) -> np.ndarray | None:
+        """`layer`'s residual input rows of the batch being computed, f32 [n_tokens, n_embd],
+        while its routing event is handled; None when the engine cannot say."""
+        ...
+
     def use_known(self, on: bool) -> None:
         """One-token steps skip the stop at `known` layers (counted, not logged), or not."""
         ...

@@ -16,6 +16,7 @@ The same log carries the prefetches the tap issued (runtime/experts/prefetcher.p
 
 from __future__ import annotations
 
+import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +29,7 @@ from runtime.backends.base import Backend, RoutingEvent, RoutingLog
 from runtime.backends.llama_cpp.tap_source import MARK, PREFETCH_BASE
 from runtime.backends.mapping import FileMapping
 from runtime.errors import ModelCorruptError
+from runtime.experts.batch_prefetch import BatchPrefetch
 from runtime.experts.cache import ExpertCache, ExpertState, Residency
 from runtime.experts.prefetcher import (
     Prefetcher,
@@ -54,6 +56,7 @@ class PagerStats:
 
     transient_loads: int = 0
     transient_bytes: int = 0
+    routing_s: float = 0.0  # wall time in on_routing: admissions, reads waited for, checks
 
 
 class ExpertReader(Protocol):
@@ -112,6 +115,7 @@ class ExpertPager:
         self._probe = RoutingProbe() if record else None  # per-token rows, when asked
         self._base = 0  # the probe's current batch start (for replayed rows)
         self.prefetcher: Prefetcher | None = None
+        self.batch_prefetch: BatchPrefetch | None = None  # prompts: the next layer's experts
         self.reader: ExpertReader | None = None  # set by the runtime when reads are checked
 
     # --- the engine's routing log (hits kept out of Python) ------------------------------
@@ -182,6 +186,8 @@ class ExpertPager:
             return f"off: {refused}"
         pregate = Pregate(read_routers(model_path, sorted(self.layers)))
         forget = self.residency.forget if cold else None
+        self.batch_prefetch = BatchPrefetch(pregate, sorted(self.layers), self.top_k,
+                                            self.residency.load, forget)
         got = start_prefetch(self._log, settings, pregate, self.layers, self.n_experts,
                              self.top_k, self.residency.mapping, forget)
         if isinstance(got, str):
@@ -190,7 +196,10 @@ class ExpertPager:
         return "on"
 
     def prefetch_stats(self) -> dict[str, int]:
-        return self.prefetcher.stats() if self.prefetcher is not None else {}
+        out = self.prefetcher.stats() if self.prefetcher is not None else {}
+        if self.batch_prefetch is not None:
+            out.update(self.batch_prefetch.stats())
+        return out
 
     def sync(self) -> None:
         """Replay what the engine logged, so books and probe are current. Call it from the
@@ -245,6 +254,13 @@ class ExpertPager:
     def on_routing(self, event: RoutingEvent) -> bool:
         """Admit the layer's experts; True asks the engine to stop before its matmuls (an
         expert could not be brought in whole: the fault is in the reader's state)."""
+        t0 = time.perf_counter()
+        try:
+            return self._on_routing(event)
+        finally:
+            self.stats.routing_s += time.perf_counter() - t0
+
+    def _on_routing(self, event: RoutingEvent) -> bool:
         if self._log is not None and len(self._log):
             self._replay(self._log.drain())
         if self._probe is not None:
@@ -263,6 +279,9 @@ class ExpertPager:
         admit, surplus = self._split(layer, needed)
         if self.prefetcher is not None and event.n_tokens == 1:
             self.prefetcher.routed(layer, needed)
+        batch = self.batch_prefetch
+        if batch is not None:
+            batch.routed(layer, needed)
         fresh = [e for e in admit if self.cache.state(layer, e) == ExpertState.RELEASED]
         self._fresh.extend((layer, e) for e in fresh)
         self.cache.access(layer, admit)
@@ -276,6 +295,12 @@ class ExpertPager:
                     # Start reading now, all of them: the matmul would otherwise fault them
                     # in one page at a time, in its own order, with nothing read ahead.
                     self.residency.load(layer, e)
+        if batch is not None and event.n_tokens > 1 and not self._transient \
+                and self._log is not None:
+            # After this layer's reads were asked for: storage serves them first.
+            hidden = self._log.hidden(layer)
+            if hidden is not None:
+                batch.guess(layer, hidden, self._counted, self._slots(layer + 1))
         if self.reader is not None and not self._bring_in(layer, fresh):
             return self._stop()
         if self._log is not None:
@@ -301,6 +326,17 @@ class ExpertPager:
         if self._log is not None:
             self._log.python_needed = True
         return True
+
+    def _counted(self, layer: int, expert: int) -> bool:
+        assert self.cache is not None
+        return self.cache.state(layer, expert) != ExpertState.RELEASED
+
+    def _slots(self, layer: int) -> int:
+        """Experts of `layer` (or the next MoE layer) the unpinned capacity holds."""
+        assert self.cache is not None
+        size = self.expert_bytes.get(layer) or next(
+            (self.expert_bytes[x] for x in sorted(self.expert_bytes) if x > layer), 0)
+        return (self.cache.capacity_bytes - self.cache.pinned_bytes) // size if size else 0
 
     def _split(self, layer: int, needed: list[int]) -> tuple[list[int], list[int]]:
         """Most-used experts first, as many as the unpinned capacity holds; pinned always fit."""
@@ -333,6 +369,8 @@ class ExpertPager:
             self._transient.clear()
             self._fresh.clear()
             return
+        if self.batch_prefetch is not None and step_end:
+            self.batch_prefetch.settle(self._counted)
         for layer, e in self._transient:
             if self.cache.state(layer, e) == ExpertState.RELEASED:
                 self.residency.release(layer, e)

@@ -56,6 +56,37 @@ class Histogram:
                 "p50": p50, "p95": p95}
 
 
+@dataclass
+class PromptTiming:
+    """Where one prompt's time to first token went (ms; None where it was not measured).
+
+    step_ms is the engine step over the prompt batch: llama.cpp building the graph (`graph_ms`:
+    from the decode call to the first node it computes), the pager at routing events
+    (`experts_ms`: admissions, the expert reads it waited for, first-read checks, of which
+    `verify_ms` hashing) and the rest, computing (`compute_ms`, which also holds page faults
+    on weights not yet in memory: `dense_pending_bytes` says how many dense bytes were still to
+    be read when the prompt started). `first_sample_ms` is what follows the step until the
+    first token is sampled and handed on (the next step's start): ttft_ms = step + that."""
+
+    tokens: int
+    step_ms: float
+    graph_ms: float | None
+    experts_ms: float
+    verify_ms: float
+    expert_bytes: int
+    dense_pending_bytes: int | None
+    first_sample_ms: float | None = None
+    ttft_ms: float | None = None
+
+    @property
+    def compute_ms(self) -> float:
+        return max(0.0, self.step_ms - (self.graph_ms or 0.0) - self.experts_ms)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**{k: getattr(self, k) for k in self.__dataclass_fields__},
+                "compute_ms": self.compute_ms}
+
+
 class LatencyRecorder:
     """Time to first token and inter-token latency over every generation of one Model."""
 
@@ -64,15 +95,25 @@ class LatencyRecorder:
         self.itl = Histogram()
         self._last_start: float | None = None
         self._prompt_start: float | None = None
+        self.last_prompt: PromptTiming | None = None  # the latest prompt's breakdown
 
-    def step(self, n_tokens: int, from_empty: bool, start: float) -> None:
+    def step(self, n_tokens: int, from_empty: bool, start: float,
+             prompt: PromptTiming | None = None) -> None:
         """An engine step of `n_tokens` started at `start` (perf_counter seconds);
-        `from_empty`: it began a new context (a prompt)."""
+        `from_empty`: it began a new context (a prompt); `prompt`: where a prompt step's time
+        went (completed with the time to first token when the next step starts)."""
         if from_empty or n_tokens > 1:
             self._prompt_start, self._last_start = start, None
+            if prompt is not None:
+                self.last_prompt = prompt
             return
         if self._prompt_start is not None:  # first token: prompt start to its sampling
-            self.ttft.observe(start - self._prompt_start)
+            ttft = start - self._prompt_start
+            self.ttft.observe(ttft)
+            p = self.last_prompt
+            if p is not None and p.ttft_ms is None:
+                p.ttft_ms = ttft * 1e3
+                p.first_sample_ms = max(0.0, p.ttft_ms - p.step_ms)
             self._prompt_start = None
         elif self._last_start is not None:
             self.itl.observe(start - self._last_start)
@@ -85,6 +126,8 @@ class LatencyRecorder:
             for q in (50, 95):
                 v = h.quantile(q / 100)
                 out[f"{name}_ms_p{q}"] = None if v is None else v * 1e3
+        out["ttft_breakdown"] = (self.last_prompt.to_dict() if self.last_prompt is not None
+                                 else None)
         out["latency_histograms"] = {"ttft_seconds": self.ttft.to_dict(),
                                      "inter_token_seconds": self.itl.to_dict()}
         return out

@@ -77,3 +77,18 @@ def test_engine_threads_respect_the_profile_cores(monkeypatch):
     assert threads.engine_threads(None, 16, None) == 8  # never more than this process may use
     assert threads.engine_threads(6, 4, 2) == 6  # an explicit request wins
 
+
+
+def test_a_prompt_breakdown_is_completed_by_the_first_token():
+    from runtime.generation.latency import PromptTiming
+
+    r = LatencyRecorder()
+    timing = PromptTiming(tokens=40, step_ms=150.0, graph_ms=1.0, experts_ms=40.0,
+                          verify_ms=5.0, expert_bytes=10, dense_pending_bytes=0)
+    r.step(40, True, 10.0, timing)
+    r.step(1, False, 10.2)  # the first one-token step starts 200 ms after the prompt's
+    b = r.stats()["ttft_breakdown"]
+    assert b["ttft_ms"] == pytest.approx(200.0) and b["first_sample_ms"] == pytest.approx(50.0)
+    assert b["compute_ms"] == pytest.approx(109.0)  # step - graph - experts
+    r.step(1, False, 10.3)
+    assert r.stats()["ttft_breakdown"]["ttft_ms"] == pytest.approx(200.0)  # the first's only

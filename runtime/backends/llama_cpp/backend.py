@@ -9,6 +9,7 @@ madvise can give back. Routing is observed through llama.cpp's eval callback on 
 from __future__ import annotations
 
 import ctypes
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
@@ -206,6 +207,9 @@ class LlamaBackend:
         self.n_past = 0
         self._piece = ctypes.create_string_buffer(64)
         self._batch_shape: tuple[int, bool] | None = None
+        # Seconds from each decode call to its compute's start (graph build, allocation,
+        # inputs), summed; measured where the routing tap sees the first node.
+        self.graph_build_s = 0.0
         # Recurrent layers keep one state, not a per-token cache: `truncate` may only go back
         # into the last decoded batch, as far as the context's snapshots reach, once per batch.
         m = self.model.model
@@ -276,7 +280,17 @@ class LlamaBackend:
         tap logs them; see runtime/experts/pager.py); None when the tap answers in Python."""
         if self._tap is None or self._routing_kinds != (TOPK,) or self._extra:
             return None
-        return self._tap.routing_log(TOPK, n_layers, n_experts, top_k)
+        log = self._tap.routing_log(TOPK, n_layers, n_experts, top_k)
+        if log is not None and HIDDEN in self._tap.watch:
+            log.read_hidden = self._hidden_rows
+        return log
+
+    def _hidden_rows(self, layer: int) -> np.ndarray | None:
+        """The residual input (`ffn_inp`) of `layer` for the batch being computed: watched,
+        and still alive while the layer's routing event is delivered."""
+        assert self._tap is not None
+        addr = self._tap.watched(self._tap.watch.index(HIDDEN), layer)
+        return self._read_rows(addr, np.float32) if addr else None
 
     # --- tokens ----------------------------------------------------------------------------
     def tokenize(self, text: str, special: bool = True) -> list[int]:
@@ -359,7 +373,14 @@ class LlamaBackend:
                 if self._tap is not None:
                     self._tap.new_graph_shape()
             self.batch.set_batch(chunk, n_past=self.n_past, logits_all=all_outputs)
-            self.ctx.decode(self.batch)
+            if self._tap is not None:
+                self._tap.first_question_ns(reset=True)
+                start = time.monotonic_ns()
+                self.ctx.decode(self.batch)
+                asked = self._tap.first_question_ns()
+                self.graph_build_s += (asked - start) / 1e9 if asked > start else 0.0
+            else:
+                self.ctx.decode(self.batch)
             self.n_past += len(chunk)
             # A batch's snapshots are the states after each of its last tokens.
             self._rollback_room = min(self.rollback_depth or 0, len(chunk) - 1)

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import mmap as _mmap
 import os
 import struct
@@ -179,23 +180,51 @@ def lazy_mapping(lib: ctypes.CDLL, lib_path: Path, anchor: str) -> Iterator[Lazy
 
 def advise_random_except(base: int, size: int, keep: list[tuple[int, int]]) -> bool:
     """After a lazy load: no readahead on the mapping (MADV_RANDOM, else a fault on one expert
-    reads its neighbours, and at worst the whole file), then start reading `keep` (the dense
-    weights, file offsets [lo, hi)) in the background so the first token does not fault them
-    in page by page. False where madvise is unavailable (nothing changes then)."""
+    reads its neighbours, and at worst the whole file), then read `keep` (the dense weights,
+    file offsets [lo, hi)): every range is asked for at once (WILLNEED, so storage serves them
+    together) and then waited for (MADV_POPULATE_READ, Linux >= 5.14), so the first prompt finds
+    them in memory instead of faulting them in one page at a time. False where madvise is
+    unavailable (nothing changes then)."""
     libc = ctypes.CDLL(None, use_errno=True)
     if not hasattr(libc, "madvise"):
         return False
     libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     page = os.sysconf("SC_PAGE_SIZE")
     length = (size + page - 1) // page * page
-    if libc.madvise(base, length, getattr(_mmap, "MADV_RANDOM", 1)) != 0:
+    # llama.cpp unmaps what it does not use (the header): ENOMEM then only says the range had
+    # holes; the advice holds for every page that is mapped.
+    if libc.madvise(base, length, getattr(_mmap, "MADV_RANDOM", 1)) != 0 \
+            and ctypes.get_errno() != errno.ENOMEM:
         return False
     willneed = getattr(_mmap, "MADV_WILLNEED", 3)
-    for lo, hi in keep:
-        lo, hi = lo // page * page, min(length, (hi + page - 1) // page * page)
-        if hi > lo:
-            libc.madvise(base + lo, hi - lo, willneed)
+    spans = [(lo // page * page, min(length, (hi + page - 1) // page * page)) for lo, hi in keep]
+    spans = [(lo, hi) for lo, hi in spans if hi > lo]
+    for lo, hi in spans:
+        libc.madvise(base + lo, hi - lo, willneed)
+    populate = getattr(_mmap, "MADV_POPULATE_READ", 22 if sys.platform == "linux" else None)
+    for lo, hi in spans if populate is not None else ():
+        if libc.madvise(base + lo, hi - lo, populate) != 0 and ctypes.get_errno() == errno.EINVAL:
+            break  # Linux < 5.14: the engine's own faults bring them in
     return True
+
+
+def pending_bytes(base: int, spans: list[tuple[int, int]]) -> int:
+    """Bytes of file ranges [lo, hi) of a mapping at `base` whose pages are not in memory
+    (mincore): what a step would still fault in from storage."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
+    page = os.sysconf("SC_PAGE_SIZE")
+    missing = 0
+    for lo, hi in spans:
+        lo, hi = lo // page * page, (hi + page - 1) // page * page
+        n = (hi - lo) // page
+        if n <= 0:
+            continue
+        vec = (ctypes.c_ubyte * n)()
+        if libc.mincore(base + lo, hi - lo, vec) != 0:
+            continue
+        missing += sum(1 for v in vec if not v & 1) * page
+    return missing
 
 
 def complement(spans: list[tuple[int, int]], size: int) -> list[tuple[int, int]]:

@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -120,6 +121,8 @@ class RoutingLog:
         self._mark[0] = MARK
         self._keep: list[np.ndarray] = []
         self._pidfd = -1
+        # The engine's reader of a layer's residual input rows (set by the backend).
+        self.read_hidden: Callable[[int], np.ndarray | None] | None = None
         state.n_layers, state.n_experts = n_layers, n_experts
         state.resident = self.resident.ctypes.data
         state.log = self._log.ctypes.data
@@ -144,6 +147,11 @@ class RoutingLog:
         self._log[n * self.width : (n + 1) * self.width] = self._mark
         self._state.log_len = n + 1
         return True
+
+    def hidden(self, layer: int) -> np.ndarray | None:
+        """`layer`'s residual input rows of the batch being computed, f32 [n_tokens, n_embd]
+        (valid while its routing event is handled); None when the engine cannot say."""
+        return self.read_hidden(layer) if self.read_hidden is not None else None
 
     # --- quiet layers ------------------------------------------------------------------------
     def use_known(self, on: bool) -> None:
@@ -311,6 +319,7 @@ class NodeTap:
         self._watch_prefixes = tuple(t.encode() + b"-" for t in watch)
         self._asked: dict[int, bool] = {}
         self._watched: dict[tuple[int, int], int] = {}
+        self._first_ask_ns = 0
         self.callback = llama_cpp.ggml_backend_sched_eval_callback(self._py_eval)
         self.user_data = None
 
@@ -327,6 +336,8 @@ class NodeTap:
     # --- the Python answer (no compiler) -----------------------------------------------------
     def _py_eval(self, tensor: int, ask: bool, _user: int) -> bool:
         if ask:
+            if not self._first_ask_ns:
+                self._first_ask_ns = time.monotonic_ns()
             # Graphs of one batch shape are laid out identically, so the answer is cached per
             # node address (`new_graph_shape` resets it); watched nodes are always re-read.
             known = self._asked.get(tensor)
@@ -372,3 +383,16 @@ class NodeTap:
         if self.kind == "native":
             return self._state.watched[index][layer] or None
         return self._watched.get((index, layer))
+
+    def first_question_ns(self, reset: bool = False) -> int:
+        """time.monotonic_ns() of the first question about a node since the last reset (0:
+        none yet): a decode's graph is built and allocated by then, and its compute starts."""
+        if self.kind == "native":
+            got = int(self._state.first_ask_ns)
+            if reset:
+                self._state.first_ask_ns = 0
+        else:
+            got = self._first_ask_ns
+            if reset:
+                self._first_ask_ns = 0
+        return got

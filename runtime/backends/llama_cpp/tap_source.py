@@ -37,6 +37,7 @@ SOURCE = r"""
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
+#include <time.h>
 #include <unistd.h>
 
 #define MAX_TAPS 8
@@ -106,6 +107,8 @@ struct edgemoe_tap {
     int32_t quiet_pad;
     int64_t quiet;          /* one-token events not stopped at, per level: [1], [2] */
     int64_t quiet_by[3];
+    int64_t first_ask_ns;   /* CLOCK_MONOTONIC of the first question since Python zeroed it:
+                               when a decode's graph was built and its compute began */
     uint32_t epoch;         /* Python bumps it when the batch shape changes (new node layout) */
     uint32_t softmax_bias;  /* biases add to softmax probabilities, not to sigmoids */
     void *watched[MAX_WATCH][MAX_LAYERS];
@@ -337,6 +340,11 @@ bool edgemoe_tap_eval(void *tensor, bool ask, void *user) {
     struct edgemoe_tap *s = (struct edgemoe_tap *)user;
     int32_t layer = 0;
     if (ask) {
+        if (s->first_ask_ns == 0) {
+            struct timespec ts;
+            clock_gettime(CLOCK_MONOTONIC, &ts);
+            s->first_ask_ns = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+        }
         int i = lookup(s, tensor, &layer);
         s->asked++;
         if (i >= s->n_taps) s->watched[i - s->n_taps][layer] = tensor;
@@ -427,6 +435,7 @@ class TapState(ctypes.Structure):
         ("quiet_pad", ctypes.c_int32),
         ("quiet", ctypes.c_int64),
         ("quiet_by", ctypes.c_int64 * 3),
+        ("first_ask_ns", ctypes.c_int64),
         ("epoch", ctypes.c_uint32),
         ("softmax_bias", ctypes.c_uint32),
         ("watched", (ctypes.c_void_p * MAX_LAYERS) * MAX_WATCH),
