@@ -113,6 +113,7 @@ def test_registry_has_the_promised_fixtures():
         "qwen35moe-tiny", "glm4moe-tiny", "lfm2moe-tiny", "ernie45moe-tiny",
         "deepseek4-tiny", "mimo2-tiny", "phimoe-tiny", "qwen3next-tiny", "granitehybrid-tiny",
         "qwen35moe-vl-tiny", *HARMONY_TINY, "gptoss-large", "llama4-tiny", "llama4-vision-tiny",
+        "qwen35moe-large",
     }  # fmt: skip
     assert set(TINY_FIXTURES) == {*MOE_TINY, "dense-tiny", *HARMONY_TINY}
     assert all(spec.is_moe for n, spec in FIXTURES.items() if n != "dense-tiny")
