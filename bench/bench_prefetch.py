@@ -2,7 +2,8 @@
 
 Run:  .venv/bin/python bench/bench_prefetch.py [--fixtures qwen3moe-trained,qwen3moe-medium]
           [--rounds 3] [--threads N] [--wait-policy P] [--decode 64] [--tap-only]
-          [--child-prefix 'nice -n -5']
+          [--child-prefix 'nice -n -5'] [--bundles DIR] [--configs 100,50-cold,25-cold]
+          [--tap-rounds 5]
 
 Per fixture, in one run, side by side: stock `llama_cpp.Llama(use_mmap=False)` and edgemoe at
 100 % (no routing tap), 100 % with the tap forced on (`record_routing=True`: what observing
@@ -13,11 +14,17 @@ reported as the median of the per-round ratios: on a shared machine only times t
 moment compare. Tokens must be identical in every configuration. Then the routing tap's own
 cost at 100 %: no tap, paging at a full budget (resizable) and recording routing, decoded token
 by token in turn in fresh processes (`--child-prefix` goes before each).
+
+The large fixtures (qwen3moe-large, gptoss-large, qwen35moe-large) take minutes to build and to
+pack: `--bundles DIR` keeps each packed bundle there and reuses it, and `--configs` runs a few
+configurations at a time (each is measured against stock on its own, so runs combine; the token
+digest printed per configuration says whether runs decoded the same tokens).
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import shlex
 import statistics
@@ -31,14 +38,14 @@ import numpy as np
 from common import add_thread_options, cpu_window, others_busy, thread_setup
 
 PROMPT_CHARS = 1500
-CONFIGS: tuple[tuple[str, str, bool, bool | None, bool], ...] = (
-    # label, budget, cold, prefetch, record_routing
-    ("100%", "100%", False, False, False),
-    ("100% tap on", "100%", False, False, True),
-    ("50% cold", "50%", True, False, False),
-    ("50% cold + prefetch", "50%", True, True, False),
-    ("25% cold", "25%", True, False, False),
-    ("25% cold + prefetch", "25%", True, True, False),
+CONFIGS: tuple[tuple[str, str, str, bool, bool | None, bool], ...] = (
+    # key (--configs), label, budget, cold, prefetch, record_routing
+    ("100", "100%", "100%", False, False, False),
+    ("100-tap", "100% tap on", "100%", False, False, True),
+    ("50-cold", "50% cold", "50%", True, False, False),
+    ("50-cold-prefetch", "50% cold + prefetch", "50%", True, True, False),
+    ("25-cold", "25% cold", "25%", True, False, False),
+    ("25-cold-prefetch", "25% cold + prefetch", "25%", True, True, False),
 )
 
 
@@ -201,33 +208,69 @@ def tap_overhead(bundle: Path, prompt_ids: list[int], args: argparse.Namespace, 
               + (f"; hits without a stop {quiet}" if quiet else ""))
 
 
-def bench_fixture(name: str, quant: str, args: argparse.Namespace) -> None:
-    import runtime
-    from edgemoe_fixtures import cached_fixture
-    from edgemoe_fixtures.corpus import heldout_text
+def packed(name: str, quant: str, keep: str | None) -> Path:
+    """The fixture packed at `quant`: into a fresh temporary folder, or kept under `keep` and
+    reused by later runs (a large fixture's pack takes minutes)."""
+    from edgemoe_fixtures import cached_fixture, spec_hash
+    from edgemoe_fixtures.specs import get_spec
     from packager.api import PackOptions, pack
 
-    bundle = Path(tempfile.mkdtemp(prefix="edgemoe-bench-prefetch-")) / "bundle"
+    if keep is None:
+        bundle = Path(tempfile.mkdtemp(prefix="edgemoe-bench-prefetch-")) / "bundle"
+    else:  # the spec hash in the name: a rebuilt fixture is packed again
+        bundle = Path(keep) / f"{name}-{spec_hash(get_spec(name))}-{quant}"
+        if (bundle / "manifest.json").is_file():
+            return bundle
     pack(PackOptions(src=str(cached_fixture(name)), out_dir=bundle, quant=quant,
                      profile="laptop-16gb", reference=False))
+    return bundle
+
+
+def describe(bundle: Path) -> str:
+    """What the GGUF holds: its size, the experts' share and their tensor types (a checkpoint
+    published with MXFP4 experts keeps them at every quant)."""
+    from contract.manifest import read_manifest
+
+    m = read_manifest(bundle)
+    total = (bundle / m.model_file).stat().st_size
+    types = sorted({t.ggml_type for layer in m.expert_layers for t in layer.tensors})
+    return (f"GGUF {total / 1e6:.0f} MB, experts {m.expert_bytes_total / 1e6:.0f} MB "
+            f"({m.expert_bytes_total / total:.1%}, {'/'.join(types)}), "
+            f"{m.shape.n_experts} experts top-{m.shape.top_k} in {len(m.expert_layers)} layers")
+
+
+def digest(tokens: list[int]) -> str:
+    """A short name for a token sequence, to compare runs made in separate processes."""
+    return hashlib.sha256(np.asarray(tokens, dtype=np.int64).tobytes()).hexdigest()[:12]
+
+
+def bench_fixture(name: str, quant: str, args: argparse.Namespace) -> None:
+    import runtime
+    from edgemoe_fixtures.corpus import heldout_text
+
+    bundle = packed(name, quant, args.bundles)
     prompt = heldout_text()[:PROMPT_CHARS]
     with runtime.load(bundle, budget="100%") as m:
         prompt_ids = m.tokenize(prompt)
     n, th, rounds = args.decode, args.threads, args.rounds
     if args.tap_only:
-        print(f"\n{name} {quant}: prompt {len(prompt_ids)} tokens, {th} threads")
-        tap_overhead(bundle, prompt_ids, args, max(rounds, 5))
+        print(f"\n{name} {quant}: {describe(bundle)}\nprompt {len(prompt_ids)} tokens, {th} "
+              "threads")
+        tap_overhead(bundle, prompt_ids, args, args.tap_rounds or max(rounds, 5))
         return
-    print(f"\n{name} {quant}: prompt {len(prompt_ids)} tokens, {n} decode steps, {th} threads; "
-          f"decode speed as a ratio to stock llama.cpp (GGUF fully in RAM), stepped token against "
-          f"token; median of {rounds} rounds")
+    print(f"\n{name} {quant}: {describe(bundle)}\nprompt {len(prompt_ids)} tokens, {n} decode "
+          f"steps, {th} threads; decode speed as a ratio to stock llama.cpp (GGUF fully in RAM), "
+          f"stepped token against token; median of {rounds} rounds", flush=True)
     reference: list[int] | None = None
     stock = Stock(bundle / "model.gguf", prompt_ids, th)
+    prefetch_state: dict[str, str] = {}
     try:
-        print(f"{'configuration':<22} {'ratio':>6}  {'per round':<30} {'hit rate':>8} "
-              f"{'prefetch used/unused':>20}")
-        for label, budget, cold, prefetch, record in CONFIGS:
-            ratios, stats = [], {}
+        print(f"{'configuration':<22} {'ratio':>6}  {'per round':<24} {'hit rate':>8} "
+              f"{'prefetch used/unused':>20} {'tokens':>12} {'others':>6}")
+        for key, label, budget, cold, prefetch, record in CONFIGS:
+            if key not in args.configs:
+                continue
+            ratios, stats, since = [], {}, cpu_window()
             for _ in range(rounds):
                 ratio, tokens, stats = interleaved(stock, bundle, prompt, n, th, budget, cold,
                                                    prefetch, record)
@@ -239,12 +282,22 @@ def bench_fixture(name: str, quant: str, args: argparse.Namespace) -> None:
             used = (f"{stats.get('prefetch_used_experts', 0)}/"
                     f"{stats.get('prefetch_unused_experts', 0)}"
                     if stats.get("prefetch") == "on" else "-")
+            if prefetch:  # "on", or "off: why" (e.g. a gating rule pre-gating cannot rank)
+                prefetch_state[label] = str(stats.get("prefetch")) + (
+                    f" (governor width {stats.get('prefetch_width')} at the end, "
+                    f"{stats.get('prefetch_changes')} changes)"
+                    if stats.get("prefetch") == "on" else "")
             print(f"{label:<22} {statistics.median(ratios):6.2f}  "
-                  f"{' '.join(f'{r:.2f}' for r in ratios):<30} {hit:>8} {used:>20}")
+                  f"{' '.join(f'{r:.2f}' for r in ratios):<24} {hit:>8} {used:>20} "
+                  f"{digest(reference):>12} {others_busy(since):6.2f}", flush=True)
     finally:
         stock.close()
-    print("tokens identical in every edgemoe configuration (greedy)")
-    tap_overhead(bundle, prompt_ids, args, max(rounds, 5))
+    print("tokens identical in every edgemoe configuration above (greedy); others: cores other "
+          "processes kept busy meanwhile")
+    for label, state in prefetch_state.items():
+        print(f"prefetch at {label}: {state}")
+    if args.tap_rounds != 0:
+        tap_overhead(bundle, prompt_ids, args, args.tap_rounds or max(rounds, 5))
 
 
 def main() -> None:
@@ -260,9 +313,20 @@ def main() -> None:
     ap.add_argument("--max-background", type=float, default=0.2,
                     help="cores other processes may keep busy during a tap-cost round "
                          "(a busier round is taken again)")
+    ap.add_argument("--tap-rounds", type=int, default=None,
+                    help="rounds of the routing tap's cost (default: max(rounds, 5); 0: skip)")
+    ap.add_argument("--bundles", default=None,
+                    help="keep packed bundles in this folder and reuse them (default: pack anew)")
+    ap.add_argument("--configs", default=",".join(c[0] for c in CONFIGS),
+                    help="which configurations to measure (default: all)")
     ap.add_argument("--tap-child", default=None, help=argparse.SUPPRESS)
     add_thread_options(ap)
     args = ap.parse_args()
+    keys = [c[0] for c in CONFIGS]
+    args.configs = [k.strip() for k in args.configs.split(",") if k.strip()]
+    unknown = [k for k in args.configs if k not in keys]
+    if unknown:
+        ap.error(f"unknown configuration {', '.join(unknown)} (known: {', '.join(keys)})")
     if args.tap_child is not None:
         spec = json.loads(args.tap_child)
         print(json.dumps(tap_round(spec["bundle"], spec["prompt_ids"], spec["threads"],
