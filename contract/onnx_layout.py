@@ -106,3 +106,26 @@ def onnx_attention(model_path: Path) -> tuple[int, int, int]:
     if not layers or heads <= 0 or dim <= 0:
         raise BundleError(f"{model_path}: no past_key_values inputs with fixed heads/head size")
     return layers, heads, dim
+
+
+_STATE = re.compile(r"^past_(conv|ssm)\.(\d+)$")
+
+
+def onnx_states(model_path: Path) -> dict[str, tuple[int, ...]]:
+    """Recurrent-state input name -> its fixed shape ([1, ...]), for a hybrid model's
+    `past_conv.i` / `past_ssm.i` inputs (packager/onnx_export/recurrent.py); {} for a model
+    with attention layers only."""
+    out: dict[str, tuple[int, ...]] = {}
+    for i in _load_graph(model_path).graph.input:
+        if _STATE.match(i.name):
+            dims = tuple(x.dim_value for x in i.type.tensor_type.shape.dim)
+            if not dims or min(dims) <= 0:
+                raise BundleError(f"{model_path}: recurrent state {i.name} has no fixed shape")
+            out[i.name] = dims
+    return out
+
+
+def onnx_architecture(model_path: Path) -> str:
+    """The architecture the exporter named the graph after ("edgemoe <architecture>")."""
+    name = _load_graph(model_path).graph.name
+    return name.removeprefix("edgemoe ").strip() or "onnx"

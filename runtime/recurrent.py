@@ -13,6 +13,9 @@ So:
 - the further choices of an `n > 1` request recompute the prompt instead of truncating back to it
   (runtime/generation/decoding.py): prefill is deterministic, so each choice sees the same
   prompt logits.
+The ONNX backend holds the state itself (`past_conv.i` / `past_ssm.i` graph inputs): it rolls back
+by restoring the state it kept from before its last batch and recomputing the kept tokens, for
+any architecture, with one copy of the state beside the live one (`RecurrentShape.replay`).
 """
 
 from __future__ import annotations
@@ -47,16 +50,22 @@ class RecurrentShape:
     state_values: int  # n_embd_s: the SSM / delta-rule matrix (0 for short convolutions)
     # state not alike in every listed layer, counted once (DeepSeek-V4's compressor windows)
     other_values: int = 0
+    # The engine rolls back by restoring the state from before its last batch and recomputing
+    # what is kept (the ONNX backend): one copy whatever the draft length.
+    replay: bool = False
 
     @property
     def rollback(self) -> bool:
-        """Whether llama.cpp keeps per-token snapshots of this architecture's state."""
-        return self.arch in ROLLBACK_ARCHS
+        """Whether the engine can take this state back past rejected drafts: llama.cpp where it
+        keeps per-token snapshots of the architecture's state, the ONNX backend always."""
+        return self.replay or self.arch in ROLLBACK_ARCHS
 
     def state_bytes(self, snapshots: int = 0, n_seq: int = 1) -> int:
-        """The state of `n_seq` sequences, each with `snapshots` rollback copies beside it."""
+        """The state of `n_seq` sequences, each with `snapshots` rollback copies beside it
+        (at most one when the engine replays)."""
         values = len(self.layers) * (self.conv_values + self.state_values) + self.other_values
-        return values * STATE_BYTES_PER_VALUE * n_seq * (1 + snapshots)
+        copies = 1 + (min(snapshots, 1) if self.replay else snapshots)
+        return values * STATE_BYTES_PER_VALUE * n_seq * copies
 
 
 def recurrent_layers(get: Get, n_layers: int) -> tuple[int, ...]:
@@ -108,9 +117,11 @@ def _compressor_shape(get: Get, arch: str, n_layers: int) -> RecurrentShape:
 
 
 def recurrent_shape(model_path: Path) -> RecurrentShape | None:
-    """`shape_from_header` of a GGUF file; None for ONNX builds (none export recurrent layers)."""
+    """`shape_from_header` of a GGUF file, `shape_from_states` of an ONNX graph."""
     if model_path.suffix == ".onnx":
-        return None
+        from contract.onnx_layout import onnx_architecture, onnx_states
+
+        return shape_from_states(onnx_architecture(model_path), onnx_states(model_path))
     reader = open_reader(model_path)
 
     def get(key: str, default: Any = None) -> Any:
@@ -121,6 +132,27 @@ def recurrent_shape(model_path: Path) -> RecurrentShape | None:
         return shape_from_header(get)
     except (TypeError, ValueError, UnicodeDecodeError) as e:
         raise BundleError(f"{model_path}: recurrent-state metadata unreadable ({e})") from None
+
+
+def shape_from_states(arch: str, states: dict[str, tuple[int, ...]]) -> RecurrentShape | None:
+    """The recurrent state an ONNX graph carries (`past_conv.i` / `past_ssm.i` inputs, f32);
+    None when it has none. Per layer: its conv values, its matrix-state values; values not
+    alike in every layer are counted in `other_values`."""
+    per_layer: dict[int, dict[str, int]] = {}
+    for name, dims in states.items():
+        kind, layer = name.removeprefix("past_").split(".")
+        n = 1
+        for d in dims:
+            n *= d
+        per_layer.setdefault(int(layer), {})[kind] = n
+    if not per_layer:
+        return None
+    layers = tuple(sorted(per_layer))
+    first = per_layer[layers[0]]
+    conv, ssm = first.get("conv", 0), first.get("ssm", 0)
+    total = sum(sum(v.values()) for v in per_layer.values())
+    return RecurrentShape(arch, layers, conv, ssm, total - len(layers) * (conv + ssm),
+                          replay=True)
 
 
 def speculation_refusal(target: RecurrentShape | None, draft: RecurrentShape | None,

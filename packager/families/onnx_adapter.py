@@ -27,6 +27,7 @@ from packager.onnx_export.blocks import (
 )
 from packager.onnx_export.graph import Scope
 from packager.onnx_export.moe import ExpertExtras, normalize, topk
+from packager.onnx_export.recurrent import StateSpec
 from packager.source import Checkpoint
 
 
@@ -73,6 +74,13 @@ class OnnxAdapter:
             self.refuse("partial_rotary_factor != 1 is not exported")
         if self.n_heads % self.n_kv:
             self.refuse(f"{self.n_heads} heads are not a multiple of {self.n_kv} KV heads")
+
+    # The checkpoint prefixes of the final norm and of each layer's two norms.
+    final_norm: ClassVar[str] = "model.norm"
+
+    def layer_norms(self, i: int) -> tuple[str, str]:
+        """(the norm before the token mixer, the norm before the feed-forward) of layer `i`."""
+        return f"model.layers.{i}.input_layernorm", f"model.layers.{i}.post_attention_layernorm"
 
     def norm(self, ctx: Context, s: Scope, x: str, prefix: str, name: str) -> str:
         """The layer norm whose weights are `{prefix}.*` (RMSNorm; Phi-MoE's is a LayerNorm)."""
@@ -143,6 +151,19 @@ class OnnxAdapter:
     def per_head_norm(self, ctx: Context, s: Scope, pre: str, q: str, k: str):
         """Hook for per-head q/k norms (Qwen3)."""
         return q, k
+
+    # ----- hybrid models: recurrent token mixers (packager/onnx_export/recurrent.py) ---------
+    def states(self) -> dict[int, tuple[StateSpec, ...]]:
+        """The recurrent layers and the state each carries between runs ({}: attention only).
+        Those layers run `mixer` instead of `attention` and have no KV cache."""
+        return {}
+
+    def mixer(self, ctx: Context, s: Scope, i: int, x: str,
+              past: dict[str, str]) -> tuple[str, dict[str, str]]:
+        """A recurrent layer's token mixer: (output [1,S,H], present state by kind) from x and
+        the past state by kind (StateSpec.kind)."""
+        self.refuse(f"layer {i} is recurrent and the family exports no mixer for it")
+        raise AssertionError  # refuse raised
 
     # ----- hook 3: routing ----------------------------------------------------------------
     def route(self, ctx: Context, s: Scope, i: int, logits: str) -> tuple[str, str]:

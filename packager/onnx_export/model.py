@@ -4,6 +4,9 @@ The interface is the conventional decoder-only one onnxruntime-genai drives (``i
 ``attention_mask``, ``position_ids``, ``past_key_values.i.key/value`` in; ``logits``,
 ``present.i.key/value`` out), plus one ``routing.i`` output per MoE layer: the expert ids the
 router chose, [S, top_k] int64, so the runtime can read routing back without engine hooks.
+Hybrid families replace attention in their recurrent layers by a token mixer whose state is
+carried as ``past_conv.i`` / ``past_ssm.i`` inputs and ``present_*`` outputs (recurrent.py);
+those layers have no ``past_key_values.i``.
 """
 
 from __future__ import annotations
@@ -56,34 +59,45 @@ def build_model(
     g.add_input("input_ids", TensorProto.INT64, [1, S])
     g.add_input("attention_mask", TensorProto.INT64, [1, T])
     g.add_input("position_ids", TensorProto.INT64, [1, S])
-    past = []
+    states = fam.states()  # recurrent layers: their state instead of a KV cache
+    past: dict[int, tuple[str, str]] = {}
+    state_in: dict[int, dict[str, str]] = {}
     for i in range(fam.n_layers):
+        if i in states:
+            state_in[i] = {sp.kind: g.add_input(sp.input_name(i), TensorProto.FLOAT,
+                                                [1, *sp.shape]) for sp in states[i]}  # fmt: skip
+            continue
         k = g.add_input(f"past_key_values.{i}.key", TensorProto.FLOAT, [1, kv_heads, P, k_dim])
         v = g.add_input(f"past_key_values.{i}.value", TensorProto.FLOAT, [1, kv_heads, P, v_dim])
-        past.append((k, v))
+        past[i] = (k, v)
 
     root = g.scope("/model")
     h = w.embedding(root.child("embed_tokens"), "input_ids", "model.embed_tokens.weight")
     mask = causal_mask(root.child("attn_mask"), "input_ids", "attention_mask")
     ctx = Context(g, w, mask, rotary(root.child("rotary_emb"), "position_ids", fam.rope()))
-    presents: list[tuple[str, str]] = []
+    presents: dict[int, tuple[str, str]] = {}
+    state_out: dict[int, dict[str, str]] = {}
     routing: dict[int, str] = {}
     stacks: dict[int, LayerStacks | FusedStacks] = {}
     moe_layers = set(fam.moe_layers)
     for i in range(fam.n_layers):
-        ls, pre = root.child(f"layers.{i}"), f"model.layers.{i}"
-        x = fam.norm(ctx, ls, h, f"{pre}.input_layernorm", "input_layernorm")
-        a, pk, pv = fam.attention(ctx, ls.child("attn"), i, x, past[i])
-        presents.append((pk, pv))
+        ls = root.child(f"layers.{i}")
+        in_norm, post_norm = fam.layer_norms(i)
+        x = fam.norm(ctx, ls, h, in_norm, "input_layernorm")
+        if i in states:
+            a, state_out[i] = fam.mixer(ctx, ls.child("mixer"), i, x, state_in[i])
+        else:
+            a, pk, pv = fam.attention(ctx, ls.child("attn"), i, x, past[i])
+            presents[i] = (pk, pv)
         h = ls.op("Add", [h, a], "residual_attn")
-        x = fam.norm(ctx, ls, h, f"{pre}.post_attention_layernorm", "post_attention_layernorm")
+        x = fam.norm(ctx, ls, h, post_norm, "post_attention_layernorm")
         if i in moe_layers:
             m, routing[i], stacks[i] = _moe_layer(ctx, fam, ls.child("moe"), i, x, expert_mode)
         else:
             m = fam.dense_mlp(ctx, ls.child("mlp"), i, x)
         h = ls.op("Add", [h, m], "residual_mlp")
 
-    h = fam.norm(ctx, root, h, "model.norm", "norm")
+    h = fam.norm(ctx, root, h, fam.final_norm, "norm")
     head = "lm_head.weight" if w.has("lm_head.weight") else "model.embed_tokens.weight"
     # Under int4 the LM head stays 8-bit (llama.cpp's Q4 mixes keep the output tensor wider),
     # also when it is the tied embedding table.
@@ -92,7 +106,13 @@ def build_model(
                       bias=bias)  # fmt: skip
 
     g.add_output("logits", logits, TensorProto.FLOAT, [1, S, fam.vocab])
-    for i, (pk, pv) in enumerate(presents):
+    for i in range(fam.n_layers):
+        if i in states:
+            for sp in states[i]:
+                g.add_output(sp.output_name(i), state_out[i][sp.kind], TensorProto.FLOAT,
+                             [1, *sp.shape])  # fmt: skip
+            continue
+        pk, pv = presents[i]
         g.add_output(f"present.{i}.key", pk, TensorProto.FLOAT, [1, kv_heads, T, k_dim])
         g.add_output(f"present.{i}.value", pv, TensorProto.FLOAT, [1, kv_heads, T, v_dim])
     for i, ids in routing.items():

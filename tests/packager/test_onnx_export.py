@@ -40,6 +40,7 @@ FAMILY_BOUNDS = {("deepseek3-tiny", "int4"): (0.92, 5e-3),
 EXPERT_NAMES = {
     "mixtral-tiny": ("block_sparse_moe", "w1", "w3", "w2"),
     "phimoe-tiny": ("block_sparse_moe", "w1", "w3", "w2"),
+    "lfm2moe-tiny": ("feed_forward", "w1", "w3", "w2"),
 }
 
 
@@ -71,18 +72,24 @@ class OnnxModel:
         self.s = ort.InferenceSession(
             str(export.model_file), opts, providers=["CPUExecutionProvider"]
         )
-        self.n_layers = sum(n.endswith(".key") for n in export.input_names)
 
     def empty_past(self) -> dict[str, np.ndarray]:
+        """Empty K/V for attention layers, zeros for a hybrid's recurrent state (its shape is
+        the graph's own: past_conv.i / past_ssm.i)."""
         heads, kd, vd = self.x.kv_layout
         past = {}
-        for i in range(self.n_layers):
-            past[f"past_key_values.{i}.key"] = np.zeros((1, heads, 0, kd), np.float32)
-            past[f"past_key_values.{i}.value"] = np.zeros((1, heads, 0, vd), np.float32)
+        for name in self.x.input_names:
+            if name.endswith(".key"):
+                past[name] = np.zeros((1, heads, 0, kd), np.float32)
+            elif name.endswith(".value"):
+                past[name] = np.zeros((1, heads, 0, vd), np.float32)
+        for arg in self.s.get_inputs():
+            if arg.name.startswith(("past_conv.", "past_ssm.")):
+                past[arg.name] = np.zeros(arg.shape, np.float32)
         return past
 
     def step(self, ids: list[int], past: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        n_past = next(iter(past.values())).shape[2]
+        n_past = next(v for k, v in past.items() if k.endswith(".key")).shape[2]
         feeds = {
             "input_ids": np.array([ids], np.int64),
             "attention_mask": np.ones((1, n_past + len(ids)), np.int64),
@@ -94,10 +101,11 @@ class OnnxModel:
 
     @staticmethod
     def next_past(out: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The presents as the next run's pasts (K/V and any recurrent state)."""
         return {
-            n.replace("present.", "past_key_values."): v
+            n.replace("present.", "past_key_values.").replace("present_", "past_"): v
             for n, v in out.items()
-            if n.startswith("present.")
+            if n.startswith("present")
         }
 
 
@@ -191,6 +199,36 @@ def test_greedy_with_kv_cache_matches_transformers(name, exported, reference):
         tokens.append(int(out["logits"][0, -1].argmax()))
         out = m.step([tokens[-1]], m.next_past(out))
     assert tokens == greedy
+
+
+# Hybrid families: their recurrent layers carry state instead of K and V.
+HYBRID_STATES = {"lfm2moe-tiny": {0: {"conv": (1, 64, 2)}, 2: {"conv": (1, 64, 2)}}}
+
+
+@pytest.mark.parametrize("name", sorted(HYBRID_STATES))
+def test_recurrent_state_is_carried_between_runs(name, exported, fixture_checkpoint):
+    """past_conv.i / past_ssm.i in, present_* out, no KV cache in those layers; a prompt fed in
+    uneven pieces (one token, a few, the rest) gives the logits of one run."""
+    x = exported(name)
+    m = OnnxModel(x)
+    shapes = {a.name: tuple(a.shape) for a in m.s.get_inputs()}
+    want = HYBRID_STATES[name]
+    for layer in range(3):
+        if layer in want:
+            assert f"past_key_values.{layer}.key" not in shapes
+            for kind, shape in want[layer].items():
+                assert shapes[f"past_{kind}.{layer}"] == shape
+                assert f"present_{kind}.{layer}" in x.output_names
+        else:
+            assert f"past_key_values.{layer}.key" in shapes
+    ids = token_chunks(fixture_checkpoint(name), heldout_text(), 64, 64)[0]
+    whole = m.step(ids, m.empty_past())["logits"][0]
+    rows, past = [], m.empty_past()
+    for piece in (ids[:1], ids[1:4], ids[4:5], ids[5:]):
+        out = m.step(piece, past)
+        rows.append(out["logits"][0])
+        past = m.next_past(out)
+    np.testing.assert_allclose(np.concatenate(rows), whole, atol=1e-4)
 
 
 @pytest.mark.reference

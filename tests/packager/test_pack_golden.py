@@ -21,8 +21,8 @@ from tests.packager.synthetic import CONFIGS, write_checkpoint
 pytestmark = pytest.mark.engine
 
 BUILDS = (("gguf", "F16"), ("onnx", "fp32"), ("onnx", "int8"))
-# Families whose ONNX export refuses (no recurrent layers in the exporter): GGUF only.
-GGUF_ONLY = ("deepseek4", "granitehybrid", "lfm2moe", "mimo2", "qwen35moe", "qwen3next", "llama4")
+# Families whose ONNX export refuses (see each family's onnx_missing): GGUF only.
+GGUF_ONLY = ("deepseek4", "granitehybrid", "mimo2", "qwen35moe", "qwen3next", "llama4")
 ONNX_ONLY = ("phimoe",)  # llama.cpp's graph would run another model: no GGUF is written
 FILES = ("model.gguf", "model.onnx", "model.onnx.data", "genai_config.json", "manifest.json")
 
@@ -132,6 +132,22 @@ GOLDEN: dict[str, dict[str, str]] = {
             "aa67b7bf7841f0769c9d201947f2e059fb503408e4ffd231dbad3b75ce3c6f9e",
         "gguf-F16/manifest.json":
             "54ba6a5c83154740ac42f790116c7ca25576d4a0e0644b779096aee4fafdd8e3",
+        "onnx-fp32/model.onnx":
+            "c0677a9cfead8702cb7f405252359416f5c884738ad788b4358402e75c9c32dc",
+        "onnx-fp32/model.onnx.data":
+            "c46732d8f11eeeaca2b2a1458cb000e4de0ad0f2fcedb92b9b3b22b736cc78a5",
+        "onnx-fp32/genai_config.json":
+            "813643e7a5382772964a2dbcca6f127d2e2ceb7b69835acc20cc1f709fd1224b",
+        "onnx-fp32/manifest.json":
+            "e744c080dc6b4bb6e116ca6813cd709829aa77e87bf557c21e12e0fd2eabf463",
+        "onnx-int8/model.onnx":
+            "b56e75eec1cbf35669bafe94d658cd470b6f69d6f99e272aafc59ea2d79d3954",
+        "onnx-int8/model.onnx.data":
+            "3b83665a8cf61e47001042d15bf0e7c92b6cf054a25b4e6b3e537b68c55756e9",
+        "onnx-int8/genai_config.json":
+            "813643e7a5382772964a2dbcca6f127d2e2ceb7b69835acc20cc1f709fd1224b",
+        "onnx-int8/manifest.json":
+            "75675ad480a0db72d6437f412f180aedab99ff396a62edc16fddd9d32629e571",
     },
     "mimo2": {
         "gguf-F16/model.gguf":

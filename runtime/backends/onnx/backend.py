@@ -2,8 +2,9 @@
 
 The graph has the conventional decoder-only interface (input_ids, attention_mask, position_ids,
 past_key_values.i.key/value -> logits, present.i.key/value) plus `routing.i` outputs: the experts
-each MoE layer's router chose. Expert weights are stacked initializers in the external-data file,
-which onnxruntime memory-maps (one mapping per initializer).
+each MoE layer's router chose. A hybrid's recurrent layers carry past_conv.i / past_ssm.i state
+instead of K and V (recurrent_state.py). Expert weights are stacked initializers in the
+external-data file, which onnxruntime memory-maps (one mapping per initializer).
 
 A quantized build runs each MoE layer's experts as one fused QMoE node whose stacks the export
 declares as overridable initializers (packager/onnx_export/qmoe.py): onnxruntime never packs
@@ -35,6 +36,13 @@ from runtime.backends.base import (
     SamplerSettings,
 )
 from runtime.backends.mapping import FileMapping
+from runtime.backends.onnx.recurrent_state import (
+    RollbackPoint,
+    initial_state,
+    no_point,
+    present_name,
+    state_names,
+)
 from runtime.backends.onnx.stages import StagedRunner, Stopped, staged_runner
 from runtime.backends.onnx.tokenizer import HFTokenizer
 from runtime.backends.sampling import NumpySampler
@@ -138,7 +146,7 @@ class OnnxBackend:
 
     name = "onnx"
     wait_policy = "onnxruntime, spinning off"  # its own pool; see allow_spinning below
-    recurrent = False  # the exported families are attention-only
+    recurrent = False  # set per graph: hybrids carry recurrent state (recurrent_state.py)
     lazy_load = None  # onnxruntime maps each initializer itself: nothing to read lazily
     mapping_base = None  # ... in many pieces (file_mapping() lists them)
 
@@ -182,11 +190,16 @@ class OnnxBackend:
             (n for n in self._inputs if _PAST.match(n)),
             key=lambda n: (int(_PAST.match(n).group(1)), n),  # type: ignore[union-attr]
         )
+        # A hybrid's recurrent state rides along with K and V (fed back after every run).
+        self._state_names = state_names(self._inputs)
+        self._past_names += self._state_names
+        self.recurrent = bool(self._state_names)
+        self._point: RollbackPoint | None = None  # the state before the last batch (truncate)
         self._routing = {int(m.group(1)): n for n in outputs if (m := _ROUTING.match(n))}
         # Fetched every run, in this order: logits, each layer's present K/V, each MoE layer's ids.
         self._outputs = [
             "logits",
-            *(n.replace("past_key_values", "present") for n in self._past_names),
+            *(present_name(n) for n in self._past_names),
             *(self._routing[k] for k in sorted(self._routing)),
         ]
         self._kv_dtype = np.float16 if "float16" in self._first_past_type() else np.float32
@@ -269,25 +282,48 @@ class OnnxBackend:
     def reset(self) -> None:
         self.n_past = 0
         self._past = {}
+        self._point = None
+        for name in self._state_names:
+            self._past[name] = initial_state(self._inputs[name].shape)
         for name in self._past_names:
+            if name in self._past:
+                continue
             shape = [1 if not isinstance(d, int) else d for d in self._inputs[name].shape]
             shape[2] = 0  # [batch, kv heads, past length, head dim]
             self._past[name] = np.zeros(shape, dtype=self._kv_dtype)
 
     def truncate(self, n_past: int) -> None:
         """Forget every position from n_past on (a speculative step's rejected drafts): the
-        past arrays are cut along their sequence axis ([batch, heads, past length, ...])."""
+        past arrays are cut along their sequence axis ([batch, heads, past length, ...]); a
+        recurrent state goes back to before the last batch and its kept tokens are recomputed
+        (recurrent_state.py), which reaches no further back than that batch."""
         if not 0 <= n_past <= self.n_past:
             raise EdgemoeError(f"cannot truncate {self.n_past} positions to {n_past}")
         if n_past == self.n_past:
             return
+        replay: tuple[int, ...] = ()
+        if self.recurrent:  # back to the state before the last batch, then its kept tokens
+            if self._point is None:
+                raise no_point(self.n_past, n_past)
+            replay = self._point.replay(n_past, self.n_past)
+            self._past.update(self._point.states)
+            n_past = self._point.n_past
         for name, past in self._past.items():
-            self._past[name] = np.ascontiguousarray(past[:, :, :n_past])
+            if name not in self._state_names:
+                self._past[name] = np.ascontiguousarray(past[:, :, :n_past])
         self.n_past = n_past
+        for start in range(0, len(replay), self._batch):
+            self._run(list(replay[start : start + self._batch]))
+        if self.n_past != n_past + len(replay):
+            raise EdgemoeError("the recurrent state could not be recomputed (a layer's experts "
+                               "were not brought in)")  # fmt: skip
 
     def decode(self, tokens: list[int], all_outputs: bool = False) -> np.ndarray:
         if self.n_past + len(tokens) > self.cfg.n_ctx:
             raise EdgemoeError(f"context full ({self.cfg.n_ctx} tokens)")
+        if self.recurrent and self.cfg.rollback_tokens > 0:
+            states = {n: self._past[n] for n in self._state_names}
+            self._point = RollbackPoint(self.n_past, states, tuple(tokens))
         out: list[np.ndarray] = []
         for start in range(0, len(tokens), self._batch):
             logits = self._run(tokens[start : start + self._batch])
