@@ -349,10 +349,11 @@ def test_chat_template_rendering_is_bounded(case):
 
 
 @pytest.mark.unit
-def test_bounded_sandbox_renders_as_jinja_does():
+def test_bounded_sandbox_renders_as_transformers_does():
     """The bounds change no output: loops, loop.*, namespaces, filters, `~`, `%`, str
-    methods and tojson render exactly as jinja's own sandbox renders them."""
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
+    methods and tojson render exactly as transformers renders a chat template (its
+    sandboxed jinja with its own tojson: key order kept, no HTML escaping)."""
+    from transformers.utils.chat_template_utils import _compile_jinja_template
 
     from runtime.generation.chat_template import render_chat
 
@@ -368,9 +369,8 @@ def test_bounded_sandbox_renders_as_jinja_does():
     messages = [{"role": "system", "content": " be brief "},
                 {"role": "user", "content": "what is 2 + 2 & <b>?"},
                 {"role": "assistant", "content": "4"}, {"role": "user", "content": "ok"}]
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True)
-    expected = env.from_string(template).render(messages=messages, add_generation_prompt=True,
-                                                bos_token="", eos_token="")
+    expected = _compile_jinja_template(template).render(
+        messages=messages, add_generation_prompt=True, bos_token="", eos_token="")
     assert render_chat(template, messages) == expected
 
 
