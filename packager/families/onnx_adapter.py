@@ -10,7 +10,8 @@ and never branches on the family. Adapters read the family's typed config, never
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -21,6 +22,7 @@ from packager.onnx_export.blocks import (
     RopeSpec,
     apply_rope,
     attend,
+    causal_mask,
     dense_mlp,
     heads,
     with_past,
@@ -29,6 +31,8 @@ from packager.onnx_export.graph import Scope
 from packager.onnx_export.moe import ExpertExtras, normalize, topk
 from packager.onnx_export.recurrent import StateSpec
 from packager.source import Checkpoint
+
+T = TypeVar("T")
 
 
 class OnnxAdapter:
@@ -54,6 +58,7 @@ class OnnxAdapter:
         self.vocab = c.vocab_size
         self.top_k = c.top_k
         self.n_experts = c.n_experts
+        self._per_graph: dict[tuple[int, str], Any] = {}
         self.validate()
 
     @property
@@ -91,8 +96,29 @@ class OnnxAdapter:
         return self.config.moe_layers
 
     def kv_layout(self) -> tuple[int, int, int]:
-        """(heads, key dim, value dim) of past_key_values.* for every layer."""
+        """(heads, key dim, value dim) of past_key_values.* for every layer (the widest, where
+        layers differ: `kv_layouts`)."""
         return self.n_kv, self.head_dim, self.head_dim
+
+    def kv_layouts(self) -> tuple[tuple[int, int, int], ...]:
+        """Per layer, (heads, key dim, value dim) of its past_key_values (hook: MiMo's sliding
+        layers cache more heads than its full ones)."""
+        return (self.kv_layout(),) * self.n_layers
+
+    # ----- tensors shared by the layers of one kind ---------------------------------------
+    def per_graph(self, ctx: Context, key: str, build: Callable[[], T]) -> T:
+        """Tensors built once per graph where the first layer that needs them asks, then reused
+        (a sliding-window mask, a second rotary table)."""
+        slot = (id(ctx), key)
+        if slot not in self._per_graph:
+            self._per_graph[slot] = build()
+        return self._per_graph[slot]
+
+    def window_mask(self, ctx: Context, window: int) -> str:
+        """The additive mask of sliding-window layers: the last `window` positions, the query
+        included (transformers' `sliding_window`)."""
+        return self.per_graph(ctx, f"window{window}", lambda: causal_mask(
+            ctx.graph.scope("/model/sliding_mask"), "input_ids", "attention_mask", window))
 
     # ----- rotary -------------------------------------------------------------------------
     def rope_dim(self) -> int:

@@ -55,7 +55,7 @@ def build_model(
 ) -> BuiltModel:
     g = Graph()
     w = Weights(ckpt, g, writer, quant, dequant, precision)
-    kv_heads, k_dim, v_dim = fam.kv_layout()
+    layouts = fam.kv_layouts()  # per layer: (KV heads, key dim, value dim)
     g.add_input("input_ids", TensorProto.INT64, [1, S])
     g.add_input("attention_mask", TensorProto.INT64, [1, T])
     g.add_input("position_ids", TensorProto.INT64, [1, S])
@@ -67,6 +67,7 @@ def build_model(
             state_in[i] = {sp.kind: g.add_input(sp.input_name(i), TensorProto.FLOAT,
                                                 [1, *sp.shape]) for sp in states[i]}  # fmt: skip
             continue
+        kv_heads, k_dim, v_dim = layouts[i]
         k = g.add_input(f"past_key_values.{i}.key", TensorProto.FLOAT, [1, kv_heads, P, k_dim])
         v = g.add_input(f"past_key_values.{i}.value", TensorProto.FLOAT, [1, kv_heads, P, v_dim])
         past[i] = (k, v)
@@ -113,6 +114,7 @@ def build_model(
                              [1, *sp.shape])  # fmt: skip
             continue
         pk, pv = presents[i]
+        kv_heads, k_dim, v_dim = layouts[i]
         g.add_output(f"present.{i}.key", pk, TensorProto.FLOAT, [1, kv_heads, T, k_dim])
         g.add_output(f"present.{i}.value", pv, TensorProto.FLOAT, [1, kv_heads, T, v_dim])
     for i, ids in routing.items():

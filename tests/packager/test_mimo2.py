@@ -1,5 +1,5 @@
 """MiMo-V2-Flash: both config namings, the GGUF llama.cpp's mimo2 reads, the variants refused in
-one line, ONNX refused naming what the exporter lacks, MTP blocks skipped."""
+one line, the ONNX adapter's per-layer caches and refusals, MTP blocks skipped."""
 
 from __future__ import annotations
 
@@ -108,16 +108,19 @@ def test_mtp_blocks_are_skipped_and_mtp_only_is_refused():
         adapter.plan(mtp | {"model.embed_tokens.weight": (16, 32)}, lambda n: np.zeros(1))
 
 
-def test_onnx_is_refused_naming_sliding_attention_with_sinks(tmp_path):
+def test_onnx_caches_each_layer_kind_at_its_width_and_refuses_other_widths(tmp_path):
     from packager.source import open_checkpoint
 
-    family = family_for(_m())
     ckpt = open_checkpoint(write_checkpoint("mimo2", tmp_path / "ck"))
-    with pytest.raises(UnsupportedArchitectureError, match="sliding-window attention with "
-                       "per-head sinks") as err:  # fmt: skip
-        family.check(ckpt, ("gguf", "onnx"))
-    assert "\n" not in str(err.value)
-    family.check(ckpt, ("gguf",))
+    family = family_for(_m())
+    family.check(ckpt, ("gguf", "onnx"))
+    # The full layer caches 1 KV head, the sliding ones 2; Q/K 12 wide, V 8.
+    assert family.onnx(ckpt).kv_layouts() == ((1, 12, 8), (2, 12, 8), (2, 12, 8))
+    for change, message in (({"swa_head_dim": 16}, "swa_head_dim=16 differs from 12"),
+                            ({"scoring_func": "softmax"}, "scoring_func 'softmax'")):
+        with pytest.raises(UnsupportedArchitectureError, match=message) as err:
+            family_for(_m(**change)).onnx(ckpt)
+        assert "(ONNX export)" in str(err.value) and "\n" not in str(err.value)
 
 
 def test_pruning_keeps_two_experts_in_every_group():

@@ -74,17 +74,13 @@ class OnnxModel:
         )
 
     def empty_past(self) -> dict[str, np.ndarray]:
-        """Empty K/V for attention layers, zeros for a hybrid's recurrent state (its shape is
-        the graph's own: past_conv.i / past_ssm.i)."""
-        heads, kd, vd = self.x.kv_layout
+        """Empty caches shaped as the graph declares each layer's (MiMo's differ by layer);
+        zeros for a hybrid's recurrent state (past_conv.i / past_ssm.i)."""
         past = {}
-        for name in self.x.input_names:
-            if name.endswith(".key"):
-                past[name] = np.zeros((1, heads, 0, kd), np.float32)
-            elif name.endswith(".value"):
-                past[name] = np.zeros((1, heads, 0, vd), np.float32)
         for arg in self.s.get_inputs():
-            if arg.name.startswith(("past_conv.", "past_ssm.")):
+            if arg.name.startswith("past_key_values."):
+                past[arg.name] = np.zeros((1, arg.shape[1], 0, arg.shape[3]), np.float32)
+            elif arg.name.startswith(("past_conv.", "past_ssm.")):
                 past[arg.name] = np.zeros(arg.shape, np.float32)
         return past
 

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.engine
 
 BUILDS = (("gguf", "F16"), ("onnx", "fp32"), ("onnx", "int8"))
 # Families whose ONNX export refuses (see each family's onnx_missing): GGUF only.
-GGUF_ONLY = ("deepseek4", "granitehybrid", "mimo2", "qwen35moe", "qwen3next", "llama4")
+GGUF_ONLY = ("deepseek4", "granitehybrid", "qwen35moe", "qwen3next", "llama4")
 ONNX_ONLY = ("phimoe",)  # llama.cpp's graph would run another model: no GGUF is written
 FILES = ("model.gguf", "model.onnx", "model.onnx.data", "genai_config.json", "manifest.json")
 
@@ -154,6 +154,22 @@ GOLDEN: dict[str, dict[str, str]] = {
             "8a520e00238c3cd2a7e3b8f075f6f46cc4bd6399e8a51baa1102c3fc42fdb4bd",
         "gguf-F16/manifest.json":
             "8cc15d7ae0044253d5d190b9e57d73168d8b45906b3d4e882b176be929e2d275",
+        "onnx-fp32/model.onnx":
+            "bcfc898957f73fa50b7fce25c166d2368210762d971378093e6f777e9db521f5",
+        "onnx-fp32/model.onnx.data":
+            "167790319118e3c305e76071c241d8084485e7051b6a9db56c3866a5cfb8ee7b",
+        "onnx-fp32/genai_config.json":
+            "101eb4edbe2763879b7f5fc51653b4cfd3432aaf8ba51a1188efa34cec181a4d",
+        "onnx-fp32/manifest.json":
+            "04eb7d031d67b2d60037b4c824e858b1c66311ea5e2bfe1d5511d6ade8ddacb4",
+        "onnx-int8/model.onnx":
+            "c19bb036004e3ab011c480fa50c506002c7d2cd12d4b86094d4db383bab23b2e",
+        "onnx-int8/model.onnx.data":
+            "40bdb57b23f8309d2542d0cdc17ad00bab39d354e653a7f49304afc8cce8d438",
+        "onnx-int8/genai_config.json":
+            "101eb4edbe2763879b7f5fc51653b4cfd3432aaf8ba51a1188efa34cec181a4d",
+        "onnx-int8/manifest.json":
+            "b16513d0c0beca081428a5fbfa2a3524e40ac7b4f1a081926cb1d405e4ee3b84",
     },
     "llama4": {
         "gguf-F16/model.gguf":

@@ -22,7 +22,6 @@ from packager.onnx_export.blocks import (
     Context,
     apply_rope,
     attend,
-    causal_mask,
     heads,
     with_past,
 )
@@ -41,7 +40,6 @@ class GptOssOnnx(OnnxAdapter):
             self.refuse("partial_rotary_factor != 1 is not exported")
         if self.n_heads % self.n_kv:
             self.refuse(f"{self.n_heads} heads are not a multiple of {self.n_kv} KV heads")
-        self._window_mask: tuple[int, str] | None = None
 
     def moe_prefix(self, i: int) -> str:
         return f"model.layers.{i}.mlp"
@@ -61,21 +59,15 @@ class GptOssOnnx(OnnxAdapter):
         v = heads(s, v, self.n_kv, self.head_dim, "v_heads")
         k_all = with_past(s, past[0], k, "key")
         v_all = with_past(s, past[1], v, "value")
-        mask = self._sliding_mask(ctx) if self.config.sliding()[i] else None
+        mask = None
+        if self.config.sliding()[i]:
+            window = self.config.require(self.config.sliding_window, "sliding_window")
+            mask = self.window_mask(ctx, int(window))
         out = attend(s.child("sdpa"), ctx, q, k_all, v_all, self.n_heads, self.n_kv,
                      (self.head_dim, self.head_dim), self.head_dim**-0.5, mask=mask,
                      sinks=w.vector(f"{pre}.sinks"))  # fmt: skip
         y = w.linear(s.child("o_proj"), out, f"{pre}.o_proj.weight", bias=f"{pre}.o_proj.bias")
         return y, k_all, v_all
-
-    def _sliding_mask(self, ctx: Context) -> str:
-        """The sliding-window layers' mask, built once per graph."""
-        if self._window_mask is None or self._window_mask[0] != id(ctx):
-            scope = ctx.graph.scope("/model/sliding_mask")
-            window = int(self.config.require(self.config.sliding_window, "sliding_window"))
-            self._window_mask = (id(ctx), causal_mask(scope, "input_ids", "attention_mask",
-                                                      window))  # fmt: skip
-        return self._window_mask[1]
 
     # ----- experts ----------------------------------------------------------------------------
     def expert_readers(self, i: int):

@@ -4,10 +4,15 @@ multi-token-prediction blocks are skipped."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from packager.families.family import Family
 from packager.families.mimo2.config import MiMoV2Config
 from packager.families.mimo2.gguf import MiMoV2GGUF
 from packager.families.registry import register
+
+if TYPE_CHECKING:
+    from packager.families.onnx_adapter import OnnxAdapter
 
 
 @register
@@ -15,6 +20,8 @@ class MiMoV2(Family):
     hf_architectures = ("MiMoV2FlashForCausalLM",)
     config_type = MiMoV2Config
     gguf_type = MiMoV2GGUF
-    onnx_missing = (
-        "sliding-window attention with per-head sinks (MiMo's sliding layers) is not exported"
-    )
+
+    def onnx_type(self) -> type[OnnxAdapter]:
+        from packager.families.mimo2.onnx import MiMoV2Onnx
+
+        return MiMoV2Onnx
