@@ -349,9 +349,6 @@ class Model:
                 self.bundle.expert_path, layers, sums.experts if self.integrity.checksums and sums
                 else None, self.manifest.shape.n_experts, self.integrity, self.residency.populate,
                 self.residency.view)
-            for layer, experts in self._pins.items():  # the hot set is read now, so now checked
-                for e in experts:
-                    self._reader.bring_in(layer, e)
         # A capacity that holds every expert (a full budget loaded resizable) holds them from
         # the start: no misses, and no layer needs the engine to stop (runtime/experts/quiet.py).
         rest: list[tuple[int, int]] = []
@@ -359,9 +356,14 @@ class Model:
             rest = [(layer, e) for layer in sorted(layers)
                     for e in range(self.manifest.shape.n_experts)
                     if e not in self._pins.get(layer, ())]
-            if self._reader is not None:
-                for layer, e in rest:
-                    self._reader.bring_in(layer, e)
+        if self._reader is not None:  # the hot set (and the rest) is read now, so now checked
+            now = [(layer, e) for layer, experts in self._pins.items() for e in experts] + rest
+            # Readahead for all of them first: the mapping is MADV_RANDOM, so populating a cold
+            # expert alone reads it one page per synchronous fault (seconds per load, cold).
+            for layer, e in now:
+                self.residency.load(layer, e)
+            for layer, e in now:
+                self._reader.bring_in(layer, e)
         self.cache = ExpertCache(
             expert_bytes=self._expert_bytes,
             n_experts=self.manifest.shape.n_experts,
