@@ -48,10 +48,15 @@ class Context:
     rope: Rope
 
 
-def causal_mask(s: Scope, input_ids: str, attention_mask: str, window: int | None = None) -> str:
+def causal_mask(
+    s: Scope, input_ids: str, attention_mask: str, window: int | None = None,
+    chunk: int | None = None,
+) -> str:  # fmt: skip
     """Additive [S, T] mask: query i (absolute position T-S+i) sees key j <= it, if unpadded;
     with a `window`, only the last `window` positions (j > i - window, as transformers'
-    sliding-window layers and llama.cpp's standard SWA)."""
+    sliding-window layers and llama.cpp's standard SWA); with a `chunk`, only keys in the
+    query's own `chunk`-token block (j // chunk == i // chunk: Llama 4's chunked attention, as
+    transformers and llama.cpp's chunked SWA compute it)."""
     zero, one = s.const(0), s.const(1)
     seq = s.op("Gather", [s.op("Shape", [input_ids], "ShapeIds"), one], "SeqLen", axis=0)
     total = s.op("Gather", [s.op("Shape", [attention_mask], "ShapeMask"), one], "TotalLen", axis=0)
@@ -63,6 +68,11 @@ def causal_mask(s: Scope, input_ids: str, attention_mask: str, window: int | Non
         recent = s.op("Greater", [keys, s.op("Sub", [queries, s.const(window)], "WindowStart")],
                       "InWindow")  # fmt: skip
         causal = s.op("And", [causal, recent], "CausalWindow")
+    if chunk is not None:
+        size = s.const(chunk)
+        same = s.op("Equal", [s.op("Div", [keys, size], "KeyChunk"),
+                              s.op("Div", [queries, size], "QueryChunk")], "SameChunk")
+        causal = s.op("And", [causal, same], "CausalChunk")  # fmt: skip
     padded = s.op("Cast", [attention_mask], "KeepKeys", to=TensorProto.BOOL)
     allowed = s.op("And", [causal, padded], "Allowed")
     return s.op("Where", [allowed, s.f32(0.0), s.f32(_MASKED)], "Additive")

@@ -45,6 +45,9 @@ class ExpertExtras:
     # (alpha, beta, limit): (clamp(up, ±limit) + beta) * g * sigmoid(alpha * g), g = min(gate,
     # limit) (onnxruntime QMoE's swiglu with swiglu_limit); None: silu(gate) * up.
     swiglu: tuple[float, float, float] | None = None
+    # The router's weight multiplies each chosen expert's input, not its output (Llama 4):
+    # sum_j expert_j(w_j * x) instead of sum_j w_j * expert_j(x) (SwiGLU is not linear).
+    weigh_input: bool = False
 
 
 def clamped_swiglu(s: Scope, gate: str, up: str, alpha: float, beta: float, limit: float) -> str:
@@ -74,15 +77,22 @@ def moe_experts(
     w = ctx.weights
     hidden, ff = stacks.down.shape
     flat = s.reshape(ids, [-1], "FlatIds")
+    weigh_input = extras is not None and extras.weigh_input
     if mode == "unique":
         uniq, _, inverse, _ = s.op("Unique", [flat], "Unique", n_out=4, sorted=1)
         chosen = uniq
         x_in = s.unsqueeze(s.transpose(x2d, [1, 0], "TokensT"), [0], "AllTokens")  # [1, H, T]
+        if weigh_input:
+            x_in = s.op("Mul", [x_in, _unique_input_weights(s, uniq, ids, weights)],
+                        "WeighInput")  # [U, H, T]  # fmt: skip
     else:
         chosen = flat
         tiled = s.op("Expand", [s.unsqueeze(x2d, [1], "PerSlot"), s.const([1, top_k, 1])],
                      "Tile")  # fmt: skip
         x_in = s.reshape(tiled, [-1, hidden, 1], "PairCols")  # [T*k, H, 1]
+        if weigh_input:
+            x_in = s.op("Mul", [x_in, s.reshape(weights, [-1, 1, 1], "PairWeights")],
+                        "WeighInput")  # fmt: skip
     gate_up = w.gather_experts(s.child("gate_up"), stacks.gate_up, chosen)
     gu = s.op("MatMul", [gate_up, x_in], "gate_up/MatMul")  # [n, 2F, cols]
     if extras is not None and extras.gate_up_bias is not None:
@@ -111,8 +121,20 @@ def moe_experts(
         )  # fmt: skip
         y = s.op("GatherND", [y, coords], "PickPairs")
     y = s.reshape(y, [-1, top_k, hidden], "PerToken")
-    scaled = s.op("Mul", [y, s.unsqueeze(weights, [-1], "WeightCol")], "Weigh")
-    return s.op("ReduceSum", [scaled, s.const([1])], "SumSlots", keepdims=0)
+    if not weigh_input:
+        y = s.op("Mul", [y, s.unsqueeze(weights, [-1], "WeightCol")], "Weigh")
+    return s.op("ReduceSum", [y, s.const([1])], "SumSlots", keepdims=0)
+
+
+def _unique_input_weights(s: Scope, uniq: str, ids: str, weights: str) -> str:
+    """[U, 1, T]: each distinct chosen expert's router weight for each token (0 where the
+    token did not choose it; those products are never picked)."""
+    hit = s.op("Equal", [s.unsqueeze(uniq, [1, 2], "UniqCol"), s.unsqueeze(ids, [0], "IdsRow")],
+               "ChoseExpert")  # [U, T, k]  # fmt: skip
+    per_slot = s.op("Where", [hit, s.unsqueeze(weights, [0], "WeightsRow"), s.f32(0.0)],
+                    "SlotWeights")  # fmt: skip
+    per_token = s.op("ReduceSum", [per_slot, s.const([-1])], "ExpertWeights", keepdims=0)
+    return s.unsqueeze(per_token, [1], "ExpertWeightCol")
 
 
 def _expert_bias(s: Scope, y: str, table: str, chosen: str, name: str) -> str:

@@ -139,10 +139,11 @@ def qmoe(
     Mixture weights are never negative, so weights + 1 > 0 marks exactly the chosen experts.
     """
     zeros = s.op("Mul", [logits, s.f32(0.0)], "Zeros")
+    if extras is not None and extras.weigh_input:
+        return _qmoe_weighing_inputs(s, x2d, zeros, weights, ids, stacks, top_k, block_size)
     marks = s.op("Add", [weights, s.f32(1.0)], "Marks")
     select = s.op("ScatterElements", [zeros, ids, marks], "SelectScores", axis=1)
     route = s.op("ScatterElements", [zeros, ids, weights], "RouteWeights", axis=1)
-    gu, dn = stacks.gate_up, stacks.down
     fc1_bias = fc2_bias = ""
     act = {"activation_alpha": 1.0, "activation_beta": 0.0}
     if extras is not None:  # gpt-oss: biases (gate/up interleaved as the codes) and the clamp
@@ -155,13 +156,40 @@ def qmoe(
         if extras.swiglu is not None:
             alpha, beta, limit = extras.swiglu
             act = {"activation_alpha": alpha, "activation_beta": beta, "swiglu_limit": limit}
+    return _qmoe_node(s, x2d, select, route, stacks, top_k, block_size, fc1_bias, fc2_bias,
+                      act, "QMoE")  # fmt: skip
+
+
+def _qmoe_node(s: Scope, x2d: str, select: str, route: str, stacks: FusedStacks, top_k: int,
+               block_size: int, fc1_bias: str, fc2_bias: str, act: dict[str, float],
+               name: str) -> str:  # fmt: skip
+    gu, dn = stacks.gate_up, stacks.down
     inputs = [x2d, select, gu.codes.name, gu.scales.name, fc1_bias, dn.codes.name,
               dn.scales.name, fc2_bias, "", "", "", gu.zero_points.name, dn.zero_points.name, "",
               route]  # fmt: skip
     return s.op(
-        "QMoE", inputs, "QMoE", domain=MS_DOMAIN, k=top_k, expert_weight_bits=gu.bits,
+        "QMoE", inputs, name, domain=MS_DOMAIN, k=top_k, expert_weight_bits=gu.bits,
         block_size=block_size, activation_type="swiglu", swiglu_fusion=1,
         normalize_routing_weights=0, weights_prepacked=0, **act,
     )  # fmt: skip
 
 
+def _qmoe_weighing_inputs(s: Scope, x2d: str, zeros: str, weights: str, ids: str,
+                          stacks: FusedStacks, top_k: int, block_size: int) -> str:  # fmt: skip
+    """Experts whose input the router's weight scales (Llama 4). QMoE weighs outputs and feeds
+    every chosen expert the same row, so each of the k slots is one QMoE node choosing one
+    expert (weight 1) for its token's row times that slot's weight; their sum is the layer's.
+    With k = 1 (every released Llama 4) that is one node, as for any other family."""
+    act = {"activation_alpha": 1.0, "activation_beta": 0.0}
+    total = ""
+    for j in range(top_k):
+        slot = s.child(f"slot{j}") if top_k > 1 else s
+        w_j = weights if top_k == 1 else s.slice(weights, j, j + 1, 1, f"slot{j}/Weight")
+        ids_j = ids if top_k == 1 else s.slice(ids, j, j + 1, 1, f"slot{j}/Ids")
+        x_j = slot.op("Mul", [x2d, w_j], "WeighInput")
+        one = slot.op("Add", [slot.op("Mul", [w_j, s.f32(0.0)], "ZeroWeight"), s.f32(1.0)],
+                      "OneWeight")  # fmt: skip
+        mark = slot.op("ScatterElements", [zeros, ids_j, one], "SelectScores", axis=1)
+        y = _qmoe_node(slot, x_j, mark, mark, stacks, 1, block_size, "", "", act, "QMoE")
+        total = y if not total else s.op("Add", [total, y], f"slot{j}/Sum")
+    return total

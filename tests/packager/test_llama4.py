@@ -1,6 +1,8 @@
 """Llama 4: config namings (text model and vision+text composite), the GGUF llama.cpp's llama4
-graph reads, the variants it computes differently (refused naming the field), ONNX refused in
-one line, and a composite packed as its text model (packager/composite.py), saying so."""
+graph reads, the variants it computes differently (refused naming the field), the ONNX graph on
+variants llama.cpp cannot run (small chunks, the no-rope temperature, top-2 input weighting, every
+expert layout) against transformers, and a composite packed as its text model
+(packager/composite.py), saying so."""
 
 from __future__ import annotations
 
@@ -106,13 +108,21 @@ def test_a_128_expert_model_has_no_qk_norm():
         _ = family_for(_l4(num_local_experts=128)).gguf
 
 
-def test_onnx_is_refused_naming_the_missing_piece(tmp_path):
+def test_onnx_reads_what_llama_cpp_hard_codes_and_refuses_what_it_cannot_compute(tmp_path):
     from packager.source import open_checkpoint
 
     ckpt = open_checkpoint(write_checkpoint("llama4", tmp_path / "ck"))
-    with pytest.raises(UnsupportedArchitectureError) as err:
-        family_for(ckpt.config).check(ckpt, ("gguf", "onnx"))
-    assert str(err.value).startswith("Llama4ForCausalLM (ONNX export): the router's weight")
+    family_for(ckpt.config).check(ckpt, ("gguf", "onnx"))
+    # Fields llama.cpp's graph fixes are read as they are (the GGUF refuses them above).
+    adapter = family_for(_l4(attention_chunk_size=16, no_rope_layers=[1, 0, 1, 1])).onnx(ckpt)
+    assert [adapter._chunked(i) for i in range(4)] == [True, False, True, True]
+    for change, message in (({"hidden_act": "gelu"}, "hidden_act 'gelu'"),
+                            ({"layer_types": ["sliding_attention"] * 4}, "layer_types"),
+                            ({"attention_chunk_size": 0}, "positive attention_chunk_size")):
+        with pytest.raises(UnsupportedArchitectureError, match=message) as err:
+            family_for(_l4(**change)).onnx(ckpt)
+        assert str(err.value).startswith("Llama4ForCausalLM (ONNX export): ")
+        assert "\n" not in str(err.value)
 
 
 def test_a_composite_is_read_as_its_text_model(tmp_path):
@@ -158,8 +168,9 @@ def _npz(src, tmp_path):
 @pytest.mark.engine
 @pytest.mark.reference
 def test_composite_fixture_packs_its_text_model_and_says_so(fixture_checkpoint, tmp_path):
-    """llama4-vision-tiny (a one-layer vision tower beside the text model): the bundle holds the
-    text model only, matches the composite's own text forward, and the CLI says so."""
+    """llama4-vision-tiny (a one-layer vision tower beside the text model): the GGUF and the
+    ONNX bundle hold the text model only, match the composite's own text forward, and the CLI
+    says so."""
     import subprocess
     import sys
 
@@ -167,20 +178,25 @@ def test_composite_fixture_packs_its_text_model_and_says_so(fixture_checkpoint, 
     from transformers import AutoModelForImageTextToText
 
     from edgemoe_fixtures.corpus import heldout_text
-    from packager.fidelity import gguf_logits, token_chunks
+    from packager.fidelity import gguf_logits, onnx_logits, token_chunks
 
     ckpt = fixture_checkpoint("llama4-vision-tiny")
-    out = tmp_path / "bundle"
-    proc = subprocess.run([sys.executable, "-m", "apps.cli.main", "pack", str(ckpt), "-o",
-                           str(out), "--quant", "F16", "--no-reference"],
-                          capture_output=True, text=True, timeout=600)  # fmt: skip
-    assert proc.returncode == 0, proc.stderr[-2000:]
-    notes = [line for line in proc.stdout.splitlines() if "vision+text checkpoint" in line]
-    assert len(notes) == 1 and "packed its text model (Llama4ForCausalLM)" in notes[0]
-    report = json.loads((out / "report.json").read_text())
-    assert report["text_model"] == notes[0]
-    manifest = json.loads((out / "manifest.json").read_text())
-    assert manifest["shape"]["hf_architecture"] == "Llama4ForCausalLM"
+
+    def pack(fmt: str, quant: str):  # the bundle folder
+        out = tmp_path / fmt
+        proc = subprocess.run([sys.executable, "-m", "apps.cli.main", "pack", str(ckpt), "-o",
+                               str(out), "--format", fmt, "--quant", quant, "--no-reference"],
+                              capture_output=True, text=True, timeout=600)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-2000:]
+        notes = [line for line in proc.stdout.splitlines() if "vision+text checkpoint" in line]
+        assert len(notes) == 1 and "packed its text model (Llama4ForCausalLM)" in notes[0]
+        report = json.loads((out / "report.json").read_text())
+        assert report["text_model"] == notes[0]
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["shape"]["hf_architecture"] == "Llama4ForCausalLM"
+        return out
+
+    out, onnx_out = pack("gguf", "F16"), pack("onnx", "fp32")
     import gguf
 
     names = [t.name for t in gguf.GGUFReader(str(out / "model.gguf")).tensors]
@@ -193,3 +209,76 @@ def test_composite_fixture_packs_its_text_model_and_says_so(fixture_checkpoint, 
     ref, cand = np.concatenate(ref), np.concatenate(cand)
     assert (ref.argmax(-1) == cand.argmax(-1)).mean() >= 0.995
     np.testing.assert_allclose(cand, ref, atol=5e-2)
+    import onnx
+
+    graph = onnx.load(str(onnx_out / "model.onnx"), load_external_data=False).graph
+    assert not any("vision" in t.name or "projector" in t.name for t in graph.initializer)
+    np.testing.assert_allclose(np.concatenate(onnx_logits(onnx_out / "model.onnx", chunks)), ref,
+                               atol=1e-4)  # fmt: skip
+
+
+@pytest.mark.engine
+@pytest.mark.reference
+@pytest.mark.parametrize(
+    ("change", "builds"),
+    [  # chunks of 8 tokens, a temperature floor of 4, two experts per token: the gathered graphs
+        ({"attention_chunk_size": 8, "floor_scale": 4, "num_experts_per_tok": 2},
+         (("fp32", "unique"), ("fp32", "pairs"))),
+        # QMoE with two slots (int8's precision plan names tensors through the GGUF mapping,
+        # which refuses the chunk and floor llama.cpp hard-codes, so those stay at 8192)
+        ({"num_experts_per_tok": 2}, (("int8", "fused"),)),
+    ],
+)
+def test_onnx_computes_chunks_temperature_and_input_weighting_as_transformers(
+    change, builds, fixture_checkpoint, tmp_path
+):
+    """llama4-tiny's weights under configs that exercise what its own config leaves idle
+    (8192-token chunks, a temperature floor of 8192, top-1). Every expert layout agrees with
+    transformers on one prefill and token by token through the cache across chunk borders."""
+    import shutil
+
+    import onnxruntime as ort
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from edgemoe_fixtures.corpus import heldout_text
+    from packager.fidelity import token_chunks
+    from packager.onnx_export import export_onnx
+
+    src = tmp_path / "ck"
+    shutil.copytree(fixture_checkpoint("llama4-tiny"), src)
+    cfg = json.loads((src / "config.json").read_text())
+    (src / "config.json").write_text(json.dumps(cfg | change))
+    ids = token_chunks(src, heldout_text(), n_tokens=40, chunk=40)[0][:-1]
+    model = AutoModelForCausalLM.from_pretrained(src, dtype=torch.float32).eval()
+    with torch.no_grad():
+        ref = model(torch.tensor([ids])).logits[0].numpy()
+
+    def run(sess, names, feed_ids, past):
+        n_past = next(iter(past.values())).shape[2]
+        feeds = {"input_ids": np.array([feed_ids], np.int64),
+                 "attention_mask": np.ones((1, n_past + len(feed_ids)), np.int64),
+                 "position_ids": np.arange(n_past, n_past + len(feed_ids))[None], **past}
+        out = dict(zip(names, sess.run(None, feeds), strict=True))
+        nxt = {k.replace("present.", "past_key_values."): v for k, v in out.items()
+               if k.startswith("present.")}
+        return out, nxt  # fmt: skip
+
+    for quant, mode in builds:
+        x = export_onnx(src, tmp_path / f"{quant}-{mode}", quant, expert_mode=mode)
+        sess = ort.InferenceSession(str(x.model_file), providers=["CPUExecutionProvider"])
+        empty = {i.name: np.zeros((1, i.shape[1], 0, i.shape[3]), np.float32)
+                 for i in sess.get_inputs() if i.name.startswith("past_key_values.")}  # fmt: skip
+        whole, _ = run(sess, x.output_names, ids, empty)
+        out, past = run(sess, x.output_names, ids[:5], empty)
+        steps = [out["logits"][0]]
+        for t in ids[5:]:
+            out, past = run(sess, x.output_names, [t], past)
+            steps.append(out["logits"][0])
+        assert whole["routing.1"].shape == (len(ids), 2)
+        for got in (whole["logits"][0], np.concatenate(steps)):
+            if quant == "fp32":
+                np.testing.assert_allclose(got, ref, atol=1e-4, err_msg=f"{quant} {mode}")
+            else:  # int8 weights: the same choices, within int8's rounding
+                assert (got.argmax(-1) == ref.argmax(-1)).mean() >= 0.97
+                np.testing.assert_allclose(got, ref, atol=0.1, err_msg=f"{quant} {mode}")

@@ -128,13 +128,20 @@ def _reference(ckpt: Path):
     routes: dict[int, np.ndarray] = {}
     hooks = []
     for mod_name, mod in model.named_modules():
-        if "topkrouter" in type(mod).__name__.lower():
-            layer = int(mod_name.split("layers.")[1].split(".")[0])
+        kind = type(mod).__name__.lower()
+        if "topkrouter" not in kind and kind != "llama4router":
+            continue
+        layer = int(mod_name.split("layers.")[1].split(".")[0])
+        if kind == "llama4router":  # (scores, logits): the top-k of the logits is chosen
+
+            def hook(m, _inp, out, layer=layer):
+                routes[layer] = torch.topk(out[1], m.top_k, dim=-1).indices.numpy()
+        else:
 
             def hook(_m, _inp, out, layer=layer):
                 routes[layer] = out[2].detach().numpy()
 
-            hooks.append(mod.register_forward_hook(hook))
+        hooks.append(mod.register_forward_hook(hook))
     with torch.no_grad():
         logits = model(torch.tensor([ids])).logits[0].numpy()
     for h in hooks:
@@ -267,6 +274,10 @@ def _expert_matrices(ckpt, name: str, layer: int, e: int) -> tuple[np.ndarray, n
         pre = f"model.layers.{layer}.mlp.experts"
         gu, d = ckpt.read(f"{pre}.gate_up_proj")[e], ckpt.read(f"{pre}.down_proj")[e]
         return np.concatenate([gu[:, 0::2].T, gu[:, 1::2].T], axis=0), d.T
+    if name.startswith("llama4"):  # fused [E, in, out], gate columns first, then up
+        pre = f"model.layers.{layer}.feed_forward.experts"
+        gu, d = ckpt.read(f"{pre}.gate_up_proj")[e], ckpt.read(f"{pre}.down_proj")[e]
+        return np.ascontiguousarray(gu.T), np.ascontiguousarray(d.T)
     module, gate, up, down = EXPERT_NAMES.get(name, ("mlp", "gate_proj", "up_proj", "down_proj"))
     pre = f"model.layers.{layer}.{module}.experts.{e}"
     g, u, d = (ckpt.read(f"{pre}.{p}.weight") for p in (gate, up, down))

@@ -22,7 +22,7 @@ pytestmark = pytest.mark.engine
 
 BUILDS = (("gguf", "F16"), ("onnx", "fp32"), ("onnx", "int8"))
 # Families whose ONNX export refuses (see each family's onnx_missing): GGUF only.
-GGUF_ONLY = ("deepseek4", "granitehybrid", "qwen35moe", "qwen3next", "llama4")
+GGUF_ONLY = ("deepseek4", "granitehybrid", "qwen35moe", "qwen3next")
 ONNX_ONLY = ("phimoe",)  # llama.cpp's graph would run another model: no GGUF is written
 FILES = ("model.gguf", "model.onnx", "model.onnx.data", "genai_config.json", "manifest.json")
 
@@ -176,6 +176,22 @@ GOLDEN: dict[str, dict[str, str]] = {
             "38464187d1487058e8fc6637cb0f8da37b0fc5f2a700888c75f5a1f003542971",
         "gguf-F16/manifest.json":
             "19b1ad6cc068984719892abbd1eb261686559fbd1a7cedd1788d210735203dc8",
+        "onnx-fp32/model.onnx":
+            "6a0c5f297784a683f48ab4e65140a415782a4a762ecfd44417614156a3dc20e9",
+        "onnx-fp32/model.onnx.data":
+            "48ac39c194c9ed4f5e2d6ef320c1435ca10cf672c1ebd718be8451c8b24d40e9",
+        "onnx-fp32/genai_config.json":
+            "7a4a4adb7b6aac452ebf29f3a7a97f2b6fc0183e0476883e37a5d9a0b9e9bbaf",
+        "onnx-fp32/manifest.json":
+            "abb115a6a6c80d69b9073ad043eb67fa012c2103a0aa03d9f0f93601688f3ee1",
+        "onnx-int8/model.onnx":
+            "0be7edb94a888f1e5fce621a8d8f9ade51b97afd5b6276b3a8ed8778ccec9604",
+        "onnx-int8/model.onnx.data":
+            "9ba22008a4a787b1cc52ecf5e0b41910881ff411c85e6f275c43532a63e883ed",
+        "onnx-int8/genai_config.json":
+            "7a4a4adb7b6aac452ebf29f3a7a97f2b6fc0183e0476883e37a5d9a0b9e9bbaf",
+        "onnx-int8/manifest.json":
+            "c7dc315c43c8c98d92c7cf29533a317bcf041422cf38513d805bc2be7cc3a892",
     },
     "mixtral": {
         "gguf-F16/model.gguf":

@@ -4,10 +4,15 @@ checkpoint (Llama4ForConditionalGeneration) is packed as its text model, and say
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from packager.families.family import Family
 from packager.families.llama4.config import Llama4Config
 from packager.families.llama4.gguf import Llama4GGUF
 from packager.families.registry import register
+
+if TYPE_CHECKING:
+    from packager.families.onnx_adapter import OnnxAdapter
 
 
 @register
@@ -17,5 +22,8 @@ class Llama4(Family):
     composite_architectures = ("Llama4ForConditionalGeneration",)
     config_type = Llama4Config
     gguf_type = Llama4GGUF
-    onnx_missing = ("the router's weight scales each expert's input (Llama 4), which the ONNX "
-                    "expert block does not express")  # fmt: skip
+
+    def onnx_type(self) -> type[OnnxAdapter]:
+        from packager.families.llama4.onnx import Llama4Onnx
+
+        return Llama4Onnx

@@ -141,6 +141,13 @@ def _llama3(c: Llama4Config) -> dict:
 def _rope_factors(c: Llama4Config) -> np.ndarray:
     """Per rotary frequency, default / llama3 frequency, as transformers computes llama3 (and
     llama.cpp's converter writes it): llama.cpp divides each angle by it."""
+    inv, new = llama3_frequencies(c)
+    return (inv / new).astype(np.float32)
+
+
+def llama3_frequencies(c: Llama4Config) -> tuple[np.ndarray, np.ndarray]:
+    """(default, llama3-scaled) inverse frequencies of each rotary pair, as transformers'
+    llama3 rope computes them (float64; the ONNX graph rotates by the second)."""
     p = _llama3(c)
     factor, low = float(p["factor"]), float(p["low_freq_factor"])
     high = float(p["high_freq_factor"])
@@ -153,8 +160,7 @@ def _rope_factors(c: Llama4Config) -> np.ndarray:
     smooth = (orig / wavelen - low) / (high - low) if high != low else np.zeros_like(inv)
     smoothed = (1 - smooth) * scaled / factor + smooth * scaled
     medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
-    new = np.where(medium, smoothed, scaled)
-    return (inv / new).astype(np.float32)
+    return inv, np.where(medium, smoothed, scaled)
 
 
 def _natural(name: str) -> list:
