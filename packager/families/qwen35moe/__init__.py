@@ -3,17 +3,15 @@ gated full attention, many small experts and a shared expert, partial M-RoPE."""
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from packager.families.family import Family
 from packager.families.qwen35moe.config import QwenHybridConfig
 from packager.families.qwen35moe.gguf import Qwen35MoeGGUF
 from packager.families.registry import register
 
-# The exporter has no recurrent layer: a DeltaNet layer needs its conv and delta-rule state as
-# extra graph inputs/outputs and a Scan (or per-token unrolled) recurrence over the prompt.
-ONNX_MISSING = (
-    "gated-DeltaNet linear attention layers (a recurrent state carried between calls) are not "
-    "exported; pack GGUF (llama.cpp runs them)"
-)
+if TYPE_CHECKING:
+    from packager.families.onnx_adapter import OnnxAdapter
 
 
 @register
@@ -22,4 +20,8 @@ class Qwen35Moe(Family):
     composite_architectures = ("Qwen3_5MoeForConditionalGeneration",)  # the released form
     config_type = QwenHybridConfig
     gguf_type = Qwen35MoeGGUF
-    onnx_missing = ONNX_MISSING
+
+    def onnx_type(self) -> type[OnnxAdapter]:
+        from packager.families.qwen35moe.onnx import Qwen35MoeOnnx
+
+        return Qwen35MoeOnnx

@@ -3,11 +3,15 @@ fused DeltaNet input projections, 512 small experts and a shared expert, plain p
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from packager.families.family import Family
 from packager.families.qwen3next.config import Qwen3NextConfig
 from packager.families.qwen3next.gguf import Qwen3NextGGUF
-from packager.families.qwen35moe import ONNX_MISSING
 from packager.families.registry import register
+
+if TYPE_CHECKING:
+    from packager.families.onnx_adapter import OnnxAdapter
 
 
 @register
@@ -15,4 +19,8 @@ class Qwen3Next(Family):
     hf_architectures = ("Qwen3NextForCausalLM",)
     config_type = Qwen3NextConfig
     gguf_type = Qwen3NextGGUF
-    onnx_missing = ONNX_MISSING
+
+    def onnx_type(self) -> type[OnnxAdapter]:
+        from packager.families.qwen35moe.onnx import Qwen3NextOnnx
+
+        return Qwen3NextOnnx
