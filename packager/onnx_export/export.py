@@ -141,6 +141,9 @@ def export_onnx(
     from packager.families import family_for  # the families' ONNX hooks import this package
 
     fam = family_for(ckpt.config).onnx(ckpt)
+    if q.is_int:
+        c = fam.config
+        q = q.fitted((c.hidden_size, c.moe_intermediate_size or c.intermediate_size))
     plan = precision_for(q.bits, ckpt.config, fam.n_layers, fam.n_experts, importance)
     out_dir.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(prefix=".onnx-export-", dir=out_dir))

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -60,6 +60,17 @@ class QuantScheme:
 
     def method_for(self, bits: int) -> str:
         return self.method if bits == 4 else "rtn"
+
+    def fitted(self, widths: tuple[int | None, ...]) -> QuantScheme:
+        """The scheme with the largest block (the asked one or smaller, at least 16) that divides
+        every input width given (None: absent). A model whose expert rows are narrower than the
+        asked block (tiny test models: 16-wide experts) is quantized in 16-value blocks instead
+        of refused, as llama.cpp's quantize gives such tensors another type; real MoEs' widths
+        are multiples of 128, so their builds keep the asked block."""
+        block = self.block_size
+        while block > 16 and any(w and w % block for w in widths):
+            block //= 2
+        return self if block == self.block_size else replace(self, block_size=block)
 
     def describe(self, calibrated: bool) -> dict[str, Any]:
         """What report.json says about the scheme (nothing for float storage)."""

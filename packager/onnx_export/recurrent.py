@@ -97,6 +97,13 @@ def gated_rms_norm(s: Scope, x: str, gate: str, weight: str, eps: float, name: s
     return s.op("Mul", [normed, s.silu(gate, f"{name}/gate")], f"{name}/Gate")
 
 
+def typed(s: Scope, x: str, name: str) -> str:
+    """x as float32 by a Cast, for values computed from onnxruntime's own ops (MatMulNBits),
+    which onnx's shape inference gives no type: a Scan's outputs are typed only when all its
+    inputs are, and the runtime's paging stages need every border value's type."""
+    return s.op("Cast", [x], name, to=TensorProto.FLOAT)
+
+
 class _Body:
     """A Scan body under construction: value names prefixed with the Scan's own path, so no
     body shadows a name of the graph around it."""
@@ -143,8 +150,8 @@ def delta_rule(
         s.reshape(k, [0, heads, 1, dk], "KRows"),
         s.reshape(k, [0, heads, dk, 1], "KCols"),
         s.reshape(v, [0, heads, 1, dv], "VRows"),
-        s.reshape(decay, [0, heads, 1, 1], "DecayCells"),
-        s.reshape(beta, [0, heads, 1, 1], "BetaCells"),
+        s.reshape(typed(s, decay, "DecayTyped"), [0, heads, 1, 1], "DecayCells"),
+        s.reshape(typed(s, beta, "BetaTyped"), [0, heads, 1, 1], "BetaCells"),
     ]
     b = _Body(s, "DeltaRule")
     h = b.input("state", [heads, dk, dv])

@@ -1,5 +1,5 @@
 """The hybrid recurrent families (Qwen3.5-MoE): config namings, the GGUF llama.cpp reads, the
-variants refused in one line, ONNX refused naming the missing piece, the planner's state."""
+variants refused in one line, the ONNX state layout, the planner's state."""
 
 from __future__ import annotations
 
@@ -57,15 +57,18 @@ def test_qwen35moe_variants_llama_cpp_cannot_run_are_named(change, message):
     assert "\n" not in str(err.value)
 
 
-def test_qwen35moe_onnx_is_refused_naming_the_recurrent_layers(tmp_path):
+def test_qwen35moe_onnx_carries_conv_and_delta_rule_state_per_deltanet_layer(tmp_path):
+    from packager.onnx_export.recurrent import StateSpec
     from packager.source import open_checkpoint
 
     family = family_for(_q35())
+    assert family.onnx_missing == ""  # exported (packager/families/qwen35moe/onnx.py)
     ckpt = open_checkpoint(write_checkpoint("qwen35moe", tmp_path / "ck"))
-    with pytest.raises(UnsupportedArchitectureError, match="gated-DeltaNet") as err:
-        family.check(ckpt, ("gguf", "onnx"))
-    assert "\n" not in str(err.value)
-    family.check(ckpt, ("gguf",))  # GGUF alone is fine
+    family.check(ckpt, ("gguf", "onnx"))
+    states = family.onnx(ckpt).states()
+    # Layer 0 only: conv over q 16 + k 16 + v 32 channels, (4 - 1) taps; 4 value heads of 8 x 8.
+    assert states == {0: (StateSpec("conv", (64, 3)), StateSpec("ssm", (4, 8, 8)))}
+    assert sum(s.values for s in states[0]) == family.gguf.recurrent_state_values()
 
 
 def test_qwen35moe_mtp_weights_are_skipped_and_mtp_only_is_refused():

@@ -217,3 +217,11 @@ def test_threaded_search_gives_the_same_bytes_as_one_pass():
     pooled = quant._search_rows(blocks, weights, 15)
     for a, b in zip(one, pooled, strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_block_wider_than_the_experts_is_halved_to_fit():
+    q = scheme("int4", 32)
+    assert q.fitted((64, 32)) is q  # real widths keep the asked block
+    assert q.fitted((64, 16)).block_size == 16  # 16-wide experts
+    assert q.fitted((64, None)).block_size == 32  # a width the config leaves out
+    assert q.fitted((64, 8)).block_size == 16  # never below 16: the quantizer then names it

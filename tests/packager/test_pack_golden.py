@@ -22,7 +22,7 @@ pytestmark = pytest.mark.engine
 
 BUILDS = (("gguf", "F16"), ("onnx", "fp32"), ("onnx", "int8"))
 # Families whose ONNX export refuses (see each family's onnx_missing): GGUF only.
-GGUF_ONLY = ("deepseek4", "granitehybrid", "qwen35moe", "qwen3next")
+GGUF_ONLY = ("deepseek4", "granitehybrid")
 ONNX_ONLY = ("phimoe",)  # llama.cpp's graph would run another model: no GGUF is written
 FILES = ("model.gguf", "model.onnx", "model.onnx.data", "genai_config.json", "manifest.json")
 
@@ -242,6 +242,22 @@ GOLDEN: dict[str, dict[str, str]] = {
             "a86b56a510e3bbb8eeed47ee320e42243d8520096d4f4472258e13096eb2c34b",
         "gguf-F16/manifest.json":
             "06be3912b0892c31f1e45bc94aff361e55c129934dac6fec32b8d89f5fe26b22",
+        "onnx-fp32/model.onnx":
+            "f8bd15721b13b884d84269b6aae3a7f42e67ea8c86d0857cf5fc36705fddd966",
+        "onnx-fp32/model.onnx.data":
+            "4c2d6594f47cb7e9fed772d60560a603d97ac9f3788d1e304385b9987f4baadc",
+        "onnx-fp32/genai_config.json":
+            "dc540e4dcf32e346281559dffdb36814d8dd9b664635d4cff9e8869c5cf4a7f7",
+        "onnx-fp32/manifest.json":
+            "9f37e2e8ee016124367fadf6bc3efab80cdd4cdf55932e6e78241de0379b97f6",
+        "onnx-int8/model.onnx":
+            "8d563c253b390e2fb9440c7d764b926d3b903a2096121d7aa6dc0bd80be1b9c2",
+        "onnx-int8/model.onnx.data":
+            "995fa20616a2d0f792d84e24ccb70cac50704499d1ad98a4e93b3bebb2fbe755",
+        "onnx-int8/genai_config.json":
+            "dc540e4dcf32e346281559dffdb36814d8dd9b664635d4cff9e8869c5cf4a7f7",
+        "onnx-int8/manifest.json":
+            "8ab04988aed3a46208d62175d3ba5d204f33e01d5783454f1bded5b633b3b135",
     },
     "phimoe": {
         "onnx-fp32/model.onnx":
@@ -266,6 +282,22 @@ GOLDEN: dict[str, dict[str, str]] = {
             "8cfb017e0c9e117da0045560c58d5a7fee2031a4127ee75caf3557c6208a46e1",
         "gguf-F16/manifest.json":
             "0a31a89a15fcdea31ec21a5181fcd44b70128911f9b9c6eb8f89855d910b3984",
+        "onnx-fp32/model.onnx":
+            "3539373f1ca02511f5d5cf3e5592dff3cde39d6c4ac1864ea1c6cbd2fc6f6b9a",
+        "onnx-fp32/model.onnx.data":
+            "c69cca43cb63c4773aff4b0932cad46d802cc288c2d8e87d7b6fe63ac79091de",
+        "onnx-fp32/genai_config.json":
+            "1a5c39350b1a53adcb4902a3f89d2a7aa8568617184d488be3ef9fda9d90b22a",
+        "onnx-fp32/manifest.json":
+            "afb1d4bf6e8d326a838232a2a20a6ce6ce6fc6a590bd768018cd644b9ebcfbf4",
+        "onnx-int8/model.onnx":
+            "c4c87ad2133793b56bbbe72d793728176d74198a2f34cf1fd50e2943fa05a81f",
+        "onnx-int8/model.onnx.data":
+            "dd692e580934a30a043d918f90e27288c70098be8f1a9d6f6ab9ed6b9428d4a2",
+        "onnx-int8/genai_config.json":
+            "1a5c39350b1a53adcb4902a3f89d2a7aa8568617184d488be3ef9fda9d90b22a",
+        "onnx-int8/manifest.json":
+            "2b62cab50a981499940874d0241b50a988e9e2a3355df62ff5372ca7d31bea7f",
     },
     "qwen2moe": {
         "gguf-F16/model.gguf":

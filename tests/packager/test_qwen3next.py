@@ -1,5 +1,5 @@
 """Qwen3-Next: config namings, the fused DeltaNet projections regrouped for llama.cpp, the
-variants refused in one line, ONNX refused, the GGUF stock llama.cpp loads."""
+variants refused in one line, the ONNX state layout, the GGUF stock llama.cpp loads."""
 
 from __future__ import annotations
 
@@ -90,14 +90,17 @@ def test_qwen3next_variants_llama_cpp_cannot_run_are_named(change, message):
     assert "\n" not in str(err.value)
 
 
-def test_qwen3next_onnx_is_refused_naming_the_recurrent_layers(tmp_path):
+def test_qwen3next_onnx_carries_conv_and_delta_rule_state_per_deltanet_layer(tmp_path):
+    from packager.onnx_export.recurrent import StateSpec
     from packager.source import open_checkpoint
 
     family = family_for(_q3n())
+    assert family.onnx_missing == ""  # exported (packager/families/qwen35moe/onnx.py)
     ckpt = open_checkpoint(write_checkpoint("qwen3next", tmp_path / "ck"))
-    with pytest.raises(UnsupportedArchitectureError, match="gated-DeltaNet") as err:
-        family.check(ckpt, ("gguf", "onnx"))
-    assert "\n" not in str(err.value)
+    family.check(ckpt, ("gguf", "onnx"))
+    states = family.onnx(ckpt).states()
+    assert states == {0: (StateSpec("conv", (64, 3)), StateSpec("ssm", (4, 8, 8)))}
+    assert sum(s.values for s in states[0]) == family.gguf.recurrent_state_values()
 
 
 def test_qwen3next_plan_counts_its_deltanet_state():
