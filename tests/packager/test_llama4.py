@@ -97,15 +97,15 @@ def test_fused_experts_are_split_and_transposed_into_llama_cpp_stacks():
 )
 def test_llama4_variants_llama_cpp_computes_differently_are_named(change, message):
     with pytest.raises(UnsupportedArchitectureError) as err:
-        _ = family_for(_l4(**change)).gguf
+        family_for(_l4(**change)).require_gguf()
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
 def test_a_128_expert_model_has_no_qk_norm():
     """llama.cpp skips q/k norms exactly when there are 128 experts (Maverick)."""
-    assert family_for(_l4(num_local_experts=128, use_qk_norm=False)).gguf
+    family_for(_l4(num_local_experts=128, use_qk_norm=False)).require_gguf()
     with pytest.raises(UnsupportedArchitectureError, match="'use_qk_norm' is True"):
-        _ = family_for(_l4(num_local_experts=128)).gguf
+        family_for(_l4(num_local_experts=128)).require_gguf()
 
 
 def test_onnx_reads_what_llama_cpp_hard_codes_and_refuses_what_it_cannot_compute(tmp_path):
@@ -113,8 +113,13 @@ def test_onnx_reads_what_llama_cpp_hard_codes_and_refuses_what_it_cannot_compute
 
     ckpt = open_checkpoint(write_checkpoint("llama4", tmp_path / "ck"))
     family_for(ckpt.config).check(ckpt, ("gguf", "onnx"))
-    # Fields llama.cpp's graph fixes are read as they are (the GGUF refuses them above).
-    adapter = family_for(_l4(attention_chunk_size=16, no_rope_layers=[1, 0, 1, 1])).onnx(ckpt)
+    # Fields llama.cpp's graph fixes are read as they are: an ONNX-only pack goes ahead, a GGUF
+    # is refused (above).
+    variant = family_for(_l4(attention_chunk_size=16, no_rope_layers=[1, 0, 1, 1]))
+    variant.check(ckpt, ("onnx",))
+    with pytest.raises(UnsupportedArchitectureError, match="'no_rope_layers'"):
+        variant.check(ckpt, ("onnx", "gguf"))
+    adapter = variant.onnx(ckpt)
     assert [adapter._chunked(i) for i in range(4)] == [True, False, True, True]
     for change, message in (({"hidden_act": "gelu"}, "hidden_act 'gelu'"),
                             ({"layer_types": ["sliding_attention"] * 4}, "layer_types"),
@@ -221,12 +226,10 @@ def test_composite_fixture_packs_its_text_model_and_says_so(fixture_checkpoint, 
 @pytest.mark.reference
 @pytest.mark.parametrize(
     ("change", "builds"),
-    [  # chunks of 8 tokens, a temperature floor of 4, two experts per token: the gathered graphs
+    [  # chunks of 8 tokens, a temperature floor of 4, two experts per token: the gathered
+        # graphs and QMoE with two slots
         ({"attention_chunk_size": 8, "floor_scale": 4, "num_experts_per_tok": 2},
-         (("fp32", "unique"), ("fp32", "pairs"))),
-        # QMoE with two slots (int8's precision plan names tensors through the GGUF mapping,
-        # which refuses the chunk and floor llama.cpp hard-codes, so those stay at 8192)
-        ({"num_experts_per_tok": 2}, (("int8", "fused"),)),
+         (("fp32", "unique"), ("fp32", "pairs"), ("int8", "fused"))),
     ],
 )
 def test_onnx_computes_chunks_temperature_and_input_weighting_as_transformers(

@@ -4,7 +4,7 @@ checkpoint (Llama4ForConditionalGeneration) is packed as its text model, and say
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 from packager.families.family import Family
 from packager.families.llama4.config import Llama4Config
@@ -22,6 +22,12 @@ class Llama4(Family):
     composite_architectures = ("Llama4ForConditionalGeneration",)
     config_type = Llama4Config
     gguf_type = Llama4GGUF
+
+    def require_gguf(self) -> None:
+        """A GGUF is refused for what llama.cpp's graph hard-codes otherwise (gguf.py); an ONNX
+        build reads those fields."""
+        super().require_gguf()
+        cast(Llama4GGUF, self.gguf).check_graph()
 
     def onnx_type(self) -> type[OnnxAdapter]:
         from packager.families.llama4.onnx import Llama4Onnx

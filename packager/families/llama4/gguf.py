@@ -7,7 +7,9 @@ model has 128 experts, and the router: top-k of the logits, each chosen expert's
 multiplied into its input (not its output), one shared expert of the experts' width. It reads
 the MoE interleave step, the expert width and llama3 rope scaling (as the `rope_freqs` tensor,
 one divisor per rotary frequency). So every field those constants stand for is checked against
-them, and refused naming the field where transformers would compute something else.
+them, and refused naming the field where transformers would compute something else, when a
+GGUF is to be written (`check_graph`, through `Llama4.require_gguf`): the mapping itself names
+any variant's tensors for the planner, and the ONNX graph computes those variants as read.
 Experts are stored fused, input-major (gate_up_proj [E, hidden, 2F], down_proj [E, F,
 hidden]); they are split and transposed into llama.cpp's per-projection stacks.
 """
@@ -35,12 +37,16 @@ class Llama4GGUF(GGUFAdapter):
     gguf_arch = gguf.MODEL_ARCH.LLAMA4
 
     def validate(self) -> None:
-        c = self.config
+        c = self.config  # the mapping names MoE layers by the step, as llama.cpp reads them
         if c.moe_layers != c.interleaved_moe_layers:
             raise refuse_field(c, "moe_layers", list(c.moe_layers),
                                f"every {c.interleave_moe_layer_step} layers from layer "
                                f"{c.interleave_moe_layer_step - 1} (interleave_moe_layer_step: "
                                "what llama.cpp reads)")  # fmt: skip
+
+    def check_graph(self) -> None:
+        """Refuse, naming the field, what llama.cpp's llama4 graph computes differently."""
+        c = self.config
         rope = [c.uses_rope(i) for i in range(c.n_layers)]
         if rope != [(i + 1) % NO_ROPE_STEP != 0 for i in range(c.n_layers)]:
             key = "no_rope_layers" if c.no_rope_layers else "no_rope_layer_interval"
