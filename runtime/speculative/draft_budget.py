@@ -1,7 +1,7 @@
 """One memory budget for a target model and its draft: both models' dense weights and KV caches
 come off the top, and the rest is expert capacity kept at the same fraction for both.
 
-Pure arithmetic over the budget inputs of each bundle (`runtime.api._budget_inputs`), so it is
+Pure arithmetic over the budget inputs of each bundle (`runtime.footprint.budget_inputs`), so it is
 tested without a model. Why one fraction: a draft is the same checkpoint built smaller, so its
 routing follows the target's and both caches miss on the same tokens; starving either one
 would turn the draft's saving into storage reads. "50%" therefore keeps half of each model's
@@ -15,7 +15,8 @@ from collections.abc import Mapping
 from runtime.budget import BudgetPlan, BudgetSpec, plan_budget
 from runtime.errors import BudgetError
 
-# dense_bytes, kv_bytes, expert_bytes_total, one_token_expert_bytes (runtime.api._budget_inputs)
+# dense_bytes, kv_bytes, expert_bytes_total, one_token_expert_bytes
+# (runtime.footprint.budget_inputs)
 BudgetInputs = Mapping[str, int]
 
 
