@@ -21,7 +21,7 @@ from runtime.options import LoadOptions
 from runtime.speculative.draft_budget import split_budget
 from runtime.speculative.drafting import NGRAM, ModelDrafter, NgramDrafter, check_vocabularies
 from runtime.speculative.speculator import DEFAULT_DRAFT_TOKENS, Speculator
-from runtime.threads import engine_threads
+from runtime.threads import engine_threads, single_thread_blas
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ def open_model(bundle: str | Path, options: LoadOptions) -> Model:
     n_ctx = context(opened, o.n_ctx)
     threads = engine_threads(o.threads, profile_value(opened, "threads", 4),
                              profile_value(opened, "cores", None))  # runtime/threads.py
+    single_thread_blas()  # numpy's idle BLAS workers must not spin on the engine's cores
     spec = parse_budget(o.budget)
     if spec is None and m.profile.model_memory_bytes:
         spec = parse_budget(m.profile.model_memory_bytes)

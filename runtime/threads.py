@@ -112,6 +112,37 @@ def wait_policy_in_effect() -> str | None:
     return _in_effect
 
 
+# The variables that size a BLAS library's thread pool; a user who set one chose for us.
+BLAS_VARIABLES = ("OPENBLAS_NUM_THREADS", "GOTO_NUM_THREADS", "OMP_NUM_THREADS")
+_blas_limited: object | None = None
+
+
+def single_thread_blas() -> bool:
+    """Run numpy's OpenBLAS on the calling thread only, once per process, unless the user's
+    environment sized its pool. Returns whether a limit is in effect.
+
+    The pager's own numpy work is tiny (pre-gating a prompt batch is a [tokens, hidden] x
+    [hidden, experts] product per MoE layer), but a threaded OpenBLAS hands it to worker threads
+    that then spin for more work on the cores the engine's threads need: measured on
+    qwen3moe-large at 25 % cold, half the CPU samples of the prompt's step were OpenBLAS's idle
+    workers, and the prompt took 3-5x as long. One thread computes such a product in well under
+    a millisecond. Only OpenBLAS is limited (the BLAS numpy's wheels ship), so a reference
+    model's MKL in the same process keeps its threads."""
+    global _blas_limited
+    if _blas_limited is None:
+        _blas_limited = False
+        if not any(v in os.environ for v in BLAS_VARIABLES):
+            try:
+                from threadpoolctl import ThreadpoolController
+
+                pools = ThreadpoolController().select(internal_api="openblas")
+                _blas_limited = pools.limit(limits=1) if pools.lib_controllers else False
+            except Exception as e:  # noqa: BLE001  a speed hint: never a reason not to load
+                log.warning("could not limit numpy's BLAS threads (%s): the engine's threads "
+                            "may share their cores with idle BLAS workers", e)
+    return bool(_blas_limited)
+
+
 def available_cores() -> int:
     """CPUs this process may run on (its affinity mask), else the machine's count."""
     try:

@@ -10,7 +10,7 @@ import sys
 
 import pytest
 
-from runtime.threads import WAIT_POLICIES, WaitPolicyError, check_wait_policy
+from runtime.threads import BLAS_VARIABLES, WAIT_POLICIES, WaitPolicyError, check_wait_policy
 
 pytestmark = pytest.mark.unit
 
@@ -31,12 +31,15 @@ import runtime
 with runtime.load(sys.argv[1], budget="100%", n_ctx=128, threads=2,
                   **({"wait_policy": sys.argv[2]} if sys.argv[2] else {})) as m:
     s = m.stats()
-    print(json.dumps({"wait_policy": s["wait_policy"], "threads": s["threads"]}))
+    from threadpoolctl import threadpool_info
+    blas = [p["num_threads"] for p in threadpool_info() if p["internal_api"] == "openblas"]
+    print(json.dumps({"wait_policy": s["wait_policy"], "threads": s["threads"], "blas": blas}))
 """
 
 
 def _run(code: str, *args: str, env: dict[str, str] | None = None) -> dict:
-    base = {k: v for k, v in os.environ.items() if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")}
+    base = {k: v for k, v in os.environ.items()
+            if k not in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT", *BLAS_VARIABLES)}
     out = subprocess.run([sys.executable, "-c", code, *args], capture_output=True, text=True,
                          timeout=300, env={**base, **(env or {})})
     assert out.returncode == 0, out.stderr[-2000:]
@@ -83,5 +86,14 @@ def test_every_policy_names_only_openmp_variables():
 
 @pytest.mark.engine
 def test_stats_report_the_policy_and_threads_that_ran(tiny_bundle):
-    assert _run(_LOADED, str(tiny_bundle), "") == {"wait_policy": "spin", "threads": 2}
-    assert _run(_LOADED, str(tiny_bundle), "passive") == {"wait_policy": "passive", "threads": 2}
+    for asked, ran in (("", "spin"), ("passive", "passive")):
+        r = _run(_LOADED, str(tiny_bundle), asked)
+        assert (r["wait_policy"], r["threads"]) == (ran, 2)
+
+
+@pytest.mark.engine
+def test_numpys_blas_runs_on_one_thread_unless_the_user_sized_it(tiny_bundle):
+    """Its idle workers would spin on the cores the engine's threads need; a user's own
+    OPENBLAS_NUM_THREADS is left as it is."""
+    assert _run(_LOADED, str(tiny_bundle), "")["blas"] == [1]
+    assert _run(_LOADED, str(tiny_bundle), "", env={"OPENBLAS_NUM_THREADS": "2"})["blas"] == [2]
