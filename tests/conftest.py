@@ -29,7 +29,7 @@ ARCH_FIXTURES = (
 )
 # Families whose `--format onnx` refuses (the exporter has no Mamba2 layer or compressed
 # attention): each family's test file checks its refusal, the ONNX tests run over the others.
-NO_ONNX = ("deepseek4-tiny", "granitehybrid-tiny")
+NO_ONNX = ("deepseek4-tiny",)
 # Families packed as ONNX only (llama.cpp's graph computes another model; the GGUF refusal is
 # tested in tests/packager/test_onnx_only_families.py).
 ONNX_ONLY = ("phimoe-tiny",)

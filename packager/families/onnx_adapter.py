@@ -45,6 +45,9 @@ class OnnxAdapter:
     norm_topk: ClassVar[bool] = False
     # Whether `rotate` handles a rotary width below the head size (GLM's partial rotary).
     partial_rotary: ClassVar[bool] = False
+    # What the embedding rows are multiplied by before the first layer (Granite's
+    # embedding_multiplier); 1 adds no node.
+    embedding_scale: float = 1.0
 
     def __init__(self, config: ModelConfig, ckpt: Checkpoint) -> None:
         self.ckpt = ckpt

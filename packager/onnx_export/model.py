@@ -74,6 +74,8 @@ def build_model(
 
     root = g.scope("/model")
     h = w.embedding(root.child("embed_tokens"), "input_ids", "model.embed_tokens.weight")
+    if fam.embedding_scale != 1.0:
+        h = root.op("Mul", [h, root.f32(fam.embedding_scale)], "embed_scale")
     mask = causal_mask(root.child("attn_mask"), "input_ids", "attention_mask")
     ctx = Context(g, w, mask, rotary(root.child("rotary_emb"), "position_ids", fam.rope()))
     presents: dict[int, tuple[str, str]] = {}

@@ -34,7 +34,7 @@ def test_granite_reads_released_and_transformers_namings():
         assert c.moe_intermediate_size == c.intermediate_size == 32
     family = family_for(released)
     assert family.experts.n_shared_experts == 1 and family.experts.moe_layers == (0, 1)
-    assert "Mamba2" in family.onnx_missing
+    assert family.onnx_missing == ""  # exported (packager/families/granitehybrid/onnx.py)
 
 
 def test_granite_state_and_kv_are_llama_cpps():
@@ -142,15 +142,17 @@ def test_granite_bad_variant_is_one_line_and_nothing_is_written(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
-def test_granite_onnx_is_refused_naming_the_mamba2_layers(tmp_path):
+def test_granite_onnx_carries_conv_and_ssm_state_per_mamba2_layer(tmp_path):
+    from packager.onnx_export.recurrent import StateSpec
     from packager.source import open_checkpoint
 
     family = family_for(_granite())
     ckpt = open_checkpoint(write_checkpoint("granitehybrid", tmp_path / "ck"))
-    with pytest.raises(UnsupportedArchitectureError, match="Mamba2 layers") as err:
-        family.check(ckpt, ("gguf", "onnx"))
-    assert "\n" not in str(err.value)
-    family.check(ckpt, ("gguf",))
+    family.check(ckpt, ("gguf", "onnx"))
+    states = family.onnx(ckpt).states()
+    # Layer 0 only: conv over x 64 + B, C 2 x 2 groups x 8, (4 - 1) taps; 4 heads of 16 x 8.
+    assert states == {0: (StateSpec("conv", (96, 3)), StateSpec("ssm", (4, 16, 8)))}
+    assert sum(s.values for s in states[0]) == family.gguf.recurrent_state_values()
 
 
 def test_granite_zero_width_shared_mlp_writes_none():

@@ -43,7 +43,7 @@ EXPERT_NAMES = {
     "lfm2moe-tiny": ("feed_forward", "w1", "w3", "w2"),
 }
 # Fixtures whose experts are 16 wide, narrower than the default 32-value quant block.
-NARROW_EXPERTS = ("qwen35moe-tiny", "qwen3next-tiny")
+NARROW_EXPERTS = ("qwen35moe-tiny", "qwen3next-tiny", "granitehybrid-tiny")
 
 
 @pytest.fixture(scope="module")
@@ -208,9 +208,11 @@ def test_greedy_with_kv_cache_matches_transformers(name, exported, reference):
 
 # Hybrid families: their recurrent layers carry state instead of K and V.
 _DELTANET = {"conv": (1, 128, 3), "ssm": (1, 4, 16, 16)}  # q+k+v channels; heads x dk x dv
+_MAMBA2 = {"conv": (1, 192, 3), "ssm": (1, 8, 16, 16)}  # x+B+C channels; heads x P x d_state
 HYBRID_STATES = {"lfm2moe-tiny": {0: {"conv": (1, 64, 2)}, 2: {"conv": (1, 64, 2)}},
                  "qwen35moe-tiny": {0: _DELTANET, 2: _DELTANET},
-                 "qwen3next-tiny": {0: _DELTANET, 2: _DELTANET}}
+                 "qwen3next-tiny": {0: _DELTANET, 2: _DELTANET},
+                 "granitehybrid-tiny": {0: _MAMBA2, 2: _MAMBA2}}
 
 
 @pytest.mark.parametrize("name", sorted(HYBRID_STATES))
@@ -244,7 +246,7 @@ def test_recurrent_state_is_carried_between_runs(name, exported, fixture_checkpo
 @pytest.mark.parametrize("name", ONNX_FIXTURES)
 def test_quantized_export_divergence(name, quant, exported, reference):
     x = exported(name, quant)
-    # 16-wide experts (the gated-DeltaNet fixtures) take 16-value blocks, every other the asked 32
+    # 16-wide experts (the hybrid fixtures) take 16-value blocks, every other the asked 32
     narrow = name in NARROW_EXPERTS and quant != "fp16"
     assert x.quant == quant and x.block_size == (16 if narrow else 32)
     ids, ref_logits, _, _, _ = reference(name)
@@ -285,6 +287,10 @@ def _expert_matrices(ckpt, name: str, layer: int, e: int) -> tuple[np.ndarray, n
         pre = f"model.layers.{layer}.feed_forward.experts"
         gu, d = ckpt.read(f"{pre}.gate_up_proj")[e], ckpt.read(f"{pre}.down_proj")[e]
         return np.ascontiguousarray(gu.T), np.ascontiguousarray(d.T)
+    if name.startswith("granitehybrid"):  # fused [E, out, in], gate rows first, then up
+        pre = f"model.layers.{layer}.block_sparse_moe"
+        gu = ckpt.read(f"{pre}.input_linear.weight")[e]
+        return gu, ckpt.read(f"{pre}.output_linear.weight")[e]
     module, gate, up, down = EXPERT_NAMES.get(name, ("mlp", "gate_proj", "up_proj", "down_proj"))
     pre = f"model.layers.{layer}.{module}.experts.{e}"
     g, u, d = (ckpt.read(f"{pre}.{p}.weight") for p in (gate, up, down))

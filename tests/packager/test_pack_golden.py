@@ -22,7 +22,7 @@ pytestmark = pytest.mark.engine
 
 BUILDS = (("gguf", "F16"), ("onnx", "fp32"), ("onnx", "int8"))
 # Families whose ONNX export refuses (see each family's onnx_missing): GGUF only.
-GGUF_ONLY = ("deepseek4", "granitehybrid")
+GGUF_ONLY = ("deepseek4",)
 ONNX_ONLY = ("phimoe",)  # llama.cpp's graph would run another model: no GGUF is written
 FILES = ("model.gguf", "model.onnx", "model.onnx.data", "genai_config.json", "manifest.json")
 
@@ -126,6 +126,22 @@ GOLDEN: dict[str, dict[str, str]] = {
             "8e539ac78f9428376a1524ebf3584340495370586b03c5c9e5c3d487179ec8ab",
         "gguf-F16/manifest.json":
             "8587a303bd9107ae18264948b9bcd2d2188beb013f1141cb3fd4bc571118735f",
+        "onnx-fp32/model.onnx":
+            "9668332e51a523d3607ac1c54f17783365983e2f7a15efbc74d1262605bfe036",
+        "onnx-fp32/model.onnx.data":
+            "cee2cde2ab9d0c2ca7022e3a19a3e480fa6f0ae98a95b435586a5863616b5114",
+        "onnx-fp32/genai_config.json":
+            "311b39211435f72d61b8e6dca5258b554250ee0c53e50e27acd352178331c9cf",
+        "onnx-fp32/manifest.json":
+            "6762374d8817475fd2ef04c51759b12b226b7a007e1998c35d932fca0eac9744",
+        "onnx-int8/model.onnx":
+            "5e943e8d7868e50c92aa7a841f52743f2a7afa9944233e8001ab4f508e9c3d45",
+        "onnx-int8/model.onnx.data":
+            "f48b28fa248c525fd63985a4f8e6a5022b89ac77c3cb5dc0a824e8a4d6dd0a5e",
+        "onnx-int8/genai_config.json":
+            "311b39211435f72d61b8e6dca5258b554250ee0c53e50e27acd352178331c9cf",
+        "onnx-int8/manifest.json":
+            "0ce119f2fd1f54cefb563e9cf241c9ed250a23a4904a8e50c7582082cb4e341e",
     },
     "lfm2moe": {
         "gguf-F16/model.gguf":

@@ -3,10 +3,15 @@ experts plus a shared MLP in every layer, Granite's embedding/attention/residual
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from packager.families.family import Family
 from packager.families.granitehybrid.config import GraniteHybridConfig
 from packager.families.granitehybrid.gguf import GraniteHybridGGUF
 from packager.families.registry import register
+
+if TYPE_CHECKING:
+    from packager.families.onnx_adapter import OnnxAdapter
 
 
 @register
@@ -14,7 +19,8 @@ class GraniteHybrid(Family):
     hf_architectures = ("GraniteMoeHybridForCausalLM",)
     config_type = GraniteHybridConfig
     gguf_type = GraniteHybridGGUF
-    # The exporter has no recurrent layer: a Mamba2 layer needs its conv and SSM state as
-    # extra graph inputs/outputs and a Scan (or per-token unrolled) selective scan.
-    onnx_missing = ("Mamba2 layers (a convolution and SSM state carried between calls) are not "
-                    "exported; pack GGUF (llama.cpp runs them)")
+
+    def onnx_type(self) -> type[OnnxAdapter]:
+        from packager.families.granitehybrid.onnx import GraniteHybridOnnx
+
+        return GraniteHybridOnnx

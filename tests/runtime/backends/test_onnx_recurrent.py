@@ -18,12 +18,11 @@ pytestmark = pytest.mark.unit
 
 PROMPT = "import os\nimport sys\n\ndef main(argv):\n    args = argv[1:]\n    "
 # Hybrid families with an ONNX build, and the state each carries per recurrent layer.
-HYBRIDS = ("lfm2moe-tiny", "qwen35moe-tiny", "qwen3next-tiny")
+HYBRIDS = ("lfm2moe-tiny", "qwen35moe-tiny", "qwen3next-tiny", "granitehybrid-tiny")
 # Where PROMPT's continuation repeats itself, every n-gram draft is accepted and nothing would
 # be rolled back: a prompt whose drafts are partly rejected.
-DRAFT_PROMPTS = {
-    "qwen3next-tiny": "class Stack:\n    def __init__(self):\n        self.items = []\n",
-}
+_STACK = "class Stack:\n    def __init__(self):\n        self.items = []\n"
+DRAFT_PROMPTS = {"qwen3next-tiny": _STACK, "granitehybrid-tiny": _STACK}
 
 
 def test_state_inputs_are_found_by_layer_and_named_for_their_outputs():
