@@ -5,7 +5,10 @@ Run:  .venv/bin/python bench/bench_runtime.py [--fixture qwen3moe-trained] [--qu
 Everything is measured side by side in one run and printed as ratios: decode and prefill tokens/s
 at budgets 100/50/25 % against `llama_cpp.Llama(use_mmap=False)` on the same GGUF, each budget
 *warm* (released expert pages stay in the OS page cache) and *cold* (released pages are also
-dropped from the page cache, so every miss reads storage); then the hit rate of each cache
+dropped from the page cache, so every miss reads storage); each ratio is the median of the
+per-round ratios (stock and every budget run back to back in each round: on a shared machine only
+times taken at the same moment compare), and the line under the table says how many cores other
+processes kept busy meanwhile. Then the hit rate of each cache
 policy on a recorded routing trace relative to Belady's optimum. How threads wait on a
 busy or quiet machine is bench/bench_threads.py's.
 """
@@ -19,7 +22,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from common import add_thread_options, thread_setup
+from common import add_thread_options, cpu_window, others_busy, thread_setup
 
 PROMPT_FILE_CHARS = 1500
 
@@ -110,6 +113,7 @@ def main() -> None:
     ref_tokens = None
     ours_ref: list[int] = []
     same_as_stock = False
+    since = cpu_window()
     for _ in range(args.repeats):
         p, d, toks = stock_llama(gguf, prompt_ids, args.decode, args.threads)
         base_p.append(p)
@@ -128,6 +132,7 @@ def main() -> None:
                 entry = results.setdefault((budget, cold), ([], [], stats))
                 entry[0].append(p)
                 entry[1].append(d)
+    background = others_busy(since)
     bp, bd = statistics.median(base_p), statistics.median(base_d)
     print(
         f"greedy tokens identical at every budget; identical to stock llama.cpp: {same_as_stock}"
@@ -140,12 +145,16 @@ def main() -> None:
     )
     for (budget, cold), (ps, ds, stats) in results.items():
         p, d = statistics.median(ps), statistics.median(ds)
+        p_ratio = statistics.median(x / b for x, b in zip(ps, base_p, strict=True))
+        d_ratio = statistics.median(x / b for x, b in zip(ds, base_d, strict=True))
         total = stats["hits"] + stats["misses"]
         hit = stats["hits"] / total if total else 1.0
         print(
-            f"{budget:>8} {'cold' if cold else 'warm':>5} {p:9.1f} {p / bp:6.2f} {d:9.1f} "
-            f"{d / bd:6.2f} {hit:8.3f} {stats['bytes_loaded'] / 2**20:10.1f}"
+            f"{budget:>8} {'cold' if cold else 'warm':>5} {p:9.1f} {p_ratio:6.2f} {d:9.1f} "
+            f"{d_ratio:6.2f} {hit:8.3f} {stats['bytes_loaded'] / 2**20:10.1f}"
         )
+    print(f"(ratios: median of {args.repeats} paired rounds; other processes kept "
+          f"{background:.2f} cores busy meanwhile)")
 
     trace = record_trace(bundle, text, max_tokens=4096)
     report = replay_budgets(
