@@ -13,6 +13,7 @@ import numpy as np
 
 from runtime.backends.base import Backend, EngineConfig
 from runtime.backends.llama_cpp.lazy_load import pending_bytes
+from runtime.backends.mapping import ExpertFile
 from runtime.backends.registry import backend_for, open_backend
 from runtime.budget import BudgetPlan, parse_budget, plan_budget
 from runtime.bundles.open import OpenBundle
@@ -34,7 +35,7 @@ from runtime.generation.request import (
 )
 from runtime.integrity import BackgroundCheck, ExpertReader, integrity_for, ranges_to_check
 from runtime.options import LoadOptions
-from runtime.paging import bundle_experts, read_dense_only, start_paging
+from runtime.paging import PagedExperts, bundle_experts, read_dense_only, start_paging
 from runtime.recurrent import recurrent_shape
 from runtime.speculative.drafting import ModelDrafter
 from runtime.speculative.speculator import Speculator
@@ -105,6 +106,7 @@ class Model:
             self.pager.on_routing,
             kind=backend_for(self.build.format),
         )
+        self._use_expert_file(getattr(self.engine, "expert_file", lambda: None)())
         self.pager.attach_engine(self.engine)  # hits stay in the engine's C tap when it can
         self.lazy_load = self.engine.lazy_load
         self._dense_spans: list[tuple[int, int]] = []  # file ranges of the dense weights
@@ -132,6 +134,17 @@ class Model:
             self.pins, self.residency, self._reader = paging.pins, paging.residency, paging.reader
             self.cache, self.prefetch = paging.cache, paging.prefetch
         self._start_background_check()
+
+    def _use_expert_file(self, source: ExpertFile | None) -> None:
+        """Page the experts where the engine reads them: the engine's own copy when it has one
+        (onnxruntime's packed experts, derived per device), by that copy's table and digests."""
+        if source is None:
+            return
+        self.experts = PagedExperts(source.path, {x.layer: x for x in source.layers},
+                                    source.digests if self.options.check_reads else None)
+        self._expert_bytes.clear()  # the pager holds this dict
+        self._expert_bytes.update(self.experts.expert_bytes)
+        self.pager.layers = self.experts.layers
 
     def _start_background_check(self) -> None:
         """Dense tensors (and every expert, when nothing is paged) verified off the request

@@ -7,8 +7,21 @@ residency.py) and the prefetcher turn file offsets into addresses through it, an
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
+from contract.manifest import LayerExperts
 from runtime.procfs import PAGE_SIZE
+
+
+@dataclass(frozen=True)
+class ExpertFile:
+    """The file an engine reads experts from when it is not the bundle's own (onnxruntime's
+    packed copy, runtime/backends/onnx/packed.py): its path, each MoE layer's expert byte
+    ranges in it, and the xxh3-64 digest of every expert's slice, for the first-read check."""
+
+    path: Path
+    layers: tuple[LayerExperts, ...]
+    digests: dict[str, tuple[str, ...]] | None
 
 
 @dataclass(frozen=True)

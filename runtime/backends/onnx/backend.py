@@ -21,6 +21,7 @@ exceeded by at most one batch's experts during the run, and restored before the 
 
 from __future__ import annotations
 
+import logging
 import re
 from pathlib import Path
 from typing import Any
@@ -35,7 +36,8 @@ from runtime.backends.base import (
     RoutingObserver,
     SamplerSettings,
 )
-from runtime.backends.mapping import FileMapping
+from runtime.backends.mapping import ExpertFile, FileMapping
+from runtime.backends.onnx.packed import cache_key, load_or_derive
 from runtime.backends.onnx.recurrent_state import (
     RollbackPoint,
     initial_state,
@@ -43,12 +45,21 @@ from runtime.backends.onnx.recurrent_state import (
     present_name,
     state_names,
 )
-from runtime.backends.onnx.stages import StagedRunner, Stopped, staged_runner
+from runtime.backends.onnx.stages import (
+    StagedRunner,
+    Stopped,
+    graph_io,
+    plan_stages,
+    stage_models,
+    staged_runner,
+)
 from runtime.backends.onnx.tokenizer import HFTokenizer
 from runtime.backends.sampling import NumpySampler
 from runtime.errors import BundleError, EdgemoeError
 from runtime.procfs import file_regions
 
+log = logging.getLogger(__name__)
+PAGE = 4096
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
 _ROUTING = re.compile(r"^routing\.(\d+)$")
 # The export's stacked expert tensors (packager/onnx_export: gathered and fused layouts).
@@ -96,6 +107,22 @@ def _has_fused_experts(model) -> bool:  # type: ignore[no-untyped-def]
         return False
     inits = {t.name for t in model.graph.initializer}
     return any(i.name in inits for i in model.graph.input)
+
+
+def _release(path: Path, spans: list[tuple[int, int]]) -> None:
+    """MADV_DONTNEED the whole pages of `spans` (file bytes of `path`) wherever this process
+    maps them: clean file pages, read again from the page cache if touched."""
+    import ctypes
+    import ctypes.util
+
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    for r in file_regions(path):
+        lo, hi = r.offset, r.offset + (r.end - r.start)
+        for a, b in spans:
+            start, end = -(-max(a, lo) // PAGE) * PAGE, min(b, hi) // PAGE * PAGE
+            if start < end:
+                libc.madvise(ctypes.c_void_p(r.start + start - lo), ctypes.c_size_t(end - start),
+                             4)  # MADV_DONTNEED  # fmt: skip
 
 
 def _read_only(addr: int, length: int) -> None:
@@ -161,12 +188,18 @@ class OnnxBackend:
         model = _read_graph(cfg.model_path)
         fused = _has_fused_experts(model)
         so = _options(ort, cfg, fused)
-        # When the runtime acts on routing, the graph runs in stages cut before each layer's
-        # experts (stages.py), so they are admitted before their kernel reads them. The stages
-        # share one arena, growing only by what is asked (kSameAsRequested): an arena keeps its
-        # high-water mark, and one per stage would hold several.
+        data = Path(str(cfg.model_path) + DATA_SUFFIX)
+        self.data_path = data if data.is_file() else None
+        self._expert_file: ExpertFile | None = None
+        # The graph runs in stages cut before each MoE layer's experts (stages.py) when the
+        # runtime acts on routing, so a layer's experts are admitted before its kernel reads
+        # them; and always for a fused build whose packed experts could be derived (packed.py),
+        # so every budget runs the same kernels. The stages share one arena, growing only by
+        # what is asked (kSameAsRequested): an arena keeps its high-water mark.
         self._staged: StagedRunner | None = None
-        if self._observer is not None and model is not None:
+        if fused and model is not None:
+            self._staged = self._packed_stages(ort, model)
+        if self._staged is None and self._observer is not None and model is not None:
             self._staged = self._stages(ort, _options(ort, cfg, fused, shared_arena=True), model)
         if self._staged is None:
             try:
@@ -205,11 +238,43 @@ class OnnxBackend:
         self._kv_dtype = np.float16 if "float16" in self._first_past_type() else np.float32
         self.n_past = 0
         self._past: dict[str, np.ndarray] = {}
-        data = Path(str(cfg.model_path) + DATA_SUFFIX)
-        self.data_path = data if data.is_file() else None
         self._logits: np.ndarray | None = None
         self._batch = cfg.n_batch
         self.reset()
+
+    def _packed_stages(self, ort, model) -> StagedRunner | None:  # type: ignore[no-untyped-def]
+        """Stages over onnxruntime's packed experts, derived into the cache on first use
+        (packed.py); None, with a warning, when that cannot be done here (the unpacked kernel
+        then runs, slower, with the same budget)."""
+        experts = [t.name for t in model.graph.initializer if _EXPERT_TENSOR.search(t.name)]
+        plan = plan_stages(model.graph, experts)
+        if plan is None:
+            return None
+        try:
+            key = cache_key(self.cfg.model_path, ort.__version__)
+            build = load_or_derive(key, stage_models(model, plan), self._bundle, experts,
+                                   lambda: _options(ort, self.cfg, True))  # fmt: skip
+            sessions = []
+            for stage in build.stages:
+                so = _options(ort, self.cfg, True, shared_arena=True)
+                sessions.append(
+                    ort.InferenceSession(str(stage), so, providers=["CPUExecutionProvider"])
+                )
+                # onnxruntime reads every packed buffer once while loading a stage; give those
+                # pages back now, so a load never holds more than one stage's experts.
+                _release(build.data, build.expert_spans())
+        except Exception as e:  # OSError (no space, read-only cache) or onnxruntime's own
+            first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            log.warning("%s: onnxruntime's packed experts are unavailable (%s); running the "
+                        "unpacked kernel", self.cfg.model_path, first)  # fmt: skip
+            return None
+        self.data_path = build.data
+        self._expert_file = ExpertFile(build.data, build.layers, build.digests)
+        return StagedRunner(sessions, plan, graph_io(model))
+
+    def expert_file(self) -> ExpertFile | None:
+        """Where this engine reads experts when it is not the bundle's data file (mapping.py)."""
+        return self._expert_file
 
     def _stages(self, ort, so, model) -> StagedRunner | None:  # type: ignore[no-untyped-def]
         """The graph's stages as sessions (weights read from the bundle folder), or None when
@@ -363,10 +428,12 @@ class OnnxBackend:
         """Each layer's routing goes to the observer before that layer's experts run; if it
         asks to stop (an expert could not be brought in), the step ends with no logits and the
         position does not advance (the runtime reports the fault)."""
-        assert self._staged is not None and self._observer is not None
+        assert self._staged is not None
         observe = self._observer
 
         def admit(layer: int, ids: np.ndarray) -> bool:
+            if observe is None:
+                return False
             return bool(observe(RoutingEvent(layer, np.asarray(ids, np.int32).reshape(n, -1))))
 
         n_past = len(self._past_names)

@@ -204,8 +204,12 @@ def staged_runner(
     plan = plan_stages(model.graph, expert_tensors)
     if plan is None:
         return None
-    inits = {t.name for t in model.graph.initializer}
-    io = ([i.name for i in model.graph.input if i.name not in inits],
-          [o.name for o in model.graph.output])  # fmt: skip
     sessions = [make_session(m.SerializeToString()) for m in stage_models(model, plan)]
-    return StagedRunner(sessions, plan, io)
+    return StagedRunner(sessions, plan, graph_io(model))
+
+
+def graph_io(model: Any) -> tuple[list[str], list[str]]:
+    """The whole graph's input names (overridable initializers left out) and output names."""
+    inits = {t.name for t in model.graph.initializer}
+    return ([i.name for i in model.graph.input if i.name not in inits],
+            [o.name for o in model.graph.output])  # fmt: skip

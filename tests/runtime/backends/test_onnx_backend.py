@@ -30,7 +30,16 @@ def _tokens(bundle: Path, budget: str, backend: str = "onnx", **kw) -> list[int]
         return m.generate(PROMPT, max_tokens=16, **kw).tokens
 
 
-@pytest.mark.parametrize("quant", ["fp32", "int4"])  # int4: codes, scales, zero points paged
+@pytest.fixture(autouse=True)
+def _packed_cache(tmp_path_factory, monkeypatch):
+    """onnxruntime's packed experts (runtime/backends/onnx/packed.py) derived into a folder of
+    this test session, not the user's cache."""
+    monkeypatch.setenv("EDGEMOE_ONNX_CACHE", str(tmp_path_factory.getbasetemp() / "onnx-packed"))
+
+
+# int4: codes, scales, zero points paged by the gather graph; int8: the fused QMoE build,
+# through onnxruntime's packed experts derived on first load
+@pytest.mark.parametrize("quant", ["fp32", "int4", "int8"])
 @pytest.mark.parametrize("name", ONNX_FIXTURES)
 def test_tokens_identical_at_every_budget(name, quant, bundle_factory):
     bundle = bundle_factory(name, quant, format="onnx")
@@ -135,7 +144,10 @@ start = rss()  # the interpreter and the libraries, before any model
 with runtime.load(bundle, budget=budget, backend="onnx") as m:
     r = m.generate(text, max_tokens=24)
     s = m.stats()
+    source = m.engine.expert_file()  # onnxruntime's packed experts, when it runs them
+    path = str(source.path) if source else str(Path(bundle) / "model.onnx.data")
     print(json.dumps({"tokens": r.tokens, "cap": s["expert_capacity_bytes"], "start": start,
+                      "expert_file": path,
                       "dense": s["dense_bytes"], "experts": s["expert_bytes_total"],
                       "kv": s.get("kv_bytes", 0), "prompt": r.usage.prompt_tokens}), flush=True)
     sys.stdin.readline()
@@ -161,7 +173,7 @@ def _onnx_child(bundle: Path, budget: str, text_file: Path) -> dict:
         out = json.loads(proc.stdout.readline())
         out["rss"] = _status(proc.pid, "VmRSS")
         out["peak"] = _status(proc.pid, "VmHWM")
-        out["data_rss"] = _mapping_rss(proc.pid, bundle / "model.onnx.data")
+        out["data_rss"] = _mapping_rss(proc.pid, Path(out["expert_file"]))
         proc.stdin.write("done\n")
         proc.stdin.flush()
         proc.wait(timeout=60)
