@@ -56,7 +56,76 @@ from edgemoe_fixtures.corpus import heldout_text
 text = heldout_text()[: spec["chars"]]
 n, threads, bundle = spec["tokens"], spec["threads"], spec["bundle"]
 out = {}
-if spec["kind"] == "edgemoe":
+if spec["kind"] == "interleaved":
+    # Every engine in this one process, stepped in turn: prefill by turns, then one decoded
+    # token each by turns, so a neighbour's load on this shared machine falls on all alike.
+    import runtime
+    engines, steps = {}, {}
+    for e in spec["engines"]:
+        if e == "genai":
+            import onnxruntime_genai as og
+            cfg = og.Config(bundle)
+            cfg.overlay(json.dumps({"model": {"decoder": {"session_options": {
+                "intra_op_num_threads": threads, "inter_op_num_threads": 1}}}}))
+            engines[e] = og.Model(cfg)
+        else:
+            engines[e] = runtime.load(bundle, budget=spec["budget"], backend=e, threads=threads,
+                                      cold=spec["budget"] != "100%",
+                                      check_reads=spec.get("check_reads", True))
+    def ids_of(e):
+        m = engines["onnx" if e == "genai" else e]
+        return m.tokenize(text)
+    prompts = {e: ids_of(e) for e in engines}
+    pre = {e: [] for e in engines}
+    dec = {e: [] for e in engines}
+    cpu = {e: [] for e in engines}  # this thread's CPU seconds per token (1 thread: all of it)
+    gens = {}
+    def prefill(e):
+        ids = prompts[e]
+        t0 = time.perf_counter()
+        if e == "genai":
+            p = og.GeneratorParams(engines[e])
+            p.set_search_options(max_length=len(ids) + n + 2, do_sample=False)
+            gens[e] = og.Generator(engines[e], p)
+            gens[e].append_tokens(ids)
+            nxt = None
+        else:
+            m = engines[e]
+            m.engine.reset()
+            nxt = int(np.argmax(m.step(ids, timed=False)))
+        pre[e].append(len(ids) / (time.perf_counter() - t0))
+        return nxt
+    def one(e, tok):
+        t0, c0 = time.perf_counter(), time.thread_time()
+        if e == "genai":
+            gens[e].generate_next_token()
+            nxt = None
+        else:
+            nxt = int(np.argmax(engines[e].step([tok], timed=False)))
+        dec[e].append(time.perf_counter() - t0)
+        cpu[e].append(time.thread_time() - c0)
+        return nxt
+    names = list(engines)
+    for e in names:  # warm: each engine once through a short prompt
+        prompts[e], keep = prompts[e][:8], prompts[e]
+        prefill(e)
+        prompts[e] = keep
+    pre = {e: [] for e in engines}
+    w0 = window()
+    for r in range(spec.get("repeats", 2)):
+        order = names[r % len(names):] + names[: r % len(names)]
+        last = {e: prefill(e) for e in order}
+    for t in range(n):
+        order = names[t % len(names):] + names[: t % len(names)]
+        for e in order:
+            last[e] = one(e, last[e])
+            time.sleep(0.002)  # a neighbour's spinning workers settle before the next engine
+    out["engines"] = {e: {"prefill": float(np.median(pre[e])),
+                          "decode": float(1 / np.median(dec[e])),
+                          "step_s": dec[e], "cpu_s": cpu[e],
+                          "cpu_decode": float(1 / np.median(cpu[e]))} for e in names}
+    out["prompt"] = len(prompts[names[0]])
+elif spec["kind"] == "edgemoe":
     import runtime
     with runtime.load(bundle, budget=spec["budget"], backend=spec["backend"], threads=threads,
                       cold=spec["budget"] != "100%") as m:
@@ -134,8 +203,8 @@ print(json.dumps(out))
 """
 
 
-def child(spec: dict, max_background: float, tries: int = 6) -> dict:
-    """One measurement, taken again (up to `tries` times, 10 s apart) while the rest of the
+def child(spec: dict, max_background: float, tries: int = 3) -> dict:
+    """One measurement, taken again (up to `tries` times, 5 s apart) while the rest of the
     machine kept more than `max_background` of a core busy during it; the quietest is kept."""
     best: dict | None = None
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(
@@ -150,7 +219,7 @@ def child(spec: dict, max_background: float, tries: int = 6) -> dict:
             best = res
         if res["background"] <= max_background:
             break
-        time.sleep(10)
+        time.sleep(5)
     assert best is not None
     return best
 
@@ -170,7 +239,7 @@ def pack_pair(fixture: str, quant: str, root: Path) -> Path:
     return out
 
 
-def _fmt(rows: list[dict], key: str) -> str:
+def _fmt(rows: list[dict], key: str) -> str:  # noqa: D103
     return f"{statistics.median(r[key] for r in rows):8.1f}"
 
 
@@ -179,36 +248,66 @@ def _ratio(a: list[dict], b: list[dict], key: str) -> float:
 
 
 def speed(args: argparse.Namespace, bundles: dict[str, Path]) -> None:
-    """Paired rounds: llama.cpp, the ONNX backend and (at 100 %) onnxruntime-genai."""
-    print(f"\n== speed: {args.chars}-char prompt, {args.tokens} tokens decoded, "
-          f"{args.rounds} paired rounds (tok/s medians; ratios: medians of per-round ratios)")
+    """Per round one fresh process runs llama.cpp, the ONNX backend and (at 100 %)
+    onnxruntime-genai side by side: prompt processing by turns, then decode one token each by
+    turns. A round's ratio is the median over tokens of the paired step times (prefill: of its
+    turns); the printed ratio is the median over rounds."""
+    print(f"\n== speed: {args.chars}-char prompt, {args.tokens} tokens decoded, {args.rounds} "
+          "rounds, engines interleaved token by token in one process per round (tok/s medians; "
+          "ratios: medians over rounds of each round's paired ratio)")
     for quant, bundle in bundles.items():
         for budget in ("100%", "50%"):
             engines = ["llama.cpp", "onnx"] + (["genai"] if budget == "100%" else [])
-            runs: dict[str, list[dict]] = {e: [] for e in engines}
+            rounds = []
             for rnd in range(args.rounds):
-                order = engines[rnd % len(engines):] + engines[: rnd % len(engines)]
-                for e in order:
-                    spec = {"kind": "genai" if e == "genai" else "edgemoe", "backend": e,
-                            "bundle": str(bundle), "budget": budget, "threads": args.threads,
-                            "chars": args.chars, "tokens": args.tokens}
-                    runs[e].append(child(spec, args.max_background))
-                bg = max(runs[e][-1]["background"] for e in engines)
+                spec = {"kind": "interleaved", "engines": engines[rnd % len(engines):]
+                        + engines[: rnd % len(engines)], "bundle": str(bundle),
+                        "budget": budget, "threads": args.threads, "chars": args.chars,
+                        "tokens": args.tokens, "check_reads": not args.no_checks}  # fmt: skip
+                r = child(spec, args.max_background)
+                rounds.append(r)
                 print(f"  {quant} {budget} round {rnd + 1}: " + "  ".join(
-                    f"{e} {runs[e][-1]['decode']:.1f}/{runs[e][-1]['prefill']:.1f}"
-                    for e in engines) + f"  (decode/prefill tok/s; others busy <= {bg:.2f} core)",
-                      flush=True)
-            lc, ox = runs["llama.cpp"], runs["onnx"]
-            line = (f"{quant} vs {PAIRS[quant]} at {budget}: llama.cpp decode {_fmt(lc, 'decode')}"
-                    f" prefill {_fmt(lc, 'prefill')} | onnx decode {_fmt(ox, 'decode')} prefill "
-                    f"{_fmt(ox, 'prefill')} | ONNX/llama.cpp decode {_ratio(ox, lc, 'decode'):.2f}x"
-                    f" prefill {_ratio(ox, lc, 'prefill'):.2f}x")
-            if "genai" in runs:
-                line += (f" | genai decode {_fmt(runs['genai'], 'decode')} prefill "
-                         f"{_fmt(runs['genai'], 'prefill')}; edgemoe/genai decode "
-                         f"{_ratio(runs['onnx'], runs['genai'], 'decode'):.2f}x prefill "
-                         f"{_ratio(runs['onnx'], runs['genai'], 'prefill'):.2f}x")
+                    f"{e} {r['engines'][e]['decode']:.1f}/{r['engines'][e]['prefill']:.1f}"
+                    for e in engines) + f"  (decode/prefill tok/s, {r['prompt']}-token prompt; "
+                    f"others kept {r['background']:.2f} core busy)", flush=True)
+            med = _medians(rounds)
+            ratio = _ratios(rounds)
+            line = (f"{quant} vs {PAIRS[quant]} at {budget}: llama.cpp decode "
+                    f"{med('llama.cpp', 'decode'):.1f} prefill {med('llama.cpp', 'prefill'):.1f}"
+                    f" | onnx decode {med('onnx', 'decode'):.1f} prefill "
+                    f"{med('onnx', 'prefill'):.1f} | ONNX/llama.cpp decode "
+                    f"{ratio('onnx', 'llama.cpp', 'decode'):.2f}x prefill "
+                    f"{ratio('onnx', 'llama.cpp', 'prefill'):.2f}x | by CPU time per token "
+                    f"({args.threads} thread): llama.cpp {med('llama.cpp', 'cpu_decode'):.1f}, "
+                    f"onnx {med('onnx', 'cpu_decode'):.1f} tok/s, "
+                    f"{ratio('onnx', 'llama.cpp', 'cpu_decode'):.2f}x")
+            if "genai" in engines:
+                line += (f" | genai decode {med('genai', 'decode'):.1f} prefill "
+                         f"{med('genai', 'prefill'):.1f}; edgemoe/genai decode "
+                         f"{ratio('onnx', 'genai', 'decode'):.2f}x prefill "
+                         f"{ratio('onnx', 'genai', 'prefill'):.2f}x")
             print(line, flush=True)
+
+
+def _medians(rounds: list[dict]):  # type: ignore[no-untyped-def]
+    def med(e: str, key: str) -> float:
+        return statistics.median(r["engines"][e][key] for r in rounds)
+    return med
+
+
+def _ratios(rounds: list[dict]):  # type: ignore[no-untyped-def]
+    """(a, b, key) -> a's speed over b's: decode from each token's paired step times (wall,
+    or "cpu_decode": the decoding thread's CPU time, which a busy neighbour barely moves)."""
+    def ratio(a: str, b: str, key: str) -> float:
+        if key in ("decode", "cpu_decode"):
+            times = "step_s" if key == "decode" else "cpu_s"
+            per = [statistics.median(y / x for x, y in zip(r["engines"][a][times],
+                                                            r["engines"][b][times],
+                                                            strict=True)) for r in rounds]
+        else:
+            per = [r["engines"][a][key] / r["engines"][b][key] for r in rounds]
+        return statistics.median(per)
+    return ratio
 
 
 def rss(args: argparse.Namespace, bundles: dict[str, Path]) -> None:
@@ -275,6 +374,8 @@ def main() -> None:
     ap.add_argument("--long-chars", type=int, default=1700,
                     help="the long prompt of the RSS rows (~512 tokens on the fixtures)")
     ap.add_argument("--parts", default="speed,rss,variants")
+    ap.add_argument("--no-checks", action="store_true",
+                    help="load(check_reads=False): no first-read or background weight checks")
     ap.add_argument("--bundles", help="a folder to keep the packed bundles in between runs")
     ap.add_argument("--max-background", type=float, default=0.3,
                     help="cores the rest of the machine may keep busy during a measurement")

@@ -45,6 +45,14 @@ from runtime.backends.onnx.recurrent_state import (
     present_name,
     state_names,
 )
+from runtime.backends.onnx.session import (
+    experts_as_constants,
+    has_fused_experts,
+    options,
+    read_graph,
+    read_only,
+    release,
+)
 from runtime.backends.onnx.stages import (
     StagedRunner,
     Stopped,
@@ -59,7 +67,6 @@ from runtime.errors import BundleError, EdgemoeError
 from runtime.procfs import file_regions
 
 log = logging.getLogger(__name__)
-PAGE = 4096
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
 _ROUTING = re.compile(r"^routing\.(\d+)$")
 # The export's stacked expert tensors (packager/onnx_export: gathered and fused layouts).
@@ -90,84 +97,6 @@ def _optional_json(path: Path) -> dict[str, Any]:
     return value if isinstance(value, dict) else {}
 
 
-def _read_graph(model_path: Path):  # type: ignore[no-untyped-def]
-    """model.onnx without its weights, or None (the session's own error names the problem)."""
-    import onnx
-
-    try:
-        return onnx.load(str(model_path), load_external_data=False)
-    except Exception:
-        return None
-
-
-def _has_fused_experts(model) -> bool:  # type: ignore[no-untyped-def]
-    """Whether the graph declares overridable initializers: the fused QMoE stacks of a quantized
-    build (packager/onnx_export/qmoe.py), which onnxruntime never packs."""
-    if model is None:
-        return False
-    inits = {t.name for t in model.graph.initializer}
-    return any(i.name in inits for i in model.graph.input)
-
-
-def _release(path: Path, spans: list[tuple[int, int]]) -> None:
-    """MADV_DONTNEED the whole pages of `spans` (file bytes of `path`) wherever this process
-    maps them: clean file pages, read again from the page cache if touched."""
-    import ctypes
-    import ctypes.util
-
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    for r in file_regions(path):
-        lo, hi = r.offset, r.offset + (r.end - r.start)
-        for a, b in spans:
-            start, end = -(-max(a, lo) // PAGE) * PAGE, min(b, hi) // PAGE * PAGE
-            if start < end:
-                libc.madvise(ctypes.c_void_p(r.start + start - lo), ctypes.c_size_t(end - start),
-                             4)  # MADV_DONTNEED  # fmt: skip
-
-
-def _read_only(addr: int, length: int) -> None:
-    """mprotect(PROT_READ) a mapping of weights; a refusal leaves it as it was."""
-    import ctypes
-    import ctypes.util
-
-    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    libc.mprotect(ctypes.c_void_p(addr), ctypes.c_size_t(length), 1)  # PROT_READ
-
-
-_SHARED_ARENA: list[bool] = []  # registered once per process
-
-
-def _shared_arena(ort) -> bool:  # type: ignore[no-untyped-def]
-    """Register one CPU arena in onnxruntime's environment for sessions that opt in."""
-    if not _SHARED_ARENA:
-        try:
-            info = ort.OrtMemoryInfo(
-                "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
-            )
-            # max memory 0 (no cap), extend strategy 1 (kSameAsRequested), defaults otherwise
-            ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, 1, -1, -1))
-            _SHARED_ARENA.append(True)
-        except Exception:  # already registered by someone else, or not supported: per session
-            _SHARED_ARENA.append(False)
-    return _SHARED_ARENA[0]
-
-
-def _options(ort, cfg: EngineConfig, fused: bool, shared_arena: bool = False):  # type: ignore[no-untyped-def]
-    so = ort.SessionOptions()
-    so.intra_op_num_threads = cfg.n_threads
-    so.inter_op_num_threads = 1
-    so.log_severity_level = 3
-    if not fused:
-        # Gathered experts are constants a kernel could copy: keep them file pages.
-        so.add_session_config_entry("session.disable_prepacking", "1")
-    shared = shared_arena and _shared_arena(ort)
-    so.add_session_config_entry("session.use_env_allocators", "1" if shared else "0")
-    # Spinning workers burn the core a busy neighbour needs, and on small models cost more
-    # than they save (measured: 2 threads 4.6 ms/token without spinning, 11.8 ms with).
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return so
-
-
 class OnnxBackend:
     """One onnxruntime session decoding a single sequence (the `Backend` protocol)."""
 
@@ -185,26 +114,31 @@ class OnnxBackend:
         self._bundle = cfg.model_path.parent
         self._tokenizer: HFTokenizer | None = None  # read on first use (logits need none)
         self._eog_set: set[int] | None = None
-        model = _read_graph(cfg.model_path)
-        fused = _has_fused_experts(model)
-        so = _options(ort, cfg, fused)
+        model = read_graph(cfg.model_path)
+        fused = has_fused_experts(model)
+        so = options(ort, cfg, fused)
         data = Path(str(cfg.model_path) + DATA_SUFFIX)
         self.data_path = data if data.is_file() else None
         self._expert_file: ExpertFile | None = None
-        # The graph runs in stages cut before each MoE layer's experts (stages.py) when the
-        # runtime acts on routing, so a layer's experts are admitted before its kernel reads
-        # them; and always for a fused build whose packed experts could be derived (packed.py),
-        # so every budget runs the same kernels. The stages share one arena, growing only by
-        # what is asked (kSameAsRequested): an arena keeps its high-water mark.
+        # A fused build runs onnxruntime's packed experts at every budget (the same kernels, so
+        # the same tokens): packed at load in memory when nothing is paged (a full budget holds
+        # every expert anyway), else read from the packed copy derived for this device
+        # (packed.py). When the runtime acts on routing, the graph runs in stages cut before each
+        # MoE layer's experts (stages.py), so a layer's experts are admitted before its kernel
+        # reads them. Stages share one arena, growing only by what is asked (kSameAsRequested):
+        # an arena keeps its high-water mark.
         self._staged: StagedRunner | None = None
-        if fused and model is not None:
+        source: str | bytes = str(cfg.model_path)
+        if fused and model is not None and self._observer is not None:
             self._staged = self._packed_stages(ort, model)
+        elif fused and model is not None:
+            source = experts_as_constants(model, so, self._bundle)
         if self._staged is None and self._observer is not None and model is not None:
-            self._staged = self._stages(ort, _options(ort, cfg, fused, shared_arena=True), model)
+            self._staged = self._stages(ort, options(ort, cfg, fused, shared=True), model)
         if self._staged is None:
             try:
                 self.session = ort.InferenceSession(
-                    str(cfg.model_path), so, providers=["CPUExecutionProvider"]
+                    source, so, providers=["CPUExecutionProvider"]
                 )
             except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
                 first = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
@@ -253,16 +187,16 @@ class OnnxBackend:
         try:
             key = cache_key(self.cfg.model_path, ort.__version__)
             build = load_or_derive(key, stage_models(model, plan), self._bundle, experts,
-                                   lambda: _options(ort, self.cfg, True))  # fmt: skip
+                                   lambda: options(ort, self.cfg, True))  # fmt: skip
             sessions = []
             for stage in build.stages:
-                so = _options(ort, self.cfg, True, shared_arena=True)
+                so = options(ort, self.cfg, True, shared=True)
                 sessions.append(
                     ort.InferenceSession(str(stage), so, providers=["CPUExecutionProvider"])
                 )
                 # onnxruntime reads every packed buffer once while loading a stage; give those
                 # pages back now, so a load never holds more than one stage's experts.
-                _release(build.data, build.expert_spans())
+                release(build.data, build.expert_spans())
         except Exception as e:  # OSError (no space, read-only cache) or onnxruntime's own
             first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
             log.warning("%s: onnxruntime's packed experts are unavailable (%s); running the "
@@ -310,7 +244,7 @@ class OnnxBackend:
         found = file_regions(self.data_path)
         for r in found:
             if "w" in r.perms:
-                _read_only(r.start, r.end - r.start)
+                read_only(r.start, r.end - r.start)
         regions = tuple((r.offset, r.offset + (r.end - r.start), r.start) for r in found)
         return FileMapping(regions) if regions else None
 

@@ -39,6 +39,7 @@ from contract.manifest import ExpertTensor, LayerExperts
 log = logging.getLogger(__name__)
 
 SCHEME = "edgemoe-onnx-packed-v1"
+KEEP = 4  # derivations kept in the cache, the most recently used first
 DATA = "packed.data"
 META = "packed.json"
 PAGE = 4096
@@ -124,7 +125,24 @@ def load_or_derive(
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("derived onnxruntime's packed experts into %s", final)
+    prune(root, keep=KEEP, spare=final)
     return _read(final)
+
+
+def prune(root: Path, keep: int, spare: Path | None = None, stale_s: float = 3600.0) -> None:
+    """Keep the `keep` most recently used derivations (a load touches its folder), and drop
+    half-made ones older than `stale_s` (a derivation killed midway): each is about twice its
+    model's data file, and a new one is made again on demand."""
+    import time
+
+    done = sorted((d for d in root.iterdir() if (d / META).is_file()),
+                  key=lambda d: d.stat().st_mtime, reverse=True)  # fmt: skip
+    for d in done[keep:]:
+        if d != spare:
+            shutil.rmtree(d, ignore_errors=True)
+    for d in root.glob(".derive-*"):
+        if time.time() - d.stat().st_mtime > stale_s:
+            shutil.rmtree(d, ignore_errors=True)
 
 
 def _derive(folder: Path, stages: Sequence[Any], bundle: Path, experts: set[str],

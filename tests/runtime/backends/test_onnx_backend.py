@@ -200,12 +200,12 @@ def _layer_experts(bundle: Path) -> int:
 @pytest.mark.slow
 def test_expert_budget_holds_on_onnx_measured_from_outside(bundle_factory, tmp_path):
     """A ~600-token prompt and 24 tokens on an int8 build whose experts are ~95 % of its bytes,
-    in two children, measured by the kernel from outside. The 100 % run gives the process's
-    own overhead: its peak RSS less the expert pages it mapped (nothing is released at 100 %).
-    At 25 % the peak must stay under that overhead + the manifest's expert capacity + one
-    layer's experts (a prompt batch's surplus, released at the next layer's routing) + what
-    running in stages adds; the data file's resident bytes end within dense + capacity; the
-    tokens are those of 100 %."""
+    in two children, measured by the kernel from outside. At 100 % every expert is resident
+    (onnxruntime packs them all at load), so that run gives the process's own overhead: its
+    peak RSS less the experts. At 25 % the peak must stay under that overhead + the manifest's
+    expert capacity + one layer's experts (a prompt batch's surplus, released at the next
+    layer's routing) + what running in stages adds; the expert file's resident bytes end within
+    dense + capacity; the tokens are those of 100 %."""
     from edgemoe_fixtures.corpus import heldout_text
 
     bundle = bundle_factory("qwen3moe-medium", "int8", format="onnx")
@@ -214,15 +214,15 @@ def test_expert_budget_holds_on_onnx_measured_from_outside(bundle_factory, tmp_p
     full = _onnx_child(bundle, "100%", text)
     quarter = _onnx_child(bundle, "25%", text)
     layer = _layer_experts(bundle)
-    overhead = full["peak"] - full["data_rss"]
+    overhead = full["peak"] - full["experts"]
     bound = overhead + quarter["cap"] + layer + STAGES_ALLOWANCE
     mib = 2**20
     print(
         f"onnx int8 {quarter['prompt']}-token prompt: peak RSS 100% {full['peak'] / mib:.0f} "
-        f"MiB (experts mapped {full['data_rss'] / mib:.0f}), 25% {quarter['peak'] / mib:.0f} MiB"
+        f"MiB (experts {full['experts'] / mib:.0f}), 25% {quarter['peak'] / mib:.0f} MiB"
         f" (bound {bound / mib:.0f}: overhead {overhead / mib:.0f} + cap "
         f"{quarter['cap'] / mib:.1f} + layer {layer / mib:.1f} + stages "
-        f"{STAGES_ALLOWANCE / mib:.0f}); data file RSS at 25% {quarter['data_rss'] / mib:.1f} "
+        f"{STAGES_ALLOWANCE / mib:.0f}); expert file RSS at 25% {quarter['data_rss'] / mib:.1f} "
         f"MiB of {quarter['experts'] / mib:.0f} MiB experts"
     )
     assert quarter["tokens"] == full["tokens"]

@@ -1,0 +1,116 @@
+"""How the ONNX backend asks onnxruntime for sessions, and keeps its mappings of weights honest.
+
+Settings (`options`): one intra-op pool of the engine's threads that sleeps instead of spinning,
+prepacking on only where no expert can be copied by it (fused builds: their stacks are
+overridable initializers, never packed), and for staged runs one arena shared by every stage.
+Mappings: onnxruntime maps each external initializer private and writable; `read_only` makes a
+weight mapping read-only (mlock on a writable private mapping pins anonymous copies instead of
+the file's pages), `release` drops pages of given file ranges from every mapping of a file.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+from pathlib import Path
+from typing import Any
+
+from runtime.backends.base import EngineConfig
+from runtime.procfs import file_regions
+
+PAGE = 4096
+_MADV_DONTNEED = 4
+_PROT_READ = 1
+
+
+def read_graph(model_path: Path):  # type: ignore[no-untyped-def]
+    """model.onnx without its weights, or None (the session's own error names the problem)."""
+    import onnx
+
+    try:
+        return onnx.load(str(model_path), load_external_data=False)
+    except Exception:
+        return None
+
+
+def has_fused_experts(model) -> bool:  # type: ignore[no-untyped-def]
+    """Whether the graph declares overridable initializers: the fused QMoE stacks of a quantized
+    build (packager/onnx_export/qmoe.py), which onnxruntime never packs."""
+    if model is None:
+        return False
+    inits = {t.name for t in model.graph.initializer}
+    return any(i.name in inits for i in model.graph.input)
+
+
+def experts_as_constants(model, so, folder: Path) -> bytes:  # type: ignore[no-untyped-def]
+    """The graph (weights still external, read from `folder`) with its fused expert stacks
+    made plain constants, so onnxruntime packs them at load: a private copy of every expert,
+    which only a full budget may hold (it holds them all anyway)."""
+    inits = {t.name for t in model.graph.initializer}
+    plain = [i for i in model.graph.input if i.name not in inits]
+    copy = type(model)()
+    copy.CopyFrom(model)
+    del copy.graph.input[:]
+    copy.graph.input.extend(plain)
+    so.add_session_config_entry("session.model_external_initializers_file_folder_path",
+                                str(folder))  # fmt: skip
+    return copy.SerializeToString()
+
+
+_SHARED_ARENA: list[bool] = []  # registered once per process
+
+
+def shared_arena(ort) -> bool:  # type: ignore[no-untyped-def]
+    """Register one CPU arena in onnxruntime's environment for sessions that opt in."""
+    if not _SHARED_ARENA:
+        try:
+            info = ort.OrtMemoryInfo(
+                "Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT
+            )
+            # max memory 0 (no cap), extend strategy 1 (kSameAsRequested), defaults otherwise
+            ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, 1, -1, -1))
+            _SHARED_ARENA.append(True)
+        except Exception:  # already registered by someone else, or not supported: per session
+            _SHARED_ARENA.append(False)
+    return _SHARED_ARENA[0]
+
+
+def options(ort, cfg: EngineConfig, fused: bool, shared: bool = False):  # type: ignore[no-untyped-def]
+    """One session's settings: `fused` turns prepacking on (dense weights only: fused expert
+    stacks are never packed), `shared` uses the process's one shared arena."""
+    so = ort.SessionOptions()
+    so.intra_op_num_threads = cfg.n_threads
+    so.inter_op_num_threads = 1
+    so.log_severity_level = 3
+    if not fused:
+        # Gathered experts are constants a kernel could copy: keep them file pages.
+        so.add_session_config_entry("session.disable_prepacking", "1")
+    shared = shared and shared_arena(ort)
+    so.add_session_config_entry("session.use_env_allocators", "1" if shared else "0")
+    # Spinning workers burn the core a busy neighbour needs, and on small models cost more
+    # than they save (measured: 2 threads 4.6 ms/token without spinning, 11.8 ms with).
+    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return so
+
+
+def release(path: Path, spans: list[tuple[int, int]]) -> None:
+    """MADV_DONTNEED the whole pages of `spans` (file bytes of `path`) wherever this process
+    maps them: clean file pages, read again from the page cache if touched."""
+    libc = _libc()
+    for r in file_regions(path):
+        lo, hi = r.offset, r.offset + (r.end - r.start)
+        for a, b in spans:
+            start, end = -(-max(a, lo) // PAGE) * PAGE, min(b, hi) // PAGE * PAGE
+            if start < end:
+                libc.madvise(ctypes.c_void_p(r.start + start - lo), ctypes.c_size_t(end - start),
+                             _MADV_DONTNEED)  # fmt: skip
+
+
+def read_only(addr: int, length: int) -> None:
+    """mprotect(PROT_READ) a mapping of weights; a refusal leaves it as it was."""
+    libc = _libc()
+    libc.mprotect(ctypes.c_void_p(addr), ctypes.c_size_t(length), _PROT_READ)
+
+
+def _libc() -> Any:
+    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
