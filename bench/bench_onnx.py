@@ -194,10 +194,11 @@ else:  # raw onnxruntime on a model.onnx, one setting changed (the variants tabl
     t0 = time.perf_counter()
     logits, past = step(ids, dict(empty), 0)
     pre = len(ids) / (time.perf_counter() - t0)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.thread_time()
     for i in range(n):
         logits, past = step([int(logits[0, -1].argmax())], past, len(ids) + i)
-    out.update(prefill=pre, decode=n / (time.perf_counter() - t0), prompt=len(ids))
+    out.update(prefill=pre, decode=n / (time.perf_counter() - t0), prompt=len(ids),
+               cpu_decode=n / (time.thread_time() - c0))
 out.update(background=background(w0), peak=peak())
 print(json.dumps(out))
 """
@@ -348,6 +349,7 @@ def variants(args: argparse.Namespace, bundles: dict[str, Path]) -> None:
         "graph optimizations off": {"level": "ORT_DISABLE_ALL"},
         "spinning threads": {"spin": True},
         "1 thread": {"threads": 1},
+        "2 threads": {"threads": 2},
     }
     print(f"\n== onnxruntime settings on {bundle.name} (model.onnx alone, {args.rounds} paired "
           "rounds; ratio to the chosen setting)")
@@ -359,8 +361,11 @@ def variants(args: argparse.Namespace, bundles: dict[str, Path]) -> None:
     ref = runs[names[0]]
     for name in names:
         rows = runs[name]
+        one = cases[name].get("threads", args.threads) == 1 == args.threads
+        cpu = (f"  decode by CPU time {_fmt(rows, 'cpu_decode')} "
+               f"({_ratio(rows, ref, 'cpu_decode'):.2f}x)") if one else ""  # 1 thread: all of it
         print(f"  {name:48} decode {_fmt(rows, 'decode')} ({_ratio(rows, ref, 'decode'):.2f}x)"
-              f"  prefill {_fmt(rows, 'prefill')} ({_ratio(rows, ref, 'prefill'):.2f}x)"
+              f"  prefill {_fmt(rows, 'prefill')} ({_ratio(rows, ref, 'prefill'):.2f}x){cpu}"
               f"  peak {statistics.median(r['peak'] for r in rows) / 2**20:.0f} MiB", flush=True)
 
 

@@ -106,7 +106,7 @@ class Model:
             self.pager.on_routing,
             kind=backend_for(self.build.format),
         )
-        self._use_expert_file(getattr(self.engine, "expert_file", lambda: None)())
+        self._use_expert_file(self.engine.expert_file())
         self.pager.attach_engine(self.engine)  # hits stay in the engine's C tap when it can
         self.lazy_load = self.engine.lazy_load
         self._dense_spans: list[tuple[int, int]] = []  # file ranges of the dense weights

@@ -18,7 +18,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from runtime.backends.mapping import FileMapping
+from runtime.backends.mapping import ExpertFile, FileMapping
 
 
 @dataclass(frozen=True)
@@ -204,6 +204,11 @@ class Backend(Protocol):
 
     def file_mapping(self) -> FileMapping | None:
         """Where the expert file is mapped (residency hook); None: it is not mapped."""
+        ...
+
+    def expert_file(self) -> ExpertFile | None:
+        """The file and byte ranges the engine reads experts from when they are not the
+        bundle's own (onnxruntime's packed copy); None: the manifest's."""
         ...
 
     # What a lazy load did (None: the engine has no such load); where the model file's one

@@ -25,7 +25,7 @@ from runtime.backends.base import (
 )
 from runtime.backends.llama_cpp.lazy_load import lazy_mapping
 from runtime.backends.llama_cpp.tap import NodeTap, RoutingLog
-from runtime.backends.mapping import FileMapping
+from runtime.backends.mapping import ExpertFile, FileMapping
 from runtime.backends.sampling import fresh_seed
 from runtime.errors import BundleError, EdgemoeError
 from runtime.procfs import file_regions
@@ -314,6 +314,9 @@ class LlamaBackend:
         if self.mapping_base is None:
             return None
         return FileMapping.whole(self.mapping_base, self.cfg.model_path.stat().st_size)
+
+    def expert_file(self) -> ExpertFile | None:
+        return None  # llama.cpp reads experts where the GGUF has them
 
     def eos_token(self) -> int:
         return int(self.model.token_eos())

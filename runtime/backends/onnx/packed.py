@@ -226,6 +226,8 @@ def _expert_table(folder: Path, n: int, experts: set[str]
             if t.name not in experts or not (m := _LAYER.search(t.name)):
                 continue
             fields = {e.key: e.value for e in t.external_data}
+            if "offset" not in fields:  # small enough to stay inside the stage's graph: resident
+                continue
             count = int(t.dims[0])
             offset, length, name = int(fields["offset"]), int(fields["length"]), t.name
             packed = next((v for key, v in fields.items() if key.startswith("prepacked")), None)

@@ -49,6 +49,26 @@ def test_tokens_identical_at_every_budget(name, quant, bundle_factory):
     assert _tokens(bundle, "25%") == full
 
 
+def test_int8_pages_onnxruntimes_packed_experts(bundle_factory):
+    """A fused int8 build at a partial budget runs on onnxruntime's packed experts, derived into
+    the cache (not the bundle): the runtime pages and verifies that file, by its own table."""
+    import os
+
+    bundle = bundle_factory("qwen3moe-tiny", "int8", format="onnx")
+    with runtime.load(bundle, budget="25%", backend="onnx") as m:
+        source = m.engine.expert_file()
+        assert source is not None and source.path.name == "packed.data"
+        assert Path(os.environ["EDGEMOE_ONNX_CACHE"]) in source.path.parents
+        assert bundle not in source.path.parents
+        assert {x.layer for x in source.layers} == {0, 1, 2}
+        assert all(t.name.endswith("@packed") for x in source.layers for t in x.tensors
+                   if ".q8" in t.name)  # fmt: skip
+        m.generate(PROMPT, max_tokens=8)
+        s = m.stats()
+        assert s["experts_verified"] > 0 and s["integrity_faults"] == 0
+        assert 0 < s["mapping_rss_bytes"]
+
+
 @pytest.mark.reference
 def test_greedy_matches_transformers(bundle_factory, fixture_checkpoint):
     import torch
