@@ -6,17 +6,18 @@ each MoE layer's router chose. A hybrid's recurrent layers carry past_conv.i / p
 instead of K and V (recurrent_state.py). Expert weights are stacked initializers in the
 external-data file, which onnxruntime memory-maps (one mapping per initializer).
 
-A quantized build runs each MoE layer's experts as one fused QMoE node whose stacks the export
-declares as overridable initializers (packager/onnx_export/qmoe.py): onnxruntime never packs
-them, so the kernel reads a token's experts from the mapped file pages (dequantizing them into
-bounded per-thread scratch) at every budget, and the same madvise-based residency that pages
-llama.cpp's mapping pages this one. Dense weights are packed at load (a private copy of tensors
-that are resident anyway; it is what makes MatMulNBits fast). Float and older gathered builds run
-with prepacking off, so no expert is ever copied.
+A quantized int8 build runs each MoE layer's experts as one fused QMoE node whose stacks the
+export declares as overridable initializers (packager/onnx_export/qmoe.py), so onnxruntime never
+packs them on its own; the backend decides. At a full budget the stacks are made constants and
+packed at load (a private copy of every expert, which a full budget holds anyway); when experts
+are paged, the stages read onnxruntime's packed layout from a copy derived once per device
+(packed.py), which the runtime pages and verifies as it pages the bundle's file (expert_file()).
+Both run the same kernels, so the tokens are the same at every budget. Dense weights are packed
+at load. Float and int4 (gathered) builds run with prepacking off, so no expert is ever copied.
 
-Routing is read back after each run (onnxruntime has no mid-graph callback), so the expert cache
-admits a layer's experts just after they were used rather than just before; the budget is then
-exceeded by at most one batch's experts during the run, and restored before the next one.
+When the runtime acts on routing, the graph runs in stages cut before each MoE layer's experts
+(stages.py): a layer's routing reaches the expert cache before its kernel reads them, so a prompt
+batch exceeds the budget by at most one layer's experts, as on llama.cpp.
 """
 
 from __future__ import annotations
