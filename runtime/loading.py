@@ -10,6 +10,7 @@ import logging
 from dataclasses import fields, replace
 from pathlib import Path
 
+from contract.gguf_layout import forget_readers
 from runtime.backends.registry import format_for
 from runtime.budget import parse_budget, plan_budget
 from runtime.bundles.open import open_bundle
@@ -58,6 +59,13 @@ def load(
 
 def open_model(bundle: str | Path, options: LoadOptions) -> Model:
     """`load` with its options as one record (what the CLI and the server call)."""
+    try:
+        return _open_model(bundle, options)
+    finally:  # a GGUF header is parsed once per load; its mapping is not kept beyond
+        forget_readers()
+
+
+def _open_model(bundle: str | Path, options: LoadOptions) -> Model:
     o = options
     opened = open_bundle(bundle, verify=o.verify, fmt=format_for(o.backend))
     m = opened.manifest

@@ -81,12 +81,9 @@ def pregate_refusal(model_path: str | Path) -> str | None:
 
 def read_routers(model_path: str | Path, moe_layers: Sequence[int]) -> dict[int, RouterWeights]:
     """Every MoE layer's folded router from a GGUF (a few KiB per layer: read once)."""
-    import gguf
+    from contract.gguf_layout import open_reader
 
-    try:
-        reader = gguf.GGUFReader(str(model_path))
-    except (OSError, ValueError) as e:
-        raise BundleError(f"{model_path}: cannot read router weights ({e})") from None
+    reader = open_reader(Path(model_path))  # parsed once per load (a BundleError if damaged)
     tensors = {t.name: t for t in reader.tensors}
     gating = _gating(reader)
     eps = next((float(f.contents()) for k, f in reader.fields.items()
