@@ -2,22 +2,23 @@
 
 Run:  .venv/bin/python bench/bench_ttft.py [--fixture qwen3moe-large] [--quant Q8_0]
           [--budgets 100%,25%] [--thread-counts default,1] [--caches cold,warm] [--rounds 5]
-          [--bundle PATH] [--child-prefix 'nice -n -5'] [--max-wait 0.1]
+          [--prompt chat|bench] [--bundle PATH] [--child-prefix 'nice -n -5'] [--max-wait 0.1]
 
 Every measurement is a fresh process, as a user's first question after starting a program is.
 Cold: the GGUF is dropped from the page cache first (posix_fadvise DONTNEED), and edgemoe loads
 with `cold=True` (prompt prefetch on: the cold default); warm: the GGUF is read once before the
 clock starts and edgemoe loads with its defaults. The prompt is one short user message through
-the bundle's chat template, answered greedily (2 tokens). Per process: the load, the time to
-first token (the prompt's engine step and the first sample, as `Model.stats()` counts it; for
-stock llama.cpp `Llama.eval` over the same token ids and an argmax), edgemoe's breakdown
-(runtime/generation/latency.py: PromptTiming), bytes read from storage at load and by the prompt
-(/proc/self/io), and how long its threads waited for a CPU others held (schedstat; a
+the bundle's chat template (`--prompt bench`: `edgemoe bench`'s 79-token plain prompt),
+answered greedily (2 tokens). Per process: the load; the time to first token (the prompt's
+engine step and the first sample, as `Model.stats()` counts it; for stock llama.cpp
+`Llama.eval` over the same token ids and an argmax); edgemoe's breakdown
+(runtime/generation/latency.py: PromptTiming); bytes read from storage at load and by the
+prompt (/proc/self/io); how long its threads waited for a CPU others held (schedstat; a
 measurement that waited more than --max-wait of its time is taken again, at most twice).
-Stock llama.cpp runs with its defaults (`llama_cpp.Llama`, mmap: a cold prompt faults the
-weights it touches in from storage), the same n_ctx, thread count and thread waiting.
-Rounds are paired: every configuration once per round in a rotating order; the table prints
-medians and, per cache state and thread count, the median of per-round ratios to stock.
+Stock llama.cpp runs with its defaults (`llama_cpp.Llama`: mmap, the whole file read at load),
+the same n_ctx, thread count and thread waiting. Rounds are paired: every configuration once
+per round in a rotating order; the table prints medians and, per cache state and thread count,
+the median of per-round ratios to stock.
 """
 
 from __future__ import annotations
@@ -69,8 +70,13 @@ kw = {"wait_policy": spec["wait_policy"]} if spec["wait_policy"] else {}
 with runtime.load(spec["bundle"], budget=spec["budget"], cold=spec["cache"] == "cold",
                   threads=spec["threads"], **kw) as m:
     load_s, r1 = time.perf_counter() - t0, io()
-    ids = m.tokenize(m.apply_chat_template(spec["messages"]))
-    res = m.chat(spec["messages"], max_tokens=2, temperature=0.0)
+    if spec["messages"] is None:  # edgemoe bench's plain prompt
+        from runtime.benchmark import DEFAULT_PROMPT
+        ids = m.tokenize(DEFAULT_PROMPT)
+        res = m.generate(DEFAULT_PROMPT, max_tokens=2, temperature=0.0)
+    else:
+        ids = m.tokenize(m.apply_chat_template(spec["messages"]))
+        res = m.chat(spec["messages"], max_tokens=2, temperature=0.0)
     r2, s = io(), m.stats()
     busy = (waited() - q0) / (time.perf_counter() - t0)
     n_ctx, prefetch = m.n_ctx, str(m.prefetch)
@@ -133,7 +139,7 @@ def configurations(args: argparse.Namespace, bundle: Path, probe: dict) -> list:
         for threads in args.thread_list:
             group = f"{cache}, {threads} thr"
             base = {"bundle": str(bundle), "cache": cache, "threads": threads,
-                    "wait_policy": args.wait_policy, "messages": MESSAGES}
+                    "wait_policy": args.wait_policy, "messages": args.messages}
             out.append((group, f"{group}: stock llama.cpp", STOCK,
                         {**base, "n_ctx": probe["n_ctx"], "prompt_ids": probe["prompt_ids"]}))
             for budget in args.budgets:
@@ -152,6 +158,9 @@ def main() -> None:
                     help="comma-separated; 'default' is --threads (the profile's count here)")
     ap.add_argument("--caches", default="cold,warm")
     ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--prompt", choices=("chat", "bench"), default="chat",
+                    help="a short chat through the bundle's template, or edgemoe bench's "
+                         "79-token plain prompt")
     ap.add_argument("--child-prefix", default="",
                     help="a command put before each measured child (e.g. 'nice -n -5')")
     ap.add_argument("--max-wait", type=float, default=0.1,
@@ -165,13 +174,14 @@ def main() -> None:
         args.threads if t == "default" else int(t) for t in args.thread_counts.split(",")))
     bundle = resolve_bundle(args, Path(tempfile.mkdtemp(prefix="edgemoe-bench-ttft-")),
                             quant=args.quant)
+    args.messages = MESSAGES if args.prompt == "chat" else None
     probe = measure("probe", EDGEMOE, {"bundle": str(bundle), "cache": "warm", "budget": "100%",
-                                       "threads": args.thread_list[0], "messages": MESSAGES,
+                                       "threads": args.thread_list[0], "messages": args.messages,
                                        "wait_policy": args.wait_policy}, args)
     gguf_mb = (bundle / "model.gguf").stat().st_size / 1e6
-    print(f"{bundle.name}: {gguf_mb:.0f} MB GGUF; a {len(probe['prompt_ids'])}-token chat "
-          f"prompt, n_ctx {probe['n_ctx']}; {args.rounds} paired rounds, each run a fresh "
-          f"process", flush=True)
+    print(f"{bundle.name}: {gguf_mb:.0f} MB GGUF; a {len(probe['prompt_ids'])}-token "
+          f"{args.prompt} prompt, n_ctx {probe['n_ctx']}; {args.rounds} paired rounds, each "
+          f"run a fresh process", flush=True)
     configs = configurations(args, bundle, probe)
     runs: dict[str, list[dict]] = {label: [] for _, label, _, _ in configs}
     for r in range(args.rounds):
