@@ -68,10 +68,6 @@ class Checkpoint:
         except (SafetensorError, OSError) as e:
             raise CheckpointError(f"{info.file.name}: cannot read tensor '{name}': {e}") from e
 
-    def tokenizer_path(self, name: str) -> Path | None:
-        p = self.path / name
-        return p if p.is_file() else None
-
 
 def _bf16_tensor(info: TensorInfo, _meta: Any) -> np.ndarray:
     """Read a BF16 tensor from the raw safetensors layout and widen it to float32 bit-exactly."""
