@@ -9,7 +9,8 @@ Cold: the GGUF is dropped from the page cache first (posix_fadvise DONTNEED), an
 with `cold=True` (prompt prefetch on: the cold default); warm: the GGUF is read once before the
 clock starts and edgemoe loads with its defaults. The prompt is one short user message through
 the bundle's chat template (`--prompt bench`: `edgemoe bench`'s 79-token plain prompt),
-answered greedily (2 tokens). Per process: the load; the time to first token (the prompt's
+answered greedily (2 tokens). Per process: the load (importing the engine's Python package
+and opening the model, as a program that starts does); the time to first token (the prompt's
 engine step and the first sample, as `Model.stats()` counts it; for stock llama.cpp
 `Llama.eval` over the same token ids and an argmax); edgemoe's breakdown
 (runtime/generation/latency.py: PromptTiming); bytes read from storage at load and by the
@@ -54,9 +55,11 @@ def io():
     for line in open("/proc/self/io"):
         if line.startswith("read_bytes:"):
             return int(line.split()[1])
-from runtime.experts.residency import drop_file_cache
-if spec["cache"] == "cold":
-    assert drop_file_cache(gguf), "could not drop the GGUF from the page cache"
+if spec["cache"] == "cold":  # nothing of either engine imported yet: its clock covers that
+    fd = os.open(gguf, os.O_RDONLY)
+    os.fsync(fd)
+    os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+    os.close(fd)
 else:
     with open(gguf, "rb") as f:
         while f.read(1 << 22):
@@ -64,8 +67,8 @@ else:
 """
 
 EDGEMOE = PRELUDE + r"""
-import runtime
 r0, t0, q0 = io(), time.perf_counter(), waited()
+import runtime.api
 kw = {"wait_policy": spec["wait_policy"]} if spec["wait_policy"] else {}
 with runtime.load(spec["bundle"], budget=spec["budget"], cold=spec["cache"] == "cold",
                   threads=spec["threads"], **kw) as m:
@@ -87,8 +90,8 @@ print(json.dumps({"ttft_ms": s["ttft_ms_p50"], "breakdown": s.get("ttft_breakdow
 """
 
 STOCK = PRELUDE + r"""
-import llama_cpp, numpy as np
 r0, t0, q0 = io(), time.perf_counter(), waited()
+import llama_cpp, numpy as np
 llm = llama_cpp.Llama(gguf, n_ctx=spec["n_ctx"], n_threads=spec["threads"],
                       n_threads_batch=spec["threads"], verbose=False)
 load_s, r1 = time.perf_counter() - t0, io()
@@ -116,6 +119,7 @@ def measure(label: str, code: str, spec: dict, args: argparse.Namespace) -> dict
     than --max-wait of the time (at most 3 tries: then the last one counts)."""
     here = str(Path(__file__).resolve().parents[1])
     env = {**os.environ, "PYTHONPATH": f"{here}:{here}/dev"}
+    env.pop("PYTHONDONTWRITEBYTECODE", None)  # compiled once, as an installed package is
     for attempt in range(3):
         done = subprocess.run([*shlex.split(args.child_prefix), sys.executable, "-c", code,
                                json.dumps(spec)], capture_output=True, text=True, env=env,
