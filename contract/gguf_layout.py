@@ -8,11 +8,13 @@ naming the file, never a traceback from the reader.
 
 from __future__ import annotations
 
-import functools
+import contextlib
+import contextvars
 import mmap
 import os
 import re
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -50,14 +52,19 @@ def _field(reader: gguf.GGUFReader, key: str) -> Any:
 def open_reader(path: Path) -> gguf.GGUFReader:
     """gguf's reader, with anything it raises on a damaged file turned into one BundleError.
 
-    Parsed once per version of a file (its identity, size and times): a load reads the layout,
-    the attention shape, the routers and the checksums from one header, and gguf-py's parse
-    walks every vocabulary string each time (a quarter of a second for a 1k-token fixture on a
-    busy 2-core machine, six times per load). A rewritten or replaced file is parsed again."""
+    Inside `one_parse_per_file()` a version of a file (its identity, size and times) is parsed
+    once: a load reads the layout, the attention shape, the routers and the checksums from one
+    header, and gguf-py's parse walks every vocabulary string each time (a quarter of a second
+    for a 1k-token fixture on a busy 2-core machine, six times per load)."""
     try:
+        cache = _READERS.get()
+        if cache is None:
+            return _parse(path)
         st = os.stat(path)
-        return _parsed(str(path), (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns,
-                                   st.st_ctime_ns))
+        key = (str(path), st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+        if key not in cache:
+            cache[key] = _parse(path)
+        return cache[key]
     except FileNotFoundError:
         raise BundleError(f"{path}: not found") from None
     except (ValueError, IndexError, KeyError, TypeError, OverflowError, UnicodeDecodeError,
@@ -65,17 +72,26 @@ def open_reader(path: Path) -> gguf.GGUFReader:
         raise BundleError(f"{path}: not a readable GGUF file ({_reason(e)})") from None
 
 
-@functools.lru_cache(maxsize=4)
-def _parsed(path: str, version: tuple[int, ...]) -> gguf.GGUFReader:
-    """The reader of one file version (callers only read it; a failure is not cached)."""
-    check_structure(Path(path))
+def _parse(path: Path) -> gguf.GGUFReader:
+    check_structure(path)
     return gguf.GGUFReader(path)
 
 
-def forget_readers() -> None:
-    """Drop the parsed readers (and their mappings of the files): a loader calls this when it
-    is done, so routers and vocabulary read through them do not stay in its RSS."""
-    _parsed.cache_clear()
+# The readers parsed in the current one_parse_per_file() scope (per thread: a context variable).
+_READERS: contextvars.ContextVar[dict[tuple, gguf.GGUFReader] | None] = contextvars.ContextVar(
+    "gguf_readers", default=None)
+
+
+@contextlib.contextmanager
+def one_parse_per_file() -> Iterator[None]:
+    """Within: open_reader parses each file version once (callers only read the readers). At
+    the end the readers go, and their mappings of the files with them, so routers and
+    vocabulary read through them do not stay in the process's RSS."""
+    token = _READERS.set({} if _READERS.get() is None else _READERS.get())
+    try:
+        yield
+    finally:
+        _READERS.reset(token)
 
 
 # GGUF value types: fixed sizes of the scalars; 8 is a string, 9 an array (gguf's constants).

@@ -10,7 +10,7 @@ import logging
 from dataclasses import fields, replace
 from pathlib import Path
 
-from contract.gguf_layout import forget_readers
+from contract.gguf_layout import one_parse_per_file
 from runtime.backends.registry import format_for
 from runtime.budget import parse_budget, plan_budget
 from runtime.bundles.open import open_bundle
@@ -59,10 +59,8 @@ def load(
 
 def open_model(bundle: str | Path, options: LoadOptions) -> Model:
     """`load` with its options as one record (what the CLI and the server call)."""
-    try:
+    with one_parse_per_file():  # a GGUF header is parsed once per load, not kept beyond it
         return _open_model(bundle, options)
-    finally:  # a GGUF header is parsed once per load; its mapping is not kept beyond
-        forget_readers()
 
 
 def _open_model(bundle: str | Path, options: LoadOptions) -> Model:
