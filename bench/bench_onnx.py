@@ -7,10 +7,10 @@ onnxruntime settings the backend chose, each measured against its alternatives.
 
 Every measurement is a fresh process (a "child") that also reports how much of a core the rest
 of this shared machine kept busy while it timed itself (its own /proc/stat window, its own CPU
-excluded); one disturbed beyond --max-background is taken again. Speed rounds are paired: the
-engines run back to back in an order that rotates per round, and a ratio is the median of the
-per-round ratios. The first line says the thread count (every core the profile allows unless
---threads) and where each number comes from.
+excluded); one disturbed beyond --max-background is taken again. Speed rounds are paired: two
+engines in one process, stepped token by token in an order that rotates per round, and a ratio
+is the median of the per-round ratios. The first line says the thread count (every core the
+profile allows unless --threads) and where each number comes from.
 
 Bundles: the fixture is packed once per quant as `--format gguf,onnx` (int8 beside Q8_0, int4
 beside Q4_K_M), so both engines read the same checkpoint at the same bits; `--bundles DIR` keeps
@@ -249,45 +249,52 @@ def _ratio(a: list[dict], b: list[dict], key: str) -> float:
 
 
 def speed(args: argparse.Namespace, bundles: dict[str, Path]) -> None:
-    """Per round one fresh process runs llama.cpp, the ONNX backend and (at 100 %)
-    onnxruntime-genai side by side: prompt processing by turns, then decode one token each by
-    turns. A round's ratio is the median over tokens of the paired step times (prefill: of its
-    turns); the printed ratio is the median over rounds."""
+    """Per round one fresh process runs two engines side by side: prompt processing by turns,
+    then decode one token each by turns. The ONNX backend is paired with llama.cpp at 100 % and
+    50 %, and with onnxruntime-genai at 100 % in a process of their own (genai's workers spin
+    after each run, by onnxruntime's default, on the cores the next engine needs: with all three
+    in one process llama.cpp's int8 decode measured 150 tok/s, beside the ONNX backend alone
+    293, quiet machine). A round's ratio is the median over tokens
+    of the paired step times (prefill: of its turns); the printed ratio is the median over
+    rounds."""
     print(f"\n== speed: {args.chars}-char prompt, {args.tokens} tokens decoded, {args.rounds} "
-          "rounds, engines interleaved token by token in one process per round (tok/s medians; "
-          "ratios: medians over rounds of each round's paired ratio)")
+          "rounds, two engines interleaved token by token in one process per round (tok/s "
+          "medians; ratios: medians over rounds of each round's paired ratio)")
     for quant, bundle in bundles.items():
         for budget in ("100%", "50%"):
-            engines = ["llama.cpp", "onnx"] + (["genai"] if budget == "100%" else [])
-            rounds = []
-            for rnd in range(args.rounds):
-                spec = {"kind": "interleaved", "engines": engines[rnd % len(engines):]
-                        + engines[: rnd % len(engines)], "bundle": str(bundle),
-                        "budget": budget, "threads": args.threads, "chars": args.chars,
-                        "tokens": args.tokens, "check_reads": not args.no_checks}  # fmt: skip
-                r = child(spec, args.max_background)
-                rounds.append(r)
-                print(f"  {quant} {budget} round {rnd + 1}: " + "  ".join(
-                    f"{e} {r['engines'][e]['decode']:.1f}/{r['engines'][e]['prefill']:.1f}"
-                    for e in engines) + f"  (decode/prefill tok/s, {r['prompt']}-token prompt; "
-                    f"others kept {r['background']:.2f} core busy)", flush=True)
-            med = _medians(rounds)
-            ratio = _ratios(rounds)
-            line = (f"{quant} vs {PAIRS[quant]} at {budget}: llama.cpp decode "
-                    f"{med('llama.cpp', 'decode'):.1f} prefill {med('llama.cpp', 'prefill'):.1f}"
-                    f" | onnx decode {med('onnx', 'decode'):.1f} prefill "
-                    f"{med('onnx', 'prefill'):.1f} | ONNX/llama.cpp decode "
-                    f"{ratio('onnx', 'llama.cpp', 'decode'):.2f}x prefill "
-                    f"{ratio('onnx', 'llama.cpp', 'prefill'):.2f}x | by CPU time per token "
-                    f"({args.threads} thread): llama.cpp {med('llama.cpp', 'cpu_decode'):.1f}, "
-                    f"onnx {med('onnx', 'cpu_decode'):.1f} tok/s, "
-                    f"{ratio('onnx', 'llama.cpp', 'cpu_decode'):.2f}x")
-            if "genai" in engines:
-                line += (f" | genai decode {med('genai', 'decode'):.1f} prefill "
-                         f"{med('genai', 'prefill'):.1f}; edgemoe/genai decode "
-                         f"{ratio('onnx', 'genai', 'decode'):.2f}x prefill "
-                         f"{ratio('onnx', 'genai', 'prefill'):.2f}x")
-            print(line, flush=True)
+            pairs = [("llama.cpp", "onnx")] + ([("genai", "onnx")] if budget == "100%" else [])
+            for pair in pairs:
+                _speed_pair(args, quant, bundle, budget, pair)
+
+
+def _speed_pair(args: argparse.Namespace, quant: str, bundle: Path, budget: str,
+                pair: tuple[str, str]) -> None:
+    other = pair[0]
+    rounds = []
+    for rnd in range(args.rounds):
+        order = list(pair[rnd % 2:] + pair[: rnd % 2])
+        spec = {"kind": "interleaved", "engines": order, "bundle": str(bundle),
+                "budget": budget, "threads": args.threads, "chars": args.chars,
+                "tokens": args.tokens, "check_reads": not args.no_checks}  # fmt: skip
+        r = child(spec, args.max_background)
+        rounds.append(r)
+        print(f"  {quant} {budget} round {rnd + 1}: " + "  ".join(
+            f"{e} {r['engines'][e]['decode']:.1f}/{r['engines'][e]['prefill']:.1f}"
+            for e in pair) + f"  (decode/prefill tok/s, {r['prompt']}-token prompt; "
+            f"others kept {r['background']:.2f} core busy)", flush=True)
+    med = _medians(rounds)
+    ratio = _ratios(rounds)
+    name = PAIRS[quant] if other == "llama.cpp" else "the same model.onnx"
+    line = (f"{quant} vs {name} on {other} at {budget}: {other} decode "
+            f"{med(other, 'decode'):.1f} prefill {med(other, 'prefill'):.1f} | onnx decode "
+            f"{med('onnx', 'decode'):.1f} prefill {med('onnx', 'prefill'):.1f} | "
+            f"ONNX/{other} decode {ratio('onnx', other, 'decode'):.2f}x prefill "
+            f"{ratio('onnx', other, 'prefill'):.2f}x")
+    if other == "llama.cpp":
+        line += (f" | by CPU time per token ({args.threads} thread): llama.cpp "
+                 f"{med('llama.cpp', 'cpu_decode'):.1f}, onnx {med('onnx', 'cpu_decode'):.1f} "
+                 f"tok/s, {ratio('onnx', 'llama.cpp', 'cpu_decode'):.2f}x")
+    print(line, flush=True)
 
 
 def _medians(rounds: list[dict]):  # type: ignore[no-untyped-def]
