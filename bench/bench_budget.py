@@ -80,10 +80,10 @@ def settle(bundle: Path, budget: str, n: int, cut_at: int, threads: int) -> dict
     # Fits: dense + new capacity + the header + 512 KiB of pages shared at tensor edges.
     after = [i for i in range(cut_at, len(rss)) if rss[i] <= fit + header + 512 * 1024]
     first = after[0] if after else None
-    change = s["budget_history"][0]
+    change = s.budget_history[0]
     return {
         "identical": got == ref, "rss_before": rss[cut_at - 1], "rss_after": rss[-1],
-        "fit": fit, "released": change["released"],
+        "fit": fit, "released": change.released,
         "settle_tokens": (first - cut_at + 1) if first is not None else None,
         "settle_ms": 1000 * (times[first] - called) if first is not None else None,
         "decode_before": (cut_at - 1) / (times[cut_at - 1] - times[0]),
@@ -111,7 +111,7 @@ def cgroup_child(spec: dict) -> dict:
             times.append(time.perf_counter())
             if len(times) == spec["cut_at"]:
                 before, read0 = m.stats(), _read_bytes()
-                squeeze = Squeeze(spec, before["resident_expert_bytes"])
+                squeeze = Squeeze(spec, before.resident_expert_bytes)
             if squeeze is not None:
                 squeeze.step()
             time.sleep(0.005)
@@ -119,11 +119,11 @@ def cgroup_child(spec: dict) -> dict:
         if follower is not None:
             follower.stop()
     k = spec["cut_at"]
-    hits, misses = s["hits"] - before["hits"], s["misses"] - before["misses"]
+    hits, misses = s.hits - before.hits, s.misses - before.misses
     return {"hit_rate": hits / max(1, hits + misses),
             "read_kib_per_token": (_read_bytes() - read0) / 1024 / (len(times) - k),
             "decode": (len(times) - k - 1) / (times[-1] - times[k]),
-            "changes": s["budget_changes"], "capacity": s["expert_capacity_bytes"],
+            "changes": s.budget_changes, "capacity": s.expert_capacity_bytes,
             "cut_share": squeeze.size if squeeze is not None else 0}
 
 

@@ -248,11 +248,11 @@ def _edgemoe(bundle: Path, prompt_ids: list[int], n: int, threads: int, budget: 
         during = {k: v - at_decode[k] for k, v in _decode_counters(model).items()}
         stats = model.stats()
         state = model.prefetch
-    lookups = stats["hits"] + stats["misses"]
+    lookups = stats.hits + stats.misses
     steps = max(n - 1, 1)
     return {"prefill_tok_s": len(prompt_ids) / prefill_s,
             "decode_tok_s": (n - 1) / decode_s if n > 1 else None, "tokens": tokens,
-            "hit_rate": stats["hits"] / lookups if lookups else None, "prefetch": state,
+            "hit_rate": stats.hits / lookups if lookups else None, "prefetch": state,
             "decode_read_per_token": during["read"] / steps,
             "decode_misses_per_token": during["misses"] / steps,
             "prefetch_used": during["used"], "prefetch_unused": during["unused"],
@@ -265,9 +265,9 @@ def _decode_counters(model) -> dict[str, int]:
     from runtime.benchmark import io_read_bytes
 
     s = model.stats()
-    return {"read": io_read_bytes() or 0, "misses": s["misses"],
-            "used": s.get("prefetch_used_experts", 0),
-            "unused": s.get("prefetch_unused_experts", 0)}
+    return {"read": io_read_bytes() or 0, "misses": s.misses,
+            "used": (s.prefetch and s.prefetch.prefetch_used_experts) or 0,
+            "unused": (s.prefetch and s.prefetch.prefetch_unused_experts) or 0}
 
 
 def _process_costs() -> dict:
@@ -325,7 +325,7 @@ def budget_bytes(bundle: Path, budgets: list[str]) -> dict[str, int]:
     out = {}
     for b in budgets:
         with runtime.load(bundle, budget=b, n_ctx=1024) as m:
-            out[b] = int(m.stats()["budget_bytes"])
+            out[b] = int(m.stats().budget_bytes)
     return out
 
 

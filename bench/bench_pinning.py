@@ -40,8 +40,8 @@ def generate(bundle: Path, prompt: str, budget: str, n: int, threads: int) -> tu
     with runtime.load(bundle, budget=budget, cold=True, n_ctx=1024, threads=threads) as model:
         r = model.generate(prompt, max_tokens=n)
         s = model.stats()
-    total = s["hits"] + s["misses"]
-    return s["hits"] / total if total else 1.0, r.timings["decode_tok_s"], r.tokens
+    total = s.hits + s.misses
+    return s.hits / total if total else 1.0, r.timings["decode_tok_s"], r.tokens
 
 
 def main() -> None:

@@ -158,7 +158,7 @@ def tap_round(bundle: str, prompt_ids: list[int], threads: int, wait_policy: str
             cpu[j] += time.thread_time() - c0
             wall[j] += time.perf_counter() - w0
         background = others_busy(since)
-        hits = [m.stats().get("unobserved_hits") for m in models]
+        hits = [m.stats().unobserved_hits for m in models]
     finally:
         for m in models:
             m.close()
@@ -270,23 +270,23 @@ def bench_fixture(name: str, quant: str, args: argparse.Namespace) -> None:
         for key, label, budget, cold, prefetch, record in CONFIGS:
             if key not in args.configs:
                 continue
-            ratios, stats, since = [], {}, cpu_window()
+            ratios, since = [], cpu_window()
             for _ in range(rounds):
                 ratio, tokens, stats = interleaved(stock, bundle, prompt, n, th, budget, cold,
                                                    prefetch, record)
                 reference = reference or tokens
                 assert tokens == reference, f"tokens changed: {label}"
                 ratios.append(ratio)
-            lookups = stats["hits"] + stats["misses"]
-            hit = f"{stats['hits'] / lookups:.3f}" if stats.get("offloading") and lookups else "-"
-            used = (f"{stats.get('prefetch_used_experts', 0)}/"
-                    f"{stats.get('prefetch_unused_experts', 0)}"
-                    if stats.get("prefetch") == "on" else "-")
+            lookups = stats.hits + stats.misses
+            hit = f"{stats.hits / lookups:.3f}" if stats.offloading and lookups else "-"
+            pf = stats.prefetch  # None: nothing paged
+            on = pf is not None and pf.state == "on"
+            used = (f"{pf.prefetch_used_experts or 0}/{pf.prefetch_unused_experts or 0}"
+                    if pf is not None and on else "-")
             if prefetch:  # "on", or "off: why" (e.g. a gating rule pre-gating cannot rank)
-                prefetch_state[label] = str(stats.get("prefetch")) + (
-                    f" (governor width {stats.get('prefetch_width')} at the end, "
-                    f"{stats.get('prefetch_changes')} changes)"
-                    if stats.get("prefetch") == "on" else "")
+                prefetch_state[label] = str(pf.state if pf is not None else None) + (
+                    f" (governor width {pf.prefetch_width} at the end, "
+                    f"{pf.prefetch_changes} changes)" if pf is not None and on else "")
             print(f"{label:<22} {statistics.median(ratios):6.2f}  "
                   f"{' '.join(f'{r:.2f}' for r in ratios):<24} {hit:>8} {used:>20} "
                   f"{digest(reference):>12} {others_busy(since):6.2f}", flush=True)

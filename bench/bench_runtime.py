@@ -147,11 +147,11 @@ def main() -> None:
         p, d = statistics.median(ps), statistics.median(ds)
         p_ratio = statistics.median(x / b for x, b in zip(ps, base_p, strict=True))
         d_ratio = statistics.median(x / b for x, b in zip(ds, base_d, strict=True))
-        total = stats["hits"] + stats["misses"]
-        hit = stats["hits"] / total if total else 1.0
+        total = stats.hits + stats.misses
+        hit = stats.hits / total if total else 1.0
         print(
             f"{budget:>8} {'cold' if cold else 'warm':>5} {p:9.1f} {p_ratio:6.2f} {d:9.1f} "
-            f"{d_ratio:6.2f} {hit:8.3f} {stats['bytes_loaded'] / 2**20:10.1f}"
+            f"{d_ratio:6.2f} {hit:8.3f} {stats.bytes_loaded / 2**20:10.1f}"
         )
     print(f"(ratios: median of {args.repeats} paired rounds; other processes kept "
           f"{background:.2f} cores busy meanwhile)")

@@ -103,12 +103,12 @@ def child(spec: dict) -> dict:
             dropped = sum(1 for was, is_ in zip(baseline, now, strict=True) if was and not is_)
             counts["dense_out"] = max(counts["dense_out"], dropped)
             if n == spec["cut_at"] and spec.get("limit"):
-                squeeze = Squeeze(spec, m.stats()["resident_expert_bytes"])
+                squeeze = Squeeze(spec, m.stats().resident_expert_bytes)
             if squeeze is not None:
                 squeeze.step()
         if follower is not None:
             follower.stop()
-        changes = m.stats()["budget_changes"]
+        changes = m.stats().budget_changes
     return {**counts, "gap_us": 1e6 * statistics.median(gaps) if gaps else 0.0,
             "changes": changes}
 

@@ -53,7 +53,7 @@ def _pack(src: str, out: Path, quant: str, prune: float = 0.0) -> Path:
 
 def _bytes_loaded(model) -> int:
     s = model.stats()
-    return int(s["bytes_loaded"]) + int(s.get("draft_bytes_loaded", 0))
+    return int(s.bytes_loaded) + int((s.speculation and s.speculation.draft_bytes_loaded) or 0)
 
 
 def _generate(model, prompt: str, n: int) -> tuple[float, float, list[int]]:
@@ -122,15 +122,16 @@ def bench_budget(bundles: dict[str, Path], budget: str, args, prompt: str) -> No
 def _report(arms: list[Arm], budget: str) -> None:
     base = arms[0]
     s0 = base.model.stats()
-    print(f"\nbudget {budget}: target alone holds {s0['budget_bytes'] / 2**20:.1f} MiB "
-          f"(experts {s0['expert_capacity_bytes'] / 2**20:.1f} of "
-          f"{s0['expert_bytes_total'] / 2**20:.1f} MiB)")
+    print(f"\nbudget {budget}: target alone holds {s0.budget_bytes / 2**20:.1f} MiB "
+          f"(experts {s0.expert_capacity_bytes / 2**20:.1f} of "
+          f"{s0.expert_bytes_total / 2**20:.1f} MiB)")
     print(f"{'':>14} {'tok/s':>7} {'ratio':>6} {'(min..max)':>12} {'cpu tok/s':>9} "
           f"{'ratio':>6} {'accept':>7} {'tok/step':>8} {'MiB/tok':>8} {'memory MiB':>10}")
     med = statistics.median
     for a in arms:
         s = a.model.stats()
-        memory = (s["budget_bytes"] + s.get("draft_budget_bytes", 0)) / 2**20
+        memory = (s.budget_bytes + (s.speculation.draft_budget_bytes if s.speculation else 0)
+                  ) / 2**20
         per_tok = a.loaded / max(a.tokens, 1) / 2**20
         if a is base:
             print(f"{a.label:>14} {med(a.tok_s):7.1f} {1.0:6.2f} {'':>12} "
@@ -140,7 +141,7 @@ def _report(arms: list[Arm], budget: str) -> None:
         lo, hi = min(a.ratios), max(a.ratios)
         print(f"{a.label:>14} {med(a.tok_s):7.1f} {med(a.ratios):6.2f} "
               f"{f'{lo:.2f}..{hi:.2f}':>12} {med(a.cpu_tok_s):9.1f} {med(a.cpu_ratios):6.2f} "
-              f"{s['acceptance_rate']:7.1%} {s['tokens_per_verify_step']:8.2f} "
+              f"{s.speculation.acceptance_rate:7.1%} {s.speculation.tokens_per_verify_step:8.2f} "
               f"{per_tok:8.2f} {memory:10.1f}")
 
 

@@ -82,7 +82,7 @@ else:
         m.generate(prompt[:200], max_tokens=4)
         w0 = window()
         r = m.generate(prompt, max_tokens=n + 1)
-        ran = m.stats()["wait_policy"]
+        ran = m.stats().wait_policy
     prefill, decode = r.timings["prefill_tok_s"], r.timings["decode_tok_s"]
 print(json.dumps({"prefill": prefill, "decode": decode, "policy": ran,
                   "background": background(w0)}))

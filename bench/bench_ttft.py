@@ -83,7 +83,9 @@ with runtime.load(spec["bundle"], budget=spec["budget"], cold=spec["cache"] == "
     r2, s = io(), m.stats()
     busy = (waited() - q0) / (time.perf_counter() - t0)
     n_ctx, prefetch = m.n_ctx, str(m.prefetch)
-print(json.dumps({"ttft_ms": s["ttft_ms_p50"], "breakdown": s.get("ttft_breakdown"),
+breakdown = s.latency.ttft_breakdown
+print(json.dumps({"ttft_ms": s.latency.ttft_ms_p50,
+                  "breakdown": breakdown.to_dict() if breakdown is not None else None,
                   "load_ms": load_s * 1e3, "load_read": r1 - r0, "prompt_read": r2 - r1,
                   "prompt_ids": ids, "tokens": res.tokens, "n_ctx": n_ctx,
                   "prefetch": prefetch, "cpu_wait": max(0.0, busy)}))

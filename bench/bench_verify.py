@@ -37,14 +37,15 @@ def measure(bundle: Path, budget: str, checks: bool, n: int, threads: int) -> di
         if model._background is not None:
             model._background.wait(600)
         s = model.stats()
+    v = s.verification
     tokens = len(r.tokens) + r.usage.prompt_tokens
     wall = r.timings["prefill_s"] + r.timings["decode_s"]
     return {"decode": r.timings["decode_tok_s"], "prefill": r.timings["prefill_tok_s"],
-            "tokens": r.tokens, "verify_us_per_token": 1e6 * s["expert_verify_s"] / tokens,
-            "cpu_us_per_token": 1e6 * s["verify_cpu_s"] / tokens,
-            "cpu_share": s["verify_cpu_s"] / wall,
-            "experts": s["experts_verified"], "dense_s": s["dense_verify_s"],
-            "dense_mb": s["dense_bytes_verified"] / 1e6, "misses": s["misses"]}
+            "tokens": r.tokens, "verify_us_per_token": 1e6 * v.expert_verify_s / tokens,
+            "cpu_us_per_token": 1e6 * v.verify_cpu_s / tokens,
+            "cpu_share": v.verify_cpu_s / wall,
+            "experts": v.experts_verified, "dense_s": v.dense_verify_s,
+            "dense_mb": v.dense_bytes_verified / 1e6, "misses": s.misses}
 
 
 def main() -> None:

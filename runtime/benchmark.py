@@ -20,6 +20,7 @@ import numpy as np
 
 from contract.device_profile import DeviceProfile
 from runtime.experts.residency import drop_file_cache
+from runtime.generation.latency import PromptTiming
 from runtime.options import LoadOptions
 from runtime.procfs import peak_rss, peak_rss_reset
 
@@ -84,7 +85,7 @@ class BenchReport:
     load_s: float | None = None  # runtime.load, wall
     dense_read_ms: float | None = None  # a lazy load's wait for the dense weights
     # Where the time to first token went (runtime/generation/latency.py: PromptTiming).
-    ttft_breakdown: dict[str, Any] | None = None
+    ttft_breakdown: PromptTiming | None = None
 
     @property
     def ttft_ok(self) -> bool:
@@ -99,6 +100,8 @@ class BenchReport:
         d = asdict(self)
         d.update(ttft_ok=self.ttft_ok, itl_ok=self.itl_ok)
         d["ceiling"]["memory_share"] = self.ceiling.memory_share
+        if self.ttft_breakdown is not None:
+            d["ttft_breakdown"] = self.ttft_breakdown.to_dict()  # compute_ms with it
         return d
 
     def render(self) -> str:
@@ -176,7 +179,7 @@ def run_benchmark(opts: BenchOptions) -> BenchReport:
         shape, layers = model.manifest.shape, model.build.expert_layers
         per_token = model.budget.dense_bytes + shape.top_k * sum(x.expert_bytes for x in layers)
     timings = result.timings
-    lookups = stats["hits"] + stats["misses"]
+    lookups = stats.hits + stats.misses
     decode_s = timings.get("decode_s", 0.0)
     gen_read = _delta(read2, read1)
     mem = memory_bandwidth_gb_s()
@@ -189,24 +192,24 @@ def run_benchmark(opts: BenchOptions) -> BenchReport:
         decode_storage_mb_s=(gen_read / decode_s / 1e6
                              if cold and gen_read is not None and decode_s > 0 else None),
     )
-    ttft = stats.get("ttft_ms_p50")
+    ttft = stats.latency.ttft_ms_p50
     return BenchReport(
         bundle=str(opts.bundle),
         profile=profile.name,
-        budget_fraction=stats.get("budget_fraction"),
+        budget_fraction=stats.budget_fraction,
         cold=cold,
-        prefetch=str(stats.get("prefetch", "off")),
+        prefetch=stats.prefetch.state if stats.prefetch is not None else "off",
         threads=threads,
-        wait_policy=str(stats["wait_policy"]),
+        wait_policy=str(stats.wait_policy),
         prompt_tokens=result.usage.prompt_tokens,
         tokens=result.usage.completion_tokens,
         ttft_ms=ttft if ttft is not None else timings["ttft_s"] * 1e3,
-        itl_ms_p50=stats.get("itl_ms_p50"),
-        itl_ms_p95=stats.get("itl_ms_p95"),
+        itl_ms_p50=stats.latency.itl_ms_p50,
+        itl_ms_p95=stats.latency.itl_ms_p95,
         prefill_tok_s=timings["prefill_tok_s"],
         decode_tok_s=timings["decode_tok_s"],
-        hit_rate=stats["hits"] / lookups if stats.get("offloading") and lookups else None,
-        expert_bytes_loaded=stats["bytes_loaded"],
+        hit_rate=stats.hits / lookups if stats.offloading and lookups else None,
+        expert_bytes_loaded=stats.bytes_loaded,
         load_read_bytes=_delta(read1, read0),
         generation_read_bytes=gen_read,
         peak_rss_lifetime=max(lifetime, generation_peak),
@@ -215,9 +218,8 @@ def run_benchmark(opts: BenchOptions) -> BenchReport:
         itl_ms_target=profile.itl_ms_target,
         ceiling=ceiling,
         load_s=load_s,
-        dense_read_ms=(stats["dense_read_s"] * 1e3
-                       if stats.get("dense_read_s") is not None else None),
-        ttft_breakdown=stats.get("ttft_breakdown"),
+        dense_read_ms=stats.dense_read_s * 1e3 if stats.dense_read_s is not None else None,
+        ttft_breakdown=stats.latency.ttft_breakdown,
     )
 
 
@@ -272,14 +274,14 @@ def _breakdown_lines(r: BenchReport) -> list[str]:
     if r.dense_read_ms is not None:
         load += f" (dense weights read and waited for: {r.dense_read_ms:.1f} ms)"
     b = r.ttft_breakdown
-    if not b:
+    if b is None:
         return [load]
-    graph = "n/a" if b.get("graph_ms") is None else f"{b['graph_ms']:.1f}"
-    pending = b.get("dense_pending_bytes")
-    out.append(f"  first token          prompt step {b['step_ms']:.1f} ms = graph build {graph} + "
-               f"compute {b['compute_ms']:.1f} + expert reads and checks {b['experts_ms']:.1f} "
-               f"(verify {b['verify_ms']:.1f}; {b['expert_bytes'] / 1e6:.1f} MB of experts), "
-               f"then first sample {_rate(b.get('first_sample_ms'), '.1f')} ms")
+    graph = "n/a" if b.graph_ms is None else f"{b.graph_ms:.1f}"
+    pending = b.dense_pending_bytes
+    out.append(f"  first token          prompt step {b.step_ms:.1f} ms = graph build {graph} + "
+               f"compute {b.compute_ms:.1f} + expert reads and checks {b.experts_ms:.1f} "
+               f"(verify {b.verify_ms:.1f}; {b.expert_bytes / 1e6:.1f} MB of experts), "
+               f"then first sample {_rate(b.first_sample_ms, '.1f')} ms")
     out.append(load + ("" if pending is None else
                        f"; dense bytes not yet in memory at the prompt {pending / 1e6:.1f} MB"))
     return out

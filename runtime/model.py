@@ -39,7 +39,7 @@ from runtime.paging import PagedExperts, bundle_experts, read_dense_only, start_
 from runtime.recurrent import recurrent_shape
 from runtime.speculative.drafting import ModelDrafter
 from runtime.speculative.speculator import Speculator
-from runtime.stats import collect_stats
+from runtime.stats import ModelStats, collect_stats
 from runtime.structured.tools import ToolChoice, ToolSpec
 
 
@@ -380,9 +380,9 @@ class Model:
         )
 
     # --- introspection -------------------------------------------------------------------
-    def stats(self) -> dict[str, Any]:
+    def stats(self) -> ModelStats:
         """Budget, memory, expert cache, integrity, latency and (with a draft) speculation
-        figures (runtime/stats/)."""
+        figures: a typed record (runtime/stats/record.py); `.to_json()` for the flat JSON."""
         if self._lock.acquire(blocking=False):  # the engine's routing log is the decoder's
             try:
                 self.pager.sync()

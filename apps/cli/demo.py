@@ -56,7 +56,7 @@ def run_demo(
         s = model.stats()
     echo(f"--- generation at budget {budget} ---\n{prompt}{r.text}")
     echo(
-        f"--- resident experts {s['resident_expert_bytes']:,} of {s['expert_bytes_total']:,} bytes,"
-        f" hits {s['hits']}, misses {s['misses']}, decode {s.get('decode_tok_s', 0):.0f} tok/s"
+        f"--- resident experts {s.resident_expert_bytes:,} of {s.expert_bytes_total:,} bytes,"
+        f" hits {s.hits}, misses {s.misses}, decode {r.timings.get('decode_tok_s', 0):.0f} tok/s"
     )
     return r.text

@@ -68,7 +68,7 @@ def run(
                 "prompt_tokens": r.usage.prompt_tokens,
                 "completion_tokens": r.usage.completion_tokens,
             },
-            "stats": model.stats(),
+            "stats": model.stats().to_json(),
         }
         typer.echo(json.dumps(out, indent=2))
 

@@ -24,10 +24,10 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import replace
-from typing import Any
 
 from runtime.api import Model
 from runtime.generation.request import PreparedRequest, StreamEvent
+from runtime.stats import ModelStats
 
 log = logging.getLogger("edgemoe.server")
 
@@ -151,7 +151,7 @@ class Engine:
         self._refusal: BaseException | None = None  # while set, new work fails with it
         self._borrowed: dict[int, int] = {}  # id(model) -> requests preparing on it
         self._model_lock = threading.Lock()  # held by the worker while a generation runs
-        self._stats: dict[str, Any] = {}
+        self._stats: ModelStats | None = None
         self._avg_job_s = 1.0
         self._thread = threading.Thread(target=self._work, name="edgemoe-engine", daemon=True)
 
@@ -234,8 +234,9 @@ class Engine:
     def busy(self) -> bool:
         return self._current is not None
 
-    def stats(self) -> dict[str, Any]:
-        """The runtime's figures: fresh when idle, else the snapshot from before this generation."""
+    def stats(self) -> ModelStats | None:
+        """The runtime's figures: fresh when idle, else the snapshot from before this generation
+        (None: none taken since a swap)."""
         if self._model_lock.acquire(blocking=False):
             try:
                 if not self.model.closed:
@@ -250,7 +251,7 @@ class Engine:
         keeps running the jobs prepared on it."""
         with self._cond:
             old, self.model, self._refusal = self.model, model, None
-            self._stats = {}
+            self._stats = None
         return old
 
     def fail_model(self, model: Model, error: BaseException) -> None:

@@ -27,7 +27,8 @@ PREFIX = "edgemoe"
 # The classic text format (what generate_latest writes), understood by every Prometheus.
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
-# model.stats() key -> (metric name, type, help). Counters are cumulative in the runtime.
+# Model.stats().to_json() key (runtime/stats/record.py) -> (metric name, type, help). Counters
+# are cumulative in the runtime.
 RUNTIME_FIGURES: tuple[tuple[str, str, str, str], ...] = (
     ("budget_bytes", "budget_bytes", "gauge", "Memory budget for weights and KV cache."),
     ("dense_bytes", "dense_bytes", "gauge", "Bytes of always-resident (non-expert) weights."),
@@ -92,7 +93,7 @@ class ServingFigures:
     queue_depth: int
     queue_capacity: int
     busy: bool
-    stats: Mapping[str, Any] | None  # Model.stats(), None until the model is loaded
+    stats: Mapping[str, Any] | None  # Model.stats().to_json(), None until the model is loaded
 
 
 class Metrics:
@@ -190,7 +191,7 @@ class _ScrapeCollector:
         yield from _latency(stats.get("latency_histograms"))
 
 
-# Model.stats()["latency_histograms"] key (runtime/generation/latency.py) -> help text.
+# Model.stats().latency.latency_histograms field (runtime/stats/record.py) -> help text.
 LATENCY: tuple[tuple[str, str], ...] = (
     ("ttft_seconds", "Time to first token: prompt start to the first sampled token."),
     ("inter_token_seconds", "Inter-token latency: one generated token to the next."),

@@ -172,12 +172,13 @@ class ServerState:
     def figures(self) -> ServingFigures:
         """What /metrics reports besides counters; the runtime's figures only once loaded."""
         eng = self._engine
+        stats = eng.stats() if eng else None
         return ServingFigures(
             model_id=self.model_id,
             queue_depth=eng.queue_depth if eng else 0,
             queue_capacity=self.settings.max_queue,
             busy=eng.busy if eng else False,
-            stats=eng.stats() if eng else None,
+            stats=stats.to_json() if stats is not None else None,
         )
 
     # shutdown ---------------------------------------------------------------------------------

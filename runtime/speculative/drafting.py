@@ -24,8 +24,21 @@ from runtime.generation.decoding import Decoder
 from runtime.generation.request import SamplingParams
 
 
+class DraftFigures(Protocol):
+    """The draft model's own figures the target reports (a `ModelStats` is one)."""
+
+    budget_bytes: int
+    dense_bytes: int
+    kv_bytes: int
+    expert_capacity_bytes: int
+    resident_expert_bytes: int
+    hits: int
+    misses: int
+    bytes_loaded: int
+
+
 class DraftModel(Decoder, Protocol):
-    """What a model drafter needs of the smaller model (`runtime.api.Model` is the one)."""
+    """What a model drafter needs of the smaller model (`runtime.model.Model` is the one)."""
 
     @property
     def lock(self) -> threading.Lock:
@@ -35,14 +48,14 @@ class DraftModel(Decoder, Protocol):
     @property
     def bundle(self) -> OpenBundle: ...
 
-    def stats(self) -> dict[str, Any]: ...
+    def stats(self) -> DraftFigures: ...
 
     def close(self) -> None: ...
 
 NGRAM = "ngram"  # `load(draft=...)` value that selects prompt lookup instead of a bundle
 NGRAM_MAX = 4  # longest suffix looked up; longer matches predict better, shorter match more
 NGRAM_MIN = 1
-# Model.stats() keys of a draft model reported by the target's stats, prefixed "draft_".
+# DraftFigures reported by the target's stats, prefixed "draft_".
 DRAFT_FIGURES = ("budget_bytes", "dense_bytes", "kv_bytes", "expert_capacity_bytes",
                  "resident_expert_bytes", "hits", "misses", "bytes_loaded")
 
@@ -210,7 +223,7 @@ class ModelDrafter:
     def stats(self) -> dict[str, Any]:
         s = self.model.stats()
         return {"draft_bundle": str(self.model.bundle.path)} | {
-            f"draft_{key}": s[key] for key in DRAFT_FIGURES if key in s
+            f"draft_{key}": getattr(s, key) for key in DRAFT_FIGURES
         }
 
     def close(self) -> None:

@@ -138,6 +138,6 @@ def test_tokens_identical_at_every_budget(bundle_factory):
     for budget in ("50%", "25%", minimum_budget(bundle)):
         tokens, stats = greedy(budget)
         assert tokens == reference, budget
-        assert stats["offloading"] and stats["misses"] > 0
+        assert stats.offloading and stats.misses > 0
     tokens, stats = greedy("25%", cold=True)
-    assert tokens == reference and stats["prefetch"] == "on"
+    assert tokens == reference and stats.prefetch.state == "on"

@@ -26,9 +26,9 @@ def main() -> None:
                 if line and line[0] == "budget":
                     model.set_budget(line[1])  # a generation runs: applied at its next step
         s = model.stats()
-        print("DONE " + json.dumps({"tokens": tokens, "history": s["budget_history"],
-                                    "capacity": s["expert_capacity_bytes"],
-                                    "resident": s["resident_expert_bytes"]}), flush=True)
+        print("DONE " + json.dumps({"tokens": tokens, "history": s.to_json()["budget_history"],
+                                    "capacity": s.expert_capacity_bytes,
+                                    "resident": s.resident_expert_bytes}), flush=True)
 
 
 if __name__ == "__main__":

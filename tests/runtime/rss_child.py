@@ -12,10 +12,11 @@ def main() -> None:
     bundle, budget, n_tokens = sys.argv[1], sys.argv[2], int(sys.argv[3])
     cold = "--cold" in sys.argv
     with runtime.load(bundle, budget=None if budget == "none" else budget, cold=cold) as model:
-        print("READY " + json.dumps(model.stats()), flush=True)
+        print("READY " + json.dumps(model.stats().to_json()), flush=True)
         sys.stdin.readline()
         r = model.generate("import os\nimport sys\n\ndef main(argv):\n    ", max_tokens=n_tokens)
-        print("DONE " + json.dumps({"tokens": r.tokens, "stats": model.stats()}), flush=True)
+        done = {"tokens": r.tokens, "stats": model.stats().to_json()}
+        print("DONE " + json.dumps(done), flush=True)
         sys.stdin.readline()
 
 

@@ -256,7 +256,7 @@ def test_seeded_answers_are_the_same_at_every_budget(budget, backend, bundle_fac
     with runtime.load(bundle, backend=backend, budget="100%", n_ctx=N_CTX, threads=2) as m:
         reference = m.generate(PROMPT, **kw)
     with runtime.load(bundle, backend=backend, budget=budget, n_ctx=N_CTX, threads=2) as m:
-        assert m.stats()["offloading"] == (budget != "100%")
+        assert m.stats().offloading == (budget != "100%")
         again = m.generate(PROMPT, **kw)
     assert [c.tokens for c in again.choices] == [c.tokens for c in reference.choices]
     assert [c.text for c in again.choices] == [c.text for c in reference.choices]

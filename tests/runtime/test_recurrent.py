@@ -74,13 +74,13 @@ def test_state_counts_in_the_budget_with_its_snapshots(hybrid):
     with runtime.load(hybrid) as plain:
         s = plain.stats()
         state = plain.recurrent.state_bytes()
-    assert s["recurrent_state_bytes"] == state > 0 and s["recurrent_layers"] == 2
-    assert s["kv_bytes"] > state  # the attention layer's KV cache beside it
+    assert s.recurrent.recurrent_state_bytes == state > 0 and s.recurrent.recurrent_layers == 2
+    assert s.kv_bytes > state  # the attention layer's KV cache beside it
     with runtime.load(hybrid, draft="ngram", draft_tokens=4) as drafted:
         d = drafted.stats()
         assert drafted.engine.rollback_depth == 4  # llama.cpp granted the snapshots
-    assert d["recurrent_state_bytes"] == 5 * state
-    assert d["kv_bytes"] - s["kv_bytes"] == 4 * state
+    assert d.recurrent.recurrent_state_bytes == 5 * state
+    assert d.kv_bytes - s.kv_bytes == 4 * state
     assert minimum_budget(hybrid, draft="ngram", draft_tokens=4) - minimum_budget(hybrid) \
         == 4 * state
 
@@ -97,7 +97,8 @@ def test_greedy_output_is_identical_with_and_without_draft(hybrid):
     for k in (2, 4, 8):
         tokens, stats = greedy(draft="ngram", draft_tokens=k)
         assert tokens == reference, f"draft_tokens={k}"
-        assert stats["drafted_tokens"] > stats["accepted_tokens"] > 0  # some rejected: rolled back
+        spec = stats.speculation
+        assert spec.drafted_tokens > spec.accepted_tokens > 0  # some rejected: rolled back
 
 
 @pytest.mark.engine
@@ -158,12 +159,12 @@ def test_speculation_is_off_with_the_reason_where_llama_cpp_cannot_roll_back(
         assert drafted.speculation is None and drafted.engine.rollback_depth == 0
         tokens = drafted.generate(PROMPT, max_tokens=32).tokens
         d = drafted.stats()
-    assert d["speculation_off"].startswith(
+    assert d.speculation_off.startswith(
         f"llama.cpp cannot roll back the recurrent state of '{NO_ROLLBACK[name]}'")
-    assert tokens == reference and d.get("drafted_tokens", 0) == 0
+    assert tokens == reference and d.speculation is None  # plain decoding, said so
     # One state, no snapshots: what the packager's planner counts for the family.
     state = 4 * read_family(fixture_checkpoint(name)).gguf.recurrent_state_values()
-    assert d["recurrent_state_bytes"] == s["recurrent_state_bytes"] == state > 0
+    assert d.recurrent.recurrent_state_bytes == s.recurrent.recurrent_state_bytes == state > 0
     assert minimum_budget(bundle, draft="ngram", draft_tokens=4) == minimum_budget(bundle)
 
 

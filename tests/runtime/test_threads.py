@@ -33,7 +33,7 @@ with runtime.load(sys.argv[1], budget="100%", n_ctx=128, threads=2,
     s = m.stats()
     from threadpoolctl import threadpool_info
     blas = [p["num_threads"] for p in threadpool_info() if p["internal_api"] == "openblas"]
-    print(json.dumps({"wait_policy": s["wait_policy"], "threads": s["threads"], "blas": blas}))
+    print(json.dumps({"wait_policy": s.wait_policy, "threads": s.threads, "blas": blas}))
 """
 
 

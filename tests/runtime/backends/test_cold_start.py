@@ -45,7 +45,7 @@ with runtime.load(bundle, budget=budget) as model:
     print(json.dumps({
         "tokens": r.tokens, "load_read": loaded_read, "load_peak": load_peak,
         "gen_peak": hwm(), "lifetime_peak": max(load_peak, hwm()),
-        "dense": s["dense_bytes"], "pinned": s["pinned_bytes"], "kv": s["kv_bytes"],
+        "dense": s.dense_bytes, "pinned": s.pinned_bytes, "kv": s.kv_bytes,
         "lazy": bool(lazy and lazy.active),
     }))
 """

@@ -65,8 +65,8 @@ def test_int8_pages_onnxruntimes_packed_experts(bundle_factory):
                    if ".q8" in t.name)  # fmt: skip
         m.generate(PROMPT, max_tokens=8)
         s = m.stats()
-        assert s["experts_verified"] > 0 and s["integrity_faults"] == 0
-        assert 0 < s["mapping_rss_bytes"]
+        assert s.verification.experts_verified > 0 and s.verification.faults == 0
+        assert 0 < s.mapping_rss_bytes
 
 
 @pytest.mark.reference
@@ -102,10 +102,10 @@ def test_both_builds_in_one_bundle(bundle_factory):
     assert report["onnx"]["quant"] == "int8" and report["onnx"]["block_size"] == 32
     assert report["onnx"]["scheme"].startswith("asymmetric")
     with runtime.load(bundle, budget="50%", backend="onnx") as onnx_model:
-        assert onnx_model.stats()["backend"] == "onnx"
+        assert onnx_model.stats().backend == "onnx"
         assert onnx_model.generate(PROMPT, max_tokens=4).usage.completion_tokens == 4
     with runtime.load(bundle, budget="50%") as gguf_model:
-        assert gguf_model.stats()["backend"] == "llama.cpp"
+        assert gguf_model.stats().backend == "llama.cpp"
 
 
 def test_gguf_only_bundle_refuses_onnx_backend(tiny_bundle):
@@ -166,10 +166,10 @@ with runtime.load(bundle, budget=budget, backend="onnx") as m:
     s = m.stats()
     source = m.engine.expert_file()  # onnxruntime's packed experts, when it runs them
     path = str(source.path) if source else str(Path(bundle) / "model.onnx.data")
-    print(json.dumps({"tokens": r.tokens, "cap": s["expert_capacity_bytes"], "start": start,
+    print(json.dumps({"tokens": r.tokens, "cap": s.expert_capacity_bytes, "start": start,
                       "expert_file": path,
-                      "dense": s["dense_bytes"], "experts": s["expert_bytes_total"],
-                      "kv": s.get("kv_bytes", 0), "prompt": r.usage.prompt_tokens}), flush=True)
+                      "dense": s.dense_bytes, "experts": s.expert_bytes_total,
+                      "kv": s.kv_bytes, "prompt": r.usage.prompt_tokens}), flush=True)
     sys.stdin.readline()
 """
 

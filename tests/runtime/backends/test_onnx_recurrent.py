@@ -69,12 +69,12 @@ def test_state_counts_in_the_budget_and_one_copy_with_a_draft(name, hybrid, fixt
     with runtime.load(bundle, backend="onnx") as plain:
         s = plain.stats()
         assert plain.engine.recurrent
-    assert s["recurrent_state_bytes"] == state > 0 and s["kv_bytes"] > state
+    assert s.recurrent.recurrent_state_bytes == state > 0 and s.kv_bytes > state
     for k in (2, 8):  # one copy from before the verify batch, whatever its length
         with runtime.load(bundle, backend="onnx", draft="ngram", draft_tokens=k) as drafted:
             d = drafted.stats()
-        assert d["recurrent_state_bytes"] == 2 * state
-        assert d["kv_bytes"] - s["kv_bytes"] == state
+        assert d.recurrent.recurrent_state_bytes == 2 * state
+        assert d.kv_bytes - s.kv_bytes == state
         assert minimum_budget(bundle, backend="onnx", draft="ngram", draft_tokens=k) \
             - minimum_budget(bundle, backend="onnx") == state
 
@@ -124,8 +124,9 @@ def test_greedy_output_is_identical_with_and_without_draft(name, hybrid):
     for k in (2, 4, 8):
         tokens, stats = greedy(draft="ngram", draft_tokens=k)
         assert tokens == reference, f"draft_tokens={k}"
-        assert "speculation_off" not in stats
-        assert stats["drafted_tokens"] > stats["accepted_tokens"] > 0  # some rejected: rolled back
+        assert stats.speculation_off is None
+        spec = stats.speculation
+        assert spec.drafted_tokens > spec.accepted_tokens > 0  # some rejected: rolled back
 
 
 @pytest.mark.engine

@@ -69,9 +69,9 @@ def test_prompt_prefetch_reads_what_the_prompt_then_uses(bundle_factory):
             runs[prefetch] = (r.tokens, m.stats())
     assert runs[False][0] == runs[True][0]
     on = runs[True][1]
-    assert "prompt_prefetch_experts" not in runs[False][1]
-    assert on["prompt_prefetch_used_experts"] > on["prompt_prefetch_unused_experts"]
-    assert on["prompt_prefetch_experts"] >= on["prompt_prefetch_used_experts"] > 0
-    b = on["ttft_breakdown"]
-    assert b["tokens"] > 1 and b["expert_bytes"] > 0 and b["ttft_ms"] >= b["step_ms"]
-    assert b["dense_pending_bytes"] == 0  # the load waited for the dense weights
+    assert runs[False][1].prefetch.prompt_prefetch_experts is None  # no prompt prefetch: no figures
+    assert on.prefetch.prompt_prefetch_used_experts > on.prefetch.prompt_prefetch_unused_experts
+    assert on.prefetch.prompt_prefetch_experts >= on.prefetch.prompt_prefetch_used_experts > 0
+    b = on.latency.ttft_breakdown
+    assert b.tokens > 1 and b.expert_bytes > 0 and b.ttft_ms >= b.step_ms
+    assert b.dense_pending_bytes == 0  # the load waited for the dense weights

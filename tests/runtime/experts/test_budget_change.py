@@ -85,9 +85,9 @@ def test_tokens_are_identical_across_changes_mid_generation(fmt, bundle_factory)
                 m.set_budget("45%", reason="grow")
         s = m.stats()
     assert got == ref
-    assert [c["reason"] for c in s["budget_history"]] == ["api", "grow"]
-    assert s["budget_history"][0]["released"] > 0 and s["budget_changes"] == 2
-    assert s["resident_expert_bytes"] <= s["expert_capacity_bytes"]
+    assert [c.reason for c in s.budget_history] == ["api", "grow"]
+    assert s.budget_history[0].released > 0 and s.budget_changes == 2
+    assert s.resident_expert_bytes <= s.expert_capacity_bytes
 
 
 def test_below_the_minimum_or_nothing_paged_is_refused(bundle_factory):
@@ -122,7 +122,7 @@ def test_a_resizable_full_budget_shrinks_and_follows_pressure_down_and_back(bund
             follower.step()
             steps += 1
         assert m.budget.expert_capacity_bytes == full  # grown back, gradually
-        history = m.stats()["budget_history"]
-        grows = [c for c in history if c["reason"].startswith("pressure: grow")]
-        assert len(grows) >= 5 and all(c["expert_capacity_bytes"] > low for c in grows)
+        history = m.stats().budget_history
+        grows = [c for c in history if c.reason.startswith("pressure: grow")]
+        assert len(grows) >= 5 and all(c.expert_capacity_bytes > low for c in grows)
         assert m.generate(PROMPT, max_tokens=16, temperature=0.0).tokens == ref

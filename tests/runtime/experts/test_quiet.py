@@ -128,8 +128,7 @@ def test_a_budget_cut_makes_every_layer_stop_again(bundle_factory, monkeypatch):
         bundle, 10**9, monkeypatch, cut="50%")
     assert second == reference
     assert known.tolist() == [0] * len(known)
-    assert stats["misses"] > 0 and stats["resident_expert_bytes"] <= stats[
-        "expert_capacity_bytes"]
+    assert stats.misses > 0 and stats.resident_expert_bytes <= stats.expert_capacity_bytes
     # After the cut every one-token event stopped: no quiet event beyond the first answer's.
     assert quiet_before[0] > 0 and quiet_after == quiet_before
     assert sum(stopped) >= 23 * len(known)

@@ -63,7 +63,7 @@ def pick_expert(bundle: Path, tokens: int, **load) -> tuple[str, str, tuple[int,
     """(a prompt, a later prompt, an unpinned expert the later one needs and the first one
     does not, the pinned set)."""
     with runtime.load(bundle, budget=BUDGET, threads=1, n_ctx=256, **load) as m:
-        pinned = {(int(k), e) for k, v in m.stats()["hot_experts"].items() for e in v}
+        pinned = {(int(k), e) for k, v in m.stats().hot_experts.items() for e in v}
     used = {p: experts_used(bundle, p, tokens, **load) - pinned for p in PROMPTS}
     for first in PROMPTS:
         for later in PROMPTS:

@@ -47,7 +47,7 @@ def test_a_flipped_expert_byte_fails_the_request_that_needs_it(trained, tmp_path
         with pytest.raises(ModelCorruptError):  # it answers nothing more from these weights
             m.generate(first, max_tokens=TOKENS, temperature=0.0)
         stats = m.stats()
-        assert stats["integrity"] == "corrupt" and d.tensor in stats["integrity_fault"]
+        assert stats.verification.state == "corrupt" and d.tensor in stats.verification.fault
 
 
 def test_a_flipped_dense_byte_is_found_by_the_background_check(trained, tmp_path):
@@ -83,9 +83,10 @@ def test_a_bundle_without_checksums_loads_with_the_sampled_check_only(trained, t
     del manifest["checksums"]
     (d.bundle / "manifest.json").write_text(json.dumps(manifest))
     with runtime.load(d.bundle, budget=BUDGET, threads=1, n_ctx=256) as m:
-        assert "none in this bundle" in m.stats()["checksums"]
+        assert "none in this bundle" in m.stats().verification.checksums
         m.generate(later, max_tokens=TOKENS, temperature=0.0)  # served as before: unseen
-        assert m.stats()["integrity"] == "ok" and m.stats()["dense_check"] == "none"
+        v = m.stats().verification
+        assert v.state == "ok" and v.dense_check == "none"
 
 
 def test_checks_off_serve_a_damaged_expert_as_before(trained, tmp_path):
@@ -95,5 +96,5 @@ def test_checks_off_serve_a_damaged_expert_as_before(trained, tmp_path):
     d = damage_expert(src, tmp_path / "bad", layer, expert)
     with runtime.load(d.bundle, budget=BUDGET, threads=1, n_ctx=256, check_reads=False) as m:
         m.generate(later, max_tokens=TOKENS, temperature=0.0)
-        assert m.stats()["integrity"] == "ok"
+        assert m.stats().verification.state == "ok"
 

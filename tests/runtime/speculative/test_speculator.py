@@ -39,14 +39,14 @@ def _check_identical(target: Path, drafts: dict[str, Path | str], backend: str |
             tokens, stats = _generate(target, budget, backend=backend, draft=draft,
                                       draft_tokens=4)
             assert tokens == reference, f"{label} draft at {budget}"
-            if "speculation_off" in stats:  # a recurrent draft model cannot roll back its
-                why = stats["speculation_off"]  # drafts; nor can llama.cpp some targets' state
+            if stats.speculation_off is not None:  # a recurrent draft model cannot roll back its
+                why = stats.speculation_off  # drafts; nor can llama.cpp some targets' state
                 assert why.startswith("llama.cpp cannot roll back the recurrent state") or (
                     label != "ngram" and "has recurrent layers" in why), why
                 continue
-            assert stats["drafted_tokens"] > 0 and stats["verify_steps"] > 0, label
-            assert stats["acceptance_rate"] == pytest.approx(
-                stats["accepted_tokens"] / stats["drafted_tokens"])
+            spec = stats.speculation
+            assert spec.drafted_tokens > 0 and spec.verify_steps > 0, label
+            assert spec.acceptance_rate == pytest.approx(spec.accepted_tokens / spec.drafted_tokens)
 
 
 @pytest.mark.parametrize("name", ARCH_FIXTURES)
@@ -86,7 +86,7 @@ def test_a_draft_that_is_mostly_wrong_costs_speed_never_tokens(backend, bundle_f
         drafts = {"other": bundle_factory("qwen2moe-tiny", "Q4_0")}
     _check_identical(target, drafts, backend=backend)
     _, stats = _generate(target, backend=backend, draft=drafts["other"])
-    assert stats["acceptance_rate"] < 0.5
+    assert stats.speculation.acceptance_rate < 0.5
 
 
 @pytest.mark.parametrize("backend", ["llama.cpp", "onnx"])
@@ -118,7 +118,7 @@ def test_sampled_speculation_is_seeded(draft, bundle_factory):
     kw = {"draft": d, "temperature": 0.9, "top_p": 0.95, "top_k": 40}
     a, stats = _generate(target, seed=11, **kw)
     b, _ = _generate(target, seed=11, **kw)
-    assert a == b and len(a) == N and stats["drafted_tokens"] > 0
+    assert a == b and len(a) == N and stats.speculation.drafted_tokens > 0
 
 
 def test_the_auto_switch_never_changes_tokens(bundle_factory):
@@ -128,8 +128,8 @@ def test_the_auto_switch_never_changes_tokens(bundle_factory):
         for _ in range(3):
             assert model.generate(PROMPT, max_tokens=N).tokens == reference
         s = model.stats()
-    assert s["speculation_state"] in ("measure", "speculate", "plain")
-    assert s["plain_tok_s"] > 0  # the switch timed plain decoding first
+    assert s.speculation.speculation_state in ("measure", "speculate", "plain")
+    assert s.speculation.plain_tok_s > 0  # the switch timed plain decoding first
 
 
 def test_requests_it_cannot_serve_decode_plainly(bundle_factory):
@@ -147,9 +147,9 @@ def test_requests_it_cannot_serve_decode_plainly(bundle_factory):
             r = model.chat(messages, max_tokens=12, **ask)
             assert [c.tokens for c in r.choices] == [c.tokens for c in ref.choices], ask
             assert r.logprobs == ref.logprobs
-        assert model.stats()["verify_steps"] == 0
+        assert model.stats().speculation.verify_steps == 0
         model.chat(messages, max_tokens=12)
-        assert model.stats()["verify_steps"] > 0
+        assert model.stats().speculation.verify_steps > 0
 
 
 @pytest.mark.parametrize("draft", ["Q4_0", "ngram"])
@@ -182,12 +182,13 @@ def test_the_draft_counts_against_the_budget(bundle_factory):
     with pytest.raises(BudgetError, match=f"minimum of {need:,} bytes"):
         runtime.load(target, budget=need - 1, draft=draft)
     _, stats = _generate(target, need, draft=draft)
-    assert stats["budget_bytes"] + stats["draft_budget_bytes"] <= need
-    assert stats["offloading"] and stats["draft_expert_capacity_bytes"] > 0
+    assert stats.budget_bytes + stats.speculation.draft_budget_bytes <= need
+    assert stats.offloading and stats.speculation.draft_expert_capacity_bytes > 0
     _, stats = _generate(target, "50%", draft=draft)
-    assert stats["expert_capacity_bytes"] == stats["expert_bytes_total"] // 2
-    assert stats["draft_budget_bytes"] == (stats["draft_dense_bytes"] + stats["draft_kv_bytes"]
-                                           + stats["draft_expert_capacity_bytes"])
+    assert stats.expert_capacity_bytes == stats.expert_bytes_total // 2
+    spec = stats.speculation
+    assert spec.draft_budget_bytes == (spec.draft_dense_bytes + spec.draft_kv_bytes
+                                       + spec.draft_expert_capacity_bytes)
 
 
 def test_a_draft_with_another_vocabulary_is_refused(bundle_factory, fixture_checkpoint,
