@@ -20,9 +20,13 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from common import add_thread_options, cpu_window, others_busy, thread_setup
+
+if TYPE_CHECKING:
+    from runtime.stats import ModelStats
 
 PROMPT_FILE_CHARS = 1500
 
@@ -60,7 +64,7 @@ def stock_llama(
 
 def edgemoe_run(
     bundle: Path, prompt: str, n_decode: int, budget: str, cold: bool, threads: int
-) -> tuple[float, float, list[int], dict]:
+) -> tuple[float, float, list[int], ModelStats]:
     import runtime
 
     with runtime.load(bundle, budget=budget, cold=cold, n_ctx=1024, threads=threads) as model:

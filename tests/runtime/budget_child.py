@@ -15,7 +15,8 @@ def main() -> None:
     prompt = "import os\nimport sys\n\ndef main(argv):\n    "
     with runtime.load(bundle, budget=budget, n_ctx=512, threads=1) as model:
         s = model.stats()
-        print("READY " + json.dumps({k: s[k] for k in ("dense_bytes", "expert_capacity_bytes")}),
+        print("READY " + json.dumps({"dense_bytes": s.dense_bytes,
+                                     "expert_capacity_bytes": s.expert_capacity_bytes}),
               flush=True)
         tokens = []
         for ev in model.stream_events(prompt, max_tokens=n_tokens, temperature=0.0):
