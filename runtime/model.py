@@ -12,7 +12,6 @@ from typing import Any
 import numpy as np
 
 from runtime.backends.base import Backend, EngineConfig
-from runtime.backends.llama_cpp.lazy_load import pending_bytes
 from runtime.backends.mapping import ExpertFile
 from runtime.backends.registry import backend_for, open_backend
 from runtime.budget import BudgetPlan, parse_budget, plan_budget
@@ -24,7 +23,7 @@ from runtime.experts.residency import MadviseResidency
 from runtime.experts.resize import BudgetChange, BudgetHistory, apply_budget
 from runtime.footprint import budget_inputs, kv_cache_type
 from runtime.generation.decoding import run
-from runtime.generation.latency import LatencyRecorder, PromptTiming
+from runtime.generation.latency import LatencyRecorder
 from runtime.generation.preparation import prepare_request
 from runtime.generation.request import (
     GenerationRequest,
@@ -40,6 +39,7 @@ from runtime.recurrent import recurrent_shape
 from runtime.speculative.drafting import ModelDrafter
 from runtime.speculative.speculator import Speculator
 from runtime.stats import ModelStats, collect_stats
+from runtime.stats.prompt import PromptCounters, prompt_counters, prompt_timing
 from runtime.structured.tools import ToolChoice, ToolSpec
 
 
@@ -340,44 +340,21 @@ class Model:
         self.tokens_decoded += len(tokens)
         self.integrity.check()  # a known fault: this model answers nothing more
         prompt = timed and (empty or len(tokens) > 1)
-        before = self._prompt_counters(dense=True) if prompt else None
+        before = self._counters(dense=True) if prompt else None
         self.pager.begin_batch()
         logits = self.engine.decode(tokens, all_outputs=all_outputs)
         self.pager.reconcile()
         self.integrity.check()  # found during this step: its logits are not an answer
         if timed:
             self.latency.step(len(tokens), empty, start,
-                              self._prompt_timing(before, len(tokens), start)
+                              prompt_timing(before, self._counters(), len(tokens), start)
                               if before is not None else None)
         return logits
 
-    def _prompt_counters(self, dense: bool = False) -> dict[str, Any]:
-        """What a prompt step's breakdown is measured against (runtime/generation/latency.py:
-        PromptTiming); dense: also the dense bytes not in memory now (mincore)."""
-        base = self.engine.mapping_base if dense and self._dense_spans else None
-        cs = self.cache.stats() if self.cache is not None else None
-        return {"graph": getattr(self.engine, "graph_build_s", None),
-                "routing": self.pager.stats.routing_s,
-                "verify": self.integrity.expert_verify_s,
-                "bytes": (cs.bytes_loaded if cs is not None else 0)
-                + self.pager.stats.transient_bytes,
-                "dense_pending": (pending_bytes(base, self._dense_spans)
-                                  if base is not None else None)}
-
-    def _prompt_timing(self, before: dict[str, Any], n_tokens: int,
-                       start: float) -> PromptTiming:
-        step_ms = (time.perf_counter() - start) * 1e3
-        after = self._prompt_counters()
-        graph = None if before["graph"] is None else (after["graph"] - before["graph"]) * 1e3
-        return PromptTiming(
-            tokens=n_tokens,
-            step_ms=step_ms,
-            graph_ms=graph or None,
-            experts_ms=(after["routing"] - before["routing"]) * 1e3,
-            verify_ms=(after["verify"] - before["verify"]) * 1e3,
-            expert_bytes=int(after["bytes"] - before["bytes"]),
-            dense_pending_bytes=before["dense_pending"],
-        )
+    def _counters(self, dense: bool = False) -> PromptCounters:
+        """What a prompt step's breakdown is measured against (runtime/stats/prompt.py)."""
+        return prompt_counters(self.engine, self.pager, self.cache, self.integrity,
+                               self._dense_spans if dense else None)
 
     # --- introspection -------------------------------------------------------------------
     def stats(self) -> ModelStats:
