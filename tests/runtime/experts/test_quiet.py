@@ -106,9 +106,9 @@ def test_a_full_budget_stops_nowhere_with_the_same_tokens_and_books(bundle_facto
     assert [stops[0], stops[1]] == [skips[0], skips[1]] == reference
     assert stops[4] == (0, 0) and skips[4][0] > 0
     for key in ("hits", "misses", "bytes_loaded", "evictions"):
-        assert skips[2][key] == stops[2][key], key
-    assert skips[2]["misses"] == 0  # every expert was admitted at load: it fits
-    assert skips[2]["unobserved_hits"] == skips[4][0] * 2  # top_k hits per event
+        assert getattr(skips[2], key) == getattr(stops[2], key), key
+    assert skips[2].misses == 0  # every expert was admitted at load: it fits
+    assert skips[2].unobserved_hits == skips[4][0] * 2  # top_k hits per event
     # One-token events all ran through; what stopped are the two prompts' layers (the second
     # prompt may share a prefix with the first, leaving a short batch).
     n_moe = len(skips[5])
