@@ -38,6 +38,7 @@ from packager.pack_inputs import (
     PackPlan,
     PackResult,
 )
+from packager.pack_report import PackReport
 from packager.prepare import F32_NAME, Prepared, prepare
 from packager.progress import NullProgress, Progress
 from packager.quantize import QuantizeOptions, llama_ftype, quantize
@@ -45,6 +46,7 @@ from packager.source import Checkpoint, open_checkpoint
 
 if TYPE_CHECKING:
     from contract.device_profile import DeviceProfile
+    from packager.onnx_export import OnnxExport
 
 __all__ = ["Opened", "PackInputs", "PackOptions", "PackPlan", "PackResult", "inspect", "pack",
            "verify"]
@@ -88,9 +90,10 @@ def _divergence_report(inputs: PackInputs, model: Path) -> dict[str, Any]:
     }
 
 
-def _measured(inputs: PackInputs, model: Path, exported: Any) -> dict[str, Any]:
-    """Divergence of each build vs transformers: the primary build's fields at the top level,
-    the other build's (same fields) under its format's name."""
+def _measured(inputs: PackInputs, model: Path,
+              exported: OnnxExport | None) -> dict[str, dict[str, Any]]:
+    """Divergence of each build vs transformers, by format (the report puts the primary
+    build's at the top level, the other's under its format's name)."""
     opts, opened = inputs.options, inputs.opened
     reports: dict[str, dict[str, Any]] = {}
     if "gguf" in opened.formats:
@@ -104,8 +107,7 @@ def _measured(inputs: PackInputs, model: Path, exported: Any) -> dict[str, Any]:
             ),
             "eval_text": "user" if opts.eval_text else _default_text_name(),
         }
-    primary, *others = opened.formats
-    return {**reports[primary], **{f: reports[f] for f in others}}
+    return reports
 
 
 @contextmanager
@@ -150,7 +152,7 @@ def pack(opts: PackOptions, progress: Progress | None = None) -> PackResult:
             if base != model:
                 with _timed(seconds, "quantize"):
                     _quantize(inputs, base, model, progress)
-        exported = None
+        exported: OnnxExport | None = None
         if opened.onnx_quant is not None:
             with _timed(seconds, "onnx"):
                 progress.stage(f"export ONNX ({opened.onnx_quant})", 1)
@@ -158,13 +160,16 @@ def pack(opts: PackOptions, progress: Progress | None = None) -> PackResult:
                     inputs.checkpoint, stage, opened.onnx_quant, inputs.prepared.imatrix
                 )
                 progress.advance()
-        report = dict(prepared.report) or None
-        if (note := composite_note(opened.checkpoint)) is not None:
-            report = {"text_model": note, **(report or {})}
+        measured = None
         if opened.reference:
             with _timed(seconds, "reference"):
                 progress.stage("measure divergence", 1)
-                report = {**_measured(inputs, model, exported), **(report or {})}
+                measured = _measured(inputs, model, exported)
+        report: PackReport | None = PackReport.of(
+            prepared.report, text_model=composite_note(opened.checkpoint), measured=measured,
+            primary=opened.formats[0])
+        if report.empty:
+            report = None
         with _timed(seconds, "write"):
             manifest = write_bundle(inputs, stage, report, exported)
     progress.done()

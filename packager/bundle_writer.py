@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from contract.checksums import checksum_builds
 from contract.gguf_layout import read_layout
@@ -16,7 +16,11 @@ from packager import __version__, onnx_stage
 from packager.bundle import file_entries, write_manifest
 from packager.families import ModelConfig, family_for
 from packager.pack_inputs import COPIED_FILES, MODEL_FILE, REPORT_FILE, PackInputs
+from packager.pack_report import PackReport
 from packager.source import Checkpoint
+
+if TYPE_CHECKING:
+    from packager.onnx_export import OnnxExport
 
 
 def _readme(inputs: PackInputs, s: MoEShape) -> str:
@@ -41,7 +45,7 @@ def _readme(inputs: PackInputs, s: MoEShape) -> str:
 
 
 def write_bundle(
-    inputs: PackInputs, stage: Path, report: dict[str, Any] | None, exported: Any
+    inputs: PackInputs, stage: Path, report: PackReport | None, exported: OnnxExport | None
 ) -> Manifest:
     """Side files, report, README, then the manifest last (with every file's hash)."""
     ckpt = inputs.checkpoint
@@ -50,8 +54,8 @@ def write_bundle(
     for name in COPIED_FILES:
         if (ckpt.path / name).is_file():
             shutil.copyfile(ckpt.path / name, stage / name)
-    if report:
-        (stage / REPORT_FILE).write_text(json.dumps(report, indent=2) + "\n")
+    if report is not None:
+        (stage / REPORT_FILE).write_text(json.dumps(report.to_json(), indent=2) + "\n")
     family = family_for(ckpt.config)
     shape = family.manifest_shape()
     (stage / "README.md").write_text(_readme(inputs, shape), encoding="utf-8")
@@ -68,7 +72,8 @@ def write_bundle(
     return manifest
 
 
-def _builds(inputs: PackInputs, stage: Path, exported: Any) -> dict[str, tuple[Build, dict]]:
+def _builds(inputs: PackInputs, stage: Path,
+            exported: OnnxExport | None) -> dict[str, tuple[Build, dict]]:
     """Each build as the manifest records it, with its GGUF metadata (empty for ONNX)."""
     out: dict[str, tuple[Build, dict]] = {}
     if "gguf" in inputs.opened.formats:

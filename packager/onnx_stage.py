@@ -11,13 +11,16 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from contract.manifest import FORMATS, Build
 from packager.errors import PackError
 from packager.source import Checkpoint
+
+if TYPE_CHECKING:
+    from packager.onnx_export import OnnxExport
 
 ONNX_QUANTS = ("fp32", "fp16", "int8", "int4")
 BLOCK_SIZE = 32
@@ -58,7 +61,7 @@ def onnx_quant_for(quant: str, onnx_only: bool) -> str:
 
 def export(
     ckpt: Checkpoint, stage: Path, quant: str, imatrix: Mapping[str, np.ndarray] | None = None
-) -> Any:
+) -> OnnxExport:
     """Write the ONNX build into the staging folder; returns the export's record. `imatrix`
     (pack --imatrix, the same one the GGUF build gets) weights the int4 quantizer's error."""
     from packager.onnx_export import export_onnx
@@ -66,7 +69,7 @@ def export(
     return export_onnx(ckpt.path, stage, quant=quant, block_size=BLOCK_SIZE, importance=imatrix)
 
 
-def build_record(exported: Any) -> Build:
+def build_record(exported: OnnxExport) -> Build:
     """The export as the manifest's Build: offsets address the external-data file."""
     return Build(
         format="onnx",

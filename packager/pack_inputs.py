@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from contract.manifest import Manifest
+from packager.pack_report import PackReport
 from packager.prepare import Prepared
 from packager.source import Checkpoint
 
@@ -65,7 +66,7 @@ class PackResult:
 
     bundle: Path
     manifest: Manifest
-    report: dict[str, Any] | None
+    report: PackReport | None  # None: nothing measured or prepared (no report.json)
     seconds: dict[str, float]  # per stage: open prepare plan convert [quantize reference] write
 
 

@@ -48,9 +48,9 @@ def run_demo(
         PackOptions(src=str(ckpt), out_dir=bundle, profile=profile, force=True), RichProgress()
     )
     echo(f"packed {bundle} ({result.manifest.quant} for {profile})")
-    if result.report:
-        d = result.report["divergence"]
-        echo(f"divergence vs transformers: top-1 {d['top1_agreement']:.3f}, KL {d['mean_kl']:.2e}")
+    if result.report is not None and result.report.fidelity is not None:
+        d = result.report.fidelity.divergence
+        echo(f"divergence vs transformers: top-1 {d.top1_agreement:.3f}, KL {d.mean_kl:.2e}")
     with runtime.load(bundle, budget=budget) as model:
         r = model.generate(prompt, max_tokens=48)
         s = model.stats()

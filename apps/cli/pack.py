@@ -75,18 +75,19 @@ def pack(
         m = result.manifest
         builds = ", ".join(f"{b.format} {b.quant}" for b in m.all_builds())
         typer.echo(f"bundle: {result.bundle}  ({builds}; {m.profile.name})")
-        report = result.report or {}
-        if "text_model" in report:
-            typer.echo(report["text_model"])
-        if "calibration_text" in report:
-            typer.echo(f"calibration text: {report['calibration_text']}")
-        for name, part in (("", report), *((f" [{f}]", report.get(f) or {}) for f in m.formats)):
-            if "divergence" in part:
-                d = part["divergence"]
-                typer.echo(
-                    f"vs transformers{name}: top-1 {d['top1_agreement']:.4f}, "
-                    f"mean KL {d['mean_kl']:.2e}"
-                )
+        report = result.report
+        if report is None:
+            return
+        if report.text_model is not None:
+            typer.echo(report.text_model)
+        if report.calibration_text is not None:
+            typer.echo(f"calibration text: {report.calibration_text}")
+        builds = (("", report.fidelity), *((f" [{f}]", b) for f, b in report.other_builds.items()))
+        for name, build in builds:
+            if build is not None:
+                d = build.divergence
+                typer.echo(f"vs transformers{name}: top-1 {d.top1_agreement:.4f}, "
+                           f"mean KL {d.mean_kl:.2e}")
 
 
 @friendly
