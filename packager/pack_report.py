@@ -51,6 +51,70 @@ class Fidelity(_Record):
         return {**self.model_dump(mode="json", exclude={"quantization"}), **self.quantization}
 
 
+class HeldOutLoss(_Record):
+    """A pruned (or distilled) model against the unpruned one on held-out text
+    (packager/prune.py: PruneEvaluator)."""
+
+    n_tokens: int
+    top1_agreement: float
+    mean_kl: float
+    ppl_orig: float
+    ppl_pruned: float
+
+
+class Pruning(_Record):
+    """Which experts a pack removed (`experts`: packager/prune.py's record of the pruned
+    model) and, when measured, at what cost (`loss`, written beside `fraction` and `strategy`)."""
+
+    experts: dict[str, Any]
+    fraction: float | None = None
+    strategy: str | None = None
+    loss: HeldOutLoss | None = None
+
+    @classmethod
+    def of(cls, report: dict[str, Any]) -> Pruning:
+        own = {k: v for k, v in report.items() if k in ("experts", "fraction", "strategy")}
+        rest = {k: v for k, v in report.items() if k not in own}
+        return cls(**own, loss=HeldOutLoss(**rest) if rest else None)
+
+    def to_json(self) -> dict[str, Any]:
+        out: dict[str, Any] = {k: v for k, v in (("fraction", self.fraction),
+                                                 ("strategy", self.strategy)) if v is not None}
+        if self.loss is not None:
+            out.update(self.loss.model_dump(mode="json"))
+        return {**out, "experts": self.experts}
+
+
+class ValidationKL(_Record):
+    before: float
+    best: float
+
+
+class Distillation(_Record):
+    """The pruned model trained on the unpruned one's logits (packager/distill.py): the run's
+    settings and outcome, and the held-out loss before and after when measured."""
+
+    mode: str
+    steps: int
+    stopped_early: bool
+    best_step: int
+    temperature: float
+    lr: float
+    seed: int
+    top_k_logits: int
+    train_tokens: int
+    validation_tokens: int
+    validation_kl: ValidationKL
+    eval_text: str
+    peak_rss_bytes: int
+    seconds: float
+    before: HeldOutLoss | None = None
+    after: HeldOutLoss | None = None
+
+    def to_json(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
 class Imatrix(_Record):
     """The importance matrix the quantizers were weighted by."""
 
@@ -65,10 +129,8 @@ class PackReport(_Record):
     calibration_text: str | None = None  # "user" or the shipped text's name (calibrated packs)
     fidelity: Fidelity | None = None  # the primary build (measured packs)
     other_builds: dict[str, Fidelity] = Field(default_factory=dict)  # by format
-    # pruning (fraction, strategy, measured loss, experts kept: packager/prune.py) and
-    # distillation (packager/distill.py) as those stages report them.
-    pruning: dict[str, Any] | None = None
-    distillation: dict[str, Any] | None = None
+    pruning: Pruning | None = None
+    distillation: Distillation | None = None
     imatrix: Imatrix | None = None
 
     @classmethod
@@ -79,7 +141,10 @@ class PackReport(_Record):
         measurement (by format; `primary` is the one at the top level)."""
         builds = {f: Fidelity.of(m) for f, m in (measured or {}).items()}
         first = builds.pop(primary, None) if primary is not None else None
-        return cls(text_model=text_model, fidelity=first, other_builds=builds, **prepared)
+        parts = dict(prepared)
+        if "pruning" in parts:
+            parts["pruning"] = Pruning.of(parts["pruning"])
+        return cls(text_model=text_model, fidelity=first, other_builds=builds, **parts)
 
     @property
     def empty(self) -> bool:
@@ -93,9 +158,12 @@ class PackReport(_Record):
         if self.fidelity is not None:
             out.update(self.fidelity.to_json())
         out.update({f: b.to_json() for f, b in self.other_builds.items()})
-        for name in ("calibration_text", "pruning", "imatrix", "distillation"):
-            value = getattr(self, name)
-            if value is not None:
-                out[name] = value.model_dump(mode="json") if isinstance(value, BaseModel) \
-                    else value
+        if self.calibration_text is not None:
+            out["calibration_text"] = self.calibration_text
+        if self.pruning is not None:
+            out["pruning"] = self.pruning.to_json()
+        if self.imatrix is not None:
+            out["imatrix"] = self.imatrix.model_dump(mode="json")
+        if self.distillation is not None:
+            out["distillation"] = self.distillation.to_json()
         return out

@@ -43,3 +43,24 @@ def test_a_part_no_field_declares_is_refused() -> None:
     with pytest.raises(ValidationError, match="mean_kl"):
         PackReport.of({}, measured={"gguf": {**GGUF, "divergence": {"top1_agreement": 1.0}}},
                       primary="gguf")
+
+
+def test_pruning_and_distillation_read_back_as_written() -> None:
+    loss = {"n_tokens": 64, "top1_agreement": 0.9, "mean_kl": 0.05, "ppl_orig": 5.0,
+            "ppl_pruned": 6.0}
+    pruning = {"fraction": 0.25, "strategy": "usage", **loss, "experts": {"n_experts_after": 6}}
+    distillation = {"mode": "full", "steps": 10, "stopped_early": False, "best_step": 8,
+                    "temperature": 1.0, "lr": 1e-4, "seed": 0, "top_k_logits": 64,
+                    "train_tokens": 900, "validation_tokens": 100,
+                    "validation_kl": {"before": 0.2, "best": 0.1}, "eval_text": "user",
+                    "before": loss, "after": {**loss, "mean_kl": 0.01}, "peak_rss_bytes": 1,
+                    "seconds": 2.0}
+    r = PackReport.of({"calibration_text": "user", "pruning": pruning,
+                       "distillation": distillation})
+    assert r.pruning is not None and r.pruning.loss is not None and r.pruning.loss.mean_kl == 0.05
+    assert r.distillation is not None and r.distillation.after is not None
+    assert r.to_json() == {"calibration_text": "user", "pruning": pruning,
+                           "distillation": distillation}
+    unmeasured = PackReport.of({"calibration_text": "user",
+                                "pruning": {"experts": {"n_experts_after": 6}}})
+    assert unmeasured.to_json()["pruning"] == {"experts": {"n_experts_after": 6}}
