@@ -178,8 +178,8 @@ def main() -> None:
     args.caches = args.caches.split(",")
     args.thread_list = list(dict.fromkeys(
         args.threads if t == "default" else int(t) for t in args.thread_counts.split(",")))
-    bundle = resolve_bundle(args, Path(tempfile.mkdtemp(prefix="edgemoe-bench-ttft-")),
-                            quant=args.quant)
+    packs = Path(".") if args.bundle else Path(tempfile.mkdtemp(prefix="edgemoe-bench-ttft-"))
+    bundle = resolve_bundle(args, packs, quant=args.quant)  # packs: unused with --bundle
     args.messages = MESSAGES if args.prompt == "chat" else None
     probe = measure("probe", EDGEMOE, {"bundle": str(bundle), "cache": "warm", "budget": "100%",
                                        "threads": args.thread_list[0], "messages": args.messages,
