@@ -13,7 +13,8 @@ packed at load (a private copy of every expert, which a full budget holds anyway
 are paged, the stages read onnxruntime's packed layout from a copy derived once per device
 (packed.py), which the runtime pages and verifies as it pages the bundle's file (expert_file()).
 Both run the same kernels, so the tokens are the same at every budget. Dense weights are packed
-at load. Float and int4 (gathered) builds run with prepacking off, so no expert is ever copied.
+at load on every build; float and int4 builds gather their experts, which nothing packs, so no
+expert is copied.
 
 When the runtime acts on routing, the graph runs in stages cut before each MoE layer's experts
 (stages.py): a layer's routing reaches the expert cache before its kernel reads them, so a prompt
@@ -117,7 +118,7 @@ class OnnxBackend:
         self._eog_set: set[int] | None = None
         model = read_graph(cfg.model_path)
         fused = has_fused_experts(model)
-        so = options(ort, cfg, fused)
+        so = options(ort, cfg)
         data = Path(str(cfg.model_path) + DATA_SUFFIX)
         self.data_path = data if data.is_file() else None
         self._expert_file: ExpertFile | None = None
@@ -135,7 +136,7 @@ class OnnxBackend:
         elif fused and model is not None:
             source = experts_as_constants(model, so, self._bundle)
         if self._staged is None and self._observer is not None and model is not None:
-            self._staged = self._stages(ort, options(ort, cfg, fused, shared=True), model)
+            self._staged = self._stages(ort, options(ort, cfg, shared=True), model)
         if self._staged is None:
             try:
                 self.session = ort.InferenceSession(
@@ -188,10 +189,10 @@ class OnnxBackend:
         try:
             key = cache_key(self.cfg.model_path, ort.__version__)
             build = load_or_derive(key, stage_models(model, plan), self._bundle, experts,
-                                   lambda: options(ort, self.cfg, True))  # fmt: skip
+                                   lambda: options(ort, self.cfg))  # fmt: skip
             sessions = []
             for stage in build.stages:
-                so = options(ort, self.cfg, True, shared=True)
+                so = options(ort, self.cfg, shared=True)
                 sessions.append(
                     ort.InferenceSession(str(stage), so, providers=["CPUExecutionProvider"])
                 )

@@ -1,8 +1,9 @@
 """How the ONNX backend asks onnxruntime for sessions, and keeps its mappings of weights honest.
 
 Settings (`options`): one intra-op pool of the engine's threads that sleeps instead of spinning,
-prepacking on only where no expert can be copied by it (fused builds: their stacks are
-overridable initializers, never packed), and for staged runs one arena shared by every stage.
+prepacking on (it packs dense weights only: a fused build's expert stacks are overridable
+initializers, never packed, and a gathered build's stacks feed Gather nodes, which pack nothing),
+and for staged runs one arena shared by every stage.
 Mappings: onnxruntime maps each external initializer private and writable; `read_only` makes a
 weight mapping read-only (mlock on a writable private mapping pins anonymous copies instead of
 the file's pages), `release` drops pages of given file ranges from every mapping of a file.
@@ -75,16 +76,19 @@ def shared_arena(ort) -> bool:  # type: ignore[no-untyped-def]
     return _SHARED_ARENA[0]
 
 
-def options(ort, cfg: EngineConfig, fused: bool, shared: bool = False):  # type: ignore[no-untyped-def]
-    """One session's settings: `fused` turns prepacking on (dense weights only: fused expert
-    stacks are never packed), `shared` uses the process's one shared arena."""
+def options(ort, cfg: EngineConfig, shared: bool = False):  # type: ignore[no-untyped-def]
+    """One session's settings; `shared` uses the process's one shared arena.
+
+    Prepacking stays on for every build: onnxruntime packs only constant weights of kernels that
+    pack (MatMulNBits, MatMul), which are the dense ones; expert stacks reach their kernels
+    through Gather/GatherBlockQuantized (float and int4 builds) or as overridable initializers
+    (fused int8), so none is copied (checked by saving what onnxruntime packed: dense tensors
+    only, on fp32, fp16 and int4 builds). Turned off, the int4 build's dense MatMulNBits
+    dequantized their weights on every call: decode 1.55x slower, paired, same tokens."""
     so = ort.SessionOptions()
     so.intra_op_num_threads = cfg.n_threads
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
-    if not fused:
-        # Gathered experts are constants a kernel could copy: keep them file pages.
-        so.add_session_config_entry("session.disable_prepacking", "1")
     shared = shared and shared_arena(ort)
     so.add_session_config_entry("session.use_env_allocators", "1" if shared else "0")
     # Spinning workers burn the core a busy neighbour needs, and on small models cost more
