@@ -8,7 +8,7 @@ onnxruntime settings the backend chose, each measured against its alternatives.
 Every measurement is a fresh process (a "child") that also reports how much of a core the rest
 of this shared machine kept busy while it timed itself (its own /proc/stat window, its own CPU
 excluded); one disturbed beyond --max-background is taken again. Speed rounds are paired: two
-engines in one process, stepped token by token in an order that rotates per round, and a ratio
+engines in one process taking turns (a block of tokens each, a pause between), and a ratio
 is the median of the per-round ratios. The first line says the thread count (every core the
 profile allows unless --threads) and where each number comes from.
 
@@ -57,8 +57,8 @@ text = heldout_text()[: spec["chars"]]
 n, threads, bundle = spec["tokens"], spec["threads"], spec["bundle"]
 out = {}
 if spec["kind"] == "interleaved":
-    # Every engine in this one process, stepped in turn: prefill by turns, then one decoded
-    # token each by turns, so a neighbour's load on this shared machine falls on all alike.
+    # Every engine in this one process, in turns: prefill by turns, then a block of decoded
+    # tokens each by turns, so a neighbour's load on this shared machine falls on all alike.
     import runtime
     engines, steps = {}, {}
     for e in spec["engines"]:
@@ -112,14 +112,23 @@ if spec["kind"] == "interleaved":
         prompts[e] = keep
     pre = {e: [] for e in engines}
     w0 = window()
+    # An engine's workers may spin on after its step (llama.cpp's OpenMP, genai's onnxruntime)
+    # and take the cores of whichever runs next; the ONNX backend's sleep. Each engine decodes a
+    # block of tokens back to back, as it would alone, and the others wait `settle` seconds
+    # before their turn, so no engine runs beside another's spinning workers.
+    settle, block = spec.get("settle", 0.05), spec.get("block", 8)
     for r in range(spec.get("repeats", 2)):
         order = names[r % len(names):] + names[: r % len(names)]
-        last = {e: prefill(e) for e in order}
-    for t in range(n):
-        order = names[t % len(names):] + names[: t % len(names)]
+        last = {}
         for e in order:
-            last[e] = one(e, last[e])
-            time.sleep(0.002)  # a neighbour's spinning workers settle before the next engine
+            last[e] = prefill(e)
+            time.sleep(settle)
+    for b, t in enumerate(range(0, n, block)):
+        order = names[b % len(names):] + names[: b % len(names)]
+        for e in order:
+            for _ in range(min(block, n - t)):
+                last[e] = one(e, last[e])
+            time.sleep(settle)
     out["engines"] = {e: {"prefill": float(np.median(pre[e])),
                           "decode": float(1 / np.median(dec[e])),
                           "step_s": dec[e], "cpu_s": cpu[e],
@@ -250,7 +259,7 @@ def _ratio(a: list[dict], b: list[dict], key: str) -> float:
 
 def speed(args: argparse.Namespace, bundles: dict[str, Path]) -> None:
     """Per round one fresh process runs two engines side by side: prompt processing by turns,
-    then decode one token each by turns. The ONNX backend is paired with llama.cpp at 100 % and
+    then decode by turns of --block tokens. The ONNX backend is paired with llama.cpp at 100 % and
     50 %, and with onnxruntime-genai at 100 % in a process of their own (genai's workers spin
     after each run, by onnxruntime's default, on the cores the next engine needs: with all three
     in one process llama.cpp's int8 decode measured 150 tok/s, beside the ONNX backend alone
@@ -258,8 +267,9 @@ def speed(args: argparse.Namespace, bundles: dict[str, Path]) -> None:
     of the paired step times (prefill: of its turns); the printed ratio is the median over
     rounds."""
     print(f"\n== speed: {args.chars}-char prompt, {args.tokens} tokens decoded, {args.rounds} "
-          "rounds, two engines interleaved token by token in one process per round (tok/s "
-          "medians; ratios: medians over rounds of each round's paired ratio)")
+          f"rounds, two engines taking turns in one process per round ({args.block} tokens a "
+          f"turn, {args.settle_ms:.0f} ms between; tok/s medians; ratios: medians over rounds "
+          "of each round's paired ratio)")
     for quant, bundle in bundles.items():
         for budget in ("100%", "50%"):
             pairs = [("llama.cpp", "onnx")] + ([("genai", "onnx")] if budget == "100%" else [])
@@ -275,7 +285,8 @@ def _speed_pair(args: argparse.Namespace, quant: str, bundle: Path, budget: str,
         order = list(pair[rnd % 2:] + pair[: rnd % 2])
         spec = {"kind": "interleaved", "engines": order, "bundle": str(bundle),
                 "budget": budget, "threads": args.threads, "chars": args.chars,
-                "tokens": args.tokens, "check_reads": not args.no_checks}  # fmt: skip
+                "tokens": args.tokens, "check_reads": not args.no_checks,
+                "block": args.block, "settle": args.settle_ms / 1000}  # fmt: skip
         r = child(spec, args.max_background)
         rounds.append(r)
         print(f"  {quant} {budget} round {rnd + 1}: " + "  ".join(
@@ -348,15 +359,16 @@ def variants(args: argparse.Namespace, bundles: dict[str, Path]) -> None:
     bundle = bundles.get("int8") or next(iter(bundles.values()))
     base = {"kind": "raw", "bundle": str(bundle), "threads": args.threads, "chars": args.chars,
             "tokens": args.tokens}
+    packed = {"packed": True}  # what the backend runs a fused build on (packed.py)
     cases = {
-        "chosen (paged experts, level ALL, no spinning)": {},
-        "experts packed at load (private copy)": {"packed": True},
-        "graph optimization BASIC": {"level": "ORT_ENABLE_BASIC"},
-        "graph optimization EXTENDED": {"level": "ORT_ENABLE_EXTENDED"},
-        "graph optimizations off": {"level": "ORT_DISABLE_ALL"},
-        "spinning threads": {"spin": True},
-        "1 thread": {"threads": 1},
-        "2 threads": {"threads": 2},
+        "chosen (packed experts, level ALL, no spinning)": packed,
+        "unpacked QMoE (experts read as file pages)": {},
+        "graph optimization BASIC": {**packed, "level": "ORT_ENABLE_BASIC"},
+        "graph optimization EXTENDED": {**packed, "level": "ORT_ENABLE_EXTENDED"},
+        "graph optimizations off": {**packed, "level": "ORT_DISABLE_ALL"},
+        "spinning threads": {**packed, "spin": True},
+        "1 thread": {**packed, "threads": 1},
+        "2 threads": {**packed, "threads": 2},
     }
     print(f"\n== onnxruntime settings on {bundle.name} (model.onnx alone, {args.rounds} paired "
           "rounds; ratio to the chosen setting)")
@@ -386,6 +398,10 @@ def main() -> None:
     ap.add_argument("--long-chars", type=int, default=1700,
                     help="the long prompt of the RSS rows (~512 tokens on the fixtures)")
     ap.add_argument("--parts", default="speed,rss,variants")
+    ap.add_argument("--block", type=int, default=8,
+                    help="tokens each engine decodes back to back before the other's turn")
+    ap.add_argument("--settle-ms", type=float, default=50.0,
+                    help="pause between turns, for a spinning engine's workers to sleep")
     ap.add_argument("--no-checks", action="store_true",
                     help="load(check_reads=False): no first-read or background weight checks")
     ap.add_argument("--bundles", help="a folder to keep the packed bundles in between runs")
