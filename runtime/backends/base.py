@@ -215,6 +215,9 @@ class Backend(Protocol):
     # mapping starts (None: it is not mapped in one piece).
     lazy_load: LazyLoad | None
     mapping_base: int | None
+    # Seconds spent building compute graphs so far (a prompt's breakdown takes the difference);
+    # None: the engine builds no graph per step (onnxruntime's is built once, at load).
+    graph_build_s: float | None
 
     def routing_log(self, n_layers: int, n_experts: int, top_k: int) -> RoutingLog | None:
         """A log of the routing events the engine answers itself (hits never reach Python);

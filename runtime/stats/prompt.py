@@ -35,7 +35,7 @@ def prompt_counters(engine: Backend, pager: ExpertPager, cache: ExpertCache | No
     base = engine.mapping_base if dense_spans else None
     loaded = cache.stats().bytes_loaded if cache is not None else 0
     return PromptCounters(
-        graph_s=getattr(engine, "graph_build_s", None),
+        graph_s=engine.graph_build_s,
         routing_s=pager.stats.routing_s,
         verify_s=integrity.expert_verify_s,
         expert_bytes=loaded + pager.stats.transient_bytes,

@@ -107,6 +107,7 @@ class OnnxBackend:
     recurrent = False  # set per graph: hybrids carry recurrent state (recurrent_state.py)
     lazy_load = None  # onnxruntime maps each initializer itself: nothing to read lazily
     mapping_base = None  # ... in many pieces (file_mapping() lists them)
+    graph_build_s = None  # the graph is the session's, built once at load
 
     def __init__(self, cfg: EngineConfig, observer: RoutingObserver | None = None) -> None:
         import onnxruntime as ort
