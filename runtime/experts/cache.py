@@ -55,6 +55,10 @@ class Residency(Protocol):
 
     def pin(self, layer: int, expert: int) -> None: ...
 
+    def unpin(self, layer: int, expert: int) -> None:
+        """A pinned expert demoted by a budget change: still resident, now evictable."""
+        ...
+
 
 @dataclass(frozen=True)
 class CacheStats:
@@ -326,12 +330,11 @@ class ExpertCache:
             if need > capacity_bytes:
                 raise BudgetError(f"pinned experts need {need:,} bytes but the expert capacity "
                                   f"is {capacity_bytes:,} bytes")
-            unpin = getattr(self._residency, "unpin", None)
             for key in sorted(self._pinned - keys):  # demoted: resident, evictable
                 self._set(key, ExpertState.RESIDENT)
                 self._policy.on_insert(key)
-                if unpin is not None:
-                    unpin(*key)
+                if self._residency is not None:
+                    self._residency.unpin(*key)
             for key in sorted(keys - self._pinned):  # promoted: counted, locked
                 if key in self._states:
                     self._policy.on_remove(key)

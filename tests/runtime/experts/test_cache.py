@@ -34,6 +34,10 @@ class RecordingResidency:
         self.calls.append(("pin", layer, expert))
         self.memory[(layer, expert)] = "pinned"
 
+    def unpin(self, layer: int, expert: int) -> None:
+        self.calls.append(("unpin", layer, expert))
+        self.memory[(layer, expert)] = "loaded"
+
 
 SIZES = {0: 100, 1: 300}
 
