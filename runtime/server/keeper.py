@@ -142,9 +142,7 @@ class ModelKeeper:
             self._guards[id(model)] = (model, guard)
             if owned:
                 self._owned.add(id(model))
-        integrity = getattr(model, "integrity", None)
-        if integrity is not None:
-            integrity.subscribe(lambda error: self.report_corrupt(model, error))
+        model.integrity.subscribe(lambda error: self.report_corrupt(model, error))
 
     def check_files(self, model: Model) -> None:
         """Before each generation (worker thread): refuse to touch a mapping whose file changed."""
