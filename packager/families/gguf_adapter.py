@@ -13,13 +13,14 @@ from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any, ClassVar
+from typing import Any, ClassVar, NoReturn
 
 import gguf
 import numpy as np
 
 from packager.errors import UnsupportedArchitectureError
 from packager.families.config import ExpertLayout, ModelConfig
+from packager.families.expert_groups import refuse_field
 
 Reader = Callable[[str], np.ndarray]
 
@@ -76,6 +77,10 @@ class GGUFAdapter:
     @property
     def architecture(self) -> str:
         return self.config.architecture
+
+    def _refuse(self, key: str, got: object, expected: str) -> NoReturn:
+        """Refuse a config field whose value llama.cpp's graph would compute differently."""
+        raise refuse_field(self.config, key, got, expected)
 
     @classmethod
     def arch_name(cls) -> str:

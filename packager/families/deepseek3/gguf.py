@@ -15,7 +15,7 @@ import gguf
 
 from packager.families.deepseek2.gguf import DeepseekV2GGUF
 from packager.families.deepseek3.config import DeepseekV3Config
-from packager.families.expert_groups import check_groups, refuse_field
+from packager.families.expert_groups import check_groups
 from packager.families.gguf_adapter import PlannedTensor, Reader
 from packager.families.mtp import main_layers
 
@@ -37,9 +37,6 @@ class DeepseekV3GGUF(DeepseekV2GGUF):
         if c.attention_bias:
             self._refuse("attention_bias", True, "false: llama.cpp's deepseek2 has none")
         check_groups(c)
-
-    def _refuse(self, key: str, got: object, expected: str) -> None:
-        raise refuse_field(self.config, key, got, expected)
 
     def write_hparams(self, w: gguf.GGUFWriter) -> None:
         super().write_hparams(w)

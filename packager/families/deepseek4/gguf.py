@@ -177,11 +177,6 @@ class DeepseekV4GGUF(GGUFAdapter):
             self.config.require(rope.original_context,
                                 f"{rope.field_name}.original_max_position_embeddings")
 
-    def _refuse(self, key: str, got: object, expected: str) -> None:
-        raise UnsupportedArchitectureError(
-            f"config.json: '{key}' is {got!r} for {self.architecture}; expected {expected}"
-        )
-
     # ----- hyper-parameters ---------------------------------------------------------------
     def kv_dims(self) -> tuple[int, int, int]:
         head = self.config.head_dim

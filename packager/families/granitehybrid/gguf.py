@@ -92,11 +92,6 @@ class GraniteHybridGGUF(GGUFAdapter):
             self._refuse("num_key_value_heads", c.n_kv_heads,
                          f"a divisor of num_attention_heads ({c.n_heads})")  # fmt: skip
 
-    def _refuse(self, key: str, got: object, expected: str) -> None:
-        raise UnsupportedArchitectureError(
-            f"config.json: '{key}' is {got!r} for {self.architecture}; expected {expected}"
-        )
-
     # ----- hyper-parameters ----------------------------------------------------------------
     def n_head_kv(self) -> list[int]:  # type: ignore[override]
         c = self.config

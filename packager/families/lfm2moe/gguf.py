@@ -46,11 +46,6 @@ class Lfm2MoeGGUF(GGUFAdapter):
         if not 0 <= c.n_dense_layers < c.n_layers:
             self._refuse("num_dense_layers", c.n_dense_layers, f"below {c.n_layers}")
 
-    def _refuse(self, key: str, got: object, expected: str) -> None:
-        raise UnsupportedArchitectureError(
-            f"config.json: '{key}' is {got!r} for {self.architecture}; expected {expected}"
-        )
-
     def write_hparams(self, w: gguf.GGUFWriter) -> None:
         c = self.config
         w.add_context_length(c.context_length)

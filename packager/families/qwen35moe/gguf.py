@@ -69,11 +69,6 @@ class QwenHybridGGUF(GGUFAdapter):
             self._refuse(f"{c.rope.field_name}.mrope_section", list(c.mrope_section),
                          f"sections summing to at most {c.rope_dim // 2} (half the rotated width)")
 
-    def _refuse(self, key: str, got: object, expected: str) -> None:
-        raise UnsupportedArchitectureError(
-            f"config.json: '{key}' is {got!r} for {self.architecture}; expected {expected}"
-        )
-
     def rope_sections(self) -> list[int]:
         """M-RoPE sections, padded to llama.cpp's four; Qwen3.5's [11, 11, 10] split of the
         half-width when the config leaves them out (text positions make them all equal)."""
