@@ -123,11 +123,11 @@ def export_onnx(
     tensor name -> per-column values, `packager.imatrix`) to weight int4's error by.
     `expert_mode` and `dequant` choose between measured graph layouts of the expert
     computation (see moe.py, qmoe.py and weights.py); the defaults are the faster ones on CPU:
-    `fused` (QMoE) for int8, `unique` for int4 and float builds (QMoE's CPU kernel reads
-    unpacked 4-bit experts with a scalar loop: measured 2x slower decode than the gather graph).
+    `fused` (QMoE) for int8 and int4, `unique` for float builds (onnxruntime's float MoE
+    kernel packs every expert into a private copy).
     """
     q = scheme(quant, block_size, method)
-    expert_mode = expert_mode or ("fused" if q.bits == 8 else "unique")
+    expert_mode = expert_mode or ("fused" if q.is_int else "unique")
     if expert_mode not in EXPERT_MODES:
         raise PackError(f"expert_mode '{expert_mode}' is not one of {EXPERT_MODES}")
     if expert_mode == "fused" and not q.is_int:

@@ -4,11 +4,13 @@ Widths: int8 stores every matrix at 8 bits. int4 follows llama.cpp's Q4_K_M reci
 4-bit with deliberate exceptions by tensor role: the output head, `attn_v` and `ffn_down` (dense,
 shared or expert) in the layers `use_more_bits` picks, and in 8-expert models `attn_k`, `attn_v`
 and `attn_output`, get 5 to 8 bits there. onnxruntime's kernels take 4 or 8 bits, so each of
-those takes 8; every other matrix takes 4. (llama.cpp's fall-backs for rows narrower than its
-256-value super-blocks are a limit of its format, not a choice, and are not copied.) One rule of
-our own: the dense FFN layers of a mixture (DeepSeek's first layers) take 8 bits too; they run
-for every token, unlike an expert, and hold well under 1 % of a real MoE's weights (measured on
-deepseek2-tiny: they carried ~70 % of the int4 build's KL).
+those takes 8; every other matrix takes 4 (fused routed experts excepted: onnxruntime's QMoE
+takes one width per layer, so their `ffn_down` follows gate_up's 4 bits, qmoe.py). (llama.cpp's
+fall-backs for rows narrower than its 256-value super-blocks are a limit of its format, not a
+choice, and are not copied.) One rule of our own: the dense FFN layers of a mixture (DeepSeek's
+first layers) take 8 bits too; they run for every token, unlike an expert, and hold well under
+1 % of a real MoE's weights (measured on deepseek2-tiny: they carried ~70 % of the int4 build's
+KL).
 
 Importance: llama.cpp's importance matrix (`packager.imatrix`), keyed by GGUF tensor names. The
 ONNX export reads checkpoint tensors by their Hugging Face names, so both the role and the

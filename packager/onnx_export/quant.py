@@ -90,7 +90,8 @@ class QuantScheme:
             out["wider"] = (
                 "8 bits where llama.cpp's Q4_K_M gives a tensor more than 4 (the output head, "
                 "attn_v and ffn_down in its use_more_bits layers, attn_k/attn_v/attn_output "
-                "in 8-expert models) and for dense FFN layers"
+                "in 8-expert models) and for dense FFN layers; routed experts run on "
+                "onnxruntime's QMoE, one width per layer: gate_up's 4 bits for ffn_down too"
             )
         return out
 

@@ -317,8 +317,8 @@ def test_expert_table_points_at_each_experts_bytes(name, quant, exported, fixtur
     data = x.data_file.read_bytes()
     assert x.expert_layers and all(len(layer.tensors) == (2 if quant == "fp32" else 6)
                                    for layer in x.expert_layers)  # fmt: skip
-    fused = x.expert_mode == "fused"  # int8 by default: QMoE's unpadded, interleaved layout
-    assert fused == (quant == "int8")
+    fused = x.expert_mode == "fused"  # int8/int4 by default: QMoE's unpadded, interleaved layout
+    assert fused == (quant != "fp32")
     for layer in x.expert_layers:
         for t in layer.tensors:
             # Every stack starts on a page; gathered experts are padded to whole pages, fused

@@ -37,8 +37,8 @@ def _packed_cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("EDGEMOE_ONNX_CACHE", str(tmp_path_factory.getbasetemp() / "onnx-packed"))
 
 
-# int4: codes, scales, zero points paged by the gather graph; int8: the fused QMoE build,
-# through onnxruntime's packed experts derived on first load
+# int8 and int4: the fused QMoE build, through onnxruntime's packed experts derived on first
+# load (packed at load at 100 %); fp32: the gather graph
 @pytest.mark.parametrize("quant", ["fp32", "int4", "int8"])
 @pytest.mark.parametrize("name", ONNX_FIXTURES)
 def test_tokens_identical_at_every_budget(name, quant, bundle_factory):
@@ -49,20 +49,26 @@ def test_tokens_identical_at_every_budget(name, quant, bundle_factory):
     assert _tokens(bundle, "25%") == full
 
 
-def test_int8_pages_onnxruntimes_packed_experts(bundle_factory):
-    """A fused int8 build at a partial budget runs on onnxruntime's packed experts, derived into
-    the cache (not the bundle): the runtime pages and verifies that file, by its own table."""
+@pytest.mark.parametrize("quant", ["int8", "int4"])
+def test_quantized_build_pages_onnxruntimes_packed_experts(quant, bundle_factory):
+    """A fused build at a partial budget runs on onnxruntime's packed experts, derived into the
+    cache (not the bundle): the runtime pages and verifies that file, by its own table. Every
+    layer's codes are onnxruntime's packed buffers (int4 too: 1.32 packs 4-bit experts)."""
     import os
+    import re
 
-    bundle = bundle_factory("qwen3moe-tiny", "int8", format="onnx")
+    bundle = bundle_factory("qwen3moe-tiny", quant, format="onnx")
     with runtime.load(bundle, budget="25%", backend="onnx") as m:
         source = m.engine.expert_file()
         assert source is not None and source.path.name == "packed.data"
         assert Path(os.environ["EDGEMOE_ONNX_CACHE"]) in source.path.parents
         assert bundle not in source.path.parents
         assert {x.layer for x in source.layers} == {0, 1, 2}
-        assert all(t.name.endswith("@packed") for x in source.layers for t in x.tensors
-                   if ".q8" in t.name)  # fmt: skip
+        codes = [t for x in source.layers for t in x.tensors
+                 if re.search(r"\.q\d+(@packed)?$", t.name)]  # fmt: skip
+        assert len(codes) == 6 and all(t.name.endswith("@packed") for t in codes)
+        if quant == "int4":  # at least one layer stays 4-bit (Q4_K_M widens some down projections)
+            assert any(".q4@packed" in t.name for t in codes)
         m.generate(PROMPT, max_tokens=8)
         s = m.stats()
         assert s.verification.experts_verified > 0 and s.verification.faults == 0
@@ -218,8 +224,9 @@ def _layer_experts(bundle: Path) -> int:
 
 
 @pytest.mark.slow
-def test_expert_budget_holds_on_onnx_measured_from_outside(bundle_factory, tmp_path):
-    """A ~600-token prompt and 24 tokens on an int8 build whose experts are ~95 % of its bytes,
+@pytest.mark.parametrize("quant", ["int8", "int4"])
+def test_expert_budget_holds_on_onnx_measured_from_outside(quant, bundle_factory, tmp_path):
+    """A ~600-token prompt and 24 tokens on a quantized build whose experts are most of its bytes,
     in two children, measured by the kernel from outside. At 100 % every expert is resident
     (onnxruntime packs them all at load), so that run gives the process's own overhead: its
     peak RSS less the experts. At 25 % the peak must stay under that overhead + the manifest's
@@ -228,7 +235,7 @@ def test_expert_budget_holds_on_onnx_measured_from_outside(bundle_factory, tmp_p
     dense + capacity; the tokens are those of 100 %."""
     from edgemoe_fixtures.corpus import heldout_text
 
-    bundle = bundle_factory("qwen3moe-medium", "int8", format="onnx")
+    bundle = bundle_factory("qwen3moe-medium", quant, format="onnx")
     text = tmp_path / "prompt.txt"
     text.write_text(heldout_text()[:1500])
     full = _onnx_child(bundle, "100%", text)
@@ -238,7 +245,7 @@ def test_expert_budget_holds_on_onnx_measured_from_outside(bundle_factory, tmp_p
     bound = overhead + quarter["cap"] + layer + STAGES_ALLOWANCE
     mib = 2**20
     print(
-        f"onnx int8 {quarter['prompt']}-token prompt: peak RSS 100% {full['peak'] / mib:.0f} "
+        f"onnx {quant} {quarter['prompt']}-token prompt: peak RSS 100% {full['peak'] / mib:.0f} "
         f"MiB (experts {full['experts'] / mib:.0f}), 25% {quarter['peak'] / mib:.0f} MiB"
         f" (bound {bound / mib:.0f}: overhead {overhead / mib:.0f} + cap "
         f"{quarter['cap'] / mib:.1f} + layer {layer / mib:.1f} + stages "
