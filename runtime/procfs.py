@@ -136,6 +136,18 @@ def peak_rss_reset() -> bool:
 
 def mapping_rss(path: str | Path) -> int | None:
     """Bytes of `path`'s mappings resident in this process (smaps Rss); None where unknown."""
+    return _mapping_field(path, "Rss:")
+
+
+def mapping_huge_bytes(path: str | Path) -> int | None:
+    """Bytes of `path`'s mappings mapped by 2 MiB page-table entries (smaps FilePmdMapped): at a
+    full budget, how much of the model the engine reads through huge pages
+    (runtime/backends/huge_pages.py). None where unknown."""
+    return _mapping_field(path, "FilePmdMapped:")
+
+
+def _mapping_field(path: str | Path, field: str) -> int | None:
+    """An smaps field (kB) summed over `path`'s mappings, in bytes."""
     try:
         text = Path("/proc/self/smaps").read_text()
     except OSError:
@@ -147,7 +159,7 @@ def mapping_rss(path: str | Path) -> int | None:
         if "-" in head and not head.endswith(":"):
             region = parse_maps_line(line)
             inside = region is not None and region.inode != 0 and match(region)
-        elif inside and head == "Rss:":
+        elif inside and head == field:
             total += int(line.split()[1]) * 1024
     return total
 

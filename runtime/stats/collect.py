@@ -16,7 +16,7 @@ from runtime.experts.resize import BudgetHistory
 from runtime.generation.latency import LatencyRecorder
 from runtime.integrity import IntegrityState
 from runtime.paging import PagedExperts
-from runtime.procfs import mapping_rss, process_rss
+from runtime.procfs import mapping_huge_bytes, mapping_rss, process_rss
 from runtime.recurrent import RecurrentShape
 from runtime.speculative.speculator import Speculator
 from runtime.stats.record import (
@@ -75,6 +75,7 @@ def collect_stats(model: Reporting) -> ModelStats:
         dense_read_s=model.dense_read_s,
         process_rss_bytes=process_rss(),
         mapping_rss_bytes=mapping_rss(model.experts.path),
+        huge_mapped_bytes=mapping_huge_bytes(model.experts.path),
         transient_loads=pager.stats.transient_loads,
         **_cache_figures(model),
         verification=IntegrityStats.model_validate(model.integrity.stats()),

@@ -192,6 +192,8 @@ class ModelStats(_Record):
     dense_read_s: float | None  # a lazy load's read of the dense weights
     process_rss_bytes: int | None
     mapping_rss_bytes: int | None  # resident bytes of the expert file's mapping
+    # ... of which mapped by 2 MiB pages (a full budget's huge-folio read, huge_pages.py)
+    huge_mapped_bytes: int | None = None
     # The expert cache (runtime/experts/cache.py, pager.py).
     resident_expert_bytes: int
     pinned_bytes: int

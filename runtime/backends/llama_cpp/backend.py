@@ -23,6 +23,7 @@ from runtime.backends.base import (
     RoutingObserver,
     SamplerSettings,
 )
+from runtime.backends.huge_pages import read_in_huge_folios
 from runtime.backends.llama_cpp.lazy_load import lazy_mapping
 from runtime.backends.llama_cpp.tap import NodeTap, RoutingLog
 from runtime.backends.mapping import ExpertFile, FileMapping
@@ -152,6 +153,8 @@ class LlamaBackend:
         # No repacking into anonymous buffers: experts must stay pages of the file mapping.
         mparams.use_extra_bufts = False
         before = {r.base for r in file_regions(cfg.model_path)}
+        # A full budget reads the whole file at load: in 2 MiB folios first (huge_pages.py).
+        self.huge_read_s = None if cfg.lazy_load else read_in_huge_folios(cfg.model_path)
         with self._mapping_mode(cfg) as lazy:
             try:
                 self.model = li.LlamaModel(
