@@ -14,6 +14,13 @@ same with a busy-loop process beside it. A measurement during which other proces
 `--max-background` of a core busy is taken again, so "quiet" means quiet on a shared machine.
 Printed: decode and prefill tok/s (medians) and the median of the per-round ratios candidate /
 stock at the same thread count and load.
+
+`--paired` measures the default policy more finely: the default waits as stock llama.cpp's
+threads do (GNU OpenMP's own), so both engines can share one process and one thread team, and
+decode alternates between them in blocks of 16 tokens (`--blocks` pairs, order swapped every
+pair), which cancels the drift of a shared machine that separate processes cannot. edgemoe
+loads first, so with `--cold` (the bundle dropped from the page cache before each process) it
+reads the file its own way, as on a device's first run.
 """
 
 from __future__ import annotations
@@ -87,6 +94,82 @@ else:
 print(json.dumps({"prefill": prefill, "decode": decode, "policy": ran,
                   "background": background(w0)}))
 """
+
+
+# Both engines in one process, decode alternating in blocks: threads, blocks, block tokens, the
+# neighbour's pid (0: none). edgemoe loads first (at a full budget it reads the file in 2 MiB
+# folios, runtime/backends/huge_pages.py); stock holds the model in RAM as above.
+PAIRED = """
+import json, sys, time
+import numpy as np
+bundle, threads, blocks, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+import runtime, llama_cpp
+from edgemoe_fixtures.corpus import heldout_text
+prompt = heldout_text()[:600]
+m = runtime.load(bundle, budget="100%", n_ctx=4096, threads=threads)
+ids = m.tokenize(prompt)
+llm = llama_cpp.Llama(bundle + "/model.gguf", n_ctx=4096, n_batch=512, n_threads=threads,
+                      n_threads_batch=threads, use_mmap=False, verbose=False)
+def stock_step(tok):
+    llm.eval([tok])
+    logits = llm._ctx.get_logits_ith(-1)
+    return int(np.argmax(np.ctypeslib.as_array(logits, shape=(llm.n_vocab(),))))
+def edge_step(tok):
+    return int(np.argmax(m.step([tok])))
+llm.eval(llm.tokenize(prompt.encode(), add_bos=True, special=True))
+tok = {"stock": stock_step(int(ids[-1])), "edgemoe": int(np.argmax(m.step(ids)))}
+step = {"stock": stock_step, "edgemoe": edge_step}
+times = {"stock": [], "edgemoe": []}
+for b in range(blocks):
+    for name in (("stock", "edgemoe") if b % 2 == 0 else ("edgemoe", "stock")):
+        t, f = tok[name], step[name]
+        t0 = time.perf_counter()
+        for _ in range(n):
+            t = f(t)
+        times[name].append(n / (time.perf_counter() - t0))
+        tok[name] = t
+s = m.stats()
+print(json.dumps({"times": times, "policy": s.wait_policy, "huge": s.huge_mapped_bytes,
+                  "mapped": s.mapping_rss_bytes}))
+"""
+
+
+def run_paired(bundle: Path, threads: int, blocks: int, cold: bool,
+               neighbour: Neighbour | None, prefix: tuple[str, ...]) -> dict:
+    """One process stepping both engines in turn (see PAIRED)."""
+    if cold:
+        from runtime.experts.residency import drop_file_cache
+
+        drop_file_cache(bundle / "model.gguf")
+    out = subprocess.run(
+        [*prefix, sys.executable, "-c", PAIRED, str(bundle), str(threads), str(blocks), "16",
+         str(neighbour.proc.pid if neighbour else 0)],
+        capture_output=True, text=True, timeout=1800, env=os.environ.copy(),
+    )
+    if out.returncode:
+        raise SystemExit(f"paired run failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def paired(bundle: Path, threads: list[int], loads: list[str], blocks: int, cold: bool,
+           prefix: tuple[str, ...]) -> None:
+    """The default policy against stock llama.cpp, in one process per (load, threads)."""
+    print(f"{'load':5} {'thr':>3} {'stock tok/s':>11} {'edgemoe':>8} {'ratio':>6} "
+          f"{'q1-q3':>11}  policy, huge-mapped share of the mapping", flush=True)
+    for load in loads:
+        for t in threads:
+            if load == "busy":
+                with Neighbour() as hog:
+                    res = run_paired(bundle, t, blocks, cold, hog, prefix)
+            else:
+                res = run_paired(bundle, t, blocks, cold, None, prefix)
+            st, ed = res["times"]["stock"], res["times"]["edgemoe"]
+            ratios = sorted(e / s for e, s in zip(ed, st, strict=True))
+            q = statistics.quantiles(ratios, n=4)
+            share = res["huge"] / res["mapped"] if res["huge"] is not None and res["mapped"] else 0
+            print(f"{load:5} {t:3} {statistics.median(st):11.1f} {statistics.median(ed):8.1f} "
+                  f"{statistics.median(ratios):6.3f} {q[0]:5.3f}-{q[2]:5.3f}  {res['policy']}, "
+                  f"{share:.2f}", flush=True)
 
 
 def run_child(mode: str, bundle: Path, threads: int, policy: str, max_background: float,
@@ -178,6 +261,11 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--max-background", type=float, default=0.1,
                     help="cores other processes may keep busy during a measurement")
+    ap.add_argument("--paired", action="store_true",
+                    help="the default policy against stock in one process, blocks alternating")
+    ap.add_argument("--blocks", type=int, default=40, help="--paired: 16-token block pairs")
+    ap.add_argument("--cold", action="store_true",
+                    help="--paired: drop the bundle from the page cache before each process")
     ap.add_argument("--child-prefix", default="",
                     help="a command put before each measured child (e.g. 'nice -n -5')")
     args = ap.parse_args()
@@ -193,10 +281,16 @@ def main() -> None:
         bundle = Path(tempfile.mkdtemp(prefix="edgemoe-threads-")) / "bundle"
         pack(PackOptions(src=str(cached_fixture(args.fixture)), out_dir=bundle, quant=args.quant,
                          profile="laptop-16gb", reference=False))
+    what = (f"default wait policy ({os.environ.get('OMP_WAIT_POLICY') or 'spin'}) against stock "
+            f"in one process, {args.blocks} block pairs{', cold' if args.cold else ''}"
+            if args.paired else f"candidates {candidates}, {args.rounds} rounds, decode "
+            f"{DECODE} tokens after a {PROMPT_CHARS}-char prompt")
     print(f"bench_threads: {args.fixture if not args.bundle else bundle} {args.quant}, "
-          f"{os.cpu_count()} CPUs, threads {threads}, candidates {candidates}, "
-          f"{args.rounds} rounds, decode {DECODE} tokens after a {PROMPT_CHARS}-char prompt",
-          flush=True)
+          f"{os.cpu_count()} CPUs, threads {threads}, {what}", flush=True)
+    if args.paired:
+        paired(bundle, threads, loads, args.blocks, args.cold,
+               tuple(shlex.split(args.child_prefix)))
+        return
     results = measure(bundle, threads, candidates, args.rounds, loads, args.max_background,
                       tuple(shlex.split(args.child_prefix)))
     report(results, threads, candidates, loads)
