@@ -40,6 +40,7 @@ def load(
     draft: str | Path | None = None,
     draft_tokens: int = DEFAULT_DRAFT_TOKENS,
     wait_policy: str | None = None,
+    flash_attn: bool | None = None,
     verify: bool = False,
     check_reads: bool = True,
     resizable: bool = False,

@@ -101,6 +101,7 @@ class Model:
                 kv_cache_type=kv_cache_type(opened),
                 lazy_load=plan.offloading,
                 wait_policy=options.wait_policy,
+                flash_attn=options.flash_attn,
                 rollback_tokens=rollback,
             ),
             self.pager.on_routing,

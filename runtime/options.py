@@ -45,7 +45,9 @@ class LoadOptions:
     PrefetchSettings, or None = when cold. draft: speculative decoding with a smaller bundle of
     the same vocabulary, or "ngram" (prompt lookup, no model); its memory comes out of `budget`
     (runtime/speculative/draft_budget.py). wait_policy: how llama.cpp's threads wait at barriers
-    (runtime/threads.py); fixed per process once the first engine has loaded. record_routing
+    (runtime/threads.py); fixed per process once the first engine has loaded. flash_attn:
+    llama.cpp's flash attention on (True) or off (False); None is llama.cpp's `auto` (README,
+    "Flash attention"); onnxruntime builds have their own attention and ignore it. record_routing
     (Python only): keep the routing tap on at every budget, for measurements. check_reads
     (Python only): verify each expert against the manifest's xxh3 checksums on its first read
     and the dense tensors in the background, and page experts in so a storage fault is an error,
@@ -81,6 +83,10 @@ class LoadOptions:
         None, f"How engine threads wait at barriers: {', '.join(WAIT_POLICIES)}; default: spin, "
         "as stock llama.cpp."
     )
+    flash_attn: bool | None = option(
+        None, "llama.cpp's flash attention: on or off; default: llama.cpp's auto (on for CPUs). "
+        "Off can decode faster at long contexts; a quantized KV cache needs it on."
+    )
     verify: bool = option(False, "Re-hash every file before loading (default: sampled blocks).")
     record_routing: bool = False
     check_reads: bool = True
@@ -105,6 +111,8 @@ class LoadOptions:
                                f"{self.prefetch!r}")
         check_draft_tokens(self.draft_tokens)
         check_wait_policy(self.wait_policy)
+        if self.flash_attn is not None and not isinstance(self.flash_attn, bool):
+            raise OptionsError(f"flash_attn must be true, false or None, got {self.flash_attn!r}")
 
 
 # --- the option table ------------------------------------------------------------------------

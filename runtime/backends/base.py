@@ -60,6 +60,7 @@ class EngineConfig:
     kv_cache_type: str = "f16"  # llama.cpp's --cache-type-k/v names (f16, q8_0, ...)
     lazy_load: bool = False  # map without reading the whole file (a partial budget's cold start)
     wait_policy: str | None = None  # how engine threads wait (runtime/threads.py); None: default
+    flash_attn: bool | None = None  # llama.cpp's flash attention; None: its `auto`
     # Recurrent-state snapshots per sequence, so a speculative verify batch of this many drafts
     # can be rolled back (llama.cpp's n_rs_seq; runtime/recurrent.py); 0: none kept.
     rollback_tokens: int = 0

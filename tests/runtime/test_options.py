@@ -65,6 +65,7 @@ def test_the_server_module_parses_the_same_options_into_its_settings():
         ({"budget": "lots"}, r"budget 'lots': expected a percentage"),
         ({"wait_policy": "nap"}, r"wait policy 'nap' is not known"),
         ({"draft_tokens": 99}, r"draft_tokens must be an integer in 1..32, got 99"),
+        ({"flash_attn": "yes"}, r"flash_attn must be true, false or None, got 'yes'"),
     ],
 )
 def test_a_bad_option_is_one_line_naming_it_before_any_model_loads(values, message):

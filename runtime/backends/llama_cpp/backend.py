@@ -146,6 +146,9 @@ class LlamaBackend:
         self._extra = tuple(extra_taps) if tensor_observer is not None else ()
         self._taps = self._routing_kinds + self._extra
         self._pending: dict[int, dict[str, np.ndarray]] = {}
+        if cfg.flash_attn is False and cfg.kv_cache_type.lower() not in ("f16", "f32", "bf16"):
+            raise BundleError(f"a {cfg.kv_cache_type} KV cache (the device profile's "
+                              "kv_cache_type) needs flash attention: drop flash_attn=False")
         llama_cpp.llama_backend_init()
         mparams = llama_cpp.llama_model_default_params()
         mparams.n_gpu_layers = 0
@@ -181,6 +184,9 @@ class LlamaBackend:
         if cfg.kv_cache_type.lower() not in ("f16", "f32", "bf16"):
             # llama.cpp quantizes the V cache only with flash attention.
             cparams.flash_attn_type = llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED
+        elif cfg.flash_attn is not None:
+            cparams.flash_attn_type = (llama_cpp.LLAMA_FLASH_ATTN_TYPE_ENABLED if cfg.flash_attn
+                                       else llama_cpp.LLAMA_FLASH_ATTN_TYPE_DISABLED)
         self._tap: NodeTap | None = None
         if cfg.observe_routing and self._taps:
             self._ggml = _Ggml()
