@@ -54,6 +54,7 @@ from runtime.backends.onnx.session import (
     read_graph,
     read_only,
     release,
+    trim_heap,
 )
 from runtime.backends.onnx.stages import (
     StagedRunner,
@@ -198,8 +199,10 @@ class OnnxBackend:
                     ort.InferenceSession(str(stage), so, providers=["CPUExecutionProvider"])
                 )
                 # onnxruntime reads every packed buffer once while loading a stage; give those
-                # pages back now, so a load never holds more than one stage's experts.
+                # pages back now, so a load never holds more than one stage's experts, and the
+                # heap it freed while loading (it stays with the process otherwise).
                 release(build.data, build.expert_spans())
+                trim_heap()
         except Exception as e:  # OSError (no space, read-only cache) or onnxruntime's own
             first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
             log.warning("%s: onnxruntime's packed experts are unavailable (%s); running the "

@@ -6,7 +6,8 @@ initializers, never packed, and a gathered build's stacks feed Gather nodes, whi
 and for staged runs one arena shared by every stage.
 Mappings: onnxruntime maps each external initializer private and writable; `read_only` makes a
 weight mapping read-only (mlock on a writable private mapping pins anonymous copies instead of
-the file's pages), `release` drops pages of given file ranges from every mapping of a file.
+the file's pages), `release` drops pages of given file ranges from every mapping of a file,
+`trim_heap` returns what loading freed.
 """
 
 from __future__ import annotations
@@ -108,6 +109,16 @@ def release(path: Path, spans: list[tuple[int, int]]) -> None:
             if start < end:
                 libc.madvise(ctypes.c_void_p(r.start + start - lo), ctypes.c_size_t(end - start),
                              _MADV_DONTNEED)  # fmt: skip
+
+
+def trim_heap() -> None:
+    """Give the C heap's free memory back to the system (glibc's malloc_trim; elsewhere
+    nothing). Loading staged sessions frees tens of MiB that malloc keeps: measured on
+    qwen3moe-large int4 at 25 %, the heap after load was 52-109 MiB, 28 MiB after a trim."""
+    try:
+        _libc().malloc_trim(0)
+    except (AttributeError, OSError):  # not glibc
+        pass
 
 
 def read_only(addr: int, length: int) -> None:
