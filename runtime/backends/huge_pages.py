@@ -7,22 +7,24 @@ large folios) maps a file page by page table *or* by one 2 MiB entry, depending 
 the page-cache folio that holds it, and that size is decided when the bytes are first read: a
 fault under MADV_RANDOM reads 4 KiB, mmap's read-around a few dozen KiB, a mapping advised
 MADV_HUGEPAGE whole 2 MiB folios. Measured on the large fixture (Q8_0, 436 MB, 2 threads, one
-process stepping both engines in turn): decode from a file cached in small folios 0.89-0.93x of
-stock llama.cpp holding the model in anonymous memory; cached in 2 MiB folios 1.05-1.15x.
+process stepping both engines in turn): decode from a file cached in small folios 0.87-0.93x of
+stock llama.cpp holding the model in anonymous memory; cached in 2 MiB folios 0.94-1.15x.
 
 So a full-budget load first maps the file itself, advises MADV_HUGEPAGE and faults it all in with
 MADV_POPULATE_READ (a storage fault is an error there, never a signal), then lets go; the
-engine's own mapping then finds 2 MiB folios and maps them whole. Pages already cached stay as
-they are (nothing is dropped: another process may use them), so a file read earlier in small
-folios stays small until the OS lets it go; `huge_mapped_bytes` in `Model.stats()` says what the
-engine got. Paged budgets never do this: there a 2 MiB fault would map experts the router never
-chose (runtime/experts/residency.py asks for small pages instead).
+engine's own mapping then finds 2 MiB folios and maps them whole. A load that finds less than a
+quarter of the file cached drops those few pages first (opening the bundle read them, in small
+folios); a warm file is left as it is (another process may be using it), so one read earlier in
+small folios stays small until the OS lets it go. `huge_mapped_bytes` in `Model.stats()` says
+what the engine got. Paged budgets never do this: there a 2 MiB fault would map experts the
+router never chose (runtime/experts/residency.py asks for small pages instead).
 """
 
 from __future__ import annotations
 
 import ctypes
 import ctypes.util
+import errno
 import logging
 import mmap
 import os
@@ -110,8 +112,10 @@ def read_in_huge_folios(path: str | Path) -> float | None:
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             for advice in (MADV_HUGEPAGE, MADV_POPULATE_READ):
                 if _LIBC.madvise(addr, size, advice) != 0:
-                    log.debug("%s: madvise(%d) failed (%s); the engine reads it as before",
-                              path, advice, os.strerror(ctypes.get_errno()))
+                    err = ctypes.get_errno()
+                    (log.debug if err == errno.EINVAL else log.warning)(
+                        "%s: madvise(%d) failed (%s); the engine reads it as before", path,
+                        advice, os.strerror(err))
                     return None
         finally:
             _LIBC.munmap(addr, size)
