@@ -41,13 +41,13 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-fp32/manifest.json":
             "41544da7182d1ff21a6c2868ed8e9359eeb21829bbc3a5702746d0a5a47ca37b",
         "onnx-int8/model.onnx":
-            "5c940d2355cbb05749523352639af540d164e8bab1a7ae04442c4dfb77360935",
+            "100195578293640e5e4a961d0b70f558fa7c6d0e668d7cc32af40d6c706a67bd",
         "onnx-int8/model.onnx.data":
             "2b7f35ed0e74cf1fda3fe226fa342bac562c0d30297053c102bfc0b0c289ab65",
         "onnx-int8/genai_config.json":
             "5635deffb3d0e2e93ae45a6c65f215394b2fffa6f47bc915bd18b8296cfb3388",
         "onnx-int8/manifest.json":
-            "df0758bf278e96289b3cec9d80c7950fedac0218104d3f0154fc7269b1232bac",
+            "2becdf97864f7728092f5a2c95de4aa4bb34bc581ffa052194881aa08fec34e7",
     },
     "deepseek3": {
         "gguf-F16/model.gguf":
@@ -63,13 +63,13 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-fp32/manifest.json":
             "39bc30fbb3891ce2aef14a8af563526a9efe0231ce4a5872321028292dda9eff",
         "onnx-int8/model.onnx":
-            "f3cb0ee68bc5a921afb0a8b44a2bb115867298f060e7a1fd80f9008a1e4c8775",
+            "6631de8317cbe2de249f6c79c066ed25b5847f5acb2dab0a863f1bb25e28411f",
         "onnx-int8/model.onnx.data":
             "8371c68d7a9ca9ffaff7a5a1e6447956e6346dc42827dbe23b4fdc1bad74a42c",
         "onnx-int8/genai_config.json":
             "35b1f8c9db90b40181e52c7a8898ab926c340c3bdf4f5ca93f276aa1816c012d",
         "onnx-int8/manifest.json":
-            "bdd4097ca03db1ee786e9c9d21f6f3f37adb62aa8db7e9f9172f21dcf671c45f",
+            "6cb9e8d95fa315cf2b064e5e864c9e915f7632e1036c3d09160c27b186b6cf39",
     },
     "deepseek4": {
         "gguf-F16/model.gguf":
@@ -91,13 +91,13 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-fp32/manifest.json":
             "8293fb577aa6c1e5d3282406bda6ff337086e98e22eaf4434230493077651b9b",
         "onnx-int8/model.onnx":
-            "ca3dc1009deaaec04e33047119bddb6c2edd2dbcc31f6a1c922c511a721b5858",
+            "fae05f4e70a2ae342d56b1070e1d2a73ca23283759e2ef0f30038f6752bc3ac4",
         "onnx-int8/model.onnx.data":
             "4eb2921e07b170c7c4de18101f6805e8c57d66d4e978a14253128f4d15639c5a",
         "onnx-int8/genai_config.json":
             "7ff954374498b43d58ff8148431cfb29342b9341362ae56652f873c05c464668",
         "onnx-int8/manifest.json":
-            "c86f601142be020b463b6258ed4d7dedcdda2b997aa247b6847bcf40e6dc3d77",
+            "31bdd4eaee31b2cce174e16858950bddd2cbfaeb25148ab9976f38c73c254860",
     },
     "glm4moe": {
         "gguf-F16/model.gguf":
@@ -113,13 +113,13 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-fp32/manifest.json":
             "1d7f78a58ab3426610eb16a0b6f17abb5541d05487573e2338aaee9eab034b7e",
         "onnx-int8/model.onnx":
-            "cc093875e7de960d724f936a57ce78e313b35baa7f139eb818c3dde50e1d3759",
+            "d9c763dcc0cd8654e7dba0aca8b11e75aeba9bbe1f9a0476e75d4d2dd398cb79",
         "onnx-int8/model.onnx.data":
             "6a929857f864b2166a671db3a63a62582157c430a45f8d9f131358c34c9a20c0",
         "onnx-int8/genai_config.json":
             "d1649cd6b198923b28f9a3efb7c63e2e5a72d7c7cf6d8a99f5ec139f623504ae",
         "onnx-int8/manifest.json":
-            "e2b5a0f850b8211efda575369151c797785bee86b72cb6d3d0c194fd6618344f",
+            "e8742647fe2ffd6b4c0de77954c3d35b08cfa31c12a7039ef41a3bd118a7e5a2",
     },
     "granitehybrid": {
         "gguf-F16/model.gguf":
@@ -135,13 +135,13 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-fp32/manifest.json":
             "6762374d8817475fd2ef04c51759b12b226b7a007e1998c35d932fca0eac9744",
         "onnx-int8/model.onnx":
-            "5e943e8d7868e50c92aa7a841f52743f2a7afa9944233e8001ab4f508e9c3d45",
+            "e36eec7a8228601e4e2c6faf0b2c371265b6ceb26f2d80f9a71d907d4ee782cb",
         "onnx-int8/model.onnx.data":
             "f48b28fa248c525fd63985a4f8e6a5022b89ac77c3cb5dc0a824e8a4d6dd0a5e",
         "onnx-int8/genai_config.json":
             "311b39211435f72d61b8e6dca5258b554250ee0c53e50e27acd352178331c9cf",
         "onnx-int8/manifest.json":
-            "0ce119f2fd1f54cefb563e9cf241c9ed250a23a4904a8e50c7582082cb4e341e",
+            "ad3321e6e08ac48d1c6fecc87363dddc34fa3f6b2a3b41aed5cc61a0b71419ab",
     },
     "lfm2moe": {
         "gguf-F16/model.gguf":
@@ -157,13 +157,13 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-fp32/manifest.json":
             "e744c080dc6b4bb6e116ca6813cd709829aa77e87bf557c21e12e0fd2eabf463",
         "onnx-int8/model.onnx":
-            "b56e75eec1cbf35669bafe94d658cd470b6f69d6f99e272aafc59ea2d79d3954",
+            "abd58691452f818e7ea2c9a75bcc6d5a5421bbf296ff003c2c79abdfc8b99266",
         "onnx-int8/model.onnx.data":
             "3b83665a8cf61e47001042d15bf0e7c92b6cf054a25b4e6b3e537b68c55756e9",
         "onnx-int8/genai_config.json":
             "813643e7a5382772964a2dbcca6f127d2e2ceb7b69835acc20cc1f709fd1224b",
         "onnx-int8/manifest.json":
-            "75675ad480a0db72d6437f412f180aedab99ff396a62edc16fddd9d32629e571",
+            "10cf47388d43e39b5a6f737c9a09f8fb8062caa8340b39818228c9b7d9ed76cd",
     },
     "mimo2": {
         "gguf-F16/model.gguf":
@@ -179,13 +179,13 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-fp32/manifest.json":
             "04eb7d031d67b2d60037b4c824e858b1c66311ea5e2bfe1d5511d6ade8ddacb4",
         "onnx-int8/model.onnx":
-            "c19bb036004e3ab011c480fa50c506002c7d2cd12d4b86094d4db383bab23b2e",
+            "8c71e92e6844392a0a65f9639a5fcfa73e5316b8293f81be59a1fd47f504dea9",
         "onnx-int8/model.onnx.data":
             "40bdb57b23f8309d2542d0cdc17ad00bab39d354e653a7f49304afc8cce8d438",
         "onnx-int8/genai_config.json":
             "101eb4edbe2763879b7f5fc51653b4cfd3432aaf8ba51a1188efa34cec181a4d",
         "onnx-int8/manifest.json":
-            "b16513d0c0beca081428a5fbfa2a3524e40ac7b4f1a081926cb1d405e4ee3b84",
+            "274766d8eb0752f7341fa29ab6af7c64e212b1f9c9e515dd6efedad7dd5b4a70",
     },
     "llama4": {
         "gguf-F16/model.gguf":
@@ -201,13 +201,13 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-fp32/manifest.json":
             "abb115a6a6c80d69b9073ad043eb67fa012c2103a0aa03d9f0f93601688f3ee1",
         "onnx-int8/model.onnx":
-            "0be7edb94a888f1e5fce621a8d8f9ade51b97afd5b6276b3a8ed8778ccec9604",
+            "9b6b7273b173910959082db2178e8c1b95730f51cb941e053341dd182c05e3d3",
         "onnx-int8/model.onnx.data":
             "9ba22008a4a787b1cc52ecf5e0b41910881ff411c85e6f275c43532a63e883ed",
         "onnx-int8/genai_config.json":
             "7a4a4adb7b6aac452ebf29f3a7a97f2b6fc0183e0476883e37a5d9a0b9e9bbaf",
         "onnx-int8/manifest.json":
-            "c7dc315c43c8c98d92c7cf29533a317bcf041422cf38513d805bc2be7cc3a892",
+            "a2e2e14e9044ea2f14c3d278c2a2422f0b98c2d27198d0217c4877d47041ecf4",
     },
     "mixtral": {
         "gguf-F16/model.gguf":
@@ -223,13 +223,13 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-fp32/manifest.json":
             "ee3dcd5ef3435ece9ebfc1f4f14d33808fa14f4cfbc3b10b31a14934d5021434",
         "onnx-int8/model.onnx":
-            "44e8b61d3f01432a7ced18cecf7457e5c277f0cea53c34a2ddcdaa444d2d51a4",
+            "8152c459f0710c37cfbaa64aa967764e2bc101fa4d867ab6768c3982a2f5d439",
         "onnx-int8/model.onnx.data":
             "444b92dc6ee264cdec12655cabe5d781e71b8367bb345518b30cc7d3f689c8af",
         "onnx-int8/genai_config.json":
             "f7980204670e69f691c34658d036de771ae834830083efa67b63e0bac88c08d8",
         "onnx-int8/manifest.json":
-            "7866d5117f1bcc2f74e145e8d613bee3d3db393aa8e3acf07eb25d227e38bf78",
+            "2c2bd851dc0a7f34e4d81ab7c3b5574580e663e269f041f6ef4b9e36c1c5fc55",
     },
     "olmoe": {
         "gguf-F16/model.gguf":
@@ -245,13 +245,13 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-fp32/manifest.json":
             "b51ac82334e7e110c6367c46794b6603c017ce55812ca1441585ec8633cab089",
         "onnx-int8/model.onnx":
-            "81965c03ababf828ec628fda4ee2585d5d352ed79438dfa836a562d61ce70a06",
+            "359d55ed27f7193cba25b47b0714292d4bf49b066a3a8369365cd775f9252856",
         "onnx-int8/model.onnx.data":
             "08127851d0fde5145fe741f085626f12042d979c17e8fa3e3ce2307a387ddde5",
         "onnx-int8/genai_config.json":
             "8deba0911cb998699f7d8bbc1ed0931dcb616f31824df42977f5c12590dc6ba6",
         "onnx-int8/manifest.json":
-            "794187b53637601c075c21bb29cfd878cad6568d887a0ca9f690b0af05a3b47a",
+            "d4ebed7f0cd0c29bea371910542c98259c0679fba43b42242364b7afb8a3d400",
     },
     "qwen35moe": {
         "gguf-F16/model.gguf":
@@ -267,13 +267,13 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-fp32/manifest.json":
             "9f37e2e8ee016124367fadf6bc3efab80cdd4cdf55932e6e78241de0379b97f6",
         "onnx-int8/model.onnx":
-            "8d563c253b390e2fb9440c7d764b926d3b903a2096121d7aa6dc0bd80be1b9c2",
+            "dd9cb1a5fdc6427d2fc99e866dcfd0da0282db85c17d11b3292ad8bd8bdb927d",
         "onnx-int8/model.onnx.data":
             "995fa20616a2d0f792d84e24ccb70cac50704499d1ad98a4e93b3bebb2fbe755",
         "onnx-int8/genai_config.json":
             "dc540e4dcf32e346281559dffdb36814d8dd9b664635d4cff9e8869c5cf4a7f7",
         "onnx-int8/manifest.json":
-            "8ab04988aed3a46208d62175d3ba5d204f33e01d5783454f1bded5b633b3b135",
+            "df65928eebb34cb289f9fac9a2c3fb85874912a793a7554d6dd61d8f17b5b77e",
     },
     "phimoe": {
         "onnx-fp32/model.onnx":
@@ -285,13 +285,13 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-fp32/manifest.json":
             "5eb0e6aa15b94c88b3c3e8b4dd72bec5a2d88e81d0628406706336d801c53388",
         "onnx-int8/model.onnx":
-            "688d600e5d74814c9e08198ad891cbbb0e630d523d59319cb9f2204abc65592d",
+            "44e7544a0c382531df5dda773acc6d4c1a5cf97f1ec13b341b22d4052bc5a99e",
         "onnx-int8/model.onnx.data":
             "1a8c1a43d25ff245e479f106f9b848a757fb2d3f8a889a4d28ccc6cdb07e4528",
         "onnx-int8/genai_config.json":
             "b90530ab86b096e923812cfe11a56d19bae2de14cac53e947c1b832c23f9c212",
         "onnx-int8/manifest.json":
-            "1dd9c0425e516b073c33eac4c8f3606d02949c4ebf0b59e6d10514456d04d35e",
+            "1932cd507b8dd0dd50cc24f42d7edd72e0c296a0743c55054e41c8f4d5a82fe8",
     },
     "qwen3next": {
         "gguf-F16/model.gguf":
@@ -307,13 +307,13 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-fp32/manifest.json":
             "afb1d4bf6e8d326a838232a2a20a6ce6ce6fc6a590bd768018cd644b9ebcfbf4",
         "onnx-int8/model.onnx":
-            "c4c87ad2133793b56bbbe72d793728176d74198a2f34cf1fd50e2943fa05a81f",
+            "a07a169620ebad29b252bdda435cdcbedbb42f9729dbeadf6d256f153973f943",
         "onnx-int8/model.onnx.data":
             "dd692e580934a30a043d918f90e27288c70098be8f1a9d6f6ab9ed6b9428d4a2",
         "onnx-int8/genai_config.json":
             "1a5c39350b1a53adcb4902a3f89d2a7aa8568617184d488be3ef9fda9d90b22a",
         "onnx-int8/manifest.json":
-            "2b62cab50a981499940874d0241b50a988e9e2a3355df62ff5372ca7d31bea7f",
+            "1a0795d512cd421fe07172c189cadd743e7dc027ca35bf310f83fc33249ed443",
     },
     "qwen2moe": {
         "gguf-F16/model.gguf":
@@ -329,13 +329,13 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-fp32/manifest.json":
             "e244cf108768625cebea9f24d1e3bf89aa5b0303a2e481a86377a1a64fa53d1a",
         "onnx-int8/model.onnx":
-            "9ad72ea3acd4877787c588ffb152f56ee8af4f5c2a63902b15d4dc8a9a58cd26",
+            "4ec281278b74d37e6df0994f66d5e02a37ac13f5445cfb898f598204f6956dc1",
         "onnx-int8/model.onnx.data":
             "59cc3ef281f3edaf646b242d2a024779eb12d02f95449400e1e0688d24af5e34",
         "onnx-int8/genai_config.json":
             "f82b3d3a7bcb21d38b948c2131fce8e67957a82de2531af263616551df7c5a1b",
         "onnx-int8/manifest.json":
-            "a4ccfa94dbefd277984f40c5c058a322b2adf892874fb544b62f9be7484df50a",
+            "81b0bbb152d03121a09bd29383a8c4d18f07da59088fb1703cc2b2b40bac6646",
     },
     "qwen3moe": {
         "gguf-F16/model.gguf":
@@ -351,13 +351,13 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-fp32/manifest.json":
             "644fb9437d2f033df3dbb2ddcbfdc08f1bd28f5aec68ca373cc307a3902ea7e6",
         "onnx-int8/model.onnx":
-            "afec6f06e648abbc9a727fe921348cc7695647830822e62b32ea724e6f7756f9",
+            "22ed5002e647eb4b65d9163a5ee22872e1c198b8af0b6c23bf89904661700ed7",
         "onnx-int8/model.onnx.data":
             "95bdc5eb6d8126757ac1ee68da18b7675acb730084d0ff0395845a766f5a56e0",
         "onnx-int8/genai_config.json":
             "18f95ce5f2fd5f3cefe9b32e7c26ca57bf4701f8fa461543f41b3063e9b037f1",
         "onnx-int8/manifest.json":
-            "c7d192f6166fe7a16922a76cb5d746b271ee494db3a96e8f1ad45064b5ef3f27",
+            "50e7e0b18e97077eec1a7ff32e05555e36db93ca06ec501d2c8a69622f57f2b1",
     },
     "gptoss": {
         "gguf-F16/model.gguf":
@@ -373,13 +373,13 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-fp32/manifest.json":
             "080cfb021b50d5691dbb8de46b157da7fd935816c37f1a4fb3283291f2913d9f",
         "onnx-int8/model.onnx":
-            "ea62112d2733bf550fe13891292f1c22ed6fd9fb7b10a5cfb0214d77a2210a9b",
+            "775f8fbee229d8ccf66b48b900cf6fe1d3eb0912190e62abc8e1e7d255d52db2",
         "onnx-int8/model.onnx.data":
             "a5aaed5596bc4d02a0143d8c000d75a3ea60cf467bb72f8bd697cbbe89cdd34e",
         "onnx-int8/genai_config.json":
             "90ad126c2b1e7ea75e9f967b9adadae20b614b56bd7bea655cd77b72ec3a0879",
         "onnx-int8/manifest.json":
-            "f054460980854c82c3385a40611002ed296494e23c35d19c690e68aabdc37ce4",
+            "44550482b08201319850db3567d40eb5117578aaa5a6408812ce0cc310e4a91d",
     },
     "gptoss_mxfp4": {
         "gguf-F16/model.gguf":
@@ -395,13 +395,13 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-fp32/manifest.json":
             "a10ecbbf34332f792e3e47735851cd2066945f5b5cb72a56dfe34586efa03782",
         "onnx-int8/model.onnx":
-            "ea62112d2733bf550fe13891292f1c22ed6fd9fb7b10a5cfb0214d77a2210a9b",
+            "775f8fbee229d8ccf66b48b900cf6fe1d3eb0912190e62abc8e1e7d255d52db2",
         "onnx-int8/model.onnx.data":
             "776c0163fe9189962b3585944afd8f1140752b51e6ccf202520bde9914845cec",
         "onnx-int8/genai_config.json":
             "90ad126c2b1e7ea75e9f967b9adadae20b614b56bd7bea655cd77b72ec3a0879",
         "onnx-int8/manifest.json":
-            "c473dfc46d6516e7b56e6454e40f86168813cb57538eb5ac95f5840f1eb32b43",
+            "9b84613f38bf86dd945a9dae8769ad1aff868651792447ae0ffe4869dbcd6888",
     },
 }
 
