@@ -94,6 +94,19 @@ class OnnxAdapter:
         """The layer norm whose weights are `{prefix}.*` (RMSNorm; Phi-MoE's is a LayerNorm)."""
         return s.rms_norm(x, ctx.weights.vector(f"{prefix}.weight"), self.eps, name)
 
+    def residual_norm(self, ctx: Context, s: Scope, h: str, branch: str | None, prefix: str,
+                      name: str) -> tuple[str, str]:  # fmt: skip
+        """(norm(h + branch), h + branch): a residual Add and the norm after it, fused into one
+        node where the norm is the plain RMSNorm (`norm` not overridden); no `branch`: (norm(h),
+        h)."""
+        if branch is None:
+            return self.norm(ctx, s, h, prefix, name), h
+        if type(self).norm is not OnnxAdapter.norm:
+            h = s.op("Add", [h, branch], f"{name}/residual")
+            return self.norm(ctx, s, h, prefix, name), h
+        return s.skip_rms_norm(h, branch, ctx.weights.vector(f"{prefix}.weight"), self.eps,
+                               f"{name}/SkipRMSNorm")  # fmt: skip
+
     @property
     def moe_layers(self) -> tuple[int, ...]:
         return self.config.moe_layers

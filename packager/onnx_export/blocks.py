@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 from onnx import TensorProto
 
-from packager.onnx_export.graph import Graph, Scope
+from packager.onnx_export.graph import MS_DOMAIN, Graph, Scope
 from packager.onnx_export.weights import Weights
 
 # transformers fills masked scores with the dtype's minimum, not -inf, so a fully masked row
@@ -33,7 +33,7 @@ class RopeSpec:
 
 @dataclass(frozen=True)
 class Rope:
-    cos: str  # [1, 1, S, rotary_dim] (halves) or [1, 1, S, rotary_dim / 2] (interleaved)
+    cos: str  # [S, rotary_dim / 2]: row s is position_ids[0, s]'s angles
     sin: str
     interleaved: bool
 
@@ -79,11 +79,11 @@ def causal_mask(
 
 
 def rotary(s: Scope, position_ids: str, spec: RopeSpec) -> Rope:
-    """cos/sin of position * inv_freq, computed in-graph (no table, no position limit)."""
+    """cos/sin of position * inv_freq, computed in-graph (no table, no position limit): one
+    [S, rotary_dim / 2] row per token of this run, the cache `apply_rope` indexes from 0."""
     pos = s.op("Cast", [position_ids], "Positions", to=TensorProto.FLOAT)
     freqs = s.op("Mul", [s.unsqueeze(pos, [-1], "PosCol"), s.f32(spec.inv_freq)], "Freqs")
-    if not spec.interleaved:
-        freqs = s.op("Concat", [freqs, freqs], "Emb", axis=-1)
+    freqs = s.reshape(freqs, [-1, len(spec.inv_freq)], "FreqRows")
     cos, sin = s.op("Cos", [freqs], "Cos"), s.op("Sin", [freqs], "Sin")
     if spec.long_scaling is not None:
         last = s.op("ReduceMax", [position_ids], "LastPosition", keepdims=0)
@@ -95,29 +95,19 @@ def rotary(s: Scope, position_ids: str, spec: RopeSpec) -> Rope:
     elif spec.attention_scaling != 1.0:
         cos = s.op("Mul", [cos, s.f32(spec.attention_scaling)], "ScaleCos")
         sin = s.op("Mul", [sin, s.f32(spec.attention_scaling)], "ScaleSin")
-    cos = s.unsqueeze(cos, [1], "CosHeads")
-    sin = s.unsqueeze(sin, [1], "SinHeads")
     return Rope(cos, sin, spec.interleaved)
 
 
 def apply_rope(s: Scope, x: str, rope: Rope, dim: int) -> str:
-    """Rotate x [1, heads, S, dim] the way the family's transformers code does."""
-    if not rope.interleaved:
-        x1, x2 = s.split(x, [dim // 2, dim // 2], -1, "SplitHalves")
-        rotated = s.op("Concat", [s.op("Neg", [x2], "Neg"), x1], "RotateHalf", axis=-1)
-        a = s.op("Mul", [x, rope.cos], "MulCos")
-        b = s.op("Mul", [rotated, rope.sin], "MulSin")
-        return s.op("Add", [a, b], "Rotate")
-    pairs = s.reshape(x, [0, 0, 0, dim // 2, 2], "Pairs")
-    re, im = s.split(pairs, [1, 1], -1, "SplitPairs")
-    cos = s.unsqueeze(rope.cos, [-1], "CosPairs")
-    sin = s.unsqueeze(rope.sin, [-1], "SinPairs")
-    out_re = s.op("Sub", [s.op("Mul", [re, cos], "ReCos"), s.op("Mul", [im, sin], "ImSin")],
-                  "OutRe")  # fmt: skip
-    out_im = s.op("Add", [s.op("Mul", [re, sin], "ReSin"), s.op("Mul", [im, cos], "ImCos")],
-                  "OutIm")  # fmt: skip
-    joined = s.op("Concat", [out_re, out_im], "JoinPairs", axis=-1)
-    return s.reshape(joined, [0, 0, 0, dim], "Unpairs")
+    """Rotate x [1, heads, S, dim] the way the family's transformers code does (rotate-half, or
+    DeepSeek's adjacent pairs) in one onnxruntime RotaryEmbedding node: x1*cos - x2*sin,
+    x1*sin + x2*cos, as transformers writes it. Six to nine standard nodes per call were ~15 %
+    of a small MoE's decode step (qwen3moe-large int8: 5.6 -> 4.9 ms a token, tokens equal).
+    Position offset 0 into this run's own cos/sin rows (`rotary`), so no position limit."""
+    y = s.op("RotaryEmbedding", [x, s.const([0]), rope.cos, rope.sin], "RotaryEmbedding",
+             domain=MS_DOMAIN, interleaved=int(rope.interleaved))  # fmt: skip
+    s.g.float_output(y)
+    return y
 
 
 def heads(s: Scope, x: str, n: int, dim: int, name: str) -> str:

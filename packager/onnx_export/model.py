@@ -83,24 +83,25 @@ def build_model(
     routing: dict[int, str] = {}
     stacks: dict[int, LayerStacks | FusedStacks] = {}
     moe_layers = set(fam.moe_layers)
+    # Each residual Add is fused into the norm after it (residual_norm): `m` is the branch
+    # output still to be added to `h`, by the next layer's input norm or the final one.
+    m: str | None = None
     for i in range(fam.n_layers):
         ls = root.child(f"layers.{i}")
         in_norm, post_norm = fam.layer_norms(i)
-        x = fam.norm(ctx, ls, h, in_norm, "input_layernorm")
+        x, h = fam.residual_norm(ctx, ls, h, m, in_norm, "input_layernorm")
         if i in states:
             a, state_out[i] = fam.mixer(ctx, ls.child("mixer"), i, x, state_in[i])
         else:
             a, pk, pv = fam.attention(ctx, ls.child("attn"), i, x, past[i])
             presents[i] = (pk, pv)
-        h = ls.op("Add", [h, a], "residual_attn")
-        x = fam.norm(ctx, ls, h, post_norm, "post_attention_layernorm")
+        x, h = fam.residual_norm(ctx, ls, h, a, post_norm, "post_attention_layernorm")
         if i in moe_layers:
             m, routing[i], stacks[i] = _moe_layer(ctx, fam, ls.child("moe"), i, x, expert_mode)
         else:
             m = fam.dense_mlp(ctx, ls.child("mlp"), i, x)
-        h = ls.op("Add", [h, m], "residual_mlp")
 
-    h = fam.norm(ctx, root, h, fam.final_norm, "norm")
+    h, _ = fam.residual_norm(ctx, root, h, m, fam.final_norm, "norm")
     head = "lm_head.weight" if w.has("lm_head.weight") else "model.embed_tokens.weight"
     # Under int4 the LM head stays 8-bit (llama.cpp's Q4 mixes keep the output tensor wider),
     # also when it is the tied embedding table.
@@ -119,8 +120,8 @@ def build_model(
         kv_heads, k_dim, v_dim = layouts[i]
         g.add_output(f"present.{i}.key", pk, TensorProto.FLOAT, [1, kv_heads, T, k_dim])
         g.add_output(f"present.{i}.value", pv, TensorProto.FLOAT, [1, kv_heads, T, v_dim])
-    for i, ids in routing.items():
-        g.add_output(f"routing.{i}", ids, TensorProto.INT64, [S, fam.top_k])
+    for i, ids in routing.items():  # an Identity: the staged runner finds each router by it
+        g.add_output(f"routing.{i}", ids, TensorProto.INT64, [S, fam.top_k], rename=False)
 
     opsets = [helper.make_opsetid("", OPSET)]
     if MS_DOMAIN in g.domains:
