@@ -166,10 +166,15 @@ class OnnxAdapter:
                          bias=bias if w.has(bias) else None)
             )  # fmt: skip
         q, k, v = self.pre_heads(ctx, s, pre, *qkv)
-        q = heads(s, q, self.n_heads, self.head_dim, "q_heads")
-        k = heads(s, k, self.n_kv, self.head_dim, "k_heads")
-        v = heads(s, v, self.n_kv, self.head_dim, "v_heads")
-        q, k = self.per_head_norm(ctx, s, pre, q, k)
+        # Per-head norms run before the heads move to axis 1, as in transformers: after it,
+        # onnxruntime's transpose optimizer moved K's transpose into the norm and left it
+        # unfused (five nodes a layer instead of one SimplifiedLayerNormalization).
+        d = self.head_dim
+        q, k = self.per_head_norm(ctx, s, pre, s.reshape(q, [0, 0, self.n_heads, d], "q_heads"),
+                                  s.reshape(k, [0, 0, self.n_kv, d], "k_heads"))  # fmt: skip
+        q = s.transpose(q, [0, 2, 1, 3], "q_heads/Transpose")
+        k = s.transpose(k, [0, 2, 1, 3], "k_heads/Transpose")
+        v = heads(s, v, self.n_kv, d, "v_heads")
         q = self.rotate(ctx, s, q, "q_rope")
         k = self.rotate(ctx, s, k, "k_rope")
         k_all = with_past(s, past[0], k, "key")
@@ -191,7 +196,8 @@ class OnnxAdapter:
         return q, k, v
 
     def per_head_norm(self, ctx: Context, s: Scope, pre: str, q: str, k: str):
-        """Hook for per-head q/k norms (Qwen3)."""
+        """Hook for per-head q/k norms (Qwen3): q [1, S, heads, head_dim], k [1, S, kv, head_dim]
+        (heads not yet moved to axis 1)."""
         return q, k
 
     # ----- hybrid models: recurrent token mixers (packager/onnx_export/recurrent.py) ---------
