@@ -167,7 +167,7 @@ class OnnxAdapter:
             )  # fmt: skip
         q, k, v = self.pre_heads(ctx, s, pre, *qkv)
         # Per-head norms run before the heads move to axis 1, as in transformers: after it,
-        # onnxruntime's transpose optimizer moved K's transpose into the norm and left it
+        # onnxruntime's transpose optimizer once moved K's transpose into the norm and left it
         # unfused (five nodes a layer instead of one SimplifiedLayerNormalization).
         d = self.head_dim
         q, k = self.per_head_norm(ctx, s, pre, s.reshape(q, [0, 0, self.n_heads, d], "q_heads"),

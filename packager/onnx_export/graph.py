@@ -155,10 +155,9 @@ class Scope:
 
     def rms_norm(self, x: str, weight: str, eps: float, name: str = "norm") -> str:
         """x / sqrt(mean(x^2) + eps) * weight: transformers' RMSNorm, written in the form
-        onnxruntime's optimizer fuses into one SimplifiedLayerNormalization node (with the
-        residual Add before it, SkipSimplifiedLayerNormalization): seven nodes become one, and
-        per-node cost is a large share of a small model's decode (695 -> 505 nodes on
-        qwen3moe-medium)."""
+        onnxruntime's optimizer fuses into one SimplifiedLayerNormalization node: six nodes
+        become one, and per-node cost is a large share of a small model's decode (695 -> 505
+        nodes on qwen3moe-medium). A norm after a residual Add is `skip_rms_norm`."""
         sq = self.op("Pow", [x, self.f32(2.0)], f"{name}/Square")
         mean = self.op("ReduceMean", [sq, self.const([-1])], f"{name}/ReduceMean", keepdims=1)
         var = self.op("Add", [mean, self.f32(eps)], f"{name}/AddEps")
