@@ -85,7 +85,8 @@ class LoadOptions:
     )
     flash_attn: bool | None = option(
         None, "llama.cpp's flash attention: on or off; default: llama.cpp's auto (on for CPUs). "
-        "Off can decode faster at long contexts; a quantized KV cache needs it on."
+        "Off often decodes faster on CPUs but holds a prompt batch's attention scores in memory; "
+        "a quantized KV cache needs it on."
     )
     verify: bool = option(False, "Re-hash every file before loading (default: sampled blocks).")
     record_routing: bool = False

@@ -42,8 +42,9 @@ RATE_BYTES_S = 64 * 2**20
 # Bytes hashed between two pauses. The pauses, not the hashing, are what a decoding engine
 # feels: every wake-up of this thread takes a core from one of the engine's threads, and the
 # others wait for it at llama.cpp's next barrier. Pausing after each expert slice woke it
-# thousands of times (large fixture, 2 threads, decode 0.85-0.92x of stock llama.cpp while it
-# ran, 1.00x after); one pause per 32 MiB (~7 ms of hashing) wakes it twice a second.
+# thousands of times (large fixture, 2 threads, stock llama.cpp decoding beside it in windows:
+# 0.96-0.99x of its speed without the check); one pause per 32 MiB (~7 ms of hashing) wakes it
+# twice a second (0.97-1.02x).
 BURST_BYTES = 32 * 2**20
 
 
