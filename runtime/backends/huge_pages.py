@@ -23,7 +23,6 @@ router never chose (runtime/experts/residency.py asks for small pages instead).
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import logging
 import mmap
@@ -31,7 +30,7 @@ import os
 import time
 from pathlib import Path
 
-import numpy as np
+from runtime.backends.libc import LIBC, MAP_FAILED, page_cache_bits
 
 log = logging.getLogger(__name__)
 
@@ -40,36 +39,6 @@ MADV_POPULATE_READ = getattr(mmap, "MADV_POPULATE_READ", 22 if os.uname().sysnam
                              else None)
 
 
-class _Libc:
-    """mmap, madvise and munmap from libc: a mapping of our own, advised before its first fault
-    (Python's mmap module hands out no address for a read-only mapping)."""
-
-    def __init__(self) -> None:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-        self.mmap = libc.mmap
-        self.mmap.restype = ctypes.c_void_p
-        self.mmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_int,
-                              ctypes.c_int, ctypes.c_long]
-        self.madvise = libc.madvise
-        self.madvise.restype = ctypes.c_int
-        self.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-        self.mincore = libc.mincore
-        self.mincore.restype = ctypes.c_int
-        self.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
-        self.munmap = libc.munmap
-        self.munmap.restype = ctypes.c_int
-        self.munmap.argtypes = [ctypes.c_void_p, ctypes.c_size_t]
-
-
-def _load() -> _Libc | None:
-    try:
-        return _Libc()
-    except (OSError, AttributeError):
-        return None
-
-
-_LIBC = _load()
-_FAILED = ctypes.c_void_p(-1).value
 # Below this share of the file in the page cache a load counts as cold: what is cached is what
 # opening the bundle read (its header, the sampled blocks checked at open), in small folios
 # that would keep each 2 MiB range they sit in out of a huge folio. Those are dropped first
@@ -79,12 +48,8 @@ COLD_SHARE = 0.25
 
 def cached_share(addr: int, size: int) -> float | None:
     """The share of the pages of a file mapping [addr, addr+size) in the page cache (mincore)."""
-    assert _LIBC is not None
-    pages = -(-size // mmap.PAGESIZE)
-    vec = (ctypes.c_ubyte * pages)()
-    if _LIBC.mincore(addr, size, vec) != 0:
-        return None
-    return float((np.frombuffer(vec, dtype=np.uint8) & 1).mean())
+    bits = page_cache_bits(addr, size)
+    return None if bits is None else float(bits.mean())
 
 
 def read_in_huge_folios(path: str | Path) -> float | None:
@@ -92,7 +57,8 @@ def read_in_huge_folios(path: str | Path) -> float | None:
     docstring). Returns the seconds it took, or None where it was not done (not Linux, no
     MADV_POPULATE_READ, an unreadable file, a storage fault): the engine's load then reads the
     file as before and meets any fault itself."""
-    if _LIBC is None or MADV_HUGEPAGE is None or MADV_POPULATE_READ is None:
+    if LIBC is None or not hasattr(LIBC, "mmap") or MADV_HUGEPAGE is None \
+            or MADV_POPULATE_READ is None:
         return None
     t0 = time.perf_counter()
     try:
@@ -103,22 +69,22 @@ def read_in_huge_folios(path: str | Path) -> float | None:
         size = os.fstat(fd).st_size
         if size == 0:
             return None
-        addr = _LIBC.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
-        if addr is None or addr == _FAILED:
+        addr = LIBC.mmap(None, size, mmap.PROT_READ, mmap.MAP_SHARED, fd, 0)
+        if addr is None or addr == MAP_FAILED:
             return None
         try:
             share = cached_share(addr, size)
             if share is not None and share < COLD_SHARE and hasattr(os, "posix_fadvise"):
                 os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
             for advice in (MADV_HUGEPAGE, MADV_POPULATE_READ):
-                if _LIBC.madvise(addr, size, advice) != 0:
+                if LIBC.madvise(addr, size, advice) != 0:
                     err = ctypes.get_errno()
                     (log.debug if err == errno.EINVAL else log.warning)(
                         "%s: madvise(%d) failed (%s); the engine reads it as before", path,
                         advice, os.strerror(err))
                     return None
         finally:
-            _LIBC.munmap(addr, size)
+            LIBC.munmap(addr, size)
     finally:
         os.close(fd)
     return time.perf_counter() - t0

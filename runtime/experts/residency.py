@@ -10,7 +10,6 @@ What /proc reports (maps, smaps, RSS, pagemap) lives in runtime/procfs.py.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import errno
 import logging
 import mmap
@@ -19,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from runtime.backends.libc import LIBC
 from runtime.backends.mapping import FileMapping
 from runtime.errors import EdgemoeError
 from runtime.procfs import PAGE_SIZE, file_regions
@@ -69,29 +69,7 @@ def drop_file_cache(path: str | Path) -> bool:
     return True
 
 
-# --- libc --------------------------------------------------------------------------------------
-_SIGNATURES = {  # name -> argument types after (address, length)
-    "madvise": [ctypes.c_int],
-    "mincore": [ctypes.c_void_p],
-    "mlock": [],
-    "munlock": [],
-}
-
-
-def _load_libc() -> ctypes.CDLL | None:
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or None, use_errno=True)
-    except OSError:
-        return None
-    for name, extra in _SIGNATURES.items():
-        fn = getattr(libc, name, None)
-        if fn is not None:
-            fn.restype = ctypes.c_int
-            fn.argtypes = [ctypes.c_void_p, ctypes.c_size_t, *extra]
-    return libc
-
-
-_LIBC = _load_libc()
+_LIBC = LIBC  # typed once for the runtime (runtime/backends/libc.py)
 
 
 def page_cache_residency(addr: int, length: int) -> list[bool]:

@@ -32,6 +32,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from runtime.backends.base import LazyLoad
+from runtime.backends.libc import LIBC, page_cache_bits
 
 MAP_POPULATE = getattr(_mmap, "MAP_POPULATE", 0x8000)
 POSIX_MADV_WILLNEED = 3
@@ -185,10 +186,9 @@ def advise_random_except(base: int, size: int, keep: list[tuple[int, int]]) -> b
     together) and then waited for (MADV_POPULATE_READ, Linux >= 5.14), so the first prompt finds
     them in memory instead of faulting them in one page at a time. False where madvise is
     unavailable (nothing changes then)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if not hasattr(libc, "madvise"):
+    libc = LIBC
+    if libc is None or not hasattr(libc, "madvise"):
         return False
-    libc.madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
     page = os.sysconf("SC_PAGE_SIZE")
     length = (size + page - 1) // page * page
     # llama.cpp unmaps what it does not use (the header): ENOMEM then only says the range had
@@ -211,19 +211,13 @@ def advise_random_except(base: int, size: int, keep: list[tuple[int, int]]) -> b
 def pending_bytes(base: int, spans: list[tuple[int, int]]) -> int:
     """Bytes of file ranges [lo, hi) of a mapping at `base` whose pages are not in memory
     (mincore): what a step would still fault in from storage."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    libc.mincore.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_void_p]
     page = os.sysconf("SC_PAGE_SIZE")
     missing = 0
     for lo, hi in spans:
         lo, hi = lo // page * page, (hi + page - 1) // page * page
-        n = (hi - lo) // page
-        if n <= 0:
-            continue
-        vec = (ctypes.c_ubyte * n)()
-        if libc.mincore(base + lo, hi - lo, vec) != 0:
-            continue
-        missing += sum(1 for v in vec if not v & 1) * page
+        bits = page_cache_bits(base + lo, hi - lo)
+        if bits is not None:
+            missing += int((~bits).sum()) * page
     return missing
 
 

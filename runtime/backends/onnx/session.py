@@ -13,11 +13,11 @@ the file's pages), `release` drops pages of given file ranges from every mapping
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 from pathlib import Path
 from typing import Any
 
 from runtime.backends.base import EngineConfig
+from runtime.backends.libc import LIBC
 from runtime.procfs import file_regions
 
 PAGE = 4096
@@ -128,4 +128,6 @@ def read_only(addr: int, length: int) -> None:
 
 
 def _libc() -> Any:
-    return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    if LIBC is None:
+        raise OSError("no C library to call")
+    return LIBC
