@@ -4,6 +4,7 @@ onnxruntime settings the backend chose, each measured against its alternatives.
 
     .venv/bin/python bench/bench_onnx.py [--fixture qwen3moe-large] [--quants int8,int4]
         [--rounds 3] [--threads N] [--parts speed,rss,variants] [--bundles DIR]
+    .venv/bin/python bench/bench_onnx.py --quants int8 --parts waiting [--loads quiet,busy]
 
 Every measurement is a fresh process (a "child") that also reports how much of a core the rest
 of this shared machine kept busy while it timed itself (its own /proc/stat window, its own CPU
@@ -137,7 +138,7 @@ if spec["kind"] == "interleaved":
 elif spec["kind"] == "edgemoe":
     import runtime
     with runtime.load(bundle, budget=spec["budget"], backend=spec["backend"], threads=threads,
-                      cold=spec["budget"] != "100%") as m:
+                      cold=spec["budget"] != "100%", wait_policy=spec.get("wait_policy")) as m:
         if spec.get("warm", True):
             m.generate("hello", max_tokens=2)
         w0 = window()
@@ -177,7 +178,8 @@ else:  # raw onnxruntime on a model.onnx, one setting changed (the variants tabl
     so.inter_op_num_threads = 1
     level = spec.get("level", "ORT_ENABLE_ALL")
     so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, level)
-    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if spec.get("spin") else "0")
+    for key, value in spec["waiting"].items():  # how the pool's idle workers wait
+        so.add_session_config_entry(key, value)
     source = path
     if spec.get("packed"):  # expert stacks as plain constants: onnxruntime packs them at load
         g = onnx.load(path, load_external_data=False)
@@ -356,17 +358,21 @@ def rss(args: argparse.Namespace, bundles: dict[str, Path]) -> None:
 
 def variants(args: argparse.Namespace, bundles: dict[str, Path]) -> None:
     """The settings the backend chose, each against its alternatives, on raw onnxruntime."""
+    from runtime.threads import ONNX_SPIN_US, WAIT_POLICIES
+
     bundle = bundles.get("int8") or next(iter(bundles.values()))
+    waits = {p: dict(WAIT_POLICIES[p].onnxruntime) for p in ("spin", "passive", "active")}
     base = {"kind": "raw", "bundle": str(bundle), "threads": args.threads, "chars": args.chars,
-            "tokens": args.tokens}
+            "tokens": args.tokens, "waiting": waits["spin"]}
     packed = {"packed": True}  # what the backend runs a fused build on (packed.py)
     cases = {
-        "chosen (packed experts, level ALL, no spinning)": packed,
+        f"chosen (packed experts, level ALL, spin {ONNX_SPIN_US} us)": packed,
         "unpacked QMoE (experts read as file pages)": {},
         "graph optimization BASIC": {**packed, "level": "ORT_ENABLE_BASIC"},
         "graph optimization EXTENDED": {**packed, "level": "ORT_ENABLE_EXTENDED"},
         "graph optimizations off": {**packed, "level": "ORT_DISABLE_ALL"},
-        "spinning threads": {**packed, "spin": True},
+        "no spinning (the default before)": {**packed, "waiting": waits["passive"]},
+        "onnxruntime's own spinning": {**packed, "waiting": waits["active"]},
         "1 thread": {**packed, "threads": 1},
         "2 threads": {**packed, "threads": 2},
     }
@@ -388,6 +394,44 @@ def variants(args: argparse.Namespace, bundles: dict[str, Path]) -> None:
               f"  peak {statistics.median(r['peak'] for r in rows) / 2**20:.0f} MiB", flush=True)
 
 
+def waiting(args: argparse.Namespace, bundles: dict[str, Path]) -> None:
+    """How the ONNX backend's idle workers wait (runtime/threads.py): each policy against
+    llama.cpp at the same bits and budget (its own default), quiet and with a busy-loop process
+    beside it. Every measurement is a fresh process (`edgemoe` child: load, a warm-up, then
+    --wait-tokens greedy tokens after the prompt), the order rotates from round to round, and a
+    ratio is the median over rounds of ONNX's decode over llama.cpp's in the same round."""
+    policies = args.policies.split(",")
+    names = ["llama.cpp", *policies]
+    print(f"\n== thread waiting on onnxruntime: {args.threads} threads, {args.wait_tokens} tokens, "
+          f"{args.rounds} rounds; decode tok/s medians, ratio to llama.cpp in the same round")
+    for quant, bundle in bundles.items():
+        for budget in ("100%", "50%"):
+            for load in args.loads.split(","):
+                hog = (subprocess.Popen([sys.executable, "-c", "while True: pass"])
+                       if load == "busy" else None)  # fmt: skip
+                try:
+                    runs: dict[str, list[dict]] = {n: [] for n in names}
+                    for rnd in range(args.rounds):
+                        for name in names[rnd % len(names):] + names[: rnd % len(names)]:
+                            spec = {"kind": "edgemoe", "bundle": str(bundle), "budget": budget,
+                                    "backend": "llama.cpp" if name == "llama.cpp" else "onnx",
+                                    "wait_policy": None if name == "llama.cpp" else name,
+                                    "threads": args.threads, "chars": args.chars,
+                                    "tokens": args.wait_tokens}  # fmt: skip
+                            # busy: the neighbour's core is expected; anything beyond is not
+                            allowed = args.max_background + (1.0 if hog else 0.0)
+                            runs[name].append(child(spec, allowed))
+                finally:
+                    if hog:
+                        hog.kill()
+                ref = runs["llama.cpp"]
+                cells = "  ".join(
+                    f"{n} {_fmt(runs[n], 'decode').strip()} ({_ratio(runs[n], ref, 'decode'):.2f}x)"
+                    for n in policies)  # fmt: skip
+                print(f"  {quant} {budget:>4} {load:5}: llama.cpp {PAIRS[quant]} "
+                      f"{_fmt(ref, 'decode').strip()} | ONNX {cells}", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--fixture", default="qwen3moe-large")
@@ -397,7 +441,13 @@ def main() -> None:
     ap.add_argument("--chars", type=int, default=1000, help="prompt length for the speed rows")
     ap.add_argument("--long-chars", type=int, default=1700,
                     help="the long prompt of the RSS rows (~512 tokens on the fixtures)")
-    ap.add_argument("--parts", default="speed,rss,variants")
+    ap.add_argument("--parts", default="speed,rss,variants",
+                    help="any of speed, rss, variants, waiting (not run by default: long)")
+    ap.add_argument("--policies", default="passive,spin-10k,spin,active",
+                    help="--parts waiting: the wait policies to try (runtime/threads.py)")
+    ap.add_argument("--loads", default="quiet,busy", help="--parts waiting: quiet, busy")
+    ap.add_argument("--wait-tokens", type=int, default=128,
+                    help="--parts waiting: tokens decoded per measurement")
     ap.add_argument("--block", type=int, default=8,
                     help="tokens each engine decodes back to back before the other's turn")
     ap.add_argument("--settle-ms", type=float, default=50.0,
@@ -424,6 +474,8 @@ def main() -> None:
         rss(args, bundles)
     if "variants" in parts:
         variants(args, bundles)
+    if "waiting" in parts:
+        waiting(args, bundles)
 
 
 if __name__ == "__main__":

@@ -11,6 +11,13 @@ profile, the caller or the user's own environment asks otherwise.
 
 OpenMP reads its settings once, when the library loads: the first engine in a process decides,
 and a later, different request is reported, not silently honoured (`wait_policy_in_effect`).
+
+onnxruntime's intra-op pool waits between its parallel kernels the same way, per session
+(`session.intra_op.allow_spinning`, `spin_duration_us`), so every policy also names its
+onnxruntime settings (`onnxruntime_wait`), and the ONNX backend takes them session by session.
+Its default spins briefly: measured on qwen3moe-large int8 at 2 threads (bench/bench_onnx.py
+--parts waiting, README "ONNX threads"), sleeping at once cost a fifth of quiet decode, and a
+bounded spin cost nothing with one core busy, where onnxruntime's own unbounded default lost.
 """
 
 from __future__ import annotations
@@ -33,17 +40,32 @@ class WaitPolicy:
     """A named way for engine threads to wait at a barrier, as the OpenMP settings it means."""
 
     name: str
-    env: tuple[tuple[str, str], ...]
+    env: tuple[tuple[str, str], ...]  # OpenMP's variables (llama.cpp)
+    onnxruntime: tuple[tuple[str, str], ...]  # session config entries (the ONNX backend)
     meaning: str
+
+
+# How long the ONNX backend's idle workers spin before they sleep, by default (measured:
+# bench/bench_onnx.py --parts waiting). A token's kernels follow each other within microseconds,
+# so a short spin keeps the pool awake through a step and asleep between steps.
+ONNX_SPIN_US = 50
+_ORT_SPIN = "session.intra_op.allow_spinning"
+_ORT_SPIN_US = "session.intra_op.spin_duration_us"
 
 
 WAIT_POLICIES: dict[str, WaitPolicy] = {
     p.name: p
     for p in (
-        WaitPolicy("spin", (), "OpenMP's default: spin ~300k iterations, then sleep (stock)"),
-        WaitPolicy("passive", (("OMP_WAIT_POLICY", "PASSIVE"),), "sleep at every barrier"),
-        WaitPolicy("active", (("OMP_WAIT_POLICY", "ACTIVE"),), "spin without bound"),
-        WaitPolicy("spin-10k", (("GOMP_SPINCOUNT", "10000"),), "spin 10k iterations, then sleep"),
+        WaitPolicy("spin", (), ((_ORT_SPIN, "1"), (_ORT_SPIN_US, str(ONNX_SPIN_US))),
+                   "spin a while, then sleep: OpenMP's default ~300k iterations (stock "
+                   f"llama.cpp); onnxruntime {ONNX_SPIN_US} us"),
+        WaitPolicy("passive", (("OMP_WAIT_POLICY", "PASSIVE"),), ((_ORT_SPIN, "0"),),
+                   "sleep at every barrier"),
+        WaitPolicy("active", (("OMP_WAIT_POLICY", "ACTIVE"),), ((_ORT_SPIN, "1"),),
+                   "spin without bound (onnxruntime: its own default spinning)"),
+        WaitPolicy("spin-10k", (("GOMP_SPINCOUNT", "10000"),),
+                   ((_ORT_SPIN, "1"), (_ORT_SPIN_US, "10")),
+                   "spin 10k iterations (onnxruntime 10 us), then sleep"),
     )
 }
 DEFAULT_WAIT_POLICY = "spin"
@@ -105,6 +127,20 @@ def _choose(requested: str | None) -> str:
         os.environ.pop(var, None)
     os.environ.update(dict(policy.env))
     return policy.name
+
+
+def onnxruntime_wait(requested: str | None = None) -> tuple[str, tuple[tuple[str, str], ...]]:
+    """The policy an onnxruntime session's pool waits with and its session config entries:
+    `requested`; else the user's own OMP_WAIT_POLICY read as they meant it (PASSIVE sleeps,
+    ACTIVE spins), reported as theirs; else DEFAULT_WAIT_POLICY. onnxruntime reads no OpenMP
+    variable, and each session takes its own settings, so nothing here is fixed per process."""
+    check_wait_policy(requested)
+    if requested is None and (own := _from_environment()):
+        mode = os.environ.get("OMP_WAIT_POLICY", "").strip().lower()
+        base = mode if mode in ("passive", "active") else DEFAULT_WAIT_POLICY
+        return own, WAIT_POLICIES[base].onnxruntime
+    policy = WAIT_POLICIES[requested or DEFAULT_WAIT_POLICY]
+    return policy.name, policy.onnxruntime
 
 
 def wait_policy_in_effect() -> str | None:

@@ -97,3 +97,62 @@ def test_numpys_blas_runs_on_one_thread_unless_the_user_sized_it(tiny_bundle):
     OPENBLAS_NUM_THREADS is left as it is."""
     assert _run(_LOADED, str(tiny_bundle), "")["blas"] == [1]
     assert _run(_LOADED, str(tiny_bundle), "", env={"OPENBLAS_NUM_THREADS": "2"})["blas"] == [2]
+
+
+# --- onnxruntime's pool: the same policies, per session ---------------------------------------
+_ORT_KEYS = ("session.intra_op.allow_spinning", "session.intra_op.spin_duration_us")
+
+
+def test_onnxruntime_default_spins_briefly_then_sleeps(monkeypatch):
+    """Bounded: a finite spin, not onnxruntime's own open-ended default and not sleeping at once."""
+    from runtime.threads import onnxruntime_wait
+
+    for var in ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT"):
+        monkeypatch.delenv(var, raising=False)
+    name, entries = onnxruntime_wait(None)
+    settings = dict(entries)
+    assert name == "spin" and settings[_ORT_KEYS[0]] == "1"
+    assert 0 < int(settings[_ORT_KEYS[1]]) <= 1000
+    assert dict(onnxruntime_wait("passive")[1]) == {_ORT_KEYS[0]: "0"}
+    assert _ORT_KEYS[1] not in dict(onnxruntime_wait("active")[1])
+
+
+def test_onnxruntime_reads_the_users_openmp_choice_as_they_meant_it(monkeypatch):
+    from runtime.threads import onnxruntime_wait
+
+    monkeypatch.setenv("OMP_WAIT_POLICY", "PASSIVE")
+    name, entries = onnxruntime_wait(None)
+    assert name == "environment (OMP_WAIT_POLICY=PASSIVE)"
+    assert dict(entries)[_ORT_KEYS[0]] == "0"
+    assert onnxruntime_wait("spin")[0] == "spin"  # asked for by name: the name wins
+    with pytest.raises(WaitPolicyError):
+        onnxruntime_wait("hurry")
+
+
+def test_every_policy_names_only_onnxruntime_intra_op_settings():
+    for policy in WAIT_POLICIES.values():
+        assert {k for k, _ in policy.onnxruntime} <= set(_ORT_KEYS)
+
+
+@pytest.mark.engine
+@pytest.mark.parametrize("asked", [None, "passive"])
+def test_onnx_sessions_wait_as_the_policy_says(asked, bundle_factory, monkeypatch, tmp_path):
+    """The settings reach every onnxruntime session the backend made (staged ones at 25 %), and
+    stats() names the policy that ran."""
+    import runtime
+    from runtime.threads import onnxruntime_wait
+
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.setenv("EDGEMOE_ONNX_CACHE", str(tmp_path / "onnx-packed"))
+    bundle = bundle_factory("qwen3moe-tiny", "int8", format="onnx")
+    want = dict(onnxruntime_wait(asked)[1])
+    for budget in ("100%", "25%"):
+        with runtime.load(bundle, budget=budget, backend="onnx", threads=2,
+                          wait_policy=asked) as m:  # fmt: skip
+            engine = m.engine
+            sessions = [engine.session] if engine.session else engine._staged.sessions
+            for s in sessions:
+                so = s.get_session_options()
+                assert {k: so.get_session_config_entry(k) for k in want} == want
+            m.generate("def f():", max_tokens=2)
+            assert m.stats().wait_policy == (asked or "spin") and m.stats().threads == 2

@@ -68,6 +68,7 @@ from runtime.backends.onnx.tokenizer import HFTokenizer
 from runtime.backends.sampling import NumpySampler
 from runtime.errors import BundleError, EdgemoeError
 from runtime.procfs import file_regions
+from runtime.threads import onnxruntime_wait
 
 log = logging.getLogger(__name__)
 _PAST = re.compile(r"^past_key_values\.(\d+)\.(key|value)$")
@@ -104,7 +105,6 @@ class OnnxBackend:
     """One onnxruntime session decoding a single sequence (the `Backend` protocol)."""
 
     name = "onnx"
-    wait_policy = "onnxruntime, spinning off"  # its own pool; see allow_spinning below
     recurrent = False  # set per graph: hybrids carry recurrent state (recurrent_state.py)
     lazy_load = None  # onnxruntime maps each initializer itself: nothing to read lazily
     mapping_base = None  # ... in many pieces (file_mapping() lists them)
@@ -114,6 +114,7 @@ class OnnxBackend:
         import onnxruntime as ort
 
         self.cfg = cfg
+        self.wait_policy = onnxruntime_wait(cfg.wait_policy)[0]  # session.py applies it
         self._observer = observer if cfg.observe_routing else None
         self._bundle = cfg.model_path.parent
         self._tokenizer: HFTokenizer | None = None  # read on first use (logits need none)

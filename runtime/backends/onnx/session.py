@@ -1,9 +1,10 @@
 """How the ONNX backend asks onnxruntime for sessions, and keeps its mappings of weights honest.
 
-Settings (`options`): one intra-op pool of the engine's threads that sleeps instead of spinning,
-prepacking on (it packs dense weights only: a fused build's expert stacks are overridable
-initializers, never packed, and a gathered build's stacks feed Gather nodes, which pack nothing),
-and for staged runs one arena shared by every stage.
+Settings (`options`): one intra-op pool of the engine's threads that waits as the wait policy
+says (runtime/threads.py: by default a short spin, then sleep), prepacking on (it packs dense
+weights only: a fused build's expert stacks are overridable initializers, never packed, and a
+gathered build's stacks feed Gather nodes, which pack nothing), and for staged runs one arena
+shared by every stage.
 Mappings: onnxruntime maps each external initializer private and writable; `read_only` makes a
 weight mapping read-only (mlock on a writable private mapping pins anonymous copies instead of
 the file's pages), `release` drops pages of given file ranges from every mapping of a file,
@@ -19,6 +20,7 @@ from typing import Any
 from runtime.backends.base import EngineConfig
 from runtime.backends.libc import LIBC
 from runtime.procfs import file_regions
+from runtime.threads import onnxruntime_wait
 
 PAGE = 4096
 _MADV_DONTNEED = 4
@@ -92,9 +94,11 @@ def options(ort, cfg: EngineConfig, shared: bool = False):  # type: ignore[no-un
     so.log_severity_level = 3
     shared = shared and shared_arena(ort)
     so.add_session_config_entry("session.use_env_allocators", "1" if shared else "0")
-    # Spinning workers burn the core a busy neighbour needs, and on small models cost more
-    # than they save (measured: 2 threads 4.6 ms/token without spinning, 11.8 ms with).
-    so.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    # How idle workers wait between kernels (runtime/threads.py): sleeping at once pays a
+    # futex wake-up per parallel kernel, hundreds per token; spinning without bound burns the
+    # core a busy neighbour needs. The default spins briefly, then sleeps.
+    for key, value in onnxruntime_wait(cfg.wait_policy)[1]:
+        so.add_session_config_entry(key, value)
     return so
 
 
