@@ -104,13 +104,14 @@ import json, sys, time
 import numpy as np
 bundle, threads, blocks, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
 fa = {"auto": None, "on": True, "off": False}[sys.argv[6]]
+stock_fa = sys.argv[7] == "on"  # llama-cpp-python's default is off; llama.cpp's own tools: auto
 import runtime, llama_cpp
 from edgemoe_fixtures.corpus import heldout_text
 prompt = heldout_text()[:600]
 m = runtime.load(bundle, budget="100%", n_ctx=4096, threads=threads, flash_attn=fa)
 ids = m.tokenize(prompt)
 llm = llama_cpp.Llama(bundle + "/model.gguf", n_ctx=4096, n_batch=512, n_threads=threads,
-                      n_threads_batch=threads, use_mmap=False, verbose=False)
+                      n_threads_batch=threads, use_mmap=False, flash_attn=stock_fa, verbose=False)
 def stock_step(tok):
     llm.eval([tok])
     logits = llm._ctx.get_logits_ith(-1)
@@ -136,7 +137,8 @@ print(json.dumps({"times": times, "policy": s.wait_policy, "huge": s.huge_mapped
 
 
 def run_paired(bundle: Path, threads: int, blocks: int, cold: bool,
-               neighbour: Neighbour | None, prefix: tuple[str, ...], flash_attn: str) -> dict:
+               neighbour: Neighbour | None, prefix: tuple[str, ...], flash_attn: str,
+               stock_flash_attn: str = "off") -> dict:
     """One process stepping both engines in turn (see PAIRED)."""
     if cold:
         from runtime.experts.residency import drop_file_cache
@@ -144,7 +146,7 @@ def run_paired(bundle: Path, threads: int, blocks: int, cold: bool,
         drop_file_cache(bundle / "model.gguf")
     out = subprocess.run(
         [*prefix, sys.executable, "-c", PAIRED, str(bundle), str(threads), str(blocks), "16",
-         str(neighbour.proc.pid if neighbour else 0), flash_attn],
+         str(neighbour.proc.pid if neighbour else 0), flash_attn, stock_flash_attn],
         capture_output=True, text=True, timeout=1800, env=os.environ.copy(),
     )
     if out.returncode:
@@ -153,7 +155,8 @@ def run_paired(bundle: Path, threads: int, blocks: int, cold: bool,
 
 
 def paired(bundle: Path, threads: list[int], loads: list[str], blocks: int, cold: bool,
-           prefix: tuple[str, ...], flash_attn: str = "auto") -> None:
+           prefix: tuple[str, ...], flash_attn: str = "auto",
+           stock_flash_attn: str = "off") -> None:
     """The default policy against stock llama.cpp, in one process per (load, threads)."""
     print(f"{'load':5} {'thr':>3} {'stock tok/s':>11} {'edgemoe':>8} {'ratio':>6} "
           f"{'q1-q3':>11}  policy, huge-mapped share of the mapping", flush=True)
@@ -161,9 +164,11 @@ def paired(bundle: Path, threads: list[int], loads: list[str], blocks: int, cold
         for t in threads:
             if load == "busy":
                 with Neighbour() as hog:
-                    res = run_paired(bundle, t, blocks, cold, hog, prefix, flash_attn)
+                    res = run_paired(bundle, t, blocks, cold, hog, prefix, flash_attn,
+                                     stock_flash_attn)
             else:
-                res = run_paired(bundle, t, blocks, cold, None, prefix, flash_attn)
+                res = run_paired(bundle, t, blocks, cold, None, prefix, flash_attn,
+                                 stock_flash_attn)
             st, ed = res["times"]["stock"], res["times"]["edgemoe"]
             ratios = sorted(e / s for e, s in zip(ed, st, strict=True))
             q = statistics.quantiles(ratios, n=4)
@@ -268,7 +273,10 @@ def main() -> None:
     ap.add_argument("--cold", action="store_true",
                     help="--paired: drop the bundle from the page cache before each process")
     ap.add_argument("--flash-attn", default="auto", choices=("auto", "on", "off"),
-                    help="--paired: edgemoe's flash attention (stock keeps its default, off)")
+                    help="--paired: edgemoe's flash attention (default: edgemoe's, auto = on)")
+    ap.add_argument("--stock-flash-attn", default="off", choices=("on", "off"),
+                    help="--paired: stock's flash attention (default: llama-cpp-python's, off; "
+                         "llama.cpp's own tools default to auto, which is on for CPUs)")
     ap.add_argument("--child-prefix", default="",
                     help="a command put before each measured child (e.g. 'nice -n -5')")
     args = ap.parse_args()
@@ -286,14 +294,14 @@ def main() -> None:
                          profile="laptop-16gb", reference=False))
     what = (f"default wait policy ({os.environ.get('OMP_WAIT_POLICY') or 'spin'}) against stock "
             f"in one process, {args.blocks} block pairs{', cold' if args.cold else ''}, "
-            f"edgemoe's flash attention {args.flash_attn}"
+            f"flash attention: edgemoe {args.flash_attn}, stock {args.stock_flash_attn}"
             if args.paired else f"candidates {candidates}, {args.rounds} rounds, decode "
             f"{DECODE} tokens after a {PROMPT_CHARS}-char prompt")
     print(f"bench_threads: {args.fixture if not args.bundle else bundle} {args.quant}, "
           f"{os.cpu_count()} CPUs, threads {threads}, {what}", flush=True)
     if args.paired:
         paired(bundle, threads, loads, args.blocks, args.cold,
-               tuple(shlex.split(args.child_prefix)), args.flash_attn)
+               tuple(shlex.split(args.child_prefix)), args.flash_attn, args.stock_flash_attn)
         return
     results = measure(bundle, threads, candidates, args.rounds, loads, args.max_background,
                       tuple(shlex.split(args.child_prefix)))
