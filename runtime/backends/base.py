@@ -77,6 +77,12 @@ class LazyLoad:
     slots: tuple[str, ...] = ()
 
 
+# A routing log's record kinds (first int32 of a record): >= 0 a routing event of that layer,
+# MARK a batch start, <= PREFETCH_BASE a prefetch issued for layer PREFETCH_BASE - kind.
+MARK = -1
+PREFETCH_BASE = -2
+
+
 class RoutingLog(Protocol):
     """Events an engine answered without calling Python (llama.cpp's C tap), for the pager to
     replay in order, and the prefetch the tap can issue on its own (runtime/experts/)."""

@@ -25,8 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 
 from contract.manifest import LayerExperts
-from runtime.backends.base import Backend, RoutingEvent, RoutingLog
-from runtime.backends.llama_cpp.tap_source import MARK, PREFETCH_BASE
+from runtime.backends.base import MARK, PREFETCH_BASE, Backend, RoutingEvent, RoutingLog
 from runtime.backends.mapping import FileMapping
 from runtime.errors import ModelCorruptError
 from runtime.experts.batch_prefetch import BatchPrefetch
@@ -179,7 +178,7 @@ class ExpertPager:
             return "off"
         if self._cache is None or self.residency is None:
             return "off: nothing is paged (full budget)"
-        if self._log is None:
+        if self._log is None or not self._log.sources:
             return "off: the engine has no native routing tap (llama.cpp and a C compiler)"
         refused = pregate_refusal(model_path)
         if refused is not None:

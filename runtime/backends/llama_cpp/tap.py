@@ -27,8 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from runtime.backends.base import MARK
 from runtime.backends.llama_cpp.tap_source import (
-    MARK,
     MAX_TAPS,
     MAX_TENSORS,
     MAX_WATCH,

@@ -23,10 +23,8 @@ MAX_WIDTH = 64  # experts guessed per target layer, at most
 SLOTS = 8192  # cached answers per node address
 SEQ = 4096  # the same answers in asking order
 
-# Log record kinds (first int32 of a record): >= 0 a routing event of that layer, MARK a batch
-# start, <= PREFETCH_BASE a prefetch issued for layer PREFETCH_BASE - kind.
-MARK = -1
-PREFETCH_BASE = -2
+# Log record kinds are the seam's (runtime/backends/base.py: MARK, PREFETCH_BASE); the C below
+# writes them as literals (-1, -2 - layer).
 
 SOURCE = r"""
 #include <math.h>

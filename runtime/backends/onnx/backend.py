@@ -65,6 +65,7 @@ from runtime.backends.onnx.stages import (
     staged_runner,
 )
 from runtime.backends.onnx.tokenizer import HFTokenizer
+from runtime.backends.routing_log import PythonRoutingLog
 from runtime.backends.sampling import NumpySampler
 from runtime.errors import BundleError, EdgemoeError
 from runtime.procfs import file_regions
@@ -133,6 +134,7 @@ class OnnxBackend:
         # reads them. Stages share one arena, growing only by what is asked (kSameAsRequested):
         # an arena keeps its high-water mark.
         self._staged: StagedRunner | None = None
+        self._log: PythonRoutingLog | None = None  # made when the pager asks (routing_log)
         source: str | bytes = str(cfg.model_path)
         if fused and model is not None and self._observer is not None:
             self._staged = self._packed_stages(ort, model)
@@ -256,8 +258,14 @@ class OnnxBackend:
         return FileMapping(regions) if regions else None
 
     def routing_log(self, n_layers: int, n_experts: int, top_k: int) -> RoutingLog | None:
-        """None: routing comes back as graph outputs after each run, every event to Python."""
-        return None
+        """For staged runs, a log in Python (runtime/backends/routing_log.py): a one-token
+        event whose experts are all resident is noted there between two stages instead of
+        going through the pager. None for a whole-graph run, whose routing comes back after it,
+        every event to Python."""
+        if self._staged is None:
+            return None
+        self._log = PythonRoutingLog(n_layers, n_experts, top_k)
+        return self._log
 
     # --- tokens ----------------------------------------------------------------------------
     @property
@@ -372,10 +380,15 @@ class OnnxBackend:
         assert self._staged is not None
         observe = self._observer
 
+        log = self._log
+
         def admit(layer: int, ids: np.ndarray) -> bool:
             if observe is None:
                 return False
-            return bool(observe(RoutingEvent(layer, np.asarray(ids, np.int32).reshape(n, -1))))
+            ids = np.asarray(ids, np.int32).reshape(n, -1)
+            if log is not None and log.note_hit(layer, ids):
+                return False
+            return bool(observe(RoutingEvent(layer, ids)))
 
         n_past = len(self._past_names)
         fetch = [o for o in self._outputs if not _ROUTING.match(o)]

@@ -9,9 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runtime.backends.base import EngineConfig
+from runtime.backends.base import PREFETCH_BASE, EngineConfig
 from runtime.backends.llama_cpp import tap
-from runtime.backends.llama_cpp.tap_source import PREFETCH_BASE
 from runtime.bundles.open import open_bundle
 from runtime.experts.prefetch import evaluate, render_scores
 from runtime.experts.prefetcher import PrefetchSettings, tap_tables
