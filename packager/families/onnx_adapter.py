@@ -21,11 +21,10 @@ from packager.onnx_export.blocks import (
     Context,
     RopeSpec,
     apply_rope,
-    attend,
+    attend_with_past,
     causal_mask,
     dense_mlp,
     heads,
-    with_past,
 )
 from packager.onnx_export.graph import Scope
 from packager.onnx_export.moe import ExpertExtras, normalize, topk
@@ -177,11 +176,9 @@ class OnnxAdapter:
         v = heads(s, v, self.n_kv, d, "v_heads")
         q = self.rotate(ctx, s, q, "q_rope")
         k = self.rotate(ctx, s, k, "k_rope")
-        k_all = with_past(s, past[0], k, "key")
-        v_all = with_past(s, past[1], v, "value")
         dims = (self.head_dim, self.head_dim)
-        out = attend(s.child("sdpa"), ctx, q, k_all, v_all, self.n_heads, self.n_kv, dims,
-                     self.head_dim**-0.5)  # fmt: skip
+        out, k_all, v_all = attend_with_past(
+            s, ctx, q, k, v, past, self.n_heads, self.n_kv, dims, self.head_dim**-0.5)
         bias = f"{pre}.o_proj.bias"
         y = w.linear(s.child("o_proj"), out, f"{pre}.o_proj.weight",
                      bias=bias if w.has(bias) else None)  # fmt: skip

@@ -29,9 +29,10 @@ from packager.source import Checkpoint
 if TYPE_CHECKING:
     from packager.families.onnx_adapter import OnnxAdapter
 
-# 21 is the first opset with blocked DequantizeLinear (and int4 types); IR 10 goes with it.
-OPSET = 21
-IR_VERSION = 10
+# 23 is the first opset with the Attention operator (blocks.attend_with_past; 21 brought blocked
+# DequantizeLinear and int4 types); IR 11 goes with it.
+OPSET = 23
+IR_VERSION = 11
 S, T, P = "sequence_length", "total_sequence_length", "past_sequence_length"
 
 

@@ -21,9 +21,8 @@ from packager.families.onnx_adapter import OnnxAdapter
 from packager.onnx_export.blocks import (
     Context,
     apply_rope,
-    attend,
+    attend_with_past,
     heads,
-    with_past,
 )
 from packager.onnx_export.graph import Scope
 from packager.onnx_export.moe import ExpertExtras
@@ -57,15 +56,13 @@ class GptOssOnnx(OnnxAdapter):
         k = apply_rope(s.child("k_rope"), heads(s, k, self.n_kv, self.head_dim, "k_heads"),
                        ctx.rope, self.head_dim)  # fmt: skip
         v = heads(s, v, self.n_kv, self.head_dim, "v_heads")
-        k_all = with_past(s, past[0], k, "key")
-        v_all = with_past(s, past[1], v, "value")
         mask = None
         if self.config.sliding()[i]:
             window = self.config.require(self.config.sliding_window, "sliding_window")
             mask = self.window_mask(ctx, int(window))
-        out = attend(s.child("sdpa"), ctx, q, k_all, v_all, self.n_heads, self.n_kv,
-                     (self.head_dim, self.head_dim), self.head_dim**-0.5, mask=mask,
-                     sinks=w.vector(f"{pre}.sinks"))  # fmt: skip
+        out, k_all, v_all = attend_with_past(
+            s, ctx, q, k, v, past, self.n_heads, self.n_kv, (self.head_dim, self.head_dim),
+            self.head_dim**-0.5, mask=mask, sinks=w.vector(f"{pre}.sinks"))
         y = w.linear(s.child("o_proj"), out, f"{pre}.o_proj.weight", bias=f"{pre}.o_proj.bias")
         return y, k_all, v_all
 

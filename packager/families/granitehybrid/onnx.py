@@ -26,7 +26,7 @@ import numpy as np
 from packager.errors import UnsupportedArchitectureError
 from packager.families.granitehybrid.config import ATTENTION, MAMBA, NO_LIMIT, GraniteHybridConfig
 from packager.families.onnx_adapter import OnnxAdapter
-from packager.onnx_export.blocks import Context, apply_rope, attend, heads, with_past
+from packager.onnx_export.blocks import Context, apply_rope, attend_with_past, heads
 from packager.onnx_export.graph import Scope
 from packager.onnx_export.moe import topk
 from packager.onnx_export.recurrent import (
@@ -86,10 +86,9 @@ class GraniteHybridOnnx(OnnxAdapter):
         if self.config.position_embedding_type == "rope":
             q = apply_rope(s.child("q_rope"), q, ctx.rope, d)
             k = apply_rope(s.child("k_rope"), k, ctx.rope, d)
-        k_all = with_past(s, past[0], k, "key")
-        v_all = with_past(s, past[1], heads(s, v, self.n_kv, d, "v_heads"), "value")
-        out = attend(s.child("sdpa"), ctx, q, k_all, v_all, self.n_heads, self.n_kv, (d, d),
-                     self.config.attention_multiplier)  # fmt: skip
+        out, k_all, v_all = attend_with_past(
+            s, ctx, q, k, heads(s, v, self.n_kv, d, "v_heads"), past, self.n_heads, self.n_kv,
+            (d, d), self.config.attention_multiplier)
         y = w.linear(s.child("o_proj"), out, f"{pre}.o_proj.weight")
         return self._residual(s, y, "ResidualScale"), k_all, v_all
 

@@ -15,7 +15,7 @@ from typing import ClassVar
 
 from packager.families.lfm2moe.config import ATTENTION, CONV, Lfm2MoeConfig
 from packager.families.onnx_adapter import OnnxAdapter
-from packager.onnx_export.blocks import Context, apply_rope, attend, dense_mlp, heads, with_past
+from packager.onnx_export.blocks import Context, apply_rope, attend_with_past, dense_mlp, heads
 from packager.onnx_export.graph import Scope
 from packager.onnx_export.moe import topk
 from packager.onnx_export.recurrent import CONV as CONV_STATE
@@ -79,10 +79,9 @@ class Lfm2MoeOnnx(OnnxAdapter):
                        w.vector(f"{pre}.k_layernorm.weight"), self.eps, "k_norm")  # fmt: skip
         q = apply_rope(s.child("q_rope"), q, ctx.rope, d)
         k = apply_rope(s.child("k_rope"), k, ctx.rope, d)
-        k_all = with_past(s, past[0], k, "key")
-        v_all = with_past(s, past[1], heads(s, v, self.n_kv, d, "v_heads"), "value")
-        out = attend(s.child("sdpa"), ctx, q, k_all, v_all, self.n_heads, self.n_kv, (d, d),
-                     d**-0.5)  # fmt: skip
+        out, k_all, v_all = attend_with_past(
+            s, ctx, q, k, heads(s, v, self.n_kv, d, "v_heads"), past, self.n_heads, self.n_kv,
+            (d, d), d**-0.5)
         return w.linear(s.child("out_proj"), out, f"{pre}.out_proj.weight"), k_all, v_all
 
     # ----- router ----------------------------------------------------------------------------

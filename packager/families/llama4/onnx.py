@@ -31,11 +31,10 @@ from packager.onnx_export.blocks import (
     Context,
     RopeSpec,
     apply_rope,
-    attend,
+    attend_with_past,
     causal_mask,
     dense_mlp,
     heads,
-    with_past,
 )
 from packager.onnx_export.graph import Scope
 from packager.onnx_export.moe import ExpertExtras, topk
@@ -99,11 +98,10 @@ class Llama4Onnx(OnnxAdapter):
                 k = _l2_norm(s, k, self.eps, "k_norm")
         elif c.attn_temperature_tuning:
             q = s.op("Mul", [q, self._temperature(ctx)], "Temperature")
-        k_all = with_past(s, past[0], k, "key")
-        v_all = with_past(s, past[1], v, "value")
         mask = self._chunk_mask(ctx) if self._chunked(i) else None
-        out = attend(s.child("sdpa"), ctx, q, k_all, v_all, self.n_heads, self.n_kv,
-                     (self.head_dim, self.head_dim), self.head_dim**-0.5, mask=mask)  # fmt: skip
+        out, k_all, v_all = attend_with_past(
+            s, ctx, q, k, v, past, self.n_heads, self.n_kv, (self.head_dim, self.head_dim),
+            self.head_dim**-0.5, mask=mask)
         return proj("o", out), k_all, v_all
 
     def _chunk_mask(self, ctx: Context) -> str:

@@ -30,10 +30,9 @@ from packager.onnx_export.blocks import (
     Rope,
     RopeSpec,
     apply_rope,
-    attend,
+    attend_with_past,
     heads,
     rotary,
-    with_past,
 )
 from packager.onnx_export.graph import Scope
 
@@ -130,14 +129,13 @@ class MiMoV2Onnx(OnnxAdapter):
         dim = int(self.head_dim * c.rotary_factors[1 if sliding else 0])
         q = self._rotate(s, q, rope, dim, "q_rope")
         k = self._rotate(s, k, rope, dim, "k_rope")
-        k_all = with_past(s, past[0], k, "key")
-        v_all = with_past(s, past[1], v, "value")
         mask = sinks = None
         if sliding:
             mask = self.window_mask(ctx, int(c.require(c.sliding_window, "sliding_window")))
             sinks = w.vector(self._sink_name(i))
-        out = attend(s.child("sdpa"), ctx, q, k_all, v_all, self.n_heads, n_kv, (k_dim, v_dim),
-                     k_dim**-0.5, mask=mask, sinks=sinks)  # fmt: skip
+        out, k_all, v_all = attend_with_past(
+            s, ctx, q, k, v, past, self.n_heads, n_kv, (k_dim, v_dim), k_dim**-0.5, mask=mask,
+            sinks=sinks)
         y = w.linear(s.child("o_proj"), out, f"{pre}.o_proj.weight")
         return y, k_all, v_all
 

@@ -24,7 +24,7 @@ import numpy as np
 
 from packager.families.qwen35moe.config import FULL, LINEAR, QwenHybridConfig
 from packager.families.qwen_moe.onnx import Qwen2MoeOnnx
-from packager.onnx_export.blocks import Context, apply_rope, attend, heads, with_past
+from packager.onnx_export.blocks import Context, apply_rope, attend_with_past, heads
 from packager.onnx_export.graph import Scope
 from packager.onnx_export.recurrent import (
     CONV,
@@ -95,10 +95,8 @@ class Qwen35MoeOnnx(Qwen2MoeOnnx):
                   "v_heads")  # fmt: skip
         q = self.rotate(ctx, s, self.norm(ctx, s, q, f"{pre}.q_norm", "q_norm"), "q_rope")
         k = self.rotate(ctx, s, self.norm(ctx, s, k, f"{pre}.k_norm", "k_norm"), "k_rope")
-        k_all = with_past(s, past[0], k, "key")
-        v_all = with_past(s, past[1], v, "value")
-        out = attend(s.child("sdpa"), ctx, q, k_all, v_all, self.n_heads, self.n_kv, (d, d),
-                     d**-0.5)  # fmt: skip
+        out, k_all, v_all = attend_with_past(
+            s, ctx, q, k, v, past, self.n_heads, self.n_kv, (d, d), d**-0.5)
         out = s.op("Mul", [out, s.op("Sigmoid", [gate], "OutputGate")], "GateOutput")
         return w.linear(s.child("o_proj"), out, f"{pre}.o_proj.weight"), k_all, v_all
 
