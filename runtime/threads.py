@@ -15,9 +15,11 @@ and a later, different request is reported, not silently honoured (`wait_policy_
 onnxruntime's intra-op pool waits between its parallel kernels the same way, per session
 (`session.intra_op.allow_spinning`, `spin_duration_us`), so every policy also names its
 onnxruntime settings (`onnxruntime_wait`), and the ONNX backend takes them session by session.
-Its default spins briefly: measured on qwen3moe-large int8 at 2 threads (bench/bench_onnx.py
---parts waiting, README "ONNX threads"), sleeping at once cost a fifth of quiet decode, and a
-bounded spin cost nothing with one core busy, where onnxruntime's own unbounded default lost.
+Its default spins 50 us, then sleeps: measured on qwen3moe-large int8 at 2 threads
+(bench/bench_onnx.py --parts waiting, README "Thread waiting on onnxruntime"), sleeping at once
+decoded 186 tok/s against 270 on a quiet machine; with one core busy the short spin gave up 19 %
+of what sleeping got and stayed ahead of llama.cpp there, and onnxruntime's own longer spinning
+lost more, collapsing at a paged budget (one pool per stage session, all spinning).
 """
 
 from __future__ import annotations
@@ -37,7 +39,8 @@ OPENMP_VARIABLES = ("OMP_WAIT_POLICY", "GOMP_SPINCOUNT")
 
 @dataclass(frozen=True)
 class WaitPolicy:
-    """A named way for engine threads to wait at a barrier, as the OpenMP settings it means."""
+    """A named way for engine threads to wait at a barrier: the OpenMP settings it means for
+    llama.cpp, and the session settings it means for onnxruntime."""
 
     name: str
     env: tuple[tuple[str, str], ...]  # OpenMP's variables (llama.cpp)
