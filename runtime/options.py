@@ -44,9 +44,10 @@ class LoadOptions:
     next MoE layer's guessed experts early (runtime/experts/prefetcher.py): True, False,
     PrefetchSettings, or None = when cold. draft: speculative decoding with a smaller bundle of
     the same vocabulary, or "ngram" (prompt lookup, no model); its memory comes out of `budget`
-    (runtime/speculative/draft_budget.py). wait_policy: how llama.cpp's threads wait at barriers
-    (runtime/threads.py); fixed per process once the first engine has loaded. flash_attn:
-    llama.cpp's flash attention on (True) or off (False); None is llama.cpp's `auto` (README,
+    (runtime/speculative/draft_budget.py). wait_policy: how engine threads wait (runtime/
+    threads.py): at llama.cpp's barriers, fixed per process once the first engine has loaded,
+    and between onnxruntime's kernels, per session. flash_attn: llama.cpp's flash attention on
+    (True) or off (False); None is llama.cpp's `auto` (README,
     "Flash attention"); onnxruntime builds have their own attention and ignore it. record_routing
     (Python only): keep the routing tap on at every budget, for measurements. check_reads
     (Python only): verify each expert against the manifest's xxh3 checksums on its first read
@@ -80,8 +81,8 @@ class LoadOptions:
     )
     draft_tokens: int = option(DEFAULT_DRAFT_TOKENS, "Tokens the draft proposes per step.")
     wait_policy: str | None = option(
-        None, f"How engine threads wait at barriers: {', '.join(WAIT_POLICIES)}; default: spin, "
-        "as stock llama.cpp."
+        None, f"How engine threads wait at barriers: {', '.join(WAIT_POLICIES)}; default: spin "
+        "(as stock llama.cpp; onnxruntime: 50 us, then sleep)."
     )
     flash_attn: bool | None = option(
         None, "llama.cpp's flash attention: on or off; default: llama.cpp's auto (on for CPUs). "
