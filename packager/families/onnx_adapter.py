@@ -24,7 +24,7 @@ from packager.onnx_export.blocks import (
     attend_with_past,
     causal_mask,
     dense_mlp,
-    heads,
+    per_head,
 )
 from packager.onnx_export.graph import Scope
 from packager.onnx_export.moe import ExpertExtras, normalize, topk
@@ -165,17 +165,9 @@ class OnnxAdapter:
                          bias=bias if w.has(bias) else None)
             )  # fmt: skip
         q, k, v = self.pre_heads(ctx, s, pre, *qkv)
-        # Per-head norms run before the heads move to axis 1, as in transformers: after it,
-        # onnxruntime's transpose optimizer once moved K's transpose into the norm and left it
-        # unfused (five nodes a layer instead of one SimplifiedLayerNormalization).
-        d = self.head_dim
-        q, k = self.per_head_norm(ctx, s, pre, s.reshape(q, [0, 0, self.n_heads, d], "q_heads"),
-                                  s.reshape(k, [0, 0, self.n_kv, d], "k_heads"))  # fmt: skip
-        q = s.transpose(q, [0, 2, 1, 3], "q_heads/Transpose")
-        k = s.transpose(k, [0, 2, 1, 3], "k_heads/Transpose")
-        v = heads(s, v, self.n_kv, d, "v_heads")
-        q = self.rotate(ctx, s, q, "q_rope")
-        k = self.rotate(ctx, s, k, "k_rope")
+        q, k = self.per_head_norm(ctx, s, pre, q, k)
+        q = self.rotate(ctx, s, q, self.n_heads, "q_rope")
+        k = self.rotate(ctx, s, k, self.n_kv, "k_rope")
         dims = (self.head_dim, self.head_dim)
         out, k_all, v_all = attend_with_past(
             s, ctx, q, k, v, past, self.n_heads, self.n_kv, dims, self.head_dim**-0.5)
@@ -184,18 +176,32 @@ class OnnxAdapter:
                      bias=bias if w.has(bias) else None)  # fmt: skip
         return y, k_all, v_all
 
-    def rotate(self, ctx: Context, s: Scope, x: str, name: str) -> str:
-        """Rotary embedding of heads x [1, heads, S, head_dim] (hook: partial rotary)."""
-        return apply_rope(s.child(name), x, ctx.rope, self.head_dim)
+    def rotate(self, ctx: Context, s: Scope, x: str, n: int, name: str) -> str:
+        """Rotary embedding of the `n` heads of token-major x [1, S, n * head_dim]: the first
+        `rope_dim()` values of each head (all of them but for partial rotary)."""
+        return apply_rope(s.child(name), x, ctx.rope, self.head_dim, n, self.rope_dim())
 
     def pre_heads(self, ctx: Context, s: Scope, pre: str, q: str, k: str, v: str):
         """Hook for full-width q/k transforms (OLMoE's norms and clipping)."""
         return q, k, v
 
     def per_head_norm(self, ctx: Context, s: Scope, pre: str, q: str, k: str):
-        """Hook for per-head q/k norms (Qwen3): q [1, S, heads, head_dim], k [1, S, kv, head_dim]
-        (heads not yet moved to axis 1)."""
+        """Hook for per-head q/k norms (Qwen3): q [1, S, heads * head_dim], k [1, S, kv *
+        head_dim], token-major (`blocks.per_head` reaches each head)."""
         return q, k
+
+    def rms_head_norms(
+        self, ctx: Context, s: Scope, pre: str, q: str, k: str,
+        names: tuple[str, str] = ("q_norm", "k_norm"),
+    ) -> tuple[str, str]:  # fmt: skip
+        """The common per-head norm: RMSNorm over head_dim with weights `{pre}.{name}.weight`."""
+        w, d, eps = ctx.weights, self.head_dim, self.eps
+
+        def norm(x: str, n: int, name: str) -> str:
+            weight = w.vector(f"{pre}.{name}.weight")
+            return per_head(s, x, n, d, lambda h: s.rms_norm(h, weight, eps, name), name)
+
+        return norm(q, self.n_heads, names[0]), norm(k, self.n_kv, names[1])
 
     # ----- hybrid models: recurrent token mixers (packager/onnx_export/recurrent.py) ---------
     def states(self) -> dict[int, tuple[StateSpec, ...]]:

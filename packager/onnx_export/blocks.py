@@ -1,15 +1,23 @@
 """Family-independent graph blocks: the causal mask, rotary embeddings, attention, dense MLP.
 
-Attention follows transformers' eager path step by step: scores = (q @ k^T) * scale + mask,
-softmax in float32, then @ v. With a KV cache it is ONNX's own `Attention` operator (opset 23:
-the past joined with this run's keys and values, GQA, scale and additive mask in one node);
-layers with a head sink, which that operator has no input for, spell it out in standard ops
-(`attend`). Rotary is onnxruntime's RotaryEmbedding (com.microsoft, CPU and GPU kernels): the
-same arithmetic in one node where the standard ops took six to nine per call.
+Attention follows transformers' eager path: scores = (q @ k^T) * scale + mask, softmax in
+float32, then @ v. Queries, keys and values stay token-major ([1, S, heads * dim], as the
+projections give them) up to the attention node, which takes them so, GQA included:
+- a causal layer is onnxruntime's GroupQueryAttention (com.microsoft). Its KV cache may be one
+  buffer of the whole context that the node writes this run's keys and values into, past and
+  present the same memory (the runtime binds it so: runtime/backends/onnx/kv_cache.py), where
+  any other node copies the whole cache once a token;
+- a layer with its own mask (sliding window, chunked) or a value width of its own is ONNX's
+  `Attention` (opset 23), the past joined with this run's keys;
+- a layer with a head sink, which neither operator takes, is spelled out in standard ops
+  (`attend`).
+Rotary is onnxruntime's RotaryEmbedding (com.microsoft, CPU and GPU kernels), partial rotary
+included: the same arithmetic in one node where the standard ops took six to nine per call.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -49,6 +57,21 @@ class Context:
     weights: Weights
     mask: str  # additive float [S, T]
     rope: Rope
+    _lengths: tuple[str, str] | None = None
+
+    def kv_lengths(self) -> tuple[str, str]:
+        """GroupQueryAttention's lengths, built once: (seqlens_k int32 [1], the attended
+        positions less one; total_sequence_length int32 scalar). From attention_mask, as
+        onnxruntime-genai feeds it (ones, right-aligned)."""
+        if self._lengths is None:
+            s, mask = self.graph.scope("/model/kv_lengths"), "attention_mask"
+            seen = s.op("ReduceSum", [mask, s.const([1])], "Attended", keepdims=0)
+            last = s.op("Sub", [seen, s.const(1)], "LastPosition")
+            total = s.op("Gather", [s.op("Shape", [mask], "MaskShape"), s.const(1)], "Total",
+                         axis=0)  # fmt: skip
+            seqlens = s.op("Cast", [last], "SeqLensK", to=TensorProto.INT32)
+            self._lengths = (seqlens, s.op("Cast", [total], "TotalLength", to=TensorProto.INT32))
+        return self._lengths
 
 
 def causal_mask(
@@ -101,15 +124,30 @@ def rotary(s: Scope, position_ids: str, spec: RopeSpec) -> Rope:
     return Rope(cos, sin, spec.interleaved)
 
 
-def apply_rope(s: Scope, x: str, rope: Rope, dim: int) -> str:
-    """Rotate x [1, heads, S, dim] the way the family's transformers code does (rotate-half, or
-    DeepSeek's adjacent pairs) in one onnxruntime RotaryEmbedding node: x1*cos - x2*sin,
-    x1*sin + x2*cos, as transformers writes it (`dim`, x's head size, the node reads from x).
-    Position offset 0 into this run's own cos/sin rows (`rotary`), so no position limit."""
+def apply_rope(s: Scope, x: str, rope: Rope, dim: int, n_heads: int | None = None,
+               rot: int | None = None) -> str:  # fmt: skip
+    """Rotate x the way the family's transformers code does (rotate-half, or DeepSeek's
+    adjacent pairs) in one onnxruntime RotaryEmbedding node: x1*cos - x2*sin, x1*sin + x2*cos.
+    x is token-major [1, S, n_heads * dim] when `n_heads` is given, else [1, heads, S, dim];
+    `rot` (default `dim`) leading values of each head are rotated, the rest pass (partial
+    rotary, in the node itself: no Split and Concat). Position offset 0 into this run's own
+    cos/sin rows (`rotary`), so no position limit."""
+    attrs = {"interleaved": int(rope.interleaved)}
+    if n_heads is not None:
+        attrs.update(num_heads=n_heads, rotary_embedding_dim=rot or dim)
+    elif rot not in (None, dim):
+        raise ValueError("partial rotary needs token-major input (n_heads)")
     y = s.op("RotaryEmbedding", [x, s.const([0]), rope.cos, rope.sin], "RotaryEmbedding",
-             domain=MS_DOMAIN, interleaved=int(rope.interleaved))  # fmt: skip
+             domain=MS_DOMAIN, **attrs)  # fmt: skip
     s.g.float_output(y)
     return y
+
+
+def per_head(s: Scope, x: str, n: int, dim: int, fn: Callable[[str], str], name: str) -> str:
+    """`fn` (a norm over the last axis: Qwen3's q/k norms) on each head of token-major x
+    [1, S, n * dim]: the heads are a free reshape away, never transposed."""
+    h = fn(s.reshape(x, [0, 0, n, dim], f"{name}/Heads"))
+    return s.reshape(h, [0, 0, n * dim], f"{name}/Tokens")
 
 
 def heads(s: Scope, x: str, n: int, dim: int, name: str) -> str:
@@ -136,26 +174,37 @@ def attend_with_past(
     mask: str | None = None,
     sinks: str | None = None,
 ) -> tuple[str, str, str]:
-    """Attention of this run's q [1,H,S,D] over the past and this run's k/v [1,Hkv,S,*]:
-    (output [1, S, H*Dv], present key, present value).
+    """Attention of this run's token-major q [1, S, H*Dqk], k [1, S, Hkv*Dqk], v [1, S, Hkv*Dv]
+    over the past [1, Hkv, P, *] and themselves: (output [1, S, H*Dv], present key, value).
 
-    One `Attention` node (opset 23) where `attend`'s nodes took twelve, with the two Concats of
-    the cache: onnxruntime's CPU kernel gives the same logits bit for bit (qwen3moe-large, a
-    411-token prompt), and a decode step read 1.07-1.09x on int8 (0.99-1.04x int4). A head
-    sink (`sinks`: gpt-oss, MiMo's sliding layers) is no input of that operator, so those
-    layers keep the spelled-out path.
+    - Causal, no sink, one width: GroupQueryAttention. Given a past of the whole context's
+      length whose memory is also bound as the present, it writes this run's keys in place.
+      A decode step read 1.33x (qwen3moe-large int8, paired, 2 threads) against `Attention`,
+      which joins past and new into a fresh tensor every run; with a past of exactly the
+      positions so far it concatenates like the others (onnxruntime-genai, plain runs).
+    - A mask of its own (`mask`: sliding window, chunks) or Dv != Dqk: `Attention` (opset 23).
+    - A head sink (`sinks`: gpt-oss, MiMo's sliding layers): spelled out (`attend`).
     """
-    if sinks is not None:
-        k_all = with_past(s, past[0], k, "key")
-        v_all = with_past(s, past[1], v, "value")
-        out = attend(s.child("sdpa"), ctx, q, k_all, v_all, n_heads, n_kv, dims, scale,
-                     mask=mask, sinks=sinks)  # fmt: skip
-        return out, k_all, v_all
+    d_qk, d_v = dims
     a = s.child("sdpa")
-    out, k_all, v_all = a.op("Attention", [q, k, v, mask or ctx.mask, past[0], past[1]],
-                             "Attention", n_out=3, scale=float(scale))  # fmt: skip
-    out = a.transpose(out, [0, 2, 1, 3], "HeadsLast")
-    return a.reshape(out, [0, 0, n_heads * dims[1]], "MergeHeads"), k_all, v_all
+    if sinks is not None:
+        k_all = with_past(s, past[0], heads(s, k, n_kv, d_qk, "k_heads"), "key")
+        v_all = with_past(s, past[1], heads(s, v, n_kv, d_v, "v_heads"), "value")
+        out = attend(a, ctx, heads(s, q, n_heads, d_qk, "q_heads"), k_all, v_all, n_heads,
+                     n_kv, dims, scale, mask=mask, sinks=sinks)  # fmt: skip
+        return out, k_all, v_all
+    if mask is not None or d_qk != d_v:
+        out, k_all, v_all = a.op("Attention", [q, k, v, mask or ctx.mask, past[0], past[1]],
+                                 "Attention", n_out=3, scale=float(scale), q_num_heads=n_heads,
+                                 kv_num_heads=n_kv)  # fmt: skip
+        return out, k_all, v_all
+    out, k_all, v_all = a.op(
+        "GroupQueryAttention", [q, k, v, past[0], past[1], *ctx.kv_lengths()],
+        "GroupQueryAttention", n_out=3, domain=MS_DOMAIN, scale=float(scale),
+        num_heads=n_heads, kv_num_heads=n_kv)  # fmt: skip
+    for t in (out, k_all, v_all):
+        s.g.float_output(t)
+    return out, k_all, v_all
 
 
 def attend(

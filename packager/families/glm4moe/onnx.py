@@ -9,7 +9,7 @@ from typing import ClassVar
 from packager.families.deepseek3.onnx import sigmoid_group_route
 from packager.families.glm4moe.config import Glm4MoeConfig
 from packager.families.onnx_adapter import OnnxAdapter
-from packager.onnx_export.blocks import Context, apply_rope, dense_mlp
+from packager.onnx_export.blocks import Context, dense_mlp
 from packager.onnx_export.graph import Scope
 
 
@@ -30,21 +30,10 @@ class Glm4MoeOnnx(OnnxAdapter):
     def rope_dim(self) -> int:
         return self.config.rotary_dim
 
-    def rotate(self, ctx: Context, s: Scope, x: str, name: str) -> str:
-        rot, rest = self.config.rotary_dim, self.head_dim - self.config.rotary_dim
-        if not rest:
-            return super().rotate(ctx, s, x, name)
-        part, keep = s.split(x, [rot, rest], -1, f"{name}/SplitRotary")
-        rotated = apply_rope(s.child(name), part, ctx.rope, rot)
-        return s.op("Concat", [rotated, keep], f"{name}/JoinRotary", axis=-1)
-
     def per_head_norm(self, ctx: Context, s: Scope, pre: str, q: str, k: str):
         if not self.config.use_qk_norm:
             return q, k
-        w = ctx.weights
-        q = s.rms_norm(q, w.vector(f"{pre}.q_norm.weight"), self.eps, "q_norm")
-        k = s.rms_norm(k, w.vector(f"{pre}.k_norm.weight"), self.eps, "k_norm")
-        return q, k
+        return self.rms_head_norms(ctx, s, pre, q, k)
 
     def route(self, ctx: Context, s: Scope, i: int, logits: str) -> tuple[str, str]:
         bias = ctx.weights.vector(f"{self.moe_prefix(i)}.gate.e_score_correction_bias")

@@ -22,7 +22,6 @@ from packager.onnx_export.blocks import (
     Context,
     apply_rope,
     attend_with_past,
-    heads,
 )
 from packager.onnx_export.graph import Scope
 from packager.onnx_export.moe import ExpertExtras
@@ -51,11 +50,8 @@ class GptOssOnnx(OnnxAdapter):
         w, pre = ctx.weights, f"model.layers.{i}.self_attn"
         q, k, v = (w.linear(s.child(f"{p}_proj"), x, f"{pre}.{p}_proj.weight",
                             bias=f"{pre}.{p}_proj.bias") for p in ("q", "k", "v"))  # fmt: skip
-        q = apply_rope(s.child("q_rope"), heads(s, q, self.n_heads, self.head_dim, "q_heads"),
-                       ctx.rope, self.head_dim)  # fmt: skip
-        k = apply_rope(s.child("k_rope"), heads(s, k, self.n_kv, self.head_dim, "k_heads"),
-                       ctx.rope, self.head_dim)  # fmt: skip
-        v = heads(s, v, self.n_kv, self.head_dim, "v_heads")
+        q = apply_rope(s.child("q_rope"), q, ctx.rope, self.head_dim, self.n_heads)
+        k = apply_rope(s.child("k_rope"), k, ctx.rope, self.head_dim, self.n_kv)
         mask = None
         if self.config.sliding()[i]:
             window = self.config.require(self.config.sliding_window, "sliding_window")

@@ -26,7 +26,7 @@ import numpy as np
 from packager.errors import UnsupportedArchitectureError
 from packager.families.granitehybrid.config import ATTENTION, MAMBA, NO_LIMIT, GraniteHybridConfig
 from packager.families.onnx_adapter import OnnxAdapter
-from packager.onnx_export.blocks import Context, apply_rope, attend_with_past, heads
+from packager.onnx_export.blocks import Context, apply_rope, attend_with_past
 from packager.onnx_export.graph import Scope
 from packager.onnx_export.moe import topk
 from packager.onnx_export.recurrent import (
@@ -82,13 +82,12 @@ class GraniteHybridOnnx(OnnxAdapter):
         w, pre, d = ctx.weights, f"model.layers.{i}.self_attn", self.head_dim
         q, k, v = (w.linear(s.child(f"{p}_proj"), x, f"{pre}.{p}_proj.weight")
                    for p in ("q", "k", "v"))  # fmt: skip
-        q, k = heads(s, q, self.n_heads, d, "q_heads"), heads(s, k, self.n_kv, d, "k_heads")
         if self.config.position_embedding_type == "rope":
-            q = apply_rope(s.child("q_rope"), q, ctx.rope, d)
-            k = apply_rope(s.child("k_rope"), k, ctx.rope, d)
+            q = apply_rope(s.child("q_rope"), q, ctx.rope, d, self.n_heads)
+            k = apply_rope(s.child("k_rope"), k, ctx.rope, d, self.n_kv)
         out, k_all, v_all = attend_with_past(
-            s, ctx, q, k, heads(s, v, self.n_kv, d, "v_heads"), past, self.n_heads, self.n_kv,
-            (d, d), self.config.attention_multiplier)
+            s, ctx, q, k, v, past, self.n_heads, self.n_kv, (d, d),
+            self.config.attention_multiplier)
         y = w.linear(s.child("o_proj"), out, f"{pre}.o_proj.weight")
         return self._residual(s, y, "ResidualScale"), k_all, v_all
 

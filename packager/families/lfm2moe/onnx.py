@@ -15,7 +15,7 @@ from typing import ClassVar
 
 from packager.families.lfm2moe.config import ATTENTION, CONV, Lfm2MoeConfig
 from packager.families.onnx_adapter import OnnxAdapter
-from packager.onnx_export.blocks import Context, apply_rope, attend_with_past, dense_mlp, heads
+from packager.onnx_export.blocks import Context, apply_rope, attend_with_past, dense_mlp, per_head
 from packager.onnx_export.graph import Scope
 from packager.onnx_export.moe import topk
 from packager.onnx_export.recurrent import CONV as CONV_STATE
@@ -73,15 +73,14 @@ class Lfm2MoeOnnx(OnnxAdapter):
         w, pre, d = ctx.weights, f"model.layers.{i}.self_attn", self.head_dim
         q, k, v = (w.linear(s.child(f"{p}_proj"), x, f"{pre}.{p}_proj.weight")
                    for p in ("q", "k", "v"))  # fmt: skip
-        q = s.rms_norm(heads(s, q, self.n_heads, d, "q_heads"),
-                       w.vector(f"{pre}.q_layernorm.weight"), self.eps, "q_norm")  # fmt: skip
-        k = s.rms_norm(heads(s, k, self.n_kv, d, "k_heads"),
-                       w.vector(f"{pre}.k_layernorm.weight"), self.eps, "k_norm")  # fmt: skip
-        q = apply_rope(s.child("q_rope"), q, ctx.rope, d)
-        k = apply_rope(s.child("k_rope"), k, ctx.rope, d)
+        q = per_head(s, q, self.n_heads, d, lambda h: s.rms_norm(
+            h, w.vector(f"{pre}.q_layernorm.weight"), self.eps, "q_norm"), "q_norm")
+        k = per_head(s, k, self.n_kv, d, lambda h: s.rms_norm(
+            h, w.vector(f"{pre}.k_layernorm.weight"), self.eps, "k_norm"), "k_norm")
+        q = apply_rope(s.child("q_rope"), q, ctx.rope, d, self.n_heads)
+        k = apply_rope(s.child("k_rope"), k, ctx.rope, d, self.n_kv)
         out, k_all, v_all = attend_with_past(
-            s, ctx, q, k, heads(s, v, self.n_kv, d, "v_heads"), past, self.n_heads, self.n_kv,
-            (d, d), d**-0.5)
+            s, ctx, q, k, v, past, self.n_heads, self.n_kv, (d, d), d**-0.5)
         return w.linear(s.child("out_proj"), out, f"{pre}.out_proj.weight"), k_all, v_all
 
     # ----- router ----------------------------------------------------------------------------

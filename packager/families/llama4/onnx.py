@@ -34,7 +34,7 @@ from packager.onnx_export.blocks import (
     attend_with_past,
     causal_mask,
     dense_mlp,
-    heads,
+    per_head,
 )
 from packager.onnx_export.graph import Scope
 from packager.onnx_export.moe import ExpertExtras, topk
@@ -87,15 +87,16 @@ class Llama4Onnx(OnnxAdapter):
             return w.linear(s.child(f"{p}_proj"), inp, f"{pre}.{p}_proj.weight",
                             bias=bias if w.has(bias) else None)  # fmt: skip
 
-        q = heads(s, proj("q", x), self.n_heads, self.head_dim, "q_heads")
-        k = heads(s, proj("k", x), self.n_kv, self.head_dim, "k_heads")
-        v = heads(s, proj("v", x), self.n_kv, self.head_dim, "v_heads")
+        d = self.head_dim
+        q, k, v = proj("q", x), proj("k", x), proj("v", x)
         if c.uses_rope(i):
-            q = apply_rope(s.child("q_rope"), q, ctx.rope, self.head_dim)
-            k = apply_rope(s.child("k_rope"), k, ctx.rope, self.head_dim)
+            q = apply_rope(s.child("q_rope"), q, ctx.rope, d, self.n_heads)
+            k = apply_rope(s.child("k_rope"), k, ctx.rope, d, self.n_kv)
             if c.use_qk_norm:
-                q = _l2_norm(s, q, self.eps, "q_norm")
-                k = _l2_norm(s, k, self.eps, "k_norm")
+                q = per_head(s, q, self.n_heads, d, lambda h: _l2_norm(s, h, self.eps, "q_norm"),
+                             "q_norm")  # fmt: skip
+                k = per_head(s, k, self.n_kv, d, lambda h: _l2_norm(s, h, self.eps, "k_norm"),
+                             "k_norm")  # fmt: skip
         elif c.attn_temperature_tuning:
             q = s.op("Mul", [q, self._temperature(ctx)], "Temperature")
         mask = self._chunk_mask(ctx) if self._chunked(i) else None
@@ -110,7 +111,7 @@ class Llama4Onnx(OnnxAdapter):
             ctx.graph.scope("/model/chunked_mask"), "input_ids", "attention_mask", chunk=chunk))
 
     def _temperature(self, ctx: Context) -> str:
-        """[1, 1, S, 1]: the no-rope layers' query scale at each position, built once."""
+        """[1, S, 1]: the no-rope layers' query scale at each position, built once."""
         c = self.config
 
         def build() -> str:
@@ -122,7 +123,7 @@ class Llama4Onnx(OnnxAdapter):
             log = s.op("Log", [s.op("Add", [steps, s.f32(1.0)], "Log1pArg")], "Log1p")
             scale = s.op("Add", [s.op("Mul", [log, s.f32(c.attn_scale)], "Scaled"),
                                  s.f32(1.0)], "Scale")  # fmt: skip
-            return s.unsqueeze(scale, [1, 3], "PerHeadRow")
+            return s.unsqueeze(scale, [2], "PerTokenRow")
 
         return self.per_graph(ctx, "temperature", build)
 

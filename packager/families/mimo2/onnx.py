@@ -31,7 +31,6 @@ from packager.onnx_export.blocks import (
     RopeSpec,
     apply_rope,
     attend_with_past,
-    heads,
     rotary,
 )
 from packager.onnx_export.graph import Scope
@@ -100,14 +99,6 @@ class MiMoV2Onnx(OnnxAdapter):
         return self.per_graph(ctx, "swa_rope", lambda: rotary(
             ctx.graph.scope("/model/rotary_emb_swa"), "position_ids", spec))
 
-    def _rotate(self, s: Scope, x: str, rope: Rope, dim: int, name: str) -> str:
-        rest = self.head_dim - dim
-        if not rest:
-            return apply_rope(s.child(name), x, rope, dim)
-        part, keep = s.split(x, [dim, rest], -1, f"{name}/SplitRotary")
-        rotated = apply_rope(s.child(name), part, rope, dim)
-        return s.op("Concat", [rotated, keep], f"{name}/JoinRotary", axis=-1)
-
     # ----- attention ------------------------------------------------------------------------
     def attention(self, ctx: Context, s: Scope, i: int, x: str, past: tuple[str, str]):
         c, w, pre = self.config, ctx.weights, f"model.layers.{i}.self_attn"
@@ -119,16 +110,13 @@ class MiMoV2Onnx(OnnxAdapter):
             return w.linear(s.child(f"{p}_proj"), x, f"{pre}.{p}_proj.weight",
                             bias=bias if w.has(bias) else None)  # fmt: skip
 
-        q = heads(s, proj("q"), self.n_heads, k_dim, "q_heads")
-        k = heads(s, proj("k"), n_kv, k_dim, "k_heads")
-        v = proj("v")
+        q, k, v = proj("q"), proj("k"), proj("v")
         if c.value_scale != 1.0:
             v = s.op("Mul", [v, s.f32(c.value_scale)], "ValueScale")
-        v = heads(s, v, n_kv, v_dim, "v_heads")
         rope = self._sliding_rope(ctx) if sliding else ctx.rope
         dim = int(self.head_dim * c.rotary_factors[1 if sliding else 0])
-        q = self._rotate(s, q, rope, dim, "q_rope")
-        k = self._rotate(s, k, rope, dim, "k_rope")
+        q = apply_rope(s.child("q_rope"), q, rope, k_dim, self.n_heads, dim)
+        k = apply_rope(s.child("k_rope"), k, rope, k_dim, n_kv, dim)
         mask = sinks = None
         if sliding:
             mask = self.window_mask(ctx, int(c.require(c.sliding_window, "sliding_window")))

@@ -24,7 +24,7 @@ import numpy as np
 
 from packager.families.qwen35moe.config import FULL, LINEAR, QwenHybridConfig
 from packager.families.qwen_moe.onnx import Qwen2MoeOnnx
-from packager.onnx_export.blocks import Context, apply_rope, attend_with_past, heads
+from packager.onnx_export.blocks import Context, attend_with_past, per_head
 from packager.onnx_export.graph import Scope
 from packager.onnx_export.recurrent import (
     CONV,
@@ -74,27 +74,20 @@ class Qwen35MoeOnnx(Qwen2MoeOnnx):
     def rope_dim(self) -> int:
         return self.config.rope_dim
 
-    def rotate(self, ctx: Context, s: Scope, x: str, name: str) -> str:
-        rot, rest = self.config.rope_dim, self.head_dim - self.config.rope_dim
-        if not rest:
-            return apply_rope(s.child(name), x, ctx.rope, rot)
-        part, keep = s.split(x, [rot, rest], -1, f"{name}/SplitRotary")
-        rotated = apply_rope(s.child(name), part, ctx.rope, rot)
-        return s.op("Concat", [rotated, keep], f"{name}/JoinRotary", axis=-1)
-
     def attention(self, ctx: Context, s: Scope, i: int, x: str, past: tuple[str, str]):
         w, pre, d = ctx.weights, f"model.layers.{i}.self_attn", self.head_dim
         qg = w.linear(s.child("q_proj"), x, f"{pre}.q_proj.weight")
         q, gate = s.split(s.reshape(qg, [0, 0, self.n_heads, 2 * d], "QGateHeads"), [d, d], -1,
                           "SplitGate")  # fmt: skip
         gate = s.reshape(gate, [0, 0, self.n_heads * d], "GateFlat")
-        q = s.transpose(q, [0, 2, 1, 3], "q_heads")
-        k = heads(s, w.linear(s.child("k_proj"), x, f"{pre}.k_proj.weight"), self.n_kv, d,
-                  "k_heads")  # fmt: skip
-        v = heads(s, w.linear(s.child("v_proj"), x, f"{pre}.v_proj.weight"), self.n_kv, d,
-                  "v_heads")  # fmt: skip
-        q = self.rotate(ctx, s, self.norm(ctx, s, q, f"{pre}.q_norm", "q_norm"), "q_rope")
-        k = self.rotate(ctx, s, self.norm(ctx, s, k, f"{pre}.k_norm", "k_norm"), "k_rope")
+        k = w.linear(s.child("k_proj"), x, f"{pre}.k_proj.weight")
+        v = w.linear(s.child("v_proj"), x, f"{pre}.v_proj.weight")
+        q = s.reshape(self.norm(ctx, s, q, f"{pre}.q_norm", "q_norm"),
+                      [0, 0, self.n_heads * d], "q_norm/Tokens")  # fmt: skip
+        k = per_head(s, k, self.n_kv, d, lambda h: self.norm(ctx, s, h, f"{pre}.k_norm", "k_norm"),
+                     "k_norm")  # fmt: skip
+        q = self.rotate(ctx, s, q, self.n_heads, "q_rope")
+        k = self.rotate(ctx, s, k, self.n_kv, "k_rope")
         out, k_all, v_all = attend_with_past(
             s, ctx, q, k, v, past, self.n_heads, self.n_kv, (d, d), d**-0.5)
         out = s.op("Mul", [out, s.op("Sigmoid", [gate], "OutputGate")], "GateOutput")

@@ -32,7 +32,4 @@ class Qwen3MoeOnnx(_QwenMoE):
 
     def per_head_norm(self, ctx: Context, s: Scope, pre: str, q: str, k: str):
         # Qwen3 normalises each head over head_dim (unlike OLMoE's full-width norm).
-        w = ctx.weights
-        q = s.rms_norm(q, w.vector(f"{pre}.q_norm.weight"), self.eps, "q_norm")
-        k = s.rms_norm(k, w.vector(f"{pre}.k_norm.weight"), self.eps, "k_norm")
-        return q, k
+        return self.rms_head_norms(ctx, s, pre, q, k)

@@ -39,6 +39,7 @@ from runtime.backends.base import (
     SamplerSettings,
 )
 from runtime.backends.mapping import ExpertFile, FileMapping
+from runtime.backends.onnx.kv_cache import InPlaceKV, in_place_pairs, run_bound
 from runtime.backends.onnx.packed import cache_key, load_or_derive
 from runtime.backends.onnx.recurrent_state import (
     RollbackPoint,
@@ -170,13 +171,21 @@ class OnnxBackend:
         self.recurrent = bool(self._state_names)
         self._point: RollbackPoint | None = None  # the state before the last batch (truncate)
         self._routing = {int(m.group(1)): n for n in outputs if (m := _ROUTING.match(n))}
-        # Fetched every run, in this order: logits, each layer's present K/V, each MoE layer's ids.
+        self._kv_dtype = np.float16 if "float16" in self._first_past_type() else np.float32
+        # Causal layers' caches are written in place (kv_cache.py); the others come back as
+        # presents and are fed in again as the next run's pasts.
+        pairs = in_place_pairs(model.graph) if model is not None else {}
+        shapes = {n: self._inputs[n].shape for n in pairs}
+        self._kv: InPlaceKV | None = None
+        if pairs:
+            self._kv = InPlaceKV.allocate(ort, pairs, shapes, cfg.n_ctx, self._kv_dtype)
+        self._fed_back = [n for n in self._past_names if n not in pairs]
+        # Fetched every run, in this order: logits, each fed-back present, each MoE layer's ids.
         self._outputs = [
             "logits",
-            *(present_name(n) for n in self._past_names),
+            *(present_name(n) for n in self._fed_back),
             *(self._routing[k] for k in sorted(self._routing)),
         ]
-        self._kv_dtype = np.float16 if "float16" in self._first_past_type() else np.float32
         self.n_past = 0
         self._past: dict[str, np.ndarray] = {}
         self._logits: np.ndarray | None = None
@@ -299,7 +308,7 @@ class OnnxBackend:
         self._point = None
         for name in self._state_names:
             self._past[name] = initial_state(self._inputs[name].shape)
-        for name in self._past_names:
+        for name in self._fed_back:
             if name in self._past:
                 continue
             shape = [1 if not isinstance(d, int) else d for d in self._inputs[name].shape]
@@ -362,13 +371,14 @@ class OnnxBackend:
         feeds = {k: v for k, v in feeds.items() if k in self._inputs}
         if self._staged is not None:
             return self._run_staged(feeds, n)
-        results = self.session.run(self._outputs, feeds)
+        bound = self._kv.bound if self._kv is not None else {}
+        results = run_bound(self.session, self._outputs, feeds, bound)
         logits, rest = results[0], results[1:]
-        for past, present in zip(self._past_names, rest[: len(self._past_names)], strict=True):
+        for past, present in zip(self._fed_back, rest[: len(self._fed_back)], strict=True):
             self._past[past] = present
         self.n_past += n
         if self._observer is not None:
-            routed = rest[len(self._past_names) :]
+            routed = rest[len(self._fed_back) :]
             for layer, ids in zip(sorted(self._routing), routed, strict=True):
                 self._observer(RoutingEvent(layer, np.asarray(ids, dtype=np.int32).reshape(n, -1)))
         return np.asarray(logits[0], dtype=np.float32)
@@ -390,13 +400,13 @@ class OnnxBackend:
                 return False
             return bool(observe(RoutingEvent(layer, ids)))
 
-        n_past = len(self._past_names)
+        n_past = len(self._fed_back)
         fetch = [o for o in self._outputs if not _ROUTING.match(o)]
         try:
-            results = self._staged.run(fetch, feeds, admit)
+            results = self._staged.run(fetch, feeds, admit, self._kv)
         except Stopped:
             return np.zeros((n, self.n_vocab), dtype=np.float32)
-        for past, present in zip(self._past_names, results[1 : 1 + n_past], strict=True):
+        for past, present in zip(self._fed_back, results[1 : 1 + n_past], strict=True):
             self._past[past] = present
         self.n_past += n
         return np.asarray(results[0][0], dtype=np.float32)
@@ -413,3 +423,4 @@ class OnnxBackend:
     def close(self) -> None:
         self.session = None  # type: ignore[assignment]
         self._past = {}
+        self._kv = None

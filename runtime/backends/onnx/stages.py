@@ -23,6 +23,8 @@ from typing import Any
 
 import numpy as np
 
+from runtime.backends.onnx.kv_cache import InPlaceKV, run_bound
+
 _LAYER = re.compile(r"layers\.(\d+)\.")
 _ROUTING = re.compile(r"^routing\.(\d+)$")
 
@@ -184,15 +186,20 @@ class StagedRunner:
         fetch: Sequence[str],
         feeds: dict[str, np.ndarray],
         admit: Callable[[int, np.ndarray], bool | None],
+        kv: InPlaceKV | None = None,
     ) -> list[np.ndarray]:
+        """`fetch` from the last run of the chain; `kv`'s pasts are bound in place in the stage
+        that reads them (kv_cache.py), their presents written there, not fetched."""
         env: dict[str, np.ndarray] = dict(feeds)
+        skip = kv.presents() if kv is not None else set()
         for k, session in enumerate(self.sessions):
             layer = self.plan.layers[k]
             if layer is not None and admit(layer, env[self.plan.routing[layer]]):
                 raise Stopped(f"stopped before layer {layer}'s experts")
-            names = self.plan.outputs[k]
-            results = session.run(list(names), {t: env[t] for t in self.plan.inputs[k]})
-            env.update(zip(names, results, strict=True))
+            names = [n for n in self.plan.outputs[k] if n not in skip]
+            bound = kv.of(self.plan.inputs[k]) if kv is not None else {}
+            inputs = {t: env[t] for t in self.plan.inputs[k] if t not in bound}
+            env.update(zip(names, run_bound(session, names, inputs, bound), strict=True))
         return [env[name] for name in fetch]
 
 
