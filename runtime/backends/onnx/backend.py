@@ -180,11 +180,12 @@ class OnnxBackend:
         if pairs:
             self._kv = InPlaceKV.allocate(ort, pairs, shapes, cfg.n_ctx, self._kv_dtype)
         self._fed_back = [n for n in self._past_names if n not in pairs]
-        # Fetched every run, in this order: logits, each fed-back present, each MoE layer's ids.
+        # Fetched every run, in this order: logits, each fed-back present, and each MoE layer's
+        # ids when someone listens (a full budget runs with no observer and fetches none).
         self._outputs = [
             "logits",
             *(present_name(n) for n in self._fed_back),
-            *(self._routing[k] for k in sorted(self._routing)),
+            *(self._routing[k] for k in sorted(self._routing) if self._observer is not None),
         ]
         self.n_past = 0
         self._past: dict[str, np.ndarray] = {}
