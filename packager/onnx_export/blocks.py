@@ -179,9 +179,10 @@ def attend_with_past(
 
     - Causal, no sink, one width: GroupQueryAttention. Given a past of the whole context's
       length whose memory is also bound as the present, it writes this run's keys in place.
-      A decode step read 1.33x (qwen3moe-large int8, paired, 2 threads) against `Attention`,
-      which joins past and new into a fresh tensor every run; with a past of exactly the
-      positions so far it concatenates like the others (onnxruntime-genai, plain runs).
+      A decode step read 1.08-1.25x (qwen3moe-large int8, paired, 2 threads, through the
+      runtime) against `Attention`, which joins past and new into a fresh tensor every run.
+      With a past of exactly the positions so far it concatenates like the others
+      (onnxruntime-genai, plain runs).
     - A mask of its own (`mask`: sliding window, chunks) or Dv != Dqk: `Attention` (opset 23).
     - A head sink (`sinks`: gpt-oss, MiMo's sliding layers): spelled out (`attend`).
     """
