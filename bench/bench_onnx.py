@@ -5,6 +5,7 @@ onnxruntime settings the backend chose, each measured against its alternatives.
     .venv/bin/python bench/bench_onnx.py [--fixture qwen3moe-large] [--quants int8,int4]
         [--rounds 3] [--threads N] [--parts speed,rss,variants] [--bundles DIR]
     .venv/bin/python bench/bench_onnx.py --quants int8 --parts waiting [--loads quiet,busy]
+    .venv/bin/python bench/bench_onnx.py --parts kvcache [--kv-chars 4200]
 
 Every measurement is a fresh process (a "child") that also reports how much of a core the rest
 of this shared machine kept busy while it timed itself (its own /proc/stat window, its own CPU
@@ -135,6 +136,32 @@ if spec["kind"] == "interleaved":
                           "step_s": dec[e], "cpu_s": cpu[e],
                           "cpu_decode": float(1 / np.median(cpu[e]))} for e in names}
     out["prompt"] = len(prompts[names[0]])
+elif spec["kind"] == "kvcache":
+    # One bundle loaded twice: its causal caches written in place (as shipped) and fed back by
+    # copy every run (as before runtime/backends/onnx/kv_cache.py: no cache counted as in
+    # place). They decode in turns, a block of tokens each, after the same prompt.
+    import runtime
+    import runtime.backends.onnx.backend as onnx_backend
+    load = dict(budget=spec["budget"], backend="onnx", threads=threads)
+    models = {"in place": runtime.load(bundle, **load)}
+    shipped, onnx_backend.in_place_pairs = onnx_backend.in_place_pairs, lambda graph: {}
+    models["copied"] = runtime.load(bundle, **load)
+    onnx_backend.in_place_pairs = shipped
+    ids = models["in place"].tokenize(text)
+    last = {k: int(np.argmax(m.step(ids, timed=False))) for k, m in models.items()}
+    w0 = window()
+    times = {k: [] for k in models}
+    block = spec.get("block", 16)
+    for b in range(n // block):
+        for k in (list(models) if b % 2 == 0 else list(models)[::-1]):
+            t0 = time.perf_counter()
+            for _ in range(block):
+                last[k] = int(np.argmax(models[k].step([last[k]], timed=False)))
+            times[k].append((time.perf_counter() - t0) / block)
+            time.sleep(spec.get("settle", 0.05))
+    out.update(prompt=len(ids), same=last["in place"] == last["copied"],
+               ratios=[c / p for c, p in zip(times["copied"], times["in place"])],
+               decode={k: 1 / float(np.median(v)) for k, v in times.items()})
 elif spec["kind"] == "edgemoe":
     import runtime
     with runtime.load(bundle, budget=spec["budget"], backend=spec["backend"], threads=threads,
@@ -394,6 +421,26 @@ def variants(args: argparse.Namespace, bundles: dict[str, Path]) -> None:
               f"  peak {statistics.median(r['peak'] for r in rows) / 2**20:.0f} MiB", flush=True)
 
 
+def kvcache(args: argparse.Namespace, bundles: dict[str, Path]) -> None:
+    """The KV cache written in place against the same graph with its cache copied back every
+    run (runtime/backends/onnx/kv_cache.py), per budget and prompt length: one process each,
+    the two taking turns by blocks; ratio = median of the per-block-pair ratios."""
+    print(f"\n== KV cache in place vs copied back ({args.kv_tokens} tokens each in blocks of 16; "
+          "ratio = copied ÷ in place time per token)")
+    for quant, bundle in bundles.items():
+        for budget in ("100%", "50%"):
+            for chars in (args.chars, args.kv_chars):
+                spec = {"kind": "kvcache", "bundle": str(bundle), "budget": budget,
+                        "threads": args.threads, "chars": chars, "tokens": args.kv_tokens}
+                r = child(spec, args.max_background)
+                ratios = r["ratios"]
+                print(f"  {quant} {budget:>4} {r['prompt']:>5}-token prompt: in place "
+                      f"{r['decode']['in place']:.1f} tok/s, copied {r['decode']['copied']:.1f} "
+                      f"| in place {statistics.median(ratios):.2f}x ({min(ratios):.2f}-"
+                      f"{max(ratios):.2f}) | same tokens: {r['same']} | others kept "
+                      f"{r['background']:.2f} core busy", flush=True)
+
+
 def waiting(args: argparse.Namespace, bundles: dict[str, Path]) -> None:
     """How the ONNX backend's idle workers wait (runtime/threads.py): each policy against
     llama.cpp at the same bits and budget (its own default), quiet and with a busy-loop process
@@ -442,7 +489,12 @@ def main() -> None:
     ap.add_argument("--long-chars", type=int, default=1700,
                     help="the long prompt of the RSS rows (~512 tokens on the fixtures)")
     ap.add_argument("--parts", default="speed,rss,variants",
-                    help="any of speed, rss, variants, waiting (not run by default: long)")
+                    help="any of speed, rss, variants, kvcache, waiting (not run by default: "
+                         "long)")  # fmt: skip
+    ap.add_argument("--kv-chars", type=int, default=4200,
+                    help="--parts kvcache: the long prompt (~1,670 tokens on the fixtures)")
+    ap.add_argument("--kv-tokens", type=int, default=224,
+                    help="--parts kvcache: tokens each model decodes (within the 2,048 window)")
     ap.add_argument("--policies", default="passive,spin-10k,spin,active",
                     help="--parts waiting: the wait policies to try (runtime/threads.py)")
     ap.add_argument("--loads", default="quiet,busy", help="--parts waiting: quiet, busy")
@@ -474,6 +526,8 @@ def main() -> None:
         rss(args, bundles)
     if "variants" in parts:
         variants(args, bundles)
+    if "kvcache" in parts:
+        kvcache(args, bundles)
     if "waiting" in parts:
         waiting(args, bundles)
 
