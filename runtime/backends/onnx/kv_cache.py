@@ -17,7 +17,7 @@ back (`truncate`) moves the position only: the node never reads past `seqlens_k`
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -46,6 +46,12 @@ class InPlaceKV:
     bound as both (run_bound)."""
 
     bound: dict[str, tuple[Any, str]]
+    presents: frozenset[str] = field(init=False)  # written in place: never fetched
+    _of: dict[tuple[str, ...], dict[str, tuple[Any, str]]] = field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.presents = frozenset(present for _, present in self.bound.values())
+        self._of = {}
 
     @classmethod
     def allocate(
@@ -62,12 +68,11 @@ class InPlaceKV:
             bound[past] = (ort.OrtValue.ortvalue_from_numpy(buffer), present)
         return cls(bound)
 
-    def presents(self) -> set[str]:
-        return {present for _, present in self.bound.values()}
-
-    def of(self, names: Sequence[str]) -> dict[str, tuple[Any, str]]:
-        """The in-place pasts among `names` (a stage's inputs)."""
-        return {n: self.bound[n] for n in names if n in self.bound}
+    def of(self, names: tuple[str, ...]) -> dict[str, tuple[Any, str]]:
+        """The in-place pasts among `names` (a stage's inputs), worked out once per stage."""
+        if names not in self._of:
+            self._of[names] = {n: self.bound[n] for n in names if n in self.bound}
+        return self._of[names]
 
 
 def run_bound(

@@ -191,7 +191,7 @@ class StagedRunner:
         """`fetch` from the last run of the chain; `kv`'s pasts are bound in place in the stage
         that reads them (kv_cache.py), their presents written there, not fetched."""
         env: dict[str, np.ndarray] = dict(feeds)
-        skip = kv.presents() if kv is not None else set()
+        skip = kv.presents if kv is not None else frozenset()
         for k, session in enumerate(self.sessions):
             layer = self.plan.layers[k]
             if layer is not None and admit(layer, env[self.plan.routing[layer]]):
