@@ -32,6 +32,7 @@ from edgemoe_fixtures import (
 )
 from edgemoe_fixtures.build import MARKER, read_record
 from edgemoe_fixtures.hub_cache import file_etag, repo_folder_name
+from edgemoe_fixtures.specs import FixtureSpec
 from edgemoe_fixtures.tokenizer import (
     CHAT_TEMPLATE,
     ENDOFTEXT,
@@ -588,3 +589,61 @@ def test_trained_fixture_routes_skewed_like_a_real_moe():
         assert entropy < 0.85 and top_share > 0.6, (layer, counts)
     trained_h, untrained_h = ([_balance(c)[0] for c in u] for u in (trained, untrained))
     assert max(trained_h) < min(untrained_h)
+
+
+def _wider(name: str, factor: int, **extra) -> FixtureSpec:
+    """`name`'s spec with experts `factor` times as wide, built by widening it."""
+    from edgemoe_fixtures.specs import get_spec
+
+    spec = get_spec(name)
+    config = dict(spec.config)
+    config["moe_intermediate_size"] *= factor
+    config.update(extra)
+    return dataclasses.replace(spec, name=f"{name}-wide", config=tuple(sorted(config.items())),
+                               train_steps=0, widened_from=name)
+
+
+@pytest.mark.reference
+def test_a_widened_fixture_computes_its_parent_with_experts_k_times_as_wide():
+    """qwen3moe-xl's recipe on the tiny fixture: the same logits (so the same routing and
+    tokens), three times the expert weights; a hash of its own that follows the parent's."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from edgemoe_fixtures.build import _make_model, _tokenizer
+    from edgemoe_fixtures.widen import widen_into
+
+    parent = AutoModelForCausalLM.from_pretrained(cached_fixture("qwen3moe-tiny"),
+                                                  dtype=torch.float32)
+    spec = _wider("qwen3moe-tiny", 3)
+    model = _make_model(spec, _tokenizer(spec)[1])
+    assert widen_into(model, parent, spec) == 3
+    experts = {k: v.numel() for k, v in model.state_dict().items() if ".experts." in k}
+    theirs = {k: v.numel() for k, v in parent.state_dict().items() if ".experts." in k}
+    assert experts.keys() == theirs.keys() and all(experts[k] == 3 * theirs[k] for k in theirs)
+    ids = torch.tensor([[5, 99, 310, 7, 512, 64, 3, 1000]])
+    with torch.no_grad():
+        want, got = parent(input_ids=ids).logits, model(input_ids=ids).logits
+    assert torch.equal(got.argmax(-1), want.argmax(-1))
+    assert float((got - want).abs().max()) < 1e-4 * float(want.abs().max())
+    assert spec_hash(spec) != spec_hash(dataclasses.replace(spec, widened_from=""))
+
+
+@pytest.mark.reference
+@pytest.mark.parametrize(("factor", "extra", "says"), [
+    (2, {"num_experts": 16}, "cannot widen"),  # a router of another shape
+    (1, {}, "no expert is wider"),
+])
+def test_widening_refuses_a_config_that_is_not_its_parents_with_wider_experts(factor, extra,
+                                                                             says):
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from edgemoe_fixtures.build import _make_model, _tokenizer
+    from edgemoe_fixtures.widen import widen_into
+
+    parent = AutoModelForCausalLM.from_pretrained(cached_fixture("qwen3moe-tiny"),
+                                                  dtype=torch.float32)
+    spec = _wider("qwen3moe-tiny", factor, **extra)
+    with pytest.raises(FixtureError, match=says):
+        widen_into(_make_model(spec, _tokenizer(spec)[1]), parent, spec)
