@@ -183,7 +183,8 @@ def cgroup_problem() -> str | None:
 # --- one measured run, in its own process --------------------------------------------------
 
 def child(spec: dict) -> dict:
-    """Prefill `prompt_ids`, then decode greedily; speeds, tokens and what it cost."""
+    """Prefill `prompt_ids`, then decode one token a step (greedily, or the held-out text's
+    next tokens, `forced`); speeds, the greedy tokens and what it cost."""
     for procs in spec.get("cgroup_procs") or ():
         Path(procs).write_text(str(os.getpid()))
     from runtime.threads import apply_wait_policy
@@ -191,13 +192,20 @@ def child(spec: dict) -> dict:
     apply_wait_policy(spec.get("wait_policy"))  # before llama.cpp loads, stock or edgemoe
     gguf = Path(spec["bundle"]) / "model.gguf"
     prompt_ids, n, threads = spec["prompt_ids"], spec["decode"], spec["threads"]
+    forced = spec.get("forced")
     if spec["engine"] == "stock":
-        return _stock(gguf, prompt_ids, n, threads, use_mmap=spec["capped"])
+        return _stock(gguf, prompt_ids, n, threads, use_mmap=spec["capped"], forced=forced)
     return _edgemoe(Path(spec["bundle"]), prompt_ids, n, threads, spec["budget"],
-                    spec["prefetch"])
+                    spec["prefetch"], forced)
 
 
-def _stock(gguf: Path, prompt_ids: list[int], n: int, threads: int, use_mmap: bool) -> dict:
+def _next_input(tokens: list[int], forced: list[int] | None) -> int:
+    """The token the next step reads: the greedy pick, or the held-out text's next token."""
+    return tokens[-1] if forced is None else forced[len(tokens) - 1]
+
+
+def _stock(gguf: Path, prompt_ids: list[int], n: int, threads: int, use_mmap: bool,
+           forced: list[int] | None = None) -> dict:
     import llama_cpp
     import numpy as np
 
@@ -215,7 +223,7 @@ def _stock(gguf: Path, prompt_ids: list[int], n: int, threads: int, use_mmap: bo
             if i == 0:
                 t0 = time.perf_counter()  # as edgemoe: decode speed after the first token
             if i < n - 1:
-                llm.eval([tokens[-1]])
+                llm.eval([_next_input(tokens, forced)])
         decode_s = time.perf_counter() - t0
     finally:
         llm.close()
@@ -225,7 +233,7 @@ def _stock(gguf: Path, prompt_ids: list[int], n: int, threads: int, use_mmap: bo
 
 
 def _edgemoe(bundle: Path, prompt_ids: list[int], n: int, threads: int, budget: str,
-             prefetch: bool | None) -> dict:
+             prefetch: bool | None, forced: list[int] | None = None) -> dict:
     import numpy as np
 
     import runtime
@@ -243,7 +251,7 @@ def _edgemoe(bundle: Path, prompt_ids: list[int], n: int, threads: int, budget: 
                 t0 = time.perf_counter()
                 at_decode = _decode_counters(model)
             if i < n - 1:
-                logits = model.step([tokens[-1]])
+                logits = model.step([_next_input(tokens, forced)])
         decode_s = time.perf_counter() - t0
         during = {k: v - at_decode[k] for k, v in _decode_counters(model).items()}
         stats = model.stats()
@@ -330,7 +338,7 @@ def budget_bytes(bundle: Path, budgets: list[str]) -> dict[str, int]:
 
 
 def run_config(cfg: Config, args: argparse.Namespace, bundle: Path, prompt_ids: list[int],
-               groups: Groups) -> dict:
+               groups: Groups, forced: list[int] | None = None) -> dict:
     from runtime.experts.residency import drop_file_cache
 
     drop_file_cache(bundle / "model.gguf")
@@ -340,7 +348,7 @@ def run_config(cfg: Config, args: argparse.Namespace, bundle: Path, prompt_ids: 
     spec = {"bundle": str(bundle), "prompt_ids": prompt_ids, "decode": args.decode,
             "threads": args.threads, "wait_policy": args.wait_policy, "engine": cfg.engine,
             "capped": cfg.capped, "budget": cfg.budget, "prefetch": cfg.prefetch,
-            "cgroup_procs": procs}
+            "cgroup_procs": procs, "forced": forced}
     if group:
         group.reset_peak()
         before = group.report()
@@ -368,13 +376,21 @@ def _limit_bytes(text: str, file_bytes: int) -> int:
     return parse_size(text)
 
 
-def _prompt_ids(bundle: Path, n_tokens: int) -> list[int]:
+def _text_ids(bundle: Path, n_prompt: int, n_decode: int, forced: bool
+              ) -> tuple[list[int], list[int] | None]:
+    """The held-out text's first `n_prompt` tokens, and (`forced`) the `n_decode` - 1 after
+    them: what a decode reads instead of its own greedy picks."""
     import runtime
     from edgemoe_fixtures.corpus import heldout_text
 
     with runtime.load(bundle, budget="100%") as m:
         ids = m.tokenize(heldout_text())
-    return ids[:n_tokens]
+    if not forced:
+        return ids[:n_prompt], None
+    if len(ids) < n_prompt + n_decode:
+        raise SystemExit(f"--decode-text: the held-out text has {len(ids)} tokens, fewer than "
+                         f"--prompt-tokens + --decode ({n_prompt + n_decode})")
+    return ids[:n_prompt], ids[n_prompt:n_prompt + n_decode - 1]
 
 
 def main() -> None:
@@ -388,6 +404,10 @@ def main() -> None:
     add_thread_options(ap)
     ap.add_argument("--prompt-tokens", type=int, default=256)
     ap.add_argument("--decode", type=int, default=64)
+    ap.add_argument("--decode-text", action="store_true",
+                    help="each decode step reads the held-out text's next token, not its own "
+                         "greedy pick (a barely trained fixture's greedy reply soon repeats one "
+                         "token, whose experts stay resident; text routes as a real reply)")
     ap.add_argument("--timeout", type=int, default=900, help="seconds per run")
     ap.add_argument("--no-cap", action="store_true",
                     help="only the uncapped runs (a model too small for a cgroup to hold Python)")
@@ -423,10 +443,11 @@ def main() -> None:
 
     tight = ({b: n + parse_size(args.overhead) for b, n in budget_bytes(
         bundle, sorted({c.budget for c in configs if c.tight})).items()} if args.tight else {})
-    prompt_ids = _prompt_ids(bundle, args.prompt_tokens)
+    prompt_ids, forced = _text_ids(bundle, args.prompt_tokens, args.decode, args.decode_text)
     print(f"{bundle.name}: GGUF {file_bytes / 1e6:.0f} MB; cgroup limit {limit / 1e6:.0f} MB "
           f"({limit / file_bytes:.0%} of the file); prompt {len(prompt_ids)} tokens, "
-          f"{args.decode} decoded, {args.threads} threads; {args.rounds} paired rounds, each "
+          f"{args.decode} decoded ({'the held-out text' if forced else 'greedy'}), "
+          f"{args.threads} threads; {args.rounds} paired rounds, each "
           f"run in a fresh process after the GGUF was dropped from the page cache")
     if tight:
         print("tight caps: " + ", ".join(f"{b} {n / 1e6:.0f} MB" for b, n in tight.items()))
@@ -436,7 +457,8 @@ def main() -> None:
         for r in range(args.rounds):
             order = configs if r % 2 == 0 else list(reversed(configs))
             for cfg in order:
-                runs[cfg.label].append(run_config(cfg, args, bundle, prompt_ids, groups))
+                runs[cfg.label].append(run_config(cfg, args, bundle, prompt_ids, groups,
+                                                  forced))
                 res = runs[cfg.label][-1]
                 print(f"  round {r + 1}: {cfg.label}: " + (
                     res["failed"] if "failed" in res else
