@@ -21,6 +21,11 @@ roofline: compute time per token (stock's decode fully in RAM, same round) and t
 process read from storage per decoded token (/proc/self/io) over the rate, overlapped (the
 larger of the two) and not (their sum), with misses per token and prefetch used/unused.
 
+`--decode-text`: each decode step reads the held-out text's next token instead of its greedy
+pick (the fixtures are barely trained: their greedy replies soon repeat one token, whose experts
+stay resident, where a real reply's routing keeps moving). `--fixture qwen3moe-xl` is the large
+fixture with experts six times as wide (2.6 GB at Q8_0, 5 MB experts).
+
 Rounds are paired: each round runs the baseline and every configuration back to back (the
 order reversed every other round), and each configuration's speed is divided by the baseline's
 of the same round; the table prints the median of those ratios. Greedy tokens must be the same

@@ -32,7 +32,9 @@ def dev_fixtures() -> ModuleType:
 def fixtures_build(
     out: Annotated[Path, typer.Argument(help="Folder to write checkpoints into.")],
     name: Annotated[
-        list[str] | None, typer.Option("--name", help="Fixture name (repeatable).")
+        list[str] | None,
+        typer.Option("--name", help="Fixture name (repeatable); default: all but the benches' "
+                     "large ones (qwen3moe-large, gptoss-large, qwen35moe-large, qwen3moe-xl)."),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:

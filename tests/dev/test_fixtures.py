@@ -114,11 +114,38 @@ def test_registry_has_the_promised_fixtures():
         "qwen35moe-tiny", "glm4moe-tiny", "lfm2moe-tiny", "ernie45moe-tiny",
         "deepseek4-tiny", "mimo2-tiny", "phimoe-tiny", "qwen3next-tiny", "granitehybrid-tiny",
         "qwen35moe-vl-tiny", *HARMONY_TINY, "gptoss-large", "llama4-tiny", "llama4-vision-tiny",
-        "qwen35moe-large",
+        "qwen35moe-large", "qwen3moe-xl",
     }  # fmt: skip
     assert set(TINY_FIXTURES) == {*MOE_TINY, "dense-tiny", *HARMONY_TINY}
     assert all(spec.is_moe for n, spec in FIXTURES.items() if n != "dense-tiny")
     assert not FIXTURES["dense-tiny"].is_moe
+
+
+def test_building_with_no_names_builds_all_but_the_benches_large_ones(tmp_path, monkeypatch):
+    """`edgemoe fixtures build DIR` writes small checkpoints, not the benches' gigabytes."""
+    import edgemoe_fixtures.build as build
+
+    built: list[str] = []
+    monkeypatch.setattr(build, "build_fixture", lambda n, out, log=None: built.append(n) or out)
+    build.build_fixtures(None, tmp_path, quiet=True)
+    assert set(built) == set(FIXTURES) - {"qwen3moe-large", "gptoss-large", "qwen35moe-large",
+                                          "qwen3moe-xl"}
+    assert {*TINY_FIXTURES, "qwen3moe-medium", "qwen3moe-trained"} <= set(built)
+
+
+def test_xl_fixture_is_the_large_one_with_experts_six_times_as_wide():
+    """The storage benches' model (issue 20): the large fixture's function (so its trained
+    routing) with 5 MB experts, 2.6 GB of them at Q8_0."""
+    xl, large = FIXTURES["qwen3moe-xl"], FIXTURES["qwen3moe-large"]
+    assert xl.widened_from == "qwen3moe-large" and xl.train_steps == 0
+    mine, theirs = xl.config_dict(), large.config_dict()
+    assert mine.pop("moe_intermediate_size") == 6 * theirs.pop("moe_intermediate_size")
+    assert mine == theirs
+    c = xl.config_dict()
+    per_expert = 3 * c["hidden_size"] * c["moe_intermediate_size"] * 34 // 32
+    assert per_expert > 4_900_000
+    assert c["num_hidden_layers"] * c["num_experts"] * per_expert > 2_500_000_000
+    assert spec_hash(xl) != spec_hash(large)
 
 
 def test_large_fixture_has_400_mb_of_q8_0_experts():
