@@ -33,8 +33,8 @@ def fixtures_build(
     out: Annotated[Path, typer.Argument(help="Folder to write checkpoints into.")],
     name: Annotated[
         list[str] | None,
-        typer.Option("--name", help="Fixture name (repeatable); default: all but the benches' "
-                     "large ones (qwen3moe-large, gptoss-large, qwen35moe-large, qwen3moe-xl)."),
+        typer.Option("--name", help="Fixture name (repeatable); default: all but the large "
+                     "ones only benches use (edgemoe_fixtures.BENCH_FIXTURES)."),
     ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q")] = False,
 ) -> None:

@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 
 _GQA = "GroupQueryAttention"
+# A stage's bound pasts (name -> (OrtValue, present name)) and the outputs it fetches.
+Stage = tuple[dict[str, tuple[Any, str]], list[str]]
 
 
 def in_place_pairs(graph: Any) -> dict[str, str]:  # onnx.GraphProto
@@ -47,11 +49,11 @@ class InPlaceKV:
 
     bound: dict[str, tuple[Any, str]]
     presents: frozenset[str] = field(init=False)  # written in place: never fetched
-    _of: dict[tuple[str, ...], dict[str, tuple[Any, str]]] = field(init=False, repr=False)
+    _stages: dict[tuple[tuple[str, ...], tuple[str, ...]], Stage] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.presents = frozenset(present for _, present in self.bound.values())
-        self._of = {}
+        self._stages = {}
 
     @classmethod
     def allocate(
@@ -68,11 +70,14 @@ class InPlaceKV:
             bound[past] = (ort.OrtValue.ortvalue_from_numpy(buffer), present)
         return cls(bound)
 
-    def of(self, names: tuple[str, ...]) -> dict[str, tuple[Any, str]]:
-        """The in-place pasts among `names` (a stage's inputs), worked out once per stage."""
-        if names not in self._of:
-            self._of[names] = {n: self.bound[n] for n in names if n in self.bound}
-        return self._of[names]
+    def stage(self, inputs: tuple[str, ...], outputs: tuple[str, ...]) -> Stage:
+        """(the in-place pasts among a stage's `inputs`, its `outputs` less the presents
+        written in place), worked out once per stage rather than on every token."""
+        key = (inputs, outputs)
+        if key not in self._stages:
+            self._stages[key] = ({n: self.bound[n] for n in inputs if n in self.bound},
+                                 [n for n in outputs if n not in self.presents])
+        return self._stages[key]
 
 
 def run_bound(

@@ -191,13 +191,14 @@ class StagedRunner:
         """`fetch` from the last run of the chain; `kv`'s pasts are bound in place in the stage
         that reads them (kv_cache.py), their presents written there, not fetched."""
         env: dict[str, np.ndarray] = dict(feeds)
-        skip = kv.presents if kv is not None else frozenset()
         for k, session in enumerate(self.sessions):
             layer = self.plan.layers[k]
             if layer is not None and admit(layer, env[self.plan.routing[layer]]):
                 raise Stopped(f"stopped before layer {layer}'s experts")
-            names = [n for n in self.plan.outputs[k] if n not in skip]
-            bound = kv.of(self.plan.inputs[k]) if kv is not None else {}
+            if kv is None:
+                bound, names = {}, list(self.plan.outputs[k])
+            else:
+                bound, names = kv.stage(self.plan.inputs[k], self.plan.outputs[k])
             inputs = {t: env[t] for t in self.plan.inputs[k] if t not in bound}
             env.update(zip(names, run_bound(session, names, inputs, bound), strict=True))
         return [env[name] for name in fetch]
