@@ -156,9 +156,11 @@ class SamplerSettings(Protocol):
 class Sampler(Protocol):
     """An engine's token sampler, built from SamplerSettings; closed after a generation.
 
-    It samples from a logits vector the runtime hands it (logit_bias already added, and for a
-    constrained choice the tokens its grammar refuses at -inf), so every choice of an `n`
-    request can start from the prompt's logits."""
+    It samples from a logits vector the runtime hands it (logit_bias already added), so every
+    choice of an `n` request can start from the prompt's logits, and returns the index of its
+    pick in that vector. A constrained choice hands it the logits of only the tokens its grammar
+    allows, in token order: the same draw as over the whole vocabulary with the others at -inf
+    (they would get probability 0), for less work."""
 
     def sample(self, logits: np.ndarray) -> int: ...
 

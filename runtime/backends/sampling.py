@@ -8,7 +8,8 @@ top-k, then top-p on the untempered softmax, then temperature, then a seeded dra
 a sampled answer reproducible, and since offloading never changes logits, at every budget. A
 request's seed is resolved once, when it is prepared (`fresh_seed` when none was given).
 logit_bias is added by the runtime before either sampler sees the logits, and a constrained
-choice's mask (runtime/structured/guide.py) sets the tokens its grammar refuses to -inf.
+choice (runtime/structured/guide.py) hands a sampler the logits of the allowed tokens only; a
+sampler returns the index of its pick in the vector it was given.
 """
 
 from __future__ import annotations

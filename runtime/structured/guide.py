@@ -37,6 +37,9 @@ WAY_CAP = 128
 # Tokens of slack: the way is written once it needs all but SLACK (and an eighth of its
 # length: a long way is looked for again less often near the end) of the tokens left.
 SLACK = 3
+# A way found within NEAR tokens of having to be written is written at once: looking for it
+# again (~0.2 ms) costs more than the model's NEAR tokens are worth to the answer.
+NEAR = 2
 COMPILED_CACHE = 16  # compiled grammars kept per vocabulary (a camera sends one schema all day)
 
 
@@ -177,9 +180,9 @@ class Guide:
         self._words = np.empty((vocab.n_vocab + 31) // 32, dtype=np.int32)
         self._words_at = (self._words.ctypes.data, self._words.nbytes)
         self._bytes = self._words.view(np.uint8)
-        self._masked = np.empty(vocab.n_vocab, dtype=np.float32)
         self._way_out: deque[int] = deque()  # the way to an end, once it is being written
         self._check_at = left  # the tokens left at which to look for the way next
+        self._way_len: int | None = None  # the length of the way found at the last look
         self._first: tuple[str, str] | None = (grammar, written)  # the start, for its way
         self._restart = 0  # tokens within which a token after a possible end is checked
         self._last_way: tuple[list[int], list[int]] | None = None  # and its members' starts
@@ -193,14 +196,17 @@ class Guide:
 
         `draw_first`: the sampler is greedy or draws from the whole softmax (no top-k/top-p),
         so drawing from the unmasked logits and keeping the token when the grammar allows it
-        (else drawing again from the masked ones) picks each allowed token with exactly the
-        masked probability — and most steps need no mask."""
+        (else drawing again among the allowed ones) picks each allowed token with exactly the
+        masked probability — and most steps need no mask. (Putting the mask first after a mask
+        that allowed few tokens was tried: json_schema 1.08x instead of 1.10x of unconstrained
+        on the trained fixture, but json_object 1.15x instead of 1.11x.)"""
         if not self._way_out and left <= self._check_at:
             way = self._first_way(left) if self._first else self._way(min(left, WAY_CAP))
-            if way is not None and len(way) + _slack(way) >= left:
+            if way is not None and len(way) + _slack(way) + NEAR >= left:
                 self._way_out.extend(way)
             else:
-                self._check_at = self._next_check(left, way)
+                self._check_at = self._next_check(left, way, self._way_len)
+                self._way_len = None if way is None else len(way)
         if self._way_out:
             token = self._way_out.popleft()
             if not self.vocab.eog[token] and not self._consume(token):
@@ -213,14 +219,11 @@ class Guide:
         before = self.place.copy() if guard else self.place
         if draw_first and (token := self._drawn(logits, sample)) is not None:
             pass
-        else:
+        else:  # the sampler draws among the allowed tokens only (see Sampler)
             allowed = self._allowed()
-            if not self._words.any() and not self.matcher.is_accepting():
+            if not allowed.size:
                 return None
-            masked = self._masked
-            masked.fill(-np.inf)
-            np.copyto(masked, logits, where=allowed)
-            token = int(sample(masked))
+            token = int(allowed[sample(logits[allowed])])
             if not self.vocab.eog[token] and not self._consume(token):
                 return None
         if guard and not self.vocab.eog[token] and self._way(min(left - 1, WAY_CAP)) is None:
@@ -229,6 +232,7 @@ class Guide:
             return self.vocab.eos
         if was_accepting and not self.vocab.eog[token]:  # went on past a possible end:
             self._check_at = max(self._check_at, left - 1)  # what is left to do is new
+            self._way_len = None
         return token
 
     def _drawn(self, logits: np.ndarray, sample: Callable[[np.ndarray], int]) -> int | None:
@@ -254,13 +258,13 @@ class Guide:
         return True
 
     def _allowed(self) -> np.ndarray:
-        """The mask for the next token: what llguidance allows, with every end-of-generation
-        token (not only the one llguidance knows as EOS) allowed exactly when it may end."""
+        """The ids the next token may take, ascending: what llguidance allows, with every
+        end-of-generation token (not only the one llguidance knows as EOS) allowed exactly when
+        the output may end."""
         self.matcher.unsafe_compute_mask_ptr(*self._words_at)
         bits = np.unpackbits(self._bytes, bitorder="little", count=self.vocab.n_vocab)
-        allowed = bits.view(bool)
-        allowed[self.vocab.eog_ids] = self.matcher.is_accepting()
-        return allowed
+        bits[self.vocab.eog_ids] = self.matcher.is_accepting()
+        return np.flatnonzero(bits)
 
     # --- the way to an end ------------------------------------------------------------------
     def _advance(self, m: Any, place: Place, used: set[int]) -> int | None:
@@ -371,12 +375,19 @@ class Guide:
         return None
 
     @staticmethod
-    def _next_check(left: int, way: list[int] | None) -> int:
-        """When (in tokens left) to look for the way again: three quarters of the way to where
-        it would have to be written (the way grows slowly while the model writes; going on
-        past a possible end, where it may grow a lot, looks again at once), so the search
-        runs a few times per choice; a way not found is looked for again after a quarter of
-        what is left."""
+    def _next_check(left: int, way: list[int] | None, before: int | None) -> int:
+        """When (in tokens left) to look for the way again. `before`: the way's length at the
+        look before (None: none, or the output went on past a possible end since).
+
+        A way no longer than before (the model is filling in what it opened, the usual case)
+        is looked for next where it would have to be written, so one more look most often
+        writes it (NEAR lets a way that shrank meanwhile by up to NEAR tokens be written there
+        too). Otherwise three quarters of the way there (the way grows slowly while the model
+        writes; going on past a possible end, where it may grow a lot, looks again at once).
+        A way not found is looked for again after a quarter of what is left."""
         if way is None:
             return left - max(1, left // 4)
-        return left - max(1, -(-(left - len(way) - _slack(way)) * 3 // 4))
+        gap = left - len(way) - _slack(way)
+        if before is not None and len(way) <= before:
+            return left - max(1, gap)
+        return left - max(1, -(-gap * 3 // 4))

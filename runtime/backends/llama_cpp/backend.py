@@ -451,11 +451,12 @@ class LlamaSampler:
         self._ids = np.arange(backend.n_vocab, dtype=np.int32)
 
     def sample(self, logits: np.ndarray) -> int:
-        """The next token for `logits` (token-id order)."""
+        """The index of the pick in `logits` (the whole vocabulary in token-id order, or the
+        tokens a grammar allows: see `Sampler`)."""
         if self.greedy:
             return int(np.argmax(logits))  # llama.cpp's greedy: the first best token
-        cells = self._cells
-        cells["id"] = self._ids
+        cells = self._cells[: len(logits)]
+        cells["id"] = self._ids[: len(logits)]
         cells["logit"] = logits
         cells["p"] = 0.0
         arr = self._lib.llama_token_data_array(
@@ -463,9 +464,11 @@ class LlamaSampler:
             size=len(cells), selected=-1, sorted=False,
         )
         self._lib.llama_sampler_apply(self._chain.sampler, ctypes.byref(arr))
-        token = int(arr.data[arr.selected].id)
-        self._lib.llama_sampler_accept(self._chain.sampler, token)
-        return token
+        index = int(arr.data[arr.selected].id)
+        # The chain keeps no history (no penalties, no grammar), so accepting the index rather
+        # than a subset's token id changes nothing; it is llama.cpp's protocol all the same.
+        self._lib.llama_sampler_accept(self._chain.sampler, index)
+        return index
 
     def close(self) -> None:
         self._chain.close()

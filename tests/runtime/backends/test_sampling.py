@@ -42,3 +42,18 @@ def _sequence(seed: int, n: int = 50) -> list[int]:
 def test_seed_reproduces_and_differs() -> None:
     assert _sequence(5) == _sequence(5)
     assert _sequence(5) != _sequence(6)
+
+
+def test_drawing_among_allowed_tokens_is_the_masked_draw() -> None:
+    """A constrained choice hands the sampler only the allowed tokens' logits (Sampler): with
+    the same seed it picks what it would over the whole vocabulary with the rest at -inf."""
+    rng = np.random.default_rng(3)
+    for params in (SamplingParams(temperature=0.8, seed=11),
+                   SamplingParams(temperature=1.0, top_k=3, top_p=0.9, seed=12)):
+        whole, subset = NumpySampler(params), NumpySampler(params)
+        for _ in range(200):
+            logits = rng.standard_normal(64).astype(np.float32) * 3
+            allowed = np.sort(rng.choice(64, int(rng.integers(1, 9)), replace=False))
+            masked = np.full(64, -np.inf, dtype=np.float32)
+            masked[allowed] = logits[allowed]
+            assert whole.sample(masked) == allowed[subset.sample(logits[allowed])]

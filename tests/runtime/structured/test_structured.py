@@ -227,6 +227,19 @@ def test_a_grammar_with_no_end_in_reach_is_cut_not_hung(vocab) -> None:
     assert finish == "length"
 
 
+def test_the_way_is_looked_for_less_often_while_it_does_not_grow() -> None:
+    """53 tokens left, a way of 37 tokens (slack 3 + 37 // 8 = 7): 9 tokens spare. Not longer
+    than at the look before, it is looked for next where it would have to be written (44 left);
+    longer (or nothing to compare), three quarters of the way there (46); not found, after a
+    quarter of what is left (40)."""
+    way = list(range(37))
+    assert Guide._next_check(53, way, before=42) == 44
+    assert Guide._next_check(53, way, before=37) == 44
+    assert Guide._next_check(53, way, before=30) == 46
+    assert Guide._next_check(53, way, before=None) == 46
+    assert Guide._next_check(53, None, before=42) == 40
+
+
 def test_the_end_of_generation_is_allowed_only_at_an_end(vocab) -> None:
     guide = Guide(vocab, user_grammar('root ::= "ab" | "abcd"'), "grammar", 20)
     eos_first = np.zeros(len(TOKENS), dtype=np.float32)
