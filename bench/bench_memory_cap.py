@@ -19,7 +19,9 @@ with the reads of the bundle's disk throttled to a camera's eMMC (200 MB/s) or a
 cache is left beyond the budget. A second table puts each throttled row against its storage
 roofline: compute time per token (stock's decode fully in RAM, same round) and the bytes the
 process read from storage per decoded token (/proc/self/io) over the rate, overlapped (the
-larger of the two) and not (their sum), with misses per token and prefetch used/unused.
+larger of the two) and not (their sum), with misses per token and prefetch used/unused; and
+per step (each decode step's own reads against its compute, summed: reads that bunch up in a
+reply's first tokens cannot hide behind later tokens' compute).
 
 `--decode-text`: each decode step reads the held-out text's next token instead of its greedy
 pick (the fixtures are barely trained: their greedy replies soon repeat one token, whose experts
@@ -243,6 +245,7 @@ def _edgemoe(bundle: Path, prompt_ids: list[int], n: int, threads: int, budget: 
     import numpy as np
 
     import runtime
+    from runtime.benchmark import io_read_bytes
 
     with runtime.load(bundle, budget=budget, cold=True, n_ctx=1024, threads=threads,
                       prefetch=prefetch) as model:
@@ -250,14 +253,19 @@ def _edgemoe(bundle: Path, prompt_ids: list[int], n: int, threads: int, budget: 
         logits = model.step(prompt_ids)
         prefill_s = time.perf_counter() - t0
         tokens: list[int] = []
+        step_reads: list[int] = []  # bytes read from storage by each decode step
         t0 = time.perf_counter()
         for i in range(n):
             tokens.append(int(np.argmax(logits)))
             if i == 0:
                 t0 = time.perf_counter()
                 at_decode = _decode_counters(model)
+                read_before = at_decode["read"]
             if i < n - 1:
                 logits = model.step([_next_input(tokens, forced)])
+                read_now = io_read_bytes() or 0
+                step_reads.append(read_now - read_before)
+                read_before = read_now
         decode_s = time.perf_counter() - t0
         during = {k: v - at_decode[k] for k, v in _decode_counters(model).items()}
         stats = model.stats()
@@ -267,7 +275,7 @@ def _edgemoe(bundle: Path, prompt_ids: list[int], n: int, threads: int, budget: 
     return {"prefill_tok_s": len(prompt_ids) / prefill_s,
             "decode_tok_s": (n - 1) / decode_s if n > 1 else None, "tokens": tokens,
             "hit_rate": stats.hits / lookups if lookups else None, "prefetch": state,
-            "decode_read_per_token": during["read"] / steps,
+            "decode_read_per_token": during["read"] / steps, "decode_step_reads": step_reads,
             "decode_misses_per_token": during["misses"] / steps,
             "prefetch_used": during["used"], "prefetch_unused": during["unused"],
             **_process_costs()}
@@ -523,34 +531,50 @@ def _print_storage(configs: list[Config], runs: dict[str, list[dict]]) -> None:
     """The throttled rows against their storage roofline: compute time per token is stock's
     decode fully in RAM (same round); storage time per token is the bytes the process read from
     storage per decoded token over the throttled rate; overlapped, a token costs the larger of
-    the two, not overlapped their sum."""
+    the two, not overlapped their sum.
+
+    The overlapped roofline takes the run's averages, as if every read could hide behind any
+    token's compute. Where the reads bunch up (a reply's first tokens route to experts the
+    prompt did not use), they cannot: a token's experts are known only once the tokens before it
+    are computed. So a third roofline takes each decode step's own reads: a step costs the
+    larger of its compute and its reads over the rate, summed over the steps."""
     rows = [c for c in configs if c.storage_mb_s and c.engine == "edgemoe"]
     if not rows:
         return
     base = runs[configs[0].label]
     print(f"\n{'throttled configuration':<36} {'decode':>7} {'MiB/tok':>8} {'miss/tok':>8} "
-          f"{'prefetch used/unused':>20} {'roofline':>9} {'(serial)':>9} {'of roofline':>11}")
+          f"{'prefetch used/unused':>20} {'roofline':>9} {'(serial)':>9} {'of roofline':>11} "
+          f"{'per step':>9} {'of per step':>11}")
     for cfg in rows:
         ok = [(b, g) for b, g in zip(base, runs[cfg.label], strict=True)
               if "failed" not in g and "failed" not in b]
         if not ok:
             continue
-        fractions, lines = [], []
+        fractions, lines, steps, step_fractions = [], [], [], []
         for b, g in ok:
             compute_s = 1.0 / b["decode_tok_s"]
-            io_s = g["decode_read_per_token"] / (cfg.storage_mb_s * 1e6)
+            rate = cfg.storage_mb_s * 1e6
+            io_s = g["decode_read_per_token"] / rate
             overlap, serial = 1.0 / max(compute_s, io_s), 1.0 / (compute_s + io_s)
             fractions.append(g["decode_tok_s"] / overlap)
             lines.append((overlap, serial))
+            reads = g.get("decode_step_reads") or []
+            if reads:
+                per_step = len(reads) / sum(max(compute_s, r / rate) for r in reads)
+                steps.append(per_step)
+                step_fractions.append(g["decode_tok_s"] / per_step)
         g = ok[-1][1]
+        by_step = (f"{statistics.median(steps):9.1f} {statistics.median(step_fractions):11.2f}"
+                   if steps else f"{'-':>9} {'-':>11}")
         print(f"{cfg.label:<36} {statistics.median(x['decode_tok_s'] for _, x in ok):7.1f} "
               f"{g['decode_read_per_token'] / 2**20:8.3f} {g['decode_misses_per_token']:8.2f} "
               f"{g['prefetch_used']:>9}/{g['prefetch_unused']:<10} "
               f"{statistics.median(o for o, _ in lines):9.1f} "
               f"{statistics.median(s for _, s in lines):9.1f} "
-              f"{statistics.median(fractions):11.2f}")
-    print("roofline: tok/s if storage reads overlapped compute (serial: if they did not); "
-          "MiB/tok: /proc/self/io read_bytes during decode")
+              f"{statistics.median(fractions):11.2f} {by_step}")
+    print("roofline: tok/s if storage reads overlapped compute (serial: if they did not; per "
+          "step: if each step's reads overlapped that step's compute); MiB/tok: /proc/self/io "
+          "read_bytes during decode")
 
 
 if __name__ == "__main__":
