@@ -556,9 +556,9 @@ def _print_storage(configs: list[Config], runs: dict[str, list[dict]]) -> None:
         if not ok:
             continue
         fractions, lines, steps, step_fractions = [], [], [], []
+        rate = cfg.storage_mb_s * 1e6
         for b, g in ok:
             compute_s = 1.0 / b["decode_tok_s"]
-            rate = cfg.storage_mb_s * 1e6
             io_s = g["decode_read_per_token"] / rate
             overlap, serial = 1.0 / max(compute_s, io_s), 1.0 / (compute_s + io_s)
             fractions.append(g["decode_tok_s"] / overlap)
