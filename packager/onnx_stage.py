@@ -23,7 +23,6 @@ if TYPE_CHECKING:
     from packager.onnx_export import OnnxExport
 
 ONNX_QUANTS = ("fp32", "fp16", "int8", "int4")
-BLOCK_SIZE = 32
 
 
 def parse_formats(text: str | None, profile_formats: tuple[str, ...]) -> tuple[str, ...]:
@@ -66,7 +65,7 @@ def export(
     (pack --imatrix, the same one the GGUF build gets) weights the int4 quantizer's error."""
     from packager.onnx_export import export_onnx
 
-    return export_onnx(ckpt.path, stage, quant=quant, block_size=BLOCK_SIZE, importance=imatrix)
+    return export_onnx(ckpt.path, stage, quant=quant, importance=imatrix)
 
 
 def build_record(exported: OnnxExport) -> Build:

@@ -108,8 +108,9 @@ def export_onnx(
     checkpoint_dir: Path,
     out_dir: Path,
     quant: str = "fp32",
-    block_size: int = 32,
+    block_size: int | None = None,
     *,
+    dense_block_size: int | None = None,
     expert_mode: str | None = None,
     dequant: str = "gbq",
     method: str = "search",
@@ -118,7 +119,8 @@ def export_onnx(
     """Export a local HF MoE checkpoint to ONNX that stock onnxruntime runs on CPU.
 
     `quant`: fp32 | fp16 | int8 | int4 (block-wise asymmetric, `block_size` values per scale
-    and zero point; `method` chooses int4's codes, see quant.py; int4 keeps Q4_K_M's wider
+    and zero point in routed experts, `dense_block_size` in dense matrices, None: the measured
+    defaults in quant.py; `method` chooses int4's codes, see quant.py; int4 keeps Q4_K_M's wider
     tensors at 8 bits, see precision.py). `importance`: llama.cpp's importance matrix (GGUF
     tensor name -> per-column values, `packager.imatrix`) to weight int4's error by.
     `expert_mode` and `dequant` choose between measured graph layouts of the expert
@@ -126,7 +128,7 @@ def export_onnx(
     `fused` (QMoE) for int8 and int4, `unique` for float builds (onnxruntime's float MoE
     kernel packs every expert into a private copy).
     """
-    q = scheme(quant, block_size, method)
+    q = scheme(quant, block_size, method, dense_block_size)
     expert_mode = expert_mode or ("fused" if q.is_int else "unique")
     if expert_mode not in EXPERT_MODES:
         raise PackError(f"expert_mode '{expert_mode}' is not one of {EXPERT_MODES}")

@@ -93,7 +93,7 @@ def write_fused(
     def codes() -> Iterator[np.ndarray]:
         for e in range(n_experts):
             m = first if e == 0 else read(e)
-            bq = w._quantize(f"{name}[{e}]", m, bits, None if imp is None else imp[e])
+            bq = w._quantize(f"{name}[{e}]", m, bits, None if imp is None else imp[e], bs)
             packed, scales, zeros = bq.packed.reshape(out_dim, -1), bq.scales, bq.zero_points
             if order is not None:
                 packed, scales, zeros = packed[order], scales[order], zeros[order]

@@ -35,6 +35,15 @@ from packager.errors import PackError
 QUANTS: tuple[str, ...] = ("fp32", "fp16", "int8", "int4")
 METHODS: tuple[str, ...] = ("search", "rtn")
 _BITS = {"int8": 8, "int4": 4}
+# Block sizes by role, chosen by measurement (packager/onnx_export/README.md, "Block sizes").
+# The kernels at accuracy_level 4 quantize each activation block to int8 as they go, so a
+# dense matrix's block is also its activations' block: 16 keeps the attention's inputs close
+# to float (the trained fixture's int8 KL 1.9e-4 at 32 -> 6.2e-5 at 16, Q8_0's 8.0e-5), at a
+# small cost on matrices that are ~10 % of a token's bytes. Routed experts are most of the
+# bytes: 128-value blocks run QMoE 1.15-1.19x faster than 32 (decode and prompt, 1 thread) and
+# stay within Q4_K_M's / Q8_0's top-1 and KL.
+EXPERT_BLOCK = 128
+DENSE_BLOCK = 16
 # Candidate ranges for `search`: the block's span divided by (levels - 1 + step * i).
 _STEPS = np.arange(-0.5, 2.5001, 0.25)
 _SHIFTS = (-1, 0, 1)
@@ -51,8 +60,13 @@ class QuantScheme:
 
     name: str
     bits: int | None  # None: float storage
-    block_size: int
+    block_size: int  # routed experts' (most of the model's bytes)
     method: str = "search"
+    dense_block_size: int | None = None  # dense matrices' (None: block_size)
+
+    @property
+    def dense_block(self) -> int:
+        return self.dense_block_size or self.block_size
 
     @property
     def is_int(self) -> bool:
@@ -62,15 +76,21 @@ class QuantScheme:
         return self.method if bits == 4 else "rtn"
 
     def fitted(self, widths: tuple[int | None, ...]) -> QuantScheme:
-        """The scheme with the largest block (the asked one or smaller, at least 16) that divides
+        """The scheme with the largest blocks (the asked ones or smaller, at least 16) that divide
         every input width given (None: absent). A model whose expert rows are narrower than the
         asked block (tiny test models: 16-wide experts) is quantized in 16-value blocks instead
         of refused, as llama.cpp's quantize gives such tensors another type; real MoEs' widths
-        are multiples of 128, so their builds keep the asked block."""
-        block = self.block_size
-        while block > 16 and any(w and w % block for w in widths):
-            block //= 2
-        return self if block == self.block_size else replace(self, block_size=block)
+        are multiples of 128, so their builds keep the asked blocks."""
+
+        def fit(block: int) -> int:
+            while block > 16 and any(w and w % block for w in widths):
+                block //= 2
+            return block
+
+        block, dense = fit(self.block_size), fit(self.dense_block)
+        if (block, dense) == (self.block_size, self.dense_block):
+            return self
+        return replace(self, block_size=block, dense_block_size=None if dense == block else dense)
 
     def describe(self, calibrated: bool) -> dict[str, Any]:
         """What report.json says about the scheme (nothing for float storage)."""
@@ -78,6 +98,7 @@ class QuantScheme:
             return {}
         out: dict[str, Any] = {
             "block_size": self.block_size,
+            "dense_block_size": self.dense_block,
             "scheme": "asymmetric: float32 scale and integer zero point per block",
             "codes": "round to nearest (onnxruntime quantize_matmul_8bits)",
         }
@@ -96,15 +117,25 @@ class QuantScheme:
         return out
 
 
-def scheme(name: str, block_size: int, method: str = "search") -> QuantScheme:
-    """Validate a quant name, block size and method at the edge; errors list what is accepted."""
+def scheme(
+    name: str,
+    block_size: int | None = None,
+    method: str = "search",
+    dense_block_size: int | None = None,
+) -> QuantScheme:
+    """Validate a quant name, block sizes and method at the edge; errors list what is accepted.
+    None: the measured defaults (experts EXPERT_BLOCK, dense DENSE_BLOCK)."""
     if name not in QUANTS:
         raise PackError(f"quant '{name}' is not supported for ONNX; choose one of {QUANTS}")
-    if block_size < 16 or block_size & (block_size - 1):
-        raise PackError(f"block_size must be a power of two >= 16 (MatMulNBits), got {block_size}")
+    for label, size in (("block_size", block_size), ("dense_block_size", dense_block_size)):
+        if size is not None and (size < 16 or size & (size - 1)):
+            raise PackError(f"{label} must be a power of two >= 16 (MatMulNBits), got {size}")
     if method not in METHODS:
         raise PackError(f"quant method '{method}' is not one of {METHODS}")
-    return QuantScheme(name, _BITS.get(name), block_size, method)
+    block_size = block_size or EXPERT_BLOCK
+    dense_block_size = dense_block_size or DENSE_BLOCK
+    dense = None if dense_block_size == block_size else dense_block_size
+    return QuantScheme(name, _BITS.get(name), block_size, method, dense)
 
 
 @dataclass(frozen=True)

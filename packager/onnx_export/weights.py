@@ -91,9 +91,10 @@ class Weights:
         self.dense_bytes += array.nbytes
         return self.g.add_initializer(self.w.add(name, array))
 
-    def _quantize(self, name: str, w: np.ndarray, bits: int, imp: np.ndarray | None):
+    def _quantize(self, name: str, w: np.ndarray, bits: int, imp: np.ndarray | None,
+                  block: int):
         try:
-            return quantize(w, bits, self.q.block_size, imp, self.q.method_for(bits))
+            return quantize(w, bits, block, imp, self.q.method_for(bits))
         except PackError as e:
             raise PackError(f"{name}: {e}") from None
 
@@ -138,13 +139,13 @@ class Weights:
         planned, imp = self.precision.dense(name)
         nbits = None if keep_fp32 else (bits or planned)
         if nbits is not None:
-            bq = self._quantize(name, w, nbits, imp)
+            bq = self._quantize(name, w, nbits, imp, self.q.dense_block)
             packed = self._add(f"{name}.q{nbits}", bq.packed)
             scales = self._add(f"{name}.scales", bq.scales)
             zeros = self._add(f"{name}.zero_points", bq.zero_points)
             y = s.op(
                 "MatMulNBits", [x, packed, scales, zeros], "MatMulNBits", domain=MS_DOMAIN,
-                K=bq.k, N=bq.n, bits=nbits, block_size=self.q.block_size,
+                K=bq.k, N=bq.n, bits=nbits, block_size=self.q.dense_block,
                 accuracy_level=ACCURACY_LEVEL[nbits],
             )  # fmt: skip
         elif self.q.name == "fp16" and not keep_fp32:
@@ -194,7 +195,7 @@ class Weights:
 
         def codes() -> Iterator[np.ndarray]:
             for e, m in enumerate(mats()):
-                bq = self._quantize(f"{name}[{e}]", m, bits, None if imp is None else imp[e])
+                bq = self._quantize(f"{name}[{e}]", m, bits, None if imp is None else imp[e], bs)
                 params.append((bq.scales, bq.zero_points))
                 yield bq.packed.reshape(out_dim, -1)
 

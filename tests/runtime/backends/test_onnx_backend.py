@@ -105,7 +105,9 @@ def test_both_builds_in_one_bundle(bundle_factory):
     report = json.loads((bundle / "report.json").read_text())
     assert set(report["onnx"]) >= {"quant", "reference", "eval_tokens", "divergence"}
     assert set(report["onnx"]["divergence"]) == set(report["divergence"])
+    # experts: 128-value blocks fitted to the fixture's 32-wide experts; dense matrices 16
     assert report["onnx"]["quant"] == "int8" and report["onnx"]["block_size"] == 32
+    assert report["onnx"]["dense_block_size"] == 16
     assert report["onnx"]["scheme"].startswith("asymmetric")
     with runtime.load(bundle, budget="50%", backend="onnx") as onnx_model:
         assert onnx_model.stats().backend == "onnx"
