@@ -329,19 +329,24 @@ class Groups:
             g.close()
 
 
-def storage_configs(rates: list[float], tight: bool) -> list[Config]:
+def storage_configs(rates: list[float], tight: bool, budgets: tuple[str, ...] = ("50%", "25%"),
+                    prefetch: tuple[bool | None, ...] = (None,)) -> list[Config]:
     """Rows with the bundle's device read at `rates` MB/s, inside the memory cap: stock as a
-    user would run it there, and edgemoe at 50 % and 25 % (with --tight, each capped at its own
-    budget plus --overhead, so no page cache is left beyond the budget)."""
+    user would run it there, and edgemoe at `budgets` (with --tight, each capped at its own
+    budget plus --overhead, so no page cache is left beyond the budget), with prefetch as
+    edgemoe chooses (None) and/or forced off (False)."""
     rows = []
     for mb_s in rates:
         rows.append(Config(f"stock, capped, {mb_s:g} MB/s", "stock", True, storage_mb_s=mb_s))
-        for budget in ("50%", "25%"):
-            rows.append(Config(f"edgemoe {budget} cold, capped, {mb_s:g} MB/s", "edgemoe", True,
-                               budget, storage_mb_s=mb_s))
-            if tight:
-                rows.append(Config(f"edgemoe {budget} cold, tight, {mb_s:g} MB/s", "edgemoe",
-                                   True, budget, storage_mb_s=mb_s, tight=True))
+        for budget in budgets:
+            for pf in prefetch:
+                note = "" if pf is None else f", prefetch {'on' if pf else 'off'}"
+                rows.append(Config(f"edgemoe {budget} cold, capped, {mb_s:g} MB/s{note}",
+                                   "edgemoe", True, budget, pf, storage_mb_s=mb_s))
+                if tight:
+                    rows.append(Config(f"edgemoe {budget} cold, tight, {mb_s:g} MB/s{note}",
+                                       "edgemoe", True, budget, pf, storage_mb_s=mb_s,
+                                       tight=True))
     return rows
 
 
@@ -440,6 +445,11 @@ def main() -> None:
     ap.add_argument("--no-stock-capped", action="store_true",
                     help="leave out stock llama.cpp's capped rows (with --decode-text at 200 MB/s "
                          "it re-reads the model for minutes per run)")
+    ap.add_argument("--storage-budgets", default="50%,25%",
+                    help="the edgemoe budgets of the throttled rows")
+    ap.add_argument("--storage-prefetch", default="default",
+                    help="throttled rows' prefetch: default (edgemoe's choice), off, or both "
+                         "as 'default,off'")
     ap.add_argument("--only-storage", action="store_true",
                     help="skip the unthrottled rows except the baseline")
     ap.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -457,7 +467,10 @@ def main() -> None:
     problem = "--no-cap" if args.no_cap else cgroup_problem()
     rates = [float(x) for x in args.storage_mbps.split(",") if x.strip()]
     base = list(CONFIGS[:1] if args.only_storage else CONFIGS)
-    configs = [c for c in base + storage_configs(rates, args.tight)
+    prefetch = tuple({"default": None, "off": False}[p.strip()]
+                     for p in args.storage_prefetch.split(","))
+    budgets = tuple(b.strip() for b in args.storage_budgets.split(","))
+    configs = [c for c in base + storage_configs(rates, args.tight, budgets, prefetch)
                if not (c.capped and problem)
                and not (args.no_stock_capped and c.engine == "stock" and c.capped)]
     if problem:
