@@ -137,7 +137,7 @@ def test_every_policy_names_only_onnxruntime_intra_op_settings():
 @pytest.mark.engine
 @pytest.mark.parametrize("asked", [None, "passive"])
 def test_onnx_sessions_wait_as_the_policy_says(asked, bundle_factory, monkeypatch, tmp_path):
-    """The settings reach every onnxruntime session the backend made (staged ones at 25 %), and
+    """The settings reach every onnxruntime session the backend made (tapped or staged at 25 %), and
     stats() names the policy that ran."""
     import runtime
     from runtime.threads import onnxruntime_wait

@@ -16,9 +16,11 @@ Both run the same kernels, so the tokens are the same at every budget. Dense wei
 at load on every build; float and int4 builds gather their experts, which nothing packs, so no
 expert is copied.
 
-When the runtime acts on routing, the graph runs in stages cut before each MoE layer's experts
-(stages.py): a layer's routing reaches the expert cache before its kernel reads them, so a prompt
-batch exceeds the budget by at most one layer's experts, as on llama.cpp.
+When the runtime acts on routing, a layer's routing must reach the expert cache before its
+kernel reads them, so a prompt batch exceeds the budget by at most one layer's experts, as on
+llama.cpp: a fused build runs the whole graph with a tap after each router (taps.py; one
+onnxruntime run a step), any other build, or one where onnxruntime-extensions is missing, runs
+in stages cut before each MoE layer's experts (stages.py; a run per layer).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from runtime.backends.base import (
     SamplerSettings,
 )
 from runtime.backends.mapping import ExpertFile, FileMapping
+from runtime.backends.onnx import taps
 from runtime.backends.onnx.kv_cache import InPlaceKV, in_place_pairs, run_bound
 from runtime.backends.onnx.packed import cache_key, load_or_derive
 from runtime.backends.onnx.recurrent_state import (
@@ -55,6 +58,7 @@ from runtime.backends.onnx.session import (
     read_graph,
     read_only,
     release,
+    releasing,
     trim_heap,
 )
 from runtime.backends.onnx.stages import (
@@ -65,6 +69,7 @@ from runtime.backends.onnx.stages import (
     stage_models,
     staged_runner,
 )
+from runtime.backends.onnx.taps import TappedRunner
 from runtime.backends.onnx.tokenizer import HFTokenizer
 from runtime.backends.routing_log import PythonRoutingLog
 from runtime.backends.sampling import NumpySampler
@@ -111,6 +116,10 @@ class OnnxBackend:
     lazy_load = None  # onnxruntime maps each initializer itself: nothing to read lazily
     mapping_base = None  # ... in many pieces (file_mapping() lists them)
     graph_build_s = None  # the graph is the session's, built once at load
+    # How a step reaches the pager: "tapped" (one run, a tap per MoE layer: taps.py),
+    # "stages" (a run per MoE layer: stages.py) or "whole" (one run; routing read after it,
+    # or not at all at a full budget).
+    paging = "whole"
 
     def __init__(self, cfg: EngineConfig, observer: RoutingObserver | None = None) -> None:
         import onnxruntime as ort
@@ -143,6 +152,7 @@ class OnnxBackend:
             source = experts_as_constants(model, so, self._bundle)
         if self._staged is None and self._observer is not None and model is not None:
             self._staged = self._stages(ort, options(ort, cfg, shared=True), model)
+            self.paging = "stages" if self._staged is not None else "whole"
         if self._staged is None:
             try:
                 self.session = ort.InferenceSession(
@@ -205,6 +215,9 @@ class OnnxBackend:
             key = cache_key(self.cfg.model_path, ort.__version__)
             build = load_or_derive(key, stage_models(model, plan), self._bundle, experts,
                                    lambda: options(ort, self.cfg))  # fmt: skip
+            tapped = self._tapped(ort, model, plan, experts, build)
+            if tapped is not None:
+                return tapped
             sessions = []
             for stage in build.stages:
                 so = options(ort, self.cfg, shared=True)
@@ -223,7 +236,34 @@ class OnnxBackend:
             return None
         self.data_path = build.data
         self._expert_file = ExpertFile(build.data, build.layers, build.digests)
+        self.paging = "stages"
         return StagedRunner(sessions, plan, graph_io(model))
+
+    def _tapped(self, ort, model, plan, experts, build) -> TappedRunner | None:  # type: ignore[no-untyped-def]
+        """One session over the derived packed experts with a routing tap per MoE layer
+        (taps.py), or None (onnxruntime-extensions missing, EDGEMOE_ONNX_TAPS=0, a graph whose
+        expert kernels the taps do not gate, or a session that will not load): then the
+        stages."""
+        lib = taps.library() if taps.wanted() else None
+        if lib is None or not taps.gates_every_layer(taps.tapped_model(model, plan), plan,
+                                                     experts):  # fmt: skip
+            return None
+        try:
+            whole = taps.derive_tapped(build.folder, build.stages, plan, graph_io(model))
+            so = options(ort, self.cfg, shared=True, custom_ops=lib)
+            # onnxruntime reads every packed expert while it loads: released behind it.
+            session = releasing(build.data, build.expert_spans(), lambda: ort.InferenceSession(
+                str(whole), so, providers=["CPUExecutionProvider"]))
+        except Exception as e:  # OSError or onnxruntime's own types
+            first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            log.warning("%s: the routing taps did not load (%s); running in stages",
+                        self.cfg.model_path, first)  # fmt: skip
+            return None
+        trim_heap()
+        self.data_path = build.data
+        self._expert_file = ExpertFile(build.data, build.layers, build.digests)
+        self.paging = "tapped"
+        return TappedRunner(session, graph_io(model))
 
     def expert_file(self) -> ExpertFile | None:
         """Where this engine reads experts when it is not the bundle's data file (mapping.py)."""

@@ -14,8 +14,10 @@ the file's pages), `release` drops pages of given file ranges from every mapping
 from __future__ import annotations
 
 import ctypes
+import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from runtime.backends.base import EngineConfig
 from runtime.backends.libc import LIBC
@@ -23,6 +25,7 @@ from runtime.procfs import file_regions
 from runtime.threads import onnxruntime_wait
 
 PAGE = 4096
+T = TypeVar("T")
 _MADV_DONTNEED = 4
 _PROT_READ = 1
 
@@ -79,8 +82,10 @@ def shared_arena(ort) -> bool:  # type: ignore[no-untyped-def]
     return _SHARED_ARENA[0]
 
 
-def options(ort, cfg: EngineConfig, shared: bool = False):  # type: ignore[no-untyped-def]
-    """One session's settings; `shared` uses the process's one shared arena.
+def options(ort, cfg: EngineConfig, shared: bool = False,  # type: ignore[no-untyped-def]
+            custom_ops: str | None = None):
+    """One session's settings; `shared` uses the process's one shared arena, `custom_ops` is an
+    operator library to register (taps.py's).
 
     Prepacking stays on for every build: onnxruntime packs only constant weights of kernels that
     pack (MatMulNBits, MatMul), which are the dense ones; expert stacks reach their kernels
@@ -89,6 +94,8 @@ def options(ort, cfg: EngineConfig, shared: bool = False):  # type: ignore[no-un
     only, on fp32, fp16 and int4 builds). Turned off, the int4 build's dense MatMulNBits
     dequantized their weights on every call: decode 1.55x slower, paired, same tokens."""
     so = ort.SessionOptions()
+    if custom_ops is not None:
+        so.register_custom_ops_library(custom_ops)
     so.intra_op_num_threads = cfg.n_threads
     so.inter_op_num_threads = 1
     so.log_severity_level = 3
@@ -113,6 +120,27 @@ def release(path: Path, spans: list[tuple[int, int]]) -> None:
             if start < end:
                 libc.madvise(ctypes.c_void_p(r.start + start - lo), ctypes.c_size_t(end - start),
                              _MADV_DONTNEED)  # fmt: skip
+
+
+def releasing(path: Path, spans: list[tuple[int, int]], make: Callable[[], T],
+              every_s: float = 0.002) -> T:
+    """`make()` (a session load that reads `spans` of `path` through its mappings) while a
+    thread releases those pages behind it every `every_s`, so the load never holds more than
+    what it read in that time; released once more at the end."""
+    done = threading.Event()
+
+    def behind() -> None:
+        while not done.wait(every_s):
+            release(path, spans)
+
+    worker = threading.Thread(target=behind, name="edgemoe-release", daemon=True)
+    worker.start()
+    try:
+        return make()
+    finally:
+        done.set()
+        worker.join()
+        release(path, spans)
 
 
 def trim_heap() -> None:
