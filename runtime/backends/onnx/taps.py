@@ -159,14 +159,19 @@ TAPPED = "tapped.onnx"
 
 
 def whole_graph(stages: Sequence[Any], graph_io: tuple[list[str], list[str]]) -> Any:
-    """The stage graphs (onnx.ModelProto, in order) joined back into one: their nodes in order,
-    each initializer once (a small constant may appear in several stages), the original
-    graph's inputs and outputs."""
+    """The stage graphs (onnx.ModelProto, in order) joined back into one: their nodes in order
+    (a name two stages share made unique), each initializer once (a small constant may appear
+    in several stages), the original graph's inputs and outputs."""
     from onnx import helper
 
     nodes, inits, seen, values, opsets = [], [], set(), {}, {}
-    for st in stages:
+    names: set[str] = set()
+    for k, st in enumerate(stages):
         g = st.graph
+        for node in g.node:  # onnxruntime names its own nodes per graph: "Gather" in two stages
+            if node.name and node.name in names:
+                node.name = f"{node.name}/stage{k}"
+            names.add(node.name)
         nodes.extend(g.node)
         for t in g.initializer:
             if t.name not in seen:

@@ -138,3 +138,24 @@ def test_a_damaged_packed_copy_is_refused_and_the_bundle_answers(bundle_factory)
     with runtime.load(bundle, budget="25%", backend="onnx", threads=1) as m:
         assert m.engine.expert_file() is None and m.engine.paging == "stages"
         assert m.generate(PROMPT, max_tokens=12, temperature=0.0).tokens == clean
+
+
+@pytest.mark.unit
+def test_stages_joined_back_keep_one_copy_of_shared_constants_and_unique_node_names():
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    def stage(k: int, src: str, dst: str):
+        one = numpy_helper.from_array(np.ones(1, np.float32), "one")  # in both stages
+        node = helper.make_node("Add", [src, "one"], [dst], name="Add")  # the same name in both
+        g = helper.make_graph([node], f"stage {k}",
+                              [helper.make_tensor_value_info(src, TensorProto.FLOAT, [1])],
+                              [helper.make_tensor_value_info(dst, TensorProto.FLOAT, [1])], [one])
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+
+    whole = taps.whole_graph([stage(0, "x", "h"), stage(1, "h", "y")], (["x"], ["y"]))
+    onnx.checker.check_model(whole)
+    assert [n.name for n in whole.graph.node] == ["Add", "Add/stage1"]
+    assert [t.name for t in whole.graph.initializer] == ["one"]
+    assert [i.name for i in whole.graph.input] == ["x"]
+    assert [o.name for o in whole.graph.output] == ["y"]
