@@ -239,17 +239,20 @@ class OnnxBackend:
         self.paging = "stages"
         return StagedRunner(sessions, plan, graph_io(model))
 
-    def _tapped(self, ort, model, plan, experts, build) -> TappedRunner | None:  # type: ignore[no-untyped-def]
+    def _tapped(  # type: ignore[no-untyped-def]
+        self, ort, model, plan, experts, build
+    ) -> TappedRunner | None:
         """One session over the derived packed experts with a routing tap per MoE layer
         (taps.py), or None (onnxruntime-extensions missing, EDGEMOE_ONNX_TAPS=0, a graph whose
         expert kernels the taps do not gate, or a session that will not load): then the
         stages."""
         lib = taps.library() if taps.wanted() else None
-        if lib is None or not taps.gates_every_layer(taps.tapped_model(model, plan), plan,
-                                                     experts):  # fmt: skip
+        if lib is None:
             return None
         try:
-            whole = taps.derive_tapped(build.folder, build.stages, plan, graph_io(model))
+            whole = taps.derive_tapped(build.folder, build.stages, plan, graph_io(model), experts)
+            if whole is None:
+                return None
             so = options(ort, self.cfg, shared=True, custom_ops=lib)
             # onnxruntime reads every packed expert while it loads: released behind it.
             session = releasing(build.data, build.expert_spans(), lambda: ort.InferenceSession(

@@ -36,6 +36,7 @@ import numpy as np
 
 from runtime.backends.onnx.kv_cache import InPlaceKV, run_bound
 from runtime.backends.onnx.stages import StagePlan, Stopped
+from runtime.errors import EdgemoeError
 
 DOMAIN = "ai.onnx.contrib"
 OP = "RoutingTap"
@@ -45,6 +46,7 @@ ENV = "EDGEMOE_ONNX_TAPS"  # "0": page through the stages even where taps could 
 
 _state = threading.local()  # .admit: the running step's callback; .stopped: it asked to stop
 _registered: list[str] = []
+_strays: list[int] = []  # layers whose tap ran on a thread with no step: a run to refuse
 _lock = threading.Lock()
 
 
@@ -117,9 +119,15 @@ def _invoke(op_id: int, feeds: Sequence[np.ndarray], attrs: dict[str, Any]) -> t
 
 
 def _tap(ids: np.ndarray, layer: int) -> np.ndarray:
-    """Hand the layer's ids to the running step's `admit`; pass them on, or stop the run."""
+    """Hand the layer's ids to the running step's `admit`; pass them on, or stop the run. A tap
+    that finds no step on its thread stops it too (counted in `_strays`): experts the pager was
+    not told of must not be read."""
     admit: Callable[[int, np.ndarray], bool | None] | None = getattr(_state, "admit", None)
-    if admit is not None and admit(layer, ids):
+    if admit is None:
+        with _lock:
+            _strays.append(layer)
+        return np.full_like(ids, NO_EXPERT)
+    if admit(layer, ids):
         # A Python exception here would end the process (it cannot cross onnxruntime's C
         # operator interface), so the run is ended by its own kernel: ids no expert has fail
         # the scatter that routes them, before any expert is read.
@@ -189,14 +197,19 @@ def whole_graph(stages: Sequence[Any], graph_io: tuple[list[str], list[str]]) ->
 
 
 def derive_tapped(folder: Path, stage_paths: Sequence[Path], plan: StagePlan,
-                  graph_io: tuple[list[str], list[str]]) -> Path:
-    """The tapped whole graph beside the derived stages in `folder` (written once, atomically)."""
+                  graph_io: tuple[list[str], list[str]], expert_tensors: Sequence[str]
+                  ) -> Path | None:  # fmt: skip
+    """The tapped whole graph beside the derived stages in `folder` (written once, atomically),
+    or None when its taps would not gate every layer's expert kernels (gates_every_layer,
+    checked on the joined graph onnxruntime will run)."""
     import onnx
 
     path = folder / TAPPED
     if not path.is_file():
         stages = [onnx.load(str(p), load_external_data=False) for p in stage_paths]
         model = tapped_model(whole_graph(stages, graph_io), plan)
+        if not gates_every_layer(model, plan, expert_tensors):
+            return None
         tmp = path.with_name(f".{TAPPED}.{os.getpid()}")
         tmp.write_bytes(model.SerializeToString())
         os.replace(tmp, path)
@@ -259,9 +272,13 @@ class TappedRunner:
         bound = kv.bound if kv is not None else {}
         inputs = {k: v for k, v in feeds.items() if k in self._names and k not in bound}
         _state.admit, _state.stopped = admit, False
+        strays = len(_strays)
         try:
             return run_bound(self.session, fetch, inputs, bound)
         except Exception as e:
+            if len(_strays) > strays:  # onnxruntime ran a tap off the calling thread
+                raise EdgemoeError("onnxruntime ran a routing tap outside the step's thread; "
+                                   f"set {ENV}=0 to page in stages") from None
             if getattr(_state, "stopped", False):
                 raise Stopped(str(e).splitlines()[0][:200] if str(e) else "stopped") from None
             raise
