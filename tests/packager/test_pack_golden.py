@@ -41,13 +41,13 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-fp32/manifest.json":
             "285928d4d6c121fd4ea194aa1931799af67a392c770824dac24f9601ff8a48dd",
         "onnx-int8/model.onnx":
-            "dc7de4e92c96b91930b27a1267cdbf3baed8037073afd99540dc00381b05a014",
+            "1a341b9041d1622cb8c8e6316ff586da94b9181f2b514ef265cd6294fe2dd94f",
         "onnx-int8/model.onnx.data":
-            "2b7f35ed0e74cf1fda3fe226fa342bac562c0d30297053c102bfc0b0c289ab65",
+            "af986bb46b00d43f40139f6a147235e0456a4418d07b2af2a56d4edcd3d775f3",
         "onnx-int8/genai_config.json":
             "5635deffb3d0e2e93ae45a6c65f215394b2fffa6f47bc915bd18b8296cfb3388",
         "onnx-int8/manifest.json":
-            "3cb7450648fae6cecf3f2f6d9734e6042ed51e6955af933e8bf51d240ae3bbe6",
+            "7b0b8d887e987663160247e6a299d787623051e2d85b345e9cb994e862b480b1",
     },
     "deepseek3": {
         "gguf-F16/model.gguf":
@@ -63,13 +63,13 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-fp32/manifest.json":
             "0310215ebcbd37caca37c270f10f0da889c50362bb5f73d84049f90300cb6457",
         "onnx-int8/model.onnx":
-            "72cf2b1773b2918d044aacf39e8d3b6a926fc0fb3a655d6bda9fe497e6248397",
+            "2bd6de2df8f5fd04c882890f503c196397c3cdefc75c373cddb2d6060952c420",
         "onnx-int8/model.onnx.data":
-            "8371c68d7a9ca9ffaff7a5a1e6447956e6346dc42827dbe23b4fdc1bad74a42c",
+            "c6de9a883bac38ad37508ddb9ce01425cc4bfb5534dbc33dc9d8cc97af1fe6a5",
         "onnx-int8/genai_config.json":
             "35b1f8c9db90b40181e52c7a8898ab926c340c3bdf4f5ca93f276aa1816c012d",
         "onnx-int8/manifest.json":
-            "eaf1e4b2df684b3d20cf46e5afae5b5532bafc92a98a7e0503ec3dc4717be8a8",
+            "b3cc59e9eee6a92477d910df83417608c91feea837a9313ac5a2ab27a93cf29a",
     },
     "deepseek4": {
         "gguf-F16/model.gguf":
@@ -91,13 +91,13 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-fp32/manifest.json":
             "235cf1c3a044163c9a7449366fd55aecc3de0e20897341e45b133bbe0e454add",
         "onnx-int8/model.onnx":
-            "af154d6abf307f8faee02d99133527e4de2f7979aca9450fc55129738504c00e",
+            "51b441ad1be8de067570f7fd5d02f340fd64ff226dbb5107c16d4f47a6e8fc06",
         "onnx-int8/model.onnx.data":
-            "4eb2921e07b170c7c4de18101f6805e8c57d66d4e978a14253128f4d15639c5a",
+            "35a617d8842a4393ae705297524402df57b748cac70505217213786d8601754d",
         "onnx-int8/genai_config.json":
             "7ff954374498b43d58ff8148431cfb29342b9341362ae56652f873c05c464668",
         "onnx-int8/manifest.json":
-            "d0865f1d466fd95d5134662f6352873c3e2c804445fe21c86e1897abcc57a091",
+            "cb1262c6224ba881b7550145ac29ded09da6e9c4319c1f555cc9b0fefcff4edf",
     },
     "glm4moe": {
         "gguf-F16/model.gguf":
@@ -113,13 +113,13 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-fp32/manifest.json":
             "a96f131bf4f899fab85cfd9e625994287c8e238a332790aa39806bed93709dea",
         "onnx-int8/model.onnx":
-            "57ecd17d7f06327ba984dead371395013889ab16916957a00b1d1e1a85d654ee",
+            "173a3d0bb7026802d75aa0156891e310dbc350fffa996bdc5c518b167172c4fd",
         "onnx-int8/model.onnx.data":
-            "6a929857f864b2166a671db3a63a62582157c430a45f8d9f131358c34c9a20c0",
+            "27faf8f27d2e27ef772f098ac49399683c3521ed684ab7a9e9b56ec28f3ca876",
         "onnx-int8/genai_config.json":
             "d1649cd6b198923b28f9a3efb7c63e2e5a72d7c7cf6d8a99f5ec139f623504ae",
         "onnx-int8/manifest.json":
-            "3638a6a928b82483af59df088465f509c430d01e68b0ffc481d5b3217557d24b",
+            "d8c8d7b61ab9199e1247c55210db147c6877a4ff259f95019cfac7d859026e17",
     },
     "gptoss": {
         "gguf-F16/model.gguf":
@@ -135,13 +135,13 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-fp32/manifest.json":
             "bcdc84813eb8c3d26671125c815382a17115686475f8c617d86ca71a08de1b28",
         "onnx-int8/model.onnx":
-            "8e9b51d67253be1f336fe8143b1836543553fefbac51ba7f1a2738536d864f52",
+            "fc6ecbfc5c31db6a9e921e3271fafd81d065423fc192666aaf6848a8c452289d",
         "onnx-int8/model.onnx.data":
-            "a5aaed5596bc4d02a0143d8c000d75a3ea60cf467bb72f8bd697cbbe89cdd34e",
+            "491da47a404aab215d6cf7c7d787e76fe400b60193d7716e35993f8f6caaa26d",
         "onnx-int8/genai_config.json":
             "90ad126c2b1e7ea75e9f967b9adadae20b614b56bd7bea655cd77b72ec3a0879",
         "onnx-int8/manifest.json":
-            "667ea8233efa7a7ee466e4fd2874ee1032d41191d6a632b0fe1081c22f8223a8",
+            "d8fbb946251b6ec6c9efb050def73419606e56643dde6d5b84d2c0bd8794ca3c",
     },
     "gptoss_mxfp4": {
         "gguf-F16/model.gguf":
@@ -157,13 +157,13 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-fp32/manifest.json":
             "9c7921cf4af3945dfcde19379cd8131b3ab21b461fccc64c24d168e4475a54a9",
         "onnx-int8/model.onnx":
-            "8e9b51d67253be1f336fe8143b1836543553fefbac51ba7f1a2738536d864f52",
+            "fc6ecbfc5c31db6a9e921e3271fafd81d065423fc192666aaf6848a8c452289d",
         "onnx-int8/model.onnx.data":
-            "776c0163fe9189962b3585944afd8f1140752b51e6ccf202520bde9914845cec",
+            "4f20bcbed5738cc0aacc7ac88c7835956dc92c3b3e3b420bf64cef533da8e9c6",
         "onnx-int8/genai_config.json":
             "90ad126c2b1e7ea75e9f967b9adadae20b614b56bd7bea655cd77b72ec3a0879",
         "onnx-int8/manifest.json":
-            "84ace191cc021a16affc3b91af30415ebd313a564dfbf4f85718c972ded3f9a5",
+            "47714eb3261ab425abbd0cba5ebe0e1643d1f50df63128aaae5b7f2096af851d",
     },
     "granitehybrid": {
         "gguf-F16/model.gguf":
@@ -179,13 +179,13 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-fp32/manifest.json":
             "d050bb413f73c0876b0eff36e0f817d63ce1965d1e72d30828ecadb6cff03f24",
         "onnx-int8/model.onnx":
-            "1584856610543fea176b4007f377a0aadde1674e6d163a46f2c43b470bbcbc10",
+            "0824ad002907279b1b0b3134e3dd76c6e2b0c619cf18237ebfa814a59ca7524f",
         "onnx-int8/model.onnx.data":
-            "f48b28fa248c525fd63985a4f8e6a5022b89ac77c3cb5dc0a824e8a4d6dd0a5e",
+            "4bc916c7d9a30dc14e32757d207e0b663a79f7c2643cf8d8954458a4d95a3d44",
         "onnx-int8/genai_config.json":
             "311b39211435f72d61b8e6dca5258b554250ee0c53e50e27acd352178331c9cf",
         "onnx-int8/manifest.json":
-            "464f62ba3f2814eed9a32e050f8cd00529f2022f3c159413315b4050f53d14f7",
+            "dc0882d7062d1abfc5afd9dc92c0a6f5019590a4822d61ae37968a6b84865268",
     },
     "lfm2moe": {
         "gguf-F16/model.gguf":
@@ -201,13 +201,13 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-fp32/manifest.json":
             "29600d61d5d5672bd471a4bdd23c6dcde38ae40d24c4b86236b284502c27a388",
         "onnx-int8/model.onnx":
-            "5c2ca154dd9683c6224c1ad6451e68f2792d87af4153bf70359583ecf4b7d7d2",
+            "48f17c841ff243643895c926ab1fc325d52aeb67a6a7422ae19d6c51d4ea2ef8",
         "onnx-int8/model.onnx.data":
-            "3b83665a8cf61e47001042d15bf0e7c92b6cf054a25b4e6b3e537b68c55756e9",
+            "691f59b8b25095f01bfb9f141588cc2c70064eb16d29e7152a14347b8c3827c1",
         "onnx-int8/genai_config.json":
             "813643e7a5382772964a2dbcca6f127d2e2ceb7b69835acc20cc1f709fd1224b",
         "onnx-int8/manifest.json":
-            "a29d3b85e985665ba7d8f79a579fac83f70a895dac4d6dc5b5e4522ffdc0062c",
+            "7377365c8cb648525b6827e6aac56571053ab85f2da7d2295ca9f8bebf2393ec",
     },
     "llama4": {
         "gguf-F16/model.gguf":
@@ -223,13 +223,13 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-fp32/manifest.json":
             "e47b3571909108ebba76cc7d8ed65ba83d1e8d09b0fc93606b19dae898eaf194",
         "onnx-int8/model.onnx":
-            "6d8489062a2e130885734be301a982bea79aef9280ebf05e0f905a15a92d4057",
+            "09203ee95831390dcb982ae4cbe5abbca2372fa90635191f3ad60f995845ef15",
         "onnx-int8/model.onnx.data":
-            "9ba22008a4a787b1cc52ecf5e0b41910881ff411c85e6f275c43532a63e883ed",
+            "6aa0f0d4207b9b0deb6f0324b71cc25d349ca78605c5f7467587cb3d07d24040",
         "onnx-int8/genai_config.json":
             "7a4a4adb7b6aac452ebf29f3a7a97f2b6fc0183e0476883e37a5d9a0b9e9bbaf",
         "onnx-int8/manifest.json":
-            "b51937d21668c58a663be51ea18b66927245bffb15a25e6583d36e7e18e27fe3",
+            "ecb8b4af5aa078a64855b90ffa2390b80cb5158924708b565169c228d04c3dd8",
     },
     "mimo2": {
         "gguf-F16/model.gguf":
@@ -245,13 +245,13 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-fp32/manifest.json":
             "c03bbc6c6bec24910baf8e165acd363ad8383c6c1ed025e92f80c578511bbf3b",
         "onnx-int8/model.onnx":
-            "35e1303ff9a0ae17214bd303d7e1a71d69732cccca4617ff96af43d3105b1654",
+            "d564edb50705cf990b9044a97d5aac11949ce0d5e9fb0297fa5eebb04f3e6d88",
         "onnx-int8/model.onnx.data":
-            "40bdb57b23f8309d2542d0cdc17ad00bab39d354e653a7f49304afc8cce8d438",
+            "3349d0a025c1f5cc3c1b0758a52edf3f33bc52ec0dfc6a38595b0d43d7fb0c8c",
         "onnx-int8/genai_config.json":
             "101eb4edbe2763879b7f5fc51653b4cfd3432aaf8ba51a1188efa34cec181a4d",
         "onnx-int8/manifest.json":
-            "8f25e899f0bb3376fd1d3c412657123407d4672ffdf694db55ead9a112348e26",
+            "8d4d61feda8060d4eb8ed9f765ba44268643ac36b9994c2b521540fb16b838b7",
     },
     "mixtral": {
         "gguf-F16/model.gguf":
@@ -267,13 +267,13 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-fp32/manifest.json":
             "614337ce0224ead42a4fbcf1f3c3da2923c31642d67b43ed1ca338efd26760d1",
         "onnx-int8/model.onnx":
-            "d5ace3e721c82c88b0132348f2e106023ea24deca4611b8fd3cf9b6acc57f112",
+            "f10cbf7fdc8880dea54162ce2ddba43b03ae7cc4d8c6035ba77efc6977baf3ed",
         "onnx-int8/model.onnx.data":
-            "444b92dc6ee264cdec12655cabe5d781e71b8367bb345518b30cc7d3f689c8af",
+            "af250cf846009bce7ffbf0526e0024c57489fe78e1d5b9a7ce4a5aa6ed7f22f7",
         "onnx-int8/genai_config.json":
             "f7980204670e69f691c34658d036de771ae834830083efa67b63e0bac88c08d8",
         "onnx-int8/manifest.json":
-            "fc13fd2fc31a436c926d5c70fd5eea9e1c529cf368af9df99373cd0805035ca8",
+            "9cd976b77fdcc41569696a703dfe45884295c89adfae1605c2f14803c6a12f2d",
     },
     "olmoe": {
         "gguf-F16/model.gguf":
@@ -289,13 +289,13 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-fp32/manifest.json":
             "0a9e72fc4cc3f4e968512f62ee392efe9f379a8292e137044ebd49991d137996",
         "onnx-int8/model.onnx":
-            "b1be4bf5361c2b3b7fa4c9b8939c0174fa13fd3aaae854eb0f0f99998261a6ed",
+            "dc938d4a9ed32fd1d56ce9f7a9494e8efc37bb3edd84d705985cff685c81f6b0",
         "onnx-int8/model.onnx.data":
-            "08127851d0fde5145fe741f085626f12042d979c17e8fa3e3ce2307a387ddde5",
+            "bf53dc49a12ceeeb0c85247e481d39076c656608c2caea012cb4f6bfd97ecb14",
         "onnx-int8/genai_config.json":
             "8deba0911cb998699f7d8bbc1ed0931dcb616f31824df42977f5c12590dc6ba6",
         "onnx-int8/manifest.json":
-            "42ca2e2a889be8a09fa1c898a9e8f8b00469b10a540d976059e19472f69afdbe",
+            "2e74ca250473f78c7d68ce1bcd51b707c6fb51261a81e19e6c7b2d8ea4874f71",
     },
     "phimoe": {
         "onnx-fp32/model.onnx":
@@ -307,13 +307,13 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-fp32/manifest.json":
             "7dda26a3ea6d46ec8ab5a581facda1ffae2cba9cfdc0588beda1be504617d83d",
         "onnx-int8/model.onnx":
-            "fa88e133111bae76614b15d5de6a4075f8559862aef119242eb6697893995aad",
+            "1df63d3908ded56e90d2613630853da3b673a210a2ba142892dd67e529d4c447",
         "onnx-int8/model.onnx.data":
-            "1a8c1a43d25ff245e479f106f9b848a757fb2d3f8a889a4d28ccc6cdb07e4528",
+            "35515f7d3e0ba7f542216d0fde4c6999b9495a042dee3c907c9b9432d72e6e73",
         "onnx-int8/genai_config.json":
             "b90530ab86b096e923812cfe11a56d19bae2de14cac53e947c1b832c23f9c212",
         "onnx-int8/manifest.json":
-            "03991b2dab3b72b7b22ad9ec86129ffc0b8fefe612f2e80e38cac6e63dba7707",
+            "e27ffa8ce15ce57ea09cb27b525916f623ba270a817dd8fba391b81afac4fb5b",
     },
     "qwen2moe": {
         "gguf-F16/model.gguf":
@@ -329,13 +329,13 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-fp32/manifest.json":
             "69c243797db9ff30b99b598ecf296c5471b26f4b85a8ce8f4a9f2e31cff6b0a0",
         "onnx-int8/model.onnx":
-            "ff33fbacdff4d2d6091587c11c6c1db4aa8ecca8b6b21cbd3e3615f04656a6fa",
+            "d3b83e285641aa93347e9328e5a5ed1c7321f2ec57b763b35c4c145e452808cc",
         "onnx-int8/model.onnx.data":
-            "59cc3ef281f3edaf646b242d2a024779eb12d02f95449400e1e0688d24af5e34",
+            "f1c82a4918e0d9dd2e0fe04bab9c28e848dd98f52c52bd3085c2351139ac4047",
         "onnx-int8/genai_config.json":
             "f82b3d3a7bcb21d38b948c2131fce8e67957a82de2531af263616551df7c5a1b",
         "onnx-int8/manifest.json":
-            "ec33c3ea110c1758cec11ca681bec014593e042d3b8f3c6a3845cb60f89d2ed4",
+            "a1f7eb1b57e0676cb405f7339373e863fb77f0fc1f9d3d738a866402a009d235",
     },
     "qwen35moe": {
         "gguf-F16/model.gguf":
@@ -351,13 +351,13 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-fp32/manifest.json":
             "2b380e84a731b03346841ad7ef80526174b2329ec996f84eeb0e53cdcfe97116",
         "onnx-int8/model.onnx":
-            "b6d14579fa10a2d39bb3b3149b62d262884f2ea37de74fed94d26a68aeb13882",
+            "99c9c76ca45ab88a55e4b6ce0de6874466a88c0d8f2b83b6b3dc2fad4b2eaa3a",
         "onnx-int8/model.onnx.data":
-            "995fa20616a2d0f792d84e24ccb70cac50704499d1ad98a4e93b3bebb2fbe755",
+            "1b5b00936650ce8d8ca46f22f6d1e1437db76350fc22b60d4a48b25bf1ade261",
         "onnx-int8/genai_config.json":
             "dc540e4dcf32e346281559dffdb36814d8dd9b664635d4cff9e8869c5cf4a7f7",
         "onnx-int8/manifest.json":
-            "9ba696ee4ddb582cf88be51d14aaf6e96c8da402561de9429f11eb565b095c19",
+            "d2a1f95d25536d6d482a6d33409ee05ead3a24394c9b9db93be6b0e48e8ca800",
     },
     "qwen3moe": {
         "gguf-F16/model.gguf":
@@ -373,13 +373,13 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-fp32/manifest.json":
             "8ef0a3df7f8a996147c12f1ccff2efe46edd82e442f1e0d24591b0cbe923fe83",
         "onnx-int8/model.onnx":
-            "426e3090a7e99d2b212f97f101c3d771f4ba70193c639c7de17546eaf9fa9e26",
+            "77f15bae2d91a8abad7c41177f86cbde4ce2eda7a21fd6b6a958352e72169470",
         "onnx-int8/model.onnx.data":
-            "95bdc5eb6d8126757ac1ee68da18b7675acb730084d0ff0395845a766f5a56e0",
+            "d722748ec965a49f1a350482b30fc51a4201d58836cf38398a085abdadbb7e43",
         "onnx-int8/genai_config.json":
             "18f95ce5f2fd5f3cefe9b32e7c26ca57bf4701f8fa461543f41b3063e9b037f1",
         "onnx-int8/manifest.json":
-            "19284220b8108f2d0febad86032e841b528d52f49be4c0609e7ef4d0911e9e7c",
+            "1d3546ac2b4feaae8a1a6239819f65b34daa934e7efeb9271d600bd15ecd5eb1",
     },
     "qwen3next": {
         "gguf-F16/model.gguf":
@@ -395,13 +395,13 @@ GOLDEN: dict[str, dict[str, str]] = {
         "onnx-fp32/manifest.json":
             "7ff925b2a4ebd9a889d09484bcaf9ab6ee5457db8721f9a2d2586b23c0b24ad8",
         "onnx-int8/model.onnx":
-            "0eaa37103a01db67f0c326db4959d1cb42b1fc572295f6a0fb60c5386e1b6b3d",
+            "b761cadfd3625e6019060331635738f0f5a4de6315644851f7130934322417e2",
         "onnx-int8/model.onnx.data":
-            "dd692e580934a30a043d918f90e27288c70098be8f1a9d6f6ab9ed6b9428d4a2",
+            "0860b90c059f155d7854a5b5fb78f47605662cb7654bfa1a6d90f4c03b8ffd84",
         "onnx-int8/genai_config.json":
             "1a5c39350b1a53adcb4902a3f89d2a7aa8568617184d488be3ef9fda9d90b22a",
         "onnx-int8/manifest.json":
-            "d91f547bef2494d7f3586d108e8ff991708c5b0159cd408791834e977bf9866e",
+            "2c9d991156b882356167274317143e05e3e039facfb3998c57b16add64c3f1c8",
     },
 }
 
