@@ -234,9 +234,7 @@ class OnnxBackend:
             log.warning("%s: onnxruntime's packed experts are unavailable (%s); running the "
                         "unpacked kernel", self.cfg.model_path, first)  # fmt: skip
             return None
-        self.data_path = build.data
-        self._expert_file = ExpertFile(build.data, build.layers, build.digests)
-        self.paging = "stages"
+        self._use_packed(build, "stages")
         return StagedRunner(sessions, plan, graph_io(model))
 
     def _tapped(  # type: ignore[no-untyped-def]
@@ -263,10 +261,14 @@ class OnnxBackend:
                         self.cfg.model_path, first)  # fmt: skip
             return None
         trim_heap()
+        self._use_packed(build, "tapped")
+        return TappedRunner(session, graph_io(model))
+
+    def _use_packed(self, build, paging: str) -> None:  # type: ignore[no-untyped-def]
+        """Experts are read from the packed derivation `build` (packed.py), paged `paging`."""
         self.data_path = build.data
         self._expert_file = ExpertFile(build.data, build.layers, build.digests)
-        self.paging = "tapped"
-        return TappedRunner(session, graph_io(model))
+        self.paging = paging
 
     def expert_file(self) -> ExpertFile | None:
         """Where this engine reads experts when it is not the bundle's data file (mapping.py)."""

@@ -160,15 +160,12 @@ class Stopped(Exception):
     """`admit` asked to stop before a layer's experts (one could not be brought in)."""
 
 
-class StagedRunner:
-    """Runs the stages in order, handing each layer's routing to `admit` before its experts;
-    `admit` returning True stops the run there (raises Stopped)."""
+class GraphSessions:
+    """The whole graph's interface over the sessions that run it (the stages, or one tapped
+    session: taps.py)."""
 
-    def __init__(
-        self, sessions: Sequence[Any], plan: StagePlan, graph_io: tuple[list[str], list[str]]
-    ) -> None:
+    def __init__(self, sessions: Sequence[Any], graph_io: tuple[list[str], list[str]]) -> None:
         self.sessions = list(sessions)
-        self.plan = plan
         self._graph_inputs, self._graph_outputs = graph_io
 
     def inputs(self) -> dict[str, Any]:
@@ -180,6 +177,17 @@ class StagedRunner:
         """The whole graph's outputs, in its order."""
         args = {a.name: a for s in self.sessions for a in s.get_outputs()}
         return [args[n] for n in self._graph_outputs if n in args]
+
+
+class StagedRunner(GraphSessions):
+    """Runs the stages in order, handing each layer's routing to `admit` before its experts;
+    `admit` returning True stops the run there (raises Stopped)."""
+
+    def __init__(
+        self, sessions: Sequence[Any], plan: StagePlan, graph_io: tuple[list[str], list[str]]
+    ) -> None:
+        super().__init__(sessions, graph_io)
+        self.plan = plan
 
     def run(
         self,

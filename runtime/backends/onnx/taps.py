@@ -35,7 +35,7 @@ from typing import Any
 import numpy as np
 
 from runtime.backends.onnx.kv_cache import InPlaceKV, run_bound
-from runtime.backends.onnx.stages import StagePlan, Stopped
+from runtime.backends.onnx.stages import GraphSessions, StagePlan, Stopped
 from runtime.errors import EdgemoeError
 
 DOMAIN = "ai.onnx.contrib"
@@ -240,25 +240,13 @@ def gates_every_layer(tapped: Any, plan: StagePlan, expert_tensors: Sequence[str
     return True
 
 
-class TappedRunner:
+class TappedRunner(GraphSessions):
     """The tapped graph in one session, with the interface of stages.StagedRunner."""
 
     def __init__(self, session: Any, graph_io: tuple[list[str], list[str]]) -> None:
+        super().__init__([session], graph_io)
         self.session = session
-        self._graph_inputs, self._graph_outputs = graph_io
         self._names = {a.name for a in session.get_inputs()}
-
-    @property
-    def sessions(self) -> list[Any]:
-        return [self.session]
-
-    def inputs(self) -> dict[str, Any]:
-        args = {a.name: a for a in self.session.get_inputs()}
-        return {n: args[n] for n in self._graph_inputs if n in args}
-
-    def outputs(self) -> list[Any]:
-        args = {a.name: a for a in self.session.get_outputs()}
-        return [args[n] for n in self._graph_outputs if n in args]
 
     def run(
         self,
