@@ -40,7 +40,7 @@ _BITS = {"int8": 8, "int4": 4}
 # dense matrix's block is also its activations' block: 16 keeps the attention's inputs close
 # to float (the trained fixture's int8 KL 1.9e-4 at 32 -> 6.2e-5 at 16, Q8_0's 8.0e-5), at a
 # small cost on matrices that are ~10 % of a token's bytes. Routed experts are most of the
-# bytes: 128-value blocks run QMoE 1.15-1.19x faster than 32 (decode and prompt, 1 thread) and
+# bytes: 128-value blocks run QMoE 1.14-1.19x faster than 32 (decode and prompt, 1 thread) and
 # stay within Q4_K_M's / Q8_0's top-1 and KL.
 EXPERT_BLOCK = 128
 DENSE_BLOCK = 16
