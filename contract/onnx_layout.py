@@ -15,6 +15,7 @@ from pathlib import Path
 
 from contract.errors import BundleError
 from contract.manifest import Build, Manifest
+from contract.onnx_proto import read_model
 
 PAGE = 4096
 _PAST = re.compile(r"^past_key_values\.(\d+)\.key$")
@@ -28,10 +29,8 @@ class ExternalTensor:
 
 
 def _load_graph(model_path: Path):  # type: ignore[no-untyped-def]
-    import onnx
-
     try:
-        return onnx.load(str(model_path), load_external_data=False)
+        return read_model(model_path)
     except FileNotFoundError:
         raise BundleError(f"{model_path}: not found") from None
     except Exception as e:  # protobuf's DecodeError and friends

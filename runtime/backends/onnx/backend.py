@@ -213,7 +213,7 @@ class OnnxBackend:
             return None
         try:
             key = cache_key(self.cfg.model_path, ort.__version__)
-            build = load_or_derive(key, stage_models(model, plan), self._bundle, experts,
+            build = load_or_derive(key, lambda: stage_models(model, plan), self._bundle, experts,
                                    lambda: options(ort, self.cfg))  # fmt: skip
             tapped = self._tapped(ort, model, plan, experts, build)
             if tapped is not None:

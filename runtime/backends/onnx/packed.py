@@ -100,7 +100,8 @@ def _cpu_flags() -> str:
 
 def load_or_derive(
     key: str,
-    stages: Sequence[Any],  # onnx.ModelProto per stage (stages.stage_models), experts overridable
+    stages: Callable[[], Sequence[Any]],  # the stages' onnx.ModelProto (stages.stage_models),
+    # experts overridable: made only when deriving (shape inference and the onnx package)
     bundle: Path,
     expert_tensors: Sequence[str],
     options: Callable[[], Any],  # a fresh onnxruntime.SessionOptions
@@ -116,7 +117,7 @@ def load_or_derive(
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".derive-", dir=root))
     try:
-        _derive(tmp, stages, bundle, set(expert_tensors), options)
+        _derive(tmp, stages(), bundle, set(expert_tensors), options)
         try:
             os.replace(tmp, final)
         except OSError:  # another process finished first: use its copy

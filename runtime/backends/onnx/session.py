@@ -19,6 +19,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from contract.onnx_proto import read_model
 from runtime.backends.base import EngineConfig
 from runtime.backends.libc import LIBC
 from runtime.procfs import file_regions
@@ -32,10 +33,8 @@ _PROT_READ = 1
 
 def read_graph(model_path: Path):  # type: ignore[no-untyped-def]
     """model.onnx without its weights, or None (the session's own error names the problem)."""
-    import onnx
-
     try:
-        return onnx.load(str(model_path), load_external_data=False)
+        return read_model(model_path)
     except Exception:
         return None
 

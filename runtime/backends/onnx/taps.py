@@ -34,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from contract.onnx_proto import read_model
 from runtime.backends.onnx.kv_cache import InPlaceKV, run_bound
 from runtime.backends.onnx.stages import GraphSessions, StagePlan, Stopped
 from runtime.errors import EdgemoeError
@@ -202,11 +203,9 @@ def derive_tapped(folder: Path, stage_paths: Sequence[Path], plan: StagePlan,
     """The tapped whole graph beside the derived stages in `folder` (written once, atomically),
     or None when its taps would not gate every layer's expert kernels (gates_every_layer,
     checked on the joined graph onnxruntime will run)."""
-    import onnx
-
     path = folder / TAPPED
     if not path.is_file():
-        stages = [onnx.load(str(p), load_external_data=False) for p in stage_paths]
+        stages = [read_model(p) for p in stage_paths]
         model = tapped_model(whole_graph(stages, graph_io), plan)
         if not gates_every_layer(model, plan, expert_tensors):
             return None
