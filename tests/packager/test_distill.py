@@ -233,10 +233,19 @@ def test_distillation_heals_half_pruning(teacher, pruned, tmp_path):
 def test_distillation_never_hurts_light_pruning(teacher, pruned, tmp_path):
     result = distill(teacher, pruned(0.25), tmp_path / "healed", [calibration_text()],
                      eval_text=heldout_text(), **{**HEAL, "patience": 2})
-    print(_kl_line(0.25, "full", result))
+    print(_kl_line(0.25, "full", result), result.report["validation_kl"])
+    # What distill guarantees: it keeps the step with the lowest KL on the slice of the
+    # calibration text it holds out, the student as given (step 0) included.
+    validation = result.report["validation_kl"]
+    assert validation["best"] <= validation["before"]
+    # On held-out text, light pruning may already cost nothing (a fixture trained on another
+    # CPU: KL 3.6e-14 before, the pruned experts never routed in those 512 tokens), and then
+    # any step costs a little there (6.0e-5, while the validation KL fell 1.5e-3 -> 1.3e-3).
+    # So: never more than a tenth of what pruning cost on the validation slice, and top-1
+    # within 1 %.
     before, after = result.report["before"], result.report["after"]
-    assert after["mean_kl"] <= before["mean_kl"] + 1e-6
-    assert after["top1_agreement"] >= before["top1_agreement"] - 1e-9
+    assert after["mean_kl"] <= before["mean_kl"] + 0.1 * validation["before"]
+    assert after["top1_agreement"] >= before["top1_agreement"] - 0.01
 
 
 @pytest.mark.reference
