@@ -335,7 +335,10 @@ def test_every_family_keeps_its_layout_and_trains_only_routers_and_experts(
 
     teacher = fixture_checkpoint(name)
     family = read_family(teacher)
-    student = prune_checkpoint(teacher, None, 0.25, tmp_path / "p", "random").out_dir
+    # Half the experts: a quarter, chosen at random, can cost almost nothing (ernie45moe-tiny
+    # built on a CPU without AVX-512 starts 8.3e-6 nats from its teacher, below what a step can
+    # beat), and then no step is kept and nothing is left to check.
+    student = prune_checkpoint(teacher, None, 0.5, tmp_path / "p", "random").out_dir
     old = _weights(student)
     # Full mode at 3e-4: glm4moe-tiny's pruned student starts 8.7e-4 nats from its teacher,
     # and two full steps at 1e-3 overshoot it; LoRA at 1e-3: two steps at 3e-4 leave
