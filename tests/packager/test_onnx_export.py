@@ -37,9 +37,9 @@ FAMILY_BOUNDS = {("deepseek3-tiny", "int4"): (0.92, 5e-3),
                  # (median KL 7.5e-8, mean 6.8e-5).
                  ("phimoe-tiny", "fp16"): (0.99, 1e-4),
                  # The same band under int8 rounding: 1 of 128 tokens, mean KL 3.1e-4, on a CPU
-                 # without AVX-512 (its int8 kernels round differently; within 1e-4 with it).
+                 # without AVX-512 (AMD Zen 3; within 1e-4 on the machines this bound was set on).
                  ("phimoe-tiny", "int8"): (0.97, 5e-4),
-                 # fp16 kernels without AVX-512: mean KL 1.5e-6, top-1 1.000.
+                 # On the same Zen 3: mean KL 1.5e-6, top-1 1.000.
                  ("qwen35moe-tiny", "fp16"): (0.99, 3e-6)}
 # Checkpoint names of each fixture's expert projections: (module, gate, up, down).
 EXPERT_NAMES = {
