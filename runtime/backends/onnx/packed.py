@@ -35,6 +35,7 @@ from typing import Any
 
 from contract.checksums import hash_range
 from contract.manifest import ExpertTensor, LayerExperts
+from contract.onnx_proto import read_model
 
 log = logging.getLogger(__name__)
 
@@ -180,8 +181,6 @@ def _derive(folder: Path, stages: Sequence[Any], bundle: Path, experts: set[str]
 
 def _merge(folder: Path, n: int) -> None:
     """Every stage's data file appended (page-aligned) to one, the stages' offsets moved."""
-    import onnx
-
     bases: list[int] = []
     with open(folder / DATA, "wb") as out:
         for k in range(n):
@@ -197,7 +196,7 @@ def _merge(folder: Path, n: int) -> None:
         os.fsync(out.fileno())
     for k in range(n):
         path = folder / f"stage{k}.onnx"
-        model = onnx.load(str(path), load_external_data=False)
+        model = read_model(path)
         for t in model.graph.initializer:
             for e in t.external_data:
                 if e.key == "location":
@@ -209,7 +208,7 @@ def _merge(folder: Path, n: int) -> None:
                     moved = [";".join([str(int(b.split(";")[0]) + bases[k]), *b.split(";")[1:]])
                              for b in blobs]  # fmt: skip
                     e.value = "|".join([head, *moved])
-        onnx.save(model, str(path))
+        path.write_bytes(model.SerializeToString())
 
 
 def _expert_table(folder: Path, n: int, experts: set[str]
@@ -217,12 +216,10 @@ def _expert_table(folder: Path, n: int, experts: set[str]
     """Each expert tensor's bytes per expert in packed.data: the packed buffer when onnxruntime
     packed it (what the kernel reads), else the tensor itself (scales and zero points, which
     the kernel may still read); and the xxh3-64 of every expert's slice."""
-    import onnx
-
     by_layer: dict[int, list[ExpertTensor]] = {}
     counts: dict[str, int] = {}
     for k in range(n):
-        model = onnx.load(str(folder / f"stage{k}.onnx"), load_external_data=False)
+        model = read_model(folder / f"stage{k}.onnx")
         for t in model.graph.initializer:
             if t.name not in experts or not (m := _LAYER.search(t.name)):
                 continue
