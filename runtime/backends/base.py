@@ -91,6 +91,9 @@ class RoutingLog(Protocol):
     python_needed: bool  # True: deliver the next event to Python (transients to release)
     sources: dict[str, tuple[str, int]]  # hidden states it can read: name -> (kind, index)
     max_guess: int  # experts a prefetch may guess per layer at most
+    # The engine's own routers for pre-gating (layer -> f32 [n_experts, n_embd], the norm's scale
+    # folded in), or why it has none; None: read them from the GGUF (llama.cpp).
+    routers: dict[int, np.ndarray] | str | None
     known: np.ndarray  # uint8 [layers]: 2 all pinned, 1 all resident and never evicted, 0 not
     sample: int  # this step stops at layers whose `known` is at most this (0 or 1)
 

@@ -6,6 +6,7 @@ residency.py) and the prefetcher turn file offsets into addresses through it, an
 
 from __future__ import annotations
 
+from bisect import bisect_right
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,6 +37,18 @@ class FileMapping:
 
     regions: tuple[tuple[int, int, int], ...]
 
+    def __post_init__(self) -> None:
+        # Sorted once, with the starts apart for bisecting: onnxruntime's mapping is hundreds
+        # of regions, looked up for every expert a prompt admits.
+        ordered = tuple(sorted(self.regions))
+        object.__setattr__(self, "_sorted", ordered)
+        object.__setattr__(self, "_starts", [r[0] for r in ordered])
+        reach, top = [], 0  # the furthest end among regions up to each one (overlaps)
+        for r in ordered:
+            top = max(top, r[1])
+            reach.append(top)
+        object.__setattr__(self, "_reach", reach)
+
     @classmethod
     def whole(cls, base: int, size: int) -> FileMapping:
         """One mapping of the whole file (its last page rounded up, as mmap maps it)."""
@@ -46,8 +59,14 @@ class FileMapping:
         adjacent mappings), or None if any byte of it is not mapped."""
         out: list[tuple[int, int]] = []
         at = lo
-        for r_lo, r_hi, addr in sorted(self.regions):
+        ordered: tuple[tuple[int, int, int], ...] = self._sorted  # type: ignore[attr-defined]
+        first = max(0, bisect_right(self._starts, lo) - 1)  # type: ignore[attr-defined]
+        while first > 0 and self._reach[first - 1] > lo:  # type: ignore[attr-defined]
+            first -= 1
+        for r_lo, r_hi, addr in ordered[first:]:
             if r_hi <= at or r_lo >= hi:
+                if r_lo >= hi:
+                    break
                 continue
             if r_lo > at:
                 return None

@@ -9,11 +9,15 @@ replaces an admission (measured on qwen3moe-large int8 at 50 %: the pager took 0
 5.9 ms token). Same record format and the same contract as the C log: `resident` mirrors the
 pager's books, `python_needed` sends every event to the pager, a full log sends the next one.
 
-It taps no hidden state, so it offers no prefetch and no quiet layers (`known` is kept for the
-pager's bookkeeping and never consulted: every event is noted or delivered).
+It offers no quiet layers (`known` is kept for the pager's bookkeeping and never consulted:
+every event is noted or delivered) and no prefetch of its own. Where the engine hands over each
+prompt batch's residual stream with the routing (the ONNX taps) and read its routers from its own
+graph (`routers`), the pager's prompt prefetch runs on them (runtime/experts/batch_prefetch.py).
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable
 
 import numpy as np
 
@@ -23,10 +27,14 @@ from runtime.backends.base import MARK
 class PythonRoutingLog:
     """The `RoutingLog` protocol (runtime/backends/base.py) for engines without a native tap."""
 
-    sources: dict[str, tuple[str, int]] = {}  # no hidden state tapped: no prefetch
+    sources: dict[str, tuple[str, int]] = {}  # no hidden state tapped one token at a time
     max_guess = 0
 
-    def __init__(self, n_layers: int, n_experts: int, top_k: int, capacity: int = 4096) -> None:
+    def __init__(self, n_layers: int, n_experts: int, top_k: int, capacity: int = 4096,
+                 routers: Callable[[], dict[int, np.ndarray] | str] | None = None) -> None:
+        self._read_routers = routers
+        self._routers: dict[int, np.ndarray] | str | None = None
+        self._hidden: tuple[int, np.ndarray] | None = None
         self.width = 2 + top_k
         self.resident = np.zeros((n_layers, n_experts), dtype=np.uint8)
         self.known = np.zeros(n_layers, dtype=np.uint8)
@@ -72,8 +80,24 @@ class PythonRoutingLog:
         self._records.append([MARK, 0])
         return True
 
+    @property
+    def routers(self) -> dict[int, np.ndarray] | str:
+        """The engine's folded routers (layer -> f32 [n_experts, n_embd]: the router matrix times
+        its norm's scale), read on first use; or why it has none."""
+        if self._routers is None:
+            self._routers = (self._read_routers() if self._read_routers is not None
+                             else "the engine hands over no hidden state")  # fmt: skip
+        return self._routers
+
+    def keep_hidden(self, layer: int, hidden: np.ndarray | None) -> None:
+        """The residual stream `layer`'s router read in the batch being run (None: not handed
+        over), until the next layer's."""
+        self._hidden = None if hidden is None else (layer, hidden)
+
     def hidden(self, layer: int) -> np.ndarray | None:
-        return None
+        if self._hidden is None or self._hidden[0] != layer:
+            return None
+        return self._hidden[1].reshape(-1, self._hidden[1].shape[-1])
 
     def use_known(self, on: bool) -> None:
         """Nothing to skip: a staged run stops between layers whatever the books know."""

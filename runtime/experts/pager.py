@@ -36,7 +36,7 @@ from runtime.experts.prefetcher import (
     prefetch_settings,
     start_prefetch,
 )
-from runtime.experts.pregate import Pregate, pregate_refusal, read_routers
+from runtime.experts.pregate import Pregate, RouterWeights, pregate_refusal, read_routers
 from runtime.experts.quiet import QuietLayers
 from runtime.experts.routing_probe import RoutingProbe
 
@@ -178,15 +178,25 @@ class ExpertPager:
             return "off"
         if self._cache is None or self.residency is None:
             return "off: nothing is paged (full budget)"
-        if self._log is None or not self._log.sources:
+        if self._log is None:
+            return "off: the engine has no routing tap"
+        own = self._log.routers
+        if isinstance(own, str):
+            return f"off: {own}"
+        if own is None and not self._log.sources:
             return "off: the engine has no native routing tap (llama.cpp and a C compiler)"
-        refused = pregate_refusal(model_path)
-        if refused is not None:
-            return f"off: {refused}"
-        pregate = Pregate(read_routers(model_path, sorted(self.layers)))
+        if own is None:
+            refused = pregate_refusal(model_path)
+            if refused is not None:
+                return f"off: {refused}"
+            pregate = Pregate(read_routers(model_path, sorted(self.layers)))
+        else:  # the engine's own graph (ONNX): softmax routers, no biases (routers.py)
+            pregate = Pregate({k: RouterWeights(k, m, gating="softmax") for k, m in own.items()})
         forget = self.residency.forget if cold else None
         self.batch_prefetch = BatchPrefetch(pregate, sorted(self.layers), self.top_k,
                                             self.residency.load, forget)
+        if not self._log.sources:  # hidden states come with prompt batches only
+            return "on (prompts)"
         got = start_prefetch(self._log, settings, pregate, self.layers, self.n_experts,
                              self.top_k, self.residency.mapping, forget)
         if isinstance(got, str):
@@ -381,13 +391,17 @@ class ExpertPager:
     def _neighbour_spans(self, loaded: list[tuple[int, int]]) -> list[tuple[int, int]]:
         assert self.cache is not None
         spans: list[tuple[int, int]] = []
-        released = ExpertState.RELEASED
+        state, released = self.cache.state, ExpertState.RELEASED
+        free: dict[int, list[bool]] = {}  # layer -> released per expert (asked once a layer)
         for layer, e in loaded:
+            if layer not in free:
+                free[layer] = [state(layer, n) == released for n in range(self.n_experts)]
+            is_free = free[layer]
             for t in self.layers[layer].tensors:
                 k = -(-FOLIO_WINDOW // t.stride)
                 run = None
                 for n in range(max(0, e - k), min(self.n_experts, e + k + 1)):
-                    if self.cache.state(layer, n) == released:
+                    if is_free[n]:
                         run = n if run is None else run
                         continue
                     if run is not None:

@@ -110,6 +110,7 @@ class RoutingLog:
                  top_k: int, sources: dict[str, tuple[str, int]], capacity: int = 4096) -> None:
         self._state = state
         self.sources = sources  # hidden-state name -> ("watch" | "stop", index)
+        self.routers = None  # pre-gating reads them from the GGUF
         self.max_guess = min(MAX_WIDTH, max(top_k, 2 * top_k))
         self.width = 2 + self.max_guess
         self.resident = np.zeros((n_layers, n_experts), dtype=np.uint8)

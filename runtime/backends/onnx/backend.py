@@ -33,6 +33,7 @@ from typing import Any
 import numpy as np
 
 from contract.files import read_json
+from contract.onnx_proto import read_model
 from runtime.backends.base import (
     EngineConfig,
     RoutingEvent,
@@ -51,6 +52,7 @@ from runtime.backends.onnx.recurrent_state import (
     present_name,
     state_names,
 )
+from runtime.backends.onnx.routers import read_routers, router_sources
 from runtime.backends.onnx.session import (
     experts_as_constants,
     has_fused_experts,
@@ -145,6 +147,7 @@ class OnnxBackend:
         # an arena keeps its high-water mark.
         self._staged: StagedRunner | None = None
         self._log: PythonRoutingLog | None = None  # made when the pager asks (routing_log)
+        self._tapped_graph: tuple[Path, dict[int, str]] | None = None  # (graph, routing ids)
         source: str | bytes = str(cfg.model_path)
         if fused and model is not None and self._observer is not None:
             self._staged = self._packed_stages(ort, model)
@@ -262,6 +265,7 @@ class OnnxBackend:
             return None
         trim_heap()
         self._use_packed(build, "tapped")
+        self._tapped_graph = (whole, dict(plan.routing))
         return TappedRunner(session, graph_io(model))
 
     def _use_packed(self, build, paging: str) -> None:  # type: ignore[no-untyped-def]
@@ -319,8 +323,28 @@ class OnnxBackend:
         every event to Python."""
         if self._staged is None:
             return None
-        self._log = PythonRoutingLog(n_layers, n_experts, top_k)
+        self._log = PythonRoutingLog(n_layers, n_experts, top_k, routers=self.pregate_routers)
         return self._log
+
+    def pregate_routers(self) -> dict[int, np.ndarray] | str:
+        """Each MoE layer's router read from the tapped graph, for a prompt's prefetch
+        (routers.py), or why there are none: the taps hand over the residual stream, stages
+        do not."""
+        if self._tapped_graph is None:
+            return "the ONNX stages hand over no hidden state (the routing taps are not running)"
+        path, routing = self._tapped_graph
+        try:
+            graph = read_model(path).graph
+            found = router_sources(graph, routing)
+            if isinstance(found, str):
+                return found
+            tapped = {next(a.i for a in n.attribute if a.name == "layer"): n.input[1:]
+                      for n in graph.node if n.op_type == taps.OP}  # fmt: skip
+            if any(list(tapped.get(k, ())) != [f"{x.residual}/f32"] for k, x in found.items()):
+                return "the taps read no hidden state"
+            return read_routers(graph, path.parent, found)
+        except (OSError, ValueError, KeyError) as e:
+            return f"the routers could not be read ({str(e).splitlines()[0][:200]})"
 
     # --- tokens ----------------------------------------------------------------------------
     @property
@@ -438,12 +462,14 @@ class OnnxBackend:
 
         log = self._log
 
-        def admit(layer: int, ids: np.ndarray) -> bool:
+        def admit(layer: int, ids: np.ndarray, hidden: np.ndarray | None = None) -> bool:
             if observe is None:
                 return False
             ids = np.asarray(ids, np.int32).reshape(n, -1)
             if log is not None and log.note_hit(layer, ids):
                 return False
+            if log is not None and n > 1:  # a prompt batch: its prefetch reads the state
+                log.keep_hidden(layer, hidden)
             return bool(observe(RoutingEvent(layer, ids)))
 
         n_past = len(self._fed_back)

@@ -22,13 +22,18 @@ it loads a session, so the one session is loaded with those pages released behin
 (session.releasing): a load holds no more than the stages' did.
 Operators run on the thread that called run() (one inter-op thread), so the tap finds its
 `admit` in that thread's state.
+
+Each tap also reads the residual stream its layer's router starts from (routers.py; cast to f32,
+or an empty tensor where the graph's routers are not a shape pre-gating ranks) and hands it to
+`admit` with the ids: a prompt batch's prefetch guesses the next layer's experts from it
+(runtime/experts/batch_prefetch.py), as on llama.cpp.
 """
 
 from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,6 +41,7 @@ import numpy as np
 
 from contract.onnx_proto import read_model
 from runtime.backends.onnx.kv_cache import InPlaceKV, run_bound
+from runtime.backends.onnx.routers import router_sources
 from runtime.backends.onnx.stages import GraphSessions, StagePlan, Stopped
 from runtime.errors import EdgemoeError
 
@@ -74,7 +80,7 @@ def library() -> str | None:
             return None
         op = ext.PyCustomOpDef()
         op.op_type, op.obj_id = OP, _TAP_ID
-        op.input_types = [ext.PyCustomOpDef.dt_int64]
+        op.input_types = [ext.PyCustomOpDef.dt_int64, ext.PyCustomOpDef.dt_float]
         op.output_types = [ext.PyCustomOpDef.dt_int64]
         op.attrs = {"layer": ext.PyCustomOpDef.dt_int64}
         ext.add_custom_op(op)
@@ -115,20 +121,25 @@ def _invoke(op_id: int, feeds: Sequence[np.ndarray], attrs: dict[str, Any]) -> t
     """The native side's call for a Python operator: (id, output shape, output values)."""
     if op_id != _TAP_ID:
         raise RuntimeError(f"no Python operator with id {op_id} is registered here")
-    ids = _tap(feeds[0], layer=int(attrs["layer"]))
+    ids = _tap(feeds[0], layer=int(attrs["layer"]), hidden=feeds[1] if len(feeds) > 1 else None)
     return (op_id, ids.shape, ids.ravel().tolist())
 
 
-def _tap(ids: np.ndarray, layer: int) -> np.ndarray:
-    """Hand the layer's ids to the running step's `admit`; pass them on, or stop the run. A tap
-    that finds no step on its thread stops it too (counted in `_strays`): experts the pager was
-    not told of must not be read."""
-    admit: Callable[[int, np.ndarray], bool | None] | None = getattr(_state, "admit", None)
+# (layer, chosen ids, the residual stream its router read or None) -> True to stop the run
+Admit = Callable[[int, np.ndarray, np.ndarray | None], bool | None]
+
+
+def _tap(ids: np.ndarray, layer: int, hidden: np.ndarray | None = None) -> np.ndarray:
+    """Hand the layer's ids (and the residual stream its router read, None where the graph
+    gave none) to the running step's `admit`; pass them on, or stop the run. A tap that finds
+    no step on its thread stops it too (counted in `_strays`): experts the pager was not told
+    of must not be read."""
+    admit: Admit | None = getattr(_state, "admit", None)
     if admit is None:
         with _lock:
             _strays.append(layer)
         return np.full_like(ids, NO_EXPERT)
-    if admit(layer, ids):
+    if admit(layer, ids, hidden if hidden is not None and hidden.size else None):
         # A Python exception here would end the process (it cannot cross onnxruntime's C
         # operator interface), so the run is ended by its own kernel: ids no expert has fail
         # the scatter that routes them, before any expert is read.
@@ -137,11 +148,17 @@ def _tap(ids: np.ndarray, layer: int) -> np.ndarray:
     return ids
 
 
-def tapped_model(model: Any, plan: StagePlan) -> Any:
-    """A copy of `model` (onnx.ModelProto) with a tap on each MoE layer's router ids: every node
-    that read the ids reads the tap's output instead."""
-    from onnx import helper
+NO_HIDDEN = "RoutingTap/no_hidden"  # an empty f32 constant: the tap's second input, no state
 
+
+def tapped_model(model: Any, plan: StagePlan, residuals: Mapping[int, str] | None = None) -> Any:
+    """A copy of `model` (onnx.ModelProto) with a tap on each MoE layer's router ids: every node
+    that read the ids reads the tap's output instead. A tap's second input is its layer's
+    residual stream (`residuals`: layer -> tensor name, routers.py) cast to f32, or an empty
+    constant."""
+    from onnx import TensorProto, helper
+
+    residuals = residuals or {}
     out = type(model)()
     out.CopyFrom(model)
     graph = out.graph
@@ -155,16 +172,26 @@ def tapped_model(model: Any, plan: StagePlan) -> Any:
         for name in node.output:
             if name in taps:
                 layer, tapped = taps[name]
-                nodes.append(helper.make_node(OP, [name], [tapped], name=f"RoutingTap.{layer}",
-                                              domain=DOMAIN, layer=layer))  # fmt: skip
+                hidden = NO_HIDDEN
+                if layer in residuals:
+                    hidden = f"{residuals[layer]}/f32"
+                    nodes.append(helper.make_node("Cast", [residuals[layer]], [hidden],
+                                                  name=f"RoutingTap.{layer}/Cast",
+                                                  to=TensorProto.FLOAT))  # fmt: skip
+                nodes.append(helper.make_node(OP, [name, hidden], [tapped],
+                                              name=f"RoutingTap.{layer}", domain=DOMAIN,
+                                              layer=layer))  # fmt: skip
     del graph.node[:]
     graph.node.extend(nodes)
+    if len(residuals) < len(taps):
+        graph.initializer.append(helper.make_tensor(NO_HIDDEN, TensorProto.FLOAT, [0], []))
     if not any(o.domain == DOMAIN for o in out.opset_import):
         out.opset_import.append(helper.make_opsetid(DOMAIN, 1))
     return out
 
 
-TAPPED = "tapped.onnx"
+# v2: taps read the residual stream too (an older cache's tapped.onnx has one input)
+TAPPED = "tapped-v2.onnx"
 
 
 def whole_graph(stages: Sequence[Any], graph_io: tuple[list[str], list[str]]) -> Any:
@@ -206,7 +233,10 @@ def derive_tapped(folder: Path, stage_paths: Sequence[Path], plan: StagePlan,
     path = folder / TAPPED
     if not path.is_file():
         stages = [read_model(p) for p in stage_paths]
-        model = tapped_model(whole_graph(stages, graph_io), plan)
+        whole = whole_graph(stages, graph_io)
+        found = router_sources(whole.graph, plan.routing)
+        residuals = {k: s.residual for k, s in found.items()} if isinstance(found, dict) else {}
+        model = tapped_model(whole, plan, residuals)
         if not gates_every_layer(model, plan, expert_tensors):
             return None
         tmp = path.with_name(f".{TAPPED}.{os.getpid()}")
@@ -251,7 +281,7 @@ class TappedRunner(GraphSessions):
         self,
         fetch: Sequence[str],
         feeds: dict[str, np.ndarray],
-        admit: Callable[[int, np.ndarray], bool | None],
+        admit: Admit,
         kv: InPlaceKV | None = None,
     ) -> list[np.ndarray]:
         """`fetch` after one run whose taps called `admit` layer by layer; Stopped when one

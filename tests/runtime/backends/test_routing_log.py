@@ -54,11 +54,25 @@ def test_the_pager_can_ask_for_every_event_and_a_full_log_delivers():
 
 
 @pytest.mark.unit
-def test_it_offers_no_prefetch():
+def test_it_offers_no_prefetch_of_its_own():
     log = _log()
     assert log.sources == {} and log.hidden(0) is None and log.prefetch_issued == (0, 0)
+    assert isinstance(log.routers, str)  # an engine that gave none: why, for the pager to say
     with pytest.raises(ValueError):
         log.configure_prefetch(source="ffn_inp", page=4096)
+
+
+@pytest.mark.unit
+def test_it_keeps_a_batchs_hidden_state_for_its_layer_and_reads_routers_once():
+    reads = []
+    routers = {0: np.ones((8, 4), np.float32)}
+    log = PythonRoutingLog(3, 8, 2, routers=lambda: reads.append(1) or routers)
+    assert log.routers is routers and log.routers is routers and reads == [1]
+    hidden = np.arange(24, dtype=np.float32).reshape(1, 6, 4)  # [batch, tokens, n_embd]
+    log.keep_hidden(1, hidden)
+    assert log.hidden(1).shape == (6, 4) and log.hidden(0) is None  # another layer's: none
+    log.keep_hidden(2, None)  # the next layer's tap handed none over: the old one is gone
+    assert log.hidden(1) is None and log.hidden(2) is None
 
 
 @pytest.mark.engine

@@ -75,3 +75,28 @@ def test_prompt_prefetch_reads_what_the_prompt_then_uses(bundle_factory):
     b = on.latency.ttft_breakdown
     assert b.tokens > 1 and b.expert_bytes > 0 and b.ttft_ms >= b.step_ms
     assert b.dense_pending_bytes == 0  # the load waited for the dense weights
+
+
+@pytest.mark.engine
+def test_onnx_prompt_prefetch_reads_what_the_prompt_then_uses(bundle_factory, monkeypatch,
+                                                              tmp_path):
+    """The ONNX taps hand each prompt batch's residual stream over with its routing, and the
+    routers come from the ONNX graph: the same prompt prefetch as on llama.cpp, same tokens."""
+    import runtime
+    from edgemoe_fixtures.corpus import heldout_text
+
+    monkeypatch.setenv("EDGEMOE_ONNX_CACHE", str(tmp_path / "onnx-packed"))
+    bundle = bundle_factory("qwen3moe-trained", "Q8_0", format="gguf,onnx")
+    prompt = heldout_text()[:600]
+    runs = {}
+    for prefetch in (False, True):
+        with runtime.load(bundle, backend="onnx", budget="25%", cold=True, threads=1,
+                          n_ctx=1024, prefetch=prefetch) as m:
+            assert m.engine.paging == "tapped"
+            r = m.generate(prompt, max_tokens=8)
+            runs[prefetch] = (r.tokens, m.stats(), m.prefetch)
+    assert runs[False][2] == "off" and runs[True][2] == "on (prompts)"
+    assert runs[False][0] == runs[True][0]
+    on = runs[True][1].prefetch
+    assert on.prompt_prefetch_used_experts > on.prompt_prefetch_unused_experts
+    assert on.prompt_prefetch_experts >= on.prompt_prefetch_used_experts > 0
