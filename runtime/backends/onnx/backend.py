@@ -343,8 +343,9 @@ class OnnxBackend:
             if any(list(tapped.get(k, ())) != [f"{x.residual}/f32"] for k, x in found.items()):
                 return "the taps read no hidden state"
             return read_routers(graph, path.parent, found)
-        except (OSError, ValueError, KeyError) as e:
-            return f"the routers could not be read ({str(e).splitlines()[0][:200]})"
+        except Exception as e:  # OSError, ValueError, protobuf's DecodeError: prefetch is off
+            first = str(e).splitlines()[0][:200] if str(e) else type(e).__name__
+            return f"the routers could not be read ({first})"
 
     # --- tokens ----------------------------------------------------------------------------
     @property
