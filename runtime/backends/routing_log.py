@@ -36,7 +36,11 @@ class PythonRoutingLog:
         self._routers: dict[int, np.ndarray] | str | None = None
         self._hidden: tuple[int, np.ndarray] | None = None
         self.width = 2 + top_k
-        self.resident = np.zeros((n_layers, n_experts), dtype=np.uint8)
+        # The pager writes the numpy view; a one-token step reads the bytes beneath it (a
+        # bytearray index is a fraction of a numpy scalar's: this runs at every MoE layer).
+        self._bits = bytearray(n_layers * n_experts)
+        self.resident = np.frombuffer(self._bits, dtype=np.uint8).reshape(n_layers, n_experts)
+        self._n_layers, self._n_experts = n_layers, n_experts
         self.known = np.zeros(n_layers, dtype=np.uint8)
         self.sample = 0
         self.python_needed = False
@@ -48,16 +52,24 @@ class PythonRoutingLog:
     def note_hit(self, layer: int, ids: np.ndarray) -> bool:
         """Note a routing event here instead of delivering it: True when it is one token's
         (`ids` [1, k]) whose experts are all resident and the pager wants no event itself."""
-        if (not self._open or self.python_needed or ids.shape[0] != 1
-                or ids.shape[1] + 2 > self.width or len(self._records) >= self._capacity
-                or not 0 <= layer < len(self.resident)):  # fmt: skip
+        if ids.shape[0] != 1:
             self.delivered += 1
             return False
-        row = ids[0].tolist()
-        resident = self.resident[layer]
-        if not all(0 <= e < len(resident) and resident[e] for e in row):
+        return self.note_row(layer, ids.ravel().tolist())
+
+    def note_row(self, layer: int, row: list[int]) -> bool:
+        """`note_hit` for one token's expert ids as a list (the ONNX tap's fast path)."""
+        n = self._n_experts
+        if (not self._open or self.python_needed or len(row) + 2 > self.width
+                or len(self._records) >= self._capacity or not 0 <= layer < self._n_layers
+                or not row or min(row) < 0 or max(row) >= n):  # fmt: skip
             self.delivered += 1
             return False
+        bits, base = self._bits, layer * n
+        for e in row:
+            if not bits[base + e]:
+                self.delivered += 1
+                return False
         self._records.append([layer, len(row), *row])
         self.logged += 1
         return True

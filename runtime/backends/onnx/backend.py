@@ -466,11 +466,12 @@ class OnnxBackend:
         def admit(layer: int, ids: np.ndarray, hidden: np.ndarray | None = None) -> bool:
             if observe is None:
                 return False
+            if n == 1 and log is not None and log.note_row(layer, ids.ravel().tolist()):
+                return False  # the usual decode step: one lookup per expert, nothing else
             ids = np.asarray(ids, np.int32).reshape(n, -1)
-            if log is not None and log.note_hit(layer, ids):
-                return False
-            if log is not None and n > 1:  # a prompt batch: its prefetch reads the state
-                log.keep_hidden(layer, hidden)
+            if n > 1 and log is not None:  # a batch: counted as delivered, never noted
+                log.note_hit(layer, ids)
+                log.keep_hidden(layer, hidden)  # its prompt prefetch reads the state
             return bool(observe(RoutingEvent(layer, ids)))
 
         n_past = len(self._fed_back)
