@@ -102,8 +102,8 @@ class PythonRoutingLog:
         return self._routers
 
     def keep_hidden(self, layer: int, hidden: np.ndarray | None) -> None:
-        """The residual stream `layer`'s router read in the batch being run (None: not handed
-        over), until the next layer's."""
+        """The residual stream `layer`'s router read in the batch being run, while its routing
+        event is handled (None: not handed over, or the event is over)."""
         self._hidden = None if hidden is None else (layer, hidden)
 
     def hidden(self, layer: int) -> np.ndarray | None:

@@ -472,6 +472,10 @@ class OnnxBackend:
             if n > 1 and log is not None:  # a batch: counted as delivered, never noted
                 log.note_hit(layer, ids)
                 log.keep_hidden(layer, hidden)  # its prompt prefetch reads the state
+                try:
+                    return bool(observe(RoutingEvent(layer, ids)))
+                finally:  # n_batch x n_embd floats: not held past the event (the budget)
+                    log.keep_hidden(layer, None)
             return bool(observe(RoutingEvent(layer, ids)))
 
         n_past = len(self._fed_back)

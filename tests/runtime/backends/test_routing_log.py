@@ -71,7 +71,7 @@ def test_it_keeps_a_batchs_hidden_state_for_its_layer_and_reads_routers_once():
     hidden = np.arange(24, dtype=np.float32).reshape(1, 6, 4)  # [batch, tokens, n_embd]
     log.keep_hidden(1, hidden)
     assert log.hidden(1).shape == (6, 4) and log.hidden(0) is None  # another layer's: none
-    log.keep_hidden(2, None)  # the next layer's tap handed none over: the old one is gone
+    log.keep_hidden(1, None)  # the event is over: the state is not held
     assert log.hidden(1) is None and log.hidden(2) is None
 
 
