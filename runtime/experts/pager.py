@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -390,27 +391,44 @@ class ExpertPager:
 
     def _neighbour_spans(self, loaded: list[tuple[int, int]]) -> list[tuple[int, int]]:
         assert self.cache is not None
-        spans: list[tuple[int, int]] = []
         state, released = self.cache.state, ExpertState.RELEASED
-        free: dict[int, list[bool]] = {}  # layer -> released per expert (asked once a layer)
+        by_layer: dict[int, set[int]] = {}
         for layer, e in loaded:
-            if layer not in free:
-                free[layer] = [state(layer, n) == released for n in range(self.n_experts)]
-            is_free = free[layer]
-            for t in self.layers[layer].tensors:
-                k = -(-FOLIO_WINDOW // t.stride)
-                run = None
-                for n in range(max(0, e - k), min(self.n_experts, e + k + 1)):
-                    if is_free[n]:
-                        run = n if run is None else run
-                        continue
-                    if run is not None:
-                        spans.append((t.offset + run * t.stride, t.offset + n * t.stride))
-                        run = None
-                if run is not None:
-                    last = min(self.n_experts, e + k + 1)
-                    spans.append((t.offset + run * t.stride, t.offset + last * t.stride))
-        return _coalesce(spans)
+            by_layer.setdefault(layer, set()).add(e)
+        free = {layer: [state(layer, n) == released for n in range(self.n_experts)]
+                for layer in by_layer}  # fmt: skip
+        tensors = {layer: [(t.offset, t.stride) for t in self.layers[layer].tensors]
+                   for layer in by_layer}  # fmt: skip
+        return neighbour_spans(by_layer, free, tensors, self.n_experts)
+
+
+def neighbour_spans(loaded: Mapping[int, Collection[int]], free: Mapping[int, Sequence[bool]],
+                    tensors: Mapping[int, Sequence[tuple[int, int]]], n_experts: int
+                    ) -> list[tuple[int, int]]:  # fmt: skip
+    """File byte ranges of released experts a load may have mapped in beside the ones loaded:
+    per layer and expert tensor (offset, stride), every released (`free`) expert within
+    FOLIO_WINDOW bytes' worth of experts of one `loaded` in that layer, coalesced. Pure; one
+    pass over each tensor's experts (a prompt layer loads most of them)."""
+    spans: list[tuple[int, int]] = []
+    for layer, experts in loaded.items():
+        is_free = free[layer]
+        for offset, stride in tensors[layer]:
+            k = -(-FOLIO_WINDOW // stride)
+            reach = [0] * (n_experts + 1)  # +1 where a window opens, -1 past where it closes
+            for e in experts:
+                reach[max(0, e - k)] += 1
+                reach[min(n_experts, e + k + 1)] -= 1
+            run, depth = None, 0
+            for n in range(n_experts):
+                depth += reach[n]
+                if depth and is_free[n]:
+                    run = n if run is None else run
+                elif run is not None:
+                    spans.append((offset + run * stride, offset + n * stride))
+                    run = None
+            if run is not None:
+                spans.append((offset + run * stride, offset + n_experts * stride))
+    return _coalesce(spans)
 
 
 def _coalesce(spans: list[tuple[int, int]]) -> list[tuple[int, int]]:
