@@ -7,7 +7,7 @@ residency.py) and the prefetcher turn file offsets into addresses through it, an
 from __future__ import annotations
 
 from bisect import bisect_right
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from contract.manifest import LayerExperts
@@ -36,18 +36,22 @@ class FileMapping:
     """
 
     regions: tuple[tuple[int, int, int], ...]
+    # Sorted once, with the starts apart for bisecting: onnxruntime's mapping is hundreds of
+    # regions, looked up for every expert a prompt admits. _reach: the furthest end among the
+    # regions up to each one (regions may overlap).
+    _sorted: tuple[tuple[int, int, int], ...] = field(init=False, repr=False, compare=False)
+    _starts: tuple[int, ...] = field(init=False, repr=False, compare=False)
+    _reach: tuple[int, ...] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
-        # Sorted once, with the starts apart for bisecting: onnxruntime's mapping is hundreds
-        # of regions, looked up for every expert a prompt admits.
         ordered = tuple(sorted(self.regions))
-        object.__setattr__(self, "_sorted", ordered)
-        object.__setattr__(self, "_starts", [r[0] for r in ordered])
-        reach, top = [], 0  # the furthest end among regions up to each one (overlaps)
+        reach, top = [], 0
         for r in ordered:
             top = max(top, r[1])
             reach.append(top)
-        object.__setattr__(self, "_reach", reach)
+        object.__setattr__(self, "_sorted", ordered)  # frozen: set once, here
+        object.__setattr__(self, "_starts", tuple(r[0] for r in ordered))
+        object.__setattr__(self, "_reach", tuple(reach))
 
     @classmethod
     def whole(cls, base: int, size: int) -> FileMapping:
@@ -59,11 +63,10 @@ class FileMapping:
         adjacent mappings), or None if any byte of it is not mapped."""
         out: list[tuple[int, int]] = []
         at = lo
-        ordered: tuple[tuple[int, int, int], ...] = self._sorted  # type: ignore[attr-defined]
-        first = max(0, bisect_right(self._starts, lo) - 1)  # type: ignore[attr-defined]
-        while first > 0 and self._reach[first - 1] > lo:  # type: ignore[attr-defined]
+        first = max(0, bisect_right(self._starts, lo) - 1)
+        while first > 0 and self._reach[first - 1] > lo:
             first -= 1
-        for r_lo, r_hi, addr in ordered[first:]:
+        for r_lo, r_hi, addr in self._sorted[first:]:
             if r_hi <= at or r_lo >= hi:
                 if r_lo >= hi:
                     break
