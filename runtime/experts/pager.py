@@ -184,9 +184,9 @@ class ExpertPager:
         own = self._log.routers
         if isinstance(own, str):
             return f"off: {own}"
-        if own is None and not self._log.sources:
-            return "off: the engine has no native routing tap (llama.cpp and a C compiler)"
-        if own is None:
+        if own is None:  # llama.cpp: its C tap reads the hidden states, the GGUF the routers
+            if not self._log.sources:
+                return "off: the engine has no native routing tap (llama.cpp and a C compiler)"
             refused = pregate_refusal(model_path)
             if refused is not None:
                 return f"off: {refused}"

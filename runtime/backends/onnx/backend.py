@@ -469,14 +469,15 @@ class OnnxBackend:
             if n == 1 and log is not None and log.note_row(layer, ids.ravel().tolist()):
                 return False  # the usual decode step: one lookup per expert, nothing else
             ids = np.asarray(ids, np.int32).reshape(n, -1)
-            if n > 1 and log is not None:  # a batch: counted as delivered, never noted
-                log.note_hit(layer, ids)
-                log.keep_hidden(layer, hidden)  # its prompt prefetch reads the state
-                try:
-                    return bool(observe(RoutingEvent(layer, ids)))
-                finally:  # n_batch x n_embd floats: not held past the event (the budget)
-                    log.keep_hidden(layer, None)
-            return bool(observe(RoutingEvent(layer, ids)))
+            batch = log if n > 1 else None
+            if batch is not None:
+                batch.note_hit(layer, ids)  # counted as delivered: a batch is never noted
+                batch.keep_hidden(layer, hidden)  # its prompt prefetch reads the state
+            try:
+                return bool(observe(RoutingEvent(layer, ids)))
+            finally:
+                if batch is not None:  # n_batch x n_embd floats: not held past the event
+                    batch.keep_hidden(layer, None)
 
         n_past = len(self._fed_back)
         fetch = [o for o in self._outputs if not _ROUTING.match(o)]
