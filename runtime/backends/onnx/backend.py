@@ -173,7 +173,9 @@ class OnnxBackend:
             self._inputs = self._staged.inputs()
             graph_outputs = self._staged.outputs()
         outputs = [o.name for o in graph_outputs]
-        self.n_vocab = int(next(o for o in graph_outputs if o.name == "logits").shape[-1] or 0)
+        logits = next(o for o in graph_outputs if o.name == "logits")
+        self.n_vocab = int(logits.shape[-1] or 0)
+        self._logits_dtype = np.float16 if "float16" in logits.type else np.float32
         self._past_names = sorted(
             (n for n in self._inputs if _PAST.match(n)),
             key=lambda n: (int(_PAST.match(n).group(1)), n),  # type: ignore[union-attr]
@@ -443,7 +445,8 @@ class OnnxBackend:
         if self._staged is not None:
             return self._run_staged(feeds, n)
         bound = self._kv.bound if self._kv is not None else {}
-        results = run_bound(self.session, self._outputs, feeds, bound)
+        kept = self._kv if n == 1 else None
+        results = run_bound(self.session, self._outputs, feeds, bound, kept, self._into(n))
         logits, rest = results[0], results[1:]
         for past, present in zip(self._fed_back, rest[: len(self._fed_back)], strict=True):
             self._past[past] = present
@@ -453,6 +456,13 @@ class OnnxBackend:
             for layer, ids in zip(sorted(self._routing), routed, strict=True):
                 self._observer(RoutingEvent(layer, np.asarray(ids, dtype=np.int32).reshape(n, -1)))
         return np.asarray(logits[0], dtype=np.float32)
+
+    def _into(self, n: int) -> dict[str, np.ndarray] | None:
+        """A buffer for a run's logits ([1, n, vocab]), written by onnxruntime in place of
+        one it would allocate and hand back wrapped (kv_cache.run_bound)."""
+        if not self.n_vocab:
+            return None
+        return {"logits": np.empty((1, n, self.n_vocab), dtype=self._logits_dtype)}
 
     def _run_staged(self, feeds: dict[str, np.ndarray], n: int) -> np.ndarray:
         """Each layer's routing goes to the observer before that layer's experts run; if it
@@ -482,7 +492,7 @@ class OnnxBackend:
         n_past = len(self._fed_back)
         fetch = [o for o in self._outputs if not _ROUTING.match(o)]
         try:
-            results = self._staged.run(fetch, feeds, admit, self._kv)
+            results = self._staged.run(fetch, feeds, admit, self._kv, n == 1, self._into(n))
         except Stopped:
             return np.zeros((n, self.n_vocab), dtype=np.float32)
         for past, present in zip(self._fed_back, results[1 : 1 + n_past], strict=True):

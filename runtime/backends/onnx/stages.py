@@ -195,9 +195,13 @@ class StagedRunner(GraphSessions):
         feeds: dict[str, np.ndarray],
         admit: Callable[[int, np.ndarray], bool | None],
         kv: InPlaceKV | None = None,
+        keep: bool = False,
+        into: dict[str, np.ndarray] | None = None,
     ) -> list[np.ndarray]:
         """`fetch` from the last run of the chain; `kv`'s pasts are bound in place in the stage
-        that reads them (kv_cache.py), their presents written there, not fetched."""
+        that reads them (kv_cache.py), their presents written there, not fetched. `keep` (a
+        one-token step): each stage runs on `kv`'s kept binding; `into`: outputs written into
+        the given arrays (kv_cache.run_bound)."""
         env: dict[str, np.ndarray] = dict(feeds)
         for k, session in enumerate(self.sessions):
             layer = self.plan.layers[k]
@@ -208,7 +212,10 @@ class StagedRunner(GraphSessions):
             else:
                 bound, names = kv.stage(self.plan.inputs[k], self.plan.outputs[k])
             inputs = {t: env[t] for t in self.plan.inputs[k] if t not in bound}
-            env.update(zip(names, run_bound(session, names, inputs, bound), strict=True))
+            kept = kv if keep else None
+            wanted = {t: a for t, a in (into or {}).items() if t in names}
+            env.update(zip(names, run_bound(session, names, inputs, bound, kept, wanted),
+                           strict=True))  # fmt: skip
         return [env[name] for name in fetch]
 
 

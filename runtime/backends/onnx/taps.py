@@ -284,15 +284,18 @@ class TappedRunner(GraphSessions):
         feeds: dict[str, np.ndarray],
         admit: Admit,
         kv: InPlaceKV | None = None,
+        keep: bool = False,
+        into: dict[str, np.ndarray] | None = None,
     ) -> list[np.ndarray]:
         """`fetch` after one run whose taps called `admit` layer by layer; Stopped when one
-        asked to stop."""
+        asked to stop. `keep` (a one-token step): run on `kv`'s kept binding; `into`: outputs
+        written into the given arrays (kv_cache.run_bound)."""
         bound = kv.bound if kv is not None else {}
         inputs = {k: v for k, v in feeds.items() if k in self._names and k not in bound}
         _state.admit, _state.stopped = admit, False
         strays = len(_strays)
         try:
-            return run_bound(self.session, fetch, inputs, bound)
+            return run_bound(self.session, fetch, inputs, bound, kv if keep else None, into)
         except Exception as e:
             if len(_strays) > strays:  # onnxruntime ran a tap off the calling thread
                 raise EdgemoeError("onnxruntime ran a routing tap outside the step's thread; "

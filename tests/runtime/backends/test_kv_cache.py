@@ -102,3 +102,38 @@ def test_cut_back_cache_forgets_what_followed(bundle_factory):
         m.step(prompt)
         fresh = m.step([9, 10])
     np.testing.assert_array_equal(again, fresh)
+
+
+@pytest.mark.engine
+def test_a_kept_binding_gives_what_a_fresh_binding_gives(bundle_factory):
+    """One-token steps on a session's kept binding (caches bound once, logits written into the
+    caller's buffer, a routing output fetched by name beside them) against a fresh binding per
+    run on a cache of its own: same logits and routing, step after step."""
+    import onnxruntime as ort
+
+    from runtime.backends.onnx.kv_cache import InPlaceKV, run_bound
+
+    bundle = bundle_factory("qwen3moe-tiny", "fp32", format="onnx")
+    model = str(bundle / "model.onnx")
+    pairs = in_place_pairs(onnx.load(model, load_external_data=False).graph)
+    session = ort.InferenceSession(model, providers=["CPUExecutionProvider"])
+    shapes = {i.name: i.shape for i in session.get_inputs()}
+    vocab = session.get_outputs()[0].shape[-1]
+    kept, fresh = (InPlaceKV.allocate(ort, pairs, shapes, 64, np.float32) for _ in range(2))
+    names = ["logits", "routing.1"]
+    tokens, n_past = [[3, 17, 29, 41, 5]], 0
+    for step in range(6):
+        chunk = tokens[-1]
+        feeds = {"input_ids": np.array([chunk], np.int64),
+                 "attention_mask": np.ones((1, n_past + len(chunk)), np.int64),
+                 "position_ids": np.arange(n_past, n_past + len(chunk))[None]}  # fmt: skip
+        one = len(chunk) == 1
+        into = {"logits": np.empty((1, len(chunk), vocab), np.float32)}
+        got = run_bound(session, names, feeds, kept.bound, kept if one else None, into)
+        want = run_bound(session, names, feeds, fresh.bound)
+        assert got[0] is into["logits"]
+        for g, w in zip(got, want, strict=True):
+            np.testing.assert_array_equal(g, w)
+        n_past += len(chunk)
+        tokens.append([int(np.argmax(got[0][0, -1])) if step % 2 else 7 + step])
+    assert session in kept._kept and not fresh._kept  # the steps ran on the kept binding
