@@ -6,6 +6,7 @@ onnxruntime settings the backend chose, each measured against its alternatives.
         [--rounds 3] [--threads N] [--parts speed,rss,variants] [--bundles DIR]
     .venv/bin/python bench/bench_onnx.py --quants int8 --parts waiting [--loads quiet,busy]
     .venv/bin/python bench/bench_onnx.py --parts kvcache [--kv-chars 4200]
+    .venv/bin/python bench/bench_onnx.py --parts binding --rounds 3
 
 Every measurement is a fresh process (a "child") that also reports how much of a core the rest
 of this shared machine kept busy while it timed itself (its own /proc/stat window, its own CPU
@@ -161,6 +162,38 @@ elif spec["kind"] == "kvcache":
             time.sleep(spec.get("settle", 0.05))
     out.update(prompt=len(ids), same=last["in place"] == last["copied"],
                ratios=[c / p for c, p in zip(times["copied"], times["in place"])],
+               decode={k: 1 / float(np.median(v)) for k, v in times.items()})
+elif spec["kind"] == "binding":
+    # One model; one-token steps on the kept IOBinding (as shipped) and on a fresh binding per
+    # run with onnxruntime allocating the logits (as before kv_cache.Kept), by blocks in turn.
+    import runtime
+    from runtime.backends.onnx import kv_cache, stages, taps
+    import runtime.backends.onnx.backend as onnx_backend
+    shipped = kv_cache.run_bound
+    def fresh(session, names, feeds, bound, keep=None, into=None):
+        return shipped(session, names, feeds, bound)
+    def use(fn):
+        onnx_backend.run_bound = taps.run_bound = stages.run_bound = fn
+    m = runtime.load(bundle, budget=spec["budget"], backend="onnx", threads=threads,
+                     cold=spec["budget"] != "100%")
+    ids = m.tokenize(text)
+    tok = int(np.argmax(m.step(ids, timed=False)))
+    for _ in range(16):
+        tok = int(np.argmax(m.step([tok], timed=False)))
+    w0 = window()
+    times = {"kept": [], "fresh": []}
+    modes = {"kept": shipped, "fresh": fresh}
+    block = spec.get("block", 8)
+    for b in range(n // block):
+        for k in (list(modes) if b % 2 == 0 else list(modes)[::-1]):
+            use(modes[k])
+            t0 = time.perf_counter()
+            for _ in range(block):
+                tok = int(np.argmax(m.step([tok], timed=False)))
+            times[k].append((time.perf_counter() - t0) / block)
+    use(shipped)
+    out.update(prompt=len(ids), paging=m.engine.paging,
+               ratios=[f / k for f, k in zip(times["fresh"], times["kept"])],
                decode={k: 1 / float(np.median(v)) for k, v in times.items()})
 elif spec["kind"] == "edgemoe":
     import runtime
@@ -441,6 +474,25 @@ def kvcache(args: argparse.Namespace, bundles: dict[str, Path]) -> None:
                       f"{r['background']:.2f} core busy", flush=True)
 
 
+def binding(args: argparse.Namespace, bundles: dict[str, Path]) -> None:
+    """One-token steps on the kept IOBinding (kv_cache.Kept: caches bound once, logits
+    written into the backend's buffer) against a fresh binding per run, per budget, in one
+    process taking turns by blocks of 8 tokens; ratio = median of the per-block-pair ratios."""
+    print(f"\n== kept binding vs a fresh binding per run ({args.kv_tokens} tokens each; ratio = "
+          "fresh ÷ kept time per token)")
+    for quant, bundle in bundles.items():
+        for budget in ("100%", "50%"):
+            for rnd in range(args.rounds):
+                spec = {"kind": "binding", "bundle": str(bundle), "budget": budget,
+                        "threads": args.threads, "chars": args.chars, "tokens": args.kv_tokens}
+                r = child(spec, args.max_background)
+                ratios = r["ratios"]
+                print(f"  {quant} {budget:>4} ({r['paging']}) round {rnd + 1}: kept "
+                      f"{r['decode']['kept']:.1f} tok/s, fresh {r['decode']['fresh']:.1f} | kept "
+                      f"{statistics.median(ratios):.2f}x ({min(ratios):.2f}-{max(ratios):.2f}) | "
+                      f"others kept {r['background']:.2f} core busy", flush=True)
+
+
 def waiting(args: argparse.Namespace, bundles: dict[str, Path]) -> None:
     """How the ONNX backend's idle workers wait (runtime/threads.py): each policy against
     llama.cpp at the same bits and budget (its own default), quiet and with a busy-loop process
@@ -489,8 +541,8 @@ def main() -> None:
     ap.add_argument("--long-chars", type=int, default=1700,
                     help="the long prompt of the RSS rows (~512 tokens on the fixtures)")
     ap.add_argument("--parts", default="speed,rss,variants",
-                    help="any of speed, rss, variants, kvcache, waiting (not run by default: "
-                         "long)")  # fmt: skip
+                    help="any of speed, rss, variants, kvcache, binding, waiting (the last "
+                         "three not run by default)")  # fmt: skip
     ap.add_argument("--kv-chars", type=int, default=4200,
                     help="--parts kvcache: the long prompt (~1,670 tokens on the fixtures)")
     ap.add_argument("--kv-tokens", type=int, default=224,
@@ -528,6 +580,8 @@ def main() -> None:
         variants(args, bundles)
     if "kvcache" in parts:
         kvcache(args, bundles)
+    if "binding" in parts:
+        binding(args, bundles)
     if "waiting" in parts:
         waiting(args, bundles)
 
