@@ -11,6 +11,7 @@ from dataclasses import fields, replace
 from pathlib import Path
 
 from contract.gguf_layout import one_parse_per_file
+from runtime.allocator import fix_malloc_thresholds
 from runtime.backends.registry import format_for
 from runtime.budget import parse_budget, plan_budget
 from runtime.bundles.open import open_bundle
@@ -66,6 +67,7 @@ def open_model(bundle: str | Path, options: LoadOptions) -> Model:
 
 def _open_model(bundle: str | Path, options: LoadOptions) -> Model:
     o = options
+    fix_malloc_thresholds()  # freed blocks go back to the system, not to a growing heap
     opened = open_bundle(bundle, verify=o.verify, fmt=format_for(o.backend))
     m = opened.manifest
     n_ctx = context(opened, o.n_ctx)
