@@ -5,11 +5,11 @@ system when the block is freed. But each such block freed raises that threshold 
 size (up to 32 MiB), and the trim threshold with it: from then on blocks of that size come from
 the heap, whose freed space stays resident until the top of the heap is free. A paged load
 frees many such blocks (read checks, routers, a prompt batch's state handed to the pager), so
-the heap of a 25 % qwen3moe-large int4 process on ONNX grew 8-13 MiB beyond what it held, and
-by how much changed from run to run. With both thresholds fixed at 1 MiB (`mallopt`; blocks
-under 1 MiB, every decode step's, are served as before) its peak RSS fell from 176-187 to
-171-173 MiB with a 19-token prompt and from 207 to 201-203 MiB with a 1,048-token one; at
-100 % it is unchanged (342, 375-377). README, "The budget holds on ONNX".
+the C heap of a 25 % qwen3moe-large int4 process on ONNX held 24 MiB after one load and 32
+after the next. With both thresholds fixed at 1 MiB (`mallopt`; blocks under 1 MiB, every
+decode step's, are served as before) its peak RSS (bench/bench_onnx.py --parts rss) fell from
+180 to 174 MiB with a 19-token prompt and from 203 to 199 MiB with a 680-token one; at 100 %
+it is unchanged (344 / 372), as is llama.cpp's. README, "Then: the C heap".
 
 It is the process's setting, so it is made once, at the first load, and only where nobody
 chose: `EDGEMOE_MALLOC=dynamic`, or glibc's own variables (`MALLOC_MMAP_THRESHOLD_`,
