@@ -17,12 +17,13 @@ import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
-
-import gguf
+from typing import TYPE_CHECKING, Any
 
 from contract.errors import BundleError
 from contract.manifest import ExpertTensor, LayerExperts
+
+if TYPE_CHECKING:  # gguf-py is imported when a GGUF is read (an ONNX-only load never does)
+    import gguf
 
 _EXPERT_TENSOR = re.compile(r"^blk\.(\d+)\.ffn_(gate|up|down|gate_up)_exps\.weight$")
 # llama.cpp maps the file and uses tensor data in place; ggml aborts the process (GGML_ASSERT)
@@ -73,6 +74,8 @@ def open_reader(path: Path) -> gguf.GGUFReader:
 
 
 def _parse(path: Path) -> gguf.GGUFReader:
+    import gguf
+
     check_structure(path)
     return gguf.GGUFReader(path)
 
@@ -187,21 +190,24 @@ def read_layout(path: Path) -> GGUFLayout:
 
 # The vocabulary arrays llama.cpp's tokenizer loader reads with GGML_ASSERTs (it aborts the
 # process, not throws, on a wrong item type, a length mismatch or a token listed twice).
-_VOCAB_ARRAYS = (
-    ("tokenizer.ggml.tokens", gguf.GGUFValueType.STRING),
-    ("tokenizer.ggml.token_type", gguf.GGUFValueType.INT32),
-    ("tokenizer.ggml.scores", gguf.GGUFValueType.FLOAT32),
-    ("tokenizer.ggml.merges", gguf.GGUFValueType.STRING),
+_VOCAB_ARRAYS = (  # gguf's GGUFValueType member names
+    ("tokenizer.ggml.tokens", "STRING"),
+    ("tokenizer.ggml.token_type", "INT32"),
+    ("tokenizer.ggml.scores", "FLOAT32"),
+    ("tokenizer.ggml.merges", "STRING"),
 )
 
 
 def _check_vocab(reader: gguf.GGUFReader, path: Path) -> None:
     """Refuse a vocabulary llama.cpp would abort on, before it is handed one."""
+    import gguf
+
     n_tokens = None
-    for key, item in _VOCAB_ARRAYS:
+    for key, type_name in _VOCAB_ARRAYS:
         f = reader.fields.get(key)
         if f is None:
             continue
+        item = gguf.GGUFValueType[type_name]
         if f.types[:2] != [gguf.GGUFValueType.ARRAY, item]:
             raise BundleError(f"{path}: header key '{key}' must be an array of {item.name}")
         if key == "tokenizer.ggml.tokens":

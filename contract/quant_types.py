@@ -4,16 +4,28 @@ A *file type* (llama.cpp's `LLAMA_FTYPE_MOSTLY_*`, what `llama-quantize Q4_K_M` 
 one main ggml tensor type for most weight matrices, with some tensors promoted by llama.cpp's
 mixing rules (the `_S`/`_M`/`_L` suffixes). Sizes here are estimates for planning; the real
 layout is always read back from the quantized GGUF (`contract.gguf_layout`).
+
+gguf-py (and the numpy and yaml it loads, ~4.6 MiB of a process) is imported where a ggml type
+is looked up, not with this module: a device that runs an ONNX build reads the registry's names
+through its profile and never needs it.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-
-import gguf
+from typing import TYPE_CHECKING
 
 from contract.errors import QuantTypeError
+
+if TYPE_CHECKING:
+    import gguf
+
+
+def _gguf():  # type: ignore[no-untyped-def]
+    import gguf
+
+    return gguf
 
 
 @dataclass(frozen=True)
@@ -30,12 +42,16 @@ class QuantType:
     ggml_type: str  # gguf.GGMLQuantizationType member name of the main tensor type
     bits_per_weight: float
     needs_imatrix: bool  # llama.cpp refuses to quantize without one
-    row_multiple_256: bool  # main type's block is 256 wide (K and most IQ types)
     description: str
 
     @property
     def ggml(self) -> gguf.GGMLQuantizationType:
-        return gguf.GGMLQuantizationType[self.ggml_type]
+        return _gguf().GGMLQuantizationType[self.ggml_type]
+
+    @property
+    def row_multiple_256(self) -> bool:
+        """The main type's block is 256 wide (K and most IQ types)."""
+        return bool(_gguf().GGML_QUANT_SIZES[self.ggml][0] == 256)
 
     @property
     def ggml_name(self) -> str:
@@ -49,13 +65,12 @@ class QuantType:
 
     @property
     def main_bits_per_weight(self) -> float:
-        block, size = gguf.GGML_QUANT_SIZES[self.ggml]
+        block, size = _gguf().GGML_QUANT_SIZES[self.ggml]
         return 8.0 * size / block
 
 
 def _q(name: str, ftype: int, main: str, bpw: float, imatrix: bool, desc: str) -> QuantType:
-    block = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[main]][0]
-    return QuantType(name, ftype, main, bpw, imatrix, block == 256, desc)
+    return QuantType(name, ftype, main, bpw, imatrix, desc)
 
 
 # Values from llama.h (LLAMA_FTYPE_MOSTLY_*) and llama-quant.cpp's per-file-type rules; the
@@ -90,8 +105,13 @@ QUANT_TYPES: dict[str, QuantType] = {
     )
 }
 
-# The cache types llama.cpp accepts for --cache-type-k / --cache-type-v.
-KV_CACHE_TYPES = ("f32", "f16", "bf16", "q8_0", "q4_0", "q4_1", "iq4_nl", "q5_0", "q5_1")
+# The cache types llama.cpp accepts for --cache-type-k / --cache-type-v, with ggml's (values per
+# block, bytes per block) for each (the tests check them against gguf-py's GGML_QUANT_SIZES).
+_KV_BLOCKS = {
+    "f32": (1, 4), "f16": (1, 2), "bf16": (1, 2), "q8_0": (32, 34), "q4_0": (32, 18),
+    "q4_1": (32, 20), "iq4_nl": (32, 18), "q5_0": (32, 22), "q5_1": (32, 24),
+}  # fmt: skip
+KV_CACHE_TYPES = tuple(_KV_BLOCKS)
 
 # llama-quantize's aliases.
 ALIASES = {"Q3_K": "Q3_K_M", "Q4_K": "Q4_K_M", "Q5_K": "Q5_K_M"}
@@ -130,6 +150,7 @@ def stored_type(qtype: str | QuantType, row_len: int) -> gguf.GGMLQuantizationTy
     fallback when the row is not a multiple of the main type's block."""
     if row_len <= 0:
         raise ValueError(f"row_len must be positive, got {row_len}")
+    gguf = _gguf()
     main = get_quant(qtype).ggml
     if row_len % gguf.GGML_QUANT_SIZES[main][0] == 0:
         return main
@@ -150,7 +171,7 @@ def bytes_for(n_elements: int, row_len: int, qtype: str | QuantType) -> int:
         raise ValueError(f"n_elements must be >= 0, got {n_elements}")
     q = get_quant(qtype)
     stored = stored_type(q, row_len)
-    block, size = gguf.GGML_QUANT_SIZES[stored]
+    block, size = _gguf().GGML_QUANT_SIZES[stored]
     rows = math.ceil(n_elements / row_len)
     exact = rows * (row_len // block) * size
     if stored != q.ggml:
@@ -161,11 +182,10 @@ def bytes_for(n_elements: int, row_len: int, qtype: str | QuantType) -> int:
 def kv_bytes_per_element(cache_type: str) -> float:
     """Bytes per KV-cache element for llama.cpp's --cache-type-k/v names (f16, q8_0, ...)."""
     try:
-        member = gguf.GGMLQuantizationType[cache_type.upper()]
+        block, size = _KV_BLOCKS[cache_type.lower()]
     except KeyError:
         raise QuantTypeError(
             f"unknown KV cache type '{cache_type}' (valid: {', '.join(KV_CACHE_TYPES)})"
         ) from None
-    block, size = gguf.GGML_QUANT_SIZES[member]
     return size / block
 

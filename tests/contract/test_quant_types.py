@@ -9,6 +9,7 @@ import pytest
 from gguf.quants import quant_shape_to_byte_shape
 
 from contract.quant_types import (
+    KV_CACHE_TYPES,
     QUANT_TYPES,
     QuantTypeError,
     bytes_for,
@@ -128,6 +129,13 @@ def test_kv_cache_element_sizes():
     assert kv_bytes_per_element("q8_0") == pytest.approx(34 / 32)
     with pytest.raises(QuantTypeError, match="f16"):
         kv_bytes_per_element("f8")
+
+
+@pytest.mark.parametrize("name", KV_CACHE_TYPES)
+def test_kv_cache_sizes_are_ggmls(name):
+    """The KV sizes are kept here (no gguf import to plan an ONNX load); gguf-py's table rules."""
+    block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType[name.upper()]]
+    assert kv_bytes_per_element(name) == size / block
 
 
 @pytest.mark.parametrize("name", list(QUANT_TYPES))

@@ -109,7 +109,8 @@ def test_a_paged_fused_build_runs_tapped_with_the_stages_tokens(quant, bundle_fa
 def test_a_load_from_the_derived_copy_reads_its_graphs_without_the_onnx_package(bundle_factory):
     """Only a derivation needs onnx's shape inference and helpers; a device loading the copy
     already derived reads its graphs with the schema alone (contract/onnx_proto.py: ~14 MiB less
-    of every process) and answers as the first load did."""
+    of every process) and answers as the first load did. Nor does it import gguf-py (no GGUF
+    to read: contract/quant_types.py, ~4.6 MiB)."""
     bundle = bundle_factory("qwen3moe-tiny", "int4", format="onnx")
     first, mode = _tokens(bundle, "25%")  # derives into the cache (this process has onnx)
     assert mode == "tapped"
@@ -119,14 +120,15 @@ def test_a_load_from_the_derived_copy_reads_its_graphs_without_the_onnx_package(
         f"    out = m.generate({PROMPT!r}, max_tokens=16)\n"
         "    paging = m.engine.paging\n"
         "print(json.dumps({'tokens': out.tokens, 'paging': paging, 'onnx': sorted(\n"
-        "    k for k in sys.modules if k == 'onnx' or k.startswith('onnx.'))}))\n"
+        "    k for k in sys.modules if k == 'onnx' or k.startswith('onnx.')),\n"
+        "    'gguf': 'gguf' in sys.modules}))\n"
     )
     r = subprocess.run([sys.executable, "-c", code, str(bundle)], capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout.splitlines()[-1])
     assert out["paging"] == "tapped" and out["tokens"] == first
-    assert out["onnx"] == ["onnx.onnx_ml_pb2"]
+    assert out["onnx"] == ["onnx.onnx_ml_pb2"] and out["gguf"] is False
 
 
 @pytest.mark.engine
