@@ -12,6 +12,7 @@ from __future__ import annotations
 import mmap
 import os
 import sys
+from bisect import bisect_left
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,43 @@ def file_regions(path: str | Path, maps_text: str | None = None) -> list[MappedR
     match = _matcher(path)
     regions = (parse_maps_line(line) for line in maps_text.splitlines())
     return [r for r in regions if r is not None and r.inode and match(r)]
+
+
+class MappedSpans:
+    """The address spans of this process's file mappings at one moment, per file, to tell
+    later which regions of a file were mapped since (`covers`: does a region overlap a span of
+    the same file that was there).
+
+    Per file: a mapping of another file, gone since, may have left its addresses to this
+    file's new regions."""
+
+    def __init__(self, maps_text: str | None = None) -> None:
+        if maps_text is None:
+            try:
+                maps_text = Path("/proc/self/maps").read_text()
+            except OSError:
+                maps_text = ""  # not Linux: nothing is known, nothing excluded
+        by_file: dict[tuple[tuple[int, int], int], list[tuple[int, int]]] = {}
+        self.paths: set[str] = set()  # the files mapped
+        for line in maps_text.splitlines():
+            r = parse_maps_line(line)
+            if r is not None and r.inode:
+                by_file.setdefault((r.dev, r.inode), []).append((r.start, r.end))
+                self.paths.add(r.path)
+        self._spans = {k: ([a for a, _ in sorted(v)], [b for _, b in sorted(v)])
+                       for k, v in by_file.items()}  # fmt: skip
+
+    def any_under(self, *folders: Path) -> bool:
+        """Is any file inside one of `folders` mapped?"""
+        roots = tuple(os.path.join(os.path.realpath(f), "") for f in folders)
+        return any(p.startswith(roots) for p in self.paths)
+
+    def covers(self, region: MappedRegion) -> bool:
+        starts, ends = self._spans.get((region.dev, region.inode), ((), ()))
+        # Mappings never overlap one another: the one starting last before region.end is the
+        # only one that can reach into it.
+        i = bisect_left(starts, region.end) - 1
+        return i >= 0 and ends[i] > region.start
 
 
 def mapping_base(path: str | Path, maps_text: str | None = None) -> int:

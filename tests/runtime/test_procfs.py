@@ -7,7 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from runtime.procfs import ProcfsError, file_regions, mapping_base, parse_maps_line
+from runtime.procfs import (
+    MappedSpans,
+    ProcfsError,
+    file_regions,
+    mapping_base,
+    parse_maps_line,
+)
 
 pytestmark = pytest.mark.unit
 
@@ -44,3 +50,30 @@ def test_mapping_base_groups_split_regions(tmp_path: Path) -> None:
     twice = text + "\n" + _maps_line(f, 0x20000000, 0x20001000, 0)
     with pytest.raises(ProcfsError, match="mapped 2 times"):
         mapping_base(f, twice)
+
+
+def test_mapped_spans_tell_the_regions_that_were_there_before(tmp_path: Path) -> None:
+    """What a second load of one file excludes (another model's regions of it): any region
+    overlapping a file mapping of the snapshot, by as little as one page; anonymous memory and
+    regions mapped since are not covered."""
+    f = tmp_path / "model.onnx.data"
+    f.write_bytes(b"\0" * 100)
+    before = MappedSpans("\n".join([
+        _maps_line(f, 0x10000000, 0x10004000, 0),
+        _maps_line(f, 0x10008000, 0x1000A000, 0x4000),
+        "20000000-20010000 rw-p 00000000 00:00 0 ",  # anonymous: not a file mapping
+    ]))
+    region = lambda lo, hi: parse_maps_line(_maps_line(f, lo, hi, 0))  # noqa: E731
+    assert before.covers(region(0x10000000, 0x10004000))  # the same region
+    assert before.covers(region(0x10003000, 0x10005000))  # its last page
+    assert before.covers(region(0x10006000, 0x10009000))  # the second one's first page
+    assert before.covers(region(0x0FFFF000, 0x1000B000))  # around both
+    assert not before.covers(region(0x10004000, 0x10008000))  # the gap between
+    assert not before.covers(region(0x0FFFF000, 0x10000000))  # ends where the first starts
+    assert not before.covers(region(0x20000000, 0x20001000))  # where the anonymous one is
+    assert not MappedSpans("").covers(region(0x10000000, 0x10004000))
+    assert before.any_under(tmp_path) and not before.any_under(tmp_path / "elsewhere")
+    other = tmp_path / "tokenizer.json"  # another file's addresses, since handed to this one
+    other.write_bytes(b"{}")
+    assert not MappedSpans(_maps_line(other, 0x10000000, 0x10004000, 0)).covers(
+        region(0x10000000, 0x10004000))

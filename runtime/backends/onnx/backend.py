@@ -25,6 +25,7 @@ in stages cut before each MoE layer's experts (stages.py; a run per layer).
 
 from __future__ import annotations
 
+import gc
 import logging
 import re
 from pathlib import Path
@@ -44,7 +45,7 @@ from runtime.backends.base import (
 from runtime.backends.mapping import ExpertFile, FileMapping
 from runtime.backends.onnx import taps
 from runtime.backends.onnx.kv_cache import InPlaceKV, in_place_pairs, run_bound
-from runtime.backends.onnx.packed import cache_key, load_or_derive
+from runtime.backends.onnx.packed import cache_key, cache_root, load_or_derive
 from runtime.backends.onnx.recurrent_state import (
     RollbackPoint,
     initial_state,
@@ -76,7 +77,7 @@ from runtime.backends.onnx.tokenizer import HFTokenizer
 from runtime.backends.routing_log import PythonRoutingLog
 from runtime.backends.sampling import NumpySampler
 from runtime.errors import BundleError, EdgemoeError
-from runtime.procfs import file_regions
+from runtime.procfs import MappedSpans, file_regions
 from runtime.threads import onnxruntime_wait
 
 log = logging.getLogger(__name__)
@@ -127,6 +128,16 @@ class OnnxBackend:
         import onnxruntime as ort
 
         self.cfg = cfg
+        # The process's file mappings before this backend's sessions map anything: another
+        # model of the same bundle (a reload loading beside the one it replaces) maps the same
+        # files, and its regions go when that model does (file_mapping). Where this bundle's
+        # files are mapped already, collected first: a model dropped without close() that only
+        # the collector frees would otherwise leave regions here and unmap them during this
+        # load, where onnxruntime may map its own (a collection in a large process: ~0.2 s).
+        self._mapped_before = MappedSpans()
+        if self._mapped_before.any_under(cfg.model_path.parent, cache_root()):
+            gc.collect()
+            self._mapped_before = MappedSpans()
         self.wait_policy = onnxruntime_wait(cfg.wait_policy)[0]  # session.py applies it
         self._observer = observer if cfg.observe_routing else None
         self._bundle = cfg.model_path.parent
@@ -308,10 +319,13 @@ class OnnxBackend:
         It maps them private and writable, though it never writes a weight; the regions are
         made read-only here, because mlock (how the runtime pins its hot experts) on a writable
         private mapping breaks copy-on-write and pins an anonymous copy of every page instead
-        of the file's own (measured: 55 MiB of copies for a 25 % budget's hot set)."""
+        of the file's own (measured: 55 MiB of copies for a 25 % budget's hot set).
+
+        Only regions mapped since this backend started count: the same file mapped by another
+        model's sessions is that model's, and unmapped when it closes."""
         if self.data_path is None:
             return None
-        found = file_regions(self.data_path)
+        found = [r for r in file_regions(self.data_path) if not self._mapped_before.covers(r)]
         for r in found:
             if "w" in r.perms:
                 read_only(r.start, r.end - r.start)
@@ -510,6 +524,10 @@ class OnnxBackend:
         return sampler.sample(self._logits[logits_idx])
 
     def close(self) -> None:
+        """Let the sessions go now, and their mappings of the model's files with them (not
+        whenever a reference cycle through the model is collected)."""
         self.session = None  # type: ignore[assignment]
+        self._staged = None
+        self._log = None
         self._past = {}
         self._kv = None

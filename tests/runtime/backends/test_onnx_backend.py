@@ -6,6 +6,7 @@ run by stock onnxruntime through `runtime.load(..., backend="onnx")`.
 
 from __future__ import annotations
 
+import gc
 import json
 import shutil
 import subprocess
@@ -262,3 +263,37 @@ def test_expert_budget_holds_on_onnx_measured_from_outside(quant, bundle_factory
     # The bound leaves most experts out: a run that kept every one resident would break it.
     assert overhead + quarter["experts"] > bound
     assert quarter["data_rss"] <= quarter["dense"] + quarter["cap"] + 0.05 * quarter["experts"]
+
+
+@pytest.mark.parametrize("quant", ["fp32", "int4"])  # stages, tapped
+def test_a_second_load_of_one_bundle_pages_its_own_mapping(quant, bundle_factory):
+    """A server's reload loads the same bundle beside the model it replaces, then closes the
+    old one. onnxruntime maps every initializer per session, so the file is mapped twice
+    meanwhile: the new model's pager must address its own sessions' regions only, or, once the
+    old model's are gone, it asks the kernel to read pages nothing maps (or someone else's)."""
+    from runtime.procfs import file_regions
+
+    bundle = bundle_factory("qwen3moe-tiny", quant, format="onnx")
+    want = _tokens(bundle, "25%")
+    old = runtime.load(bundle, budget="25%", backend="onnx", cold=True)
+    old.generate(PROMPT, max_tokens=4)
+    new = runtime.load(bundle, budget="25%", backend="onnx", cold=True)
+    assert old.residency is not None and new.residency is not None
+    assert old.residency.path == new.residency.path
+    spans = lambda m: [(a, a + hi - lo) for lo, hi, a in m.residency.mapping.regions]  # noqa: E731
+    olds = spans(old)
+    assert not [n for n in spans(new) for o in olds if n[0] < o[1] and o[0] < n[1]]
+    old.close()
+    del old
+    gc.collect()  # whatever of the old model a reference cycle kept
+    with new:
+        mapped: list[list[int]] = []  # the file's regions now, adjacent ones joined (mlock and
+        for r in sorted(file_regions(new.residency.path), key=lambda r: r.start):  # mprotect
+            if mapped and mapped[-1][1] == r.start:  # split a mapping into several)
+                mapped[-1][1] = r.end
+            else:
+                mapped.append([r.start, r.end])
+        assert all(any(s <= a and e <= t for s, t in mapped) for a, e in spans(new))
+        assert new.engine.paging in ("stages", "tapped")
+        for _ in range(2):  # the second answer reads what the first one's experts displaced
+            assert new.generate(PROMPT, max_tokens=16).tokens == want
