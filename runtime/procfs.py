@@ -98,8 +98,10 @@ class MappedSpans:
             if r is not None and r.inode:
                 by_file.setdefault((r.dev, r.inode), []).append((r.start, r.end))
                 self.paths.add(r.path)
-        self._spans = {k: ([a for a, _ in sorted(v)], [b for _, b in sorted(v)])
-                       for k, v in by_file.items()}  # fmt: skip
+        self._spans: dict[tuple[tuple[int, int], int], tuple[list[int], list[int]]] = {}
+        for key, spans in by_file.items():
+            spans.sort()
+            self._spans[key] = ([a for a, _ in spans], [b for _, b in spans])
 
     def any_under(self, *folders: Path) -> bool:
         """Is any file inside one of `folders` mapped?"""

@@ -473,8 +473,9 @@ class OnnxBackend:
 
     def _into(self, n: int) -> dict[str, np.ndarray] | None:
         """A buffer for a run's logits ([1, n, vocab]), written by onnxruntime in place of
-        one it would allocate and hand back wrapped (kv_cache.run_bound)."""
-        if not self.n_vocab:
+        one it would allocate and hand back wrapped (kv_cache.run_bound). None where no cache
+        is bound in place: such runs take plain `session.run`, which allocates its own."""
+        if not self.n_vocab or self._kv is None:
             return None
         return {"logits": np.empty((1, n, self.n_vocab), dtype=self._logits_dtype)}
 
